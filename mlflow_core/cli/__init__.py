@@ -1,0 +1,53 @@
+"""The `wf` command line: a thin layer that parses, calls one core function and renders with rich.
+
+Never imports torch at module level: `status`, `gate`, `checklist`, `config` and `report` must stay
+fast (a test guards this).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mlflow_core import __version__
+from mlflow_core.cli import checklist_cmds, config_cmds, gate_cmds, phase_cmds, project_cmds
+from mlflow_core.cli.output import err_console
+from mlflow_core.errors import WfError
+
+EPILOG = ("Exit codes: 0 success · 1 a phase failed its success criteria, or a gate does not pass · "
+          "2 bad input · 3 the entry gate is closed · 4 the project is in use · 130 interrupted.")
+
+app = typer.Typer(name="wf", help="Phase-gated, reproducible, reviewable PyTorch training: "
+                  "setup → baseline → diagnostics → optimization → finalization.",
+                  epilog=EPILOG, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, rich_markup_mode=None)
+app.add_typer(config_cmds.app, name="config")
+app.add_typer(gate_cmds.app, name="gate")
+app.add_typer(checklist_cmds.app, name="checklist")
+project_cmds.register(app)
+phase_cmds.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"wf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Phase-gated, reproducible, reviewable PyTorch training."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: the one place where errors become messages and exit codes. Usage errors are
+    click's (exit 2); everything wf expects is a WfError carrying its exit code."""
+    try:
+        app(args=argv, prog_name="wf")
+    except WfError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False, soft_wrap=True)
+        if exc.hint:
+            err_console.print(exc.hint, markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)

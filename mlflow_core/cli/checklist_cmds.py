@@ -1,0 +1,78 @@
+"""`wf checklist show|tick|untick|list`."""
+
+from __future__ import annotations
+
+import typer
+
+from mlflow_core.cli.output import console, gate_table, print_json
+
+app = typer.Typer(help="Show checklists and tick their manual items.", no_args_is_help=True)
+
+
+def _phase_of(project, checklist: str) -> str | None:
+    from mlflow_core.workflow.phases import PHASE_ORDER, load_phase
+    return next((p for p in PHASE_ORDER if load_phase(p, project.root).exit_checklist == checklist), None)
+
+
+@app.command("list")
+def list_() -> None:
+    """List the project's checklists and the phase each one gates."""
+    from mlflow_core.workflow.phases import PHASE_ORDER, load_phase
+    from mlflow_core.workflow.project import Project
+
+    project = Project.find()
+    for phase in PHASE_ORDER:
+        name = load_phase(phase, project.root).exit_checklist
+        console.print(f"{name:<20} gates leaving {phase}  ({project.relative(project.checklist_path(name))})")
+
+
+@app.command()
+def show(name: str = typer.Argument(..., help="Checklist name, e.g. reproducibility or post_baseline."),
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show a checklist: each item, whether it is ticked, and the evidence behind it."""
+    from mlflow_core.workflow.gates import evaluate_gate, load_checklist
+    from mlflow_core.workflow.project import Project
+    from mlflow_core.workflow.state import load_state
+
+    project = Project.find()
+    phase = _phase_of(project, name)
+    if phase is None:  # a checklist that gates no phase: show the file's marks
+        checklist = load_checklist(project, name)
+        rows = [{"id": i.id, "text": i.text, "kind": i.kind, "checked": i.checked} for i in checklist.items]
+        if as_json:
+            print_json({"checklist": name, "items": rows})
+        else:
+            for r in rows:
+                console.print(f"[{'x' if r['checked'] else ' '}] {r['id']}: {r['text']}", markup=False)
+        return
+    verdict = evaluate_gate(project, load_state(project), phase)
+    if as_json:
+        print_json(verdict.to_json())
+    else:
+        console.print(gate_table(verdict))
+
+
+@app.command()
+def tick(name: str = typer.Argument(..., help="Checklist name."),
+         ids: list[str] = typer.Argument(..., help="Item id(s) to tick."),
+         note: str = typer.Option(None, "--note", help="Recorded in the history with the tick.")) -> None:
+    """Tick manual items (auto items are verified by wf from evidence)."""
+    from mlflow_core.workflow.engine import tick as tick_item
+    from mlflow_core.workflow.project import Project
+
+    project = Project.find()
+    for item_id in ids:
+        tick_item(project, name, item_id, True, note)
+        console.print(f"[green]✔[/] {name}: {item_id}")
+
+
+@app.command()
+def untick(name: str = typer.Argument(...), ids: list[str] = typer.Argument(...)) -> None:
+    """Untick manual items."""
+    from mlflow_core.workflow.engine import tick as tick_item
+    from mlflow_core.workflow.project import Project
+
+    project = Project.find()
+    for item_id in ids:
+        tick_item(project, name, item_id, False)
+        console.print(f"[ ] {name}: {item_id}", markup=False)

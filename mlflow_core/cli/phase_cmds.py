@@ -1,0 +1,85 @@
+"""`wf phase NAME` and `wf report PHASE`."""
+
+from __future__ import annotations
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mlflow_core.cli.output import console, mark
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(phase)
+    app.command()(report)
+
+
+class _Display:
+    """Renders the trainer's progress events: loss, metric, samples/s, ETA and, on GPU, utilization."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = None
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(f"· {text}")
+
+    def update(self, p) -> None:
+        total = p.epochs * p.steps_per_epoch
+        if self.task is None:
+            self.task = self.progress.add_task("training", total=total, info="")
+        if p.stage == "val":
+            val = f"val loss {p.loss:.4g}" if isinstance(p.loss, float) else ""
+            acc = f" acc {p.metric:.2%}" if isinstance(p.metric, float) else ""
+            self.progress.console.print(f"  epoch {p.epoch}/{p.epochs}  {val}{acc}")
+            return
+        info = f"epoch {p.epoch}/{p.epochs} loss {p.loss:.4g}"
+        if p.samples_per_s:
+            info += f" · {p.samples_per_s:,.0f} samples/s"
+        if p.eta_s is not None:
+            info += f" · ETA {p.eta_s:,.0f} s"
+        if p.gpu:
+            info += f" · GPU {p.gpu['utilization']:.0f} % {p.gpu['memory_used_mib']:,.0f} MiB"
+        self.progress.update(self.task, completed=p.global_step, info=info)
+
+
+def run_with_display(project, name: str, override_reason: str | None = None):
+    from mlflow_core.workflow.engine import run_phase
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+    console.rule(f"wf phase {name}")
+    with Progress(*columns, console=console, transient=False) as progress:
+        display = _Display(progress)
+        result = run_phase(project, name, override_reason=override_reason,
+                           on_progress=display.update, on_message=display.message)
+    for c in result.criteria:
+        console.print(f"{mark(c['passed'])} {c['text']}: {c['detail']}", highlight=False)
+    rec = result.recommendation
+    verdict = "[green]passed[/]" if result.passed else "[red]did not pass its success criteria[/]"
+    console.print(f"{name} {verdict} · run {result.run_id} · status {result.status} · report {result.report}")
+    if rec:
+        console.print(f"Recommended: {rec.verdict} → {rec.next_phase}: {rec.reason}"
+                      + (f" (playbook {rec.playbook})" if rec.playbook else ""))
+    return result
+
+
+def phase(name: str = typer.Argument(..., help="setup or baseline (diagnostics, optimization and finalization "
+                                     "are defined; their runners come in later releases)."),
+          override_gate: str = typer.Option(None, "--override-gate", metavar="REASON",
+                                            help="Start even though the entry gate is closed; the reason is "
+                                            "recorded and shown in every later report and gate check."),
+          ) -> None:
+    """Run a phase. Exit 0 success · 1 failed its success criteria · 2 bad input · 3 entry gate closed."""
+    from mlflow_core.workflow.project import Project
+
+    result = run_with_display(Project.find(), name, override_gate)
+    raise typer.Exit(0 if result.passed else 1)
+
+
+def report(name: str = typer.Argument(..., help="Phase whose report to render again.")) -> None:
+    """Render a phase's report again from its recorded evidence and run files (no training, no torch)."""
+    from mlflow_core.workflow.engine import rerender_report
+    from mlflow_core.workflow.project import Project
+
+    result = rerender_report(Project.find(), name)
+    console.print(f"[green]✔[/] {result.report}")

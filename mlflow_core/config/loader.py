@@ -1,0 +1,104 @@
+"""Load and validate a config file: every problem at once, each with its field path and line."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.errors import ConfigError
+
+CONFIG_FILENAME = "training_config.yaml"
+
+
+def load_config(path: str | Path) -> WorkflowConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"],
+                          hint="Create one with `wf init DIR` or name another with --config.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"cannot be read: {exc}"]) from None
+    return load_config_text(text, str(path))
+
+
+def load_config_text(text: str, source: str) -> WorkflowConfig:
+    raw, root_node = _parse_yaml(text, source)
+    try:
+        return WorkflowConfig.model_validate(raw)
+    except ValidationError as exc:
+        located = sorted((_line_of(root_node, tuple(e["loc"])) or 0, i, e) for i, e in enumerate(exc.errors()))
+        problems = [_describe(err, line) for line, _, err in located]
+        raise ConfigError(source, problems, hint="`wf config schema` prints every key with its type "
+                          "and description.") from None
+
+
+def config_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], yaml.Node | None]:
+    try:
+        # safe_load refuses python/object tags: a config stays data.
+        raw = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(source, [f"{where}not valid YAML ({problem})"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"the top level must be a mapping of sections, got {type(raw).__name__}"])
+    return raw, node
+
+
+def _describe(err: dict[str, Any], line: int) -> str:
+    loc = tuple(err["loc"])
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    where = f"line {line}: " if line else ""
+    if err["type"] == "extra_forbidden":
+        return f"{where}{field}: unknown key{_suggestion(loc)}"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict):
+        msg = f"{msg} (got {err['input']!r})"
+    return f"{where}{field}: {msg}"
+
+
+def _suggestion(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = WorkflowConfig
+    for part in loc[:-1]:
+        fld = model.model_fields.get(str(part))
+        ann = getattr(fld, "annotation", None) if fld else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return ""
+        model = ann
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(model.model_fields)}"
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at `loc`, or of its nearest existing parent."""
+    best = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            best = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            best = node.start_mark.line + 1
+        else:
+            break
+    return best

@@ -1,0 +1,178 @@
+"""The training config schema (`training_config.yaml`), seed 003's keys first.
+
+Every model forbids unknown keys so that a misspelling is an error, not a silently ignored setting.
+Defaults are seed 003's conservative baseline choices.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _check_target(value: str | None) -> str | None:
+    if value is not None and not _IMPORT_PATH.match(value):
+        raise ValueError(f"must look like 'module:attribute' (e.g. 'my_data:build'), got {value!r}")
+    return value
+
+
+class ProjectSection(_Section):
+    name: str = Field("wf-project", min_length=1, description="Shown in reports.")
+
+
+class DataSection(_Section):
+    source: Literal["digits", "npz", "imagefolder", "custom"] = Field(
+        "digits", description="digits: scikit-learn's bundled handwritten digits; npz: a folder of "
+        "one-.npz-per-sample patches; imagefolder: torchvision ImageFolder; custom: your callable.")
+    path: str | None = Field(None, description="npz/imagefolder: folder with train/ and val/ (and "
+                             "optionally test/) inside, relative to the project.")
+    target: str | None = Field(None, description="custom: 'module:callable' returning "
+                               "{'train': Dataset, 'val': Dataset[, 'test': Dataset]}.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="custom: passed to the callable.")
+    num_classes: int | None = Field(None, ge=2, description="Inferred from the data when omitted.")
+    image_key: str = Field("image", description="npz: array key of the input.")
+    label_key: str = Field("label", description="npz: array key of the label.")
+    image_size: int | None = Field(None, ge=8, description="imagefolder: resize to this square size.")
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="digits: held-out share for val.")
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="digits: held-out share for test.")
+    split_seed: int = Field(0, description="digits: seed of the stratified split (kept apart from "
+                            "the training seed so that changing one never changes the other).")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    pin_memory: bool | Literal["auto"] = Field("auto", description="auto: on when training on CUDA.")
+
+    _check_target = field_validator("target")(lambda cls, v: _check_target(v))
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> DataSection:
+        if self.source in ("npz", "imagefolder") and not self.path:
+            raise ValueError(f"data.source '{self.source}' needs data.path")
+        if self.source == "custom" and not self.target:
+            raise ValueError("data.source 'custom' needs data.target ('module:callable')")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("data.val_fraction + data.test_fraction leave under 10 % for training")
+        return self
+
+
+class ModelSection(_Section):
+    name: Literal["simple_cnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0", "custom"] = (
+        "simple_cnn")
+    target: str | None = Field(None, description="custom: 'module:class_or_factory', called with "
+                               "num_classes, in_channels and kwargs.")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    in_channels: int | None = Field(None, ge=1, description="Inferred from the data when omitted.")
+    channels: list[int] = Field([32, 64, 128, 256], min_length=1, max_length=8,
+                                description="simple_cnn: width of each conv block (4–5 blocks).")
+    batch_norm: bool = Field(True, description="simple_cnn: BatchNorm after each convolution.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="simple_cnn: before the classifier.")
+
+    _check_target = field_validator("target")(lambda cls, v: _check_target(v))
+
+    @field_validator("channels")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(c < 1 for c in v):
+            raise ValueError("every channel width must be at least 1")
+        return v
+
+    @model_validator(mode="after")
+    def _custom_needs_target(self) -> ModelSection:
+        if self.name == "custom" and not self.target:
+            raise ValueError("model.name 'custom' needs model.target ('module:class_or_factory')")
+        return self
+
+
+class SchedulerSection(_Section):
+    name: Literal["none", "step", "cosine", "plateau"] = "none"
+    step_size: int = Field(10, ge=1, description="step: epochs between decays.")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: decay factor.")
+    min_lr: float = Field(0.0, ge=0.0, description="cosine: final LR; plateau: floor.")
+    factor: float = Field(0.1, gt=0.0, lt=1.0, description="plateau: decay factor.")
+    patience: int = Field(5, ge=0, description="plateau: epochs without improvement.")
+
+
+class TrainingSection(_Section):
+    epochs: int = Field(20, ge=1, description="Short training for fast iteration.")
+    batch_size: int = Field(32, ge=1, description="Moderate; adjust for GPU memory.")
+    learning_rate: float = Field(1e-3, gt=0.0, description="Conservative; works for most models.")
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only.")
+    scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
+    grad_clip_norm: float | None = Field(None, gt=0.0, description="Clip the global gradient norm.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+
+class EarlyStoppingSection(_Section):
+    enabled: bool = True
+    patience: int = Field(10, ge=1, description="Validations without improvement before stopping.")
+    min_delta: float = Field(0.001, ge=0.0, description="Smallest change that counts as improvement.")
+
+
+class CheckpointingSection(_Section):
+    save_best: bool = Field(True, description="Best validation metric.")
+    save_last: bool = Field(True, description="For resumption.")
+    checkpoint_every_n_epochs: int = Field(5, ge=0, description="Periodic checkpoints; 0 = none.")
+
+
+class ValidationSection(_Section):
+    validate_every_n_epochs: int = Field(1, ge=1)
+    metric: Literal["val_loss", "val_accuracy"] = Field("val_loss", description="Selects the best "
+                                                        "checkpoint and drives early stopping.")
+    target: float | None = Field(None, description="The value of `metric` that makes the baseline "
+                                 "acceptable (e.g. 0.95 for val_accuracy); decides the recommended "
+                                 "next step.")
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        return "min" if self.metric.endswith("loss") else "max"
+
+
+class ReproducibilitySection(_Section):
+    seed: int = Field(42, ge=0, description="Seeds python, numpy and torch (and every worker).")
+    deterministic: bool = Field(True, description="torch deterministic algorithms, no cuDNN autotune.")
+    verify_steps: int = Field(3, ge=1, le=100, description="Setup trains this many steps twice and "
+                              "compares the weights.")
+
+
+class MonitoringSection(_Section):
+    nan_action: Literal["stop", "warn"] = Field("stop", description="On a non-finite loss.")
+    check_every_n_steps: int = Field(10, ge=1, description="Losses are checked on the host in "
+                                     "windows of this many steps, so no step waits for the GPU; the "
+                                     "first bad step is still found exactly.")
+    stall_window_steps: int = Field(200, ge=10, description="A training loss that does not improve "
+                                    "by stall_min_delta over this many steps is flagged as stalled.")
+    stall_min_delta: float = Field(1e-3, ge=0.0, description="Relative improvement that counts.")
+    explode_factor: float = Field(10.0, gt=1.0, description="A gradient norm this many times the "
+                                  "running median is flagged as exploding.")
+    gpu_sample_interval_s: float = Field(0.5, gt=0.0, le=60.0)
+    gpu_utilization_target: float = Field(60.0, ge=0.0, le=100.0, description="Percent.")
+
+
+class WorkflowConfig(_Section):
+    """A wf training config. Seed 003's keys: training, early_stopping, checkpointing, validation."""
+
+    schema_version: Literal[1] = 1
+    project: ProjectSection = Field(default_factory=ProjectSection)
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
+    checkpointing: CheckpointingSection = Field(default_factory=CheckpointingSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
+    reproducibility: ReproducibilitySection = Field(default_factory=ReproducibilitySection)
+    monitoring: MonitoringSection = Field(default_factory=MonitoringSection)

@@ -1,0 +1,79 @@
+"""One error hierarchy. `mlflow_core.cli.main` maps these to exit codes in one place.
+
+Exit codes of `wf` (documented in the README and in `wf --help`):
+  0  success
+  1  the phase ran but failed its success criteria; a gate check that does not pass
+  2  bad input (config, checklist, state, data, arguments)
+  3  the entry gate of the phase is closed
+  4  the project is in use by another wf command
+  130 interrupted
+"""
+
+from __future__ import annotations
+
+
+class WfError(Exception):
+    """Base of every error wf expects; the message is for a person and names what to do next."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n{self.hint}"
+
+
+class UserInputError(WfError):
+    """Bad input: a file or argument a person wrote. Exit 2, nothing overwritten."""
+
+    exit_code = 2
+
+
+class ConfigError(UserInputError):
+    """A config file that does not validate. Carries every problem, each with its field path."""
+
+    def __init__(self, path: str, problems: list[str], *, hint: str | None = None):
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{path}: {len(problems)} {noun}:\n{lines}", hint=hint)
+
+
+class ChecklistError(UserInputError):
+    pass
+
+
+class StateError(UserInputError):
+    pass
+
+
+class DataError(UserInputError):
+    pass
+
+
+class NotAProjectError(UserInputError):
+    pass
+
+
+class GateClosedError(WfError):
+    exit_code = 3
+
+
+class ProjectBusyError(WfError):
+    exit_code = 4
+
+
+class PhaseFailedError(WfError):
+    """The phase ran to the end but did not meet its success criteria."""
+
+    exit_code = 1
+
+
+class RunInterruptedError(WfError):
+    """Ctrl-C (or SIGTERM) during a phase: the run is recorded as interrupted."""
+
+    exit_code = 130

@@ -1,0 +1,65 @@
+"""Render a report template to a file atomically and return its record (path, sha256)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from mlflow_core.atomic import atomic_write_text
+from mlflow_core.content import content_dirs
+from mlflow_core.errors import UserInputError
+from mlflow_core.workflow.evidence import file_sha256
+from mlflow_core.workflow.project import Project
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _pct(value: Any) -> str:
+    return "—" if value is None else f"{value * 100:.1f} %"
+
+
+def _mark(passed: bool) -> str:
+    return "✅" if passed else "❌"
+
+
+def _duration(seconds: Any) -> str:
+    if seconds is None:
+        return "—"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {sec:02d} s"
+
+
+def environment(project_root: Path | None) -> jinja2.Environment:
+    dirs = [str(d / "reports") for d in content_dirs("templates", project_root)]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(dirs), undefined=jinja2.StrictUndefined,
+                             autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(fmt=_fmt, pct=_pct, mark=_mark, duration=_duration)
+    return env
+
+
+def render(project_root: Path | None, template: str, context: dict[str, Any]) -> str:
+    try:
+        return environment(project_root).get_template(template).render(**context)
+    except jinja2.TemplateSyntaxError as exc:
+        raise UserInputError(f"{exc.filename}: line {exc.lineno}: template syntax error: {exc.message}") from None
+    except jinja2.UndefinedError as exc:
+        raise UserInputError(f"report template {template}: {exc.message}") from None
+
+
+def write_report(project: Project, filename: str, template: str, context: dict[str, Any]) -> dict[str, str]:
+    text = render(project.root, template, context)
+    path = project.reports_dir / filename
+    atomic_write_text(path, text)
+    return {"path": project.relative(path), "sha256": file_sha256(path)}

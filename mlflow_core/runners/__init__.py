@@ -1,0 +1,44 @@
+"""Phase runners: the torch side of each phase. The engine (workflow/engine.py) imports them lazily,
+so that commands which do not train never import torch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.workflow.project import Project
+
+
+@dataclass
+class RunContext:
+    project: Project
+    cfg: WorkflowConfig
+    config_sha256: str
+    run_id: str
+    run_dir: Path
+    on_progress: Callable[[Any], None] = lambda _p: None
+    on_message: Callable[[str], None] = lambda _m: None
+
+
+@dataclass
+class RunOutput:
+    status: str  # completed, early_stopped, failed_nan, failed_checks
+    facts: dict[str, Any]
+    metrics: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def get_runner(phase: str) -> Callable[[RunContext], RunOutput] | None:
+    if phase == "setup":
+        from mlflow_core.runners.setup import run_setup
+        return run_setup
+    if phase == "baseline":
+        from mlflow_core.runners.baseline import run_baseline
+        return run_baseline
+    return None
+
+
+RUNNABLE_PHASES = ("setup", "baseline")

@@ -1,0 +1,200 @@
+"""Datasets for the shared trainer: NPZ patch folders, ImageFolder, scikit-learn digits, or a user's
+own callable. Every source yields `(input_tensor, int_label)` items."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.errors import DataError, UserInputError
+from mlflow_core.training.seeding import make_generator, seed_worker
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    num_classes: int
+    input_shape: tuple[int, ...]  # one sample, channels first
+    source: str
+
+
+class NpzPatchDataset(Dataset):
+    """One `.npz` per sample holding an image (C, H, W) — or (H, W, C), detected — and a label."""
+
+    def __init__(self, folder: Path, image_key: str = "image", label_key: str = "label"):
+        self.folder = folder
+        self.files = sorted(folder.glob("*.npz"))
+        self.image_key, self.label_key = image_key, label_key
+        if not folder.is_dir():
+            raise DataError(f"{folder}: folder not found (data.path)")
+        if not self.files:
+            raise DataError(f"{folder}: no .npz files found (data.path)")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        path = self.files[index]
+        try:
+            with np.load(path, allow_pickle=False) as npz:  # a patch stays data: no pickles
+                image, label = npz[self.image_key], npz[self.label_key]
+        except KeyError as exc:
+            raise DataError(f"{path}: missing array {exc} (data.image_key / data.label_key)") from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(f"{path}: cannot be read as .npz ({exc})") from None
+        if image.ndim == 2:
+            image = image[None]
+        if image.ndim != 3:
+            raise DataError(f"{path}: image must have 2 or 3 dimensions, has shape {image.shape}")
+        if image.shape[-1] < image.shape[0] and image.shape[-1] <= 32:  # channels last → first
+            image = np.moveaxis(image, -1, 0)
+        if np.asarray(label).size != 1:
+            raise DataError(f"{path}: label must be a single integer, has shape {np.shape(label)}")
+        return image, int(np.asarray(label).reshape(()))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.read(index)
+        return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), label
+
+    def labels(self) -> list[int]:
+        return [self.read(i)[1] for i in range(len(self))]
+
+
+def build_data(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
+    source = cfg.data.source
+    if source == "digits":
+        bundle = _digits(cfg)
+    elif source == "npz":
+        bundle = _npz(cfg, project_root)
+    elif source == "imagefolder":
+        bundle = _imagefolder(cfg, project_root)
+    else:
+        bundle = _custom(cfg, project_root)
+    for split in ("train", "val"):
+        if len(getattr(bundle, split)) == 0:
+            raise DataError(f"the {split} split of data source '{source}' is empty (data)")
+    return bundle
+
+
+def _digits(cfg: WorkflowConfig) -> DataBundle:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: real data, offline
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # 0..16 → 0..1
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    train_idx, val_idx, test_idx = _stratified_split(labels, cfg.data.val_fraction, cfg.data.test_fraction,
+                                                     cfg.data.split_seed)
+
+    def subset(idx: torch.Tensor) -> TensorDataset:
+        return TensorDataset(images[idx], labels[idx])
+
+    return DataBundle(subset(train_idx), subset(val_idx), subset(test_idx) if len(test_idx) else None,
+                      10, tuple(images.shape[1:]), "digits (scikit-learn, 1797 8×8 images)")
+
+
+def _stratified_split(labels: torch.Tensor, val_fraction: float, test_fraction: float,
+                      seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = make_generator(seed)
+    train, val, test = [], [], []
+    for cls in torch.unique(labels):
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        n_val, n_test = round(len(idx) * val_fraction), round(len(idx) * test_fraction)
+        val.append(idx[:n_val])
+        test.append(idx[n_val:n_val + n_test])
+        train.append(idx[n_val + n_test:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values, torch.cat(test).sort().values
+
+
+def _resolve_dir(cfg: WorkflowConfig, project_root: Path) -> Path:
+    assert cfg.data.path is not None
+    root = (project_root / cfg.data.path).resolve()
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found (data.path = {cfg.data.path!r})")
+    return root
+
+
+def _npz(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
+    root = _resolve_dir(cfg, project_root)
+    splits = {s: NpzPatchDataset(root / s, cfg.data.image_key, cfg.data.label_key)
+              for s in ("train", "val") }
+    test = NpzPatchDataset(root / "test", cfg.data.image_key, cfg.data.label_key) if (
+        root / "test").is_dir() else None
+    sample, _ = splits["train"][0]
+    num_classes = cfg.data.num_classes or (max(max(d.labels()) for d in splits.values()) + 1)
+    return DataBundle(splits["train"], splits["val"], test, num_classes, tuple(sample.shape),
+                      f"NPZ patches in {cfg.data.path}")
+
+
+def _imagefolder(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    root = _resolve_dir(cfg, project_root)
+    steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if cfg.data.image_size:
+        steps.insert(1, v2.Resize((cfg.data.image_size, cfg.data.image_size), antialias=True))
+    transform = v2.Compose(steps)
+    try:
+        train = datasets.ImageFolder(str(root / "train"), transform=transform)
+        val = datasets.ImageFolder(str(root / "val"), transform=transform)
+        test = datasets.ImageFolder(str(root / "test"), transform=transform) if (root / "test").is_dir() else None
+    except (FileNotFoundError, OSError) as exc:
+        raise DataError(f"{root}: not an ImageFolder layout with train/ and val/ class folders ({exc})") from None
+    if train.classes != val.classes:
+        raise DataError(f"{root}: train/ and val/ have different class folders")
+    sample, _ = train[0]
+    return DataBundle(train, val, test, cfg.data.num_classes or len(train.classes), tuple(sample.shape),
+                      f"ImageFolder {cfg.data.path}")
+
+
+def import_target(target: str, project_root: Path, field: str) -> Callable[..., Any]:
+    """Import 'module:attr' with the project directory first on sys.path."""
+    module_name, attr = target.split(":", 1)
+    root = str(project_root.resolve())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise UserInputError(f"{field} = {target!r}: cannot import it from {root} ({exc})") from None
+    if not callable(obj):
+        raise UserInputError(f"{field} = {target!r} is not callable")
+    return obj
+
+
+def _custom(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
+    assert cfg.data.target is not None
+    factory = import_target(cfg.data.target, project_root, "data.target")
+    result = factory(**cfg.data.kwargs)
+    if not isinstance(result, dict) or not {"train", "val"} <= set(result):
+        raise DataError(f"data.target {cfg.data.target!r} must return a dict with 'train' and 'val' "
+                        f"datasets (got {type(result).__name__})")
+    sample, _ = result["train"][0]
+    num_classes = cfg.data.num_classes
+    if num_classes is None:
+        raise DataError("data.num_classes is required with data.source 'custom'")
+    return DataBundle(result["train"], result["val"], result.get("test"), num_classes,
+                      tuple(torch.as_tensor(sample).shape), f"custom {cfg.data.target}")
+
+
+def make_loader(dataset: Dataset, cfg: WorkflowConfig, *, train: bool, device: torch.device,
+                seed: int) -> DataLoader:
+    pin = cfg.data.pin_memory if cfg.data.pin_memory != "auto" else device.type == "cuda"
+    workers = cfg.data.num_workers
+    return DataLoader(dataset, batch_size=cfg.training.batch_size, shuffle=train, drop_last=False,
+                      num_workers=workers, pin_memory=bool(pin), worker_init_fn=seed_worker,
+                      generator=make_generator(seed), persistent_workers=workers > 0)

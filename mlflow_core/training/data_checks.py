@@ -1,0 +1,88 @@
+"""Phase 1's data-pipeline checks: a batch loads; shapes and dtypes; NaN/Inf; label range; class
+balance; train/val overlap by content hash. Returns facts and problems; never raises on findings."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mlflow_core.training.data import DataBundle
+
+MAX_SCAN = 50_000  # samples per split scanned for NaN/Inf, labels and hashes; larger splits are sampled
+
+
+def _scan(dataset: Dataset, num_classes: int) -> dict[str, Any]:
+    n = len(dataset)
+    indices = range(n) if n <= MAX_SCAN else torch.linspace(0, n - 1, MAX_SCAN).long().tolist()
+    nonfinite, bad_labels, shapes = [], [], Counter()
+    counts: Counter[int] = Counter()
+    hashes: dict[str, int] = {}
+    lo, hi = float("inf"), float("-inf")
+    for i in indices:
+        x, y = dataset[i]
+        x = torch.as_tensor(x)
+        y = int(y)
+        shapes[tuple(x.shape)] += 1
+        if not torch.isfinite(x).all():
+            nonfinite.append(i)
+        else:
+            lo, hi = min(lo, x.min().item()), max(hi, x.max().item())
+        if not 0 <= y < num_classes:
+            bad_labels.append((i, y))
+        counts[y] += 1
+        hashes.setdefault(hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest(), i)
+    return {"scanned": len(indices), "size": n, "nonfinite": nonfinite, "bad_labels": bad_labels,
+            "shapes": shapes, "counts": counts, "hashes": hashes, "min": lo, "max": hi}
+
+
+def check_data(bundle: DataBundle, batch_size: int) -> dict[str, Any]:
+    problems: list[str] = []
+    loader = DataLoader(bundle.train, batch_size=min(batch_size, len(bundle.train)), shuffle=False)
+    inputs, targets = next(iter(loader))
+    if inputs.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        problems.append(f"inputs are {inputs.dtype}, expected a floating dtype")
+    if targets.dtype not in (torch.int64, torch.int32):
+        problems.append(f"labels are {targets.dtype}, expected integers")
+    train = _scan(bundle.train, bundle.num_classes)
+    val = _scan(bundle.val, bundle.num_classes)
+    for name, scan in (("train", train), ("val", val)):
+        if scan["nonfinite"]:
+            problems.append(f"{len(scan['nonfinite'])} {name} samples contain NaN/Inf (first: index "
+                            f"{scan['nonfinite'][0]})")
+        if scan["bad_labels"]:
+            i, y = scan["bad_labels"][0]
+            problems.append(f"{len(scan['bad_labels'])} {name} labels outside 0..{bundle.num_classes - 1} "
+                            f"(first: index {i} has label {y})")
+        if len(scan["shapes"]) > 1:
+            problems.append(f"{name} samples have {len(scan['shapes'])} different shapes: "
+                            f"{', '.join(str(list(s)) for s in list(scan['shapes'])[:3])}")
+    overlap = sorted(set(train["hashes"]) & set(val["hashes"]))
+    if overlap:
+        problems.append(f"{len(overlap)} val samples also appear in train (identical content; e.g. val index "
+                        f"{val['hashes'][overlap[0]]} = train index {train['hashes'][overlap[0]]})")
+    counts = {str(k): v for k, v in sorted(train["counts"].items())}
+    present = [v for v in train["counts"].values() if v]
+    imbalance = round(max(present) / min(present), 2) if present else None
+    missing = [c for c in range(bundle.num_classes) if train["counts"].get(c, 0) == 0]
+    warnings = []
+    if missing:
+        warnings.append(f"classes with no training sample: {missing[:10]}")
+    if imbalance and imbalance > 10:
+        warnings.append(f"class imbalance: the largest class is {imbalance}× the smallest")
+    if train["max"] - train["min"] > 1e3 or max(abs(train["min"]), abs(train["max"])) > 1e3:
+        warnings.append(f"inputs range {train['min']:.3g}..{train['max']:.3g}; consider normalising")
+    return {
+        "source": bundle.source, "train_size": len(bundle.train), "val_size": len(bundle.val),
+        "test_size": len(bundle.test) if bundle.test is not None else 0,
+        "input_shape": list(bundle.input_shape), "batch_shape": list(inputs.shape),
+        "input_dtype": str(inputs.dtype).replace("torch.", ""), "label_dtype": str(targets.dtype).replace("torch.", ""),
+        "num_classes": bundle.num_classes, "input_min": train["min"], "input_max": train["max"],
+        "class_counts_train": counts, "class_counts_val": {str(k): v for k, v in sorted(val["counts"].items())},
+        "imbalance_ratio": imbalance, "overlap_train_val": len(overlap),
+        "scanned": {"train": train["scanned"], "val": val["scanned"]},
+        "problems": problems, "warnings": warnings,
+    }

@@ -1,0 +1,82 @@
+"""Models: a configurable simple CNN (seed 000's 4–5 conv blocks, any band count), torchvision
+classifiers with the first convolution adapted to `in_channels`, or a user's own module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mlflow_core.config.schema import ModelSection
+from mlflow_core.errors import UserInputError
+from mlflow_core.training.data import import_target
+
+
+class SimpleCNN(nn.Module):
+    """Conv-BN-ReLU blocks, each halving the resolution while it is at least 2, then global pooling.
+
+    Pooling only while the image is large enough lets the same model take 8×8 digits and 224×224
+    Sentinel-2 patches.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, channels: list[int], input_size: int = 224,
+                 batch_norm: bool = True, dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        size, width_in = input_size, in_channels
+        for width in channels:
+            layers.append(nn.Conv2d(width_in, width, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.ReLU(inplace=True))
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            width_in = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.classifier = nn.Linear(width_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x)).flatten(1)
+        return self.classifier(self.dropout(x))
+
+
+def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    if conv.in_channels == in_channels:
+        return conv
+    return nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                     bias=conv.bias is not None)
+
+
+def build_model(cfg: ModelSection, num_classes: int, input_shape: tuple[int, ...], project_root: Path) -> nn.Module:
+    in_channels = cfg.in_channels or input_shape[0]
+    if cfg.in_channels and input_shape and cfg.in_channels != input_shape[0]:
+        raise UserInputError(f"model.in_channels is {cfg.in_channels} but the data has {input_shape[0]} "
+                             f"channels (input shape {tuple(input_shape)})")
+    if cfg.name == "simple_cnn":
+        size = min(input_shape[1:]) if len(input_shape) == 3 else 224
+        return SimpleCNN(in_channels, num_classes, cfg.channels, size, cfg.batch_norm, cfg.dropout)
+    if cfg.name == "custom":
+        assert cfg.target is not None
+        factory = import_target(cfg.target, project_root, "model.target")
+        model = factory(num_classes=num_classes, in_channels=in_channels, **cfg.kwargs)
+        if not isinstance(model, nn.Module):
+            raise UserInputError(f"model.target {cfg.target!r} returned {type(model).__name__}, not an nn.Module")
+        return model
+    from torchvision import models  # weights=None: no download; pretrained weights come from disk only
+
+    if cfg.name.startswith("resnet"):
+        model = getattr(models, cfg.name)(weights=None, num_classes=num_classes, **cfg.kwargs)
+        model.conv1 = _adapt_first_conv(model.conv1, in_channels)
+        return model
+    model = models.efficientnet_b0(weights=None, num_classes=num_classes, **cfg.kwargs)
+    first = model.features[0][0]
+    model.features[0][0] = _adapt_first_conv(first, in_channels)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,432 @@
+"""The one shared trainer. Every phase that trains calls `Trainer.fit`.
+
+Monitoring never forces a host–device sync on every step: on CUDA, per-step losses and gradient
+norms stay on the device and are read back once per window of `monitoring.check_every_n_steps`
+steps; the window's first non-finite value still gives the exact step, and a device-side snapshot
+taken at the window's start plus the window's batches are kept as the last good state to replay
+from. On the CPU a read-back costs nothing, so the check runs before every optimizer step and the
+model itself is the last good state.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlflow_core.atomic import atomic_write_json
+from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.monitoring.anomalies import EarlyStopping, GradExplosionDetector, StallDetector, first_nonfinite
+from mlflow_core.monitoring.nvml import GpuSampler
+from mlflow_core.training.checkpoint import save_checkpoint
+from mlflow_core.training.data import DataBundle, build_data, make_loader
+from mlflow_core.training.models import build_model, count_parameters
+from mlflow_core.training.seeding import SEEDED, rng_state, seed_everything
+
+METRICS_SCHEMA_VERSION = 1
+logging.getLogger("wf").addHandler(logging.NullHandler())
+
+
+@dataclass
+class Progress:
+    """What a progress display needs, sent once per check window (values already on the host)."""
+    stage: str  # "train" or "val"
+    epoch: int
+    epochs: int
+    step_in_epoch: int
+    steps_per_epoch: int
+    global_step: int
+    loss: float | None = None
+    metric: float | None = None
+    samples_per_s: float | None = None
+    eta_s: float | None = None
+    gpu: dict[str, float] | None = None
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed, early_stopped, failed_nan, interrupted, crashed
+    metrics: dict[str, Any]
+    model: nn.Module
+    run_dir: Path | None
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from mlflow_core.errors import UserInputError
+        raise UserInputError(f"training.device is {name!r} but torch sees no CUDA device "
+                             "(set training.device: auto or cpu)")
+    return torch.device(name)
+
+
+def finite_or_str(value: float) -> float | str:
+    """JSON has no NaN/Inf: keep them readable as strings."""
+    return value if math.isfinite(value) else str(value)
+
+
+def total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+class Trainer:
+    def __init__(self, cfg: WorkflowConfig, project_root: Path, run_dir: Path | None = None, *,
+                 run_id: str = "", phase: str = "baseline", on_progress: Callable[[Progress], None] | None = None,
+                 gpu_sampler: GpuSampler | None = None, data: DataBundle | None = None):
+        self.cfg, self.project_root, self.run_dir = cfg, project_root, run_dir
+        self.run_id, self.phase = run_id, phase
+        self.on_progress = on_progress or (lambda _p: None)
+        self.gpu_sampler = gpu_sampler
+        self.data = data
+        self.log = logging.getLogger(f"wf.trainer.{run_id or 'anon'}")
+
+    # --- set-up ------------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)
+        self.device = resolve_device(cfg.training.device)
+        self.data = self.data or build_data(cfg, self.project_root)
+        seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)  # data building may draw
+        self.model = build_model(cfg.model, self.data.num_classes, self.data.input_shape, self.project_root)
+        self.model.to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = self._optimizer()
+        self.scheduler = self._scheduler()
+        self.criterion = nn.CrossEntropyLoss()
+        seed = cfg.reproducibility.seed
+        self.train_loader = make_loader(self.data.train, cfg, train=True, device=self.device, seed=seed)
+        self.val_loader = make_loader(self.data.val, cfg, train=False, device=self.device, seed=seed)
+        mon = cfg.monitoring
+        self.stall = StallDetector(mon.stall_window_steps, mon.stall_min_delta)
+        self.explosion = GradExplosionDetector(mon.explode_factor)
+        self.early = EarlyStopping(cfg.validation.mode, cfg.early_stopping.patience,
+                                   cfg.early_stopping.min_delta, cfg.early_stopping.enabled)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        t = self.cfg.training
+        if t.optimizer == "sgd":
+            return torch.optim.SGD(self.params, lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay)
+        cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+        return cls(self.params, lr=t.learning_rate, weight_decay=t.weight_decay)
+
+    def _scheduler(self) -> Any:
+        s, epochs = self.cfg.training.scheduler, self.cfg.training.epochs
+        if s.name == "step":
+            return torch.optim.lr_scheduler.StepLR(self.optimizer, s.step_size, s.gamma)
+        if s.name == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs, eta_min=s.min_lr)
+        if s.name == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode=self.cfg.validation.mode,
+                                                              factor=s.factor, patience=s.patience, min_lr=s.min_lr)
+        return None
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    def fit(self, max_steps: int | None = None) -> TrainResult:
+        """Train. `max_steps` stops early for short verification runs (no files are written when
+        the trainer has no run directory)."""
+        self._build()
+        cfg, device = self.cfg, self.device
+        window_size = 1 if device.type == "cpu" else cfg.monitoring.check_every_n_steps
+        epochs = cfg.training.epochs
+        steps_per_epoch = len(self.train_loader)
+        metrics = self._new_metrics()
+        self.recent: deque[tuple[int, float, float]] = deque(maxlen=50)
+        self.anomalies: list[dict[str, Any]] = []
+        steps_file = self._open_steps_log()
+        sampler = self.gpu_sampler.start() if self.gpu_sampler else None
+        started = time.perf_counter()
+        global_step, status, stop_reason = 0, "completed", None
+        self.log.info("run %s: %s on %s, %d train / %d val samples, %d steps per epoch", self.run_id,
+                      cfg.model.name, device, len(self.data.train), len(self.data.val), steps_per_epoch)
+        try:
+            for epoch in range(1, epochs + 1):
+                # -- train one epoch ------------------------------------------------------------------
+                self.model.train()
+                epoch_start, data_wait = time.perf_counter(), 0.0
+                loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+                window: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, loss, grad norm) on device
+                window_batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # host copies, for replay
+                snapshot = self._snapshot() if window_size > 1 else None
+                window_start, window_t0 = global_step, time.perf_counter()
+                batches = iter(self.train_loader)
+                for step_in_epoch in range(1, steps_per_epoch + 1):
+                    # data: time spent waiting for the loader is the data-wait figure
+                    t0 = time.perf_counter()
+                    inputs_cpu, targets_cpu = next(batches)
+                    data_wait += time.perf_counter() - t0
+                    inputs = inputs_cpu.to(device, non_blocking=True)
+                    targets = targets_cpu.to(device, non_blocking=True)
+                    # forward / backward
+                    logits = self.model(inputs)
+                    loss = self.criterion(logits, targets)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.training.grad_clip_norm:
+                        grad_norm = nn.utils.clip_grad_norm_(self.params, cfg.training.grad_clip_norm)
+                    else:
+                        grad_norm = total_grad_norm(self.params)
+                    # check before the step on the CPU: the model is then still the last good state
+                    if window_size == 1:
+                        loss_f, norm_f = loss.item(), grad_norm.item()
+                        self.recent.append((global_step, loss_f, norm_f))
+                        if not (math.isfinite(loss_f) and math.isfinite(norm_f)):
+                            info = self._nonfinite(epoch, step_in_epoch, global_step, loss_f, norm_f,
+                                                   state=None, state_step=global_step,
+                                                   batches=[(inputs_cpu, targets_cpu)])
+                            metrics["nonfinite"] = info
+                            if cfg.monitoring.nan_action == "stop":
+                                status, stop_reason = "failed_nan", info["message"]
+                                break
+                    else:
+                        window_batches.append((inputs_cpu, targets_cpu))
+                    # step
+                    self.optimizer.step()
+                    loss_sum += loss.detach() * targets.shape[0]
+                    correct += (logits.detach().argmax(1) == targets).sum()
+                    seen += targets.shape[0]
+                    window.append((global_step, loss.detach(), grad_norm.detach()))
+                    global_step += 1
+                    # monitor: once per window, one read-back
+                    last = step_in_epoch == steps_per_epoch or (max_steps and global_step >= max_steps)
+                    if len(window) >= cfg.monitoring.check_every_n_steps or last:
+                        bad = self._flush(window, epoch, step_in_epoch, steps_per_epoch, global_step,
+                                          window_t0, started, epochs, steps_file, window_start, snapshot,
+                                          window_batches)
+                        if bad is not None and metrics.get("nonfinite") is None:
+                            metrics["nonfinite"] = bad
+                            if cfg.monitoring.nan_action == "stop":
+                                status, stop_reason = "failed_nan", bad["message"]
+                                break
+                        window, window_batches = [], []
+                        window_start, window_t0 = global_step, time.perf_counter()
+                        snapshot = self._snapshot() if window_size > 1 else None
+                    if max_steps and global_step >= max_steps:
+                        break
+                if status == "failed_nan" or (max_steps and global_step >= max_steps and not self.run_dir):
+                    break
+
+                # -- validate -------------------------------------------------------------------------
+                elapsed = time.perf_counter() - epoch_start
+                record: dict[str, Any] = {
+                    "epoch": epoch,
+                    "train_loss": finite_or_str((loss_sum / max(seen, 1)).item()),
+                    "train_accuracy": round((correct / max(seen, 1)).item(), 6),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "duration_s": round(elapsed, 3),
+                    "samples_per_s": round(seen / elapsed, 1) if elapsed > 0 else None,
+                    "data_wait_fraction": round(data_wait / elapsed, 4) if elapsed > 0 else None,
+                }
+                validated = epoch % cfg.validation.validate_every_n_epochs == 0 or epoch == epochs
+                if validated:
+                    val_loss, val_acc = self.evaluate()
+                    record.update(val_loss=finite_or_str(val_loss), val_accuracy=round(val_acc, 6))
+                metrics["epochs"].append(record)
+
+                # -- checkpoint, early stopping, schedule --------------------------------------------
+                should_stop = False
+                if validated:
+                    value = val_loss if cfg.validation.metric == "val_loss" else val_acc
+                    improved, should_stop, reason = self.early.update(epoch, value)
+                    record["improved"] = improved
+                    if improved:
+                        metrics["best"] = {"metric": cfg.validation.metric, "value": value, "epoch": epoch}
+                        if cfg.checkpointing.save_best:
+                            metrics["checkpoints"]["best"] = self._save("best_model.pt", epoch, global_step, metrics)
+                    if should_stop:
+                        status, stop_reason = "early_stopped", reason
+                every = cfg.checkpointing.checkpoint_every_n_epochs
+                if every and epoch % every == 0:
+                    metrics["checkpoints"]["periodic"].append(
+                        self._save(f"checkpoint_epoch_{epoch}.pt", epoch, global_step, metrics))
+                if cfg.checkpointing.save_last:
+                    metrics["checkpoints"]["last"] = self._save("last_model.pt", epoch, global_step, metrics)
+                if self.scheduler is not None:
+                    if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                        if validated:
+                            self.scheduler.step(value)
+                    else:
+                        self.scheduler.step()
+                self.log.info("epoch %d/%d: %s", epoch, epochs, {k: v for k, v in record.items() if k != "epoch"})
+                self.on_progress(Progress("val", epoch, epochs, steps_per_epoch, steps_per_epoch, global_step,
+                                          loss=record.get("val_loss") if validated else None,
+                                          metric=record.get("val_accuracy")))
+                metrics["steps"] = global_step
+                self._write_metrics(metrics, "running", started)
+                if should_stop or (max_steps and global_step >= max_steps):
+                    break
+        except KeyboardInterrupt:
+            status, stop_reason = "interrupted", "interrupted by the user"
+            raise
+        except Exception as exc:
+            status, stop_reason = "crashed", f"{type(exc).__name__}: {exc}"
+            self.log.exception("training crashed")
+            raise
+        finally:
+            if sampler:
+                sampler.stop()
+            if steps_file:
+                steps_file.close()
+            metrics["steps"] = global_step
+            metrics["stop_reason"] = stop_reason
+            metrics["anomalies"] = self.anomalies
+            metrics["gpu"] = self.gpu_sampler.summary() if self.gpu_sampler else {
+                "available": False, "reason": "not sampled"}
+            if status == "failed_nan" and metrics["nonfinite"] and self.run_dir:
+                metrics["nonfinite"]["dump"] = self._save_nonfinite_dump(metrics["nonfinite"])
+            self._write_metrics(metrics, status, started)
+        return TrainResult(status, metrics, self.model, self.run_dir, self.anomalies)
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        count = 0
+        for inputs, targets in self.val_loader:
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            logits = self.model(inputs)
+            loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum")
+            correct += (logits.argmax(1) == targets).sum()
+            count += targets.shape[0]
+        return (loss_sum / count).item(), (correct / count).item()
+
+    # --- monitoring --------------------------------------------------------------------------------
+
+    def _flush(self, window, epoch, step_in_epoch, steps_per_epoch, global_step, window_t0, started,
+               epochs, steps_file, window_start, snapshot, window_batches) -> dict[str, Any] | None:
+        steps = [s for s, _, _ in window]
+        values = torch.stack([torch.stack([l.float(), n.float()]) for _, l, n in window]).tolist()  # one sync
+        losses, norms = [v[0] for v in values], [v[1] for v in values]
+        lr = self.optimizer.param_groups[0]["lr"]
+        if steps_file:
+            writer = csv.writer(steps_file)
+            for s, l, n in zip(steps, losses, norms):
+                writer.writerow([s, epoch, repr(l), repr(n), lr])
+            steps_file.flush()
+        bad_index = first_nonfinite([l + n for l, n in zip(losses, norms)])
+        if snapshot is not None:  # on the CPU path `recent` is filled step by step
+            for s, l, n in zip(steps, losses, norms):
+                self.recent.append((s, l, n))
+        if bad_index is not None and snapshot is not None:
+            # CUDA path: the window-start snapshot is the last good state; its batches replay to the bad step
+            s = steps[bad_index]
+            return self._nonfinite(epoch, step_in_epoch - (len(steps) - 1 - bad_index), s, losses[bad_index],
+                                   norms[bad_index], state=snapshot, state_step=window_start,
+                                   batches=window_batches[: bad_index + 1])
+        for s, l, n in zip(steps, losses, norms):
+            for finding in (self.stall.update(s, l), self.explosion.update(s, n)):
+                if finding is not None and finding.verdict.value != "nonfinite":
+                    self.anomalies.append({"kind": finding.verdict.value, "step": finding.step, "epoch": epoch,
+                                           "message": finding.reason})
+                    self.log.warning("step %d: %s", finding.step, finding.reason)
+        elapsed = time.perf_counter() - window_t0
+        batch = self.cfg.training.batch_size
+        rate = len(steps) * batch / elapsed if elapsed > 0 else None
+        total_steps = epochs * steps_per_epoch
+        per_step = (time.perf_counter() - started) / max(global_step, 1)
+        self.on_progress(Progress("train", epoch, epochs, step_in_epoch, steps_per_epoch, global_step,
+                                  loss=losses[-1], samples_per_s=rate, eta_s=per_step * (total_steps - global_step),
+                                  gpu=self.gpu_sampler.latest() if self.gpu_sampler else None))
+        return None
+
+    def _nonfinite(self, epoch: int, batch_in_epoch: int, step: int, loss: float, norm: float, *,
+                   state: dict[str, Any] | None, state_step: int, batches: list) -> dict[str, Any]:
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        value = loss if what == "loss" else norm
+        message = (f"non-finite {what} ({value}) at step {step} (epoch {epoch}, batch {batch_in_epoch}), "
+                   f"lr {self.optimizer.param_groups[0]['lr']:.3g}")
+        self.log.error(message)
+        self._pending_dump = (state, state_step, batches)
+        recent = [r for r in self.recent if r[0] < step][-20:]
+        return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "what": what,
+                "value": str(value), "loss": finite_or_str(loss), "grad_norm": finite_or_str(norm),
+                "lr": self.optimizer.param_groups[0]["lr"], "message": message,
+                "recent_losses": [[s, finite_or_str(l)] for s, l, _ in recent],
+                "recent_grad_norms": [[s, finite_or_str(n)] for s, _, n in recent]}
+
+    def _snapshot(self) -> dict[str, Any]:
+        """Device-side copy of model and optimizer state: cheap on a GPU, no host sync."""
+        def clone(obj: Any) -> Any:
+            if isinstance(obj, torch.Tensor):
+                return obj.detach().clone()
+            if isinstance(obj, dict):
+                return {k: clone(v) for k, v in obj.items()}
+            if isinstance(obj, list):
+                return [clone(v) for v in obj]
+            return obj
+        return {"model": clone(self.model.state_dict()), "optimizer": clone(self.optimizer.state_dict())}
+
+    def _save_nonfinite_dump(self, info: dict[str, Any]) -> str:
+        state, state_step, batches = self._pending_dump
+        if state is None:  # CPU path: the model was never stepped with the bad gradients
+            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        path = self.run_dir / "nonfinite" / "last_good_state.pt"
+        save_checkpoint(path, {"kind": "nonfinite_dump", "model": state["model"], "optimizer": state["optimizer"],
+                               "state_step": state_step, "nonfinite_step": info["step"],
+                               "batches": [{"inputs": x, "targets": y} for x, y in batches],
+                               "config": self.cfg.model_dump(mode="json"), "rng": rng_state()})
+        return str(path.relative_to(self.run_dir))
+
+    # --- files -------------------------------------------------------------------------------------
+
+    def _new_metrics(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"schema_version": METRICS_SCHEMA_VERSION, "run_id": self.run_id, "phase": self.phase,
+                "status": "running", "device": str(self.device),
+                "torch": torch.__version__, "model": cfg.model.name, "parameters": count_parameters(self.model),
+                "data": {"source": self.data.source, "train_size": len(self.data.train),
+                         "val_size": len(self.data.val), "num_classes": self.data.num_classes,
+                         "input_shape": list(self.data.input_shape)},
+                "seed": cfg.reproducibility.seed, "seeded": SEEDED, "deterministic": cfg.reproducibility.deterministic,
+                "metric": cfg.validation.metric, "mode": cfg.validation.mode, "target": cfg.validation.target,
+                "epochs_planned": cfg.training.epochs, "epochs": [], "best": None, "nonfinite": None,
+                "checkpoints": {"best": None, "last": None, "periodic": []}, "steps": 0}
+
+    def _open_steps_log(self):
+        if not self.run_dir:
+            return None
+        path = self.run_dir / "logs" / "steps.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "w", newline="", encoding="utf-8")
+        csv.writer(f).writerow(["step", "epoch", "loss", "grad_norm", "lr"])
+        return f
+
+    def _save(self, name: str, epoch: int, step: int, metrics: dict[str, Any]) -> dict[str, Any] | None:
+        if not self.run_dir:
+            return None
+        path = self.run_dir / "checkpoints" / name
+        save_checkpoint(path, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epoch": epoch, "global_step": step, "rng": rng_state(), "config": self.cfg.model_dump(mode="json"),
+            "early_stopping": self.early.state_dict(),
+            "detectors": {"stall": self.stall.state_dict(), "explosion": self.explosion.state_dict()},
+            "metrics": {"epochs": metrics["epochs"], "best": metrics["best"]},
+            "run_id": self.run_id, "num_classes": self.data.num_classes, "input_shape": list(self.data.input_shape),
+        })
+        from mlflow_core.workflow.evidence import file_sha256
+        return {"path": str(path.relative_to(self.run_dir)), "epoch": epoch, "step": step,
+                "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+    def _write_metrics(self, metrics: dict[str, Any], status: str, started: float) -> None:
+        metrics["status"] = status
+        metrics["duration_s"] = round(time.perf_counter() - started, 3)
+        if self.run_dir:
+            atomic_write_json(self.run_dir / "logs" / "metrics.json", metrics)

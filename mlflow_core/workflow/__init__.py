@@ -1,0 +1,1 @@
+"""The state machine: project layout, phase definitions, checklists, state, evidence, gates."""

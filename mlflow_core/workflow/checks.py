@@ -1,0 +1,202 @@
+"""Named checks over recorded evidence. Checklist auto items and phase success criteria both name
+these. A check returns a verdict and a reason; it never acts. None of them imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow_core.config.loader import config_sha256, load_config
+from mlflow_core.errors import ConfigError
+from mlflow_core.workflow.evidence import Evidence, file_sha256
+from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.state import ProjectState
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    passed: bool
+    detail: str
+
+
+@dataclass
+class CheckContext:
+    project: Project
+    state: ProjectState
+    phase: str  # the phase whose evidence the check reads
+    evidence: Evidence | None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def facts(self) -> dict[str, Any]:
+        return self.evidence.facts if self.evidence else {}
+
+
+CheckFn = Callable[[CheckContext], CheckResult]
+CHECKS: dict[str, CheckFn] = {}
+
+
+def check(name: str) -> Callable[[CheckFn], CheckFn]:
+    def register(fn: CheckFn) -> CheckFn:
+        CHECKS[name] = fn
+        return fn
+    return register
+
+
+def run_check(name: str, ctx: CheckContext) -> CheckResult:
+    if ctx.evidence is None:
+        return CheckResult(False, f"no evidence recorded yet; run `wf phase {ctx.phase}`")
+    if not ctx.evidence.intact:
+        return CheckResult(False, f".wf/evidence/{ctx.phase}.json was edited after it was recorded "
+                           f"(its hash does not match); run `wf phase {ctx.phase}` again")
+    run = ctx.state.run(ctx.evidence.run_id) if ctx.evidence.run_id else None
+    if run is not None and run.summary.get("evidence_sha256") not in (None, ctx.evidence.sha256):
+        return CheckResult(False, f"evidence does not match run {run.run_id} in state.json; "
+                           f"run `wf phase {ctx.phase}` again")
+    return CHECKS[name](ctx)
+
+
+# --- setup -----------------------------------------------------------------------------------------
+
+@check("config_valid")
+def _config_valid(ctx: CheckContext) -> CheckResult:
+    path = ctx.project.config_path
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return CheckResult(False, f"{exc.problems[0]} (and {len(exc.problems) - 1} more)"
+                           if len(exc.problems) > 1 else exc.problems[0])
+    recorded = ctx.facts().get("config_sha256")
+    if recorded != config_sha256(path):
+        return CheckResult(False, "training_config.yaml changed since `wf phase setup` verified it; "
+                           "run `wf phase setup` again")
+    return CheckResult(True, f"valid; sha256 {recorded[:12]} verified by setup")
+
+
+@check("environment_documented")
+def _environment(ctx: CheckContext) -> CheckResult:
+    env = ctx.facts().get("environment") or {}
+    return _artifact_present(ctx, env.get("report"), "environment report")
+
+
+@check("seeds_fixed")
+def _seeds(ctx: CheckContext) -> CheckResult:
+    seeds = ctx.facts().get("seeds") or {}
+    if seeds.get("seed") is None:
+        return CheckResult(False, "no seed recorded")
+    return CheckResult(True, f"seed {seeds['seed']} applied to {', '.join(seeds.get('seeded', []))}; "
+                       f"deterministic={seeds.get('deterministic')}")
+
+
+@check("reproducibility_verified")
+def _reproducible(ctx: CheckContext) -> CheckResult:
+    rep = ctx.facts().get("reproducibility") or {}
+    if not rep:
+        return CheckResult(False, "not verified")
+    detail = (f"{rep.get('steps')} steps twice on {rep.get('device')}: "
+              f"{'bit-identical' if rep.get('identical') else 'max |Δw| = %.3g' % rep.get('max_abs_diff', float('nan'))}")
+    return CheckResult(bool(rep.get("passed")), detail)
+
+
+@check("data_pipeline_ok")
+def _data(ctx: CheckContext) -> CheckResult:
+    data = ctx.facts().get("data") or {}
+    if not data:
+        return CheckResult(False, "data pipeline not checked")
+    if data.get("problems"):
+        return CheckResult(False, "; ".join(data["problems"]))
+    return CheckResult(True, f"train {data.get('train_size')}, val {data.get('val_size')}, input "
+                       f"{data.get('input_shape')}, {data.get('num_classes')} classes, no NaN/Inf, no overlap")
+
+
+@check("model_forward_ok")
+def _model(ctx: CheckContext) -> CheckResult:
+    model = ctx.facts().get("model") or {}
+    if not model.get("ok"):
+        return CheckResult(False, model.get("error", "model forward pass not run"))
+    return CheckResult(True, f"{model.get('name')}: {model.get('parameters'):,} parameters, "
+                       f"output {model.get('output_shape')}")
+
+
+# --- baseline and later training phases -----------------------------------------------------------
+
+@check("run_completed")
+def _completed(ctx: CheckContext) -> CheckResult:
+    status = ctx.facts().get("status")
+    ok = status in ("completed", "early_stopped")
+    return CheckResult(ok, f"run {ctx.evidence.run_id if ctx.evidence else '?'} status: {status}")
+
+
+@check("loss_decreased")
+def _loss_decreased(ctx: CheckContext) -> CheckResult:
+    f = ctx.facts()
+    first, best = f.get("first_epoch_train_loss"), f.get("best_train_loss")
+    if first is None or best is None:
+        return CheckResult(False, "fewer than one finished epoch recorded")
+    if f.get("epochs_completed", 0) < 2:
+        return CheckResult(False, "needs at least two epochs to compare")
+    ok = best < first
+    return CheckResult(ok, f"train loss {first:.4g} (epoch 1) → best {best:.4g}")
+
+
+@check("no_nan_loss")
+def _no_nan(ctx: CheckContext) -> CheckResult:
+    nan = ctx.facts().get("nonfinite")
+    if nan:
+        return CheckResult(False, f"non-finite loss at step {nan.get('step')} (epoch {nan.get('epoch')}); "
+                           "see diagnostics/nan_loss.md")
+    return CheckResult(True, f"all {ctx.facts().get('steps', '?')} steps finite")
+
+
+@check("best_checkpoint_saved")
+def _best_ckpt(ctx: CheckContext) -> CheckResult:
+    best = (ctx.facts().get("checkpoints") or {}).get("best")
+    if not best:
+        return CheckResult(False, "no best checkpoint recorded")
+    return CheckResult(True, f"{best['path']} (epoch {best.get('epoch')}, sha256 {best['sha256'][:12]})")
+
+
+@check("report_generated")
+def _report(ctx: CheckContext) -> CheckResult:
+    return _artifact_present(ctx, ctx.facts().get("report"), "report")
+
+
+@check("gpu_utilization")
+def _gpu(ctx: CheckContext) -> CheckResult:
+    gpu = ctx.facts().get("gpu") or {}
+    target = float(ctx.params.get("min_percent", 60))
+    if not gpu:
+        return CheckResult(False, "GPU utilization was not recorded")
+    if not gpu.get("available"):
+        return CheckResult(True, f"no GPU present ({gpu.get('reason', 'unknown')}); not applicable")
+    median = gpu.get("p50")
+    if median is None:
+        return CheckResult(False, "no utilization samples recorded")
+    ok = median > target
+    return CheckResult(ok, f"median {median:.0f} % (mean {gpu.get('mean', 0):.0f} %), target > {target:.0f} %"
+                       + ("" if ok else "; see diagnostics/resource_inefficiency.md"))
+
+
+@check("decision_recorded")
+def _decision(ctx: CheckContext) -> CheckResult:
+    decision = ctx.state.decision
+    if decision is None or decision.phase != ctx.phase:
+        return CheckResult(False, "no decision recorded; run `wf decide finalize|diagnose|optimize`")
+    latest = ctx.state.latest_run(ctx.phase, finished=True)
+    if latest is not None and decision.after_run != latest.run_id:
+        return CheckResult(False, f"the decision was made before run {latest.run_id}; run `wf decide` again")
+    reason = f" ({decision.reason})" if decision.reason else ""
+    return CheckResult(True, f"{decision.choice} → {decision.next_phase}{reason}")
+
+
+def _artifact_present(ctx: CheckContext, record: dict[str, Any] | None, what: str) -> CheckResult:
+    if not record:
+        return CheckResult(False, f"no {what} recorded")
+    path = ctx.project.root / record["path"]
+    if not path.is_file():
+        return CheckResult(False, f"{record['path']} is missing; run `wf report {ctx.phase}` to render it again")
+    if file_sha256(path) != record["sha256"]:
+        return CheckResult(False, f"{record['path']} was edited after wf wrote it; "
+                           f"run `wf report {ctx.phase}` to render it again")
+    return CheckResult(True, f"{record['path']} (sha256 {record['sha256'][:12]})")

@@ -1,0 +1,237 @@
+"""Running a phase: the entry gate (or a recorded override), a run record, the runner, evidence,
+the report, success criteria and the checklist's auto marks. Also `wf decide`, `wf checklist tick`
+and `wf report`: every command that changes a project goes through here, under the project lock."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from mlflow_core.config.loader import config_sha256, load_config
+from mlflow_core.errors import ChecklistError, GateClosedError, RunInterruptedError, UserInputError, WfError
+from mlflow_core.workflow.checks import CheckContext, run_check
+from mlflow_core.workflow.checklist import set_marks
+from mlflow_core.workflow.evidence import read_evidence, write_evidence
+from mlflow_core.workflow.gates import entry_verdict, evaluate_gate, load_checklist
+from mlflow_core.workflow.phases import DECISIONS, PhaseDefinition, load_phase
+from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.recommend import Recommendation
+from mlflow_core.workflow.state import (Decision, ProjectState, RunRecord, load_state, now_iso, project_lock,
+                                        save_state)
+
+
+@dataclass
+class PhaseResult:
+    phase: str
+    run_id: str
+    status: str
+    passed: bool
+    criteria: list[dict[str, Any]]
+    report: str
+    recommendation: Recommendation | None = None
+    overridden: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def new_run_id(phase: str) -> str:
+    return f"{phase}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def evaluate_criteria(project: Project, state: ProjectState, definition: PhaseDefinition) -> list[dict[str, Any]]:
+    evidence = read_evidence(project, definition.name)
+    out = []
+    for c in definition.success_criteria:
+        result = run_check(c.check, CheckContext(project, state, definition.name, evidence, c.params))
+        out.append({"id": c.id, "text": c.text, "check": c.check, "passed": result.passed, "detail": result.detail})
+    return out
+
+
+def run_phase(project: Project, phase: str, *, override_reason: str | None = None,
+              on_progress: Callable[[Any], None] | None = None,
+              on_message: Callable[[str], None] | None = None) -> PhaseResult:
+    from mlflow_core.runners import RUNNABLE_PHASES, RunContext, get_runner
+
+    say = on_message or (lambda _m: None)
+    with project_lock(project, f"wf phase {phase}"):
+        state = load_state(project)
+        definition = load_phase(phase, project.root)
+        if phase not in RUNNABLE_PHASES:
+            raise UserInputError(f"`wf phase {phase}` is not available in this version of wf; "
+                                 f"runnable phases: {', '.join(RUNNABLE_PHASES)}.")
+        cfg = load_config(project.config_path)  # bad config: exit 2 before anything is written
+
+        # -- entry gate -----------------------------------------------------------------------------
+        verdict = entry_verdict(project, state, phase)
+        origin = (state.entered_from.get(phase) if state.current_phase == phase else state.current_phase) or (
+            "setup" if phase != "setup" else None)
+        if not verdict.allowed:
+            if override_reason is None:
+                raise GateClosedError(f"cannot start {phase}: {verdict.reason}.",
+                                      hint=f"Run `{verdict.unblock}` to see what is left, or override explicitly "
+                                      f"with `wf phase {phase} --override-gate \"reason\"` (recorded in the history "
+                                      "and shown in every later report).")
+            if not override_reason.strip():
+                raise UserInputError("--override-gate needs a reason")
+            state.record("gate_override", phase=phase, gate=origin, reason=override_reason.strip(),
+                         open_items=[i.id for i in verdict.gate.open_items] if verdict.gate else [],
+                         blocked_because=verdict.reason)
+            say(f"Gate overridden: {verdict.reason}")
+        elif verdict.gate is not None:
+            state.record("gate_checked", phase=phase, gate=origin, passed=True)
+
+        # -- run record -----------------------------------------------------------------------------
+        run_id = new_run_id(phase)
+        run_dir = project.runs_dir / run_id
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        state.current_phase = phase
+        state.entered_from[phase] = origin
+        run = RunRecord(run_id=run_id, phase=phase, status="running", started_at=now_iso(),
+                        dir=project.relative(run_dir))
+        state.runs.append(run)
+        state.record("phase_started", phase=phase, run_id=run_id)
+        save_state(project, state)
+
+        # -- run ------------------------------------------------------------------------------------
+        handler = logging.FileHandler(run_dir / "logs" / "training.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("wf")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        sha = config_sha256(project.config_path)
+        ctx = RunContext(project, cfg, sha, run_id, run_dir, on_progress or (lambda _p: None), say)
+        try:
+            output = get_runner(phase)(ctx)
+        except BaseException as exc:
+            run.status = ("interrupted" if isinstance(exc, KeyboardInterrupt) else
+                          "failed_input" if isinstance(exc, WfError) else "crashed")
+            run.finished_at, run.passed = now_iso(), False
+            run.summary = {"error": f"{type(exc).__name__}: {exc}"}
+            state.record("phase_finished", phase=phase, run_id=run_id, status=run.status)
+            save_state(project, state)
+            if isinstance(exc, KeyboardInterrupt):
+                raise RunInterruptedError(f"{phase} interrupted; run {run_id} is recorded as interrupted.") from None
+            if isinstance(exc, WfError):
+                raise
+            logger.exception("phase %s crashed", phase)
+            from mlflow_core.errors import PhaseFailedError
+            raise PhaseFailedError(f"{phase} crashed: {type(exc).__name__}: {exc}",
+                                   hint=f"The traceback is in {project.relative(run_dir)}/logs/training.log.") from exc
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+
+        # -- evidence, report, criteria ---------------------------------------------------------------
+        result = _record_outcome(project, state, definition, run, output.facts, cfg.project.name, output.status)
+        result.notes = output.notes
+        save_state(project, state)
+        _sync_auto_marks(project, state, phase)
+        return result
+
+
+def _record_outcome(project: Project, state: ProjectState, definition: PhaseDefinition, run: RunRecord,
+                    facts: dict[str, Any], project_name: str, status: str) -> PhaseResult:
+    from mlflow_core.reports.phase_reports import render_phase_report
+
+    phase = definition.name
+    facts.pop("report", None)
+    run.summary["evidence_sha256"] = write_evidence(project, phase, run.run_id, facts)
+    criteria = evaluate_criteria(project, state, definition)
+    report_name = f"reports/{definition.report}"
+    shown = [dict(c, passed=True, detail=f"{report_name} (this report)") if c["check"] == "report_generated" else c
+             for c in criteria]
+    report, rec = render_phase_report(project, state, definition, run.run_id, facts, shown, project_name)
+    facts["report"] = report
+    run.summary["evidence_sha256"] = write_evidence(project, phase, run.run_id, facts)
+    criteria = evaluate_criteria(project, state, definition)
+    passed = all(c["passed"] for c in criteria) and status in ("completed", "early_stopped")
+    run.status = status if passed or status != "completed" else "failed_criteria"
+    run.finished_at = run.finished_at or now_iso()
+    run.passed = passed
+    run.summary.update({k: facts.get(k) for k in ("best", "epochs_completed", "duration_s") if k in facts})
+    run.summary["report"] = report["path"]
+    state.record("phase_finished", phase=phase, run_id=run.run_id, status=run.status, passed=passed)
+    return PhaseResult(phase, run.run_id, run.status, passed, criteria, report["path"], rec)
+
+
+def _sync_auto_marks(project: Project, state: ProjectState, phase: str) -> None:
+    """Tick (or untick) the auto items of the phase's checklist in the project's copy."""
+    definition = load_phase(phase, project.root)
+    path = project.checklist_path(definition.exit_checklist)
+    if not path.is_file():
+        return
+    gate = evaluate_gate(project, state, phase)
+    set_marks(path, {i.id: i.checked for i in gate.items if i.kind == "auto"})
+
+
+def rerender_report(project: Project, phase: str) -> PhaseResult:
+    """`wf report PHASE`: render the phase's report again from its recorded evidence and run files."""
+    with project_lock(project, f"wf report {phase}"):
+        state = load_state(project)
+        definition = load_phase(phase, project.root)
+        evidence = read_evidence(project, phase)
+        if evidence is None:
+            raise UserInputError(f"{phase} has recorded no run yet; run `wf phase {phase}` first.")
+        if not evidence.intact:
+            raise UserInputError(f".wf/evidence/{phase}.json was edited after it was recorded; "
+                                 f"run `wf phase {phase}` again.")
+        run = state.run(evidence.run_id or "")
+        if run is None:
+            raise UserInputError(f"run {evidence.run_id} of {phase} is not in .wf/state.json; "
+                                 f"run `wf phase {phase}` again.")
+        name = load_config(project.config_path).project.name
+        result = _record_outcome(project, state, definition, run, dict(evidence.facts), name,
+                                 evidence.facts.get("status", run.status))
+        state.history[-1].event = "report_rendered"
+        save_state(project, state)
+        _sync_auto_marks(project, state, phase)
+        return result
+
+
+def decide(project: Project, choice: str, reason: str | None) -> Decision:
+    if choice not in DECISIONS:
+        raise UserInputError(f"unknown decision {choice!r}; choose one of: {', '.join(DECISIONS)}.")
+    with project_lock(project, f"wf decide {choice}"):
+        state = load_state(project)
+        current = state.current_phase
+        if current is None:
+            raise UserInputError("nothing to decide yet: no phase has run.", hint="Run `wf phase setup`.")
+        options = load_phase(current, project.root).next
+        target = DECISIONS[choice]
+        if len(options) < 2:
+            raise UserInputError(f"no decision to make in {current}: it leads only to "
+                                 f"{', '.join(options) or 'nothing'}.")
+        if target not in options:
+            verbs = [v for v, p in DECISIONS.items() if p in options]
+            raise UserInputError(f"{current} cannot lead to {target}; choose one of: {', '.join(verbs)}.")
+        latest = state.latest_run(current, finished=True)
+        if latest is None:
+            raise UserInputError(f"{current} has no finished run to decide on.", hint=f"Run `wf phase {current}`.")
+        decision = Decision(phase=current, choice=choice, next_phase=target, reason=reason, time=now_iso(),
+                            after_run=latest.run_id)
+        state.decision = decision
+        state.record("decision", **decision.model_dump())
+        save_state(project, state)
+        _sync_auto_marks(project, state, current)
+        return decision
+
+
+def tick(project: Project, checklist_name: str, item_id: str, checked: bool = True, note: str | None = None) -> None:
+    with project_lock(project, f"wf checklist tick {checklist_name} {item_id}"):
+        state = load_state(project)
+        checklist = load_checklist(project, checklist_name)
+        item = checklist.item(item_id)
+        if item.auto:
+            raise ChecklistError(f"{checklist.path}: line {item.line}: {item_id!r} is verified by wf from recorded "
+                                 "evidence and cannot be ticked by hand.",
+                                 hint=f"Run the phase that records it; `wf gate check` shows what it found.")
+        if not project.checklist_path(checklist_name).is_file():
+            raise ChecklistError(f"{project.checklist_path(checklist_name)}: not in the project.",
+                                 hint="`wf init` copies the checklists into the project.")
+        set_marks(checklist.path, {item_id: checked})
+        state.record("checklist_tick" if checked else "checklist_untick", checklist=checklist_name,
+                     item=item_id, **({"note": note} if note else {}))
+        save_state(project, state)

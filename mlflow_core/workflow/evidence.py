@@ -1,0 +1,71 @@
+"""Evidence: the small, committed facts a phase recorded, from which gates are verified.
+
+`.wf/evidence/<phase>.json` carries a sha256 of its own facts, and the run record in state.json
+carries the same hash, so a hand edit of either is noticed by `wf gate check`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow_core.atomic import atomic_write_json
+from mlflow_core.workflow.project import Project, safe_name
+from mlflow_core.workflow.state import now_iso
+
+EVIDENCE_SCHEMA_VERSION = 1
+
+
+def canonical_sha256(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Evidence:
+    phase: str
+    run_id: str | None
+    recorded_at: str
+    facts: dict[str, Any]
+    sha256: str
+    intact: bool  # the stored hash matches the facts
+
+
+def evidence_path(project: Project, phase: str) -> Path:
+    return project.evidence_dir / f"{safe_name(phase, 'phase')}.json"
+
+
+def write_evidence(project: Project, phase: str, run_id: str | None, facts: dict[str, Any]) -> str:
+    body = {"phase": phase, "run_id": run_id, "facts": facts}
+    digest = canonical_sha256(body)
+    atomic_write_json(evidence_path(project, phase), {
+        "schema_version": EVIDENCE_SCHEMA_VERSION, "recorded_at": now_iso(), **body, "sha256": digest})
+    return digest
+
+
+def read_evidence(project: Project, phase: str) -> Evidence | None:
+    """None when the phase has recorded nothing; a damaged file reads as not intact."""
+    path = evidence_path(project, phase)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return Evidence(phase, None, "", {}, "", intact=False)
+    if not isinstance(raw, dict) or not isinstance(raw.get("facts"), dict):
+        return Evidence(phase, None, "", {}, "", intact=False)
+    body = {"phase": raw.get("phase"), "run_id": raw.get("run_id"), "facts": raw["facts"]}
+    stored = str(raw.get("sha256", ""))
+    return Evidence(phase, raw.get("run_id"), str(raw.get("recorded_at", "")), raw["facts"], stored,
+                    intact=stored == canonical_sha256(body) and raw.get("phase") == phase)

@@ -1,0 +1,64 @@
+"""Phase definitions (`phases/<name>.yaml`): content that people read and the engine executes."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlflow_core.content import content_path
+from mlflow_core.errors import UserInputError
+
+PHASE_ORDER = ("setup", "baseline", "diagnostics", "optimization", "finalization")
+
+# `wf decide VERB` names the phase to go to next.
+DECISIONS = {"finalize": "finalization", "diagnose": "diagnostics", "optimize": "optimization",
+             "rebaseline": "baseline"}
+
+
+class Criterion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    text: str
+    check: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PhaseDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    number: int
+    title: str
+    purpose: str
+    objectives: list[str]
+    exit_checklist: str
+    next: list[str]
+    report: str
+    success_criteria: list[Criterion] = Field(default_factory=list)
+    playbooks: dict[str, str] = Field(default_factory=dict)
+
+
+def load_phase(name: str, project_root: Path | None = None) -> PhaseDefinition:
+    if name not in PHASE_ORDER:
+        raise UserInputError(f"unknown phase {name!r}; phases are: {', '.join(PHASE_ORDER)}.")
+    path = content_path("phases", f"{name}.yaml", project_root)
+    return _load_phase_file(path, path.stat().st_mtime_ns)
+
+
+@cache
+def _load_phase_file(path: Path, _mtime: int) -> PhaseDefinition:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return PhaseDefinition.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise UserInputError(f"{path}: not valid YAML ({exc})") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise UserInputError(f"{path}: {problems}") from None
+
+
+def predecessors(name: str, project_root: Path | None = None) -> list[str]:
+    return [p for p in PHASE_ORDER if name in load_phase(p, project_root).next]

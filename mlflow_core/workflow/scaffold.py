@@ -1,0 +1,116 @@
+"""`wf init`: scaffold a project from the packaged content. Never overwrites an existing project."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from mlflow_core.atomic import atomic_write_bytes, atomic_write_text
+from mlflow_core.config.loader import CONFIG_FILENAME, load_config_text
+from mlflow_core.content import packaged_root
+from mlflow_core.errors import UserInputError
+from mlflow_core.workflow.project import WF_DIR, Project
+from mlflow_core.workflow.state import ProjectState, save_state
+
+EXAMPLES = ("digits", "patches")
+
+GITIGNORE = """\
+# wf: heavy or machine-local outputs. Commit .wf/state.json, .wf/evidence/, reports/ and checklists/.
+runs/*/checkpoints/
+runs/*/nonfinite/
+.wf/lock
+data/
+"""
+
+# Example settings applied on top of templates/configs/baseline_template.yaml (seed 003's values).
+EXAMPLE_SETTINGS = {
+    "digits": {"data.source": "digits", "training.epochs": "15", "early_stopping.patience": "5",
+               "validation.metric": "val_accuracy", "validation.target": "0.97"},
+    "patches": {"data.source": "npz", "data.path": "data/patches", "model.channels": "[16, 32, 64, 64]",
+                "training.epochs": "10", "early_stopping.patience": "5",
+                "validation.metric": "val_accuracy", "validation.target": "0.9"},
+}
+
+
+def set_yaml_value(text: str, dotted: str, value: str) -> str:
+    """Replace `section.key`'s value in place, keeping comments and layout."""
+    section, key = dotted.split(".")
+    lines = text.splitlines(keepends=True)
+    in_section = False
+    for i, line in enumerate(lines):
+        if re.match(rf"^{re.escape(section)}:\s*(#.*)?$", line):
+            in_section = True
+            continue
+        if in_section and re.match(r"^\S", line):
+            break
+        m = re.match(rf"^(\s+{re.escape(key)}:\s*)([^#\n]*?)(\s*#.*)?(\n?)$", line) if in_section else None
+        if m:
+            comment = m.group(3) or ""
+            pad = max(1, len(m.group(2)) - len(value) + (len(comment) - len(comment.lstrip())))
+            lines[i] = f"{m.group(1)}{value}{' ' * pad + comment.lstrip() if comment else ''}{m.group(4)}"
+            return "".join(lines)
+    raise KeyError(f"{dotted} not found in the config template")
+
+
+def render_config(project_name: str, example: str) -> str:
+    text = (packaged_root() / "templates" / "configs" / "baseline_template.yaml").read_text(encoding="utf-8")
+    text = set_yaml_value(text, "project.name", f'"{project_name}"')
+    for dotted, value in EXAMPLE_SETTINGS[example].items():
+        text = set_yaml_value(text, dotted, value)
+    load_config_text(text, "templates/configs/baseline_template.yaml")  # the scaffold must validate
+    return text
+
+
+def write_patches(root: Path, *, bands: int = 6, size: int = 32, classes: int = 4, train: int = 160,
+                  val: int = 48, seed: int = 0) -> None:
+    """Lab 6-style Sentinel-2 stand-in: one .npz per patch (image (bands, H, W) float32, label int),
+    in train/ and val/ folders. Each class has its own spectral signature under noise and texture."""
+    rng = np.random.default_rng(seed)
+    signatures = rng.uniform(0.05, 0.45, size=(classes, bands)).astype(np.float32)
+    for split, count in (("train", train), ("val", val)):
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            label = i % classes
+            texture = rng.normal(0, 0.05, size=(1, size, size)).astype(np.float32)
+            noise = rng.normal(0, 0.08, size=(bands, size, size)).astype(np.float32)
+            image = signatures[label][:, None, None] + texture + noise
+            buf = _npz_bytes(image=image.astype(np.float32), label=np.int64(label))
+            atomic_write_bytes(folder / f"patch_{i:05d}.npz", buf)
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    import io
+    out = io.BytesIO()
+    np.savez_compressed(out, **arrays)
+    return out.getvalue()
+
+
+def init_project(directory: Path, example: str = "digits") -> Project:
+    if example not in EXAMPLES:
+        raise UserInputError(f"unknown example {example!r}; choose one of: {', '.join(EXAMPLES)}.")
+    directory = directory.resolve()
+    if (directory / WF_DIR / "state.json").exists():
+        raise UserInputError(f"{directory} is already a wf project; nothing was changed.",
+                             hint="Run `wf status` there.")
+    for existing in (directory / CONFIG_FILENAME, directory / "checklists"):
+        if existing.exists():
+            raise UserInputError(f"{existing} already exists; nothing was changed.",
+                                 hint="Choose an empty or new directory for `wf init`.")
+    directory.mkdir(parents=True, exist_ok=True)
+    project = Project(directory)
+    config_text = render_config(directory.name, example)
+    shutil.copytree(packaged_root() / "checklists", project.checklists_dir)
+    if example == "patches":
+        write_patches(directory / "data" / "patches")
+    gitignore = directory / ".gitignore"
+    if not gitignore.exists():
+        atomic_write_text(gitignore, GITIGNORE)
+    atomic_write_text(project.config_path, config_text)
+    state = ProjectState()
+    state.record("init", example=example)
+    save_state(project, state)
+    return project

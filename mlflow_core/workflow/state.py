@@ -1,0 +1,149 @@
+"""`.wf/state.json`: where the project stands, and an append-only history of what happened.
+
+Versioned (`schema_version`), validated on load (a hand-broken file is exit 2 naming the field),
+written atomically, and changed only under the project lock (see `project_lock`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlflow_core import __version__
+from mlflow_core.atomic import atomic_write_json
+from mlflow_core.errors import ProjectBusyError, StateError
+from mlflow_core.workflow.project import Project
+
+SCHEMA_VERSION = 1
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    run_id: str
+    phase: str
+    status: str  # running, completed, early_stopped, failed_nan, failed_criteria, crashed, interrupted
+    started_at: str
+    finished_at: str | None = None
+    dir: str
+    passed: bool | None = None  # the phase's success criteria
+    summary: dict[str, Any] = Field(default_factory=dict)
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    phase: str  # the phase the decision was made in
+    choice: str  # finalize, diagnose, optimize, rebaseline
+    next_phase: str
+    reason: str | None = None
+    time: str
+    after_run: str | None = None  # the run of `phase` the decision was made on
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    time: str
+    event: Literal["init", "phase_started", "phase_finished", "gate_checked", "gate_override",
+                   "decision", "checklist_tick", "checklist_untick", "report_rendered"]
+
+
+class ProjectState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: Literal[1] = SCHEMA_VERSION
+    wf_version: str = __version__
+    created_at: str = Field(default_factory=now_iso)
+    current_phase: str | None = None
+    entered_from: dict[str, str | None] = Field(default_factory=dict)
+    decision: Decision | None = None
+    runs: list[RunRecord] = Field(default_factory=list)
+    history: list[Event] = Field(default_factory=list)
+
+    def record(self, event: str, **fields: Any) -> Event:
+        entry = Event(time=now_iso(), event=event, **fields)  # type: ignore[arg-type]
+        self.history.append(entry)
+        return entry
+
+    def latest_run(self, phase: str, *, finished: bool = False) -> RunRecord | None:
+        for run in reversed(self.runs):
+            if run.phase == phase and (not finished or run.finished_at):
+                return run
+        return None
+
+    def run(self, run_id: str) -> RunRecord | None:
+        return next((r for r in self.runs if r.run_id == run_id), None)
+
+    def overrides(self) -> list[Event]:
+        return [e for e in self.history if e.event == "gate_override"]
+
+
+def load_state(project: Project) -> ProjectState:
+    path = project.state_path
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StateError(f"{path}: not found.", hint="Create the project with `wf init DIR`.") from None
+    except json.JSONDecodeError as exc:
+        raise StateError(f"{path}: line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg}).",
+                         hint="Restore it from version control (`git checkout -- .wf/state.json`).") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(f"{path}: cannot be read ({exc}).") from None
+    if isinstance(raw, dict) and raw.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise StateError(f"{path}: schema_version {raw.get('schema_version')!r} is not supported by wf "
+                         f"{__version__} (it reads version {SCHEMA_VERSION}).",
+                         hint="Use the wf version that wrote it, or restore the file from version control.")
+    try:
+        return ProjectState.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(f"  - {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}"
+                             for e in exc.errors()[:10])
+        raise StateError(f"{path}: not a valid wf state file:\n{problems}",
+                         hint="Restore it from version control (`git checkout -- .wf/state.json`).") from None
+
+
+def save_state(project: Project, state: ProjectState) -> None:
+    atomic_write_json(project.state_path, state.model_dump(mode="json", exclude_none=False))
+
+
+@contextmanager
+def project_lock(project: Project, command: str | None = None) -> Iterator[None]:
+    """One writer per project. The OS drops a flock when its process dies, so a lock left by a
+    killed process is never stale; the file's content only says who holds it."""
+    project.wf_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(project.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another wf command"
+            raise ProjectBusyError(f"{project.root} is in use by {holder}.",
+                                   hint="Wait for it to finish; `wf status` and `wf gate check` still work.") from None
+        os.ftruncate(fd, 0)
+        label = command or " ".join(["wf", *sys.argv[1:]])
+        os.pwrite(fd, f"`{label}` (pid {os.getpid()})".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def changing_state(project: Project, command: str | None = None) -> Iterator[ProjectState]:
+    """Lock, load, let the caller change the state, save atomically (only if no exception)."""
+    with project_lock(project, command):
+        state = load_state(project)
+        yield state
+        save_state(project, state)

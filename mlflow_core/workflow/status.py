@@ -1,0 +1,59 @@
+"""`wf status`: where the project stands, each gate's progress and the latest runs (no torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow_core.errors import WfError
+from mlflow_core.workflow.gates import entry_verdict, evaluate_gate
+from mlflow_core.workflow.phases import PHASE_ORDER, load_phase
+from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.state import load_state
+
+
+def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
+    state = load_state(project)
+    phases = []
+    for name in PHASE_ORDER:
+        definition = load_phase(name, project.root)
+        latest = state.latest_run(name)
+        try:
+            gate = evaluate_gate(project, state, name)
+            progress = {"passed": gate.passed, "checked": sum(i.checked for i in gate.items),
+                        "total": len(gate.items), "checklist": gate.path,
+                        "open": [i.id for i in gate.open_items]}
+        except WfError as exc:
+            progress = {"passed": False, "error": exc.message}
+        entry = entry_verdict(project, state, name) if name != state.current_phase else None
+        phases.append({"name": name, "number": definition.number, "title": definition.title,
+                       "current": name == state.current_phase,
+                       "last_run": latest.model_dump(mode="json") if latest else None,
+                       "gate": progress,
+                       "can_start": entry.allowed if entry else True,
+                       "blocked_because": None if entry is None or entry.allowed else entry.reason})
+    return {
+        "project": str(project.root),
+        "current_phase": state.current_phase,
+        "decision": state.decision.model_dump(mode="json") if state.decision else None,
+        "phases": phases,
+        "runs": [r.model_dump(mode="json") for r in state.runs[-runs:]][::-1],
+        "overrides": [e.model_dump(mode="json") for e in state.overrides()],
+        "next": suggest_next(state.current_phase, phases),
+    }
+
+
+def suggest_next(current: str | None, phases: list[dict[str, Any]]) -> str:
+    by_name = {p["name"]: p for p in phases}
+    if current is None:
+        return "wf phase setup"
+    phase = by_name[current]
+    run = phase["last_run"]
+    if run is None or run["status"] == "running":
+        return f"wf phase {current}"
+    gate = phase["gate"]
+    if not gate.get("passed"):
+        return f"wf gate check {current}   (items left: {', '.join(gate.get('open', []))})"
+    for p in phases:
+        if p["name"] != current and p["can_start"] and p["name"] != "setup":
+            return f"wf phase {p['name']}"
+    return f"wf gate check {current}"
