@@ -25,7 +25,7 @@ def packaged_root() -> Path:
 
 
 def content_path(kind: str, relative: str, project_root: Path | None = None) -> Path:
-    """Resolve `kind/relative`, the project's copy first. Raises FileNotFoundError if neither exists."""
+    """Resolve `kind/relative`, the project's copy first. Raises UserInputError if neither exists."""
     if kind not in CONTENT_KINDS:
         raise ValueError(f"unknown content kind {kind!r}")
     candidates = []
@@ -35,7 +35,11 @@ def content_path(kind: str, relative: str, project_root: Path | None = None) -> 
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(" or ".join(str(c) for c in candidates))
+    from mlflow_core.errors import UserInputError
+
+    noun = {"checklists": "checklist", "phases": "phase definition", "templates": "template",
+            "diagnostics": "playbook"}[kind]
+    raise UserInputError(f"{candidates[0]}: {noun} not found (looked in {' and '.join(str(c.parent) for c in candidates)}).")
 
 
 def content_dirs(kind: str, project_root: Path | None = None) -> list[Path]:

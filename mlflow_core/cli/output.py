@@ -14,7 +14,7 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def print_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    typer.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
 
 
 def mark(ok: bool) -> str:

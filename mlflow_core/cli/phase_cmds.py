@@ -16,11 +16,15 @@ def register(app: typer.Typer) -> None:
 class _Display:
     """Renders the trainer's progress events: loss, metric, samples/s, ETA and, on GPU, utilization."""
 
-    def __init__(self, progress: Progress):
-        self.progress = progress
+    def __init__(self, progress: Progress, phase: str):
+        self.progress, self.phase = progress, phase
         self.task = None
+        self.started = False
 
     def message(self, text: str) -> None:
+        if not self.started:  # the rule appears once the entry gate has let the phase start
+            self.progress.console.rule(f"wf phase {self.phase}")
+            self.started = True
         self.progress.console.print(f"· {text}")
 
     def update(self, p) -> None:
@@ -47,9 +51,8 @@ def run_with_display(project, name: str, override_reason: str | None = None):
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
-    console.rule(f"wf phase {name}")
     with Progress(*columns, console=console, transient=False) as progress:
-        display = _Display(progress)
+        display = _Display(progress, name)
         result = run_phase(project, name, override_reason=override_reason,
                            on_progress=display.update, on_message=display.message)
     for c in result.criteria:

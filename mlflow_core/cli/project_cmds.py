@@ -65,16 +65,18 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
         return
     console.print(f"[bold]{info['project']}[/] · current phase: [bold]{info['current_phase'] or '(none yet)'}[/]")
     table = Table(title_justify="left")
-    for col in ("#", "phase", "last run", "status", "gate", "can start"):
-        table.add_column(col)
+    for col in ("#", "phase", "last run", "status", "exit gate", "can start"):
+        table.add_column(col, overflow="fold")
     for p in info["phases"]:
         run = p["last_run"] or {}
         gate = p["gate"]
-        gate_text = gate.get("error") or f"{mark(gate['passed'])} {gate['checked']}/{gate['total']} {gate['checklist']}"
+        gate_text = gate.get("error") or f"{mark(gate['passed'])} {gate['checked']}/{gate['total']}"
         table.add_row(str(p["number"]), ("▶ " if p["current"] else "") + p["name"], run.get("run_id", "—"),
-                      run.get("status", "—"), gate_text,
-                      "yes" if p["can_start"] else f"no: {p['blocked_because']}")
+                      run.get("status", "—"), gate_text, "yes" if p["can_start"] else "no")
     console.print(table)
+    blocked = [p for p in info["phases"] if not p["can_start"] and p["blocked_because"]]
+    if blocked:
+        console.print(f"Why not {', '.join(p['name'] for p in blocked)}: {blocked[0]['blocked_because']}")
     if info["decision"]:
         d = info["decision"]
         console.print(f"Decision: {d['choice']} → {d['next_phase']} ({d['time']}){': ' + d['reason'] if d['reason'] else ''}")

@@ -86,12 +86,14 @@ def total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
 class Trainer:
     def __init__(self, cfg: WorkflowConfig, project_root: Path, run_dir: Path | None = None, *,
                  run_id: str = "", phase: str = "baseline", on_progress: Callable[[Progress], None] | None = None,
-                 gpu_sampler: GpuSampler | None = None, data: DataBundle | None = None):
+                 gpu_sampler: GpuSampler | None = None, data: DataBundle | None = None,
+                 windowed: bool | None = None):
         self.cfg, self.project_root, self.run_dir = cfg, project_root, run_dir
         self.run_id, self.phase = run_id, phase
         self.on_progress = on_progress or (lambda _p: None)
         self.gpu_sampler = gpu_sampler
         self.data = data
+        self.windowed = windowed  # None: windowed read-back on accelerators, per-step check on the CPU
         self.log = logging.getLogger(f"wf.trainer.{run_id or 'anon'}")
 
     # --- set-up ------------------------------------------------------------------------------------
@@ -142,7 +144,8 @@ class Trainer:
         the trainer has no run directory)."""
         self._build()
         cfg, device = self.cfg, self.device
-        window_size = 1 if device.type == "cpu" else cfg.monitoring.check_every_n_steps
+        windowed = self.windowed if self.windowed is not None else device.type != "cpu"
+        window_size = cfg.monitoring.check_every_n_steps if windowed else 1
         epochs = cfg.training.epochs
         steps_per_epoch = len(self.train_loader)
         metrics = self._new_metrics()
@@ -192,6 +195,9 @@ class Trainer:
                             metrics["nonfinite"] = info
                             if cfg.monitoring.nan_action == "stop":
                                 status, stop_reason = "failed_nan", info["message"]
+                                if window:  # record the finite steps of the open window before stopping
+                                    self._flush(window, epoch, step_in_epoch - 1, steps_per_epoch, global_step,
+                                                window_t0, started, epochs, steps_file, window_start, None, [])
                                 break
                     else:
                         window_batches.append((inputs_cpu, targets_cpu))

@@ -113,7 +113,7 @@ def _parse_meta(meta: str) -> dict[str, str]:
 
 def set_marks(path: Path, marks: dict[str, bool]) -> None:
     """Rewrite the check marks of the items in `marks` (by id), atomically, touching nothing else."""
-    text = path.read_text(encoding="utf-8")
+    text = path.read_bytes().decode("utf-8")  # not read_text: keep CRLF files CRLF
     out = []
     for line in text.splitlines(keepends=True):
         task = _TASK.match(line.rstrip("\r\n"))

@@ -96,6 +96,7 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
         save_state(project, state)
 
         # -- run ------------------------------------------------------------------------------------
+        say(f"run {run_id} started")
         handler = logging.FileHandler(run_dir / "logs" / "training.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger = logging.getLogger("wf")
@@ -213,7 +214,7 @@ def decide(project: Project, choice: str, reason: str | None) -> Decision:
         decision = Decision(phase=current, choice=choice, next_phase=target, reason=reason, time=now_iso(),
                             after_run=latest.run_id)
         state.decision = decision
-        state.record("decision", **decision.model_dump())
+        state.record("decision", **decision.model_dump(exclude={"time"}))
         save_state(project, state)
         _sync_auto_marks(project, state, current)
         return decision

@@ -1,0 +1,102 @@
+"""Bad input: one clear message naming the file and field or line, exit 2, no traceback, nothing lost."""
+
+import pytest
+
+from mlflow_core.workflow.scaffold import init_project
+
+
+@pytest.fixture
+def project(tmp_path):
+    return init_project(tmp_path / "p").root
+
+
+def _no_traceback(result):
+    assert "Traceback" not in result.err + result.out
+
+
+def test_misspelled_key_in_config(wf, project):
+    config = project / "training_config.yaml"
+    config.write_text(config.read_text().replace("  epochs: 15", "  epocs: 15"))
+    before = config.read_text()
+    r = wf("config", "validate", cwd=project)
+    assert r.code == 2
+    assert "training_config.yaml" in r.err and "training.epocs: unknown key; did you mean 'epochs'?" in r.err
+    _no_traceback(r)
+    r = wf("phase", "setup", cwd=project)  # a phase refuses to start on it and writes nothing
+    assert r.code == 2 and "training.epocs" in r.err
+    assert config.read_text() == before
+    assert not (project / "runs").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["checklist", "tick", "reproducibility", "seeds_fixed"], "verified by wf from recorded evidence"),
+    (["checklist", "tick", "reproducibility", "no_such_item"], "no item with id 'no_such_item'"),
+    (["checklist", "show", "../../etc/passwd"], "not a valid name"),
+    (["checklist", "show", "nonexistent"], "checklist not found"),
+    (["gate", "check", "nonsense"], "unknown phase 'nonsense'"),
+    (["decide", "finalize"], "nothing to decide yet"),
+    (["decide", "maybe"], "unknown decision 'maybe'"),
+    (["phase", "finalization"], "not available in this version"),
+    (["report", "baseline"], "has recorded no run yet"),
+])
+def test_bad_requests(wf, project, args, fragment):
+    r = wf(*args, cwd=project)
+    assert r.code == 2, r
+    assert fragment in r.err
+    _no_traceback(r)
+
+
+def test_checklist_without_id_names_line(wf, project):
+    path = project / "checklists" / "reproducibility.md"
+    path.write_text(path.read_text() + "- [ ] an item someone added without an id\n")
+    r = wf("gate", "check", "setup", cwd=project)
+    assert r.code == 2 and "reproducibility.md" in r.err and "task item has no id" in r.err
+    assert "line 18" in r.err
+
+
+def test_unknown_auto_check(wf, project):
+    path = project / "checklists" / "post_baseline.md"
+    path.write_text(path.read_text() + "- [ ] magic <!-- id: magic; auto: does_magic -->\n")
+    r = wf("gate", "check", "baseline", cwd=project)
+    assert r.code == 2 and "unknown auto check 'does_magic'" in r.err
+
+
+def test_corrupted_state_is_not_overwritten(wf, project):
+    state = project / ".wf" / "state.json"
+    state.write_text('{"schema_version": 1, "runs": [')
+    for args in (["status"], ["checklist", "tick", "reproducibility", "data_documented"], ["phase", "setup"]):
+        r = wf(*args, cwd=project)
+        assert r.code == 2 and "state.json" in r.err and "not valid JSON" in r.err
+        _no_traceback(r)
+    assert state.read_text() == '{"schema_version": 1, "runs": ['
+
+
+def test_outside_a_project(wf, tmp_path):
+    r = wf("status", cwd=tmp_path)
+    assert r.code == 2 and "not inside a wf project" in r.err and "wf init" in r.err
+
+
+def test_init_never_overwrites(wf, project):
+    r = wf("init", str(project), cwd=project.parent)
+    assert r.code == 2 and "already a wf project" in r.err
+
+
+def test_missing_dataset_folder(wf, project):
+    config = project / "training_config.yaml"
+    text = config.read_text().replace("source: digits", "source: npz").replace("path: null", "path: data/none")
+    config.write_text(text)
+    r = wf("phase", "setup", cwd=project)
+    assert r.code == 2 and "data/none" in r.err and "data.path" in r.err
+    _no_traceback(r)
+
+
+def test_gate_check_exit_codes_and_junit(wf, project, tmp_path):
+    r = wf("gate", "check", "setup", "--junit", str(tmp_path / "gate.xml"), cwd=project)
+    assert r.code == 1
+    xml = (tmp_path / "gate.xml").read_text()
+    assert 'tests="8" failures="8"' in xml and "<failure" in xml
+
+
+def test_help_documents_exit_codes(wf):
+    r = wf("--help")
+    assert r.code == 0 and "3 the entry gate is closed" in r.out

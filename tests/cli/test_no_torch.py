@@ -1,0 +1,32 @@
+"""Commands that do not train never import torch (it takes seconds to import)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from mlflow_core.workflow.scaffold import init_project
+
+PROBE = """
+import sys
+from mlflow_core.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = sorted(m for m in ("torch", "torchvision", "matplotlib", "sklearn") if m in sys.modules)
+print("HEAVY:" + ",".join(heavy), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["status"], ["status", "--json"], ["gate", "check", "setup", "--json"], ["gate", "check", "baseline"],
+    ["checklist", "show", "reproducibility"], ["checklist", "list"],
+    ["checklist", "tick", "reproducibility", "data_documented"],
+    ["config", "validate"], ["config", "schema"], ["--help"],
+])
+def test_light_commands_do_not_import_torch(tmp_path, args):
+    project = init_project(tmp_path / "p")
+    out = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=project.root, capture_output=True, text=True,
+                         timeout=120)
+    assert "HEAVY:\n" in out.stderr or out.stderr.rstrip().endswith("HEAVY:"), out.stderr[-2000:]

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mlflow_core.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def wf(capsys, monkeypatch):
+    """Run `wf ARGS…` in-process in `cwd`, returning exit code and output."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(*args: str, cwd: Path | None = None) -> Result:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        code = 0
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory) -> Path:
+    """One quickstart run per session (real digits training); tests copy it before changing it."""
+    root = tmp_path_factory.mktemp("session") / "q"
+    cwd = os.getcwd()
+    try:
+        os.chdir(root.parent)
+        try:
+            main(["quickstart", "q"])
+        except SystemExit as exc:
+            assert exc.code in (0, None), f"quickstart failed with {exc.code}"
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def project_copy(trained_project, tmp_path) -> Path:
+    dest = tmp_path / "q"
+    shutil.copytree(trained_project, dest)
+    return dest

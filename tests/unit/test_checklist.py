@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from mlflow_core.errors import ChecklistError
+from mlflow_core.workflow.checklist import parse_checklist, parse_checklist_text, set_marks
+
+TEXT = """# Demo
+
+Intro text that must survive.
+
+- [ ] First thing <!-- id: first; auto: run_completed -->
+- [x] Second thing <!-- id: second -->
+* [X] Third <!-- id: third -->
+- [ ] not a gate item line without comment is an error
+"""
+
+
+def test_items_parse_with_kind_and_line(tmp_path):
+    cl = parse_checklist_text(TEXT.rsplit("\n", 2)[0] + "\n", tmp_path / "demo.md", "demo")
+    assert cl.title == "Demo"
+    assert [(i.id, i.kind, i.checked, i.line) for i in cl.items] == [
+        ("first", "auto", False, 5), ("second", "manual", True, 6), ("third", "manual", True, 7)]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("- [ ] no id here", "line 1: task item has no id"),
+    ("- [ ] x <!-- id: Bad-Id -->", "must be lower_snake_case"),
+    ("- [ ] x <!-- id: a -->\n- [ ] y <!-- id: a -->", "line 2: id 'a' already used on line 1"),
+    ("- [ ] x <!-- id: a; auto: no_such_check -->", "unknown auto check 'no_such_check'"),
+    ("- [ ] x <!-- id: a; colour: red -->", "unknown key(s) colour"),
+])
+def test_malformed_items_name_the_file_and_line(tmp_path, line, message):
+    with pytest.raises(ChecklistError) as exc:
+        parse_checklist_text(line + "\n", tmp_path / "c.md", "c", known_checks={"run_completed"})
+    assert str(tmp_path / "c.md") in str(exc.value) and message in str(exc.value)
+
+
+def test_set_marks_touches_only_named_items(tmp_path):
+    path = tmp_path / "demo.md"
+    path.write_bytes(TEXT.rsplit("\n", 2)[0].replace("\n", "\r\n").encode() + b"\r\n")
+    before = path.read_bytes()
+    set_marks(path, {"first": True, "second": False})
+    after = path.read_bytes()
+    assert after.count(b"\r\n") == before.count(b"\r\n")
+    assert b"- [x] First thing" in after and b"- [ ] Second thing" in after and b"* [X] Third" in after
+    assert b"Intro text that must survive." in after
+    cl = parse_checklist(path)
+    assert [i.checked for i in cl.items] == [True, False, True]
+
+
+def test_missing_checklist_is_bad_input(tmp_path):
+    with pytest.raises(ChecklistError, match="checklist not found"):
+        parse_checklist(Path(tmp_path / "none.md"))

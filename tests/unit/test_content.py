@@ -1,0 +1,63 @@
+"""Content is data and is tested as data: every phase, checklist and playbook loads, and every
+reference between them resolves."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlflow_core.content import packaged_root
+from mlflow_core.workflow.checks import CHECKS
+from mlflow_core.workflow.checklist import parse_checklist
+from mlflow_core.workflow.phases import PHASE_ORDER, load_phase
+
+ROOT = packaged_root()
+
+
+@pytest.mark.parametrize("name", PHASE_ORDER)
+def test_phase_definitions_resolve(name):
+    phase = load_phase(name)
+    assert phase.name == name and phase.number == PHASE_ORDER.index(name) + 1
+    assert (ROOT / "checklists" / f"{phase.exit_checklist}.md").is_file()
+    assert set(phase.next) <= set(PHASE_ORDER)
+    for criterion in phase.success_criteria:
+        assert criterion.check in CHECKS, criterion.check
+    for playbook in phase.playbooks.values():
+        assert (ROOT / "diagnostics" / f"{playbook}.md").is_file(), playbook
+
+
+def test_state_machine_shape():
+    nexts = {p: load_phase(p).next for p in PHASE_ORDER}
+    assert nexts == {"setup": ["baseline"], "baseline": ["finalization", "diagnostics", "optimization"],
+                     "diagnostics": ["baseline", "optimization"], "optimization": ["finalization"],
+                     "finalization": []}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "checklists").glob("*.md")), ids=lambda p: p.name)
+def test_checklists_parse_and_name_known_checks(path):
+    checklist = parse_checklist(path, known_checks=set(CHECKS))
+    assert checklist.items
+
+
+def test_post_baseline_has_seed_003_items():
+    items = {i.id: i for i in parse_checklist(ROOT / "checklists" / "post_baseline.md").items}
+    for required in ("training_completed", "best_checkpoint_saved", "report_generated",
+                     "gpu_utilization_documented", "decision_made"):
+        assert items[required].auto
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "templates" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_config_templates_validate(path):
+    from mlflow_core.config import load_config
+    load_config(path)
+
+
+def test_playbooks_name_cause_ids():
+    text = (ROOT / "diagnostics" / "nan_loss.md").read_text()
+    for cause in ("lr_too_high", "nonfinite_inputs", "amp_overflow", "unstable_op"):
+        assert f"`{cause}`" in text
+
+
+def test_phase_files_are_plain_yaml():
+    for path in (ROOT / "phases").glob("*.yaml"):
+        assert isinstance(yaml.safe_load(path.read_text()), dict)

@@ -1,0 +1,132 @@
+"""State file, lock and the state machine's gates, on hand-made evidence (no training, no torch)."""
+
+import json
+
+import pytest
+
+from mlflow_core.errors import ProjectBusyError, StateError
+from mlflow_core.workflow.evidence import read_evidence, write_evidence
+from mlflow_core.workflow.gates import entry_verdict, evaluate_gate
+from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.scaffold import init_project
+from mlflow_core.workflow.state import Decision, RunRecord, load_state, project_lock, save_state
+
+
+@pytest.fixture
+def project(tmp_path):
+    return init_project(tmp_path / "p")
+
+
+def _fake_baseline(project, state, status="completed", decision=None):
+    run = RunRecord(run_id="baseline-1", phase="baseline", status=status, started_at="t", finished_at="t2",
+                    dir="runs/baseline-1")
+    state.runs.append(run)
+    state.current_phase = "baseline"
+    state.entered_from["baseline"] = "setup"
+    write_evidence(project, "baseline", "baseline-1", {
+        "status": status, "epochs_completed": 3, "first_epoch_train_loss": 2.0, "best_train_loss": 0.5,
+        "nonfinite": None, "steps": 30, "checkpoints": {"best": {"path": "x.pt", "sha256": "ab" * 32, "epoch": 2}},
+        "gpu": {"available": False, "reason": "none"}})
+    if decision:
+        state.decision = Decision(phase="baseline", choice=decision[0], next_phase=decision[1], time="t3",
+                                  after_run="baseline-1")
+    return run
+
+
+def test_state_round_trip_and_history(project):
+    state = load_state(project)
+    assert state.schema_version == 1 and state.history[0].event == "init"
+    state.record("decision", phase="baseline", choice="finalize")
+    save_state(project, state)
+    again = load_state(project)
+    assert again.history[-1].model_dump()["choice"] == "finalize"
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{not json", "line 1, column 2: not valid JSON"),
+    ('{"schema_version": 99}', "schema_version 99 is not supported"),
+    ('{"runs": "oops"}', "runs: Input should be a valid list"),
+])
+def test_corrupt_state_is_named_and_left_alone(project, content, fragment):
+    project.state_path.write_text(content)
+    with pytest.raises(StateError) as exc:
+        load_state(project)
+    assert str(project.state_path) in str(exc.value) and fragment in str(exc.value)
+    assert project.state_path.read_text() == content
+
+
+def test_one_writer_per_project(project):
+    with project_lock(project, "wf phase baseline"):
+        with pytest.raises(ProjectBusyError, match=r"in use by `wf phase baseline` \(pid \d+\)"):
+            with project_lock(project, "wf decide finalize"):
+                pass
+    with project_lock(project):  # released
+        pass
+
+
+def test_fresh_project_cannot_start_baseline(project):
+    verdict = entry_verdict(project, load_state(project), "baseline")
+    assert not verdict.allowed and "setup gate is closed" in verdict.reason
+    assert verdict.unblock == "wf gate check setup"
+    assert entry_verdict(project, load_state(project), "setup").allowed
+
+
+def test_baseline_gate_needs_decision_and_manual_items(project):
+    state = load_state(project)
+    _fake_baseline(project, state)
+    gate = evaluate_gate(project, state, "baseline")
+    assert not gate.passed
+    open_ids = {i.id for i in gate.open_items}
+    # report_generated fails: no report recorded in this hand-made evidence
+    assert open_ids == {"results_reviewed", "decision_made", "report_generated"}
+
+
+def test_decision_picks_the_next_phase(project):
+    state = load_state(project)
+    _fake_baseline(project, state, decision=("optimize", "optimization"))
+    # make the gate pass apart from what the decision controls
+    facts = read_evidence(project, "baseline").facts
+    report = project.reports_dir / "baseline_results.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("r")
+    from mlflow_core.workflow.evidence import file_sha256
+    facts["report"] = {"path": "reports/baseline_results.md", "sha256": file_sha256(report)}
+    write_evidence(project, "baseline", "baseline-1", facts)
+    text = project.checklist_path("post_baseline").read_text().replace("- [ ] Learning", "- [x] Learning")
+    project.checklist_path("post_baseline").write_text(text)
+    assert evaluate_gate(project, state, "baseline").passed
+    assert entry_verdict(project, state, "optimization").allowed
+    blocked = entry_verdict(project, state, "finalization")
+    assert not blocked.allowed and "'optimize'" in blocked.reason and blocked.unblock.startswith("wf decide finalize")
+
+
+def test_edited_evidence_fails_every_auto_item(project):
+    state = load_state(project)
+    _fake_baseline(project, state)
+    path = project.evidence_dir / "baseline.json"
+    raw = json.loads(path.read_text())
+    raw["facts"]["status"] = "completed"
+    raw["facts"]["best_train_loss"] = 0.01  # a hand edit
+    path.write_text(json.dumps(raw))
+    gate = evaluate_gate(project, state, "baseline")
+    auto = [i for i in gate.items if i.kind == "auto"]
+    assert all(not i.checked and "edited after it was recorded" in i.evidence for i in auto)
+
+
+def test_hand_ticked_auto_item_does_not_count(project):
+    state = load_state(project)
+    path = project.checklist_path("reproducibility")
+    path.write_text(path.read_text().replace("- [ ]", "- [x]"))
+    gate = evaluate_gate(project, state, "setup")
+    assert not gate.passed
+    item = next(i for i in gate.items if i.id == "seeds_fixed")
+    assert not item.checked and "ticked in the file, but the evidence does not support it" in item.evidence
+
+
+def test_project_paths_cannot_escape(project):
+    from mlflow_core.errors import UserInputError
+    with pytest.raises(UserInputError):
+        project.checklist_path("../../etc/passwd")
+    with pytest.raises(UserInputError):
+        project.inside("../outside")
+    assert Project.find(project.root / "checklists").root == project.root.resolve()
