@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--model", default="simple_cnn")
+    ap.add_argument("--skip-nan", action="store_true")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp())
 
@@ -53,7 +55,8 @@ def main() -> None:
     shutil.rmtree(lab / "data" / "patches")
     write_patches(lab / "data" / "patches", size=args.size, classes=8, train=args.train, val=args.train // 8)
     edit(lab / "training_config.yaml", model__channels="[64, 128, 256, 512]", training__batch_size=str(args.batch),
-         training__epochs=str(args.epochs), data__num_workers=str(args.workers), validation__target="0.5")
+         training__epochs=str(args.epochs), data__num_workers=str(args.workers), validation__target="0.5",
+         model__name=args.model)
     os.chdir(lab)
     print("setup exit", run("phase", "setup"))
     run("checklist", "tick", "reproducibility", "data_documented", "config_committed")
@@ -71,6 +74,8 @@ def main() -> None:
               f"val acc {e.get('val_accuracy')}")
     print((lab / "reports" / "baseline_results.md").read_text().split("## GPU utilization")[1][:900])
 
+    if args.skip_nan:
+        return
     # -- NaN through the windowed read-back path -----------------------------------------------------
     d = init_project(base / "nan", "digits").root
     edit(d / "training_config.yaml", training__optimizer="sgd", training__learning_rate="1.0e4",

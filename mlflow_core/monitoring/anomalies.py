@@ -64,7 +64,9 @@ class StallDetector:
 
 
 class GradExplosionDetector:
-    """Flags a gradient norm more than `factor` times the median of the last `history` norms."""
+    """Flags a gradient norm more than `factor` times the median of the last `history` norms that
+    is also more than twice the largest of them: near convergence the median gets small and
+    ordinary batch noise reaches 10-40x it, which is not an explosion."""
 
     def __init__(self, factor: float, history: int = 100, warmup: int = 20):
         self.factor, self.history, self.warmup = factor, history, warmup
@@ -76,7 +78,7 @@ class GradExplosionDetector:
             return Finding(Verdict.NONFINITE, step, f"gradient norm is {grad_norm}")
         if len(self.norms) >= self.warmup:
             median = statistics.median(self.norms)
-            if median > 0 and grad_norm > self.factor * median:
+            if median > 0 and grad_norm > self.factor * median and grad_norm > 2 * max(self.norms):
                 finding = Finding(Verdict.EXPLODING, step, f"gradient norm {grad_norm:.4g} is "
                                   f"{grad_norm / median:.1f}× the running median {median:.4g}")
         self.norms.append(grad_norm)

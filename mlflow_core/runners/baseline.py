@@ -34,7 +34,7 @@ def training_facts(ctx: RunContext, m: dict[str, Any]) -> dict[str, Any]:
     durations = [e["duration_s"] for e in epochs]
     waits = [e["data_wait_fraction"] * e["duration_s"] for e in epochs if e.get("data_wait_fraction") is not None]
     return {
-        "run_dir": rel, "status": m["status"], "stop_reason": m.get("stop_reason"),
+        "run_dir": rel, "device": m["device"], "status": m["status"], "stop_reason": m.get("stop_reason"),
         "epochs_completed": len(epochs), "steps": m["steps"], "duration_s": m["duration_s"],
         "first_epoch_train_loss": losses[0] if losses else None,
         "best_train_loss": min(losses) if losses else None,

@@ -80,8 +80,10 @@ def _verify_reproducibility(ctx: RunContext, bundle) -> dict[str, Any]:
         result = Trainer(ctx.cfg, ctx.project.root, None, run_id=f"{ctx.run_id}-verify", phase="setup",
                          data=bundle).fit(max_steps=steps)
         weights.append({k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()})
-    identical = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    max_diff = max(((weights[0][k].double() - weights[1][k].double()).abs().max().item()
+    # A diverging config is reproducible too if both runs diverge the same way: NaN equals NaN here.
+    identical = all(torch.equal(weights[0][k], weights[1][k]) if not weights[0][k].is_floating_point() else
+                    torch.allclose(weights[0][k], weights[1][k], rtol=0, atol=0, equal_nan=True) for k in weights[0])
+    max_diff = max(((weights[0][k].double() - weights[1][k].double()).nan_to_num(0.0).abs().max().item()
                     for k in weights[0] if weights[0][k].is_floating_point()), default=0.0)
     device = str(resolve_device(ctx.cfg.training.device))
     # On CUDA some kernels are not bit-reproducible even in deterministic mode; state the difference.

@@ -170,6 +170,8 @@ def _gpu(ctx: CheckContext) -> CheckResult:
         return CheckResult(False, "GPU utilization was not recorded")
     if not gpu.get("available"):
         return CheckResult(True, f"no GPU present ({gpu.get('reason', 'unknown')}); not applicable")
+    if str(ctx.facts().get("device", "cuda")).startswith("cpu"):
+        return CheckResult(True, "trained on the CPU (training.device); not applicable")
     median = gpu.get("p50")
     if median is None:
         return CheckResult(False, "no utilization samples recorded")

@@ -33,6 +33,10 @@ def test_explosion_detector_flags_spike_after_warmup():
     norms = [1.0, 1.1, 0.9, 1.0, 1.05, 1.0, 50.0, 1.0]
     found = [(s, f.verdict) for s, n in enumerate(norms) if (f := det.update(s, n))]
     assert found == [(6, Verdict.EXPLODING)]
+    # near convergence: a tiny median with earlier noise of the same size is not an explosion
+    calm = GradExplosionDetector(factor=10.0, warmup=5)
+    noisy = [0.1, 0.12, 2.5, 0.1, 0.11, 0.1, 0.09, 3.0, 0.1]
+    assert [s for s, n in enumerate(noisy) if calm.update(s, n)] == []
     assert det.update(8, float("nan")).verdict == Verdict.NONFINITE
 
 

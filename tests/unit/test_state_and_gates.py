@@ -130,3 +130,19 @@ def test_project_paths_cannot_escape(project):
     with pytest.raises(UserInputError):
         project.inside("../outside")
     assert Project.find(project.root / "checklists").root == project.root.resolve()
+
+
+@pytest.mark.parametrize("device, gpu, passed, fragment", [
+    ("cpu", {"available": False, "reason": "no driver"}, True, "no GPU present"),
+    ("cpu", {"available": True, "p50": 0.0, "mean": 0.0}, True, "trained on the CPU"),
+    ("cuda", {"available": True, "p50": 85.0, "mean": 80.0}, True, "median 85 %"),
+    ("cuda", {"available": True, "p50": 12.0, "mean": 20.0}, False, "resource_inefficiency"),
+    ("cuda", {"available": True, "p50": None}, False, "no utilization samples"),
+])
+def test_gpu_utilization_check(project, device, gpu, passed, fragment):
+    from mlflow_core.workflow.checks import CheckContext, run_check
+    write_evidence(project, "baseline", None, {"device": device, "gpu": gpu})
+    ctx = CheckContext(project, load_state(project), "baseline", read_evidence(project, "baseline"),
+                       {"min_percent": 60})
+    result = run_check("gpu_utilization", ctx)
+    assert result.passed is passed and fragment in result.detail
