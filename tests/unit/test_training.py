@@ -1,0 +1,172 @@
+"""The shared trainer's parts on small real or generated data: sources, models, schedulers, and
+both monitoring paths (per-step on the CPU, windowed as on GPUs — forced here on the CPU)."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mlflow_core.config import load_config_text
+from mlflow_core.errors import DataError, UserInputError
+from mlflow_core.training.checkpoint import load_checkpoint
+from mlflow_core.training.data import build_data
+from mlflow_core.training.models import build_model
+from mlflow_core.training.trainer import Trainer
+from mlflow_core.workflow.scaffold import write_patches
+
+
+def cfg(text: str = ""):
+    return load_config_text(text, "test.yaml")
+
+
+def test_digits_split_is_stratified_and_disjoint(tmp_path):
+    data = build_data(cfg("data: {test_fraction: 0.1}"), tmp_path)
+    sizes = (len(data.train), len(data.val), len(data.test))
+    assert sum(sizes) == 1797 and data.num_classes == 10 and data.input_shape == (1, 8, 8)
+    val_labels = torch.tensor([data.val[i][1] for i in range(len(data.val))])
+    assert torch.bincount(val_labels).min() >= 30  # every digit is in val
+
+
+def test_npz_patches_any_band_count(tmp_path):
+    write_patches(tmp_path / "p", bands=4, size=16, classes=3, train=12, val=6)
+    data = build_data(cfg("data: {source: npz, path: p}"), tmp_path)
+    assert data.input_shape == (4, 16, 16) and data.num_classes == 3 and len(data.train) == 12
+
+
+def test_npz_channels_last_and_bad_files(tmp_path):
+    (tmp_path / "p" / "train").mkdir(parents=True)
+    (tmp_path / "p" / "val").mkdir()
+    for split in ("train", "val"):
+        np.savez(tmp_path / "p" / split / "a.npz", image=np.zeros((16, 16, 6), np.float32), label=np.int64(1))
+    data = build_data(cfg("data: {source: npz, path: p, num_classes: 2}"), tmp_path)
+    assert data.input_shape == (6, 16, 16)
+    (tmp_path / "p" / "train" / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match=r"broken\.npz: cannot be read as \.npz"):
+        build_data(cfg("data: {source: npz, path: p}"), tmp_path)
+
+
+def test_empty_npz_split_is_named(tmp_path):
+    (tmp_path / "p" / "train").mkdir(parents=True)
+    (tmp_path / "p" / "val").mkdir()
+    with pytest.raises(DataError, match=r"p/train: no \.npz files found"):
+        build_data(cfg("data: {source: npz, path: p}"), tmp_path)
+
+
+def test_imagefolder(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "imgs" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    data = build_data(cfg("data: {source: imagefolder, path: imgs, image_size: 16}"), tmp_path)
+    assert data.num_classes == 2 and data.input_shape == (3, 16, 16)
+    x, y = data.train[0]
+    assert x.dtype == torch.float32 and 0.0 <= x.min() and x.max() <= 1.0
+
+
+USER_CODE = '''
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+def build(n=40):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 8, 8, generator=g)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    return {"train": TensorDataset(x, y), "val": TensorDataset(x[:10], y[:10])}
+
+class Tiny(nn.Module):
+    def __init__(self, num_classes, in_channels, hidden=8):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))
+    def forward(self, x):
+        return self.net(x)
+'''
+
+
+def test_custom_data_and_model_by_import_path(tmp_path):
+    (tmp_path / "my_code.py").write_text(USER_CODE)
+    c = cfg("""
+data: {source: custom, target: "my_code:build", kwargs: {n: 60}, num_classes: 2}
+model: {name: custom, target: "my_code:Tiny", kwargs: {hidden: 16}}
+training: {epochs: 2, batch_size: 16}
+""")
+    result = Trainer(c, tmp_path, tmp_path / "run", run_id="r").fit()
+    assert result.status == "completed" and len(result.metrics["epochs"]) == 2
+    assert result.model.net[1].out_features == 16
+
+
+def test_custom_target_that_does_not_import(tmp_path):
+    c = cfg('model: {name: custom, target: "nowhere:Model"}')
+    data = build_data(cfg(), tmp_path)
+    with pytest.raises(UserInputError, match="model.target = 'nowhere:Model': cannot import it"):
+        build_model(c.model, 10, data.input_shape, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "efficientnet_b0", "simple_cnn"])
+def test_models_take_six_bands(tmp_path, name):
+    model = build_model(cfg(f"model: {{name: {name}}}").model, 5, (6, 32, 32), tmp_path).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 6, 32, 32)).shape == (2, 5)
+
+
+def test_in_channels_mismatch_is_named(tmp_path):
+    with pytest.raises(UserInputError, match="model.in_channels is 3 but the data has 6 channels"):
+        build_model(cfg("model: {in_channels: 3}").model, 5, (6, 32, 32), tmp_path)
+
+
+@pytest.mark.parametrize("scheduler, lrs", [
+    ("{name: step, step_size: 1, gamma: 0.5}", [1e-3, 5e-4, 2.5e-4]),
+    ("{name: cosine, min_lr: 0.0}", [1e-3, 0.75e-3, 0.25e-3]),
+    ("{name: plateau, patience: 0, factor: 0.5}", None),
+])
+def test_schedulers_step_per_epoch(tmp_path, scheduler, lrs):
+    c = cfg(f"""
+training: {{epochs: 3, scheduler: {scheduler}}}
+early_stopping: {{enabled: false}}
+checkpointing: {{save_best: false, save_last: false, checkpoint_every_n_epochs: 0}}
+""")
+    result = Trainer(c, tmp_path, None).fit()
+    seen = [e["lr"] for e in result.metrics["epochs"]]
+    if lrs:
+        assert seen == pytest.approx(lrs)
+    else:
+        assert seen[0] == 1e-3 and all(b <= a for a, b in zip(seen, seen[1:]))
+
+
+NAN_CONFIG = """
+training: {epochs: 1, optimizer: sgd, learning_rate: 1.0e4}
+model: {batch_norm: false}
+monitoring: {check_every_n_steps: 4}
+"""
+
+
+@pytest.mark.parametrize("windowed", [False, True])
+def test_nonfinite_found_at_exact_step_on_both_paths(tmp_path, windowed):
+    result = Trainer(cfg(NAN_CONFIG), tmp_path, tmp_path / "run", windowed=windowed).fit()
+    info = result.metrics["nonfinite"]
+    assert result.status == "failed_nan"
+    rows = (tmp_path / "run" / "logs" / "steps.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[2]) for r in rows]
+    first_bad = next(i for i, v in enumerate(losses + [math.nan]) if not math.isfinite(v))
+    assert info["step"] == first_bad == 2
+    dump = load_checkpoint(tmp_path / "run" / info["dump"])
+    assert dump["nonfinite_step"] == 2
+    # the saved state is good, and replaying its batches from it reaches the offending step
+    assert all(torch.isfinite(v).all() for v in dump["model"].values() if v.is_floating_point())
+    expected_state_step = 0 if windowed else 2
+    assert dump["state_step"] == expected_state_step
+    assert len(dump["batches"]) == 2 - expected_state_step + 1
+
+
+def test_windowed_and_per_step_paths_train_identically(tmp_path):
+    c = cfg("training: {epochs: 1}\ncheckpointing: {save_best: false, save_last: false, checkpoint_every_n_epochs: 0}")
+    a = Trainer(c, tmp_path, None, windowed=False).fit().model.state_dict()
+    b = Trainer(c, tmp_path, None, windowed=True).fit().model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
