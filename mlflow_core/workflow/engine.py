@@ -37,6 +37,21 @@ class PhaseResult:
     notes: list[str] = field(default_factory=list)
 
 
+def missing_training_stack() -> list[str]:
+    """The packages of the `train` extra that cannot be imported (found without importing them)."""
+    import importlib.util
+
+    missing = []
+    for module in ("torch", "torchvision"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ValueError, ImportError):
+            found = False
+        if not found:
+            missing.append(module)
+    return missing
+
+
 def new_run_id(phase: str) -> str:
     return f"{phase}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
@@ -63,6 +78,11 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
             raise UserInputError(f"`wf phase {phase}` is not available in this version of wf; "
                                  f"runnable phases: {', '.join(RUNNABLE_PHASES)}.")
         cfg = load_config(project.config_path)  # bad config: exit 2 before anything is written
+        missing = missing_training_stack()
+        if missing:
+            raise UserInputError(f"`wf phase {phase}` needs the training stack, and {', '.join(missing)} "
+                                 "is not installed; nothing was changed.",
+                                 hint="Install it with `pip install 'wf[train]'` (the README's install includes it).")
 
         # -- entry gate -----------------------------------------------------------------------------
         verdict = entry_verdict(project, state, phase)

@@ -53,7 +53,10 @@ def suggest_next(current: str | None, phases: list[dict[str, Any]]) -> str:
     gate = phase["gate"]
     if not gate.get("passed"):
         return f"wf gate check {current}   (items left: {', '.join(gate.get('open', []))})"
+    from mlflow_core.runners import RUNNABLE_PHASES
+
     for p in phases:
         if p["name"] != current and p["can_start"] and p["name"] != "setup":
-            return f"wf phase {p['name']}"
+            later = "" if p["name"] in RUNNABLE_PHASES else "   (its runner is not in this release of wf)"
+            return f"wf phase {p['name']}{later}"
     return f"wf gate check {current}"
