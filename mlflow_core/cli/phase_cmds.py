@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mlflow_core.cli.output import console, mark
 
@@ -16,7 +15,7 @@ def register(app: typer.Typer) -> None:
 class _Display:
     """Renders the trainer's progress events: loss, metric, samples/s, ETA and, on GPU, utilization."""
 
-    def __init__(self, progress: Progress, phase: str):
+    def __init__(self, progress, phase: str):
         self.progress, self.phase = progress, phase
         self.task = None
         self.started = False
@@ -47,6 +46,8 @@ class _Display:
 
 
 def run_with_display(project, name: str, override_reason: str | None = None):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from mlflow_core.workflow.engine import run_phase
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -1,4 +1,19 @@
-from mlflow_core.config.loader import CONFIG_FILENAME, load_config, load_config_text
-from mlflow_core.config.schema import WorkflowConfig
+"""The training config. Exports resolve lazily: building the pydantic schema costs tens of
+milliseconds, which commands that never read a config should not pay."""
 
-__all__ = ["CONFIG_FILENAME", "WorkflowConfig", "load_config", "load_config_text"]
+from __future__ import annotations
+
+from typing import Any
+
+CONFIG_FILENAME = "training_config.yaml"
+
+_EXPORTS = {"load_config": "loader", "load_config_text": "loader", "config_sha256": "loader",
+            "WorkflowConfig": "schema"}
+__all__ = ["CONFIG_FILENAME", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+        return getattr(importlib.import_module(f"mlflow_core.config.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'mlflow_core.config' has no attribute {name!r}")

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.errors import ConfigError
 
-CONFIG_FILENAME = "training_config.yaml"
+from mlflow_core.config import CONFIG_FILENAME  # noqa: F401  (re-exported)
 
 
 def load_config(path: str | Path) -> WorkflowConfig:
@@ -28,11 +28,16 @@ def load_config(path: str | Path) -> WorkflowConfig:
     return load_config_text(text, str(path))
 
 
+# libyaml's loader when PyYAML was built with it (the wheels are): same safety, several times faster.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_config_text(text: str, source: str) -> WorkflowConfig:
-    raw, root_node = _parse_yaml(text, source)
+    raw = _parse_yaml(text, source)
     try:
         return WorkflowConfig.model_validate(raw)
     except ValidationError as exc:
+        root_node = yaml.compose(text, Loader=_SafeLoader)  # only now: line numbers for the messages
         located = sorted((_line_of(root_node, tuple(e["loc"])) or 0, i, e) for i, e in enumerate(exc.errors()))
         problems = [_describe(err, line) for line, _, err in located]
         raise ConfigError(source, problems, hint="`wf config schema` prints every key with its type "
@@ -43,11 +48,10 @@ def config_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], yaml.Node | None]:
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        # safe_load refuses python/object tags: a config stays data.
-        raw = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        # A safe loader refuses python/object tags: a config stays data.
+        raw = yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -57,7 +61,7 @@ def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], yaml.Node | Non
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, [f"the top level must be a mapping of sections, got {type(raw).__name__}"])
-    return raw, node
+    return raw
 
 
 def _describe(err: dict[str, Any], line: int) -> str:

@@ -15,7 +15,8 @@ _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # defer_build: each section is built once, inside the WorkflowConfig schema, not also on its own
+    model_config = ConfigDict(extra="forbid", validate_default=True, defer_build=True)
 
 
 def _check_target(value: str | None) -> str | None:

@@ -6,10 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.workflow.phases import RUNNABLE_PHASES  # noqa: F401  (re-exported)
 from mlflow_core.workflow.project import Project
+
+if TYPE_CHECKING:
+    from mlflow_core.config.schema import WorkflowConfig
 
 
 @dataclass
@@ -40,5 +43,3 @@ def get_runner(phase: str) -> Callable[[RunContext], RunOutput] | None:
         return run_baseline
     return None
 
-
-RUNNABLE_PHASES = ("setup", "baseline")

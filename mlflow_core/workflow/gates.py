@@ -85,8 +85,11 @@ class EntryVerdict:
     unblock: str | None = None  # the command that unblocks this step
 
 
-def entry_verdict(project: Project, state: ProjectState, phase: str) -> EntryVerdict:
-    """May `phase` start now? A phase may start only when the gate of the phase before it passes."""
+def entry_verdict(project: Project, state: ProjectState, phase: str,
+                  gates: dict[str, GateVerdict] | None = None) -> EntryVerdict:
+    """May `phase` start now? A phase may start only when the gate of the phase before it passes.
+    `gates` holds verdicts already evaluated (by phase), so that callers asking about several
+    phases evaluate each gate once."""
     before = predecessors(phase, project.root)
     if not before:
         return EntryVerdict(phase, True, f"{phase} has no entry gate")
@@ -97,7 +100,7 @@ def entry_verdict(project: Project, state: ProjectState, phase: str) -> EntryVer
         return EntryVerdict(phase, False, f"{phase} cannot follow {origin}; it follows "
                             f"{' or '.join(before)}",
                             unblock=_next_step_hint(project, state, origin))
-    gate = evaluate_gate(project, state, origin)
+    gate = gates[origin] if gates and origin in gates else evaluate_gate(project, state, origin)
     if not gate.passed:
         left = ", ".join(i.id for i in gate.open_items)
         return EntryVerdict(phase, False, f"the {origin} gate is closed: {gate.path} has items left: {left}",

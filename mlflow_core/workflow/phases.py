@@ -13,6 +13,8 @@ from mlflow_core.content import content_path
 from mlflow_core.errors import UserInputError
 
 PHASE_ORDER = ("setup", "baseline", "diagnostics", "optimization", "finalization")
+# The phases whose runner ships in this release (mlflow_core/runners); the others are defined as content.
+RUNNABLE_PHASES = ("setup", "baseline")
 
 # `wf decide VERB` names the phase to go to next.
 DECISIONS = {"finalize": "finalization", "diagnose": "diagnostics", "optimize": "optimization",
@@ -51,7 +53,7 @@ def load_phase(name: str, project_root: Path | None = None) -> PhaseDefinition:
 @cache
 def _load_phase_file(path: Path, _mtime: int) -> PhaseDefinition:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         return PhaseDefinition.model_validate(raw)
     except yaml.YAMLError as exc:
         raise UserInputError(f"{path}: not valid YAML ({exc})") from None

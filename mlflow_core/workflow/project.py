@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow_core.config.loader import CONFIG_FILENAME
+from mlflow_core.config import CONFIG_FILENAME
 from mlflow_core.errors import NotAProjectError, UserInputError
 
 WF_DIR = ".wf"

@@ -6,7 +6,7 @@ from typing import Any
 
 from mlflow_core.errors import WfError
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate
-from mlflow_core.workflow.phases import PHASE_ORDER, load_phase
+from mlflow_core.workflow.phases import PHASE_ORDER, RUNNABLE_PHASES, load_phase
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import load_state
 
@@ -14,17 +14,23 @@ from mlflow_core.workflow.state import load_state
 def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
     state = load_state(project)
     phases = []
+    gates = {}
+    for name in PHASE_ORDER:
+        try:
+            gates[name] = evaluate_gate(project, state, name)
+        except WfError:
+            pass  # reported per phase below
     for name in PHASE_ORDER:
         definition = load_phase(name, project.root)
         latest = state.latest_run(name)
         try:
-            gate = evaluate_gate(project, state, name)
+            gate = gates[name] if name in gates else evaluate_gate(project, state, name)
             progress = {"passed": gate.passed, "checked": sum(i.checked for i in gate.items),
                         "total": len(gate.items), "checklist": gate.path,
                         "open": [i.id for i in gate.open_items]}
         except WfError as exc:
             progress = {"passed": False, "error": exc.message}
-        entry = entry_verdict(project, state, name) if name != state.current_phase else None
+        entry = entry_verdict(project, state, name, gates) if name != state.current_phase else None
         phases.append({"name": name, "number": definition.number, "title": definition.title,
                        "current": name == state.current_phase,
                        "last_run": latest.model_dump(mode="json") if latest else None,
@@ -53,8 +59,6 @@ def suggest_next(current: str | None, phases: list[dict[str, Any]]) -> str:
     gate = phase["gate"]
     if not gate.get("passed"):
         return f"wf gate check {current}   (items left: {', '.join(gate.get('open', []))})"
-    from mlflow_core.runners import RUNNABLE_PHASES
-
     for p in phases:
         if p["name"] != current and p["can_start"] and p["name"] != "setup":
             later = "" if p["name"] in RUNNABLE_PHASES else "   (its runner is not in this release of wf)"
