@@ -83,6 +83,40 @@ def total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
+def _flatten(obj: Any, out: list[torch.Tensor]) -> Any:
+    """Replace every tensor in a nested dict/list by its index in `out` (a skeleton to refill)."""
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+        return _TensorSlot(len(out) - 1)
+    if isinstance(obj, dict):
+        return {k: _flatten(v, out) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_flatten(v, out) for v in obj)
+    return obj
+
+
+@dataclass(frozen=True)
+class _TensorSlot:
+    index: int
+
+
+@dataclass
+class _Snapshot:
+    skeleton: Any
+    buffers: list[torch.Tensor]
+
+    def materialize(self) -> Any:
+        def fill(obj: Any) -> Any:
+            if isinstance(obj, _TensorSlot):
+                return self.buffers[obj.index].clone()
+            if isinstance(obj, dict):
+                return {k: fill(v) for k, v in obj.items()}
+            if isinstance(obj, (list, tuple)):
+                return type(obj)(fill(v) for v in obj)
+            return obj
+        return fill(self.skeleton)
+
+
 class Trainer:
     def __init__(self, cfg: WorkflowConfig, project_root: Path, run_dir: Path | None = None, *,
                  run_id: str = "", phase: str = "baseline", on_progress: Callable[[Progress], None] | None = None,
@@ -162,8 +196,9 @@ class Trainer:
                 # -- train one epoch ------------------------------------------------------------------
                 self.model.train()
                 epoch_start, data_wait = time.perf_counter(), 0.0
-                loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-                window: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, loss, grad norm) on device
+                correct, seen = torch.zeros((), device=device), 0
+                self._epoch_loss_sum = 0.0  # on the host, from the losses each window reads back anyway
+                window: list[tuple[int, torch.Tensor, torch.Tensor, int]] = []  # (step, loss, grad norm, batch)
                 window_batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # host copies, for replay
                 snapshot = self._snapshot() if window_size > 1 else None
                 window_start, window_t0 = global_step, time.perf_counter()
@@ -203,10 +238,9 @@ class Trainer:
                         window_batches.append((inputs_cpu, targets_cpu))
                     # step
                     self.optimizer.step()
-                    loss_sum += loss.detach() * targets.shape[0]
                     correct += (logits.detach().argmax(1) == targets).sum()
                     seen += targets.shape[0]
-                    window.append((global_step, loss.detach(), grad_norm.detach()))
+                    window.append((global_step, loss.detach(), grad_norm.detach(), targets.shape[0]))
                     global_step += 1
                     # monitor: once per window, one read-back
                     last = step_in_epoch == steps_per_epoch or (max_steps and global_step >= max_steps)
@@ -231,7 +265,7 @@ class Trainer:
                 elapsed = time.perf_counter() - epoch_start
                 record: dict[str, Any] = {
                     "epoch": epoch,
-                    "train_loss": finite_or_str((loss_sum / max(seen, 1)).item()),
+                    "train_loss": finite_or_str(self._epoch_loss_sum / max(seen, 1)),
                     "train_accuracy": round((correct / max(seen, 1)).item(), 6),
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "duration_s": round(elapsed, 3),
@@ -317,9 +351,11 @@ class Trainer:
 
     def _flush(self, window, epoch, step_in_epoch, steps_per_epoch, global_step, window_t0, started,
                epochs, steps_file, window_start, snapshot, window_batches) -> dict[str, Any] | None:
-        steps = [s for s, _, _ in window]
-        values = torch.stack([torch.stack([l.float(), n.float()]) for _, l, n in window]).tolist()  # one sync
-        losses, norms = [v[0] for v in values], [v[1] for v in values]
+        steps = [w[0] for w in window]
+        # three kernels and one sync per window, whatever its length
+        losses, norms = torch.stack([torch.stack([w[1] for w in window]).float(),
+                                     torch.stack([w[2] for w in window]).float()]).tolist()
+        self._epoch_loss_sum += sum(l * w[3] for l, w in zip(losses, window))
         lr = self.optimizer.param_groups[0]["lr"]
         if steps_file:
             writer = csv.writer(steps_file)
@@ -353,7 +389,7 @@ class Trainer:
         return None
 
     def _nonfinite(self, epoch: int, batch_in_epoch: int, step: int, loss: float, norm: float, *,
-                   state: dict[str, Any] | None, state_step: int, batches: list) -> dict[str, Any]:
+                   state: _Snapshot | None, state_step: int, batches: list) -> dict[str, Any]:
         what = "loss" if not math.isfinite(loss) else "gradient norm"
         value = loss if what == "loss" else norm
         message = (f"non-finite {what} ({value}) at step {step} (epoch {epoch}, batch {batch_in_epoch}), "
@@ -367,22 +403,32 @@ class Trainer:
                 "recent_losses": [[s, finite_or_str(l)] for s, l, _ in recent],
                 "recent_grad_norms": [[s, finite_or_str(n)] for s, _, n in recent]}
 
-    def _snapshot(self) -> dict[str, Any]:
-        """Device-side copy of model and optimizer state: cheap on a GPU, no host sync."""
-        def clone(obj: Any) -> Any:
-            if isinstance(obj, torch.Tensor):
-                return obj.detach().clone()
-            if isinstance(obj, dict):
-                return {k: clone(v) for k, v in obj.items()}
-            if isinstance(obj, list):
-                return [clone(v) for v in obj]
-            return obj
-        return {"model": clone(self.model.state_dict()), "optimizer": clone(self.optimizer.state_dict())}
+    def _snapshot(self) -> _Snapshot:
+        """Device-side copy of model and optimizer state, no host sync: the tensors are copied into
+        buffers allocated once, with one multi-tensor copy per device (few kernel launches)."""
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        tensors: list[torch.Tensor] = []
+        skeleton = _flatten(state, tensors)
+        buffers = getattr(self, "_snapshot_buffers", None)
+        if buffers is None or [(b.shape, b.dtype, b.device) for b in buffers] != [
+                (t.shape, t.dtype, t.device) for t in tensors]:
+            buffers = self._snapshot_buffers = [t.detach().clone() for t in tensors]
+        else:
+            by_device: dict[torch.device, tuple[list, list]] = {}
+            for b, t in zip(buffers, tensors):
+                dst, src = by_device.setdefault(t.device, ([], []))
+                dst.append(b)
+                src.append(t.detach())
+            for dst, src in by_device.values():
+                torch._foreach_copy_(dst, src)
+        return _Snapshot(skeleton, buffers)
 
     def _save_nonfinite_dump(self, info: dict[str, Any]) -> str:
-        state, state_step, batches = self._pending_dump
-        if state is None:  # CPU path: the model was never stepped with the bad gradients
+        snapshot, state_step, batches = self._pending_dump
+        if snapshot is None:  # CPU path: the model was never stepped with the bad gradients
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        else:
+            state = snapshot.materialize()
         path = self.run_dir / "nonfinite" / "last_good_state.pt"
         save_checkpoint(path, {"kind": "nonfinite_dump", "model": state["model"], "optimizer": state["optimizer"],
                                "state_step": state_step, "nonfinite_step": info["step"],
