@@ -83,38 +83,68 @@ def total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-def _flatten(obj: Any, out: list[torch.Tensor]) -> Any:
-    """Replace every tensor in a nested dict/list by its index in `out` (a skeleton to refill)."""
-    if isinstance(obj, torch.Tensor):
-        out.append(obj)
-        return _TensorSlot(len(out) - 1)
-    if isinstance(obj, dict):
-        return {k: _flatten(v, out) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_flatten(v, out) for v in obj)
-    return obj
-
-
-@dataclass(frozen=True)
-class _TensorSlot:
-    index: int
-
-
-@dataclass
 class _Snapshot:
-    skeleton: Any
-    buffers: list[torch.Tensor]
+    """A device-side copy of the model's and optimizer's state, refreshed without a host sync.
 
-    def materialize(self) -> Any:
-        def fill(obj: Any) -> Any:
-            if isinstance(obj, _TensorSlot):
-                return self.buffers[obj.index].clone()
-            if isinstance(obj, dict):
-                return {k: fill(v) for k, v in obj.items()}
-            if isinstance(obj, (list, tuple)):
-                return type(obj)(fill(v) for v in obj)
-            return obj
-        return fill(self.skeleton)
+    Parameters, buffers and optimizer state are updated in place, so the tensors to copy are the
+    same objects window after window: they are listed once (and again only when their identities
+    change, e.g. when the optimizer creates its state on the first step), the destination buffers
+    are allocated once, and a refresh is one multi-tensor copy per device. The state dicts are
+    rebuilt only when a dump is written.
+    """
+
+    def __init__(self) -> None:
+        self._ids: tuple[int, ...] = ()
+        self._names: list[tuple[str, Any, Any]] = []  # ("model", name, None) or ("optim", param index, key)
+        self._buffers: list[torch.Tensor] = []
+        self._groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+        self._param_groups: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _sources(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[list, list[torch.Tensor]]:
+        names, tensors = [], []
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            names.append(("model", name, None))
+            tensors.append(tensor)
+        index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+        for param, state in optimizer.state.items():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    names.append(("optim", index[id(param)], key))
+                    tensors.append(value)
+        return names, tensors
+
+    def refresh(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> _Snapshot:
+        names, tensors = self._sources(model, optimizer)
+        ids = tuple(map(id, tensors))
+        if ids != self._ids:  # first call, or the optimizer created its state: (re)allocate
+            self._ids, self._names = ids, names
+            self._buffers = [t.detach().clone() for t in tensors]
+            groups: dict[torch.device, tuple[list, list]] = {}
+            for buffer, tensor in zip(self._buffers, tensors):
+                dst, src = groups.setdefault(tensor.device, ([], []))
+                dst.append(buffer)
+                src.append(tensor.detach())
+            self._groups = list(groups.values())
+        else:
+            for dst, src in self._groups:
+                torch._foreach_copy_(dst, src)
+        self._param_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        return self
+
+    def materialize(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The snapshot as `{"model": state_dict, "optimizer": state_dict}`, loadable as usual."""
+        model_sd: dict[str, torch.Tensor] = {}
+        optim_state: dict[int, dict[str, Any]] = {}
+        for (kind, name, key), buffer in zip(self._names, self._buffers):
+            if kind == "model":
+                model_sd[name] = buffer.clone()
+            else:
+                optim_state.setdefault(name, {})[key] = buffer.clone()
+        packed = optimizer.state_dict()  # for the param_groups' layout (param indices)
+        groups = [{**g, **{k: v for k, v in saved.items()}} for g, saved in zip(packed["param_groups"],
+                                                                                  self._param_groups)]
+        return {"model": model_sd, "optimizer": {"state": optim_state, "param_groups": groups}}
 
 
 class Trainer:
@@ -404,31 +434,17 @@ class Trainer:
                 "recent_grad_norms": [[s, finite_or_str(n)] for s, _, n in recent]}
 
     def _snapshot(self) -> _Snapshot:
-        """Device-side copy of model and optimizer state, no host sync: the tensors are copied into
-        buffers allocated once, with one multi-tensor copy per device (few kernel launches)."""
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-        tensors: list[torch.Tensor] = []
-        skeleton = _flatten(state, tensors)
-        buffers = getattr(self, "_snapshot_buffers", None)
-        if buffers is None or [(b.shape, b.dtype, b.device) for b in buffers] != [
-                (t.shape, t.dtype, t.device) for t in tensors]:
-            buffers = self._snapshot_buffers = [t.detach().clone() for t in tensors]
-        else:
-            by_device: dict[torch.device, tuple[list, list]] = {}
-            for b, t in zip(buffers, tensors):
-                dst, src = by_device.setdefault(t.device, ([], []))
-                dst.append(b)
-                src.append(t.detach())
-            for dst, src in by_device.values():
-                torch._foreach_copy_(dst, src)
-        return _Snapshot(skeleton, buffers)
+        """Refresh the device-side last-good-state copy (see _Snapshot). One per trainer."""
+        if not hasattr(self, "_last_good"):
+            self._last_good = _Snapshot()
+        return self._last_good.refresh(self.model, self.optimizer)
 
     def _save_nonfinite_dump(self, info: dict[str, Any]) -> str:
         snapshot, state_step, batches = self._pending_dump
         if snapshot is None:  # CPU path: the model was never stepped with the bad gradients
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         else:
-            state = snapshot.materialize()
+            state = snapshot.materialize(self.optimizer)
         path = self.run_dir / "nonfinite" / "last_good_state.pt"
         save_checkpoint(path, {"kind": "nonfinite_dump", "model": state["model"], "optimizer": state["optimizer"],
                                "state_step": state_step, "nonfinite_step": info["step"],

@@ -163,6 +163,11 @@ def test_nonfinite_found_at_exact_step_on_both_paths(tmp_path, windowed):
     expected_state_step = 0 if windowed else 2
     assert dump["state_step"] == expected_state_step
     assert len(dump["batches"]) == 2 - expected_state_step + 1
+    # the dump loads back into the model and its optimizer, ready for a replay
+    fresh = Trainer(cfg(NAN_CONFIG), tmp_path, None)
+    fresh._build()
+    fresh.model.load_state_dict(dump["model"])
+    fresh.optimizer.load_state_dict(dump["optimizer"])
 
 
 def test_windowed_and_per_step_paths_train_identically(tmp_path):
