@@ -17,8 +17,9 @@ def validate(file: Path = typer.Argument(None, help="Config file (default: the p
     from mlflow_core.config import CONFIG_FILENAME, load_config
     from mlflow_core.workflow.project import Project
 
-    path = file if file is not None else (Project.find().config_path if not Path(CONFIG_FILENAME).exists()
-                                          else Path(CONFIG_FILENAME))
+    if file is None:  # the one here, else the enclosing project's
+        file = Path(CONFIG_FILENAME) if Path(CONFIG_FILENAME).exists() else Project.find().config_path
+    path = file
     cfg = load_config(path)
     console.print(f"[green]✔[/] {path}: valid ({cfg.data.source} data, {cfg.model.name}, "
                   f"{cfg.training.epochs} epochs, batch {cfg.training.batch_size}, lr {cfg.training.learning_rate:g})")

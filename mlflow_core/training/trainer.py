@@ -31,6 +31,7 @@ from mlflow_core.training.checkpoint import save_checkpoint
 from mlflow_core.training.data import DataBundle, build_data, make_loader
 from mlflow_core.training.models import build_model, count_parameters
 from mlflow_core.training.seeding import SEEDED, rng_state, seed_everything
+from mlflow_core.workflow.evidence import file_sha256
 
 METRICS_SCHEMA_VERSION = 1
 logging.getLogger("wf").addHandler(logging.NullHandler())
@@ -489,7 +490,6 @@ class Trainer:
             "metrics": {"epochs": metrics["epochs"], "best": metrics["best"]},
             "run_id": self.run_id, "num_classes": self.data.num_classes, "input_shape": list(self.data.input_shape),
         })
-        from mlflow_core.workflow.evidence import file_sha256
         return {"path": str(path.relative_to(self.run_dir)), "epoch": epoch, "step": step,
                 "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 

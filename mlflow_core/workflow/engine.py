@@ -86,8 +86,7 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
 
         # -- entry gate -----------------------------------------------------------------------------
         verdict = entry_verdict(project, state, phase)
-        origin = (state.entered_from.get(phase) if state.current_phase == phase else state.current_phase) or (
-            "setup" if phase != "setup" else None)
+        origin = verdict.origin
         if not verdict.allowed:
             if override_reason is None:
                 raise GateClosedError(f"cannot start {phase}: {verdict.reason}.",
@@ -154,7 +153,8 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
 
 
 def _record_outcome(project: Project, state: ProjectState, definition: PhaseDefinition, run: RunRecord,
-                    facts: dict[str, Any], project_name: str, status: str) -> PhaseResult:
+                    facts: dict[str, Any], project_name: str, status: str,
+                    event: str = "phase_finished") -> PhaseResult:
     from mlflow_core.reports.phase_reports import render_phase_report
 
     phase = definition.name
@@ -174,7 +174,7 @@ def _record_outcome(project: Project, state: ProjectState, definition: PhaseDefi
     run.passed = passed
     run.summary.update({k: facts.get(k) for k in ("best", "epochs_completed", "duration_s") if k in facts})
     run.summary["report"] = report["path"]
-    state.record("phase_finished", phase=phase, run_id=run.run_id, status=run.status, passed=passed)
+    state.record(event, phase=phase, run_id=run.run_id, status=run.status, passed=passed)
     return PhaseResult(phase, run.run_id, run.status, passed, criteria, report["path"], rec)
 
 
@@ -205,8 +205,7 @@ def rerender_report(project: Project, phase: str) -> PhaseResult:
                                  f"run `wf phase {phase}` again.")
         name = load_config(project.config_path).project.name
         result = _record_outcome(project, state, definition, run, dict(evidence.facts), name,
-                                 evidence.facts.get("status", run.status))
-        state.history[-1].event = "report_rendered"
+                                 evidence.facts.get("status", run.status), event="report_rendered")
         save_state(project, state)
         _sync_auto_marks(project, state, phase)
         return result

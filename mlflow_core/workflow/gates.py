@@ -83,6 +83,7 @@ class EntryVerdict:
     reason: str
     gate: GateVerdict | None = None  # the gate that was checked, if any
     unblock: str | None = None  # the command that unblocks this step
+    origin: str | None = None  # the phase whose gate admits this one (None for setup)
 
 
 def entry_verdict(project: Project, state: ProjectState, phase: str,
@@ -99,20 +100,21 @@ def entry_verdict(project: Project, state: ProjectState, phase: str,
     if origin not in before:
         return EntryVerdict(phase, False, f"{phase} cannot follow {origin}; it follows "
                             f"{' or '.join(before)}",
-                            unblock=_next_step_hint(project, state, origin))
+                            unblock=_next_step_hint(project, state, origin), origin=origin)
     gate = gates[origin] if gates and origin in gates else evaluate_gate(project, state, origin)
     if not gate.passed:
         left = ", ".join(i.id for i in gate.open_items)
         return EntryVerdict(phase, False, f"the {origin} gate is closed: {gate.path} has items left: {left}",
-                            gate, unblock=f"wf gate check {origin}")
+                            gate, unblock=f"wf gate check {origin}", origin=origin)
     if len(load_phase(origin, project.root).next) > 1:
         decision = state.decision
         if decision is None or decision.phase != origin or decision.next_phase != phase:
             chosen = f"the decision recorded is '{decision.choice}' → {decision.next_phase}" if (
                 decision and decision.phase == origin) else "no decision is recorded"
             verb = next(v for v, p in DECISIONS.items() if p == phase)
-            return EntryVerdict(phase, False, f"{chosen}", gate, unblock=f"wf decide {verb} --reason \"…\"")
-    return EntryVerdict(phase, True, f"the {origin} gate passes", gate)
+            return EntryVerdict(phase, False, f"{chosen}", gate, unblock=f"wf decide {verb} --reason \"…\"",
+                                origin=origin)
+    return EntryVerdict(phase, True, f"the {origin} gate passes", gate, origin=origin)
 
 
 def _next_step_hint(project: Project, state: ProjectState, origin: str) -> str:

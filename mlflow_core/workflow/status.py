@@ -14,22 +14,19 @@ from mlflow_core.workflow.state import load_state
 def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
     state = load_state(project)
     phases = []
-    gates = {}
+    gates, errors = {}, {}
     for name in PHASE_ORDER:
         try:
             gates[name] = evaluate_gate(project, state, name)
-        except WfError:
-            pass  # reported per phase below
+        except WfError as exc:
+            errors[name] = exc.message
     for name in PHASE_ORDER:
         definition = load_phase(name, project.root)
         latest = state.latest_run(name)
-        try:
-            gate = gates[name] if name in gates else evaluate_gate(project, state, name)
-            progress = {"passed": gate.passed, "checked": sum(i.checked for i in gate.items),
-                        "total": len(gate.items), "checklist": gate.path,
-                        "open": [i.id for i in gate.open_items]}
-        except WfError as exc:
-            progress = {"passed": False, "error": exc.message}
+        gate = gates.get(name)
+        progress = {"passed": False, "error": errors[name]} if gate is None else {
+            "passed": gate.passed, "checked": sum(i.checked for i in gate.items), "total": len(gate.items),
+            "checklist": gate.path, "open": [i.id for i in gate.open_items]}
         entry = entry_verdict(project, state, name, gates) if name != state.current_phase else None
         phases.append({"name": name, "number": definition.number, "title": definition.title,
                        "current": name == state.current_phase,
