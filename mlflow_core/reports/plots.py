@@ -44,13 +44,14 @@ def learning_curves(metrics: dict[str, Any], figures_dir: Path, prefix: str) -> 
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
+        best = metrics.get("best")
+        if best and slug != "lr":
+            ax.axvline(best["epoch"], color="grey", linestyle=":", linewidth=1,
+                       label=f"best {best['metric']} (epoch {best['epoch']})")
         if slug == "lr":
             ax.set_yscale("log")
         else:
             ax.legend()
-        best = metrics.get("best")
-        if best and slug != "lr":
-            ax.axvline(best["epoch"], color="grey", linestyle=":", linewidth=1)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", metadata={"Software": None})  # no timestamp: same curves, same bytes

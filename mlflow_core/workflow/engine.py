@@ -17,7 +17,7 @@ from mlflow_core.workflow.checks import CheckContext, run_check
 from mlflow_core.workflow.checklist import set_marks
 from mlflow_core.workflow.evidence import read_evidence, write_evidence
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate, load_checklist
-from mlflow_core.workflow.phases import DECISIONS, PhaseDefinition, load_phase
+from mlflow_core.workflow.phases import DECISIONS, PHASE_ORDER, PhaseDefinition, load_phase
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.recommend import Recommendation
 from mlflow_core.workflow.state import (Decision, ProjectState, RunRecord, load_state, now_iso, project_lock,
@@ -245,9 +245,12 @@ def tick(project: Project, checklist_name: str, item_id: str, checked: bool = Tr
         checklist = load_checklist(project, checklist_name)
         item = checklist.item(item_id)
         if item.auto:
+            phase = next((p for p in PHASE_ORDER if load_phase(p, project.root).exit_checklist == checklist_name),
+                         None)
             raise ChecklistError(f"{checklist.path}: line {item.line}: {item_id!r} is verified by wf from recorded "
                                  "evidence and cannot be ticked by hand.",
-                                 hint=f"Run the phase that records it; `wf gate check` shows what it found.")
+                                 hint=(f"`wf phase {phase}` records it; `wf gate check {phase}` shows what it found."
+                                       if phase else "A phase records it; `wf gate check` shows what it found."))
         if not project.checklist_path(checklist_name).is_file():
             raise ChecklistError(f"{project.checklist_path(checklist_name)}: not in the project.",
                                  hint="`wf init` copies the checklists into the project.")

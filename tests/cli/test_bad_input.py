@@ -29,7 +29,7 @@ def test_misspelled_key_in_config(wf, project):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["checklist", "tick", "reproducibility", "seeds_fixed"], "verified by wf from recorded evidence"),
+    (["checklist", "tick", "reproducibility", "seeds_fixed"], "`wf phase setup` records it"),
     (["checklist", "tick", "reproducibility", "no_such_item"], "no item with id 'no_such_item'"),
     (["checklist", "show", "../../etc/passwd"], "not a valid name"),
     (["checklist", "show", "nonexistent"], "checklist not found"),
