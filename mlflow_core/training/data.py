@@ -67,8 +67,22 @@ class NpzPatchDataset(Dataset):
         image, label = self.read(index)
         return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), label
 
+    def label(self, index: int) -> int:
+        """Only the label: an .npz is a zip, so the image is never decompressed."""
+        path = self.files[index]
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                label = npz[self.label_key]
+        except KeyError as exc:
+            raise DataError(f"{path}: missing array {exc} (data.label_key)") from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(f"{path}: cannot be read as .npz ({exc})") from None
+        if np.asarray(label).size != 1:
+            raise DataError(f"{path}: label must be a single integer, has shape {np.shape(label)}")
+        return int(np.asarray(label).reshape(()))
+
     def labels(self) -> list[int]:
-        return [self.read(i)[1] for i in range(len(self))]
+        return [self.label(i) for i in range(len(self))]
 
 
 def build_data(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
