@@ -4,6 +4,7 @@ without it the report says so instead of showing pictures."""
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,60 @@ def learning_curves(metrics: dict[str, Any], figures_dir: Path, prefix: str) -> 
         atomic_write_bytes(figures_dir / name, buf.getvalue())
         out.append({"title": title, "file": f"figures/{name}"})
     return out, None
+
+
+def diagnosis_figures(diagnosis: Any, run_dir: Path, figures_dir: Path) -> tuple[list[dict[str, str]], str | None]:
+    """The loss and gradient norm around the failure (from logs/steps.csv) and, when probed, each
+    layer's first-update/weight ratio at the configured learning rate."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], "matplotlib is not installed (pip install 'wf[train]'); no pictures"
+    import csv
+
+    out = []
+    name = diagnosis.diagnostic
+    steps_csv = run_dir / "logs" / "steps.csv"
+    rows = list(csv.DictReader(steps_csv.open(encoding="utf-8"))) if steps_csv.is_file() else []
+    if rows:
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.5, 4.6), dpi=100, sharex=True)
+        for ax, key, label in ((ax1, "loss", "training loss"), (ax2, "grad_norm", "gradient norm")):
+            pts = [(int(r["step"]), _num(r[key])) for r in rows]
+            pts = [(x, y) for x, y in pts if math.isfinite(y) and y > 0]  # a log axis shows finite values
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=2)
+            ax.set_ylabel(label)
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+        bad = next((f.evidence.get("step") for f in diagnosis.findings), None)
+        if bad is not None:
+            for ax in (ax1, ax2):
+                ax.axvline(bad, color="red", linestyle=":", label=f"first non-finite step {bad}")
+            ax1.legend()
+        ax2.set_xlabel("step")
+        fig.suptitle(f"Run {diagnosis.run_id}: the steps before the failure")
+        fig.tight_layout()
+        out.append(_save(fig, plt, figures_dir, f"diagnosis_{name}_curve.png", "Loss and gradient norm per step"))
+    scale = diagnosis.probes.get("update_scale")
+    layers = [l for l in (scale or {}).get("layers", []) if math.isfinite(l["update_ratio"]) and l["update_ratio"] > 0]
+    if layers:  # none are finite when the offending batch itself holds NaN/Inf
+        fig, ax = plt.subplots(figsize=(6.5, max(2.5, 0.22 * len(layers) + 1)), dpi=100)
+        ax.barh([l["name"] for l in layers], [l["update_ratio"] for l in layers])
+        ax.axvline(0.1, color="red", linestyle=":", label="0.1: too large")
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_xlabel("first update / weight norm, per layer, at the configured learning rate")
+        ax.legend()
+        ax.grid(alpha=0.3, axis="x")
+        fig.tight_layout()
+        out.append(_save(fig, plt, figures_dir, f"diagnosis_{name}_layers.png", "Per-layer update size"))
+    return out, None if out else "no step log to plot"
+
+
+def _save(fig: Any, plt: Any, figures_dir: Path, name: str, title: str) -> dict[str, str]:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(figures_dir / name, buf.getvalue())
+    return {"title": title, "file": f"figures/{name}"}

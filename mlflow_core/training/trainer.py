@@ -215,6 +215,7 @@ class Trainer:
         steps_per_epoch = len(self.train_loader)
         metrics = self._new_metrics()
         self.recent: deque[tuple[int, float, float]] = deque(maxlen=50)
+        self.step_losses: list[float] = []  # every step's loss, on the host (read back per window anyway)
         self.anomalies: list[dict[str, Any]] = []
         steps_file = self._open_steps_log()
         sampler = self.gpu_sampler.start() if self.gpu_sampler else None
@@ -387,6 +388,7 @@ class Trainer:
         losses, norms = torch.stack([torch.stack([w[1] for w in window]).float(),
                                      torch.stack([w[2] for w in window]).float()]).tolist()
         self._epoch_loss_sum += sum(l * w[3] for l, w in zip(losses, window))
+        self.step_losses.extend(losses)
         lr = self.optimizer.param_groups[0]["lr"]
         if steps_file:
             writer = csv.writer(steps_file)

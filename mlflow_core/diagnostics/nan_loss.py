@@ -1,0 +1,95 @@
+"""The nan_loss diagnostic: rank the causes of a non-finite loss from the run's evidence and the
+probes, and name the fixes to try. Thresholds are stated in diagnostics/nan_loss.md."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mlflow_core.diagnostics import Finding
+
+UPDATE_RATIO_HIGH = 0.1  # a healthy first update changes a layer by about 1e-3..1e-2 of its norm
+WEIGHT_GROWTH_HIGH = 10.0  # the last good weights are this many times their initial norm
+GRAD_GROWTH_HIGH = 10.0  # the gradient norm grew this much over the steps before the failure
+OVERFLOW_INPUT = 1e4  # an op fed values this large that overflows is a symptom of blown-up weights
+
+
+def _grad_growth(nonfinite: dict[str, Any]) -> float | None:
+    norms = [float(n) for _, n in nonfinite.get("recent_grad_norms", []) if isinstance(n, (int, float))]
+    norms = [n for n in norms if math.isfinite(n) and n > 0]
+    return norms[-1] / norms[0] if len(norms) >= 2 else None
+
+
+def rank_causes(nonfinite: dict[str, Any], replay: dict[str, Any], scale: dict[str, Any],
+                amp: bool = False) -> list[Finding]:
+    findings: list[Finding] = []
+    lr = nonfinite.get("lr")
+    weight_growth = (replay["weight_norm_last_good"] / scale["weight_norm_init"]
+                     if scale.get("weight_norm_init") else None)
+    grad_growth = _grad_growth(nonfinite)
+    update_ratio = scale.get("max_update_ratio")
+    common = {"step": nonfinite.get("step"), "epoch": nonfinite.get("epoch"), "lr": lr,
+              "what": nonfinite.get("what"), "first_module": replay.get("first_module"),
+              "forward_op": replay.get("forward_op"), "backward_op": replay.get("backward_op")}
+
+    if replay.get("inputs_nonfinite"):
+        findings.append(Finding(
+            "nan_loss", "nonfinite_inputs", 0.95,
+            {**common, "nonfinite_values_in_batch": replay["inputs_nonfinite"]},
+            "Clean the data: the offending batch holds NaN/Inf inputs. `wf phase setup` scans the dataset "
+            "and names the samples; fix or drop them, or impute in your dataset code.",
+            f"the offending batch contains {replay['inputs_nonfinite']} non-finite input values"))
+
+    signals = {
+        "first_update_ratio": update_ratio is not None and update_ratio > UPDATE_RATIO_HIGH,
+        "weight_growth": weight_growth is not None and weight_growth > WEIGHT_GROWTH_HIGH,
+        "grad_growth": grad_growth is not None and grad_growth > GRAD_GROWTH_HIGH,
+    }
+    fired = [k for k, v in signals.items() if v]
+    if fired and not replay.get("inputs_nonfinite"):
+        confidence = {1: 0.7, 2: 0.9, 3: 0.95}[len(fired)]
+        reasons = []
+        if signals["first_update_ratio"]:
+            reasons.append(f"at lr {lr:g} the first update would change a layer by {update_ratio:.3g}× its norm "
+                           f"(threshold {UPDATE_RATIO_HIGH})")
+        if signals["weight_growth"]:
+            reasons.append(f"the weights grew to {weight_growth:.3g}× their initial norm before the failure")
+        if signals["grad_growth"]:
+            reasons.append(f"the gradient norm grew {grad_growth:.3g}× over the last steps")
+        findings.append(Finding(
+            "nan_loss", "lr_too_high", confidence,
+            {**common, "max_update_ratio": update_ratio, "weight_growth": weight_growth,
+             "grad_growth": grad_growth, "signals": fired},
+            "Lower training.learning_rate (10× at a time; `wf diagnose nan_loss --fix` finds the largest that "
+            "trains) or clip gradients with training.grad_clip_norm: 1.0.",
+            "; ".join(reasons)))
+
+    if amp:
+        findings.append(Finding("nan_loss", "amp_overflow", 0.5, common,
+                                "Train in fp32 to confirm, then keep a GradScaler.", "training used fp16"))
+
+    op = replay.get("forward_op") or replay.get("backward_op")
+    op_input = (replay.get("forward_op_detail") or {}).get("input_abs_max") or 0.0
+    overflow = bool(fired) and op_input > OVERFLOW_INPUT  # not the op's fault: its inputs had already exploded
+    if op and not replay.get("inputs_nonfinite") and not overflow:
+        where = replay.get("first_module") or "the loss function"
+        confidence = 0.3 if fired else 0.85
+        findings.append(Finding(
+            "nan_loss", "unstable_op", confidence,
+            {**common, "op_detail": replay.get("forward_op_detail")},
+            f"Guard `{op}` in {where}: add an epsilon (e.g. log(x + 1e-8)), clamp its input, or use the stable "
+            "fused form (log_softmax + nll_loss, BCEWithLogits).",
+            f"with finite inputs{' and moderate weights' if not fired else ''}, `{op}` "
+            f"{'in ' + where + ' ' if replay.get('first_module') else ''}produced the first non-finite value"))
+    return sorted(findings, key=lambda f: -f.confidence)
+
+
+def candidate_fixes(findings: list[Finding], lr: float) -> list[dict[str, Any]]:
+    """Config changes to try, least invasive first: clipping keeps the LR; then LR ÷ 10^k."""
+    causes = {f.cause for f in findings}
+    if causes and causes <= {"nonfinite_inputs"}:
+        return []  # a data problem: no config switch fixes it
+    fixes: list[dict[str, Any]] = [{"label": "clip gradients at max_norm 1.0", "set": {"training.grad_clip_norm": 1.0}}]
+    for k in range(1, 6):
+        fixes.append({"label": f"learning rate ÷ {10 ** k}", "set": {"training.learning_rate": lr / 10 ** k}})
+    return fixes

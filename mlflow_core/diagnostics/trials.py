@@ -1,0 +1,38 @@
+"""Fix trials: short real runs of the shared trainer with one config change, judged on the symptom."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.training.data import DataBundle
+from mlflow_core.training.trainer import Trainer
+
+
+def patched(cfg: WorkflowConfig, changes: dict[str, Any]) -> WorkflowConfig:
+    raw = cfg.model_dump(mode="json")
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        raw[section][key] = value
+    return WorkflowConfig.model_validate(raw)
+
+
+def run_trial(cfg: WorkflowConfig, project_root: Path, data: DataBundle, changes: dict[str, Any],
+              steps: int) -> dict[str, Any]:
+    """Train `steps` steps with `changes`. The symptom is gone when every loss is finite and the last
+    tenth of the losses averages below both the first tenth and the very first loss: finite but
+    huge losses (weights blown up, then merely clipped) are not a fix."""
+    trainer = Trainer(patched(cfg, changes), project_root, None, data=data)
+    result = trainer.fit(max_steps=steps)
+    losses = trainer.step_losses
+    k = max(1, len(losses) // 10)
+    first, last = (sum(losses[:k]) / k, sum(losses[-k:]) / k) if losses else (math.nan, math.nan)
+    finite = result.metrics.get("nonfinite") is None and all(math.isfinite(v) for v in losses)
+    initial = losses[0] if losses else math.nan
+    return {"steps": len(losses), "nonfinite_step": (result.metrics.get("nonfinite") or {}).get("step"),
+            "initial_loss": initial if math.isfinite(initial) else str(initial),
+            "first_loss": first if math.isfinite(first) else str(first),
+            "last_loss": last if math.isfinite(last) else str(last),
+            "symptom_gone": bool(finite and last < first and last < initial)}
