@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_flatten
 from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.training.models import build_model
 from mlflow_core.training.seeding import seed_everything
+from mlflow_core.training.trainer import build_optimizer
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:
@@ -91,7 +92,7 @@ def replay_nonfinite(dump: dict[str, Any], cfg: WorkflowConfig, project_root: Pa
     seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)
     model = build_model(cfg.model, num_classes, input_shape, project_root)
     model.load_state_dict(dump["model"])
-    optimizer = _optimizer(cfg, model)
+    optimizer = build_optimizer(cfg.training, [p for p in model.parameters() if p.requires_grad])
     optimizer.load_state_dict(dump["optimizer"])
     criterion = nn.CrossEntropyLoss()
     batches = dump["batches"]
@@ -131,15 +132,6 @@ def replay_nonfinite(dump: dict[str, Any], cfg: WorkflowConfig, project_root: Pa
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             out["grads_finite_on_replay"] = _all_finite(grads)
     return out
-
-
-def _optimizer(cfg: WorkflowConfig, model: nn.Module) -> torch.optim.Optimizer:
-    t = cfg.training
-    params = [p for p in model.parameters() if p.requires_grad]
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay)
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=t.learning_rate, weight_decay=t.weight_decay)
 
 
 def update_scale(dump: dict[str, Any], cfg: WorkflowConfig, project_root: Path, num_classes: int,

@@ -24,13 +24,14 @@ import torch
 from torch import nn
 
 from mlflow_core.atomic import atomic_write_json
-from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.config.schema import TrainingSection, WorkflowConfig
 from mlflow_core.monitoring.anomalies import EarlyStopping, GradExplosionDetector, StallDetector, first_nonfinite
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.training.checkpoint import save_checkpoint
 from mlflow_core.training.data import DataBundle, build_data, make_loader
 from mlflow_core.training.models import build_model, count_parameters
 from mlflow_core.training.seeding import SEEDED, rng_state, seed_everything
+from mlflow_core.training.snapshot import DeviceSnapshot
 from mlflow_core.workflow.evidence import file_sha256
 
 METRICS_SCHEMA_VERSION = 1
@@ -84,68 +85,11 @@ def total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-class _Snapshot:
-    """A device-side copy of the model's and optimizer's state, refreshed without a host sync.
-
-    Parameters, buffers and optimizer state are updated in place, so the tensors to copy are the
-    same objects window after window: they are listed once (and again only when their identities
-    change, e.g. when the optimizer creates its state on the first step), the destination buffers
-    are allocated once, and a refresh is one multi-tensor copy per device. The state dicts are
-    rebuilt only when a dump is written.
-    """
-
-    def __init__(self) -> None:
-        self._ids: tuple[int, ...] = ()
-        self._names: list[tuple[str, Any, Any]] = []  # ("model", name, None) or ("optim", param index, key)
-        self._buffers: list[torch.Tensor] = []
-        self._groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
-        self._param_groups: list[dict[str, Any]] = []
-
-    @staticmethod
-    def _sources(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[list, list[torch.Tensor]]:
-        names, tensors = [], []
-        for name, tensor in model.state_dict(keep_vars=True).items():
-            names.append(("model", name, None))
-            tensors.append(tensor)
-        index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
-        for param, state in optimizer.state.items():
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor):
-                    names.append(("optim", index[id(param)], key))
-                    tensors.append(value)
-        return names, tensors
-
-    def refresh(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> _Snapshot:
-        names, tensors = self._sources(model, optimizer)
-        ids = tuple(map(id, tensors))
-        if ids != self._ids:  # first call, or the optimizer created its state: (re)allocate
-            self._ids, self._names = ids, names
-            self._buffers = [t.detach().clone() for t in tensors]
-            groups: dict[torch.device, tuple[list, list]] = {}
-            for buffer, tensor in zip(self._buffers, tensors):
-                dst, src = groups.setdefault(tensor.device, ([], []))
-                dst.append(buffer)
-                src.append(tensor.detach())
-            self._groups = list(groups.values())
-        else:
-            for dst, src in self._groups:
-                torch._foreach_copy_(dst, src)
-        self._param_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        return self
-
-    def materialize(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """The snapshot as `{"model": state_dict, "optimizer": state_dict}`, loadable as usual."""
-        model_sd: dict[str, torch.Tensor] = {}
-        optim_state: dict[int, dict[str, Any]] = {}
-        for (kind, name, key), buffer in zip(self._names, self._buffers):
-            if kind == "model":
-                model_sd[name] = buffer.clone()
-            else:
-                optim_state.setdefault(name, {})[key] = buffer.clone()
-        packed = optimizer.state_dict()  # for the param_groups' layout (param indices)
-        groups = [{**g, **{k: v for k, v in saved.items()}} for g, saved in zip(packed["param_groups"],
-                                                                                  self._param_groups)]
-        return {"model": model_sd, "optimizer": {"state": optim_state, "param_groups": groups}}
+def build_optimizer(t: TrainingSection, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.learning_rate, weight_decay=t.weight_decay)
 
 
 class Trainer:
@@ -172,7 +116,7 @@ class Trainer:
         self.model = build_model(cfg.model, self.data.num_classes, self.data.input_shape, self.project_root)
         self.model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = self._optimizer()
+        self.optimizer = build_optimizer(self.cfg.training, self.params)
         self.scheduler = self._scheduler()
         self.criterion = nn.CrossEntropyLoss()
         seed = cfg.reproducibility.seed
@@ -183,13 +127,6 @@ class Trainer:
         self.explosion = GradExplosionDetector(mon.explode_factor)
         self.early = EarlyStopping(cfg.validation.mode, cfg.early_stopping.patience,
                                    cfg.early_stopping.min_delta, cfg.early_stopping.enabled)
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        t = self.cfg.training
-        if t.optimizer == "sgd":
-            return torch.optim.SGD(self.params, lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay)
-        cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-        return cls(self.params, lr=t.learning_rate, weight_decay=t.weight_decay)
 
     def _scheduler(self) -> Any:
         s, epochs = self.cfg.training.scheduler, self.cfg.training.epochs
@@ -422,7 +359,7 @@ class Trainer:
         return None
 
     def _nonfinite(self, epoch: int, batch_in_epoch: int, step: int, loss: float, norm: float, *,
-                   state: _Snapshot | None, state_step: int, batches: list) -> dict[str, Any]:
+                   state: DeviceSnapshot | None, state_step: int, batches: list) -> dict[str, Any]:
         what = "loss" if not math.isfinite(loss) else "gradient norm"
         value = loss if what == "loss" else norm
         message = (f"non-finite {what} ({value}) at step {step} (epoch {epoch}, batch {batch_in_epoch}), "
@@ -436,10 +373,10 @@ class Trainer:
                 "recent_losses": [[s, finite_or_str(l)] for s, l, _ in recent],
                 "recent_grad_norms": [[s, finite_or_str(n)] for s, _, n in recent]}
 
-    def _snapshot(self) -> _Snapshot:
-        """Refresh the device-side last-good-state copy (see _Snapshot). One per trainer."""
+    def _snapshot(self) -> DeviceSnapshot:
+        """Refresh the device-side last-good-state copy (see DeviceSnapshot). One per trainer."""
         if not hasattr(self, "_last_good"):
-            self._last_good = _Snapshot()
+            self._last_good = DeviceSnapshot()
         return self._last_good.refresh(self.model, self.optimizer)
 
     def _save_nonfinite_dump(self, info: dict[str, Any]) -> str:
