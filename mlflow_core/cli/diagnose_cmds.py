@@ -11,7 +11,7 @@ def register(app: typer.Typer) -> None:
     app.command()(diagnose)
 
 
-def diagnose(name: str = typer.Argument(..., help="Diagnostic to run, e.g. nan_loss."),
+XX
              run: str = typer.Option(None, "--run", help="Run id (default: the latest run with metrics)."),
              as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
              fix: bool = typer.Option(False, "--fix", help="Try the playbook's fixes as short trial runs and write "

@@ -13,7 +13,9 @@ import yaml
 
 from mlflow_core.atomic import atomic_write_text
 from mlflow_core.diagnostics import AVAILABLE, PLANNED, Diagnosis
+from mlflow_core.diagnostics.evidence_detectors import EVIDENCE_DETECTORS, DiagnoseContext
 from mlflow_core.errors import UserInputError
+from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.project import Project, safe_name
 from mlflow_core.workflow.state import RunRecord, load_state, project_lock, save_state
 
@@ -34,9 +36,9 @@ def _pick_run(project: Project, run_id: str | None) -> RunRecord:
 def diagnose(project: Project, name: str, run_id: str | None = None, fix: bool = False,
              on_message: Callable[[str], None] | None = None) -> Diagnosis:
     say = on_message or (lambda _m: None)
-    if name not in PLANNED:
-        raise UserInputError(f"unknown diagnostic {name!r}; diagnostics: {', '.join(PLANNED)}.")
-    if name not in AVAILABLE:
+    if name not in PLANNED and name != "auto":
+        raise UserInputError(f"unknown diagnostic {name!r}; diagnostics: auto, {', '.join(PLANNED)}.")
+    if name not in AVAILABLE and name != "auto":
         raise UserInputError(f"`wf diagnose {name}` is not available in this version of wf; "
                              f"available: {', '.join(AVAILABLE)}.")
     with project_lock(project, f"wf diagnose {name}"):
@@ -46,7 +48,16 @@ def diagnose(project: Project, name: str, run_id: str | None = None, fix: bool =
             metrics = json.loads((run_dir / "logs" / "metrics.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise UserInputError(f"{run_dir / 'logs' / 'metrics.json'}: cannot be read ({exc}).") from None
-        diagnosis = _diagnose_nan_loss(project, run, run_dir, metrics, fix, say)
+        ctx = DiagnoseContext(project.root, run, run_dir, metrics, _setup_facts(project))
+        if name == "auto":
+            diagnosis = _diagnose_auto(project, ctx, fix, say)
+        elif name == "nan_loss":
+            diagnosis = _diagnose_nan_loss(project, run, run_dir, metrics, fix, say)
+        else:
+            diagnosis = EVIDENCE_DETECTORS[name](ctx)
+            if fix and diagnosis.findings:
+                diagnosis.probes["fix_note"] = ("no config change can be verified by a short trial for this cause; "
+                                                "the fix is a change to the data or the code")
         diagnosis.report = _write_report(project, diagnosis, metrics)
         state = load_state(project)
         state.record("diagnosis", diagnostic=name, run_id=run.run_id,
@@ -55,6 +66,25 @@ def diagnose(project: Project, name: str, run_id: str | None = None, fix: bool =
                      report=diagnosis.report)
         save_state(project, state)
         return diagnosis
+
+
+def _setup_facts(project: Project) -> dict[str, Any]:
+    evidence = read_evidence(project, "setup")
+    return evidence.facts if evidence is not None and evidence.intact else {}
+
+
+def _diagnose_auto(project: Project, ctx: DiagnoseContext, fix: bool, say: Callable[[str], None]) -> Diagnosis:
+    """Every available diagnostic on the run; their findings merged, most likely first."""
+    parts = [detector(ctx) for detector in EVIDENCE_DETECTORS.values()]
+    if ctx.metrics.get("nonfinite"):
+        parts.append(_diagnose_nan_loss(project, ctx.run, ctx.run_dir, ctx.metrics, fix, say))
+    auto = Diagnosis("auto", ctx.run.run_id,
+                     sorted((f for p in parts for f in p.findings), key=lambda f: -f.confidence),
+                     probes={p.diagnostic: p.probes for p in parts})
+    for part in parts:
+        auto.trials += part.trials
+        auto.suggested_config = auto.suggested_config or part.suggested_config
+    return auto
 
 
 def _diagnose_nan_loss(project: Project, run: RunRecord, run_dir: Path, metrics: dict[str, Any], fix: bool,

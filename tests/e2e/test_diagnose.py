@@ -108,3 +108,30 @@ def test_healthy_run_has_no_finding(wf, project_copy):
 def test_unavailable_diagnostics(wf, project_copy, name, fragment):
     r = wf("diagnose", name, cwd=project_copy)
     assert r.code == 2 and fragment in r.err
+
+
+def test_auto_on_a_healthy_run_finds_nothing(wf, project_copy):
+    r = wf("diagnose", "auto", "--json", cwd=project_copy)
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["findings"] == []
+    assert (project_copy / "reports" / "diagnosis_auto.md").read_text().count("No finding") == 1
+
+
+def test_auto_ranks_a_leak(wf, tmp_path):
+    import shutil
+    assert wf("init", "lab", "--example", "patches", cwd=tmp_path).code == 0
+    lab = tmp_path / "lab"
+    train = sorted((lab / "data" / "patches" / "train").glob("*.npz"))
+    for path in train[:12]:  # 12 of 60 val samples now also in train
+        shutil.copy(path, lab / "data" / "patches" / "val" / f"dup_{path.name}")
+    config = lab / "training_config.yaml"
+    config.write_text(set_yaml_value(config.read_text(), "training.epochs", "2"))
+    assert wf("phase", "setup", cwd=lab).code == 1  # setup sees the overlap: its gate stays closed
+    wf("checklist", "tick", "reproducibility", "data_documented", "config_committed", cwd=lab)
+    wf("phase", "baseline", "--override-gate", "measuring the leak", cwd=lab)
+    out = json.loads(wf("diagnose", "auto", "--json", cwd=lab).out)
+    top = out["findings"][0]
+    assert (top["diagnostic"], top["cause"]) == ("data_leakage", "train_val_overlap")
+    assert top["evidence"]["identical_samples"] == 12
+    report = (lab / "reports" / "diagnosis_auto.md").read_text()
+    assert "train_val_overlap" in report and "no config change can be verified" not in report

@@ -61,3 +61,17 @@ def test_playbooks_name_cause_ids():
 def test_phase_files_are_plain_yaml():
     for path in (ROOT / "phases").glob("*.yaml"):
         assert isinstance(yaml.safe_load(path.read_text()), dict)
+
+
+def test_every_available_diagnostic_has_a_playbook_naming_its_causes():
+    import re
+    from mlflow_core.diagnostics import AVAILABLE
+    from mlflow_core.diagnostics import evidence_detectors, nan_loss
+    for name in AVAILABLE:
+        path = ROOT / "diagnostics" / f"{name}.md"
+        assert path.is_file(), name
+    sources = Path(evidence_detectors.__file__).read_text() + Path(nan_loss.__file__).read_text()
+    causes = set(re.findall(r'Finding\(\s*"(\w+)",\s*"(\w+)"', sources))
+    assert len(causes) >= 8
+    for diagnostic, cause in causes:
+        assert f"`{cause}`" in (ROOT / "diagnostics" / f"{diagnostic}.md").read_text(), (diagnostic, cause)

@@ -1,0 +1,65 @@
+"""Evidence detectors on hand-written facts and epoch tables: the behaviour is readable here."""
+
+from pathlib import Path
+
+import pytest
+
+from mlflow_core.diagnostics.evidence_detectors import (DiagnoseContext, class_imbalance, data_leakage,
+                                                        input_scaling, overfitting)
+from mlflow_core.workflow.state import RunRecord
+
+RUN = RunRecord(run_id="r1", phase="baseline", status="completed", started_at="t", dir="runs/r1")
+DATA = {"train_size": 1000, "val_size": 200, "num_classes": 3, "overlap_train_val": 0, "imbalance_ratio": 1.2,
+        "class_counts_train": {"0": 340, "1": 330, "2": 330}, "input_min": 0.0, "input_max": 1.0}
+
+
+def ctx(data=None, epochs=None):
+    return DiagnoseContext(Path("."), RUN, Path("."), {"epochs": epochs or []},
+                           {"data": {**DATA, **(data or {})}} if data is not None else {})
+
+
+def causes(diagnosis):
+    return [(f.cause, f.confidence) for f in diagnosis.findings]
+
+
+@pytest.mark.parametrize("overlap, expected", [(0, []), (1, [("train_val_overlap", 0.7)]),
+                                               (10, [("train_val_overlap", 0.95)])])
+def test_data_leakage(overlap, expected):
+    assert causes(data_leakage(ctx({"overlap_train_val": overlap}))) == expected
+
+
+@pytest.mark.parametrize("counts, ratio, expected", [
+    ({"0": 340, "1": 330, "2": 330}, 1.03, []),
+    ({"0": 600, "1": 200, "2": 200}, 3.0, [("skewed_classes", 0.6)]),
+    ({"0": 900, "1": 90, "2": 10}, 90.0, [("skewed_classes", 0.9)]),
+    ({"0": 900, "1": 100}, 9.0, [("missing_classes", 0.95)]),
+])
+def test_class_imbalance(counts, ratio, expected):
+    assert causes(class_imbalance(ctx({"class_counts_train": counts, "imbalance_ratio": ratio}))) == expected
+
+
+@pytest.mark.parametrize("lo, hi, expected", [(0.0, 1.0, []), (-3.0, 4.0, []), (0.0, 255.0, [("unnormalized_inputs", 0.75)]),
+                                              (0.0, 10000.0, [("unnormalized_inputs", 0.9)])])
+def test_input_scaling(lo, hi, expected):
+    assert causes(input_scaling(ctx({"input_min": lo, "input_max": hi}))) == expected
+
+
+def _epochs(val_losses, train_losses, train_acc, val_acc):
+    return [{"epoch": i + 1, "val_loss": v, "train_loss": t, "train_accuracy": train_acc, "val_accuracy": val_acc}
+            for i, (v, t) in enumerate(zip(val_losses, train_losses))]
+
+
+@pytest.mark.parametrize("val, train, tacc, vacc, expected", [
+    ([1.0, 0.8, 0.6, 0.5], [1.0, 0.7, 0.5, 0.4], 0.9, 0.88, []),                           # still improving
+    ([1.0, 0.5, 0.6, 0.8], [1.0, 0.5, 0.2, 0.05], 0.99, 0.80, [("overfitting", 0.85)]),   # classic
+    ([1.0, 0.5, 0.53, 0.54], [1.0, 0.5, 0.3, 0.2], 0.95, 0.85, []),                        # rise below 10 %
+    ([1.0, 0.5, 0.6, 0.6], [1.0, 0.5, 0.4, 0.35], 0.86, 0.84, []),                         # no accuracy gap
+    ([1.0, 0.5], [1.0, 0.4], 0.99, 0.5, []),                                               # too few epochs
+])
+def test_overfitting(val, train, tacc, vacc, expected):
+    assert causes(overfitting(ctx(epochs=_epochs(val, train, tacc, vacc)))) == expected
+
+
+def test_without_setup_evidence_says_what_to_run():
+    d = data_leakage(ctx(None))
+    assert d.findings == [] and "wf phase setup" in d.probes["note"]
