@@ -21,6 +21,7 @@ from mlflow_core.workflow.state import RunRecord, load_state, project_lock, save
 
 
 def _pick_run(project: Project, run_id: str | None) -> RunRecord:
+    """The run named, else the latest run that recorded metrics."""
     state = load_state(project)
     if run_id is not None:
         run = state.run(safe_name(run_id, "run id"))
@@ -35,37 +36,53 @@ def _pick_run(project: Project, run_id: str | None) -> RunRecord:
 
 def diagnose(project: Project, name: str, run_id: str | None = None, fix: bool = False,
              on_message: Callable[[str], None] | None = None) -> Diagnosis:
+    """`wf diagnose NAME`: under the project lock, diagnose and record it in the history."""
+    with project_lock(project, f"wf diagnose {name}"):
+        run = _pick_run(project, run_id)
+        diagnosis = run_diagnosis(project, name, run, fix, on_message)
+        state = load_state(project)
+        state.record("diagnosis", diagnostic=name, run_id=run.run_id,
+                     findings=[{"cause": f.cause, "confidence": f.confidence} for f in diagnosis.findings],
+                     verified_fix=verified_fix(diagnosis), report=diagnosis.report)
+        save_state(project, state)
+        return diagnosis
+
+
+def verified_fix(diagnosis: Diagnosis) -> str | None:
+    return next((t["label"] for t in diagnosis.trials if t.get("winner")), None)
+
+
+def run_diagnosis(project: Project, name: str, run: RunRecord, fix: bool = False,
+                  on_message: Callable[[str], None] | None = None) -> Diagnosis:
+    """Diagnose `run` and write the report (and a suggested config); the caller holds the lock."""
     say = on_message or (lambda _m: None)
     if name not in PLANNED and name != "auto":
         raise UserInputError(f"unknown diagnostic {name!r}; diagnostics: auto, {', '.join(PLANNED)}.")
     if name not in AVAILABLE and name != "auto":
         raise UserInputError(f"`wf diagnose {name}` is not available in this version of wf; "
-                             f"available: {', '.join(AVAILABLE)}.")
-    with project_lock(project, f"wf diagnose {name}"):
-        run = _pick_run(project, run_id)
-        run_dir = project.inside(run.dir)
-        try:
-            metrics = json.loads((run_dir / "logs" / "metrics.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UserInputError(f"{run_dir / 'logs' / 'metrics.json'}: cannot be read ({exc}).") from None
-        ctx = DiagnoseContext(project.root, run, run_dir, metrics, _setup_facts(project))
-        if name == "auto":
-            diagnosis = _diagnose_auto(project, ctx, fix, say)
-        elif name == "nan_loss":
-            diagnosis = _diagnose_nan_loss(project, run, run_dir, metrics, fix, say)
-        else:
-            diagnosis = EVIDENCE_DETECTORS[name](ctx)
-            if fix and diagnosis.findings:
-                diagnosis.probes["fix_note"] = ("no config change can be verified by a short trial for this cause; "
-                                                "the fix is a change to the data or the code")
-        diagnosis.report = _write_report(project, diagnosis, metrics)
-        state = load_state(project)
-        state.record("diagnosis", diagnostic=name, run_id=run.run_id,
-                     findings=[{"cause": f.cause, "confidence": f.confidence} for f in diagnosis.findings],
-                     verified_fix=next((t["label"] for t in diagnosis.trials if t.get("winner")), None),
-                     report=diagnosis.report)
-        save_state(project, state)
-        return diagnosis
+                             f"available: auto, {', '.join(AVAILABLE)}.")
+    run_dir = project.inside(run.dir)
+    metrics = _metrics(run_dir)
+    ctx = DiagnoseContext(project.root, run, run_dir, metrics, _setup_facts(project))
+    if name == "auto":
+        diagnosis = _diagnose_auto(project, ctx, fix, say)
+    elif name == "nan_loss":
+        diagnosis = _diagnose_nan_loss(project, run, run_dir, metrics, fix, say)
+    else:
+        diagnosis = EVIDENCE_DETECTORS[name](ctx)
+        if fix and diagnosis.findings:
+            diagnosis.probes["fix_note"] = ("no config change can be verified by a short trial for this cause; "
+                                            "the fix is a change to the data or the code")
+    diagnosis.report = write_diagnosis_report(project, diagnosis.to_json(), run_dir)["path"]
+    return diagnosis
+
+
+def _metrics(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "logs" / "metrics.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"{path}: cannot be read ({exc}).") from None
 
 
 def _setup_facts(project: Project) -> dict[str, Any]:
@@ -150,12 +167,12 @@ def _write_suggested(project: Project, name: str, run_id: str, candidate: dict[s
     return project.relative(path)
 
 
-def _write_report(project: Project, diagnosis: Diagnosis, metrics: dict[str, Any]) -> str:
+def write_diagnosis_report(project: Project, diagnosis: dict[str, Any], run_dir: Path) -> dict[str, str]:
+    """Render `reports/diagnosis_<name>.md` from a diagnosis (its JSON form) and the run's files."""
     from mlflow_core.reports.plots import diagnosis_figures
     from mlflow_core.reports.render import write_report
 
-    run_dir = project.inside(next(r.dir for r in load_state(project).runs if r.run_id == diagnosis.run_id))
     figures, note = diagnosis_figures(diagnosis, run_dir, project.reports_dir / "figures")
-    context = {"d": diagnosis.to_json(), "metrics": metrics, "figures": figures, "figures_note": note,
-               "playbook_link": f"../diagnostics/{diagnosis.diagnostic}.md"}
-    return write_report(project, f"diagnosis_{diagnosis.diagnostic}.md", "diagnosis.md.j2", context)["path"]
+    context = {"d": diagnosis, "metrics": _metrics(run_dir), "figures": figures, "figures_note": note,
+               "playbook_link": f"../diagnostics/{diagnosis['diagnostic']}.md"}
+    return write_report(project, f"diagnosis_{diagnosis['diagnostic']}.md", "diagnosis.md.j2", context)

@@ -26,6 +26,10 @@ def render_phase_report(project: Project, state: ProjectState, definition: Phase
         context = {"project_name": project_name, "run_id": run_id, "recorded_at": now_iso(), "facts": facts,
                    "criteria": criteria, "overrides": overrides, "next_step": next_step}
         return write_report(project, definition.report, "setup_report.md.j2", context), None
+    if definition.name == "diagnostics":
+        from mlflow_core.diagnostics.engine import write_diagnosis_report
+        run = state.run(facts["diagnosed_run"])
+        return write_diagnosis_report(project, facts["diagnosis"], project.inside(run.dir)), None
     metrics = json.loads((project.root / facts["metrics"]["path"]).read_text(encoding="utf-8"))
     rec = recommend(metrics, criteria, definition.playbooks)
     figures, note = learning_curves(metrics, project.reports_dir / "figures", definition.name)

@@ -63,7 +63,8 @@ def learning_curves(metrics: dict[str, Any], figures_dir: Path, prefix: str) -> 
     return out, None
 
 
-def diagnosis_figures(diagnosis: Any, run_dir: Path, figures_dir: Path) -> tuple[list[dict[str, str]], str | None]:
+def diagnosis_figures(diagnosis: dict[str, Any], run_dir: Path,
+                      figures_dir: Path) -> tuple[list[dict[str, str]], str | None]:
     """The loss and gradient norm around the failure (from logs/steps.csv) and, when probed, each
     layer's first-update/weight ratio at the configured learning rate."""
     try:
@@ -75,7 +76,7 @@ def diagnosis_figures(diagnosis: Any, run_dir: Path, figures_dir: Path) -> tuple
     import csv
 
     out = []
-    name = diagnosis.diagnostic
+    name = diagnosis["diagnostic"]
     steps_csv = run_dir / "logs" / "steps.csv"
     rows = list(csv.DictReader(steps_csv.open(encoding="utf-8"))) if steps_csv.is_file() else []
     if rows:
@@ -87,16 +88,17 @@ def diagnosis_figures(diagnosis: Any, run_dir: Path, figures_dir: Path) -> tuple
             ax.set_ylabel(label)
             ax.set_yscale("log")
             ax.grid(alpha=0.3)
-        bad = next((f.evidence.get("step") for f in diagnosis.findings), None)
+        bad = next((f["evidence"].get("step") for f in diagnosis["findings"]), None)
         if bad is not None:
             for ax in (ax1, ax2):
                 ax.axvline(bad, color="red", linestyle=":", label=f"first non-finite step {bad}")
             ax1.legend()
         ax2.set_xlabel("step")
-        fig.suptitle(f"Run {diagnosis.run_id}: the steps before the failure")
+        fig.suptitle(f"Run {diagnosis['run']}: the steps before the failure")
         fig.tight_layout()
         out.append(_save(fig, plt, figures_dir, f"diagnosis_{name}_curve.png", "Loss and gradient norm per step"))
-    scale = diagnosis.probes.get("update_scale")
+    probes = diagnosis["probes"]
+    scale = probes.get("update_scale") or (probes.get("nan_loss") or {}).get("update_scale")
     layers = [l for l in (scale or {}).get("layers", []) if math.isfinite(l["update_ratio"]) and l["update_ratio"] > 0]
     if layers:  # none are finite when the offending batch itself holds NaN/Inf
         fig, ax = plt.subplots(figsize=(6.5, max(2.5, 0.22 * len(layers) + 1)), dpi=100)

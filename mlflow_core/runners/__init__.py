@@ -41,5 +41,8 @@ def get_runner(phase: str) -> Callable[[RunContext], RunOutput] | None:
     if phase == "baseline":
         from mlflow_core.runners.baseline import run_baseline
         return run_baseline
+    if phase == "diagnostics":
+        from mlflow_core.runners.diagnostics import run_diagnostics
+        return run_diagnostics
     return None
 

@@ -197,6 +197,39 @@ def _decision(ctx: CheckContext) -> CheckResult:
     return CheckResult(True, f"{decision.choice} → {decision.next_phase}{reason}")
 
 
+# --- diagnostics ------------------------------------------------------------------------------------
+
+ROOT_CAUSE_CONFIDENCE = 0.7  # the top finding must be at least this likely to count as the root cause
+CONFIG_FIXABLE = {"lr_too_high", "unstable_op", "amp_overflow"}  # causes a config trial can verify
+
+
+def _top_finding(ctx: CheckContext) -> dict[str, Any] | None:
+    findings = (ctx.facts().get("diagnosis") or {}).get("findings") or []
+    return findings[0] if findings else None
+
+
+@check("root_cause_identified")
+def _root_cause(ctx: CheckContext) -> CheckResult:
+    top = _top_finding(ctx)
+    if top is None:
+        return CheckResult(False, f"no finding in run {ctx.facts().get('diagnosed_run')}: nothing to diagnose")
+    ok = top["confidence"] >= ROOT_CAUSE_CONFIDENCE
+    return CheckResult(ok, f"`{top['cause']}` ({top['diagnostic']}, confidence {top['confidence']:.2f}"
+                       + ("" if ok else f", below {ROOT_CAUSE_CONFIDENCE}") + ")")
+
+
+@check("fix_verified")
+def _fix_verified(ctx: CheckContext) -> CheckResult:
+    fix = ctx.facts().get("verified_fix")
+    if fix:
+        return CheckResult(True, f"a trial run verified: {fix} ({ctx.facts().get('suggested_config')})")
+    top = _top_finding(ctx)
+    if top is not None and top["cause"] not in CONFIG_FIXABLE:
+        return CheckResult(True, f"`{top['cause']}` is fixed in the data or the code, not by a config trial; "
+                           "confirm it with the manual item fix_applied")
+    return CheckResult(False, "no trial removed the symptom; see the report's fix trials")
+
+
 def _artifact_present(ctx: CheckContext, record: dict[str, Any] | None, what: str) -> CheckResult:
     if not record:
         return CheckResult(False, f"no {what} recorded")

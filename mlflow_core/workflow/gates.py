@@ -102,8 +102,10 @@ def entry_verdict(project: Project, state: ProjectState, phase: str,
                             f"{' or '.join(before)}",
                             unblock=_next_step_hint(project, state, origin), origin=origin)
     gate = gates[origin] if gates and origin in gates else evaluate_gate(project, state, origin)
-    if not gate.passed:
-        left = ", ".join(i.id for i in gate.open_items)
+    required = load_phase(origin, project.root).exit_items_for.get(phase)
+    open_items = [i for i in gate.open_items if required is None or i.id in required]
+    if open_items:
+        left = ", ".join(i.id for i in open_items)
         return EntryVerdict(phase, False, f"the {origin} gate is closed: {gate.path} has items left: {left}",
                             gate, unblock=f"wf gate check {origin}", origin=origin)
     if len(load_phase(origin, project.root).next) > 1:
@@ -114,7 +116,8 @@ def entry_verdict(project: Project, state: ProjectState, phase: str,
             verb = next(v for v, p in DECISIONS.items() if p == phase)
             return EntryVerdict(phase, False, f"{chosen}", gate, unblock=f"wf decide {verb} --reason \"…\"",
                                 origin=origin)
-    return EntryVerdict(phase, True, f"the {origin} gate passes", gate, origin=origin)
+    scope = "passes" if required is None else f"passes for {phase} ({', '.join(required)})"
+    return EntryVerdict(phase, True, f"the {origin} gate {scope}", gate, origin=origin)
 
 
 def _next_step_hint(project: Project, state: ProjectState, origin: str) -> str:

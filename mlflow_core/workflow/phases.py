@@ -14,7 +14,7 @@ from mlflow_core.errors import UserInputError
 
 PHASE_ORDER = ("setup", "baseline", "diagnostics", "optimization", "finalization")
 # The phases whose runner ships in this release (mlflow_core/runners); the others are defined as content.
-RUNNABLE_PHASES = ("setup", "baseline")
+RUNNABLE_PHASES = ("setup", "baseline", "diagnostics")
 
 # `wf decide VERB` names the phase to go to next.
 DECISIONS = {"finalize": "finalization", "diagnose": "diagnostics", "optimize": "optimization",
@@ -41,6 +41,8 @@ class PhaseDefinition(BaseModel):
     report: str
     success_criteria: list[Criterion] = Field(default_factory=list)
     playbooks: dict[str, str] = Field(default_factory=dict)
+    # For some transitions only part of the exit checklist applies: {next phase: [item ids]}.
+    exit_items_for: dict[str, list[str]] = Field(default_factory=dict)
 
 
 def load_phase(name: str, project_root: Path | None = None) -> PhaseDefinition:

@@ -135,3 +135,28 @@ def test_auto_ranks_a_leak(wf, tmp_path):
     assert top["evidence"]["identical_samples"] == 12
     report = (lab / "reports" / "diagnosis_auto.md").read_text()
     assert "train_val_overlap" in report and "no config change can be verified" not in report
+
+
+def test_phase_3_closes_the_loop(wf, tmp_path):
+    """NaN baseline → decide diagnose → wf phase diagnostics → apply the verified fix → rebaseline."""
+    d = _failing_project(wf, tmp_path, LR_1E4)
+    assert wf("gate", "check", "baseline", cwd=d).code == 1  # the full baseline gate stays closed
+    assert wf("phase", "diagnostics", cwd=d).code == 3  # no decision yet
+    assert wf("decide", "diagnose", "--reason", "NaN at step 2", cwd=d).code == 0
+    r = wf("phase", "diagnostics", cwd=d)
+    assert r.code == 0, r.err + r.out[-3000:]
+    report = (d / "reports" / "diagnosis_auto.md").read_text()
+    assert "`lr_too_high`" in report and "Fix trials" in report
+    gate = json.loads(wf("gate", "check", "diagnostics", "--json", cwd=d).out)
+    checked = {i["id"]: i["checked"] for i in gate["items"]}
+    assert checked == {"root_cause_identified": True, "fix_verified": True, "report_generated": True,
+                       "fix_applied": False, "decision_made": False}
+    # apply the fix the trial verified, then go back to baseline
+    (d / "training_config.yaml").write_text((d / "configs" / "suggested_nan_loss.yaml").read_text())
+    assert wf("checklist", "tick", "post_diagnostics", "fix_applied", cwd=d).code == 0
+    assert wf("decide", "rebaseline", "--reason", "lr 0.1 verified", cwd=d).code == 0
+    r = wf("phase", "baseline", cwd=d)
+    assert r.code == 0, r.out[-3000:]
+    state = json.loads((d / ".wf" / "state.json").read_text())
+    assert [r["phase"] for r in state["runs"]][-3:] == ["baseline", "diagnostics", "baseline"]
+    assert state["entered_from"]["baseline"] == "diagnostics"

@@ -75,3 +75,12 @@ def test_every_available_diagnostic_has_a_playbook_naming_its_causes():
     assert len(causes) >= 8
     for diagnostic, cause in causes:
         assert f"`{cause}`" in (ROOT / "diagnostics" / f"{diagnostic}.md").read_text(), (diagnostic, cause)
+
+
+@pytest.mark.parametrize("name", PHASE_ORDER)
+def test_exit_items_for_name_real_items_and_phases(name):
+    phase = load_phase(name)
+    ids = {i.id for i in parse_checklist(ROOT / "checklists" / f"{phase.exit_checklist}.md").items}
+    for target, items in phase.exit_items_for.items():
+        assert target in phase.next
+        assert set(items) <= ids, (target, set(items) - ids)
