@@ -12,7 +12,8 @@ def register(app: typer.Typer) -> None:
 
 
 def diagnose(name: str = typer.Argument(..., help="auto, nan_loss, data_leakage, class_imbalance, "
-                                          "input_scaling or overfitting."),
+                                          "input_scaling, overfitting, resource_inefficiency, bad_initialization "
+                                          "or exploding_gradients."),
              run: str = typer.Option(None, "--run", help="Run id (default: the latest run with metrics)."),
              as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
              fix: bool = typer.Option(False, "--fix", help="Try the playbook's fixes as short trial runs and write "

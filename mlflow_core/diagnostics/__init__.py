@@ -13,7 +13,8 @@ from typing import Any
 PLANNED = ("nan_loss", "exploding_gradients", "vanishing_gradients", "dead_relu", "convergence_stall",
            "overfitting", "underfitting", "resource_inefficiency", "class_imbalance", "data_leakage",
            "bad_initialization", "input_scaling")
-AVAILABLE = ("nan_loss", "data_leakage", "class_imbalance", "input_scaling", "overfitting")
+AVAILABLE = ("nan_loss", "data_leakage", "class_imbalance", "input_scaling", "overfitting",
+             "resource_inefficiency", "bad_initialization", "exploding_gradients")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ from mlflow_core.workflow.state import RunRecord
 IMBALANCE_MODERATE, IMBALANCE_SEVERE = 3.0, 10.0  # largest / smallest training class
 INPUT_ABS_LIMIT, INPUT_SPAN_LIMIT = 10.0, 20.0  # normalised inputs sit within about ±10
 OVERFIT_VAL_RISE, OVERFIT_ACC_GAP = 0.10, 0.05  # val loss 10 % above its best; train-val accuracy gap
+DATA_WAIT_HIGH = 0.20  # share of training time spent waiting for the loader
+SMALL_BATCH = 128  # below this, a GPU is rarely kept busy by a small model
+INIT_LOSS_FACTOR = 2.0  # a first loss above this many times ln(num_classes) means saturated outputs
 
 
 @dataclass
@@ -117,5 +120,82 @@ def overfitting(ctx: DiagnoseContext) -> Diagnosis:
     return Diagnosis("overfitting", ctx.run.run_id, findings, probes=probes)
 
 
+def resource_inefficiency(ctx: DiagnoseContext) -> Diagnosis:
+    m = ctx.metrics
+    gpu = m.get("gpu") or {}
+    epochs = m.get("epochs") or []
+    total = sum(e.get("duration_s") or 0 for e in epochs)
+    wait = (sum((e.get("data_wait_fraction") or 0) * (e.get("duration_s") or 0) for e in epochs) / total
+            if total else None)
+    probes = {"device": m.get("device"), "gpu_p50": gpu.get("p50"), "gpu_mean": gpu.get("mean"),
+              "data_wait_fraction": wait, "batch_size": m.get("batch_size"), "num_workers": m.get("num_workers")}
+    target = gpu.get("target_percent", 60)
+    if not gpu.get("available") or str(m.get("device", "")).startswith("cpu") or gpu.get("p50") is None:
+        probes["note"] = "the run did not train on an NVIDIA GPU: nothing to measure"
+        return Diagnosis("resource_inefficiency", ctx.run.run_id, [], probes=probes)
+    findings = []
+    if gpu["p50"] < target:
+        evidence = {**probes, "target_percent": target}
+        low = f"median GPU utilization {gpu['p50']:.0f} % is below {target:.0f} %"
+        if wait is not None and wait > DATA_WAIT_HIGH:
+            findings.append(Finding("resource_inefficiency", "dataloader_bound", 0.85, evidence,
+                                    "Raise data.num_workers, keep pin_memory on, and store inputs in a format that "
+                                    "is cheap to decode (uncompressed arrays, or one file per shard).",
+                                    f"{low}, and {wait:.0%} of training time waits for the data loader"))
+        elif (m.get("batch_size") or SMALL_BATCH) < SMALL_BATCH:
+            findings.append(Finding("resource_inefficiency", "batch_too_small", 0.7, evidence,
+                                    "Double training.batch_size until memory runs short (scale the learning rate "
+                                    "with it).", f"{low} with batch size {m.get('batch_size')}"))
+        else:
+            findings.append(Finding("resource_inefficiency", "model_too_small", 0.6, evidence,
+                                    "A larger model or batch uses the GPU better; or train this one on a smaller GPU.",
+                                    f"{low} although the loader keeps up and the batch is {m.get('batch_size')}"))
+    return Diagnosis("resource_inefficiency", ctx.run.run_id, findings, probes=probes)
+
+
+def _first_loss(run_dir: Path) -> float | None:
+    import csv
+    path = run_dir / "logs" / "steps.csv"
+    try:
+        with path.open(encoding="utf-8") as f:
+            row = next(csv.DictReader(f), None)
+    except OSError:
+        return None
+    try:
+        return float(row["loss"]) if row else None
+    except (KeyError, ValueError):
+        return None
+
+
+def bad_initialization(ctx: DiagnoseContext) -> Diagnosis:
+    classes = (ctx.metrics.get("data") or {}).get("num_classes")
+    first = _first_loss(ctx.run_dir)
+    probes = {"first_loss": first, "ln_num_classes": math.log(classes) if classes else None}
+    findings = []
+    if first is not None and classes and math.isfinite(first) and first > INIT_LOSS_FACTOR * math.log(classes):
+        findings.append(Finding(
+            "bad_initialization", "saturated_outputs", 0.8, {**probes, "factor": first / math.log(classes)},
+            "Initialise the last layer small (e.g. zero its weights and bias) so the first predictions are near "
+            "uniform; check for a missing normalisation of inputs or of the logits.",
+            f"the first training loss {first:.3g} is {first / math.log(classes):.1f}× ln({classes}) = "
+            f"{math.log(classes):.3g}, the loss of uniform predictions"))
+    return Diagnosis("bad_initialization", ctx.run.run_id, findings, probes=probes)
+
+
+def exploding_gradients(ctx: DiagnoseContext) -> Diagnosis:
+    spikes = [a for a in ctx.metrics.get("anomalies") or [] if a.get("kind") == "exploding"]
+    findings = []
+    if spikes:
+        findings.append(Finding(
+            "exploding_gradients", "gradient_spikes", min(0.9, 0.6 + 0.1 * len(spikes)),
+            {"spikes": len(spikes), "first": spikes[0], "last": spikes[-1]},
+            "Clip gradients (training.grad_clip_norm: 1.0) and lower training.learning_rate; check the inputs of "
+            "the batches named below.",
+            f"{len(spikes)} gradient-norm spikes; the first at step {spikes[0]['step']}: {spikes[0]['message']}"))
+    return Diagnosis("exploding_gradients", ctx.run.run_id, findings, probes={"spikes": len(spikes)})
+
+
 EVIDENCE_DETECTORS = {"data_leakage": data_leakage, "class_imbalance": class_imbalance,
-                      "input_scaling": input_scaling, "overfitting": overfitting}
+                      "input_scaling": input_scaling, "overfitting": overfitting,
+                      "resource_inefficiency": resource_inefficiency, "bad_initialization": bad_initialization,
+                      "exploding_gradients": exploding_gradients}

@@ -404,7 +404,8 @@ class Trainer:
                          "input_shape": list(self.data.input_shape)},
                 "seed": cfg.reproducibility.seed, "seeded": SEEDED, "deterministic": cfg.reproducibility.deterministic,
                 "metric": cfg.validation.metric, "mode": cfg.validation.mode, "target": cfg.validation.target,
-                "epochs_planned": cfg.training.epochs, "epochs": [], "best": None, "nonfinite": None,
+                "epochs_planned": cfg.training.epochs, "batch_size": cfg.training.batch_size,
+                "num_workers": cfg.data.num_workers, "epochs": [], "best": None, "nonfinite": None,
                 "checkpoints": {"best": None, "last": None, "periodic": []}, "steps": 0}
 
     def _open_steps_log(self):

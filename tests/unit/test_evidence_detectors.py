@@ -63,3 +63,41 @@ def test_overfitting(val, train, tacc, vacc, expected):
 def test_without_setup_evidence_says_what_to_run():
     d = data_leakage(ctx(None))
     assert d.findings == [] and "wf phase setup" in d.probes["note"]
+
+
+from mlflow_core.diagnostics.evidence_detectors import bad_initialization, exploding_gradients, resource_inefficiency
+
+
+def gpu_ctx(p50, wait, batch, device="cuda:0", available=True):
+    metrics = {"device": device, "batch_size": batch, "num_workers": 2,
+               "gpu": {"available": available, "p50": p50, "mean": p50, "target_percent": 60},
+               "epochs": [{"duration_s": 10.0, "data_wait_fraction": wait}]}
+    return DiagnoseContext(Path("."), RUN, Path("."), metrics, {})
+
+
+@pytest.mark.parametrize("p50, wait, batch, device, available, expected", [
+    (85, 0.05, 64, "cuda:0", True, []),
+    (3, 0.64, 128, "cuda:0", True, [("dataloader_bound", 0.85)]),   # the H100 NPZ run
+    (20, 0.05, 32, "cuda:0", True, [("batch_too_small", 0.7)]),
+    (20, 0.05, 512, "cuda:0", True, [("model_too_small", 0.6)]),
+    (None, 0.0, 32, "cpu", False, []),                               # nothing to measure
+])
+def test_resource_inefficiency(p50, wait, batch, device, available, expected):
+    assert causes(resource_inefficiency(gpu_ctx(p50, wait, batch, device, available))) == expected
+
+
+@pytest.mark.parametrize("first_loss, expected", [(2.30, []), (4.0, []), (9.5, [("saturated_outputs", 0.8)])])
+def test_bad_initialization(tmp_path, first_loss, expected):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "steps.csv").write_text(f"step,epoch,loss,grad_norm,lr\n0,1,{first_loss},1.0,0.001\n")
+    c = DiagnoseContext(tmp_path, RUN, tmp_path, {"data": {"num_classes": 10}}, {})
+    assert causes(bad_initialization(c)) == expected
+
+
+@pytest.mark.parametrize("n, expected", [(0, []), (1, [("gradient_spikes", 0.7)]), (5, [("gradient_spikes", 0.9)])])
+def test_exploding_gradients(n, expected):
+    anomalies = [{"kind": "exploding", "step": 10 * i, "message": "spike"} for i in range(n)]
+    anomalies.append({"kind": "stalled", "step": 999, "message": "flat"})
+    c = DiagnoseContext(Path("."), RUN, Path("."), {"anomalies": anomalies}, {})
+    found = causes(exploding_gradients(c))
+    assert [(cause, round(conf, 2)) for cause, conf in found] == expected
