@@ -37,6 +37,7 @@ def _pick_run(project: Project, run_id: str | None) -> RunRecord:
 def diagnose(project: Project, name: str, run_id: str | None = None, fix: bool = False,
              on_message: Callable[[str], None] | None = None) -> Diagnosis:
     """`wf diagnose NAME`: under the project lock, diagnose and record it in the history."""
+    _check_name(name)
     with project_lock(project, f"wf diagnose {name}"):
         run = _pick_run(project, run_id)
         diagnosis = run_diagnosis(project, name, run, fix, on_message)
@@ -56,11 +57,7 @@ def run_diagnosis(project: Project, name: str, run: RunRecord, fix: bool = False
                   on_message: Callable[[str], None] | None = None) -> Diagnosis:
     """Diagnose `run` and write the report (and a suggested config); the caller holds the lock."""
     say = on_message or (lambda _m: None)
-    if name not in PLANNED and name != "auto":
-        raise UserInputError(f"unknown diagnostic {name!r}; diagnostics: auto, {', '.join(PLANNED)}.")
-    if name not in AVAILABLE and name != "auto":
-        raise UserInputError(f"`wf diagnose {name}` is not available in this version of wf; "
-                             f"available: auto, {', '.join(AVAILABLE)}.")
+    _check_name(name)
     run_dir = project.inside(run.dir)
     metrics = _metrics(run_dir)
     ctx = DiagnoseContext(project.root, run, run_dir, metrics, _setup_facts(project))
@@ -75,6 +72,14 @@ def run_diagnosis(project: Project, name: str, run: RunRecord, fix: bool = False
                                             "the fix is a change to the data or the code")
     diagnosis.report = write_diagnosis_report(project, diagnosis.to_json(), run_dir)["path"]
     return diagnosis
+
+
+def _check_name(name: str) -> None:
+    if name not in PLANNED and name != "auto":
+        raise UserInputError(f"unknown diagnostic {name!r}; diagnostics: auto, {', '.join(PLANNED)}.")
+    if name not in AVAILABLE and name != "auto":
+        raise UserInputError(f"`wf diagnose {name}` is not available in this version of wf; "
+                             f"available: auto, {', '.join(AVAILABLE)}.")
 
 
 def _metrics(run_dir: Path) -> dict[str, Any]:

@@ -37,6 +37,9 @@ def test_misspelled_key_in_config(wf, project):
     (["decide", "finalize"], "nothing to decide yet"),
     (["decide", "maybe"], "unknown decision 'maybe'"),
     (["phase", "finalization"], "not available in this version"),
+    (["diagnose", "astrology"], "unknown diagnostic 'astrology'"),
+    (["diagnose", "dead_relu"], "not available in this version"),
+    (["diagnose", "nan_loss"], "no training run is recorded yet"),
     (["report", "baseline"], "has recorded no run yet"),
 ])
 def test_bad_requests(wf, project, args, fragment):
