@@ -154,7 +154,9 @@ class MonitoringSection(_Section):
     nan_action: Literal["stop", "warn"] = Field("stop", description="On a non-finite loss.")
     check_every_n_steps: int = Field(10, ge=1, description="Losses are checked on the host in "
                                      "windows of this many steps, so no step waits for the GPU; the "
-                                     "first bad step is still found exactly.")
+                                     "first bad step is still found exactly. On GPUs the window's input "
+                                     "batches stay referenced in host memory (for the NaN replay): lower "
+                                     "this for very large batches.")
     stall_window_steps: int = Field(200, ge=10, description="A training loss that does not improve "
                                     "by stall_min_delta over this many steps is flagged as stalled.")
     stall_min_delta: float = Field(1e-3, ge=0.0, description="Relative improvement that counts.")
