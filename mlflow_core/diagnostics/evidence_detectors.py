@@ -3,7 +3,9 @@ Thresholds are stated in each playbook (diagnostics/<name>.md)."""
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,20 +30,23 @@ class DiagnoseContext:
     setup_facts: dict[str, Any]  # .wf/evidence/setup.json facts ({} if setup never ran)
 
 
-def _data(ctx: DiagnoseContext) -> dict[str, Any] | None:
-    data = ctx.setup_facts.get("data")
-    return data if isinstance(data, dict) and "train_size" in data else None
+def needs_setup_data(detector: Callable[[DiagnoseContext, dict[str, Any]], Diagnosis]
+                     ) -> Callable[[DiagnoseContext], Diagnosis]:
+    """For detectors that read setup's data facts: without them, no finding and what to run."""
+    name = detector.__name__
+
+    @functools.wraps(detector)
+    def wrapped(ctx: DiagnoseContext) -> Diagnosis:
+        data = ctx.setup_facts.get("data")
+        if not (isinstance(data, dict) and "train_size" in data):
+            return Diagnosis(name, ctx.run.run_id, [], probes={
+                "note": "no data facts recorded: run `wf phase setup`, which scans the data, then diagnose again"})
+        return detector(ctx, data)
+    return wrapped
 
 
-def _no_setup(name: str, ctx: DiagnoseContext) -> Diagnosis:
-    return Diagnosis(name, ctx.run.run_id, [], probes={"note": "no data facts recorded: run `wf phase setup`, "
-                                                       "which scans the data, then diagnose again"})
-
-
-def data_leakage(ctx: DiagnoseContext) -> Diagnosis:
-    data = _data(ctx)
-    if data is None:
-        return _no_setup("data_leakage", ctx)
+@needs_setup_data
+def data_leakage(ctx: DiagnoseContext, data: dict[str, Any]) -> Diagnosis:
     overlap, val = data.get("overlap_train_val", 0), max(data.get("val_size", 0), 1)
     findings = []
     if overlap:
@@ -56,10 +61,8 @@ def data_leakage(ctx: DiagnoseContext) -> Diagnosis:
                      probes={"overlap_train_val": overlap, "scanned": data.get("scanned")})
 
 
-def class_imbalance(ctx: DiagnoseContext) -> Diagnosis:
-    data = _data(ctx)
-    if data is None:
-        return _no_setup("class_imbalance", ctx)
+@needs_setup_data
+def class_imbalance(ctx: DiagnoseContext, data: dict[str, Any]) -> Diagnosis:
     counts = {int(k): v for k, v in (data.get("class_counts_train") or {}).items()}
     missing = [c for c in range(data.get("num_classes", 0)) if counts.get(c, 0) == 0]
     ratio = data.get("imbalance_ratio")
@@ -79,10 +82,8 @@ def class_imbalance(ctx: DiagnoseContext) -> Diagnosis:
                      probes={"imbalance_ratio": ratio, "class_counts_train": data.get("class_counts_train")})
 
 
-def input_scaling(ctx: DiagnoseContext) -> Diagnosis:
-    data = _data(ctx)
-    if data is None:
-        return _no_setup("input_scaling", ctx)
+@needs_setup_data
+def input_scaling(ctx: DiagnoseContext, data: dict[str, Any]) -> Diagnosis:
     lo, hi = data.get("input_min"), data.get("input_max")
     findings = []
     if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and math.isfinite(lo) and math.isfinite(hi):

@@ -40,6 +40,8 @@ def test_misspelled_key_in_config(wf, project):
     (["diagnose", "astrology"], "unknown diagnostic 'astrology'"),
     (["diagnose", "dead_relu"], "not available in this version"),
     (["diagnose", "nan_loss"], "no training run is recorded yet"),
+    (["diagnose", "nan_loss", "--run", "../../etc"], "is not a valid name"),
+    (["diagnose", "nan_loss", "--run", "nope"], "no run 'nope'"),
     (["report", "baseline"], "has recorded no run yet"),
 ])
 def test_bad_requests(wf, project, args, fragment):
