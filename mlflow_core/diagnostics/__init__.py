@@ -9,12 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Every diagnostic issue 3 names; those in AVAILABLE have a detector in this release.
-PLANNED = ("nan_loss", "exploding_gradients", "vanishing_gradients", "dead_relu", "convergence_stall",
-           "overfitting", "underfitting", "resource_inefficiency", "class_imbalance", "data_leakage",
-           "bad_initialization", "input_scaling")
-AVAILABLE = ("nan_loss", "data_leakage", "class_imbalance", "input_scaling", "overfitting",
-             "resource_inefficiency", "bad_initialization", "exploding_gradients")
+# Every diagnostic `wf diagnose NAME` runs; each has a playbook diagnostics/<name>.md.
+DIAGNOSTICS = ("nan_loss", "exploding_gradients", "vanishing_gradients", "dead_relu", "convergence_stall",
+               "overfitting", "underfitting", "resource_inefficiency", "class_imbalance", "data_leakage",
+               "bad_initialization", "input_scaling")
 
 
 @dataclass(frozen=True)

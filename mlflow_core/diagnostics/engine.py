@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 
 from mlflow_core.atomic import atomic_write_text
-from mlflow_core.diagnostics import AVAILABLE, PLANNED, Diagnosis
+from mlflow_core.diagnostics import DIAGNOSTICS, Diagnosis
+from mlflow_core.diagnostics.dynamics_detectors import DYNAMICS_DETECTORS
 from mlflow_core.diagnostics.evidence_detectors import EVIDENCE_DETECTORS, DiagnoseContext
 from mlflow_core.errors import UserInputError
 from mlflow_core.workflow.evidence import read_evidence
@@ -32,6 +33,13 @@ def _pick_run(project: Project, run_id: str | None) -> RunRecord:
         if (project.root / run.dir / "logs" / "metrics.json").is_file():
             return run
     raise UserInputError("no training run is recorded yet: nothing to diagnose.", hint="Run `wf phase baseline`.")
+
+
+# every diagnostic but nan_loss, which replays the failure and is run by name or when a run failed on NaN
+DETECTORS = {**EVIDENCE_DETECTORS, **DYNAMICS_DETECTORS}
+
+# Config changes a short trial can verify, per cause; "{suggested}" is the LR range test's suggestion.
+LR_TRIALS = {"lr_too_low": (10, 100), "lr_too_high": (0.1, 0.01), "died_in_training": (0.1, 0.01)}
 
 
 def diagnose(project: Project, name: str, run_id: str | None = None, fix: bool = False,
@@ -60,26 +68,24 @@ def run_diagnosis(project: Project, name: str, run: RunRecord, fix: bool = False
     _check_name(name)
     run_dir = project.inside(run.dir)
     metrics = _metrics(run_dir)
-    ctx = DiagnoseContext(project.root, run, run_dir, metrics, _setup_facts(project))
+    ctx = DiagnoseContext(project.root, run, run_dir, metrics, _setup_facts(project), DETECTORS)
     if name == "auto":
         diagnosis = _diagnose_auto(project, ctx, fix, say)
     elif name == "nan_loss":
         diagnosis = _diagnose_nan_loss(project, run, run_dir, metrics, fix, say)
     else:
-        diagnosis = EVIDENCE_DETECTORS[name](ctx)
+        say(f"Diagnosing {name} on run {run.run_id}")
+        diagnosis = ctx.result(name)
         if fix and diagnosis.findings:
-            diagnosis.probes["fix_note"] = ("no config change can be verified by a short trial for this cause; "
-                                            "the fix is a change to the data or the code")
+            _try_lr_fixes(project, ctx, diagnosis, say)
     diagnosis.report = write_diagnosis_report(project, diagnosis.to_json(), run_dir)["path"]
     return diagnosis
 
 
 def _check_name(name: str) -> None:
-    if name not in PLANNED and name != "auto":
-        raise UserInputError(f"unknown diagnostic {name!r}; diagnostics: auto, {', '.join(PLANNED)}.")
-    if name not in AVAILABLE and name != "auto":
-        raise UserInputError(f"`wf diagnose {name}` is not available in this version of wf; "
-                             f"available: auto, {', '.join(AVAILABLE)}.")
+    if name not in DIAGNOSTICS and name != "auto":
+        raise UserInputError(f"unknown diagnostic {name!r}; diagnostics: auto, {', '.join(DIAGNOSTICS)}.",
+                             hint="`wf diagnose auto` runs them all.")
 
 
 def _metrics(run_dir: Path) -> dict[str, Any]:
@@ -97,9 +103,14 @@ def _setup_facts(project: Project) -> dict[str, Any]:
 
 def _diagnose_auto(project: Project, ctx: DiagnoseContext, fix: bool, say: Callable[[str], None]) -> Diagnosis:
     """Every available diagnostic on the run; their findings merged, most likely first."""
-    parts = [detector(ctx) for detector in EVIDENCE_DETECTORS.values()]
+    say(f"Diagnosing run {ctx.run.run_id}: {', '.join(DETECTORS)}")
+    parts = [ctx.result(name) for name in DETECTORS]
     if ctx.metrics.get("nonfinite"):
         parts.append(_diagnose_nan_loss(project, ctx.run, ctx.run_dir, ctx.metrics, fix, say))
+    elif fix:
+        top = max((p for p in parts if p.findings), key=lambda p: p.findings[0].confidence, default=None)
+        if top is not None:
+            _try_lr_fixes(project, ctx, top, say)
     auto = Diagnosis("auto", ctx.run.run_id,
                      sorted((f for p in parts for f in p.findings), key=lambda f: -f.confidence),
                      probes={p.diagnostic: p.probes for p in parts})
@@ -107,6 +118,37 @@ def _diagnose_auto(project: Project, ctx: DiagnoseContext, fix: bool, say: Calla
         auto.trials += part.trials
         auto.suggested_config = auto.suggested_config or part.suggested_config
     return auto
+
+
+def _try_lr_fixes(project: Project, ctx: DiagnoseContext, diagnosis: Diagnosis, say: Callable[[str], None]) -> None:
+    """For causes a learning-rate change can fix: short trials, the first that removes the symptom wins."""
+    from mlflow_core.diagnostics.trials import run_trial
+
+    top = diagnosis.findings[0]
+    if top.cause not in LR_TRIALS:
+        diagnosis.probes["fix_note"] = (f"no config change can be verified by a short trial for `{top.cause}`; "
+                                        "the fix is a change to the data, the model or the code")
+        return
+    cfg = ctx.run_config()
+    lr = cfg.training.learning_rate
+    candidates = []
+    suggested = top.evidence.get("suggested_lr")
+    if suggested:
+        candidates.append({"label": f"learning rate {suggested:.3g} (the LR range test's suggestion)",
+                           "set": {"training.learning_rate": float(f"{suggested:.3g}")}})
+    for factor in LR_TRIALS[top.cause]:
+        candidates.append({"label": f"learning rate × {factor:g}", "set": {"training.learning_rate": lr * factor}})
+    steps = min(max(ctx.metrics.get("steps") or 0, 100), 300)
+    min_drop = 0.05 if diagnosis.diagnostic == "convergence_stall" else 0.0
+    for candidate in candidates:
+        say(f"Trial: {candidate['label']} ({steps} steps)")
+        outcome = run_trial(cfg, project.root, ctx.data(), candidate["set"], steps, min_drop=min_drop)
+        diagnosis.trials.append({**candidate, **outcome})
+        if outcome["symptom_gone"]:
+            diagnosis.trials[-1]["winner"] = True
+            diagnosis.suggested_config = _write_suggested(project, diagnosis.diagnostic, ctx.run.run_id,
+                                                          candidate, steps)
+            return
 
 
 def _diagnose_nan_loss(project: Project, run: RunRecord, run_dir: Path, metrics: dict[str, Any], fix: bool,
@@ -178,6 +220,13 @@ def write_diagnosis_report(project: Project, diagnosis: dict[str, Any], run_dir:
     from mlflow_core.reports.render import write_report
 
     figures, note = diagnosis_figures(diagnosis, run_dir, project.reports_dir / "figures")
+    name = diagnosis["diagnostic"]
+    # the probes of the diagnostics that found something (or of the one asked for), for the evidence section
+    wanted = {f["diagnostic"] for f in diagnosis["findings"]} | ({name} if name != "auto" else set())
+    probes = {k: (diagnosis["probes"] if name == k else diagnosis["probes"].get(k) or {})
+              for k in ("vanishing_gradients", "dead_relu", "convergence_stall", "resource_inefficiency")
+              if k in wanted}
     context = {"d": diagnosis, "metrics": _metrics(run_dir), "figures": figures, "figures_note": note,
+               "dyn": probes,
                "playbook_link": f"../diagnostics/{diagnosis['diagnostic']}.md"}
     return write_report(project, f"diagnosis_{diagnosis['diagnostic']}.md", "diagnosis.md.j2", context)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ from mlflow_core.workflow.state import RunRecord
 IMBALANCE_MODERATE, IMBALANCE_SEVERE = 3.0, 10.0  # largest / smallest training class
 INPUT_ABS_LIMIT, INPUT_SPAN_LIMIT = 10.0, 20.0  # normalised inputs sit within about ±10
 OVERFIT_VAL_RISE, OVERFIT_ACC_GAP = 0.10, 0.05  # val loss 10 % above its best; train-val accuracy gap
-DATA_WAIT_HIGH = 0.20  # share of training time spent waiting for the loader
+DATA_WAIT_HIGH = 0.20  # share of training time spent waiting for the loader, with the GPU under-used
+CPU_DATA_WAIT_HIGH = 0.30  # on the CPU the model step is slow, so a loader this slow is the bottleneck
 SMALL_BATCH = 128  # below this, a GPU is rarely kept busy by a small model
 INIT_LOSS_FACTOR = 2.0  # a first loss above this many times ln(num_classes) means saturated outputs
 
@@ -28,6 +29,52 @@ class DiagnoseContext:
     run_dir: Path
     metrics: dict[str, Any]
     setup_facts: dict[str, Any]  # .wf/evidence/setup.json facts ({} if setup never ran)
+    detectors: dict[str, Callable[[DiagnoseContext], Diagnosis]] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)  # probes and results shared by detectors
+
+    def result(self, name: str) -> Diagnosis:
+        """Another detector's diagnosis of this run, computed once."""
+        key = f"diagnosis:{name}"
+        if key not in self.cache:
+            self.cache[key] = self.detectors[name](self)
+        return self.cache[key]
+
+    def run_config(self) -> Any:
+        """The run's own resolved config (as it trained), not today's training_config.yaml."""
+        if "config" not in self.cache:
+            from mlflow_core.config.schema import WorkflowConfig
+            raw = self.metrics.get("config")
+            if raw is None:
+                from mlflow_core.config.loader import load_config
+                self.cache["config"] = load_config(self.project_root / "training_config.yaml")
+            else:
+                self.cache["config"] = WorkflowConfig.model_validate(raw)
+        return self.cache["config"]
+
+    def data(self) -> Any:
+        if "data" not in self.cache:
+            from mlflow_core.training.data import build_data
+            self.cache["data"] = build_data(self.run_config(), self.project_root)
+        return self.cache["data"]
+
+    def step_losses(self) -> list[float]:
+        """The finite per-step training losses of logs/steps.csv."""
+        if "step_losses" not in self.cache:
+            import csv
+            losses: list[float] = []
+            try:
+                with (self.run_dir / "logs" / "steps.csv").open(encoding="utf-8") as f:
+                    for row in csv.DictReader(f):
+                        try:
+                            value = float(row["loss"])
+                        except (KeyError, TypeError, ValueError):
+                            continue
+                        if math.isfinite(value):
+                            losses.append(value)
+            except OSError:
+                pass
+            self.cache["step_losses"] = losses
+        return self.cache["step_losses"]
 
 
 def needs_setup_data(detector: Callable[[DiagnoseContext, dict[str, Any]], Diagnosis]
@@ -132,8 +179,23 @@ def resource_inefficiency(ctx: DiagnoseContext) -> Diagnosis:
               "data_wait_fraction": wait, "batch_size": m.get("batch_size"), "num_workers": m.get("num_workers")}
     target = gpu.get("target_percent", 60)
     if not gpu.get("available") or str(m.get("device", "")).startswith("cpu") or gpu.get("p50") is None:
-        probes["note"] = "the run did not train on an NVIDIA GPU: nothing to measure"
-        return Diagnosis("resource_inefficiency", ctx.run.run_id, [], probes=probes)
+        findings = []
+        if wait is not None and wait > CPU_DATA_WAIT_HIGH:
+            loader = _throughput_probe(ctx)
+            probes["throughput"] = loader
+            ratio = loader.get("loader_to_model") if loader else None
+            confirmed = ratio is None or ratio > 1
+            if confirmed:
+                findings.append(Finding(
+                    "resource_inefficiency", "dataloader_bound", 0.85 if ratio else 0.7, {**probes},
+                    "Raise data.num_workers (one per free core), and store inputs in a format that is cheap to "
+                    "decode; cache decoded samples when they fit in memory.",
+                    f"{wait:.0%} of training time waits for the data loader (threshold {CPU_DATA_WAIT_HIGH:.0%})"
+                    + (f"; alone, the loader needs {ratio:.1f}× the time of a training step per batch" if ratio else "")))
+        if not findings:
+            probes["note"] = ("the run did not train on an NVIDIA GPU, and the data loader kept up: "
+                              "nothing to improve")
+        return Diagnosis("resource_inefficiency", ctx.run.run_id, findings, probes=probes)
     findings = []
     if gpu["p50"] < target:
         evidence = {**probes, "target_percent": target}
@@ -152,6 +214,16 @@ def resource_inefficiency(ctx: DiagnoseContext) -> Diagnosis:
                                     "A larger model or batch uses the GPU better; or train this one on a smaller GPU.",
                                     f"{low} although the loader keeps up and the batch is {m.get('batch_size')}"))
     return Diagnosis("resource_inefficiency", ctx.run.run_id, findings, probes=probes)
+
+
+def _throughput_probe(ctx: DiagnoseContext) -> dict[str, Any] | None:
+    """Loader-only against model-only time per batch (imports torch); None where it cannot run."""
+    from mlflow_core.errors import WfError
+    try:
+        from mlflow_core.diagnostics.dynamics import throughput
+        return throughput(ctx.run_config(), ctx.project_root, ctx.data())
+    except (ImportError, WfError):  # no torch, or the data is gone since the run
+        return None
 
 
 def _first_loss(run_dir: Path) -> float | None:

@@ -88,13 +88,15 @@ def diagnosis_figures(diagnosis: dict[str, Any], run_dir: Path,
             ax.set_ylabel(label)
             ax.set_yscale("log")
             ax.grid(alpha=0.3)
-        bad = next((f["evidence"].get("step") for f in diagnosis["findings"]), None)
+        nan = [f for f in diagnosis["findings"] if f["diagnostic"] == "nan_loss"]
+        bad = nan[0]["evidence"].get("step") if nan else None
         if bad is not None:
             for ax in (ax1, ax2):
                 ax.axvline(bad, color="red", linestyle=":", label=f"first non-finite step {bad}")
             ax1.legend()
         ax2.set_xlabel("step")
-        fig.suptitle(f"Run {diagnosis['run']}: the steps before the failure")
+        fig.suptitle(f"Run {diagnosis['run']}: " + ("the steps before the failure" if bad is not None
+                                                     else "loss and gradient norm per step"))
         fig.tight_layout()
         out.append(_save(fig, plt, figures_dir, f"diagnosis_{name}_curve.png", "Loss and gradient norm per step"))
     probes = diagnosis["probes"]
@@ -111,7 +113,64 @@ def diagnosis_figures(diagnosis: dict[str, Any], run_dir: Path,
         ax.grid(alpha=0.3, axis="x")
         fig.tight_layout()
         out.append(_save(fig, plt, figures_dir, f"diagnosis_{name}_layers.png", "Per-layer update size"))
+    out += _dynamics_figures(diagnosis, figures_dir, plt)
     return out, None if out else "no step log to plot"
+
+
+def _probe(diagnosis: dict[str, Any], name: str) -> dict[str, Any]:
+    """A diagnostic's probes, whether it ran alone or inside `auto`."""
+    if diagnosis["diagnostic"] == name:
+        return diagnosis["probes"]
+    return diagnosis["probes"].get(name) or {} if diagnosis["diagnostic"] == "auto" else {}
+
+
+def _dynamics_figures(diagnosis: dict[str, Any], figures_dir: Path, plt: Any) -> list[dict[str, str]]:
+    out = []
+    name = diagnosis["diagnostic"]
+    grads = [(l["name"], _num(l["grad_norm"])) for l in _probe(diagnosis, "vanishing_gradients").get("layers", [])]
+    grads = [(n, g) for n, g in grads if math.isfinite(g) and g > 0]
+    if grads and (name == "vanishing_gradients" or any(f["diagnostic"] == "vanishing_gradients"
+                                                       for f in diagnosis["findings"])):
+        fig, ax = plt.subplots(figsize=(6.5, max(2.5, 0.22 * len(grads) + 1)), dpi=100)
+        ax.barh([n for n, _ in grads], [g for _, g in grads])
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_xlabel("gradient norm per weight layer (first layer at the top), last recorded step")
+        ax.grid(alpha=0.3, axis="x")
+        fig.tight_layout()
+        out.append(_save(fig, plt, figures_dir, f"diagnosis_{name}_gradients.png", "Gradient norm per layer"))
+    dead = _probe(diagnosis, "dead_relu")
+    layers = dead.get("layers") or []
+    if layers and (name == "dead_relu" or any(f["diagnostic"] == "dead_relu" for f in diagnosis["findings"])):
+        init = {l["layer"]: l["dead_fraction"] for l in dead.get("at_init") or []}
+        fig, ax = plt.subplots(figsize=(6.5, max(2.5, 0.3 * len(layers) + 1)), dpi=100)
+        y = range(len(layers))
+        ax.barh([i + 0.2 for i in y], [l["dead_fraction"] for l in layers], height=0.4, label="last weights")
+        ax.barh([i - 0.2 for i in y], [init.get(l["layer"], 0.0) for l in layers], height=0.4, label="initialisation")
+        ax.set_yticks(list(y), [l["layer"] for l in layers])
+        ax.axvline(0.5, color="red", linestyle=":", label="50 %")
+        ax.set_xlim(0, 1)
+        ax.invert_yaxis()
+        ax.set_xlabel("share of units that never fire")
+        ax.legend()
+        fig.tight_layout()
+        out.append(_save(fig, plt, figures_dir, f"diagnosis_{name}_dead_units.png", "Dead units per ReLU"))
+    sweep = _probe(diagnosis, "convergence_stall").get("lr_range_test") or {}
+    if sweep.get("lrs"):
+        fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=100)
+        ax.plot(sweep["lrs"], sweep["losses"], alpha=0.3, label="loss")
+        ax.plot(sweep["lrs"], sweep["smoothed"], label="smoothed")
+        if sweep.get("suggested_lr"):
+            ax.axvline(sweep["suggested_lr"], color="green", linestyle=":",
+                       label=f"suggested {sweep['suggested_lr']:.2g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("training loss")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        out.append(_save(fig, plt, figures_dir, f"diagnosis_{name}_lr_range.png", "LR range test"))
+    return out
 
 
 def _save(fig: Any, plt: Any, figures_dir: Path, name: str, title: str) -> dict[str, str]:

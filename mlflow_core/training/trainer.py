@@ -85,6 +85,26 @@ def total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
+ACTIVATIONS = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish",
+               "Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid", "Hardswish", "Softplus", "Softsign", "LogSigmoid")
+NORMALIZATIONS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d",
+                  "InstanceNorm2d", "InstanceNorm3d", "LocalResponseNorm", "RMSNorm")
+
+
+def architecture_summary(model: nn.Module) -> dict[str, Any]:
+    """Activation and normalisation modules by type, and the weight layers' count: what the
+    gradient diagnostics reason about (functional activations in a custom forward are not seen)."""
+    activations: dict[str, int] = {}
+    norms: dict[str, int] = {}
+    for module in model.modules():
+        kind = type(module).__name__
+        for table, kinds in ((activations, ACTIVATIONS), (norms, NORMALIZATIONS)):
+            if kind in kinds:
+                table[kind] = table.get(kind, 0) + 1
+    weight_layers = sum(1 for p in model.parameters() if p.ndim >= 2)
+    return {"activations": activations, "normalization": norms, "weight_layers": weight_layers}
+
+
 def build_optimizer(t: TrainingSection, params: list[torch.Tensor]) -> torch.optim.Optimizer:
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -188,6 +208,8 @@ class Trainer:
                         grad_norm = nn.utils.clip_grad_norm_(self.params, cfg.training.grad_clip_norm)
                     else:
                         grad_norm = total_grad_norm(self.params)
+                    if global_step == 0 or step_in_epoch == steps_per_epoch:
+                        self._record_layers(epoch, global_step)  # twice an epoch at most: evidence for diagnose
                     # check before the step on the CPU: the model is then still the last good state
                     if window_size == 1:
                         loss_f, norm_f = loss.item(), grad_norm.item()
@@ -318,6 +340,19 @@ class Trainer:
 
     # --- monitoring --------------------------------------------------------------------------------
 
+    def _record_layers(self, epoch: int, step: int) -> None:
+        """Per-layer gradient and weight norms of this step, for the vanishing-gradient diagnostic.
+        One grouped norm per list and one read-back: a few times per run, not per step."""
+        named = self._weight_params
+        if not named or any(p.grad is None for _, p in named):
+            return
+        grads = torch.stack(torch._foreach_norm([p.grad for _, p in named])).float()
+        weights = torch.stack(torch._foreach_norm([p.detach() for _, p in named])).float()
+        grad_list, weight_list = torch.stack([grads, weights]).tolist()
+        self._layer_records.append({"epoch": epoch, "step": step,
+                                    "grad_norm": [finite_or_str(v) for v in grad_list],
+                                    "weight_norm": [finite_or_str(v) for v in weight_list]})
+
     def _flush(self, window, epoch, step_in_epoch, steps_per_epoch, global_step, window_t0, started,
                epochs, steps_file, window_start, snapshot, window_batches) -> dict[str, Any] | None:
         steps = [w[0] for w in window]
@@ -396,6 +431,9 @@ class Trainer:
 
     def _new_metrics(self) -> dict[str, Any]:
         cfg = self.cfg
+        # weight matrices and kernels in execution-ish (definition) order: first layer … classifier
+        self._weight_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and p.ndim >= 2]
+        self._layer_records: list[dict[str, Any]] = []
         return {"schema_version": METRICS_SCHEMA_VERSION, "run_id": self.run_id, "phase": self.phase,
                 "status": "running", "device": str(self.device),
                 "torch": torch.__version__, "model": cfg.model.name, "parameters": count_parameters(self.model),
@@ -406,7 +444,11 @@ class Trainer:
                 "metric": cfg.validation.metric, "mode": cfg.validation.mode, "target": cfg.validation.target,
                 "epochs_planned": cfg.training.epochs, "batch_size": cfg.training.batch_size,
                 "num_workers": cfg.data.num_workers, "epochs": [], "best": None, "nonfinite": None,
-                "checkpoints": {"best": None, "last": None, "periodic": []}, "steps": 0}
+                "checkpoints": {"best": None, "last": None, "periodic": []}, "steps": 0,
+                "architecture": architecture_summary(self.model),
+                "layers": {"names": [n for n, _ in self._weight_params],
+                           "numel": [p.numel() for _, p in self._weight_params], "records": self._layer_records},
+                "config": cfg.model_dump(mode="json")}
 
     def _open_steps_log(self):
         if not self.run_dir:

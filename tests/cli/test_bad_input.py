@@ -38,7 +38,7 @@ def test_misspelled_key_in_config(wf, project):
     (["decide", "maybe"], "unknown decision 'maybe'"),
     (["phase", "finalization"], "not available in this version"),
     (["diagnose", "astrology"], "unknown diagnostic 'astrology'"),
-    (["diagnose", "dead_relu"], "not available in this version"),
+    (["diagnose", "dead_relu"], "no training run is recorded yet"),
     (["diagnose", "nan_loss"], "no training run is recorded yet"),
     (["diagnose", "nan_loss", "--run", "../../etc"], "is not a valid name"),
     (["diagnose", "nan_loss", "--run", "nope"], "no run 'nope'"),

@@ -103,11 +103,19 @@ def test_healthy_run_has_no_finding(wf, project_copy):
     assert out["findings"] == [] and "all" in out["probes"]["note"]
 
 
-@pytest.mark.parametrize("name, fragment", [("dead_relu", "not available in this version"),
-                                            ("astrology", "unknown diagnostic")])
-def test_unavailable_diagnostics(wf, project_copy, name, fragment):
-    r = wf("diagnose", name, cwd=project_copy)
-    assert r.code == 2 and fragment in r.err
+def test_unknown_diagnostic(wf, project_copy):
+    r = wf("diagnose", "astrology", cwd=project_copy)
+    assert r.code == 2 and "unknown diagnostic 'astrology'" in r.err and "dead_relu" in r.err
+
+
+@pytest.mark.parametrize("name", ["vanishing_gradients", "dead_relu", "convergence_stall", "underfitting",
+                                  "resource_inefficiency"])
+def test_dynamics_diagnostics_on_a_healthy_run_find_nothing(wf, project_copy, name):
+    r = wf("diagnose", name, "--json", cwd=project_copy)
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    assert out["findings"] == [], out["findings"]
+    assert (project_copy / "reports" / f"diagnosis_{name}.md").is_file()
 
 
 def test_auto_on_a_healthy_run_finds_nothing(wf, project_copy):
