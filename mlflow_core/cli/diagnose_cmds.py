@@ -11,9 +11,10 @@ def register(app: typer.Typer) -> None:
     app.command()(diagnose)
 
 
-def diagnose(name: str = typer.Argument(..., help="auto, nan_loss, data_leakage, class_imbalance, "
-                                          "input_scaling, overfitting, resource_inefficiency, bad_initialization "
-                                          "or exploding_gradients."),
+def diagnose(name: str = typer.Argument(..., help="auto (all of them), nan_loss, exploding_gradients, "
+                                          "vanishing_gradients, dead_relu, convergence_stall, overfitting, "
+                                          "underfitting, resource_inefficiency, class_imbalance, data_leakage, "
+                                          "bad_initialization or input_scaling."),
              run: str = typer.Option(None, "--run", help="Run id (default: the latest run with metrics)."),
              as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
              fix: bool = typer.Option(False, "--fix", help="Try the playbook's fixes as short trial runs and write "
@@ -32,7 +33,9 @@ def diagnose(name: str = typer.Argument(..., help="auto, nan_loss, data_leakage,
     for f in d.findings:
         console.print(f"[bold]{f.cause}[/] ({f.confidence:.2f}): {f.explanation}")
     for t in d.trials:
-        console.print(f"  trial {t['label']}: {'[green]symptom gone[/]' if t['symptom_gone'] else '[red]still failing[/]'}")
+        verdict = ("reference" if t["symptom_gone"] is None
+                   else "[green]symptom gone[/]" if t["symptom_gone"] else "[red]still failing[/]")
+        console.print(f"  trial {t['label']}: {verdict}")
     if d.suggested_config:
         console.print(f"Suggested config: {d.suggested_config} (training_config.yaml is unchanged)")
     console.print(f"Report: {d.report}")

@@ -48,6 +48,9 @@ class DataSection(_Section):
                             "the training seed so that changing one never changes the other).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     pin_memory: bool | Literal["auto"] = Field("auto", description="auto: on when training on CUDA.")
+    normalize: Literal["none", "per_channel"] = Field(
+        "none", description="per_channel: subtract each channel's mean and divide by its standard deviation, "
+        "both measured on (up to 2,048 evenly spaced) training samples; applied to every split.")
 
     _check_target = field_validator("target")(lambda cls, v: _check_target(v))
 

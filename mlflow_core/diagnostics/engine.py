@@ -38,7 +38,8 @@ def _pick_run(project: Project, run_id: str | None) -> RunRecord:
 # every diagnostic but nan_loss, which replays the failure and is run by name or when a run failed on NaN
 DETECTORS = {**EVIDENCE_DETECTORS, **DYNAMICS_DETECTORS}
 
-# Config changes a short trial can verify, per cause; "{suggested}" is the LR range test's suggestion.
+# Learning-rate factors a short trial tries, per cause (after the LR range test's suggestion, if any)
+REFERENCE_TOLERANCE = 0.05  # a fix trial's last-tenth loss may exceed the unchanged config's by 5 %
 LR_TRIALS = {"lr_too_low": (10, 100), "lr_too_high": (0.1, 0.01), "died_in_training": (0.1, 0.01)}
 
 
@@ -77,7 +78,7 @@ def run_diagnosis(project: Project, name: str, run: RunRecord, fix: bool = False
         say(f"Diagnosing {name} on run {run.run_id}")
         diagnosis = ctx.result(name)
         if fix and diagnosis.findings:
-            _try_lr_fixes(project, ctx, diagnosis, say)
+            _try_fixes(project, ctx, diagnosis, say)
     diagnosis.report = write_diagnosis_report(project, diagnosis.to_json(), run_dir)["path"]
     return diagnosis
 
@@ -110,7 +111,7 @@ def _diagnose_auto(project: Project, ctx: DiagnoseContext, fix: bool, say: Calla
     elif fix:
         top = max((p for p in parts if p.findings), key=lambda p: p.findings[0].confidence, default=None)
         if top is not None:
-            _try_lr_fixes(project, ctx, top, say)
+            _try_fixes(project, ctx, top, say)
     auto = Diagnosis("auto", ctx.run.run_id,
                      sorted((f for p in parts for f in p.findings), key=lambda f: -f.confidence),
                      probes={p.diagnostic: p.probes for p in parts})
@@ -120,16 +121,12 @@ def _diagnose_auto(project: Project, ctx: DiagnoseContext, fix: bool, say: Calla
     return auto
 
 
-def _try_lr_fixes(project: Project, ctx: DiagnoseContext, diagnosis: Diagnosis, say: Callable[[str], None]) -> None:
-    """For causes a learning-rate change can fix: short trials, the first that removes the symptom wins."""
-    from mlflow_core.diagnostics.trials import run_trial
-
-    top = diagnosis.findings[0]
+def _fix_candidates(top: Any, cfg: Any) -> list[dict[str, Any]]:
+    """The config changes a short trial can verify for a finding's cause, least invasive first."""
+    if top.cause == "unnormalized_inputs":
+        return [{"label": "normalise the inputs per channel", "set": {"data.normalize": "per_channel"}}]
     if top.cause not in LR_TRIALS:
-        diagnosis.probes["fix_note"] = (f"no config change can be verified by a short trial for `{top.cause}`; "
-                                        "the fix is a change to the data, the model or the code")
-        return
-    cfg = ctx.run_config()
+        return []
     lr = cfg.training.learning_rate
     candidates = []
     suggested = top.evidence.get("suggested_lr")
@@ -138,17 +135,63 @@ def _try_lr_fixes(project: Project, ctx: DiagnoseContext, diagnosis: Diagnosis, 
                            "set": {"training.learning_rate": float(f"{suggested:.3g}")}})
     for factor in LR_TRIALS[top.cause]:
         candidates.append({"label": f"learning rate × {factor:g}", "set": {"training.learning_rate": lr * factor}})
+    return candidates
+
+
+def _try_fixes(project: Project, ctx: DiagnoseContext, diagnosis: Diagnosis, say: Callable[[str], None]) -> None:
+    """Short trials of the top finding's fixes; the first that removes the symptom wins and is
+    written as a suggested config.
+
+    The symptom, per diagnostic: convergence_stall needs the loss to fall at least 5 %; dead_relu
+    also needs no layer more than half dead after the trial; input_scaling must train at least as
+    well as the unchanged config in a trial of the same length."""
+    from mlflow_core.diagnostics.trials import run_trial
+
+    top = diagnosis.findings[0]
+    cfg = ctx.run_config()
+    candidates = _fix_candidates(top, cfg)
+    if not candidates:
+        diagnosis.probes["fix_note"] = (f"no config change can be verified by a short trial for `{top.cause}`; "
+                                        "the fix is a change to the data, the model or the code")
+        return
     steps = min(max(ctx.metrics.get("steps") or 0, 100), 300)
     min_drop = 0.05 if diagnosis.diagnostic == "convergence_stall" else 0.0
+    judge = _dead_unit_judge(cfg, ctx) if diagnosis.diagnostic == "dead_relu" else None
+    reference = None
+    if diagnosis.diagnostic == "input_scaling":
+        say(f"Trial: the configuration unchanged ({steps} steps), for comparison")
+        reference = run_trial(cfg, project.root, ctx.data(), {}, steps)
+        diagnosis.trials.append({"label": "unchanged (reference)", "set": {}, **reference, "symptom_gone": None})
     for candidate in candidates:
         say(f"Trial: {candidate['label']} ({steps} steps)")
-        outcome = run_trial(cfg, project.root, ctx.data(), candidate["set"], steps, min_drop=min_drop)
+        data = None if any(k.startswith("data.") for k in candidate["set"]) else ctx.data()
+        outcome = run_trial(cfg, project.root, data, candidate["set"], steps, min_drop=min_drop, judge=judge)
+        if reference is not None and isinstance(reference["last_loss"], float):
+            # the fix removes out-of-range inputs by construction; the trial shows it trains as well
+            as_good = (isinstance(outcome["last_loss"], float)
+                       and outcome["last_loss"] <= reference["last_loss"] * (1 + REFERENCE_TOLERANCE))
+            outcome["reference_last_loss"] = reference["last_loss"]
+            outcome["symptom_gone"] = bool(outcome["symptom_gone"] and as_good)
         diagnosis.trials.append({**candidate, **outcome})
         if outcome["symptom_gone"]:
             diagnosis.trials[-1]["winner"] = True
             diagnosis.suggested_config = _write_suggested(project, diagnosis.diagnostic, ctx.run.run_id,
                                                           candidate, steps)
             return
+
+
+def _dead_unit_judge(cfg: Any, ctx: DiagnoseContext) -> Callable[[Any], tuple[bool, dict[str, Any]]]:
+    """A dead-ReLU trial passes when no layer of the trained model is more than half dead."""
+    from mlflow_core.diagnostics.dynamics import dead_units, probe_batches
+    from mlflow_core.diagnostics.dynamics_detectors import DEAD_FRACTION
+
+    batches = probe_batches(cfg, ctx.data())
+
+    def judge(model: Any) -> tuple[bool, dict[str, Any]]:
+        worst = max((layer["dead_fraction"] for layer in dead_units(model.cpu(), batches) if layer["units"] >= 4),
+                    default=0.0)
+        return worst <= DEAD_FRACTION, {"worst_dead_fraction": worst}
+    return judge
 
 
 def _diagnose_nan_loss(project: Project, run: RunRecord, run_dir: Path, metrics: dict[str, Any], fix: bool,

@@ -139,8 +139,9 @@ def input_scaling(ctx: DiagnoseContext, data: dict[str, Any]) -> Diagnosis:
             findings.append(Finding(
                 "input_scaling", "unnormalized_inputs", 0.9 if peak > 100 * INPUT_ABS_LIMIT else 0.75,
                 {"input_min": lo, "input_max": hi},
-                "Normalise the inputs per channel (subtract the mean, divide by the standard deviation of the "
-                "training set), e.g. in your dataset or with torchvision.transforms.v2.Normalize.",
+                "Normalise the inputs per channel with the training set's mean and standard deviation: set "
+                "data.normalize: per_channel (`wf diagnose input_scaling --fix` verifies it by a trial run), or "
+                "normalise in your dataset (torchvision.transforms.v2.Normalize).",
                 f"training inputs range {lo:.4g} … {hi:.4g}, far outside a normalised range"))
     return Diagnosis("input_scaling", ctx.run.run_id, findings, probes={"input_min": lo, "input_max": hi})
 

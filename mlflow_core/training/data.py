@@ -27,6 +27,61 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, ...]  # one sample, channels first
     source: str
+    normalization: dict[str, list[float]] | None = None  # per-channel mean and std, when applied
+
+
+NORMALIZE_SAMPLES = 2048
+
+
+class NormalizedDataset(Dataset):
+    """(x − mean) / std per channel on the fly; other attributes (labels(), label()) pass through."""
+
+    def __init__(self, base: Dataset, mean: torch.Tensor, std: torch.Tensor):
+        self.base, self.mean, self.std = base, mean, std
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        inputs, label = self.base[index]
+        return (torch.as_tensor(inputs) - self.mean) / self.std, label
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "base":  # not set yet (unpickling in a worker): no recursion
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
+def channel_statistics(dataset: Dataset, samples: int = NORMALIZE_SAMPLES) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation over evenly spaced samples (float64 sums)."""
+    n = len(dataset)
+    k = min(samples, n)
+    indices = sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
+    total = total_sq = None
+    count = 0
+    for i in indices:
+        x = torch.as_tensor(dataset[i][0], dtype=torch.float64)
+        flat = x.reshape(x.shape[0], -1)
+        if not bool(torch.isfinite(flat).all()):
+            continue  # setup's data scan reports non-finite samples; they must not poison the statistics
+        total = flat.sum(1) if total is None else total + flat.sum(1)
+        total_sq = flat.pow(2).sum(1) if total_sq is None else total_sq + flat.pow(2).sum(1)
+        count += flat.shape[1]
+    if total is None:
+        raise DataError("data.normalize: no finite training sample to measure the channel statistics on")
+    mean = total / count
+    std = (total_sq / count - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-8)
+    return mean, std
+
+
+def _normalized(bundle: DataBundle) -> DataBundle:
+    mean, std = channel_statistics(bundle.train)
+    shape = (-1,) + (1,) * (len(bundle.input_shape) - 1)
+    m, s = mean.float().reshape(shape), std.float().reshape(shape)
+    wrap = lambda ds: NormalizedDataset(ds, m, s) if ds is not None else None  # noqa: E731
+    return DataBundle(wrap(bundle.train), wrap(bundle.val), wrap(bundle.test), bundle.num_classes,
+                      bundle.input_shape, bundle.source + ", normalised per channel",
+                      {"mean": mean.tolist(), "std": std.tolist()})
 
 
 class NpzPatchDataset(Dataset):
@@ -98,6 +153,8 @@ def build_data(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
     for split in ("train", "val"):
         if len(getattr(bundle, split)) == 0:
             raise DataError(f"the {split} split of data source '{source}' is empty (data)")
+    if cfg.data.normalize == "per_channel":
+        bundle = _normalized(bundle)
     return bundle
 
 

@@ -439,7 +439,8 @@ class Trainer:
                 "torch": torch.__version__, "model": cfg.model.name, "parameters": count_parameters(self.model),
                 "data": {"source": self.data.source, "train_size": len(self.data.train),
                          "val_size": len(self.data.val), "num_classes": self.data.num_classes,
-                         "input_shape": list(self.data.input_shape)},
+                         "input_shape": list(self.data.input_shape),
+                         "normalization": self.data.normalization},
                 "seed": cfg.reproducibility.seed, "seeded": SEEDED, "deterministic": cfg.reproducibility.deterministic,
                 "metric": cfg.validation.metric, "mode": cfg.validation.mode, "target": cfg.validation.target,
                 "epochs_planned": cfg.training.epochs, "batch_size": cfg.training.batch_size,
@@ -471,6 +472,7 @@ class Trainer:
             "detectors": {"stall": self.stall.state_dict(), "explosion": self.explosion.state_dict()},
             "metrics": {"epochs": metrics["epochs"], "best": metrics["best"]},
             "run_id": self.run_id, "num_classes": self.data.num_classes, "input_shape": list(self.data.input_shape),
+            "normalization": self.data.normalization,
         })
         return {"path": str(path.relative_to(self.run_dir)), "epoch": epoch, "step": step,
                 "bytes": path.stat().st_size, "sha256": file_sha256(path)}

@@ -168,3 +168,10 @@ def test_phase_3_closes_the_loop(wf, tmp_path):
     state = json.loads((d / ".wf" / "state.json").read_text())
     assert [r["phase"] for r in state["runs"]][-3:] == ["baseline", "diagnostics", "baseline"]
     assert state["entered_from"]["baseline"] == "diagnostics"
+
+
+def test_help_names_every_diagnostic(wf):
+    from mlflow_core.diagnostics import DIAGNOSTICS
+
+    out = wf("diagnose", "--help").out
+    assert all(name in out for name in DIAGNOSTICS), [n for n in DIAGNOSTICS if n not in out]

@@ -175,3 +175,32 @@ def test_windowed_and_per_step_paths_train_identically(tmp_path):
     a = Trainer(c, tmp_path, None, windowed=False).fit().model.state_dict()
     b = Trainer(c, tmp_path, None, windowed=True).fit().model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_per_channel_normalisation_uses_training_statistics(tmp_path):
+    import numpy as np
+    import torch
+
+    from mlflow_core.config import load_config_text
+    from mlflow_core.training.data import build_data
+    from mlflow_core.workflow.scaffold import write_patches
+
+    write_patches(tmp_path / "p", bands=3, size=8, train=24, val=8)
+    for split in ("train", "val"):  # raw digital numbers, one band offset far from the others
+        for path in (tmp_path / "p" / split).glob("*.npz"):
+            with np.load(path) as z:
+                image, label = z["image"] * 10000.0, z["label"]
+            image[2] += 5000.0
+            np.savez(path, image=image, label=label)
+    text = "data: {source: npz, path: p, normalize: per_channel}\ntraining: {device: cpu}\n"
+    bundle = build_data(load_config_text(text, "t"), tmp_path)
+    train = torch.stack([bundle.train[i][0] for i in range(len(bundle.train))])
+    per_channel = train.transpose(0, 1).reshape(3, -1)
+    assert torch.allclose(per_channel.mean(1), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(per_channel.std(1, unbiased=False), torch.ones(3), atol=1e-3)
+    assert bundle.normalization["mean"][2] > 5000 and len(bundle.normalization["std"]) == 3
+    assert bundle.train.labels() == bundle.train.base.labels()  # label-only access passes through
+    val = bundle.val[0][0]
+    assert val.abs().max() < 10  # val uses the training statistics
+    raw = build_data(load_config_text(text.replace("per_channel", "none"), "t"), tmp_path)
+    assert raw.normalization is None and raw.train[0][0].abs().max() > 1000
