@@ -38,13 +38,15 @@ class SlowDataset(Dataset):
 
 
 def digits(train: int = 1400, label_noise: float = 0.0, random_labels: bool = False, delay_s: float = 0.0,
-           outliers: float = 0.0, outlier_scale: float = 30.0):
+           outliers: float = 0.0, outlier_scale: float = 30.0, scale: float = 1.0):
     """Train on the first `train` digits, validate on the last 397.
     label_noise: that share of training labels replaced at random (annotation errors);
     random_labels: every label random (a broken join between images and labels);
     delay_s: per-sample loading time;
-    outliers: that share of training images multiplied by `outlier_scale` (sensor glitches)."""
+    outliers: that share of training images multiplied by `outlier_scale` (sensor glitches);
+    scale: every image multiplied by it (raw sensor counts instead of 0..1)."""
     x, y = _digits()
+    x = x * scale
     g = torch.Generator().manual_seed(1)
     xt, yt, xv, yv = x[:train], y[:train].clone(), x[1400:], y[1400:].clone()
     if random_labels:

@@ -97,6 +97,10 @@ FAULTS = [
          what="log of hand-made probabilities: log(0)"),
     Case("nan_nonfinite_inputs", ("nan_loss", "nonfinite_inputs"), example="patches", data=poison_nan,
          what="NaN pixels in three training patches"),
+    Case("nan_amp_overflow", ("nan_loss", "amp_overflow"),
+         {**CUSTOM_DIGITS, "data.kwargs": {"scale": 1.0e5}, "model.name": "custom", "model.target": "faultlib:MLP",
+          "training.precision": "fp16"},
+         what="raw sensor counts (up to 1e5) through an MLP in fp16"),
     Case("exploding_gradients", ("exploding_gradients", "gradient_spikes"),
          {**CUSTOM_DIGITS, "data.kwargs": {"outliers": 0.003, "outlier_scale": 50.0}, "model.name": "custom",
           "model.target": "faultlib:MLP", "training.optimizer": "sgd", "training.learning_rate": 0.05,
@@ -207,7 +211,7 @@ def first_nonfinite_step(project: Path) -> int | None:
     return None
 
 
-def run_case(case: Case, root: Path) -> dict[str, Any]:
+def run_case(case: Case, root: Path, fix: bool = True) -> dict[str, Any]:
     project = root / case.name
     out: dict[str, Any] = {"case": case.name, "expected": case.expected, "what": case.what}
     code, _, err, _ = wf("init", str(project), "--example", case.example, cwd=root)
@@ -231,6 +235,13 @@ def run_case(case: Case, root: Path) -> dict[str, Any]:
     findings = json.loads(stdout)["findings"]
     out["findings"] = [(f["diagnostic"], f["cause"], f["confidence"]) for f in findings]
     out["top"] = (findings[0]["diagnostic"], findings[0]["cause"]) if findings else None
+    if fix and findings:
+        code, stdout, err, fix_s = wf("diagnose", findings[0]["diagnostic"], "--fix", "--json", cwd=project)
+        fixed = json.loads(stdout) if code == 0 else {}
+        trials = fixed.get("trials") or []
+        out.update(fix_s=round(fix_s, 2), fix_trials=len([t for t in trials if t.get("symptom_gone") is not None]),
+                   fix_verified=next((t["label"] for t in trials if t.get("winner")), None),
+                   fix_note=(fixed.get("probes") or {}).get("fix_note"))
     metrics = json.loads(next((project / "runs").glob("*/logs/metrics.json")).read_text())
     if case.expected and case.expected[0] == "nan_loss":
         out["nan_detected_step"] = (metrics.get("nonfinite") or {}).get("step")
@@ -243,6 +254,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="case names")
     parser.add_argument("--keep", type=Path, help="keep the projects in this folder")
     parser.add_argument("--json", type=Path, help="write the per-case results here")
+    parser.add_argument("--no-fix", action="store_true", help="skip `wf diagnose TOP --fix` after each diagnosis")
     args = parser.parse_args()
     cases = [c for c in FAULTS + HEALTHY if not args.only or c.name in args.only]
     root = args.keep or Path(tempfile.mkdtemp(prefix="wf-faults-"))
@@ -250,7 +262,7 @@ def main() -> int:
     results = []
     for case in cases:
         t0 = time.perf_counter()
-        result = run_case(case, root)
+        result = run_case(case, root, fix=not args.no_fix)
         result["wall_s"] = round(time.perf_counter() - t0, 1)
         results.append(result)
         print(f"{case.name:26} expected {str(case.expected):48} top {str(result['top']):48} "
@@ -290,6 +302,14 @@ def report(results: list[dict[str, Any]]) -> None:
         print(f"Time to diagnosis (baseline run + wf diagnose auto, fresh processes): median "
               f"{statistics.median(times):.1f} s, max {max(times):.1f} s; diagnose alone median "
               f"{statistics.median(r['diagnose_s'] for r in faults):.1f} s")
+    tried = [r for r in faults if "fix_trials" in r]
+    if tried:
+        print(f"\nFixes verified by `wf diagnose TOP --fix` trial runs: "
+              f"{sum(1 for r in tried if r['fix_verified'])}/{len(tried)} faults")
+        for r in tried:
+            verdict = (f"verified: {r['fix_verified']}" if r["fix_verified"] else
+                       f"{r['fix_trials']} trials, none verified" if r["fix_trials"] else "no config fix (data/code)")
+            print(f"  {r['case']:26} {verdict}")
     wrong = [r for r in faults if r not in cause]
     for r in wrong:
         print(f"  wrong: {r['case']}: expected {r['expected']}, got {r['findings'][:3] or r.get('error')}")

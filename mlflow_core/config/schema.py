@@ -112,6 +112,10 @@ class TrainingSection(_Section):
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
     grad_clip_norm: float | None = Field(None, gt=0.0, description="Clip the global gradient norm.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32", description="fp16/bf16: mixed precision with torch.autocast (weights stay fp32).")
+    grad_scaler: bool = Field(True, description="fp16 only: scale the loss with torch.amp.GradScaler so that "
+                              "small gradients do not underflow; steps whose gradients overflow are skipped.")
 
     @field_validator("device")
     @classmethod

@@ -107,7 +107,8 @@ def _diagnose_auto(project: Project, ctx: DiagnoseContext, fix: bool, say: Calla
     say(f"Diagnosing run {ctx.run.run_id}: {', '.join(DETECTORS)}")
     parts = [ctx.result(name) for name in DETECTORS]
     if ctx.metrics.get("nonfinite"):
-        parts.append(_diagnose_nan_loss(project, ctx.run, ctx.run_dir, ctx.metrics, fix, say))
+        # first, so that on equal confidence the replay of the actual failure outranks static evidence
+        parts.insert(0, _diagnose_nan_loss(project, ctx.run, ctx.run_dir, ctx.metrics, fix, say))
     elif fix:
         top = max((p for p in parts if p.findings), key=lambda p: p.findings[0].confidence, default=None)
         if top is not None:

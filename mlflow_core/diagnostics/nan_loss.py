@@ -20,8 +20,7 @@ def _grad_growth(nonfinite: dict[str, Any]) -> float | None:
     return norms[-1] / norms[0] if len(norms) >= 2 else None
 
 
-def rank_causes(nonfinite: dict[str, Any], replay: dict[str, Any], scale: dict[str, Any],
-                amp: bool = False) -> list[Finding]:
+def rank_causes(nonfinite: dict[str, Any], replay: dict[str, Any], scale: dict[str, Any]) -> list[Finding]:
     findings: list[Finding] = []
     lr = nonfinite.get("lr")
     weight_growth = (replay["weight_norm_last_good"] / scale["weight_norm_init"]
@@ -64,14 +63,30 @@ def rank_causes(nonfinite: dict[str, Any], replay: dict[str, Any], scale: dict[s
             "trains) or clip gradients with training.grad_clip_norm: 1.0.",
             "; ".join(reasons)))
 
-    if amp:
-        findings.append(Finding("nan_loss", "amp_overflow", 0.5, common,
-                                "Train in fp32 to confirm, then keep a GradScaler.", "training used fp16"))
+    fp32_loss = replay.get("fp32_loss")
+    amp_confirmed = (replay.get("precision") in ("fp16", "bf16") and not replay.get("inputs_nonfinite")
+                     and not math.isfinite(replay.get("replayed_loss", math.nan))
+                     and isinstance(fp32_loss, float) and math.isfinite(fp32_loss))
+    if amp_confirmed:
+        op = replay.get("forward_op")
+        findings.append(Finding(
+            "nan_loss", "amp_overflow", 0.9,
+            {**common, "precision": replay["precision"], "fp32_loss": fp32_loss,
+             "op_detail": replay.get("forward_op_detail")},
+            "Keep large activations in range: train in bf16 (fp32's range) or fp32 (training.precision), or "
+            "normalise the inputs and add normalisation layers; a GradScaler (training.grad_scaler) guards the "
+            "gradients, not the forward pass. `wf diagnose nan_loss --fix` verifies the change by a trial run.",
+            f"replayed under {replay['precision']} autocast the step is non-finite"
+            + (f" (first at `{op}`)" if op else "") + f", while the same step in fp32 gives a finite loss "
+            f"{fp32_loss:.4g}: the reduced precision overflowed"))
+        findings = [f if f.cause != "lr_too_high" else Finding(
+            f.diagnostic, f.cause, round(f.confidence - 0.25, 2), f.evidence, f.fix, f.explanation)
+            for f in findings]
 
     op = replay.get("forward_op") or replay.get("backward_op")
     op_input = (replay.get("forward_op_detail") or {}).get("input_abs_max") or 0.0
     overflow = bool(fired) and op_input > OVERFLOW_INPUT  # not the op's fault: its inputs had already exploded
-    if op and not replay.get("inputs_nonfinite") and not overflow:
+    if op and not replay.get("inputs_nonfinite") and not overflow and not amp_confirmed:
         where = replay.get("first_module") or "the loss function"
         confidence = 0.3 if fired else 0.85
         findings.append(Finding(
@@ -85,11 +100,17 @@ def rank_causes(nonfinite: dict[str, Any], replay: dict[str, Any], scale: dict[s
 
 
 def candidate_fixes(findings: list[Finding], lr: float) -> list[dict[str, Any]]:
-    """Config changes to try, least invasive first: clipping keeps the LR; then LR ÷ 10^k."""
+    """Config changes to try, least invasive first: for an overflow in reduced precision, bf16 then
+    fp32; otherwise clipping (keeps the LR), then LR ÷ 10^k."""
     causes = {f.cause for f in findings}
     if causes and causes <= {"nonfinite_inputs"}:
         return []  # a data problem: no config switch fixes it
-    fixes: list[dict[str, Any]] = [{"label": "clip gradients at max_norm 1.0", "set": {"training.grad_clip_norm": 1.0}}]
+    fixes: list[dict[str, Any]] = []
+    if findings and findings[0].cause == "amp_overflow":
+        if findings[0].evidence.get("precision") == "fp16":
+            fixes.append({"label": "bf16 instead of fp16", "set": {"training.precision": "bf16"}})
+        fixes.append({"label": "fp32 instead of mixed precision", "set": {"training.precision": "fp32"}})
+    fixes.append({"label": "clip gradients at max_norm 1.0", "set": {"training.grad_clip_norm": 1.0}})
     for k in range(1, 6):
         fixes.append({"label": f"learning rate ÷ {10 ** k}", "set": {"training.learning_rate": lr / 10 ** k}})
     return fixes

@@ -3,7 +3,9 @@
 - `replay_nonfinite`: restore the last good state, replay the saved batches up to the offending one,
   and run the offending step watching every aten op (TorchDispatchMode) for the first one that turns
   finite inputs into a non-finite output; the backward pass runs under autograd anomaly detection,
-  which names the backward function that produced a NaN.
+  which names the backward function that produced a NaN. A mixed-precision run is replayed under
+  the same autocast, and its offending step once more in fp32. (Windowed dumps replay the steps
+  before the offending one without the GradScaler, whose state is not in the dump.)
 - `update_scale`: per-layer gradient norms at initialisation on the offending batch, and the
   update/weight ratio the configured learning rate implies for each layer.
 """
@@ -110,12 +112,19 @@ def replay_nonfinite(dump: dict[str, Any], cfg: WorkflowConfig, project_root: Pa
         "weights_finite": _all_finite(list(model.state_dict().values())),
         "weight_norm_last_good": _weight_norm(model),
     }
-    module, module_detail = _first_module(model, inputs)
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.training.precision)
+    autocast = torch.autocast(inputs.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    with autocast:  # the offending step as it ran: under mixed precision when the run used it
+        module, module_detail = _first_module(model, inputs)
     out["first_module"], out["first_module_detail"] = module, module_detail
     mode = _FirstNonFiniteOp()
-    with mode:
+    with mode, autocast:
         logits = model(inputs)
         loss = criterion(logits, targets)
+    out["precision"] = cfg.training.precision
+    if amp_dtype is not None:  # the same step in fp32: finite there means the reduced precision overflowed
+        with torch.no_grad():
+            out["fp32_loss"] = float(criterion(model(inputs), targets))
     out["forward_op"], out["forward_op_detail"] = mode.op, mode.detail
     out["replayed_loss"] = float(loss.detach())
     out["logits_finite"] = bool(torch.isfinite(logits).all())
@@ -123,7 +132,7 @@ def replay_nonfinite(dump: dict[str, Any], cfg: WorkflowConfig, project_root: Pa
     if math.isfinite(out["replayed_loss"]):
         optimizer.zero_grad(set_to_none=True)
         try:
-            with torch.autograd.detect_anomaly(check_nan=True):
+            with torch.autograd.detect_anomaly(check_nan=True), autocast:
                 criterion(model(inputs), targets).backward()
         except RuntimeError as exc:
             match = re.search(r"Function '(\w+)' returned nan", str(exc))

@@ -139,6 +139,12 @@ class Trainer:
         self.optimizer = build_optimizer(self.cfg.training, self.params)
         self.scheduler = self._scheduler()
         self.criterion = nn.CrossEntropyLoss()
+        precision = cfg.training.precision
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        # with a GradScaler an overflowing gradient is expected now and then: the scaler skips that
+        # step and lowers its scale, so only a non-finite loss is a failure
+        self.scaler = (torch.amp.GradScaler(self.device.type) if precision == "fp16" and cfg.training.grad_scaler
+                       else None)
         seed = cfg.reproducibility.seed
         self.train_loader = make_loader(self.data.train, cfg, train=True, device=self.device, seed=seed)
         self.val_loader = make_loader(self.data.val, cfg, train=False, device=self.device, seed=seed)
@@ -200,10 +206,19 @@ class Trainer:
                     inputs = inputs_cpu.to(device, non_blocking=True)
                     targets = targets_cpu.to(device, non_blocking=True)
                     # forward / backward
-                    logits = self.model(inputs)
-                    loss = self.criterion(logits, targets)
+                    if self.amp_dtype is None:
+                        logits = self.model(inputs)
+                        loss = self.criterion(logits, targets)
+                    else:
+                        with torch.autocast(device.type, dtype=self.amp_dtype):
+                            logits = self.model(inputs)
+                            loss = self.criterion(logits, targets)
                     self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if self.scaler is None:
+                        loss.backward()
+                    else:
+                        self.scaler.scale(loss).backward()
+                        self.scaler.unscale_(self.optimizer)  # clip and measure true gradients
                     if cfg.training.grad_clip_norm:
                         grad_norm = nn.utils.clip_grad_norm_(self.params, cfg.training.grad_clip_norm)
                     else:
@@ -214,7 +229,7 @@ class Trainer:
                     if window_size == 1:
                         loss_f, norm_f = loss.item(), grad_norm.item()
                         self.recent.append((global_step, loss_f, norm_f))
-                        if not (math.isfinite(loss_f) and math.isfinite(norm_f)):
+                        if not (math.isfinite(loss_f) and (math.isfinite(norm_f) or self.scaler is not None)):
                             info = self._nonfinite(epoch, step_in_epoch, global_step, loss_f, norm_f,
                                                    state=None, state_step=global_step,
                                                    batches=[(inputs_cpu, targets_cpu)])
@@ -228,7 +243,11 @@ class Trainer:
                     else:
                         window_batches.append((inputs_cpu, targets_cpu))
                     # step
-                    self.optimizer.step()
+                    if self.scaler is None:
+                        self.optimizer.step()
+                    else:
+                        self.scaler.step(self.optimizer)  # skipped when the gradients overflowed
+                        self.scaler.update()
                     correct += (logits.detach().argmax(1) == targets).sum()
                     seen += targets.shape[0]
                     window.append((global_step, loss.detach(), grad_norm.detach(), targets.shape[0]))
@@ -316,6 +335,9 @@ class Trainer:
             metrics["steps"] = global_step
             metrics["stop_reason"] = stop_reason
             metrics["anomalies"] = self.anomalies
+            metrics["precision"] = {"mode": cfg.training.precision, "grad_scaler": self.scaler is not None,
+                                    "skipped_steps": self._skipped_steps,
+                                    "final_scale": self.scaler.get_scale() if self.scaler is not None else None}
             metrics["gpu"] = self.gpu_sampler.summary() if self.gpu_sampler else {
                 "available": False, "reason": "not sampled"}
             if status == "failed_nan" and metrics["nonfinite"] and self.run_dir:
@@ -332,8 +354,10 @@ class Trainer:
         for inputs, targets in self.val_loader:
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
-            logits = self.model(inputs)
-            loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum")
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                logits = self.model(inputs)
+            loss_sum += nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
             correct += (logits.argmax(1) == targets).sum()
             count += targets.shape[0]
         return (loss_sum / count).item(), (correct / count).item()
@@ -367,7 +391,7 @@ class Trainer:
             for s, l, n in zip(steps, losses, norms):
                 writer.writerow([s, epoch, repr(l), repr(n), lr])
             steps_file.flush()
-        bad_index = first_nonfinite([l + n for l, n in zip(losses, norms)])
+        bad_index = first_nonfinite(losses if self.scaler is not None else [l + n for l, n in zip(losses, norms)])
         if snapshot is not None:  # on the CPU path `recent` is filled step by step
             for s, l, n in zip(steps, losses, norms):
                 self.recent.append((s, l, n))
@@ -378,6 +402,9 @@ class Trainer:
                                    norms[bad_index], state=snapshot, state_step=window_start,
                                    batches=window_batches[: bad_index + 1])
         for s, l, n in zip(steps, losses, norms):
+            if self.scaler is not None and not math.isfinite(n):
+                self._skipped_steps += 1  # the scaler skipped this step; not a gradient explosion
+                continue
             for finding in (self.stall.update(s, l), self.explosion.update(s, n)):
                 if finding is not None and finding.verdict.value != "nonfinite":
                     self.anomalies.append({"kind": finding.verdict.value, "step": finding.step, "epoch": epoch,
@@ -432,6 +459,7 @@ class Trainer:
     def _new_metrics(self) -> dict[str, Any]:
         cfg = self.cfg
         # weight matrices and kernels in execution-ish (definition) order: first layer … classifier
+        self._skipped_steps = 0
         self._weight_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and p.ndim >= 2]
         self._layer_records: list[dict[str, Any]] = []
         return {"schema_version": METRICS_SCHEMA_VERSION, "run_id": self.run_id, "phase": self.phase,
@@ -470,6 +498,7 @@ class Trainer:
             "epoch": epoch, "global_step": step, "rng": rng_state(), "config": self.cfg.model_dump(mode="json"),
             "early_stopping": self.early.state_dict(),
             "detectors": {"stall": self.stall.state_dict(), "explosion": self.explosion.state_dict()},
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "metrics": {"epochs": metrics["epochs"], "best": metrics["best"]},
             "run_id": self.run_id, "num_classes": self.data.num_classes, "input_shape": list(self.data.input_shape),
             "normalization": self.data.normalization,

@@ -175,3 +175,44 @@ def test_help_names_every_diagnostic(wf):
 
     out = wf("diagnose", "--help").out
     assert all(name in out for name in DIAGNOSTICS), [n for n in DIAGNOSTICS if n not in out]
+
+
+RAW_COUNTS = """
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+def raw_digits():
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) * 6000.0  # raw counts, up to ~1e5
+    y = torch.tensor(d.target)
+    return {"train": TensorDataset(x[:1400], y[:1400]), "val": TensorDataset(x[1400:], y[1400:])}
+
+
+class MLP(nn.Module):
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, 64), nn.ReLU(), nn.Linear(64, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+"""
+
+
+def test_amp_overflow_is_proved_by_an_fp32_replay_and_fixed_by_bf16(wf, tmp_path):
+    d = _failing_project(wf, tmp_path, [
+        ("data.source", "custom"), ("data.target", '"rawcounts:raw_digits"'), ("data.num_classes", "10"),
+        ("model.name", "custom"), ("model.target", '"rawcounts:MLP"'), ("training.precision", "fp16")],
+        files={"rawcounts.py": RAW_COUNTS}, override=True)  # setup flags the input range; a person overrides
+    out = json.loads(wf("diagnose", "auto", "--json", cwd=d).out)
+    top = out["findings"][0]
+    assert (top["diagnostic"], top["cause"]) == ("nan_loss", "amp_overflow")
+    assert top["evidence"]["precision"] == "fp16" and top["evidence"]["fp32_loss"] > 0
+    assert "input_scaling" in [f["diagnostic"] for f in out["findings"]]  # the root of the overflow, also named
+    r = wf("diagnose", "nan_loss", "--fix", "--json", cwd=d)
+    assert r.code == 0, r.err
+    fixed = json.loads(r.out)
+    assert fixed["trials"][0]["label"] == "bf16 instead of fp16" and fixed["trials"][0]["winner"]
+    assert load_config(d / "configs" / "suggested_nan_loss.yaml").training.precision == "bf16"

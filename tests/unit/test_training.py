@@ -204,3 +204,27 @@ def test_per_channel_normalisation_uses_training_statistics(tmp_path):
     assert val.abs().max() < 10  # val uses the training statistics
     raw = build_data(load_config_text(text.replace("per_channel", "none"), "t"), tmp_path)
     assert raw.normalization is None and raw.train[0][0].abs().max() > 1000
+
+
+def test_mixed_precision_trains_and_checkpoints_its_scaler(tmp_path):
+    import torch
+
+    from mlflow_core.config import load_config_text
+    from mlflow_core.training.checkpoint import load_checkpoint
+    from mlflow_core.training.trainer import Trainer
+
+    base = ("training: {device: cpu, epochs: 1, batch_size: 64, precision: %s}\nmodel: {channels: [8]}\n"
+            "checkpointing: {save_best: false, checkpoint_every_n_epochs: 0}\n")
+    for precision in ("bf16", "fp16"):
+        run_dir = tmp_path / precision
+        result = Trainer(load_config_text(base % precision, "t"), tmp_path, run_dir).fit()
+        assert result.status == "completed", result.metrics.get("stop_reason")
+        losses = [e["train_loss"] for e in result.metrics["epochs"]]
+        assert all(isinstance(v, float) for v in losses)
+        assert result.metrics["precision"]["mode"] == precision
+        state = load_checkpoint(run_dir / "checkpoints" / "last_model.pt")
+        assert all(t.dtype == torch.float32 for t in state["model"].values() if t.is_floating_point())
+        if precision == "fp16":  # GradScaler on: its scale is saved for resumption
+            assert result.metrics["precision"]["grad_scaler"] and state["grad_scaler"]["scale"] > 0
+        else:
+            assert state["grad_scaler"] is None
