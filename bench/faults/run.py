@@ -55,8 +55,9 @@ def _rewrite(path: Path, image: np.ndarray, label: int) -> None:
 
 
 def poison_nan(project: Path) -> None:
-    """A few patches with NaN pixels (cloud-masked values written as NaN)."""
-    for path in _patches(project)[5:8]:
+    """One patch with NaN pixels (cloud-masked values written as NaN): it turns up wherever the
+    shuffled order puts it."""
+    for path in _patches(project)[100:101]:
         with np.load(path) as z:
             image, label = z["image"].copy(), int(z["label"])
         image[:, :4, :4] = np.nan
@@ -92,11 +93,15 @@ FAULTS = [
     Case("nan_lr_too_high", ("nan_loss", "lr_too_high"),
          {"training.optimizer": "sgd", "training.learning_rate": 1.0e4, "model.batch_norm": False},
          what="SGD at lr 1e4 on a CNN without BatchNorm"),
+    Case("nan_lr_diverges_late", ("nan_loss", "lr_too_high"),
+         {"model.name": "custom", "model.target": "faultlib:MLP", "training.optimizer": "sgd",
+          "training.learning_rate": 0.5, "training.momentum": 0.9},
+         what="SGD with momentum at lr 0.5 on a ReLU MLP: diverges after a few dozen steps"),
     Case("nan_unstable_op", ("nan_loss", "unstable_op"),
          {"model.name": "custom", "model.target": "faultlib:LogProbNet"},
          what="log of hand-made probabilities: log(0)"),
     Case("nan_nonfinite_inputs", ("nan_loss", "nonfinite_inputs"), example="patches", data=poison_nan,
-         what="NaN pixels in three training patches"),
+         what="NaN pixels in one training patch"),
     Case("nan_amp_overflow", ("nan_loss", "amp_overflow"),
          {**CUSTOM_DIGITS, "data.kwargs": {"scale": 1.0e5}, "model.name": "custom", "model.target": "faultlib:MLP",
           "training.precision": "fp16"},
@@ -197,16 +202,25 @@ def first_nonfinite_step(project: Path) -> int | None:
     optimizer = build_optimizer(cfg.training, params)
     loader = make_loader(data.train, cfg, train=True, device=torch.device("cpu"), seed=cfg.reproducibility.seed)
     criterion, step = nn.CrossEntropyLoss(), 0
+    amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.training.precision)
+    scaler = torch.amp.GradScaler("cpu") if cfg.training.precision == "fp16" and cfg.training.grad_scaler else None
     for _ in range(cfg.training.epochs):
         model.train()
         for x, y in loader:
-            loss = criterion(model(x), y)
+            with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+                loss = criterion(model(x), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grads_ok = all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:  # a GradScaler skips steps with overflowing gradients: only the loss counts
+                scaler.unscale_(optimizer)
+            grads_ok = scaler is not None or all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
             if not (math.isfinite(loss.item()) and grads_ok):
                 return step
-            optimizer.step()
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             step += 1
     return None
 
@@ -297,7 +311,10 @@ def report(results: list[dict[str, Any]]) -> None:
           f"cause right: {len(cause)}/{len(faults)}")
     print(f"False alarms on healthy runs: {len(alarms)}/{len(healthy)}"
           + "".join(f"\n  {r['case']}: {r['findings']}" for r in alarms))
-    print(f"NaN detection lag (steps): {lags} (cases with a NaN: {len(lags)})")
+    print(f"NaN detection lag in steps (wf's stop − the first non-finite loss or gradient in a plain loop): "
+          f"{lags}; late detections: {sum(1 for lag in lags if lag > 0)} of {len(lags)}"
+          + ("\n  (negative: wf stopped earlier, on a gradient norm that overflowed float32 while every "
+             "gradient was still finite)" if any(lag < 0 for lag in lags) else ""))
     if times:
         print(f"Time to diagnosis (baseline run + wf diagnose auto, fresh processes): median "
               f"{statistics.median(times):.1f} s, max {max(times):.1f} s; diagnose alone median "

@@ -105,6 +105,8 @@ def candidate_fixes(findings: list[Finding], lr: float) -> list[dict[str, Any]]:
     causes = {f.cause for f in findings}
     if causes and causes <= {"nonfinite_inputs"}:
         return []  # a data problem: no config switch fixes it
+    if findings and findings[0].cause in ("nonfinite_inputs", "unstable_op") and findings[0].confidence >= 0.8:
+        return []  # the data or the code must change: clipping or a smaller LR would only hide it
     fixes: list[dict[str, Any]] = []
     if findings and findings[0].cause == "amp_overflow":
         if findings[0].evidence.get("precision") == "fp16":
