@@ -270,6 +270,12 @@ class Trainer:
                         break
                 if status == "failed_nan" or (max_steps and global_step >= max_steps and not self.run_dir):
                     break
+                # Run the iterator to its end, as `for batch in loader` does: when the data divide into
+                # whole batches, the sampler draws its (empty) remainder permutation only then, and
+                # skipping that draw would shift every later epoch's order from a plain loop's.
+                if step_in_epoch == steps_per_epoch:
+                    for _ in batches:
+                        pass
 
                 # -- validate -------------------------------------------------------------------------
                 elapsed = time.perf_counter() - epoch_start

@@ -228,3 +228,36 @@ def test_mixed_precision_trains_and_checkpoints_its_scaler(tmp_path):
             assert result.metrics["precision"]["grad_scaler"] and state["grad_scaler"]["scale"] > 0
         else:
             assert state["grad_scaler"] is None
+
+
+def test_trainer_matches_a_plain_loop_when_batches_divide_the_data(tmp_path):
+    """`for batch in loader` lets the sampler draw its empty remainder permutation at the end of each
+    epoch; the trainer must too, or later epochs see a different order than a plain loop's."""
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from mlflow_core.config import load_config_text
+    from mlflow_core.training.data import DataBundle, make_loader
+    from mlflow_core.training.models import build_model
+    from mlflow_core.training.seeding import seed_everything
+    from mlflow_core.training.trainer import Trainer
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(128, 1, 8, 8, generator=g), torch.arange(128) % 4
+    data = DataBundle(TensorDataset(x, y), TensorDataset(x[:32], y[:32]), None, 4, (1, 8, 8), "t")
+    cfg = load_config_text("training: {device: cpu, epochs: 3, batch_size: 32}\nmodel: {channels: [8]}\n"
+                           "early_stopping: {enabled: false}\n", "t")
+    seed_everything(42, True)
+    model = build_model(cfg.model, 4, (1, 8, 8), tmp_path)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.training.learning_rate)
+    loader = make_loader(data.train, cfg, train=True, device=torch.device("cpu"), seed=42)
+    for _ in range(3):
+        model.train()
+        for inputs, targets in loader:
+            loss = nn.functional.cross_entropy(model(inputs), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    trained = Trainer(cfg, tmp_path, None, data=data).fit().model.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
