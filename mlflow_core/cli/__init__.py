@@ -11,7 +11,8 @@ import sys
 import typer
 
 from mlflow_core import __version__
-from mlflow_core.cli import checklist_cmds, config_cmds, diagnose_cmds, gate_cmds, phase_cmds, project_cmds
+from mlflow_core.cli import (checklist_cmds, config_cmds, diagnose_cmds, gate_cmds, phase_cmds, project_cmds,
+                             tune_cmds)
 from mlflow_core.cli.output import err_console
 from mlflow_core.errors import WfError
 
@@ -28,6 +29,7 @@ app.add_typer(checklist_cmds.app, name="checklist")
 project_cmds.register(app)
 phase_cmds.register(app)
 diagnose_cmds.register(app)
+tune_cmds.register(app)
 
 
 def _version(value: bool) -> None:

@@ -173,6 +173,58 @@ class MonitoringSection(_Section):
     gpu_utilization_target: float = Field(60.0, ge=0.0, le=100.0, description="Percent.")
 
 
+class SearchParameter(_Section):
+    """One dimension of the search space, named by its dotted config key."""
+    type: Literal["float", "int", "categorical"] = Field(..., description="How Optuna samples it.")
+    low: float | None = Field(None, description="float/int: lower bound.")
+    high: float | None = Field(None, description="float/int: upper bound.")
+    log: bool = Field(False, description="float/int: sample uniformly in log space.")
+    step: float | None = Field(None, gt=0.0, description="float/int: grid step (not with log).")
+    choices: list[Any] | None = Field(None, min_length=1, description="categorical: the values to choose from.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SearchParameter:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs choices")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} parameter needs low < high")
+        if self.log and self.low <= 0:
+            raise ValueError("log sampling needs low > 0")
+        if self.log and self.step:
+            raise ValueError("step and log cannot be combined")
+        return self
+
+
+def _default_search_space() -> dict[str, SearchParameter]:
+    return {"training.learning_rate": SearchParameter(type="float", low=1e-4, high=1e-2, log=True),
+            "training.weight_decay": SearchParameter(type="float", low=1e-6, high=1e-2, log=True)}
+
+
+class OptimizationSection(_Section):
+    search_space: dict[str, SearchParameter] = Field(
+        default_factory=_default_search_space, description="Dotted config keys (e.g. training.learning_rate, "
+        "training.optimizer, training.batch_size, model.dropout, training.scheduler.name) and how to sample them.")
+    n_trials: int = Field(12, ge=1, description="Trials in the study, counting those of an interrupted sweep.")
+    trial_epochs: int | None = Field(None, ge=1, description="Epochs per trial (default: training.epochs).")
+    sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="grid needs every parameter "
+                                                       "categorical or stepped.")
+    pruner: Literal["median", "none"] = Field("median", description="median: stop a trial whose validation "
+                                              "metric is worse than the median of earlier trials at that epoch.")
+    pruner_warmup_epochs: int = Field(2, ge=0, description="Epochs a trial runs before it may be pruned.")
+    storage: str | None = Field(None, description="An Optuna RDB URL (postgresql://…, mysql://…) shared by "
+                                "several machines; default sqlite:///.wf/optuna.db in the project.")
+    study_name: str | None = Field(None, description="Default: the project name and a hash of the search "
+                                   "space, so that a restarted sweep continues its study.")
+    seeds: int = Field(3, ge=2, le=20, description="Seeds for the fair comparison of the best trial with the "
+                       "baseline; both are re-run with each.")
+    significance: float = Field(0.05, gt=0.0, lt=0.5, description="One-sided Welch t-test level that the "
+                                "improvement over the baseline must reach.")
+    lr_find: bool = Field(True, description="Run an LR range test first and report its suggestion.")
+    timeout_s: float | None = Field(None, gt=0.0, description="Stop starting new trials after this long.")
+
+
 class WorkflowConfig(_Section):
     """A wf training config. Seed 003's keys: training, early_stopping, checkpointing, validation."""
 
@@ -186,3 +238,20 @@ class WorkflowConfig(_Section):
     validation: ValidationSection = Field(default_factory=ValidationSection)
     reproducibility: ReproducibilitySection = Field(default_factory=ReproducibilitySection)
     monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
+    optimization: OptimizationSection = Field(default_factory=OptimizationSection)
+
+    @model_validator(mode="after")
+    def _search_space_keys(self) -> WorkflowConfig:
+        """Every search-space key must name a setting of this config (and not the search itself)."""
+        for key in self.optimization.search_space:
+            node: Any = self
+            parts = key.split(".")
+            for i, part in enumerate(parts):
+                fields = type(node).model_fields if isinstance(node, BaseModel) else {}
+                if part not in fields or parts[0] in ("optimization", "schema_version"):
+                    raise ValueError(f"optimization.search_space: {key!r} is not a config setting "
+                                     f"({'.'.join(parts[:i + 1])} does not exist)")
+                node = getattr(node, part)
+            if isinstance(node, BaseModel):
+                raise ValueError(f"optimization.search_space: {key!r} is a section, not a setting")
+        return self

@@ -15,10 +15,14 @@ from mlflow_core.training.trainer import Trainer
 
 
 def patched(cfg: WorkflowConfig, changes: dict[str, Any]) -> WorkflowConfig:
+    """A copy of `cfg` with dotted keys (`training.learning_rate`, `training.scheduler.name`) set."""
     raw = cfg.model_dump(mode="json")
     for dotted, value in changes.items():
-        section, key = dotted.split(".")
-        raw[section][key] = value
+        *path, key = dotted.split(".")
+        node = raw
+        for part in path:
+            node = node[part]
+        node[key] = value
     return WorkflowConfig.model_validate(raw)
 
 

@@ -30,6 +30,14 @@ def render_phase_report(project: Project, state: ProjectState, definition: Phase
         from mlflow_core.diagnostics.engine import write_diagnosis_report
         run = state.run(facts["diagnosed_run"])
         return write_diagnosis_report(project, facts["diagnosis"], project.inside(run.dir)), None
+    if definition.name == "optimization":
+        from mlflow_core.config.loader import load_config
+        from mlflow_core.reports.plots import optimization_figures
+        figures, note = optimization_figures(facts, project.reports_dir / "figures")
+        context = {"project_name": project_name, "run_id": run_id, "f": facts, "criteria": criteria,
+                   "figures": figures, "figures_note": note, "overrides": overrides,
+                   "configured_lr": load_config(project.config_path).training.learning_rate}
+        return write_report(project, definition.report, "optimization_results.md.j2", context), None
     metrics = json.loads((project.root / facts["metrics"]["path"]).read_text(encoding="utf-8"))
     rec = recommend(metrics, criteria, definition.playbooks)
     figures, note = learning_curves(metrics, project.reports_dir / "figures", definition.name)

@@ -173,6 +173,63 @@ def _dynamics_figures(diagnosis: dict[str, Any], figures_dir: Path, plt: Any) ->
     return out
 
 
+def optimization_figures(facts: dict[str, Any], figures_dir: Path) -> tuple[list[dict[str, str]], str | None]:
+    """The sweep's history (each trial's value and the best so far) and the LR range test."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], "matplotlib is not installed (pip install 'wf[train]'); no pictures"
+    out = []
+    trials = [t for t in facts.get("trials") or [] if t.get("value") is not None]
+    if trials:
+        maximize = facts.get("direction") == "maximize"
+        fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=100)
+        xs, ys = [t["number"] for t in trials], [t["value"] for t in trials]
+        ax.plot(xs, ys, "o", label="completed trial")
+        best, running = None, []
+        for y in ys:
+            best = y if best is None or (y > best if maximize else y < best) else best
+            running.append(best)
+        ax.step(xs, running, where="post", label="best so far")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(facts.get("metric", "metric"))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        out.append(_save(fig, plt, figures_dir, "optimization_history.png", "Optimization history"))
+    sweep = facts.get("lr_range_test") or {}
+    figure = lr_range_figure(sweep, figures_dir, "optimization_lr_range.png") if sweep.get("lrs") else None
+    out += [figure] if figure else []
+    return out, None if out else "no completed trial to plot"
+
+
+def lr_range_figure(sweep: dict[str, Any], figures_dir: Path, name: str) -> dict[str, str] | None:
+    """The smoothed loss against the learning rate, with the suggestion (and the configured LR)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=100)
+    if sweep.get("losses"):
+        ax.plot(sweep["lrs"], sweep["losses"], alpha=0.3, label="loss")
+    ax.plot(sweep["lrs"], sweep["smoothed"], label="smoothed loss")
+    if sweep.get("suggested_lr"):
+        ax.axvline(sweep["suggested_lr"], color="green", linestyle=":", label=f"suggested {sweep['suggested_lr']:.2g}")
+    if sweep.get("configured_lr"):
+        ax.axvline(sweep["configured_lr"], color="grey", linestyle="--", label=f"configured {sweep['configured_lr']:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, plt, figures_dir, name, "LR range test")
+
+
 def _save(fig: Any, plt: Any, figures_dir: Path, name: str, title: str) -> dict[str, str]:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})

@@ -44,5 +44,8 @@ def get_runner(phase: str) -> Callable[[RunContext], RunOutput] | None:
     if phase == "diagnostics":
         from mlflow_core.runners.diagnostics import run_diagnostics
         return run_diagnostics
+    if phase == "optimization":
+        from mlflow_core.runners.optimization import run_optimization
+        return run_optimization
     return None
 

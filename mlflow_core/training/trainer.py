@@ -56,7 +56,7 @@ class Progress:
 
 @dataclass
 class TrainResult:
-    status: str  # completed, early_stopped, failed_nan, interrupted, crashed
+    status: str  # completed, early_stopped, pruned, failed_nan, interrupted, crashed
     metrics: dict[str, Any]
     model: nn.Module
     run_dir: Path | None
@@ -116,13 +116,14 @@ class Trainer:
     def __init__(self, cfg: WorkflowConfig, project_root: Path, run_dir: Path | None = None, *,
                  run_id: str = "", phase: str = "baseline", on_progress: Callable[[Progress], None] | None = None,
                  gpu_sampler: GpuSampler | None = None, data: DataBundle | None = None,
-                 windowed: bool | None = None):
+                 windowed: bool | None = None, on_epoch: Callable[[int, float], bool] | None = None):
         self.cfg, self.project_root, self.run_dir = cfg, project_root, run_dir
         self.run_id, self.phase = run_id, phase
         self.on_progress = on_progress or (lambda _p: None)
         self.gpu_sampler = gpu_sampler
         self.data = data
         self.windowed = windowed  # None: windowed read-back on accelerators, per-step check on the CPU
+        self.on_epoch = on_epoch  # (epoch, validation metric) -> stop now? e.g. an Optuna pruner
         self.log = logging.getLogger(f"wf.trainer.{run_id or 'anon'}")
 
     # --- set-up ------------------------------------------------------------------------------------
@@ -306,6 +307,9 @@ class Trainer:
                             metrics["checkpoints"]["best"] = self._save("best_model.pt", epoch, global_step, metrics)
                     if should_stop:
                         status, stop_reason = "early_stopped", reason
+                    elif self.on_epoch is not None and self.on_epoch(epoch, value):
+                        should_stop = True
+                        status, stop_reason = "pruned", f"stopped after epoch {epoch} by the caller (pruned)"
                 every = cfg.checkpointing.checkpoint_every_n_epochs
                 if every and epoch % every == 0:
                     metrics["checkpoints"]["periodic"].append(

@@ -200,7 +200,7 @@ def _decision(ctx: CheckContext) -> CheckResult:
 # --- diagnostics ------------------------------------------------------------------------------------
 
 ROOT_CAUSE_CONFIDENCE = 0.7  # the top finding must be at least this likely to count as the root cause
-CONFIG_FIXABLE = {"lr_too_high", "unstable_op", "amp_overflow"}  # causes a config trial can verify
+CONFIG_FIXABLE = {"lr_too_high", "amp_overflow", "lr_too_low", "died_in_training", "unnormalized_inputs"}  # a trial can verify
 
 
 def _top_finding(ctx: CheckContext) -> dict[str, Any] | None:
@@ -240,3 +240,26 @@ def _artifact_present(ctx: CheckContext, record: dict[str, Any] | None, what: st
         return CheckResult(False, f"{record['path']} was edited after wf wrote it; "
                            f"run `wf report {ctx.phase}` to render it again")
     return CheckResult(True, f"{record['path']} (sha256 {record['sha256'][:12]})")
+
+
+# --- optimization -----------------------------------------------------------------------------------
+
+@check("trials_completed")
+def _trials_completed(ctx: CheckContext) -> CheckResult:
+    counts = (ctx.facts().get("study") or {}).get("counts") or {}
+    done = counts.get("COMPLETE", 0)
+    return CheckResult(done > 0, f"{done} completed, {counts.get('PRUNED', 0)} pruned, {counts.get('FAIL', 0)} failed "
+                       f"in study {(ctx.facts().get('study') or {}).get('name')}")
+
+
+@check("improvement_significant")
+def _improvement(ctx: CheckContext) -> CheckResult:
+    comparison = ctx.facts().get("comparison")
+    if not comparison:
+        return CheckResult(False, "no comparison with the baseline was recorded (no trial completed)")
+    return CheckResult(bool(comparison.get("significant")), comparison.get("verdict", ""))
+
+
+@check("optimized_config_written")
+def _optimized_config(ctx: CheckContext) -> CheckResult:
+    return _artifact_present(ctx, ctx.facts().get("optimized_config"), "optimized config")

@@ -85,3 +85,10 @@ def test_exit_items_for_name_real_items_and_phases(name):
     for target, items in phase.exit_items_for.items():
         assert target in phase.next
         assert set(items) <= ids, (target, set(items) - ids)
+
+
+def test_the_gate_knows_every_cause_a_fix_trial_can_verify():
+    from mlflow_core.diagnostics.engine import LR_TRIALS
+    from mlflow_core.workflow.checks import CONFIG_FIXABLE
+
+    assert CONFIG_FIXABLE == set(LR_TRIALS) | {"unnormalized_inputs", "amp_overflow"}

@@ -1,0 +1,273 @@
+"""Phase 4: beat the baseline on evidence.
+
+1. An LR range test on the configured model and data (its suggestion is reported, not imposed).
+2. An Optuna study over `optimization.search_space`: every trial is a real run of the shared
+   trainer with its own run directory and evidence, reporting its validation metric each epoch to
+   the pruner. The study lives in `.wf/optuna.db` (or any Optuna RDB URL) under a name derived from
+   the project and the search space, so an interrupted sweep continues where it stopped and several
+   machines can share one study.
+3. A fair comparison: the baseline config and the best trial's config are both re-run with the
+   same `optimization.seeds` seeds for the full `training.epochs`, and compared with a one-sided
+   Welch t-test. The phase passes only when the improvement exceeds the seed noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from mlflow_core.atomic import atomic_write_text
+from mlflow_core.config.schema import SearchParameter, WorkflowConfig
+from mlflow_core.diagnostics.trials import patched
+from mlflow_core.errors import UserInputError
+from mlflow_core.runners import RunContext, RunOutput
+from mlflow_core.workflow.evidence import file_sha256
+
+
+def study_name(cfg: WorkflowConfig) -> str:
+    opt = cfg.optimization
+    if opt.study_name:
+        return opt.study_name
+    space = json.dumps({k: v.model_dump(mode="json") for k, v in sorted(opt.search_space.items())}, sort_keys=True)
+    key = hashlib.sha256(f"{space}|{cfg.validation.metric}".encode()).hexdigest()[:10]
+    return f"{cfg.project.name}-{key}"
+
+
+def storage_url(ctx: RunContext) -> str:
+    return ctx.cfg.optimization.storage or f"sqlite:///{ctx.project.root / '.wf' / 'optuna.db'}"
+
+
+def redacted(url: str) -> str:
+    """An RDB URL without its password, for reports and evidence."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def suggest(trial: Any, key: str, spec: SearchParameter) -> Any:
+    if spec.type == "categorical":
+        return trial.suggest_categorical(key, spec.choices)
+    if spec.type == "int":
+        return trial.suggest_int(key, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
+    return trial.suggest_float(key, spec.low, spec.high, step=spec.step, log=spec.log)
+
+
+def _sampler(optuna: Any, cfg: WorkflowConfig, finished: int = 0) -> Any:
+    """Seeded from the training seed and the trials already finished: a restarted sweep must not
+    draw its first trials again."""
+    opt, seed = cfg.optimization, cfg.reproducibility.seed + 1_000_003 * finished
+    if opt.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if opt.sampler == "grid":
+        grid = {}
+        for key, spec in opt.search_space.items():
+            if spec.type == "categorical":
+                grid[key] = spec.choices
+            elif spec.step:
+                count = int(round((spec.high - spec.low) / spec.step)) + 1
+                grid[key] = [spec.low + i * spec.step for i in range(count)]
+                if spec.type == "int":
+                    grid[key] = [int(v) for v in grid[key]]
+            else:
+                raise UserInputError(f"optimization.sampler 'grid' needs optimization.search_space.{key} to be "
+                                     "categorical or to have a step.")
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def run_optimization(ctx: RunContext) -> RunOutput:
+    try:
+        import optuna
+    except ImportError:
+        raise UserInputError("`wf phase optimization` needs Optuna, which is not installed.",
+                             hint="Install it with `pip install 'wf[tune]'` (the README's dev install includes it).")
+    from mlflow_core.training.data import build_data
+    from mlflow_core.training.trainer import Trainer
+
+    cfg, opt, say = ctx.cfg, ctx.cfg.optimization, ctx.on_message
+    root = ctx.project.root
+    maximize = cfg.validation.mode == "max"
+    metric = cfg.validation.metric
+    data = build_data(cfg, root)
+    facts: dict[str, Any] = {"run_dir": ctx.project.relative(ctx.run_dir), "metric": metric,
+                             "direction": "maximize" if maximize else "minimize"}
+
+    # 1. LR range test --------------------------------------------------------------------------------
+    if opt.lr_find:
+        from mlflow_core.training.lr_finder import lr_range_test
+        say("LR range test")
+        sweep = lr_range_test(cfg, root, data)
+        facts["lr_range_test"] = {k: sweep[k] for k in ("lrs", "smoothed", "suggested_lr", "rule", "stop_reason",
+                                                         "min_loss_lr")}
+        if sweep.get("suggested_lr"):
+            say(f"LR range test suggests {sweep['suggested_lr']:.3g} ({sweep['rule']}); configured "
+                f"{cfg.training.learning_rate:g}")
+
+    # 2. the study --------------------------------------------------------------------------------------
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage_url(ctx)
+    shown_url = "sqlite:///.wf/optuna.db" if opt.storage is None else redacted(url)  # reports are committed
+    name = study_name(cfg)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=opt.pruner_warmup_epochs)
+              if opt.pruner == "median" else optuna.pruners.NopPruner())
+    try:
+        study = optuna.create_study(study_name=name, storage=url, load_if_exists=True, sampler=_sampler(optuna, cfg),
+                                    pruner=pruner, direction="maximize" if maximize else "minimize")
+    except Exception as exc:  # a bad URL, an unreachable server, a missing driver
+        raise UserInputError(f"optimization.storage {shown_url!r}: cannot open the Optuna study ({exc}).") from None
+    finished = [t for t in study.trials if t.state.is_finished()]
+    study.sampler = _sampler(optuna, cfg, len(finished))
+    remaining = max(opt.n_trials - len(finished), 0)
+    if finished:
+        say(f"Study {name}: {len(finished)} trials already finished; {remaining} to go")
+    trial_epochs = opt.trial_epochs or cfg.training.epochs
+    rebuild = any(key.startswith("data.") for key in opt.search_space)
+
+    def objective(trial: Any) -> float:
+        changes = {key: suggest(trial, key, spec) for key, spec in opt.search_space.items()}
+        trial_cfg = patched(cfg, {**changes, "training.epochs": trial_epochs})
+        trial_dir = ctx.run_dir / "trials" / f"trial_{trial.number:03d}"
+        shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                          for k, v in changes.items())
+        say(f"Trial {trial.number}: {shown}")
+
+        def report(epoch: int, value: float) -> bool:
+            if not math.isfinite(value):
+                return False
+            trial.report(value, epoch)
+            return trial.should_prune()
+
+        t0 = time.perf_counter()
+        result = Trainer(trial_cfg, root, trial_dir, run_id=f"{ctx.run_id}/trial_{trial.number:03d}",
+                         phase="optimization", data=None if rebuild else data, on_epoch=report).fit()
+        best = (result.metrics.get("best") or {}).get("value")
+        trial.set_user_attr("run_dir", ctx.project.relative(trial_dir))
+        trial.set_user_attr("status", result.status)
+        trial.set_user_attr("epochs", len(result.metrics["epochs"]))
+        trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 2))
+        if result.status == "pruned":
+            raise optuna.TrialPruned(result.metrics.get("stop_reason"))
+        if best is None or not math.isfinite(best):
+            return math.nan  # Optuna records the trial as failed (a NaN run, say), and carries on
+        return float(best)
+
+    if remaining:
+        study.optimize(objective, n_trials=remaining, timeout=opt.timeout_s, catch=())
+    trials = [_trial_row(t) for t in study.trials]
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    facts["study"] = {"name": name, "storage": shown_url, "n_trials": opt.n_trials, "sampler": opt.sampler,
+                      "pruner": opt.pruner, "trial_epochs": trial_epochs,
+                      "counts": {s: sum(1 for t in trials if t["state"] == s) for s in
+                                 ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+                      "search_space": {k: v.model_dump(mode="json", exclude_none=True)
+                                       for k, v in opt.search_space.items()}}
+    facts["trials"] = trials
+    if not completed:
+        facts["comparison"] = None
+        return RunOutput("completed", facts, notes=["No trial completed: nothing to compare with the baseline."])
+    best = study.best_trial
+    facts["best"] = {"trial": best.number, "value": best.value, "params": best.params}
+    facts["importance"] = _importance(optuna, study) if len(completed) >= 2 else None
+
+    # 3. fair comparison over seeds ---------------------------------------------------------------------
+    seeds = [cfg.reproducibility.seed + i for i in range(opt.seeds)]
+    runs: dict[str, list[float]] = {"baseline": [], "optimized": []}
+    for label, changes in (("baseline", {}), ("optimized", best.params)):
+        for seed in seeds:
+            say(f"Comparison: {label} config, seed {seed}")
+            run_cfg = patched(cfg, {**changes, "reproducibility.seed": seed})
+            run_dir = ctx.run_dir / "comparison" / f"{label}_seed{seed}"
+            result = Trainer(run_cfg, root, run_dir, run_id=f"{ctx.run_id}/{label}_seed{seed}", phase="optimization",
+                             data=None if rebuild and changes else data).fit()
+            value = (result.metrics.get("best") or {}).get("value")
+            runs[label].append(float(value) if value is not None else math.nan)
+    facts["comparison"] = compare(runs["baseline"], runs["optimized"], seeds, maximize, opt.significance, metric)
+
+    # 4. the optimized config ---------------------------------------------------------------------------
+    path = write_optimized_config(ctx, best.params, best.number, best.value, facts["comparison"])
+    facts["optimized_config"] = {"path": ctx.project.relative(path), "sha256": file_sha256(path)}
+    return RunOutput("completed", facts)
+
+
+def _trial_row(t: Any) -> dict[str, Any]:
+    value = t.value if t.value is not None and math.isfinite(t.value) else None
+    return {"number": t.number, "state": t.state.name, "value": value, "params": t.params,
+            "status": t.user_attrs.get("status"), "epochs": t.user_attrs.get("epochs"),
+            "duration_s": t.user_attrs.get("duration_s"), "run_dir": t.user_attrs.get("run_dir"),
+            "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())}}
+
+
+def _importance(optuna: Any, study: Any) -> dict[str, float] | None:
+    try:
+        return {k: round(float(v), 4) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError, ImportError):  # too few distinct trials, or one parameter only
+        return None
+
+
+def compare(baseline: list[float], optimized: list[float], seeds: list[int], maximize: bool, alpha: float,
+            metric: str) -> dict[str, Any]:
+    """Mean ± std of each, and a one-sided Welch t-test that the optimized config is better."""
+    base = [v for v in baseline if math.isfinite(v)]
+    best = [v for v in optimized if math.isfinite(v)]
+    out: dict[str, Any] = {"metric": metric, "seeds": seeds, "baseline": baseline, "optimized": optimized,
+                           "alpha": alpha, "test": "one-sided Welch t-test"}
+    if len(base) < 2 or len(best) < 2:
+        out.update(significant=False, p_value=None, verdict="too few finite runs to compare")
+        return out
+    mb, mo = statistics.mean(base), statistics.mean(best)
+    sb, so = statistics.stdev(base), statistics.stdev(best)
+    gain = (mo - mb) if maximize else (mb - mo)
+    out.update(baseline_mean=mb, baseline_std=sb, optimized_mean=mo, optimized_std=so, improvement=gain)
+    if sb == 0 and so == 0:
+        p = 0.0 if gain > 0 else 1.0  # no noise at all: any gain is real, none is none
+    else:
+        from scipy import stats
+        p = float(stats.ttest_ind(best, base, equal_var=False,
+                                  alternative="greater" if maximize else "less").pvalue)
+    out["p_value"] = p
+    out["significant"] = bool(gain > 0 and p < alpha)
+    out["verdict"] = (f"the optimized config is better by {gain:.4g} {metric} (p = {p:.3g} < {alpha})"
+                      if out["significant"] else
+                      f"no improvement beyond the seed noise ({gain:+.4g} {metric}, p = {p:.3g}, needs < {alpha})")
+    return out
+
+
+def write_optimized_config(ctx: RunContext, params: dict[str, Any], trial: int, value: float,
+                           comparison: dict[str, Any]) -> Path:
+    """training_config.yaml with the best trial's values, comments kept where the keys exist."""
+    import yaml
+
+    from mlflow_core.config.loader import load_config_text
+    from mlflow_core.workflow.scaffold import set_yaml_value
+
+    text = ctx.project.config_path.read_text(encoding="utf-8")
+    try:
+        for dotted, v in params.items():
+            if dotted.count(".") != 1:
+                raise KeyError(dotted)
+            text = set_yaml_value(text, dotted, f"{v:.6g}" if isinstance(v, float) else json.dumps(v))
+    except KeyError:  # a key absent from the user's file, or nested: rewrite without its comments
+        raw = yaml.safe_load(ctx.project.config_path.read_text(encoding="utf-8")) or {}
+        for dotted, v in params.items():
+            *path, key = dotted.split(".")
+            node = raw
+            for part in path:
+                node = node.setdefault(part, {})
+            node[key] = v
+        text = yaml.safe_dump(raw, sort_keys=False)
+    values = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in params.items())
+    header = (f"# Written by `wf phase optimization` on {date.today()}, run {ctx.run_id}:\n"
+              f"# trial {trial} of study {study_name(ctx.cfg)} ({values}), {ctx.cfg.validation.metric} {value:.4g}.\n"
+              f"# Against the baseline over seeds {comparison['seeds']}: {comparison['verdict']}.\n")
+    path = ctx.project.root / "configs" / "optimized_config.yaml"
+    load_config_text(text, str(path))  # what we write must validate
+    atomic_write_text(path, header + text)
+    return path

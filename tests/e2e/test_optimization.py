@@ -1,0 +1,77 @@
+"""Phase 4 on real digits runs: an Optuna study of real trials, a fair comparison over seeds, and a
+study that continues after a restart."""
+
+import json
+
+import pytest
+
+from mlflow_core.config import load_config
+from mlflow_core.workflow.scaffold import set_yaml_value
+
+pytest.importorskip("optuna")
+
+
+@pytest.fixture
+def ready(wf, project_copy):
+    """The session's quickstart project, decided for optimization, with a small sweep."""
+    config = project_copy / "training_config.yaml"
+    text = config.read_text()
+    for key, value in [("optimization.n_trials", "3"), ("optimization.trial_epochs", "2"),
+                       ("optimization.seeds", "2"), ("training.epochs", "3")]:
+        text = set_yaml_value(text, key, value)
+    config.write_text(text)
+    assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project_copy).code == 0
+    assert wf("decide", "optimize", "--reason", "sweep the learning rate", cwd=project_copy).code == 0
+    return project_copy
+
+
+def test_optimization_runs_a_study_compares_over_seeds_and_continues(wf, ready):
+    r = wf("phase", "optimization", cwd=ready)
+    assert r.code in (0, 1), r.err + r.out[-2000:]  # 1 when the gain is within the seed noise
+    evidence = json.loads((ready / ".wf" / "evidence" / "optimization.json").read_text())["facts"]
+    study = evidence["study"]
+    assert study["counts"]["COMPLETE"] + study["counts"]["PRUNED"] == 3 and study["storage"].endswith("optuna.db")
+    assert (ready / ".wf" / "optuna.db").is_file()
+    comparison = evidence["comparison"]
+    assert len(comparison["baseline"]) == len(comparison["optimized"]) == 2
+    assert comparison["p_value"] is not None and isinstance(comparison["significant"], bool)
+    assert (r.code == 0) == comparison["significant"]
+    for trial in evidence["trials"]:  # every trial is a real run with its own files
+        assert (ready / trial["run_dir"] / "logs" / "metrics.json").is_file()
+    optimized = load_config(ready / "configs" / "optimized_config.yaml")
+    best = evidence["best"]["params"]
+    assert optimized.training.learning_rate == pytest.approx(best["training.learning_rate"], rel=1e-5)
+    report = (ready / "reports" / "optimization_results.md").read_text()
+    assert "## Against the baseline" in report and "figures/optimization_history.png" in report
+    assert "LR range test" in report
+    gate = json.loads(wf("gate", "check", "optimization", "--json", cwd=ready).out)
+    checked = {i["id"]: i["checked"] for i in gate["items"]}
+    assert checked["trials_completed"] and checked["optimized_config_written"] and checked["report_generated"]
+    assert checked["improvement_significant"] == comparison["significant"]
+
+    # a restarted sweep continues its study: one more trial, numbered after the first three
+    config = ready / "training_config.yaml"
+    config.write_text(set_yaml_value(config.read_text(), "optimization.n_trials", "4"))
+    wf("phase", "optimization", cwd=ready)
+    evidence = json.loads((ready / ".wf" / "evidence" / "optimization.json").read_text())["facts"]
+    assert [t["number"] for t in evidence["trials"]] == [0, 1, 2, 3]
+    assert evidence["study"]["name"] == study["name"]
+    first = [t["params"] for t in evidence["trials"][:3]]
+    assert evidence["trials"][3]["params"] not in first  # the restarted sampler does not repeat itself
+
+
+def test_lr_find_suggests_and_draws(wf, project_copy):
+    r = wf("lr-find", "--steps", "40", "--json", cwd=project_copy)
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    assert out["suggested_lr"] > 0 and out["configured_lr"] == 1e-3
+    assert (project_copy / out["figure"]).is_file()
+    assert wf("lr-find", "--start-lr", "1", "--end-lr", "0.1", cwd=project_copy).code == 2
+
+
+def test_a_search_space_key_that_is_not_a_setting_is_refused(wf, tmp_path):
+    assert wf("init", "p", cwd=tmp_path).code == 0
+    config = tmp_path / "p" / "training_config.yaml"
+    config.write_text(config.read_text().replace("training.weight_decay: {type", "training.wd: {type"))
+    r = wf("config", "validate", cwd=tmp_path / "p")
+    assert r.code == 2 and "'training.wd' is not a config setting" in r.err

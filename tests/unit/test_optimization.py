@@ -1,0 +1,35 @@
+"""The fair comparison and the study's bookkeeping, on hand-written numbers."""
+
+import pytest
+
+from mlflow_core.runners.optimization import compare, redacted, study_name
+
+
+@pytest.mark.parametrize("baseline, optimized, maximize, significant", [
+    ([0.90, 0.91, 0.92], [0.95, 0.96, 0.955], True, True),      # clear gain, small noise
+    ([0.90, 0.95, 0.85], [0.92, 0.97, 0.87], True, False),      # gain within the seed noise
+    ([0.90, 0.91, 0.92], [0.85, 0.86, 0.87], True, False),      # worse
+    ([0.50, 0.52, 0.51], [0.40, 0.41, 0.42], False, True),      # val_loss: lower is better
+    ([0.9, 0.9], [0.9, 0.9], True, False),                      # identical, no noise: no gain
+    ([0.9, 0.9], [0.95, 0.95], True, True),                     # no noise at all: any gain is real
+    ([0.9, float("nan")], [0.95, 0.96], True, False),           # too few finite runs
+])
+def test_compare(baseline, optimized, maximize, significant):
+    out = compare(baseline, optimized, [1, 2, 3][: len(baseline)], maximize, 0.05, "m")
+    assert out["significant"] is significant
+    assert out["verdict"]
+
+
+def test_redacted_hides_passwords_only():
+    assert redacted("postgresql://wf:s3cret@db.lab:5432/optuna") == "postgresql://wf:***@db.lab:5432/optuna"
+    assert redacted("sqlite:///.wf/optuna.db") == "sqlite:///.wf/optuna.db"
+
+
+def test_study_name_follows_the_search_space():
+    from mlflow_core.config import load_config_text
+
+    a = load_config_text("project: {name: p}\n", "t")
+    b = load_config_text("project: {name: p}\noptimization:\n  search_space:\n"
+                         "    training.learning_rate: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}\n", "t")
+    assert study_name(a) == study_name(a) and study_name(a) != study_name(b)
+    assert study_name(a).startswith("p-")
