@@ -225,6 +225,17 @@ class OptimizationSection(_Section):
     timeout_s: float | None = Field(None, gt=0.0, description="Stop starting new trials after this long.")
 
 
+class FinalizationSection(_Section):
+    seeds: int = Field(1, ge=1, le=20, description="Train the final config with this many seeds; the test "
+                       "metrics are reported as mean ± std over them.")
+    epochs: int | None = Field(None, ge=1, description="The final training budget (default: training.epochs).")
+    export: list[Literal["state_dict", "torch_export", "onnx"]] = Field(
+        ["state_dict", "torch_export"], description="Artifacts to write to export/, each reloaded and compared "
+        "with the trained model on a test batch. onnx needs the onnx package (and onnxruntime to verify).")
+    export_tolerance: float = Field(1e-4, gt=0.0, description="Largest absolute difference of the logits "
+                                    "between the trained model and a reloaded export.")
+
+
 class WorkflowConfig(_Section):
     """A wf training config. Seed 003's keys: training, early_stopping, checkpointing, validation."""
 
@@ -239,6 +250,7 @@ class WorkflowConfig(_Section):
     reproducibility: ReproducibilitySection = Field(default_factory=ReproducibilitySection)
     monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
     optimization: OptimizationSection = Field(default_factory=OptimizationSection)
+    finalization: FinalizationSection = Field(default_factory=FinalizationSection)
 
     @model_validator(mode="after")
     def _search_space_keys(self) -> WorkflowConfig:

@@ -38,6 +38,9 @@ def render_phase_report(project: Project, state: ProjectState, definition: Phase
                    "figures": figures, "figures_note": note, "overrides": overrides,
                    "configured_lr": load_config(project.config_path).training.learning_rate}
         return write_report(project, definition.report, "optimization_results.md.j2", context), None
+    if definition.name == "finalization":
+        return write_report(project, definition.report, "final_report.md.j2",
+                            _final_context(project, state, run_id, facts, criteria, project_name, overrides)), None
     metrics = json.loads((project.root / facts["metrics"]["path"]).read_text(encoding="utf-8"))
     rec = recommend(metrics, criteria, definition.playbooks)
     figures, note = learning_curves(metrics, project.reports_dir / "figures", definition.name)
@@ -53,3 +56,57 @@ def render_phase_report(project: Project, state: ProjectState, definition: Phase
                "checkpoints": checkpoints, "run_dir": facts["run_dir"], "overrides": overrides,
                "data_wait": facts.get("data_wait_fraction")}
     return write_report(project, definition.report, "baseline_results.md.j2", context), rec
+
+
+def _final_context(project: Project, state: ProjectState, run_id: str, facts: dict[str, Any],
+                   criteria: list[dict[str, Any]], project_name: str, overrides: list[dict[str, Any]]) -> dict[str, Any]:
+    from mlflow_core.config.schema import WorkflowConfig
+    from mlflow_core.reports.plots import confusion_figure
+
+    cfg = WorkflowConfig.model_validate(_resolved_config(project))  # the config the final runs trained
+    evaluated = [r for r in facts.get("seeds", []) if "test" in r]
+    first = evaluated[0] if evaluated else None
+    figures = [confusion_figure(first["test"]["confusion"], project.reports_dir / "figures")] if first else []
+    env_path = project.reports_dir / "environment.json"
+    env = json.loads(env_path.read_text(encoding="utf-8")) if env_path.is_file() else {}
+    decisions = [e.model_dump(mode="json") for e in state.history if e.event == "decision"]
+    return {"project_name": project_name, "run_id": run_id, "f": facts, "criteria": criteria, "cfg": cfg,
+            "first": first, "figures": [f for f in figures if f], "env": env,
+            "runs": [r for r in state.runs if r.finished_at], "decisions": decisions, "overrides": overrides,
+            "limitations": limitations(facts, first)}
+
+
+def _resolved_config(project: Project) -> dict[str, Any]:
+    import yaml
+    return yaml.safe_load((project.root / "export" / "config.yaml").read_text(encoding="utf-8"))
+
+
+def limitations(facts: dict[str, Any], first: dict[str, Any] | None) -> list[str]:
+    """What a reader of the model card must know, derived from the evidence."""
+    out = []
+    seeds = len([r for r in facts.get("seeds", []) if "test" in r])
+    if seeds < 2:
+        out.append("One seed only: the spread of the test metrics over seeds is unknown "
+                   "(finalization.seeds ≥ 3 measures it).")
+    samples = (facts.get("test_split") or {}).get("samples", 0)
+    if samples and samples < 1000:
+        acc = ((facts.get("summary") or {}).get("accuracy") or {}).get("mean")
+        if acc is not None:
+            half = 1.96 * (acc * (1 - acc) / samples) ** 0.5
+            out.append(f"The test split has {samples} samples: the accuracy's 95 % binomial interval is about "
+                       f"±{half:.3f}.")
+    if first:
+        weak = [p for p in first["test"]["per_class"] if p["support"] and p["recall"] < 0.8]
+        if weak:
+            out.append("Classes with recall below 0.8: " + ", ".join(f"{p['class']} ({p['recall']:.2f})" for p in weak)
+                       + ".")
+        if first["test"].get("ece", 0) > 0.05:
+            out.append(f"Calibration: expected calibration error {first['test']['ece']:.3f}; confidences are not "
+                       "probabilities to rely on without recalibration (e.g. temperature scaling).")
+    if (facts.get("test_split") or {}).get("evaluated_before_by"):
+        out.append("The test split had been evaluated before this run: it no longer measures unseen performance.")
+    if not any(e.get("verified") for e in facts.get("exports", [])):
+        out.append("No export could be verified.")
+    out.append("The data's provenance, intended use and out-of-distribution behaviour are for the team to state: "
+               "wf only knows what the runs recorded.")
+    return out

@@ -230,6 +230,30 @@ def lr_range_figure(sweep: dict[str, Any], figures_dir: Path, name: str) -> dict
     return _save(fig, plt, figures_dir, name, "LR range test")
 
 
+def confusion_figure(confusion: list[list[int]], figures_dir: Path) -> dict[str, str] | None:
+    """The test confusion matrix, rows normalised to recall, counts written in the cells."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    n = len(confusion)
+    fig, ax = plt.subplots(figsize=(min(1.0 + 0.55 * n, 9), min(0.8 + 0.5 * n, 8.5)), dpi=100)
+    rates = [[c / max(sum(row), 1) for c in row] for row in confusion]
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if n <= 20:
+        for i, row in enumerate(confusion):
+            for j, count in enumerate(row):
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i][j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    return _save(fig, plt, figures_dir, "final_confusion_matrix.png", "Confusion matrix on the test split")
+
+
 def _save(fig: Any, plt: Any, figures_dir: Path, name: str, title: str) -> dict[str, str]:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})

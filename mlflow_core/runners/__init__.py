@@ -32,6 +32,7 @@ class RunOutput:
     facts: dict[str, Any]
     metrics: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # recorded in the history
 
 
 def get_runner(phase: str) -> Callable[[RunContext], RunOutput] | None:
@@ -47,5 +48,8 @@ def get_runner(phase: str) -> Callable[[RunContext], RunOutput] | None:
     if phase == "optimization":
         from mlflow_core.runners.optimization import run_optimization
         return run_optimization
+    if phase == "finalization":
+        from mlflow_core.runners.finalization import run_finalization
+        return run_finalization
     return None
 

@@ -229,9 +229,13 @@ def compare(baseline: list[float], optimized: list[float], seeds: list[int], max
     if sb == 0 and so == 0:
         p = 0.0 if gain > 0 else 1.0  # no noise at all: any gain is real, none is none
     else:
+        import warnings
+
         from scipy import stats
-        p = float(stats.ttest_ind(best, base, equal_var=False,
-                                  alternative="greater" if maximize else "less").pvalue)
+        with warnings.catch_warnings():  # nearly identical runs: scipy warns of precision loss, p is still right
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(stats.ttest_ind(best, base, equal_var=False,
+                                      alternative="greater" if maximize else "less").pvalue)
     out["p_value"] = p
     out["significant"] = bool(gain > 0 and p < alpha)
     out["verdict"] = (f"the optimized config is better by {gain:.4g} {metric} (p = {p:.3g} < {alpha})"

@@ -263,3 +263,36 @@ def _improvement(ctx: CheckContext) -> CheckResult:
 @check("optimized_config_written")
 def _optimized_config(ctx: CheckContext) -> CheckResult:
     return _artifact_present(ctx, ctx.facts().get("optimized_config"), "optimized config")
+
+
+# --- finalization -----------------------------------------------------------------------------------
+
+@check("test_evaluated_once")
+def _test_once(ctx: CheckContext) -> CheckResult:
+    facts = ctx.facts()
+    summary = facts.get("summary") or {}
+    if "accuracy" not in summary:
+        return CheckResult(False, "no final run was evaluated on the test split")
+    before = (facts.get("test_split") or {}).get("evaluated_before_by") or []
+    accuracy = summary["accuracy"]
+    shown = f"test accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} over {len(accuracy['values'])} seed(s)"
+    if before:
+        return CheckResult(False, f"{shown}, but the test split was already evaluated by {', '.join(map(str, before))}: "
+                           "choices made after seeing it are not held out")
+    return CheckResult(True, f"{shown}; first evaluation of the test split")
+
+
+@check("export_verified")
+def _export_verified(ctx: CheckContext) -> CheckResult:
+    exports = ctx.facts().get("exports") or []
+    if not exports:
+        return CheckResult(False, "nothing was exported")
+    failed = [e for e in exports if not e.get("verified")]
+    for e in exports:
+        if e.get("path") and e.get("verified"):
+            path = ctx.project.root / e["path"]
+            if not path.is_file() or file_sha256(path) != e["sha256"]:
+                failed.append({**e, "detail": "changed or missing since it was verified"})
+    if failed:
+        return CheckResult(False, "; ".join(f"{e['kind']}: {e['detail']}" for e in failed))
+    return CheckResult(True, ", ".join(f"{e['kind']} ({e.get('max_abs_diff', 0):.2g})" for e in exports))

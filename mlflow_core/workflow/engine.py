@@ -145,6 +145,8 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
             handler.close()
 
         # -- evidence, report, criteria ---------------------------------------------------------------
+        for event, data in output.events:
+            state.record(event, **data)
         result = _record_outcome(project, state, definition, run, output.facts, cfg.project.name, output.status)
         result.notes = output.notes
         save_state(project, state)

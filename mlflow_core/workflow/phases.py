@@ -14,7 +14,7 @@ from mlflow_core.errors import UserInputError
 
 PHASE_ORDER = ("setup", "baseline", "diagnostics", "optimization", "finalization")
 # The phases whose runner ships in this release (mlflow_core/runners); the others are defined as content.
-RUNNABLE_PHASES = ("setup", "baseline", "diagnostics", "optimization")
+RUNNABLE_PHASES = ("setup", "baseline", "diagnostics", "optimization", "finalization")
 
 # `wf decide VERB` names the phase to go to next.
 DECISIONS = {"finalize": "finalization", "diagnose": "diagnostics", "optimize": "optimization",

@@ -18,10 +18,15 @@ from mlflow_core.workflow.state import ProjectState, save_state
 EXAMPLES = ("digits", "patches")
 
 GITIGNORE = """\
-# wf: heavy or machine-local outputs. Commit .wf/state.json, .wf/evidence/, reports/ and checklists/.
-runs/*/checkpoints/
-runs/*/nonfinite/
+# wf: heavy or machine-local outputs. Commit .wf/state.json, .wf/evidence/, reports/, checklists/ and
+# export/manifest.json (the checksums of the exported files).
+runs/**/checkpoints/
+runs/**/nonfinite/
 .wf/lock
+.wf/optuna.db*
+export/*.pt
+export/*.pt2
+export/*.onnx
 data/
 """
 
@@ -29,7 +34,8 @@ data/
 EXAMPLE_SETTINGS = {
     # 1,797 8x8 images: a GPU would sit idle (and fail the 60 % utilization criterion), so the demo
     # trains on the CPU; real data keeps `auto`.
-    "digits": {"data.source": "digits", "training.device": "cpu", "training.epochs": "15", "early_stopping.patience": "5",
+    "digits": {"data.source": "digits", "data.test_fraction": "0.1", "training.device": "cpu", "training.epochs": "15",
+               "early_stopping.patience": "5",
                "validation.metric": "val_accuracy", "validation.target": "0.97"},
     "patches": {"data.source": "npz", "data.path": "data/patches", "model.channels": "[16, 32, 64, 64]",
                 "training.epochs": "10", "early_stopping.patience": "5",
@@ -67,12 +73,15 @@ def render_config(project_name: str, example: str) -> str:
 
 
 def write_patches(root: Path, *, bands: int = 6, size: int = 32, classes: int = 4, train: int = 160,
-                  val: int = 48, seed: int = 0) -> None:
+                  val: int = 48, test: int = 48, seed: int = 0) -> None:
     """Lab 6-style Sentinel-2 stand-in: one .npz per patch (image (bands, H, W) float32, label int),
-    in train/ and val/ folders. Each class has its own spectral signature under noise and texture."""
+    in train/, val/ and test/ folders (test is for finalization only). Each class has its own
+    spectral signature under noise and texture."""
     rng = np.random.default_rng(seed)
     signatures = rng.uniform(0.05, 0.45, size=(classes, bands)).astype(np.float32)
-    for split, count in (("train", train), ("val", val)):
+    for split, count in (("train", train), ("val", val), ("test", test)):
+        if not count:
+            continue
         folder = root / split
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(count):

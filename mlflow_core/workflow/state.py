@@ -55,7 +55,8 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="allow")
     time: str
     event: Literal["init", "phase_started", "phase_finished", "gate_checked", "gate_override",
-                   "decision", "checklist_tick", "checklist_untick", "report_rendered", "diagnosis"]
+                   "decision", "checklist_tick", "checklist_untick", "report_rendered", "diagnosis",
+                   "test_evaluated"]
 
 
 class ProjectState(BaseModel):

@@ -36,7 +36,7 @@ def test_misspelled_key_in_config(wf, project):
     (["gate", "check", "nonsense"], "unknown phase 'nonsense'"),
     (["decide", "finalize"], "nothing to decide yet"),
     (["decide", "maybe"], "unknown decision 'maybe'"),
-    (["phase", "finalization"], "not available in this version"),
+    (["phase", "nonsense"], "unknown phase 'nonsense'"),
     (["diagnose", "astrology"], "unknown diagnostic 'astrology'"),
     (["diagnose", "dead_relu"], "no training run is recorded yet"),
     (["diagnose", "nan_loss"], "no training run is recorded yet"),

@@ -75,3 +75,57 @@ def test_a_search_space_key_that_is_not_a_setting_is_refused(wf, tmp_path):
     config.write_text(config.read_text().replace("training.weight_decay: {type", "training.wd: {type"))
     r = wf("config", "validate", cwd=tmp_path / "p")
     assert r.code == 2 and "'training.wd' is not a config setting" in r.err
+
+
+def test_the_whole_path_setup_baseline_optimization_finalization(wf, ready):
+    """Setup and baseline come from the session's quickstart; then Phase 4 and Phase 5 for real."""
+    config = ready / "training_config.yaml"
+    text = config.read_text()
+    for key, value in [("optimization.n_trials", "2"), ("optimization.lr_find", "false"),
+                       ("finalization.seeds", "2")]:
+        text = set_yaml_value(text, key, value)
+    config.write_text(text)
+    assert wf("phase", "finalization", cwd=ready).code == 3  # decided optimize: finalization is not next
+    assert wf("phase", "optimization", cwd=ready).code in (0, 1)
+    assert wf("phase", "finalization", cwd=ready).code == 3  # the post-optimization gate is still open
+    for item in ("sweep_reviewed", "chosen_config_committed"):
+        assert wf("checklist", "tick", "post_optimization", item, cwd=ready).code == 0
+    r = wf("phase", "finalization", cwd=ready)
+    assert r.code == 0, r.err + r.out[-3000:]
+    facts = json.loads((ready / ".wf" / "evidence" / "finalization.json").read_text())["facts"]
+    assert facts["test_split"]["samples"] == 179 and not facts["test_split"]["evaluated_before_by"]
+    accuracy = facts["summary"]["accuracy"]
+    assert len(accuracy["values"]) == 2 and accuracy["mean"] > 0.9
+    first = facts["seeds"][0]["test"]
+    assert len(first["per_class"]) == 10 and "top5_accuracy" in first and sum(map(sum, first["confusion"])) == 179
+    exports = {e["kind"]: e for e in facts["exports"]}
+    assert exports["state_dict"]["verified"] and exports["state_dict"]["max_abs_diff"] == 0.0
+    assert exports["torch_export"]["verified"], exports["torch_export"]["detail"]
+    import torch
+    state = torch.load(ready / "export" / "model_state_dict.pt", weights_only=True)
+    assert state["num_classes"] == 10
+    manifest = json.loads((ready / "export" / "manifest.json").read_text())
+    assert [p["phase"] for p in manifest["phases"]][:2] == ["setup", "baseline"] and "optimization" in [
+        p["phase"] for p in manifest["phases"]]
+    card = (ready / "reports" / "final_report.md").read_text()
+    assert "## Results on the held-out test split" in card and "## Limitations" in card
+    assert "figures/final_confusion_matrix.png" in card
+    gate = json.loads(wf("gate", "check", "finalization", "--json", cwd=ready).out)
+    checked = {i["id"]: i["checked"] for i in gate["items"]}
+    assert checked == {"test_evaluated_once": True, "export_verified": True, "report_generated": True,
+                       "model_card_reviewed": False}
+    # a second finalization sees that the test split was used before, and says so
+    assert wf("phase", "finalization", cwd=ready).code == 1
+    gate = json.loads(wf("gate", "check", "finalization", "--json", cwd=ready).out)
+    item = next(i for i in gate["items"] if i["id"] == "test_evaluated_once")
+    assert not item["checked"] and "already evaluated" in item["evidence"]
+
+
+def test_finalization_without_a_test_split_says_how_to_add_one(wf, tmp_path):
+    assert wf("init", "p", cwd=tmp_path).code == 0
+    p = tmp_path / "p"
+    config = p / "training_config.yaml"
+    config.write_text(set_yaml_value(config.read_text(), "data.test_fraction", "0.0"))
+    r = wf("phase", "finalization", "--override-gate", "checking the data first", cwd=p)
+    assert r.code == 2 and "needs a held-out test split" in r.err and "data.test_fraction" in r.err
+    assert not (p / "export").exists()

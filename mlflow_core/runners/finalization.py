@@ -1,0 +1,207 @@
+"""Phase 5: train the chosen config for the final budget, evaluate once on the held-out test split,
+export the model, verify every export by reloading it, and gather a reproducibility bundle.
+
+The test split is touched here and nowhere else: the trainer, setup's checks of the model and the
+fix trials read only train and val. Each evaluation is recorded in the history (`test_evaluated`),
+so a second finalization says that the test split has been seen before.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlflow_core.atomic import atomic_write_bytes, atomic_write_text
+from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.diagnostics.trials import patched
+from mlflow_core.errors import DataError
+from mlflow_core.runners import RunContext, RunOutput
+from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
+from mlflow_core.training.data import DataBundle, build_data
+from mlflow_core.training.evaluation import classification_metrics, predict
+from mlflow_core.training.models import build_model
+from mlflow_core.workflow.evidence import file_sha256
+from mlflow_core.workflow.state import load_state
+
+
+def run_finalization(ctx: RunContext) -> RunOutput:
+    from mlflow_core.training.trainer import Trainer, resolve_device
+
+    cfg, say, root = ctx.cfg, ctx.on_message, ctx.project.root
+    fin = cfg.finalization
+    data = build_data(cfg, root)
+    if data.test is None or len(data.test) == 0:
+        raise DataError(f"{ctx.project.config_path}: finalization needs a held-out test split, and data source "
+                        f"'{cfg.data.source}' has none: set data.test_fraction (digits), add a test/ folder "
+                        "(npz, imagefolder) or return a 'test' dataset (custom). No earlier phase may use it.")
+    state = load_state(ctx.project)
+    seen_before = [getattr(e, "run_id", None) for e in state.history if e.event == "test_evaluated"]
+    epochs = fin.epochs or cfg.training.epochs
+    device = resolve_device(cfg.training.device)
+    seeds = [cfg.reproducibility.seed + i for i in range(fin.seeds)]
+    results, models = [], []
+    for seed in seeds:
+        say(f"Final training, seed {seed}, {epochs} epochs")
+        run_cfg = patched(cfg, {"reproducibility.seed": seed, "training.epochs": epochs})
+        run_dir = ctx.run_dir / f"seed_{seed}"
+        trained = Trainer(run_cfg, root, run_dir, run_id=f"{ctx.run_id}/seed_{seed}", phase="finalization",
+                          data=data).fit()
+        if trained.status not in ("completed", "early_stopped"):
+            results.append({"seed": seed, "status": trained.status, "stop_reason": trained.metrics.get("stop_reason")})
+            continue
+        model = trained.model
+        best = (trained.metrics["checkpoints"] or {}).get("best")
+        if best:  # evaluate the checkpoint that validation chose, not the last epoch's weights
+            model.load_state_dict(load_checkpoint(run_dir / best["path"])["model"])
+        say(f"Evaluating seed {seed} on the test split ({len(data.test)} samples)")
+        logits, targets = predict(model, data.test, run_cfg, device)
+        results.append({"seed": seed, "status": trained.status, "run_dir": ctx.project.relative(run_dir),
+                        "val_best": trained.metrics.get("best"), "test": classification_metrics(logits, targets,
+                                                                                                 data.num_classes)})
+        models.append((seed, model))
+    evaluated = [r for r in results if "test" in r]
+    facts: dict[str, Any] = {
+        "run_dir": ctx.project.relative(ctx.run_dir), "epochs": epochs, "seeds": results,
+        "config_sha256": ctx.config_sha256, "test_split": {"samples": len(data.test), "source": data.source,
+                                                           "evaluated_before_by": seen_before},
+        "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test),
+                 "num_classes": data.num_classes, "input_shape": list(data.input_shape),
+                 "normalization": data.normalization},
+        "optimized_config_matches": _matches_optimized(ctx),
+    }
+    if not evaluated:
+        return RunOutput("failed_checks", facts, notes=["No final run completed: nothing was evaluated or exported."])
+    facts["summary"] = summarize([r["test"] for r in evaluated])
+    seed, model = models[0]  # the shipped model: the first seed's
+    facts["exported_seed"] = seed
+    export_dir = ctx.project.root / "export"
+    batch = next(iter(torch.utils.data.DataLoader(data.test, batch_size=min(8, len(data.test)))))[0].to(device)
+    facts["exports"] = export_model(model.to(device).eval(), cfg, data, export_dir, batch, fin.export,
+                                    fin.export_tolerance, ctx)
+    facts["bundle"] = write_bundle(ctx, facts, export_dir)
+    return RunOutput("completed", facts, events=[("test_evaluated", {"run_id": ctx.run_id, "samples": len(data.test),
+                                                                     "seeds": [r["seed"] for r in evaluated]})])
+
+
+def summarize(tests: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for key in ("accuracy", "top5_accuracy", "macro_f1", "nll", "ece"):
+        values = [t[key] for t in tests if key in t]
+        if values:
+            out[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                        "values": values}
+    return out
+
+
+def _matches_optimized(ctx: RunContext) -> bool | None:
+    """Does the config being finalized carry the optimized config's settings? None: no optimization ran."""
+    path = ctx.project.root / "configs" / "optimized_config.yaml"
+    if not path.is_file():
+        return None
+    from mlflow_core.config.loader import load_config
+    try:
+        optimized = load_config(path).model_dump(mode="json")
+    except Exception:  # edited into something invalid: it cannot match
+        return False
+    ours = ctx.cfg.model_dump(mode="json")
+    return all(optimized[k] == ours[k] for k in ("data", "model", "training"))
+
+
+def export_model(model: torch.nn.Module, cfg: WorkflowConfig, data: DataBundle, export_dir: Path,
+                 batch: torch.Tensor, kinds: list[str], tolerance: float, ctx: RunContext) -> list[dict[str, Any]]:
+    """Write each export, reload it, and compare its logits with the trained model's on `batch`."""
+    with torch.no_grad():
+        expected = model(batch).float()
+    out = []
+    for kind in kinds:
+        entry: dict[str, Any] = {"kind": kind}
+        try:
+            path, reloaded = _EXPORTERS[kind](model, cfg, data, export_dir, batch, ctx)
+            entry.update(path=ctx.project.relative(path), sha256=file_sha256(path), bytes=path.stat().st_size)
+            if reloaded is None:
+                entry.update(verified=False, detail="written; not verified (its runtime is not installed)")
+            else:
+                with torch.no_grad():
+                    diff = float((reloaded(batch).float() - expected).abs().max())
+                entry.update(max_abs_diff=diff, verified=diff <= tolerance,
+                             detail=f"reloaded; logits differ by at most {diff:.3g} (tolerance {tolerance:g}) "
+                             f"on {len(batch)} test samples")
+        except Exception as exc:  # an exporter that cannot handle this model: say so, keep the others
+            entry.update(verified=False, detail=f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        ctx.on_message(f"Export {kind}: {entry['detail']}")
+        out.append(entry)
+    return out
+
+
+def _export_state_dict(model, cfg, data, export_dir, batch, ctx):
+    path = export_dir / "model_state_dict.pt"
+    save_checkpoint(path, {"kind": "wf_export", "model": model.state_dict(), "config": cfg.model_dump(mode="json"),
+                           "num_classes": data.num_classes, "input_shape": list(data.input_shape),
+                           "normalization": data.normalization})
+    loaded = load_checkpoint(path)  # weights_only=True, as every consumer should load it
+    rebuilt = build_model(cfg.model, loaded["num_classes"], tuple(loaded["input_shape"]), ctx.project.root)
+    rebuilt.load_state_dict(loaded["model"])
+    return path, rebuilt.to(batch.device).eval()
+
+
+def _export_program(model, cfg, data, export_dir, batch, ctx):
+    from torch.export import Dim, export, load, save
+
+    program = export(model, (batch,), dynamic_shapes=({0: Dim("batch", min=1, max=4096)},))
+    buf = io.BytesIO()
+    save(program, buf)
+    path = export_dir / "model.pt2"
+    atomic_write_bytes(path, buf.getvalue())
+    return path, load(path).module()
+
+
+def _export_onnx(model, cfg, data, export_dir, batch, ctx):
+    import onnx  # noqa: F401  (the exporter needs it; ImportError is reported as the reason)
+
+    path = export_dir / "model.onnx"
+    tmp = export_dir / ".model.onnx.tmp"
+    torch.onnx.export(model, (batch,), str(tmp), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    tmp.replace(path)
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return path, None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return path, lambda x: torch.from_numpy(session.run(None, {"input": x.cpu().numpy()})[0]).to(x.device)
+
+
+_EXPORTERS = {"state_dict": _export_state_dict, "torch_export": _export_program, "onnx": _export_onnx}
+
+
+def write_bundle(ctx: RunContext, facts: dict[str, Any], export_dir: Path) -> dict[str, Any]:
+    """export/: the resolved config and a manifest with what reproduces the run and every checksum."""
+    import yaml
+
+    from mlflow_core.environment import capture_environment
+
+    config_path = export_dir / "config.yaml"
+    atomic_write_text(config_path, yaml.safe_dump(ctx.cfg.model_dump(mode="json"), sort_keys=False))
+    state = load_state(ctx.project)
+    files = {ctx.project.relative(config_path): file_sha256(config_path)}
+    files.update({e["path"]: e["sha256"] for e in facts.get("exports", []) if e.get("path")})
+    for rel in ("training_config.yaml", "reports/environment.json"):
+        if (ctx.project.root / rel).is_file():
+            files[rel] = file_sha256(ctx.project.root / rel)
+    manifest = {
+        "run_id": ctx.run_id, "config_sha256": ctx.config_sha256, "seeds": [r["seed"] for r in facts["seeds"]],
+        "epochs": facts["epochs"], "data": facts["data"], "environment": capture_environment(ctx.project.root),
+        "phases": [{"run_id": r.run_id, "phase": r.phase, "status": r.status, "passed": r.passed}
+                   for r in state.runs if r.finished_at],
+        "overrides": [e.model_dump(mode="json") for e in state.overrides()],
+        "files": files,
+        "reproduce": ["pip install -e '.[dev]'", "wf config validate", "wf phase finalization"],
+    }
+    path = export_dir / "manifest.json"
+    atomic_write_text(path, json.dumps(manifest, indent=1, default=str))
+    return {"path": ctx.project.relative(path), "sha256": file_sha256(path), "files": len(files)}

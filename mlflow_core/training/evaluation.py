@@ -1,0 +1,70 @@
+"""Held-out evaluation: predictions over a split, and the classification metrics a model card needs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.training.data import make_loader
+
+ECE_BINS = 15  # Guo et al. 2017, "On Calibration of Modern Neural Networks"
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, cfg: WorkflowConfig, device: torch.device
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, on the CPU) and targets for every sample of `dataset`, in order."""
+    loader = make_loader(dataset, cfg, train=False, device=device, seed=cfg.reproducibility.seed)
+    model.eval()
+    logits, targets = [], []
+    for inputs, labels in loader:
+        logits.append(model(inputs.to(device)).float().cpu())
+        targets.append(torch.as_tensor(labels))
+    return torch.cat(logits), torch.cat(targets).long()
+
+
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    probs = logits.softmax(1)
+    pred = probs.argmax(1)
+    n = len(targets)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((targets, pred), torch.ones_like(targets), accumulate=True)
+    per_class = []
+    for c in range(num_classes):
+        tp = int(confusion[c, c])
+        predicted, actual = int(confusion[:, c].sum()), int(confusion[c].sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class.append({"class": c, "precision": round(precision, 4), "recall": round(recall, 4),
+                          "f1": round(f1, 4), "support": actual})
+    present = [p for p in per_class if p["support"]]
+    out: dict[str, Any] = {
+        "samples": n, "accuracy": float((pred == targets).float().mean()),
+        "nll": float(nn.functional.cross_entropy(logits, targets)),
+        "macro_f1": sum(p["f1"] for p in present) / len(present) if present else 0.0,
+        "per_class": per_class, "confusion": confusion.tolist(),
+        "ece": expected_calibration_error(probs, targets),
+    }
+    if num_classes > 5:
+        top5 = logits.topk(5, dim=1).indices
+        out["top5_accuracy"] = float((top5 == targets[:, None]).any(1).float().mean())
+    return out
+
+
+def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """Mean |accuracy − confidence| over equal-width confidence bins, weighted by their share."""
+    confidence, pred = probs.max(1)
+    correct = (pred == targets).float()
+    ece = 0.0
+    edges = torch.linspace(0, 1, bins + 1)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            ece += float(inside.float().mean()) * abs(float(correct[inside].mean()) - float(confidence[inside].mean()))
+    return ece if math.isfinite(ece) else float("nan")
