@@ -87,10 +87,8 @@ def test_the_whole_path_setup_baseline_optimization_finalization(wf, ready):
     config.write_text(text)
     assert wf("phase", "finalization", cwd=ready).code == 3  # decided optimize: finalization is not next
     assert wf("phase", "optimization", cwd=ready).code in (0, 1)
-    assert wf("phase", "finalization", cwd=ready).code == 3  # the post-optimization gate is still open
-    for item in ("sweep_reviewed", "chosen_config_committed"):
-        assert wf("checklist", "tick", "post_optimization", item, cwd=ready).code == 0
-    r = wf("phase", "finalization", cwd=ready)
+    assert wf("gate", "check", "optimization", cwd=ready).code == 1  # the review is still open ...
+    r = wf("phase", "finalization", cwd=ready)  # ... but the sweep has a result: finalization may start
     assert r.code == 0, r.err + r.out[-3000:]
     facts = json.loads((ready / ".wf" / "evidence" / "finalization.json").read_text())["facts"]
     assert facts["test_split"]["samples"] == 179 and not facts["test_split"]["evaluated_before_by"]
@@ -113,7 +111,7 @@ def test_the_whole_path_setup_baseline_optimization_finalization(wf, ready):
     gate = json.loads(wf("gate", "check", "finalization", "--json", cwd=ready).out)
     checked = {i["id"]: i["checked"] for i in gate["items"]}
     assert checked == {"test_evaluated_once": True, "export_verified": True, "report_generated": True,
-                       "model_card_reviewed": False}
+                       "chosen_config_confirmed": False, "model_card_reviewed": False}
     # a second finalization sees that the test split was used before, and says so
     assert wf("phase", "finalization", cwd=ready).code == 1
     gate = json.loads(wf("gate", "check", "finalization", "--json", cwd=ready).out)
