@@ -115,6 +115,7 @@ def _matches_optimized(ctx: RunContext) -> bool | None:
 def export_model(model: torch.nn.Module, cfg: WorkflowConfig, data: DataBundle, export_dir: Path,
                  batch: torch.Tensor, kinds: list[str], tolerance: float, ctx: RunContext) -> list[dict[str, Any]]:
     """Write each export, reload it, and compare its logits with the trained model's on `batch`."""
+    export_dir.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         expected = model(batch).float()
     out = []
@@ -165,8 +166,10 @@ def _export_onnx(model, cfg, data, export_dir, batch, ctx):
 
     path = export_dir / "model.onnx"
     tmp = export_dir / ".model.onnx.tmp"
-    torch.onnx.export(model, (batch,), str(tmp), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    from torch.export import Dim
+
+    torch.onnx.export(model, (batch,), str(tmp), input_names=["input"], output_names=["logits"], dynamo=True,
+                      dynamic_shapes=({0: Dim("batch", min=1, max=4096)},), verbose=False)
     tmp.replace(path)
     try:
         import onnxruntime as ort

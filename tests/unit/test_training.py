@@ -261,3 +261,50 @@ def test_trainer_matches_a_plain_loop_when_batches_divide_the_data(tmp_path):
             optimizer.step()
     trained = Trainer(cfg, tmp_path, None, data=data).fit().model.state_dict()
     assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
+
+
+def test_classification_metrics_on_known_predictions():
+    import torch
+
+    from mlflow_core.training.evaluation import classification_metrics, expected_calibration_error
+
+    targets = torch.tensor([0, 0, 1, 1, 2, 2])
+    logits = torch.full((6, 6), -10.0)
+    for i, predicted in enumerate([0, 0, 1, 2, 2, 2]):  # one class-1 sample predicted as 2
+        logits[i, targets[i]] = -5.0  # runner-up: inside the top 5 even when wrong
+        logits[i, predicted] = 10.0
+    m = classification_metrics(logits, targets, 6)
+    assert m["accuracy"] == pytest.approx(5 / 6) and m["samples"] == 6 and m["top5_accuracy"] == 1.0
+    assert m["confusion"][1] == [0, 1, 1, 0, 0, 0]
+    by_class = {p["class"]: p for p in m["per_class"]}
+    assert by_class[1]["recall"] == 0.5 and by_class[1]["precision"] == 1.0
+    assert by_class[2]["precision"] == round(2 / 3, 4) and by_class[2]["recall"] == 1.0
+    assert by_class[4]["support"] == 0  # absent classes do not count in the macro F1
+    assert abs(m["macro_f1"] - (1 + 2 / 3 + 0.8) / 3) < 1e-3
+    # confident and right: no calibration error; confident and wrong on a sixth: about 1/6
+    assert expected_calibration_error(logits[[0, 1, 2, 4, 5]].softmax(1), targets[[0, 1, 2, 4, 5]]) < 1e-6
+    assert abs(m["ece"] - 1 / 6) < 1e-3
+
+
+def test_onnx_export_is_reloaded_and_compared(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from types import SimpleNamespace
+
+    import torch
+
+    from mlflow_core.config import load_config_text
+    from mlflow_core.runners.finalization import export_model
+    from mlflow_core.training.data import build_data
+    from mlflow_core.training.models import build_model
+    from mlflow_core.workflow.project import Project
+
+    cfg = load_config_text("training: {device: cpu}\nmodel: {channels: [8, 16]}\n", "t")
+    data = build_data(cfg, tmp_path)
+    model = build_model(cfg.model, 10, data.input_shape, tmp_path).eval()
+    ctx = SimpleNamespace(project=Project(tmp_path), on_message=lambda _m: None)
+    batch = torch.stack([data.val[i][0] for i in range(4)])
+    (entry,) = export_model(model, cfg, data, tmp_path / "export", batch, ["onnx"], 1e-4, ctx)
+    assert entry["verified"], entry["detail"]
+    assert (tmp_path / "export" / "model.onnx").is_file() and entry["max_abs_diff"] < 1e-4
