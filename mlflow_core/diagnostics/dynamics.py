@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import Dataset
 
 from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.errors import UserInputError
 from mlflow_core.training.checkpoint import load_checkpoint
 from mlflow_core.training.data import DataBundle, make_loader
 from mlflow_core.training.models import build_model
@@ -41,7 +42,12 @@ def run_model(cfg: WorkflowConfig, project_root: Path, data: DataBundle, run_dir
     for name in ("last", "best"):
         entry = (metrics.get("checkpoints") or {}).get(name)
         if entry and (run_dir / entry["path"]).is_file():
-            model.load_state_dict(load_checkpoint(run_dir / entry["path"])["model"])
+            path = run_dir / entry["path"]
+            try:
+                model.load_state_dict(load_checkpoint(path)["model"])
+            except (RuntimeError, KeyError, TypeError) as exc:
+                raise UserInputError(f"{path}: does not fit the model of this run's config "
+                                     f"({cfg.model.name}): {str(exc).splitlines()[0][:300]}") from None
             return model, f"{entry['path']} (epoch {entry.get('epoch')})"
     return model, "initialisation (the run saved no checkpoint)"
 

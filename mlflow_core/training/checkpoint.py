@@ -25,6 +25,10 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    import zipfile
+
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise UserInputError(f"{path}: not a readable checkpoint (truncated or corrupt?): not a torch zip archive")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -32,7 +36,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except pickle.UnpicklingError as exc:
         raise UserInputError(f"{path}: refused: it holds objects other than tensors and plain data "
                              f"(weights_only=True): {str(exc).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise UserInputError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
                              f"{str(exc).splitlines()[0]}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:

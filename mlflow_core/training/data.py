@@ -4,6 +4,7 @@ own callable. Every source yields `(input_tensor, int_label)` items."""
 from __future__ import annotations
 
 import importlib
+import zipfile
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ class NpzPatchDataset(Dataset):
                 image, label = npz[self.image_key], npz[self.label_key]
         except KeyError as exc:
             raise DataError(f"{path}: missing array {exc} (data.image_key / data.label_key)") from None
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise DataError(f"{path}: cannot be read as .npz ({exc})") from None
         if image.ndim == 2:
             image = image[None]
@@ -130,7 +131,7 @@ class NpzPatchDataset(Dataset):
                 label = npz[self.label_key]
         except KeyError as exc:
             raise DataError(f"{path}: missing array {exc} (data.label_key)") from None
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise DataError(f"{path}: cannot be read as .npz ({exc})") from None
         if np.asarray(label).size != 1:
             raise DataError(f"{path}: label must be a single integer, has shape {np.shape(label)}")

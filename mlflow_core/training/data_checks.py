@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mlflow_core.errors import DataError
 from mlflow_core.training.data import DataBundle
 
 MAX_SCAN = 50_000  # samples per split scanned for NaN/Inf, labels and hashes; larger splits are sampled
@@ -19,6 +20,7 @@ def _scan(dataset: Dataset, num_classes: int) -> dict[str, Any]:
     n = len(dataset)
     indices = range(n) if n <= MAX_SCAN else torch.linspace(0, n - 1, MAX_SCAN).long().tolist()
     nonfinite, bad_labels, shapes = [], [], Counter()
+    first_of_shape: dict[tuple[int, ...], int] = {}
     counts: Counter[int] = Counter()
     hashes: dict[str, int] = {}
     lo, hi = float("inf"), float("-inf")
@@ -27,6 +29,7 @@ def _scan(dataset: Dataset, num_classes: int) -> dict[str, Any]:
         x = torch.as_tensor(x)
         y = int(y)
         shapes[tuple(x.shape)] += 1
+        first_of_shape.setdefault(tuple(x.shape), i)
         if not torch.isfinite(x).all():
             nonfinite.append(i)
         else:
@@ -36,19 +39,35 @@ def _scan(dataset: Dataset, num_classes: int) -> dict[str, Any]:
         counts[y] += 1
         hashes.setdefault(hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest(), i)
     return {"scanned": len(indices), "size": n, "nonfinite": nonfinite, "bad_labels": bad_labels,
-            "shapes": shapes, "counts": counts, "hashes": hashes, "min": lo, "max": hi}
+            "shapes": shapes, "first_of_shape": first_of_shape, "counts": counts, "hashes": hashes, "min": lo, "max": hi}
+
+
+def _first_of_each_shape(dataset: Dataset, shapes: dict[tuple[int, ...], int]) -> str:
+    """'(6, 32, 32) ×159, (6, 16, 16) ×1 (first: data/…/patch_00000.npz)': what a person can act on."""
+    files = getattr(dataset, "files", None)
+    parts = []
+    for shape, (count, first) in list(shapes.items())[:4]:
+        where = files[first] if files is not None else f"index {first}"
+        parts.append(f"{tuple(shape)} ×{count} (first: {where})")
+    return ", ".join(parts)
 
 
 def check_data(bundle: DataBundle, batch_size: int) -> dict[str, Any]:
     problems: list[str] = []
+    train = _scan(bundle.train, bundle.num_classes)
+    val = _scan(bundle.val, bundle.num_classes)
+    for name, scan in (("train", train), ("val", val)):  # a batch of mixed shapes cannot even be collated
+        if len(scan["shapes"]) > 1:
+            dataset = getattr(bundle, name)
+            shapes = {shape: (count, scan["first_of_shape"][shape]) for shape, count in scan["shapes"].items()}
+            raise DataError(f"{bundle.source}: {name} samples have {len(shapes)} different shapes: "
+                            f"{_first_of_each_shape(dataset, shapes)}; every sample must have the same shape")
     loader = DataLoader(bundle.train, batch_size=min(batch_size, len(bundle.train)), shuffle=False)
     inputs, targets = next(iter(loader))
     if inputs.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         problems.append(f"inputs are {inputs.dtype}, expected a floating dtype")
     if targets.dtype not in (torch.int64, torch.int32):
         problems.append(f"labels are {targets.dtype}, expected integers")
-    train = _scan(bundle.train, bundle.num_classes)
-    val = _scan(bundle.val, bundle.num_classes)
     for name, scan in (("train", train), ("val", val)):
         if scan["nonfinite"]:
             problems.append(f"{len(scan['nonfinite'])} {name} samples contain NaN/Inf (first: index "
