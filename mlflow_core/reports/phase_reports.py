@@ -63,7 +63,7 @@ def _final_context(project: Project, state: ProjectState, run_id: str, facts: di
     from mlflow_core.config.schema import WorkflowConfig
     from mlflow_core.reports.plots import confusion_figure
 
-    cfg = WorkflowConfig.model_validate(_resolved_config(project))  # the config the final runs trained
+    cfg = WorkflowConfig.model_validate(facts["config"])  # the config the final runs trained
     evaluated = [r for r in facts.get("seeds", []) if "test" in r]
     first = evaluated[0] if evaluated else None
     figures = [confusion_figure(first["test"]["confusion"], project.reports_dir / "figures")] if first else []
@@ -74,11 +74,6 @@ def _final_context(project: Project, state: ProjectState, run_id: str, facts: di
             "first": first, "figures": [f for f in figures if f], "env": env,
             "runs": [r for r in state.runs if r.finished_at], "decisions": decisions, "overrides": overrides,
             "limitations": limitations(facts, first)}
-
-
-def _resolved_config(project: Project) -> dict[str, Any]:
-    import yaml
-    return yaml.safe_load((project.root / "export" / "config.yaml").read_text(encoding="utf-8"))
 
 
 def limitations(facts: dict[str, Any], first: dict[str, Any] | None) -> list[str]:

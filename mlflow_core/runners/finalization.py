@@ -67,7 +67,7 @@ def run_finalization(ctx: RunContext) -> RunOutput:
     evaluated = [r for r in results if "test" in r]
     facts: dict[str, Any] = {
         "run_dir": ctx.project.relative(ctx.run_dir), "epochs": epochs, "seeds": results,
-        "config_sha256": ctx.config_sha256, "test_split": {"samples": len(data.test), "source": data.source,
+        "config_sha256": ctx.config_sha256, "config": cfg.model_dump(mode="json"), "test_split": {"samples": len(data.test), "source": data.source,
                                                            "evaluated_before_by": seen_before},
         "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test),
                  "num_classes": data.num_classes, "input_shape": list(data.input_shape),

@@ -133,7 +133,9 @@ def run_optimization(ctx: RunContext) -> RunOutput:
 
     def objective(trial: Any) -> float:
         changes = {key: suggest(trial, key, spec) for key, spec in opt.search_space.items()}
-        trial_cfg = patched(cfg, {**changes, "training.epochs": trial_epochs})
+        # best and last checkpoints only: periodic ones for every trial would fill the disk
+        trial_cfg = patched(cfg, {**changes, "training.epochs": trial_epochs,
+                                  "checkpointing.checkpoint_every_n_epochs": 0})
         trial_dir = ctx.run_dir / "trials" / f"trial_{trial.number:03d}"
         shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
                           for k, v in changes.items())

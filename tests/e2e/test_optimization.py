@@ -127,3 +127,20 @@ def test_finalization_without_a_test_split_says_how_to_add_one(wf, tmp_path):
     r = wf("phase", "finalization", "--override-gate", "checking the data first", cwd=p)
     assert r.code == 2 and "needs a held-out test split" in r.err and "data.test_fraction" in r.err
     assert not (p / "export").exists()
+
+
+def test_finalization_whose_runs_all_fail_reports_it(wf, project_copy):
+    """A final run that ends on NaN: nothing is evaluated or exported, the model card says so, exit 1."""
+    config = project_copy / "training_config.yaml"
+    text = config.read_text()
+    for key, value in [("training.optimizer", "sgd"), ("training.learning_rate", "1.0e4"),
+                       ("model.batch_norm", "false")]:
+        text = set_yaml_value(text, key, value)
+    config.write_text(text)
+    assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project_copy).code == 0
+    assert wf("decide", "finalize", cwd=project_copy).code == 0
+    r = wf("phase", "finalization", cwd=project_copy)
+    assert r.code == 1, r.err
+    card = (project_copy / "reports" / "final_report.md").read_text()
+    assert "No final run completed" in card and "No export could be verified" in card
+    assert not (project_copy / "export" / "model.pt2").exists()
