@@ -67,8 +67,7 @@ def run_with_display(project, name: str, override_reason: str | None = None):
     return result
 
 
-def phase(name: str = typer.Argument(..., help="setup, baseline or diagnostics (optimization and finalization "
-                                     "are defined; their runners come in later releases)."),
+def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, optimization or finalization."),
           override_gate: str = typer.Option(None, "--override-gate", metavar="REASON",
                                             help="Start even though the entry gate is closed; the reason is "
                                             "recorded and shown in every later report and gate check."),
