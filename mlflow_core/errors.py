@@ -77,3 +77,9 @@ class RunInterruptedError(WfError):
     """Ctrl-C (or SIGTERM) during a phase: the run is recorded as interrupted."""
 
     exit_code = 130
+
+
+class RunTerminatedError(RunInterruptedError):
+    """SIGTERM during a phase (a scheduler's preemption, `kill`): recorded, resumable, exit 143."""
+
+    exit_code = 143

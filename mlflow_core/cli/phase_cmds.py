@@ -45,7 +45,7 @@ class _Display:
         self.progress.update(self.task, completed=p.global_step, info=info)
 
 
-def run_with_display(project, name: str, override_reason: str | None = None):
+def run_with_display(project, name: str, override_reason: str | None = None, resume: bool = False):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mlflow_core.workflow.engine import run_phase
@@ -55,7 +55,7 @@ def run_with_display(project, name: str, override_reason: str | None = None):
     with Progress(*columns, console=console, transient=False) as progress:
         display = _Display(progress, name)
         result = run_phase(project, name, override_reason=override_reason,
-                           on_progress=display.update, on_message=display.message)
+                           on_progress=display.update, on_message=display.message, resume=resume)
     for c in result.criteria:
         console.print(f"{mark(c['passed'])} {c['text']}: {c['detail']}", highlight=False)
     rec = result.recommendation
@@ -71,11 +71,14 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
           override_gate: str = typer.Option(None, "--override-gate", metavar="REASON",
                                             help="Start even though the entry gate is closed; the reason is "
                                             "recorded and shown in every later report and gate check."),
+          resume: bool = typer.Option(False, "--resume", help="Continue the latest interrupted run of the phase "
+                                      "exactly where it stopped (baseline)."),
           ) -> None:
-    """Run a phase. Exit 0 success · 1 failed its success criteria · 2 bad input · 3 entry gate closed."""
+    """Run a phase. Exit 0 success · 1 failed its success criteria · 2 bad input · 3 entry gate closed ·
+    130/143 stopped by SIGINT/SIGTERM (resumable with --resume)."""
     from mlflow_core.workflow.project import Project
 
-    result = run_with_display(Project.find(), name, override_gate)
+    result = run_with_display(Project.find(), name, override_gate, resume)
     raise typer.Exit(0 if result.passed else 1)
 
 

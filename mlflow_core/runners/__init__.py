@@ -24,6 +24,7 @@ class RunContext:
     run_dir: Path
     on_progress: Callable[[Any], None] = lambda _p: None
     on_message: Callable[[str], None] = lambda _m: None
+    resume_from: Path | None = None  # checkpoints/resume.pt of the interrupted run being continued
 
 
 @dataclass

@@ -13,9 +13,13 @@ def run_baseline(ctx: RunContext) -> RunOutput:
     mon = ctx.cfg.monitoring
     sampler = GpuSampler(mon.gpu_sample_interval_s, mon.gpu_utilization_target)
     trainer = Trainer(ctx.cfg, ctx.project.root, ctx.run_dir, run_id=ctx.run_id, phase="baseline",
-                      on_progress=ctx.on_progress, gpu_sampler=sampler)
+                      on_progress=ctx.on_progress, gpu_sampler=sampler, resume_from=ctx.resume_from,
+                      stop_on_signals=True)
     result = trainer.fit()
-    return RunOutput(result.status, training_facts(ctx, result.metrics), result.metrics)
+    facts = training_facts(ctx, result.metrics)
+    if result.status == "interrupted":
+        facts.update(interrupted_by=trainer.signal_received, resume=result.metrics.get("resume"))
+    return RunOutput(result.status, facts, result.metrics)
 
 
 def training_facts(ctx: RunContext, m: dict[str, Any]) -> dict[str, Any]:

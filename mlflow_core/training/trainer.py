@@ -11,8 +11,11 @@ model itself is the last good state.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,10 +30,10 @@ from mlflow_core.atomic import atomic_write_json
 from mlflow_core.config.schema import TrainingSection, WorkflowConfig
 from mlflow_core.monitoring.anomalies import EarlyStopping, GradExplosionDetector, StallDetector, first_nonfinite
 from mlflow_core.monitoring.nvml import GpuSampler
-from mlflow_core.training.checkpoint import save_checkpoint
+from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
 from mlflow_core.training.data import DataBundle, build_data, make_loader
 from mlflow_core.training.models import build_model, count_parameters
-from mlflow_core.training.seeding import SEEDED, rng_state, seed_everything
+from mlflow_core.training.seeding import SEEDED, rng_state, seed_everything, set_rng_state
 from mlflow_core.training.snapshot import DeviceSnapshot
 from mlflow_core.workflow.evidence import file_sha256
 
@@ -116,7 +119,8 @@ class Trainer:
     def __init__(self, cfg: WorkflowConfig, project_root: Path, run_dir: Path | None = None, *,
                  run_id: str = "", phase: str = "baseline", on_progress: Callable[[Progress], None] | None = None,
                  gpu_sampler: GpuSampler | None = None, data: DataBundle | None = None,
-                 windowed: bool | None = None, on_epoch: Callable[[int, float], bool] | None = None):
+                 windowed: bool | None = None, on_epoch: Callable[[int, float], bool] | None = None,
+                 resume_from: Path | None = None, stop_on_signals: bool = False):
         self.cfg, self.project_root, self.run_dir = cfg, project_root, run_dir
         self.run_id, self.phase = run_id, phase
         self.on_progress = on_progress or (lambda _p: None)
@@ -124,6 +128,9 @@ class Trainer:
         self.data = data
         self.windowed = windowed  # None: windowed read-back on accelerators, per-step check on the CPU
         self.on_epoch = on_epoch  # (epoch, validation metric) -> stop now? e.g. an Optuna pruner
+        self.resume_from = resume_from  # checkpoints/resume.pt of an interrupted run: continue it exactly
+        self.stop_on_signals = stop_on_signals  # SIGTERM/SIGINT: finish the step, save resume.pt, stop
+        self.signal_received: int | None = None
         self.log = logging.getLogger(f"wf.trainer.{run_id or 'anon'}")
 
     # --- set-up ------------------------------------------------------------------------------------
@@ -185,10 +192,17 @@ class Trainer:
         sampler = self.gpu_sampler.start() if self.gpu_sampler else None
         started = time.perf_counter()
         global_step, status, stop_reason = 0, "completed", None
-        self.log.info("run %s: %s on %s, %d train / %d val samples, %d steps per epoch", self.run_id,
-                      cfg.model.name, device, len(self.data.train), len(self.data.val), steps_per_epoch)
+        start_epoch, resume = 1, None
+        if self.resume_from is not None:
+            resume = self._restore(metrics)
+            metrics = resume["metrics"]
+            start_epoch, global_step = resume["epoch"], resume["global_step"]
+        self.log.info("run %s: %s on %s, %d train / %d val samples, %d steps per epoch%s", self.run_id,
+                      cfg.model.name, device, len(self.data.train), len(self.data.val), steps_per_epoch,
+                      f", resumed at epoch {start_epoch} step {global_step}" if resume else "")
+        previous_handlers = self._install_signal_handlers()
         try:
-            for epoch in range(1, epochs + 1):
+            for epoch in range(start_epoch, epochs + 1):
                 # -- train one epoch ------------------------------------------------------------------
                 self.model.train()
                 epoch_start, data_wait = time.perf_counter(), 0.0
@@ -198,8 +212,24 @@ class Trainer:
                 window_batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # host copies, for replay
                 snapshot = self._snapshot() if window_size > 1 else None
                 window_start, window_t0 = global_step, time.perf_counter()
-                batches = iter(self.train_loader)
-                for step_in_epoch in range(1, steps_per_epoch + 1):
+                first_step = 1
+                if resume is not None and epoch == resume["epoch"]:
+                    # the same shuffle as the interrupted epoch: its generator state at the epoch's start,
+                    # then the batches it had already trained on drawn and dropped
+                    self.train_loader.generator.set_state(resume["epoch_generator_state"])
+                    batches = iter(self.train_loader)
+                    for _ in range(resume["step_in_epoch"]):
+                        next(batches)
+                    first_step = resume["step_in_epoch"] + 1
+                    correct += resume["correct"]
+                    seen, data_wait = resume["seen"], resume["data_wait"]
+                    self._epoch_loss_sum = resume["epoch_loss_sum"]
+                    set_rng_state(resume["rng"])  # last: nothing above may draw from the global generators
+                else:
+                    self._epoch_generator_state = self.train_loader.generator.get_state()
+                    batches = iter(self.train_loader)
+                step_in_epoch = first_step - 1
+                for step_in_epoch in range(first_step, steps_per_epoch + 1):
                     # data: time spent waiting for the loader is the data-wait figure
                     t0 = time.perf_counter()
                     inputs_cpu, targets_cpu = next(batches)
@@ -255,7 +285,7 @@ class Trainer:
                     global_step += 1
                     # monitor: once per window, one read-back
                     last = step_in_epoch == steps_per_epoch or (max_steps and global_step >= max_steps)
-                    if len(window) >= cfg.monitoring.check_every_n_steps or last:
+                    if len(window) >= cfg.monitoring.check_every_n_steps or last or self.signal_received is not None:
                         bad = self._flush(window, epoch, step_in_epoch, steps_per_epoch, global_step,
                                           window_t0, started, epochs, steps_file, window_start, snapshot,
                                           window_batches)
@@ -269,7 +299,15 @@ class Trainer:
                         snapshot = self._snapshot() if window_size > 1 else None
                     if max_steps and global_step >= max_steps:
                         break
-                if status == "failed_nan" or (max_steps and global_step >= max_steps and not self.run_dir):
+                    if self.signal_received is not None and not window and self.run_dir:
+                        metrics["resume"] = self._save_resume(epoch, step_in_epoch, global_step, metrics, correct,
+                                                              seen, data_wait)
+                        status = "interrupted"
+                        stop_reason = (f"{signal.Signals(self.signal_received).name} after step {global_step}; "
+                                       f"resumable from {metrics['resume']['path']}")
+                        break
+                if status in ("failed_nan", "interrupted") or (max_steps and global_step >= max_steps
+                                                               and not self.run_dir):
                     break
                 # Run the iterator to its end, as `for batch in loader` does: when the data divide into
                 # whole batches, the sampler draws its (empty) remainder permutation only then, and
@@ -338,6 +376,7 @@ class Trainer:
             self.log.exception("training crashed")
             raise
         finally:
+            self._restore_signal_handlers(previous_handlers)
             if sampler:
                 sampler.stop()
             if steps_file:
@@ -354,6 +393,81 @@ class Trainer:
                 metrics["nonfinite"]["dump"] = self._save_nonfinite_dump(metrics["nonfinite"])
             self._write_metrics(metrics, status, started)
         return TrainResult(status, metrics, self.model, self.run_dir, self.anomalies)
+
+    # --- interruption and resumption ------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """First SIGTERM/SIGINT: finish the current step, save resume.pt, stop. A second SIGINT
+        raises KeyboardInterrupt at once (the default handler is back after the first)."""
+        if not self.stop_on_signals or threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            self.signal_received = signum
+            self.log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        previous = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, on_signal)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _save_resume(self, epoch: int, step_in_epoch: int, global_step: int, metrics: dict[str, Any],
+                     correct: torch.Tensor, seen: int, data_wait: float) -> dict[str, Any]:
+        """Everything the rest of the run depends on, after step `global_step`."""
+        path = self.run_dir / "checkpoints" / "resume.pt"
+        save_checkpoint(path, {
+            "kind": "resume", "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "early_stopping": self.early.state_dict(),
+            "detectors": {"stall": self.stall.state_dict(), "explosion": self.explosion.state_dict()},
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+            "epoch_generator_state": self._epoch_generator_state, "rng": rng_state(),
+            "correct": correct.detach().cpu(), "seen": seen, "data_wait": data_wait,
+            "epoch_loss_sum": self._epoch_loss_sum, "step_losses": list(self.step_losses),
+            "recent": [list(r) for r in self.recent], "metrics": json.loads(json.dumps(metrics)),
+            "config": self.cfg.model_dump(mode="json"), "run_id": self.run_id,
+        })
+        return {"path": str(path.relative_to(self.run_dir)), "epoch": epoch, "step": global_step,
+                "sha256": file_sha256(path)}
+
+    def _restore(self, fresh_metrics: dict[str, Any]) -> dict[str, Any]:
+        from mlflow_core.errors import UserInputError
+
+        state = load_checkpoint(self.resume_from, map_location=self.device)
+        if state.get("kind") != "resume":
+            raise UserInputError(f"{self.resume_from}: not a resume checkpoint")
+        if state["config"] != self.cfg.model_dump(mode="json"):
+            raise UserInputError(f"{self.resume_from}: was written with a different config; an exact resume needs "
+                                 "the config the run started with.", hint="Restore training_config.yaml, or start "
+                                 "a new run without --resume.")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UserInputError(f"{self.resume_from}: does not fit this model: {str(exc).splitlines()[0]}") from None
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.early.load_state_dict(state["early_stopping"])
+        self.stall.load_state_dict(state["detectors"]["stall"])
+        self.explosion.load_state_dict(state["detectors"]["explosion"])
+        self.step_losses = list(state["step_losses"])
+        self.recent.extend(tuple(r) for r in state["recent"])
+        metrics = state["metrics"]
+        metrics.pop("resume", None)
+        self.anomalies = metrics.get("anomalies") or []
+        self._layer_records = metrics["layers"]["records"]
+        self._epoch_generator_state = state["epoch_generator_state"]
+        state["metrics"] = {**fresh_metrics, **metrics, "status": "running"}
+        return state
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -494,6 +608,14 @@ class Trainer:
             return None
         path = self.run_dir / "logs" / "steps.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
+        if self.resume_from is not None and path.is_file():
+            resumed_at = load_checkpoint(self.resume_from)["global_step"]
+            with path.open(newline="", encoding="utf-8") as f:  # rows past the resume point were not kept
+                rows = [r for r in csv.reader(f)]
+            kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < resumed_at]
+            with path.open("w", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerows(kept)
+            return open(path, "a", newline="", encoding="utf-8")
         f = open(path, "w", newline="", encoding="utf-8")
         csv.writer(f).writerow(["step", "epoch", "loss", "grad_norm", "lr"])
         return f

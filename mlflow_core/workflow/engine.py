@@ -65,9 +65,27 @@ def evaluate_criteria(project: Project, state: ProjectState, definition: PhaseDe
     return out
 
 
+RESUMABLE_PHASES = ("baseline",)
+
+
+def _resumable_run(project: Project, state: ProjectState, phase: str) -> tuple[RunRecord, Path]:
+    """The latest run of `phase`, if it was interrupted and left a resume checkpoint."""
+    run = next((r for r in reversed(state.runs) if r.phase == phase), None)
+    resume = (run.summary.get("resume") or {}) if run is not None else {}
+    if run is None or run.status != "interrupted" or not resume.get("path"):
+        raise UserInputError(f"no interrupted {phase} run to resume"
+                             + (f": the latest, {run.run_id}, is {run.status}" if run is not None else "") + ".",
+                             hint=f"Run `wf phase {phase}` to start a new run.")
+    path = project.inside(run.dir) / resume["path"]
+    if not path.is_file():
+        raise UserInputError(f"{project.relative(path)}: the resume checkpoint of {run.run_id} is missing.",
+                             hint=f"Run `wf phase {phase}` to start a new run.")
+    return run, path
+
+
 def run_phase(project: Project, phase: str, *, override_reason: str | None = None,
               on_progress: Callable[[Any], None] | None = None,
-              on_message: Callable[[str], None] | None = None) -> PhaseResult:
+              on_message: Callable[[str], None] | None = None, resume: bool = False) -> PhaseResult:
     from mlflow_core.runners import RUNNABLE_PHASES, RunContext, get_runner
 
     say = on_message or (lambda _m: None)
@@ -83,6 +101,12 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
             raise UserInputError(f"`wf phase {phase}` needs the training stack, and {', '.join(missing)} "
                                  "is not installed; nothing was changed.",
                                  hint="Install it with `pip install 'wf[train]'` (the README's install includes it).")
+
+        if resume:
+            if phase not in RESUMABLE_PHASES:
+                raise UserInputError(f"`wf phase {phase} --resume` is not supported; resumable: "
+                                     f"{', '.join(RESUMABLE_PHASES)}.")
+            return _resume_phase(project, state, phase, cfg, on_progress, say)
 
         # -- entry gate -----------------------------------------------------------------------------
         verdict = entry_verdict(project, state, phase)
@@ -114,44 +138,79 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
         state.record("phase_started", phase=phase, run_id=run_id)
         save_state(project, state)
 
-        # -- run ------------------------------------------------------------------------------------
         say(f"run {run_id} started")
-        handler = logging.FileHandler(run_dir / "logs" / "training.log", encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger = logging.getLogger("wf")
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        sha = config_sha256(project.config_path)
-        ctx = RunContext(project, cfg, sha, run_id, run_dir, on_progress or (lambda _p: None), say)
-        try:
-            output = get_runner(phase)(ctx)
-        except BaseException as exc:
-            run.status = ("interrupted" if isinstance(exc, KeyboardInterrupt) else
-                          "failed_input" if isinstance(exc, WfError) else "crashed")
-            run.finished_at, run.passed = now_iso(), False
-            run.summary = {"error": f"{type(exc).__name__}: {exc}"}
-            state.record("phase_finished", phase=phase, run_id=run_id, status=run.status)
-            save_state(project, state)
-            if isinstance(exc, KeyboardInterrupt):
-                raise RunInterruptedError(f"{phase} interrupted; run {run_id} is recorded as interrupted.") from None
-            if isinstance(exc, WfError):
-                raise
-            logger.exception("phase %s crashed", phase)
-            from mlflow_core.errors import PhaseFailedError
-            raise PhaseFailedError(f"{phase} crashed: {type(exc).__name__}: {exc}",
-                                   hint=f"The traceback is in {project.relative(run_dir)}/logs/training.log.") from exc
-        finally:
-            logger.removeHandler(handler)
-            handler.close()
+        return _execute(project, state, definition, run, cfg, RunContext(
+            project, cfg, config_sha256(project.config_path), run_id, run_dir, on_progress or (lambda _p: None), say))
 
-        # -- evidence, report, criteria ---------------------------------------------------------------
-        for event, data in output.events:
-            state.record(event, **data)
-        result = _record_outcome(project, state, definition, run, output.facts, cfg.project.name, output.status)
-        result.notes = output.notes
+
+def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
+                  on_progress: Callable[[Any], None] | None, say: Callable[[str], None]) -> PhaseResult:
+    """Continue the interrupted run where it stopped: same run id, directory and record."""
+    from mlflow_core.runners import RunContext
+
+    run, path = _resumable_run(project, state, phase)
+    run.status, run.finished_at, run.passed = "running", None, None
+    state.current_phase = phase
+    state.record("phase_resumed", phase=phase, run_id=run.run_id, checkpoint=project.relative(path))
+    save_state(project, state)
+    say(f"run {run.run_id} resumed from {project.relative(path)}")
+    run_dir = project.inside(run.dir)
+    ctx = RunContext(project, cfg, config_sha256(project.config_path), run.run_id, run_dir,
+                     on_progress or (lambda _p: None), say, resume_from=path)
+    return _execute(project, state, load_phase(phase, project.root), run, cfg, ctx)
+
+
+def _execute(project: Project, state: ProjectState, definition: PhaseDefinition, run: RunRecord, cfg: Any,
+             ctx: Any) -> PhaseResult:
+    """Run the phase's runner under the lock the caller holds, then record what it produced."""
+    from mlflow_core.runners import get_runner
+
+    phase, run_id, run_dir, say = definition.name, run.run_id, ctx.run_dir, ctx.on_message
+    # -- run ------------------------------------------------------------------------------------
+    handler = logging.FileHandler(run_dir / "logs" / "training.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("wf")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        output = get_runner(phase)(ctx)
+    except BaseException as exc:
+        run.status = ("interrupted" if isinstance(exc, KeyboardInterrupt) else
+                      "failed_input" if isinstance(exc, WfError) else "crashed")
+        run.finished_at, run.passed = now_iso(), False
+        run.summary = {"error": f"{type(exc).__name__}: {exc}"}
+        state.record("phase_finished", phase=phase, run_id=run_id, status=run.status)
         save_state(project, state)
-        _sync_auto_marks(project, state, phase)
-        return result
+        if isinstance(exc, KeyboardInterrupt):
+            raise RunInterruptedError(f"{phase} interrupted; run {run_id} is recorded as interrupted.") from None
+        if isinstance(exc, WfError):
+            raise
+        logger.exception("phase %s crashed", phase)
+        from mlflow_core.errors import PhaseFailedError
+        raise PhaseFailedError(f"{phase} crashed: {type(exc).__name__}: {exc}",
+                               hint=f"The traceback is in {project.relative(run_dir)}/logs/training.log.") from exc
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+    # -- evidence, report, criteria ---------------------------------------------------------------
+    for event, data in output.events:
+        state.record(event, **data)
+    result = _record_outcome(project, state, definition, run, output.facts, cfg.project.name, output.status)
+    result.notes = output.notes
+    if output.status == "interrupted":
+        run.summary["resume"] = output.facts.get("resume")
+    save_state(project, state)
+    _sync_auto_marks(project, state, phase)
+    if output.status == "interrupted":
+        import signal
+
+        from mlflow_core.errors import RunTerminatedError
+        error = RunTerminatedError if output.facts.get("interrupted_by") == signal.SIGTERM else RunInterruptedError
+        raise error(f"{phase} stopped on a signal; run {run_id} is recorded as interrupted and saved at step "
+                    f"{(output.facts.get('resume') or {}).get('step')}.",
+                    hint=f"Continue it exactly where it stopped with `wf phase {phase} --resume`.")
+    return result
 
 
 def _record_outcome(project: Project, state: ProjectState, definition: PhaseDefinition, run: RunRecord,

@@ -56,7 +56,7 @@ class Event(BaseModel):
     time: str
     event: Literal["init", "phase_started", "phase_finished", "gate_checked", "gate_override",
                    "decision", "checklist_tick", "checklist_untick", "report_rendered", "diagnosis",
-                   "test_evaluated"]
+                   "test_evaluated", "phase_resumed"]
 
 
 class ProjectState(BaseModel):
