@@ -135,6 +135,9 @@ class CheckpointingSection(_Section):
     save_best: bool = Field(True, description="Best validation metric.")
     save_last: bool = Field(True, description="For resumption.")
     checkpoint_every_n_epochs: int = Field(5, ge=0, description="Periodic checkpoints; 0 = none.")
+    resume_every_n_steps: int = Field(200, ge=0, description="Also write checkpoints/resume.pt every this "
+                                      "many steps (and at every epoch's end, with save_last), so that a killed "
+                                      "run loses little: `wf phase baseline --resume`. 0 = only on a signal.")
 
 
 class ValidationSection(_Section):

@@ -299,6 +299,10 @@ class Trainer:
                         snapshot = self._snapshot() if window_size > 1 else None
                     if max_steps and global_step >= max_steps:
                         break
+                    every = cfg.checkpointing.resume_every_n_steps
+                    if (every and self.run_dir and not window and global_step % every == 0
+                            and step_in_epoch < steps_per_epoch and self.signal_received is None):
+                        self._save_resume(epoch, step_in_epoch, global_step, metrics, correct, seen, data_wait)
                     if self.signal_received is not None and not window and self.run_dir:
                         metrics["resume"] = self._save_resume(epoch, step_in_epoch, global_step, metrics, correct,
                                                               seen, data_wait)
@@ -368,6 +372,10 @@ class Trainer:
                 self._write_metrics(metrics, "running", started)
                 if should_stop or (max_steps and global_step >= max_steps):
                     break
+                if self.run_dir and cfg.checkpointing.save_last and epoch < epochs:
+                    # the next epoch from its first step: the loader's generator is already where it starts
+                    self._save_resume(epoch + 1, 0, global_step, metrics, torch.zeros((), device=device), 0, 0.0,
+                                      generator_state=self.train_loader.generator.get_state())
         except KeyboardInterrupt:
             status, stop_reason = "interrupted", "interrupted by the user"
             raise
@@ -418,8 +426,10 @@ class Trainer:
             signal.signal(signum, handler)
 
     def _save_resume(self, epoch: int, step_in_epoch: int, global_step: int, metrics: dict[str, Any],
-                     correct: torch.Tensor, seen: int, data_wait: float) -> dict[str, Any]:
-        """Everything the rest of the run depends on, after step `global_step`."""
+                     correct: torch.Tensor, seen: int, data_wait: float,
+                     generator_state: torch.Tensor | None = None) -> dict[str, Any]:
+        """Everything the rest of the run depends on, after step `global_step`. Written atomically:
+        a kill at any moment leaves the previous resume.pt whole."""
         path = self.run_dir / "checkpoints" / "resume.pt"
         save_checkpoint(path, {
             "kind": "resume", "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -428,7 +438,8 @@ class Trainer:
             "early_stopping": self.early.state_dict(),
             "detectors": {"stall": self.stall.state_dict(), "explosion": self.explosion.state_dict()},
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-            "epoch_generator_state": self._epoch_generator_state, "rng": rng_state(),
+            "epoch_generator_state": self._epoch_generator_state if generator_state is None else generator_state,
+            "rng": rng_state(),
             "correct": correct.detach().cpu(), "seen": seen, "data_wait": data_wait,
             "epoch_loss_sum": self._epoch_loss_sum, "step_losses": list(self.step_losses),
             "recent": [list(r) for r in self.recent], "metrics": json.loads(json.dumps(metrics)),

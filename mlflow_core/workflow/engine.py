@@ -71,12 +71,12 @@ RESUMABLE_PHASES = ("baseline",)
 def _resumable_run(project: Project, state: ProjectState, phase: str) -> tuple[RunRecord, Path]:
     """The latest run of `phase`, if it was interrupted and left a resume checkpoint."""
     run = next((r for r in reversed(state.runs) if r.phase == phase), None)
-    resume = (run.summary.get("resume") or {}) if run is not None else {}
-    if run is None or run.status != "interrupted" or not resume.get("path"):
+    # "running" while we hold the project lock: its process died (kill -9, power loss) mid-run
+    if run is None or run.status not in ("interrupted", "running"):
         raise UserInputError(f"no interrupted {phase} run to resume"
                              + (f": the latest, {run.run_id}, is {run.status}" if run is not None else "") + ".",
                              hint=f"Run `wf phase {phase}` to start a new run.")
-    path = project.inside(run.dir) / resume["path"]
+    path = project.inside(run.dir) / ((run.summary.get("resume") or {}).get("path") or "checkpoints/resume.pt")
     if not path.is_file():
         raise UserInputError(f"{project.relative(path)}: the resume checkpoint of {run.run_id} is missing.",
                              hint=f"Run `wf phase {phase}` to start a new run.")

@@ -90,3 +90,42 @@ def test_sigterm_to_wf_phase_then_resume(trained_project, tmp_path):
 def test_resume_without_an_interrupted_run_says_what_to_run(wf, project_copy):
     r = wf("phase", "baseline", "--resume", cwd=project_copy)
     assert r.code == 2 and "no interrupted baseline run to resume" in r.err and "wf phase baseline" in r.err
+
+
+def test_kill_9_then_resume_from_the_latest_periodic_checkpoint(trained_project, tmp_path):
+    """kill -9 gives no chance to save: the periodic resume.pt (atomic) is what is left, and the run
+    record still says running. `--resume` takes the lock, sees the run's process is gone, and finishes
+    the run with the weights of the uninterrupted baseline."""
+    import shutil
+
+    from mlflow_core.workflow.scaffold import set_yaml_value
+
+    project = tmp_path / "q"
+    shutil.copytree(trained_project, project)
+    config = project / "training_config.yaml"
+    config.write_text(set_yaml_value(config.read_text(), "checkpointing.resume_every_n_steps", "20"))
+    setup = subprocess.run([sys.executable, "-m", "mlflow_core", "phase", "setup"], cwd=project,
+                           capture_output=True, text=True, timeout=300)  # the config changed: verify it again
+    assert setup.returncode == 0, setup.stdout[-2000:]
+    reference = next(r for r in json.loads((project / ".wf" / "state.json").read_text())["runs"]
+                     if r["phase"] == "baseline")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow_core", "phase", "baseline"], cwd=project,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        fresh = [p for p in (project / "runs").glob("baseline-*/logs/steps.csv") if reference["run_id"] not in str(p)]
+        if fresh and len(fresh[0].read_text().splitlines()) > 70:
+            break
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(timeout=30)
+    run = json.loads((project / ".wf" / "state.json").read_text())["runs"][-1]
+    assert run["status"] == "running"
+    resume = torch.load(project / run["dir"] / "checkpoints" / "resume.pt", weights_only=True)
+    assert resume["global_step"] >= 40
+    r = subprocess.run([sys.executable, "-m", "mlflow_core", "phase", "baseline", "--resume"], cwd=project,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    load = lambda run_dir: torch.load(project / run_dir / "checkpoints" / "last_model.pt", weights_only=True)["model"]  # noqa: E731
+    a, b = load(reference["dir"]), load(run["dir"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
