@@ -1,0 +1,139 @@
+"""kill -9 at random moments of a digits baseline, each followed by `wf phase baseline --resume`.
+
+One uninterrupted baseline is the reference. Then a fresh project's baseline is killed with SIGKILL
+after a random delay, every file wf wrote is checked (state.json validates, every checkpoint loads
+with weights_only, metrics.json parses), and the run is resumed; that repeats until the run
+completes. Prints the kills, the resumes that completed, the corrupt files found (goal 0) and
+whether the final weights equal the uninterrupted run's (goal: yes).
+
+    python bench/crash/run.py [--kills 5] [--seed 0] [--resume-every 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def wf(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlflow_core", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def prepared_project(root: Path, name: str, resume_every: int) -> Path:
+    from mlflow_core.workflow.scaffold import set_yaml_value
+
+    assert wf("init", name, cwd=root).returncode == 0
+    project = root / name
+    config = project / "training_config.yaml"
+    config.write_text(set_yaml_value(config.read_text(), "checkpointing.resume_every_n_steps", str(resume_every)))
+    assert wf("phase", "setup", cwd=project).returncode == 0
+    wf("checklist", "tick", "reproducibility", "data_documented", "config_committed", cwd=project)
+    return project
+
+
+def corrupt_files(project: Path) -> list[str]:
+    """Every file wf writes that must stay whole: state, evidence, metrics, checkpoints."""
+    from mlflow_core.errors import WfError
+    from mlflow_core.training.checkpoint import load_checkpoint
+    from mlflow_core.workflow.project import Project
+    from mlflow_core.workflow.state import load_state
+
+    bad = []
+    try:
+        load_state(Project(project))
+    except WfError as exc:
+        bad.append(f".wf/state.json: {exc}")
+    for path in list((project / ".wf" / "evidence").glob("*.json")) + list(project.glob("runs/*/logs/metrics.json")):
+        try:
+            json.loads(path.read_text())
+        except ValueError as exc:
+            bad.append(f"{path.relative_to(project)}: {exc}")
+    for path in project.glob("runs/*/checkpoints/*.pt"):
+        try:
+            load_checkpoint(path)
+        except WfError as exc:
+            bad.append(f"{path.relative_to(project)}: {exc}")
+    return bad
+
+
+def last_weights(project: Path, run_dir: str):
+    import torch
+    return torch.load(project / run_dir / "checkpoints" / "last_model.pt", weights_only=True)["model"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume-every", type=int, default=20, help="checkpointing.resume_every_n_steps")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    root = Path(tempfile.mkdtemp(prefix="wf-crash-"))
+    import torch
+
+    reference_project = prepared_project(root, "reference", args.resume_every)
+    t0 = time.perf_counter()
+    assert wf("phase", "baseline", cwd=reference_project).returncode == 0
+    duration = time.perf_counter() - t0
+    state = json.loads((reference_project / ".wf" / "state.json").read_text())
+    reference = last_weights(reference_project, state["runs"][-1]["dir"])
+    print(f"reference baseline: {duration:.1f} s (torch import included)")
+
+    project = prepared_project(root, "crashed", args.resume_every)
+    kills = mid_run = resumed_runs = identical_runs = completed_runs = 0
+    corrupt: list[str] = []
+    while kills < args.kills:  # one run after another, each killed at random until it completes
+        command = ["phase", "baseline"]
+        while True:
+            proc = subprocess.Popen([sys.executable, "-m", "mlflow_core", *command], cwd=project,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            delay = rng.uniform(2.5, max(0.9 * duration, 3.0))  # torch import first, then training
+            try:
+                proc.wait(timeout=delay if kills < args.kills else None)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                kills += 1
+                found = corrupt_files(project)
+                corrupt += found
+                run = json.loads((project / ".wf" / "state.json").read_text())["runs"][-1]
+                mid_run += run["status"] == "running"
+                print(f"kill {kills} after {delay:.1f} s: run {run['run_id']} {run['status']}, "
+                      f"{'corrupt: ' + '; '.join(found) if found else 'no corrupt file'}")
+                if run["status"] == "running" and (project / run["dir"] / "checkpoints" / "resume.pt").is_file():
+                    command = ["phase", "baseline", "--resume"]
+                    continue
+                if run["status"] == "running" or run["phase"] != "baseline":
+                    command = ["phase", "baseline"]  # killed before the first resume point: start again
+                    continue
+            if proc.returncode not in (0, 1, None):
+                print(f"`wf {' '.join(command)}` exited {proc.returncode}")
+                return 1
+            break
+        state = json.loads((project / ".wf" / "state.json").read_text())
+        final = state["runs"][-1]
+        same = all(torch.equal(reference[k], v) for k, v in last_weights(project, final["dir"]).items())
+        resumed = any(e["event"] == "phase_resumed" and e.get("run_id") == final["run_id"] for e in state["history"])
+        resumed_runs += resumed
+        identical_runs += same
+        completed_runs += 1
+        print(f"  run {final['run_id']}: {final['status']}{', resumed' if resumed else ''}; "
+              f"weights {'equal' if same else 'DIFFER from'} the uninterrupted run's")
+    print(f"\nkills: {kills}, {mid_run} of them mid-run; runs completed after a resume: {resumed_runs}")
+    print(f"corrupt files found: {len(corrupt)} (goal 0)")
+    print(f"completed runs whose final weights equal the uninterrupted run's: {identical_runs} of {completed_runs} "
+          "(goal: all)")
+    shutil.rmtree(root, ignore_errors=True)
+    return 0 if not corrupt and identical_runs == completed_runs else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
