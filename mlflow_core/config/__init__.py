@@ -8,7 +8,7 @@ from typing import Any
 CONFIG_FILENAME = "training_config.yaml"
 
 _EXPORTS = {"load_config": "loader", "load_config_text": "loader", "config_sha256": "loader",
-            "WorkflowConfig": "schema"}
+            "WorkflowConfig": "schema", "with_changes": "schema"}
 __all__ = ["CONFIG_FILENAME", *_EXPORTS]
 
 

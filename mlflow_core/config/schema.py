@@ -270,3 +270,20 @@ class WorkflowConfig(_Section):
             if isinstance(node, BaseModel):
                 raise ValueError(f"optimization.search_space: {key!r} is a section, not a setting")
         return self
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """raw['training']['scheduler']['name'] = value for 'training.scheduler.name', making sections."""
+    *path, key = dotted.split(".")
+    node = raw
+    for part in path:
+        node = node.setdefault(part, {})
+    node[key] = value
+
+
+def with_changes(cfg: WorkflowConfig, changes: dict[str, Any]) -> WorkflowConfig:
+    """A validated copy of `cfg` with dotted keys (`training.learning_rate`, `training.scheduler.name`) set."""
+    raw = cfg.model_dump(mode="json")
+    for dotted, value in changes.items():
+        set_dotted(raw, dotted, value)
+    return WorkflowConfig.model_validate(raw)

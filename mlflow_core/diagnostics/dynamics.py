@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import Dataset
 
-from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.errors import UserInputError
 from mlflow_core.training.checkpoint import load_checkpoint
 from mlflow_core.training.data import DataBundle, make_loader
@@ -202,11 +202,10 @@ def dataset_labels(dataset: Dataset) -> list[int]:
 def shuffled_label_control(cfg: WorkflowConfig, project_root: Path, data: DataBundle, *, steps: int,
                            learning_rate: float | None = None) -> dict[str, Any]:
     """The same short run twice, on the real labels and on a fixed permutation of them."""
-    from mlflow_core.diagnostics.trials import patched
     from mlflow_core.training.trainer import Trainer
 
     if learning_rate is not None:
-        cfg = patched(cfg, {"training.learning_rate": learning_rate})
+        cfg = with_changes(cfg, {"training.learning_rate": learning_rate})
     labels = dataset_labels(data.train)
     generator = torch.Generator().manual_seed(cfg.reproducibility.seed + 1)
     permuted = [labels[i] for i in torch.randperm(len(labels), generator=generator).tolist()]

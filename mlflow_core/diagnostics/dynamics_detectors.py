@@ -12,7 +12,7 @@ import statistics
 from typing import Any
 
 from mlflow_core.diagnostics import Diagnosis, Finding
-from mlflow_core.diagnostics.evidence_detectors import OVERFIT_ACC_GAP, DiagnoseContext
+from mlflow_core.diagnostics.evidence_detectors import DiagnoseContext
 
 VANISH_RATIO = 1e-3  # first-layer / last-layer gradient norm
 VANISH_RMS = 1e-7  # RMS gradient of the first third of the weight layers

@@ -9,9 +9,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from mlflow_core.atomic import atomic_write_text
 from mlflow_core.diagnostics import DIAGNOSTICS, Diagnosis
 from mlflow_core.diagnostics.dynamics_detectors import DYNAMICS_DETECTORS
 from mlflow_core.diagnostics.evidence_detectors import EVIDENCE_DETECTORS, DiagnoseContext
@@ -236,25 +234,13 @@ def _diagnose_nan_loss(project: Project, run: RunRecord, run_dir: Path, metrics:
 
 
 def _write_suggested(project: Project, name: str, run_id: str, candidate: dict[str, Any], steps: int) -> str:
-    from mlflow_core.config.loader import load_config_text
-    from mlflow_core.workflow.scaffold import set_yaml_value
+    from mlflow_core.workflow.scaffold import write_config_variant
 
-    text = project.config_path.read_text(encoding="utf-8")
-    try:
-        for dotted, value in candidate["set"].items():
-            text = set_yaml_value(text, dotted, f"{value:.6g}" if isinstance(value, float) else str(value))
-    except KeyError:  # the key is absent from the user's file: rewrite it without its comments
-        raw = yaml.safe_load(project.config_path.read_text(encoding="utf-8")) or {}
-        for dotted, value in candidate["set"].items():
-            section, key = dotted.split(".")
-            raw.setdefault(section, {})[key] = value
-        text = yaml.safe_dump(raw, sort_keys=False)
+    values = ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in candidate["set"].items())
     header = (f"# Suggested by `wf diagnose {name} --fix` on {date.today()} for run {run_id}:\n"
-              f"# {candidate['label']} ({', '.join(f'{k} = {v:g}' if isinstance(v, float) else f'{k} = {v}' for k, v in candidate['set'].items())}),\n"
+              f"# {candidate['label']} ({values}),\n"
               f"# verified by a {steps}-step trial run. Review it, then copy it over training_config.yaml.\n")
-    path = project.root / "configs" / f"suggested_{name}.yaml"
-    load_config_text(text, str(path))  # the suggestion must validate
-    atomic_write_text(path, header + text)
+    path = write_config_variant(project, candidate["set"], header, project.root / "configs" / f"suggested_{name}.yaml")
     return project.relative(path)
 
 

@@ -57,8 +57,8 @@ class DiagnoseContext:
             self.cache["data"] = build_data(self.run_config(), self.project_root)
         return self.cache["data"]
 
-    def step_losses(self) -> list[float]:
-        """The finite per-step training losses of logs/steps.csv."""
+    def step_losses(self, finite: bool = True) -> list[float]:
+        """The per-step training losses of logs/steps.csv (read once), finite ones only by default."""
         if "step_losses" not in self.cache:
             import csv
             losses: list[float] = []
@@ -66,15 +66,14 @@ class DiagnoseContext:
                 with (self.run_dir / "logs" / "steps.csv").open(encoding="utf-8") as f:
                     for row in csv.DictReader(f):
                         try:
-                            value = float(row["loss"])
+                            losses.append(float(row["loss"]))
                         except (KeyError, TypeError, ValueError):
                             continue
-                        if math.isfinite(value):
-                            losses.append(value)
             except OSError:
                 pass
             self.cache["step_losses"] = losses
-        return self.cache["step_losses"]
+        losses = self.cache["step_losses"]
+        return [v for v in losses if math.isfinite(v)] if finite else losses
 
 
 def needs_setup_data(detector: Callable[[DiagnoseContext, dict[str, Any]], Diagnosis]
@@ -227,23 +226,10 @@ def _throughput_probe(ctx: DiagnoseContext) -> dict[str, Any] | None:
         return None
 
 
-def _first_loss(run_dir: Path) -> float | None:
-    import csv
-    path = run_dir / "logs" / "steps.csv"
-    try:
-        with path.open(encoding="utf-8") as f:
-            row = next(csv.DictReader(f), None)
-    except OSError:
-        return None
-    try:
-        return float(row["loss"]) if row else None
-    except (KeyError, ValueError):
-        return None
-
-
 def bad_initialization(ctx: DiagnoseContext) -> Diagnosis:
     classes = (ctx.metrics.get("data") or {}).get("num_classes")
-    first = _first_loss(ctx.run_dir)
+    losses = ctx.step_losses(finite=False)
+    first = losses[0] if losses else None
     probes = {"first_loss": first, "ln_num_classes": math.log(classes) if classes else None}
     findings = []
     if first is not None and classes and math.isfinite(first) and first > INIT_LOSS_FACTOR * math.log(classes):

@@ -9,21 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.training.data import DataBundle
 from mlflow_core.training.trainer import Trainer
-
-
-def patched(cfg: WorkflowConfig, changes: dict[str, Any]) -> WorkflowConfig:
-    """A copy of `cfg` with dotted keys (`training.learning_rate`, `training.scheduler.name`) set."""
-    raw = cfg.model_dump(mode="json")
-    for dotted, value in changes.items():
-        *path, key = dotted.split(".")
-        node = raw
-        for part in path:
-            node = node[part]
-        node[key] = value
-    return WorkflowConfig.model_validate(raw)
 
 
 def run_trial(cfg: WorkflowConfig, project_root: Path, data: DataBundle | None, changes: dict[str, Any],
@@ -36,7 +24,7 @@ def run_trial(cfg: WorkflowConfig, project_root: Path, data: DataBundle | None, 
     `data` None: the trial builds its own (for changes to the data section)."""
     # every trial runs its full `steps`: no early stopping, and epochs enough whatever the data size
     fixed = {"early_stopping.enabled": False, "training.epochs": max(cfg.training.epochs, steps)}
-    trainer = Trainer(patched(cfg, {**fixed, **changes}), project_root, None, data=data)
+    trainer = Trainer(with_changes(cfg, {**fixed, **changes}), project_root, None, data=data)
     result = trainer.fit(max_steps=steps)
     losses = trainer.step_losses
     k = max(1, len(losses) // 10)

@@ -11,6 +11,20 @@ from typing import Any
 from mlflow_core.atomic import atomic_write_bytes
 
 
+NO_MATPLOTLIB = "matplotlib is not installed (pip install 'wf[train]'); no pictures"
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, or None where matplotlib is absent."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def _num(v: Any) -> float:
     try:
         return float(v)
@@ -20,12 +34,9 @@ def _num(v: Any) -> float:
 
 def learning_curves(metrics: dict[str, Any], figures_dir: Path, prefix: str) -> tuple[list[dict[str, str]], str | None]:
     """Write loss, accuracy and LR curves; return ([{title, file}], note-if-none)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return [], "matplotlib is not installed (pip install 'wf[train]'); no pictures"
+    plt = _pyplot()
+    if plt is None:
+        return [], NO_MATPLOTLIB
     epochs = metrics.get("epochs") or []
     if not epochs:
         return [], "no finished epoch to plot"
@@ -67,12 +78,9 @@ def diagnosis_figures(diagnosis: dict[str, Any], run_dir: Path,
                       figures_dir: Path) -> tuple[list[dict[str, str]], str | None]:
     """The loss and gradient norm around the failure (from logs/steps.csv) and, when probed, each
     layer's first-update/weight ratio at the configured learning rate."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return [], "matplotlib is not installed (pip install 'wf[train]'); no pictures"
+    plt = _pyplot()
+    if plt is None:
+        return [], NO_MATPLOTLIB
     import csv
 
     out = []
@@ -175,12 +183,9 @@ def _dynamics_figures(diagnosis: dict[str, Any], figures_dir: Path, plt: Any) ->
 
 def optimization_figures(facts: dict[str, Any], figures_dir: Path) -> tuple[list[dict[str, str]], str | None]:
     """The sweep's history (each trial's value and the best so far) and the LR range test."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return [], "matplotlib is not installed (pip install 'wf[train]'); no pictures"
+    plt = _pyplot()
+    if plt is None:
+        return [], NO_MATPLOTLIB
     out = []
     trials = [t for t in facts.get("trials") or [] if t.get("value") is not None]
     if trials:
@@ -207,11 +212,8 @@ def optimization_figures(facts: dict[str, Any], figures_dir: Path) -> tuple[list
 
 def lr_range_figure(sweep: dict[str, Any], figures_dir: Path, name: str) -> dict[str, str] | None:
     """The smoothed loss against the learning rate, with the suggestion (and the configured LR)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=100)
     if sweep.get("losses"):
@@ -232,11 +234,8 @@ def lr_range_figure(sweep: dict[str, Any], figures_dir: Path, name: str) -> dict
 
 def confusion_figure(confusion: list[list[int]], figures_dir: Path) -> dict[str, str] | None:
     """The test confusion matrix, rows normalised to recall, counts written in the cells."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     n = len(confusion)
     fig, ax = plt.subplots(figsize=(min(1.0 + 0.55 * n, 9), min(0.8 + 0.5 * n, 8.5)), dpi=100)

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 
 from mlflow_core.atomic import atomic_write_bytes, atomic_write_text
-from mlflow_core.config.schema import WorkflowConfig
-from mlflow_core.diagnostics.trials import patched
+from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.errors import DataError
 from mlflow_core.runners import RunContext, RunOutput
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
@@ -47,7 +46,7 @@ def run_finalization(ctx: RunContext) -> RunOutput:
     results, models = [], []
     for seed in seeds:
         say(f"Final training, seed {seed}, {epochs} epochs")
-        run_cfg = patched(cfg, {"reproducibility.seed": seed, "training.epochs": epochs})
+        run_cfg = with_changes(cfg, {"reproducibility.seed": seed, "training.epochs": epochs})
         run_dir = ctx.run_dir / f"seed_{seed}"
         trained = Trainer(run_cfg, root, run_dir, run_id=f"{ctx.run_id}/seed_{seed}", phase="finalization",
                           data=data).fit()

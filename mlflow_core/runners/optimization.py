@@ -22,9 +22,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from mlflow_core.atomic import atomic_write_text
-from mlflow_core.config.schema import SearchParameter, WorkflowConfig
-from mlflow_core.diagnostics.trials import patched
+from mlflow_core.config.schema import SearchParameter, WorkflowConfig, with_changes
 from mlflow_core.errors import UserInputError
 from mlflow_core.runners import RunContext, RunOutput
 from mlflow_core.workflow.evidence import file_sha256
@@ -134,7 +132,7 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     def objective(trial: Any) -> float:
         changes = {key: suggest(trial, key, spec) for key, spec in opt.search_space.items()}
         # best and last checkpoints only: periodic ones for every trial would fill the disk
-        trial_cfg = patched(cfg, {**changes, "training.epochs": trial_epochs,
+        trial_cfg = with_changes(cfg, {**changes, "training.epochs": trial_epochs,
                                   "checkpointing.checkpoint_every_n_epochs": 0})
         trial_dir = ctx.run_dir / "trials" / f"trial_{trial.number:03d}"
         shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
@@ -185,7 +183,7 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     for label, changes in (("baseline", {}), ("optimized", best.params)):
         for seed in seeds:
             say(f"Comparison: {label} config, seed {seed}")
-            run_cfg = patched(cfg, {**changes, "reproducibility.seed": seed})
+            run_cfg = with_changes(cfg, {**changes, "reproducibility.seed": seed})
             run_dir = ctx.run_dir / "comparison" / f"{label}_seed{seed}"
             result = Trainer(run_cfg, root, run_dir, run_id=f"{ctx.run_id}/{label}_seed{seed}", phase="optimization",
                              data=None if rebuild and changes else data).fit()
@@ -249,31 +247,10 @@ def compare(baseline: list[float], optimized: list[float], seeds: list[int], max
 def write_optimized_config(ctx: RunContext, params: dict[str, Any], trial: int, value: float,
                            comparison: dict[str, Any]) -> Path:
     """training_config.yaml with the best trial's values, comments kept where the keys exist."""
-    import yaml
+    from mlflow_core.workflow.scaffold import write_config_variant
 
-    from mlflow_core.config.loader import load_config_text
-    from mlflow_core.workflow.scaffold import set_yaml_value
-
-    text = ctx.project.config_path.read_text(encoding="utf-8")
-    try:
-        for dotted, v in params.items():
-            if dotted.count(".") != 1:
-                raise KeyError(dotted)
-            text = set_yaml_value(text, dotted, f"{v:.6g}" if isinstance(v, float) else json.dumps(v))
-    except KeyError:  # a key absent from the user's file, or nested: rewrite without its comments
-        raw = yaml.safe_load(ctx.project.config_path.read_text(encoding="utf-8")) or {}
-        for dotted, v in params.items():
-            *path, key = dotted.split(".")
-            node = raw
-            for part in path:
-                node = node.setdefault(part, {})
-            node[key] = v
-        text = yaml.safe_dump(raw, sort_keys=False)
     values = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in params.items())
     header = (f"# Written by `wf phase optimization` on {date.today()}, run {ctx.run_id}:\n"
               f"# trial {trial} of study {study_name(ctx.cfg)} ({values}), {ctx.cfg.validation.metric} {value:.4g}.\n"
               f"# Against the baseline over seeds {comparison['seeds']}: {comparison['verdict']}.\n")
-    path = ctx.project.root / "configs" / "optimized_config.yaml"
-    load_config_text(text, str(path))  # what we write must validate
-    atomic_write_text(path, header + text)
-    return path
+    return write_config_variant(ctx.project, params, header, ctx.project.root / "configs" / "optimized_config.yaml")

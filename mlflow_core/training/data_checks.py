@@ -76,9 +76,6 @@ def check_data(bundle: DataBundle, batch_size: int) -> dict[str, Any]:
             i, y = scan["bad_labels"][0]
             problems.append(f"{len(scan['bad_labels'])} {name} labels outside 0..{bundle.num_classes - 1} "
                             f"(first: index {i} has label {y})")
-        if len(scan["shapes"]) > 1:
-            problems.append(f"{name} samples have {len(scan['shapes'])} different shapes: "
-                            f"{', '.join(str(list(s)) for s in list(scan['shapes'])[:3])}")
     overlap = sorted(set(train["hashes"]) & set(val["hashes"]))
     if overlap:
         problems.append(f"{len(overlap)} val samples also appear in train (identical content; e.g. val index "

@@ -188,15 +188,15 @@ class Trainer:
         self.recent: deque[tuple[int, float, float]] = deque(maxlen=50)
         self.step_losses: list[float] = []  # every step's loss, on the host (read back per window anyway)
         self.anomalies: list[dict[str, Any]] = []
-        steps_file = self._open_steps_log()
-        sampler = self.gpu_sampler.start() if self.gpu_sampler else None
-        started = time.perf_counter()
         global_step, status, stop_reason = 0, "completed", None
         start_epoch, resume = 1, None
         if self.resume_from is not None:
             resume = self._restore(metrics)
             metrics = resume["metrics"]
             start_epoch, global_step = resume["epoch"], resume["global_step"]
+        steps_file = self._open_steps_log(resumed_at=global_step if resume else None)
+        sampler = self.gpu_sampler.start() if self.gpu_sampler else None
+        started = time.perf_counter()
         self.log.info("run %s: %s on %s, %d train / %d val samples, %d steps per epoch%s", self.run_id,
                       cfg.model.name, device, len(self.data.train), len(self.data.val), steps_per_epoch,
                       f", resumed at epoch {start_epoch} step {global_step}" if resume else "")
@@ -614,13 +614,12 @@ class Trainer:
                            "numel": [p.numel() for _, p in self._weight_params], "records": self._layer_records},
                 "config": cfg.model_dump(mode="json")}
 
-    def _open_steps_log(self):
+    def _open_steps_log(self, resumed_at: int | None = None):
         if not self.run_dir:
             return None
         path = self.run_dir / "logs" / "steps.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        if self.resume_from is not None and path.is_file():
-            resumed_at = load_checkpoint(self.resume_from)["global_step"]
+        if resumed_at is not None and path.is_file():
             with path.open(newline="", encoding="utf-8") as f:  # rows past the resume point were not kept
                 rows = [r for r in csv.reader(f)]
             kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < resumed_at]

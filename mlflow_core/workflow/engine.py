@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from mlflow_core.config.loader import config_sha256, load_config
@@ -86,7 +87,7 @@ def _resumable_run(project: Project, state: ProjectState, phase: str) -> tuple[R
 def run_phase(project: Project, phase: str, *, override_reason: str | None = None,
               on_progress: Callable[[Any], None] | None = None,
               on_message: Callable[[str], None] | None = None, resume: bool = False) -> PhaseResult:
-    from mlflow_core.runners import RUNNABLE_PHASES, RunContext, get_runner
+    from mlflow_core.runners import RUNNABLE_PHASES, RunContext
 
     say = on_message or (lambda _m: None)
     with project_lock(project, f"wf phase {phase}"):
@@ -165,7 +166,7 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     """Run the phase's runner under the lock the caller holds, then record what it produced."""
     from mlflow_core.runners import get_runner
 
-    phase, run_id, run_dir, say = definition.name, run.run_id, ctx.run_dir, ctx.on_message
+    phase, run_id, run_dir = definition.name, run.run_id, ctx.run_dir
     # -- run ------------------------------------------------------------------------------------
     handler = logging.FileHandler(run_dir / "logs" / "training.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

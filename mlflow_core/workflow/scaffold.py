@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,35 @@ def set_yaml_value(text: str, dotted: str, value: str) -> str:
             lines[i] = f"{m.group(1)}{value}{' ' * pad + comment.lstrip() if comment else ''}{m.group(4)}"
             return "".join(lines)
     raise KeyError(f"{dotted} not found in the config template")
+
+
+def write_config_variant(project: Project, changes: dict[str, Any], header: str, path: Path) -> Path:
+    """The project's config with `changes` (dotted keys) applied, written to `path` under `header`.
+
+    Values are set in place so that the person's comments and layout survive; when a key is
+    absent from their file (or nested deeper than section.key) the file is rewritten without its
+    comments. What is written must validate; training_config.yaml itself is never touched."""
+    import json
+
+    import yaml
+
+    from mlflow_core.config.schema import set_dotted
+
+    original = project.config_path.read_text(encoding="utf-8")
+    text = original
+    try:
+        for dotted, value in changes.items():
+            if dotted.count(".") != 1:
+                raise KeyError(dotted)
+            text = set_yaml_value(text, dotted, f"{value:.6g}" if isinstance(value, float) else json.dumps(value))
+    except KeyError:
+        raw = yaml.safe_load(original) or {}
+        for dotted, value in changes.items():
+            set_dotted(raw, dotted, value)
+        text = yaml.safe_dump(raw, sort_keys=False)
+    load_config_text(text, str(path))
+    atomic_write_text(path, header + text)
+    return path
 
 
 def render_config(project_name: str, example: str) -> str:

@@ -11,15 +11,20 @@ from mlflow_core.workflow.scaffold import set_yaml_value
 pytest.importorskip("optuna")
 
 
+def _configure(project, settings):
+    """Set section.key values in the project's training_config.yaml, comments kept."""
+    config = project / "training_config.yaml"
+    text = config.read_text()
+    for key, value in settings:
+        text = set_yaml_value(text, key, value)
+    config.write_text(text)
+
+
 @pytest.fixture
 def ready(wf, project_copy):
     """The session's quickstart project, decided for optimization, with a small sweep."""
-    config = project_copy / "training_config.yaml"
-    text = config.read_text()
-    for key, value in [("optimization.n_trials", "3"), ("optimization.trial_epochs", "2"),
-                       ("optimization.seeds", "2"), ("training.epochs", "3")]:
-        text = set_yaml_value(text, key, value)
-    config.write_text(text)
+    _configure(project_copy, [("optimization.n_trials", "3"), ("optimization.trial_epochs", "2"),
+                          ("optimization.seeds", "2"), ("training.epochs", "3")])
     assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project_copy).code == 0
     assert wf("decide", "optimize", "--reason", "sweep the learning rate", cwd=project_copy).code == 0
     return project_copy
@@ -79,12 +84,8 @@ def test_a_search_space_key_that_is_not_a_setting_is_refused(wf, tmp_path):
 
 def test_the_whole_path_setup_baseline_optimization_finalization(wf, ready):
     """Setup and baseline come from the session's quickstart; then Phase 4 and Phase 5 for real."""
-    config = ready / "training_config.yaml"
-    text = config.read_text()
-    for key, value in [("optimization.n_trials", "2"), ("optimization.lr_find", "false"),
-                       ("finalization.seeds", "2")]:
-        text = set_yaml_value(text, key, value)
-    config.write_text(text)
+    _configure(ready, [("optimization.n_trials", "2"), ("optimization.lr_find", "false"),
+                          ("finalization.seeds", "2")])
     assert wf("phase", "finalization", cwd=ready).code == 3  # decided optimize: finalization is not next
     assert wf("phase", "optimization", cwd=ready).code in (0, 1)
     assert wf("gate", "check", "optimization", cwd=ready).code == 1  # the review is still open ...
@@ -131,12 +132,8 @@ def test_finalization_without_a_test_split_says_how_to_add_one(wf, tmp_path):
 
 def test_finalization_whose_runs_all_fail_reports_it(wf, project_copy):
     """A final run that ends on NaN: nothing is evaluated or exported, the model card says so, exit 1."""
-    config = project_copy / "training_config.yaml"
-    text = config.read_text()
-    for key, value in [("training.optimizer", "sgd"), ("training.learning_rate", "1.0e4"),
-                       ("model.batch_norm", "false")]:
-        text = set_yaml_value(text, key, value)
-    config.write_text(text)
+    _configure(project_copy, [("training.optimizer", "sgd"), ("training.learning_rate", "1.0e4"),
+                          ("model.batch_norm", "false")])
     assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project_copy).code == 0
     assert wf("decide", "finalize", cwd=project_copy).code == 0
     r = wf("phase", "finalization", cwd=project_copy)
