@@ -98,18 +98,7 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     facts: dict[str, Any] = {"run_dir": ctx.project.relative(ctx.run_dir), "metric": metric,
                              "direction": "maximize" if maximize else "minimize"}
 
-    # 1. LR range test --------------------------------------------------------------------------------
-    if opt.lr_find:
-        from mlflow_core.training.lr_finder import lr_range_test
-        say("LR range test")
-        sweep = lr_range_test(cfg, root, data)
-        facts["lr_range_test"] = {k: sweep[k] for k in ("lrs", "smoothed", "suggested_lr", "rule", "stop_reason",
-                                                         "min_loss_lr")}
-        if sweep.get("suggested_lr"):
-            say(f"LR range test suggests {sweep['suggested_lr']:.3g} ({sweep['rule']}); configured "
-                f"{cfg.training.learning_rate:g}")
-
-    # 2. the study --------------------------------------------------------------------------------------
+    # 1. the study, opened first so that a bad storage URL costs nothing ---------------------------
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(ctx)
     shown_url = "sqlite:///.wf/optuna.db" if opt.storage is None else redacted(url)  # reports are committed
@@ -121,6 +110,18 @@ def run_optimization(ctx: RunContext) -> RunOutput:
                                     pruner=pruner, direction="maximize" if maximize else "minimize")
     except Exception as exc:  # a bad URL, an unreachable server, a missing driver
         raise UserInputError(f"optimization.storage {shown_url!r}: cannot open the Optuna study ({exc}).") from None
+
+    # 2. LR range test --------------------------------------------------------------------------------
+    if opt.lr_find:
+        from mlflow_core.training.lr_finder import lr_range_test
+        say("LR range test")
+        sweep = lr_range_test(cfg, root, data)
+        facts["lr_range_test"] = {k: sweep[k] for k in ("lrs", "smoothed", "suggested_lr", "rule", "stop_reason",
+                                                         "min_loss_lr")}
+        if sweep.get("suggested_lr"):
+            say(f"LR range test suggests {sweep['suggested_lr']:.3g} ({sweep['rule']}); configured "
+                f"{cfg.training.learning_rate:g}")
+
     finished = [t for t in study.trials if t.state.is_finished()]
     study.sampler = _sampler(optuna, cfg, len(finished))
     remaining = max(opt.n_trials - len(finished), 0)

@@ -141,3 +141,10 @@ def test_finalization_whose_runs_all_fail_reports_it(wf, project_copy):
     card = (project_copy / "reports" / "final_report.md").read_text()
     assert "No final run completed" in card and "No export could be verified" in card
     assert not (project_copy / "export" / "model.pt2").exists()
+
+
+def test_a_storage_that_cannot_be_opened_is_bad_input(wf, ready):
+    _configure(ready, [("optimization.storage", '"nosuchdb://host/study"')])
+    r = wf("phase", "optimization", cwd=ready)
+    assert r.code == 2 and "optimization.storage 'nosuchdb://host/study': cannot open the Optuna study" in r.err
+    assert "Traceback" not in r.err + r.out and not (ready / "configs" / "optimized_config.yaml").exists()
