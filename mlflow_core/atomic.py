@@ -6,6 +6,7 @@ never a torn one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -27,24 +28,91 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# what the file system says when it will not take a write; anything else is a bug to see in full
+STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                  errno.EPERM: "permission denied", errno.EFBIG: "the file is larger than allowed"}
+TEMP_SUFFIX = ".tmp"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes 0600 files; a replaced file keeps its mode, a new one gets what open() would give it,
+# so that a lab's shared project stays readable by the group
+_NEW_FILE_MODE = 0o666 & ~_current_umask()
+
+
+def storage_error(path: str | os.PathLike, exc: OSError) -> Exception:
+    """A StorageError naming the file and the reason, for the OSErrors of STORAGE_ERRNOS."""
+    from mlflow_core.errors import StorageError
+
+    if exc.errno not in STORAGE_ERRNOS:
+        return exc
+    return StorageError(f"{path}: cannot be written: {STORAGE_ERRNOS[exc.errno]} ({exc.strerror}); "
+                        "the previous version of the file is kept.",
+                        hint="Free space (or fix the permissions) and run the command again; an interrupted "
+                             "training run continues with `wf phase NAME --resume`.")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Call `write(fileobj)` on a temp file next to `path`, then move it into place."""
+    """Call `write(fileobj)` on a temp file next to `path`, then move it into place. A write the
+    file system refuses (full, read-only, no permission) raises StorageError, the old file intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = _NEW_FILE_MODE
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        refused = _refused_write(exc)
+        if refused is not None:
+            raise storage_error(path, refused) from None
         raise
     _fsync_dir(path.parent)
+
+
+def _refused_write(exc: BaseException) -> OSError | None:
+    """The file system's refusal behind `exc`, if any: torch.save reports a failed write as a
+    RuntimeError whose context is the OSError."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def remove_stale_temp_files(directory: Path, recursive: bool = False) -> list[Path]:
+    """Temp files of atomic writes that a killed process left behind (`.NAME.XXXX.tmp`). Only
+    call this while holding the project lock: then no writer of ours is alive to own them."""
+    if not directory.is_dir():
+        return []
+    pattern = f".*{TEMP_SUFFIX}"
+    found = sorted(directory.rglob(pattern) if recursive else directory.glob(pattern))
+    for stale in found:
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+    return found
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -6,7 +6,8 @@ Exit codes of `wf` (documented in the README and in `wf --help`):
   2  bad input (config, checklist, state, data, arguments)
   3  the entry gate of the phase is closed
   4  the project is in use by another wf command
-  130 interrupted
+  5  a file could not be written (disk full, read-only file system, permission denied)
+  130 interrupted (Ctrl-C); 143 terminated (SIGTERM); 138 preempted (SIGUSR1, SLURM's warning)
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ class ProjectBusyError(WfError):
     exit_code = 4
 
 
+class StorageError(WfError):
+    """A write the run depends on failed (disk full, quota, read-only file system, permission
+    denied). Every such write is atomic, so the previous version of the file is intact."""
+
+    exit_code = 5
+
+
 class PhaseFailedError(WfError):
     """The phase ran to the end but did not meet its success criteria."""
 
@@ -83,3 +91,9 @@ class RunTerminatedError(RunInterruptedError):
     """SIGTERM during a phase (a scheduler's preemption, `kill`): recorded, resumable, exit 143."""
 
     exit_code = 143
+
+
+class RunPreemptedError(RunInterruptedError):
+    """SIGUSR1, SLURM's warning before preemption (`--signal=USR1@90`): saved, requeued, exit 138."""
+
+    exit_code = 138

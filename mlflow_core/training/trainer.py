@@ -11,6 +11,7 @@ model itself is the last good state.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -26,8 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlflow_core.atomic import atomic_write_json
+from mlflow_core.atomic import atomic_write_json, atomic_write_text, storage_error
 from mlflow_core.config.schema import TrainingSection, WorkflowConfig
+from mlflow_core.errors import StorageError
 from mlflow_core.monitoring.anomalies import EarlyStopping, GradExplosionDetector, StallDetector, first_nonfinite
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
@@ -38,6 +40,8 @@ from mlflow_core.training.snapshot import DeviceSnapshot
 from mlflow_core.workflow.evidence import file_sha256
 
 METRICS_SCHEMA_VERSION = 1
+# the signals that stop a run with a resume checkpoint (SIGUSR1: SLURM's warning before preemption)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 logging.getLogger("wf").addHandler(logging.NullHandler())
 
 
@@ -379,6 +383,10 @@ class Trainer:
         except KeyboardInterrupt:
             status, stop_reason = "interrupted", "interrupted by the user"
             raise
+        except StorageError as exc:  # disk full, read-only, no permission: resumable once fixed
+            status, stop_reason = "interrupted", exc.message
+            self.log.error("stopped: %s", exc.message)
+            raise
         except Exception as exc:
             status, stop_reason = "crashed", f"{type(exc).__name__}: {exc}"
             self.log.exception("training crashed")
@@ -397,16 +405,22 @@ class Trainer:
                                     "final_scale": self.scaler.get_scale() if self.scaler is not None else None}
             metrics["gpu"] = self.gpu_sampler.summary() if self.gpu_sampler else {
                 "available": False, "reason": "not sampled"}
-            if status == "failed_nan" and metrics["nonfinite"] and self.run_dir:
-                metrics["nonfinite"]["dump"] = self._save_nonfinite_dump(metrics["nonfinite"])
-            self._write_metrics(metrics, status, started)
+            try:
+                if status == "failed_nan" and metrics["nonfinite"] and self.run_dir:
+                    metrics["nonfinite"]["dump"] = self._save_nonfinite_dump(metrics["nonfinite"])
+                self._write_metrics(metrics, status, started)
+            except StorageError as exc:
+                if status != "interrupted":  # the first refusal is the one to report; this one is its echo
+                    raise
+                self.log.error("metrics.json not updated: %s", exc.message)
         return TrainResult(status, metrics, self.model, self.run_dir, self.anomalies)
 
     # --- interruption and resumption ------------------------------------------------------------
 
     def _install_signal_handlers(self) -> dict[int, Any]:
-        """First SIGTERM/SIGINT: finish the current step, save resume.pt, stop. A second SIGINT
-        raises KeyboardInterrupt at once (the default handler is back after the first)."""
+        """First SIGTERM/SIGINT/SIGUSR1: finish the current step, save resume.pt, stop. A second
+        SIGINT raises KeyboardInterrupt at once (the default handler is back after the first).
+        SIGUSR1 is SLURM's warning before preemption (`--signal=USR1@90`); the engine requeues."""
         if not self.stop_on_signals or threading.current_thread() is not threading.main_thread():
             return {}
 
@@ -416,7 +430,7 @@ class Trainer:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
         previous = {}
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             previous[signum] = signal.signal(signum, on_signal)
         return previous
 
@@ -522,10 +536,13 @@ class Trainer:
         self.step_losses.extend(losses)
         lr = self.optimizer.param_groups[0]["lr"]
         if steps_file:
-            writer = csv.writer(steps_file)
-            for s, l, n in zip(steps, losses, norms):
-                writer.writerow([s, epoch, repr(l), repr(n), lr])
-            steps_file.flush()
+            try:
+                writer = csv.writer(steps_file)
+                for s, l, n in zip(steps, losses, norms):
+                    writer.writerow([s, epoch, repr(l), repr(n), lr])
+                steps_file.flush()
+            except OSError as exc:
+                raise storage_error(steps_file.name, exc) from None
         bad_index = first_nonfinite(losses if self.scaler is not None else [l + n for l, n in zip(losses, norms)])
         if snapshot is not None:  # on the CPU path `recent` is filled step by step
             for s, l, n in zip(steps, losses, norms):
@@ -623,12 +640,15 @@ class Trainer:
             with path.open(newline="", encoding="utf-8") as f:  # rows past the resume point were not kept
                 rows = [r for r in csv.reader(f)]
             kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < resumed_at]
-            with path.open("w", newline="", encoding="utf-8") as f:
-                csv.writer(f).writerows(kept)
+            buffer = io.StringIO()
+            csv.writer(buffer).writerows(kept)
+            atomic_write_text(path, buffer.getvalue())  # a kill here must not lose the rows before it
+        else:
+            atomic_write_text(path, "step,epoch,loss,grad_norm,lr\r\n")
+        try:
             return open(path, "a", newline="", encoding="utf-8")
-        f = open(path, "w", newline="", encoding="utf-8")
-        csv.writer(f).writerow(["step", "epoch", "loss", "grad_norm", "lr"])
-        return f
+        except OSError as exc:
+            raise storage_error(path, exc) from None
 
     def _save(self, name: str, epoch: int, step: int, metrics: dict[str, Any]) -> dict[str, Any] | None:
         if not self.run_dir:

@@ -12,8 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mlflow_core.atomic import remove_stale_temp_files
 from mlflow_core.config.loader import config_sha256, load_config
-from mlflow_core.errors import ChecklistError, GateClosedError, RunInterruptedError, UserInputError, WfError
+from mlflow_core.errors import (ChecklistError, GateClosedError, RunInterruptedError, StorageError, UserInputError,
+                                WfError)
 from mlflow_core.workflow.checks import CheckContext, run_check
 from mlflow_core.workflow.checklist import set_marks
 from mlflow_core.workflow.evidence import read_evidence, write_evidence
@@ -150,6 +152,7 @@ def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
     from mlflow_core.runners import RunContext
 
     run, path = _resumable_run(project, state, phase)
+    remove_stale_temp_files(project.inside(run.dir), recursive=True)  # a kill -9 mid-write leaves these
     run.status, run.finished_at, run.passed = "running", None, None
     state.current_phase = phase
     state.record("phase_resumed", phase=phase, run_id=run.run_id, checkpoint=project.relative(path))
@@ -176,12 +179,24 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     try:
         output = get_runner(phase)(ctx)
     except BaseException as exc:
-        run.status = ("interrupted" if isinstance(exc, KeyboardInterrupt) else
-                      "failed_input" if isinstance(exc, WfError) else "crashed")
+        # a refused write (disk full, read-only, permissions) stops a run the way a signal does: the
+        # last resume checkpoint is intact, and the run continues once the disk takes writes again
+        stopped = isinstance(exc, (KeyboardInterrupt, StorageError))
+        run.status = ("interrupted" if stopped else "failed_input" if isinstance(exc, WfError) else "crashed")
         run.finished_at, run.passed = now_iso(), False
         run.summary = {"error": f"{type(exc).__name__}: {exc}"}
         state.record("phase_finished", phase=phase, run_id=run_id, status=run.status)
-        save_state(project, state)
+        try:
+            save_state(project, state)
+        except StorageError:
+            # state.json cannot be written either: it keeps saying "running", and `--resume` treats
+            # a running run whose process is gone as interrupted
+            logger.error("%s: not updated (the disk refuses writes)", project.relative(project.state_path))
+        if isinstance(exc, StorageError):
+            again = (f"continue run {run_id} with `wf phase {phase} --resume`" if phase in RESUMABLE_PHASES
+                     else f"run `wf phase {phase}` again")
+            raise StorageError(f"{phase} stopped: {exc.message}",
+                               hint=f"Free space (or fix the permissions), then {again}.") from None
         if isinstance(exc, KeyboardInterrupt):
             raise RunInterruptedError(f"{phase} interrupted; run {run_id} is recorded as interrupted.") from None
         if isinstance(exc, WfError):
@@ -204,14 +219,39 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     save_state(project, state)
     _sync_auto_marks(project, state, phase)
     if output.status == "interrupted":
-        import signal
-
-        from mlflow_core.errors import RunTerminatedError
-        error = RunTerminatedError if output.facts.get("interrupted_by") == signal.SIGTERM else RunInterruptedError
-        raise error(f"{phase} stopped on a signal; run {run_id} is recorded as interrupted and saved at step "
-                    f"{(output.facts.get('resume') or {}).get('step')}.",
-                    hint=f"Continue it exactly where it stopped with `wf phase {phase} --resume`.")
+        raise _stopped_by_signal(project, state, phase, run_id, output.facts)
     return result
+
+
+def _stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id: str,
+                       facts: dict[str, Any]) -> RunInterruptedError:
+    """The error a signal-stopped run exits with (130 SIGINT, 143 SIGTERM, 138 SIGUSR1). SIGUSR1 is
+    SLURM's warning before preemption: with everything saved, the job is requeued, and its script
+    runs again with `--resume`."""
+    import signal
+
+    from mlflow_core.errors import RunPreemptedError, RunTerminatedError
+    from mlflow_core.slurm import requeue_job, slurm_job_id
+
+    signum = facts.get("interrupted_by")
+    saved = (f"{phase} stopped on a signal; run {run_id} is recorded as interrupted and saved at step "
+             f"{(facts.get('resume') or {}).get('step')}.")
+    resume = f"Continue it exactly where it stopped with `wf phase {phase} --resume`."
+    if signum != signal.SIGUSR1:
+        return (RunTerminatedError if signum == signal.SIGTERM else RunInterruptedError)(saved, hint=resume)
+    job = slurm_job_id()
+    if job is None:
+        return RunPreemptedError(saved + " SIGUSR1 outside a SLURM job: nothing to requeue.", hint=resume)
+    # requeueing makes SLURM stop this job at once; whatever it sends now finds everything saved
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    outcome = requeue_job(job)
+    state.record("job_requeued", phase=phase, run_id=run_id, **outcome)
+    save_state(project, state)
+    if outcome["requeued"]:
+        return RunPreemptedError(saved + f" SLURM job {job} is requeued; it continues with --resume.",
+                                 hint="Nothing to do: the requeued job resumes the run.")
+    return RunPreemptedError(saved + f" Requeueing SLURM job {job} failed: {outcome['detail']}.",
+                             hint=f"Resubmit the job (`sbatch slurm/{phase}.sbatch`); it continues with --resume.")
 
 
 def _record_outcome(project: Project, state: ProjectState, definition: PhaseDefinition, run: RunRecord,

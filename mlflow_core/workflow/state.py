@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlflow_core import __version__
-from mlflow_core.atomic import atomic_write_json
+from mlflow_core.atomic import atomic_write_json, remove_stale_temp_files, storage_error
 from mlflow_core.errors import ProjectBusyError, StateError
 from mlflow_core.workflow.project import Project
 
@@ -56,7 +56,7 @@ class Event(BaseModel):
     time: str
     event: Literal["init", "phase_started", "phase_finished", "gate_checked", "gate_override",
                    "decision", "checklist_tick", "checklist_untick", "report_rendered", "diagnosis",
-                   "test_evaluated", "phase_resumed"]
+                   "test_evaluated", "phase_resumed", "job_requeued"]
 
 
 class ProjectState(BaseModel):
@@ -120,8 +120,11 @@ def save_state(project: Project, state: ProjectState) -> None:
 def project_lock(project: Project, command: str | None = None) -> Iterator[None]:
     """One writer per project. The OS drops a flock when its process dies, so a lock left by a
     killed process is never stale; the file's content only says who holds it."""
-    project.wf_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(project.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        project.wf_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(project.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # a read-only checkout, a directory we may not write
+        raise storage_error(project.lock_path, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -132,6 +135,11 @@ def project_lock(project: Project, command: str | None = None) -> Iterator[None]
         os.ftruncate(fd, 0)
         label = command or " ".join(["wf", *sys.argv[1:]])
         os.pwrite(fd, f"`{label}` (pid {os.getpid()})".encode(), 0)
+        # we are the only writer now: a temp file of an atomic write is a killed writer's leftover
+        remove_stale_temp_files(project.wf_dir, recursive=True)
+        for directory in (project.reports_dir, project.checklists_dir, project.root / "configs",
+                          project.root / "export"):
+            remove_stale_temp_files(directory)
         try:
             yield
         finally:
