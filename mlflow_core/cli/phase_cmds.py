@@ -72,10 +72,11 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
                                             help="Start even though the entry gate is closed; the reason is "
                                             "recorded and shown in every later report and gate check."),
           resume: bool = typer.Option(False, "--resume", help="Continue the latest interrupted run of the phase "
-                                      "exactly where it stopped (baseline)."),
+                                      "exactly where it stopped (baseline, optimization, finalization)."),
           ) -> None:
     """Run a phase. Exit 0 success · 1 failed its success criteria · 2 bad input · 3 entry gate closed ·
-    130/143 stopped by SIGINT/SIGTERM (resumable with --resume)."""
+    5 a write was refused (disk full, read-only) · 130/138/143 stopped by SIGINT/SIGUSR1/SIGTERM
+    (resumable with --resume)."""
     from mlflow_core.workflow.project import Project
 
     result = run_with_display(Project.find(), name, override_gate, resume)

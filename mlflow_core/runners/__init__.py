@@ -25,6 +25,7 @@ class RunContext:
     on_progress: Callable[[Any], None] = lambda _p: None
     on_message: Callable[[str], None] = lambda _m: None
     resume_from: Path | None = None  # checkpoints/resume.pt of the interrupted run being continued
+    resuming: bool = False  # `--resume`: runs already in run_dir are continued or reused, not redone
 
 
 @dataclass
@@ -34,6 +35,72 @@ class RunOutput:
     metrics: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # recorded in the history
+    partial: bool = False  # stopped before the phase had a result: no evidence and no report
+
+
+class SubRunInterrupted(Exception):
+    """One of a phase's training runs (a trial, a seed) stopped on a signal with a resume checkpoint;
+    the phase stops too, and `wf phase NAME --resume` continues it."""
+
+    def __init__(self, signum: int | None, resume: dict[str, Any] | None, run_dir: Path):
+        super().__init__(f"stopped in {run_dir}")
+        self.signum, self.resume, self.run_dir = signum, resume, run_dir
+
+    def output(self, ctx: RunContext) -> RunOutput:
+        resume = dict(self.resume or {}, run_dir=ctx.project.relative(self.run_dir))
+        return RunOutput("interrupted", {"run_dir": ctx.project.relative(ctx.run_dir),
+                                         "interrupted_by": self.signum, "resume": resume}, partial=True)
+
+
+FINISHED_RUN_STATUSES = ("completed", "early_stopped", "pruned", "failed_nan")
+
+
+def fit_or_continue(ctx: RunContext, cfg: WorkflowConfig, run_dir: Path, run_id: str, **trainer_options: Any) -> Any:
+    """Train `cfg` in `run_dir` with the shared trainer, stopping on signals with a resume checkpoint.
+    When the phase is resumed, a run that already finished there is loaded instead of trained again
+    and one that was interrupted continues from its resume.pt, so the phase ends as it would have."""
+    import json
+
+    from mlflow_core.training.trainer import Trainer
+
+    resume_from = None
+    metrics_path = run_dir / "logs" / "metrics.json"
+    if ctx.resuming and metrics_path.is_file():
+        try:
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            metrics = {}
+        if metrics.get("status") in FINISHED_RUN_STATUSES and metrics.get("config") == cfg.model_dump(mode="json"):
+            finished = _load_finished(cfg, ctx, run_dir, metrics, trainer_options.get("data"))
+            if finished is not None:
+                return finished
+        if (run_dir / "checkpoints" / "resume.pt").is_file():
+            resume_from = run_dir / "checkpoints" / "resume.pt"
+    trainer = Trainer(cfg, ctx.project.root, run_dir, run_id=run_id, resume_from=resume_from, stop_on_signals=True,
+                      **trainer_options)
+    result = trainer.fit()
+    if result.status == "interrupted":
+        raise SubRunInterrupted(trainer.signal_received, result.metrics.get("resume"), run_dir)
+    return result
+
+
+def _load_finished(cfg: WorkflowConfig, ctx: RunContext, run_dir: Path, metrics: dict[str, Any], data: Any) -> Any:
+    """A finished run's result rebuilt from its files: metrics.json and its last checkpoint."""
+    from mlflow_core.training.checkpoint import load_checkpoint
+    from mlflow_core.training.data import build_data
+    from mlflow_core.training.models import build_model
+    from mlflow_core.training.trainer import TrainResult
+
+    last = (metrics.get("checkpoints") or {}).get("last")
+    if not last or not (run_dir / last["path"]).is_file():
+        return None  # nothing to load the weights from: train it again (same config, same result)
+    data = data or build_data(cfg, ctx.project.root)
+    model = build_model(cfg.model, data.num_classes, data.input_shape, ctx.project.root)
+    model.load_state_dict(load_checkpoint(run_dir / last["path"])["model"])
+    from mlflow_core.training.trainer import resolve_device
+    model.to(resolve_device(cfg.training.device))
+    ctx.on_message(f"{ctx.project.relative(run_dir)}: finished before the interruption; reused")
+    return TrainResult(metrics["status"], metrics, model, run_dir, metrics.get("anomalies") or [])
 
 
 def get_runner(phase: str) -> Callable[[RunContext], RunOutput] | None:

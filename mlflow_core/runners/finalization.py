@@ -19,7 +19,7 @@ import torch
 from mlflow_core.atomic import atomic_write_bytes, atomic_write_text
 from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.errors import DataError
-from mlflow_core.runners import RunContext, RunOutput
+from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
 from mlflow_core.training.data import DataBundle, build_data
 from mlflow_core.training.evaluation import classification_metrics, predict
@@ -29,7 +29,7 @@ from mlflow_core.workflow.state import load_state
 
 
 def run_finalization(ctx: RunContext) -> RunOutput:
-    from mlflow_core.training.trainer import Trainer, resolve_device
+    from mlflow_core.training.trainer import resolve_device
 
     cfg, say, root = ctx.cfg, ctx.on_message, ctx.project.root
     fin = cfg.finalization
@@ -48,8 +48,11 @@ def run_finalization(ctx: RunContext) -> RunOutput:
         say(f"Final training, seed {seed}, {epochs} epochs")
         run_cfg = with_changes(cfg, {"reproducibility.seed": seed, "training.epochs": epochs})
         run_dir = ctx.run_dir / f"seed_{seed}"
-        trained = Trainer(run_cfg, root, run_dir, run_id=f"{ctx.run_id}/seed_{seed}", phase="finalization",
-                          data=data).fit()
+        try:
+            trained = fit_or_continue(ctx, run_cfg, run_dir, f"{ctx.run_id}/seed_{seed}", phase="finalization",
+                                      data=data)
+        except SubRunInterrupted as stop:  # nothing evaluated yet: the test split stays unseen
+            return stop.output(ctx)
         if trained.status not in ("completed", "early_stopped"):
             results.append({"seed": seed, "status": trained.status, "stop_reason": trained.metrics.get("stop_reason")})
             continue

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import socket
 import statistics
 import time
 from datetime import date
@@ -24,7 +25,7 @@ from typing import Any
 
 from mlflow_core.config.schema import SearchParameter, WorkflowConfig, with_changes
 from mlflow_core.errors import UserInputError
-from mlflow_core.runners import RunContext, RunOutput
+from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
 from mlflow_core.workflow.evidence import file_sha256
 
 
@@ -58,10 +59,8 @@ def suggest(trial: Any, key: str, spec: SearchParameter) -> Any:
     return trial.suggest_float(key, spec.low, spec.high, step=spec.step, log=spec.log)
 
 
-def _sampler(optuna: Any, cfg: WorkflowConfig, finished: int = 0) -> Any:
-    """Seeded from the training seed and the trials already finished: a restarted sweep must not
-    draw its first trials again."""
-    opt, seed = cfg.optimization, cfg.reproducibility.seed + 1_000_003 * finished
+def _sampler(optuna: Any, cfg: WorkflowConfig, seed: int) -> Any:
+    opt = cfg.optimization
     if opt.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if opt.sampler == "grid":
@@ -81,6 +80,52 @@ def _sampler(optuna: Any, cfg: WorkflowConfig, finished: int = 0) -> Any:
     return optuna.samplers.TPESampler(seed=seed)
 
 
+def draw_index(study: Any, number: int) -> int:
+    """How many draws came before trial `number`: the trials before it, less the interrupted or
+    crashed ones (ended as failed without a result of their own; an interrupted one continues as an
+    enqueued trial, which counts in its place)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.number < number
+               and not (t.state.name == "FAIL" and t.user_attrs.get("status") in (None, "interrupted")))
+
+
+def seeded_per_draw(optuna: Any, cfg: WorkflowConfig) -> Any:
+    """The configured sampler, seeded afresh for each draw from the training seed and the draw's
+    index. The samplers are otherwise stateless (TPE recomputes from the study's history), so a
+    sweep that is interrupted and resumed draws exactly what an uninterrupted one would have,
+    and a restarted sweep does not repeat its first draws."""
+
+    class DrawSeeded(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self._by_trial: dict[int, Any] = {}
+
+        def _for(self, study: Any, trial: Any) -> Any:
+            if trial.number not in self._by_trial:
+                seed = cfg.reproducibility.seed + 1_000_003 * draw_index(study, trial.number)
+                self._by_trial[trial.number] = _sampler(optuna, cfg, seed)
+            return self._by_trial[trial.number]
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+            return self._for(study, trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+            return self._for(study, trial).sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+            return self._for(study, trial).sample_independent(study, trial, name, distribution)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            self._for(study, trial).before_trial(study, trial)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            self._for(study, trial).after_trial(study, trial, state, values)
+            self._by_trial.pop(trial.number, None)
+
+        def reseed_rng(self) -> None:  # seeds come from the draw index, never from a clock
+            pass
+
+    return DrawSeeded()
+
+
 def run_optimization(ctx: RunContext) -> RunOutput:
     try:
         import optuna
@@ -88,7 +133,6 @@ def run_optimization(ctx: RunContext) -> RunOutput:
         raise UserInputError("`wf phase optimization` needs Optuna, which is not installed.",
                              hint="Install it with `pip install 'wf[tune]'` (the README's dev install includes it).")
     from mlflow_core.training.data import build_data
-    from mlflow_core.training.trainer import Trainer
 
     cfg, opt, say = ctx.cfg, ctx.cfg.optimization, ctx.on_message
     root = ctx.project.root
@@ -106,7 +150,8 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=opt.pruner_warmup_epochs)
               if opt.pruner == "median" else optuna.pruners.NopPruner())
     try:
-        study = optuna.create_study(study_name=name, storage=url, load_if_exists=True, sampler=_sampler(optuna, cfg),
+        study = optuna.create_study(study_name=name, storage=url, load_if_exists=True,
+                                    sampler=seeded_per_draw(optuna, cfg),
                                     pruner=pruner, direction="maximize" if maximize else "minimize")
     except Exception as exc:  # a bad URL, an unreachable server, a missing driver
         raise UserInputError(f"optimization.storage {shown_url!r}: cannot open the Optuna study ({exc}).") from None
@@ -122,8 +167,8 @@ def run_optimization(ctx: RunContext) -> RunOutput:
             say(f"LR range test suggests {sweep['suggested_lr']:.3g} ({sweep['rule']}); configured "
                 f"{cfg.training.learning_rate:g}")
 
-    finished = [t for t in study.trials if t.state.is_finished()]
-    study.sampler = _sampler(optuna, cfg, len(finished))
+    _requeue_abandoned_trials(optuna, study, ctx)
+    finished = [t for t in study.trials if _counts_as_finished(t)]
     remaining = max(opt.n_trials - len(finished), 0)
     if finished:
         say(f"Study {name}: {len(finished)} trials already finished; {remaining} to go")
@@ -136,6 +181,16 @@ def run_optimization(ctx: RunContext) -> RunOutput:
         trial_cfg = with_changes(cfg, {**changes, "training.epochs": trial_epochs,
                                   "checkpointing.checkpoint_every_n_epochs": 0})
         trial_dir = ctx.run_dir / "trials" / f"trial_{trial.number:03d}"
+        continues = trial.user_attrs.get("continues")  # an interrupted trial, enqueued again with its params
+        if continues and ctx.resuming and (ctx.project.root / continues).parent == trial_dir.parent:
+            trial_dir = ctx.project.root / continues  # same run: pick it up from its resume checkpoint
+            # the epochs it reported before the interruption, so that the pruner sees the full curve
+            before = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"
+                      and t.user_attrs.get("run_dir") == continues]  # the latest, if stopped more than once
+            for epoch, value in sorted((before[-1].intermediate_values if before else {}).items()):
+                trial.report(value, epoch)
+        trial.set_user_attr("run_dir", ctx.project.relative(trial_dir))
+        trial.set_user_attr("owner", _owner(ctx))
         shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
                           for k, v in changes.items())
         say(f"Trial {trial.number}: {shown}")
@@ -147,10 +202,16 @@ def run_optimization(ctx: RunContext) -> RunOutput:
             return trial.should_prune()
 
         t0 = time.perf_counter()
-        result = Trainer(trial_cfg, root, trial_dir, run_id=f"{ctx.run_id}/trial_{trial.number:03d}",
-                         phase="optimization", data=None if rebuild else data, on_epoch=report).fit()
+        try:
+            result = fit_or_continue(ctx, trial_cfg, trial_dir, f"{ctx.run_id}/{trial_dir.name}",
+                                     phase="optimization", data=None if rebuild else data, on_epoch=report)
+        except SubRunInterrupted:
+            # this trial is recorded as failed (Optuna's only way to end it) and enqueued again with
+            # the same values, so that `--resume` continues it from its checkpoint
+            trial.set_user_attr("status", "interrupted")
+            study.enqueue_trial(changes, user_attrs={"continues": ctx.project.relative(trial_dir)})
+            raise
         best = (result.metrics.get("best") or {}).get("value")
-        trial.set_user_attr("run_dir", ctx.project.relative(trial_dir))
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("epochs", len(result.metrics["epochs"]))
         trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 2))
@@ -161,7 +222,10 @@ def run_optimization(ctx: RunContext) -> RunOutput:
         return float(best)
 
     if remaining:
-        study.optimize(objective, n_trials=remaining, timeout=opt.timeout_s, catch=())
+        try:
+            study.optimize(objective, n_trials=remaining, timeout=opt.timeout_s, catch=())
+        except SubRunInterrupted as stop:
+            return stop.output(ctx)
     trials = [_trial_row(t) for t in study.trials]
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     facts["study"] = {"name": name, "storage": shown_url, "n_trials": opt.n_trials, "sampler": opt.sampler,
@@ -186,8 +250,11 @@ def run_optimization(ctx: RunContext) -> RunOutput:
             say(f"Comparison: {label} config, seed {seed}")
             run_cfg = with_changes(cfg, {**changes, "reproducibility.seed": seed})
             run_dir = ctx.run_dir / "comparison" / f"{label}_seed{seed}"
-            result = Trainer(run_cfg, root, run_dir, run_id=f"{ctx.run_id}/{label}_seed{seed}", phase="optimization",
-                             data=None if rebuild and changes else data).fit()
+            try:
+                result = fit_or_continue(ctx, run_cfg, run_dir, f"{ctx.run_id}/{label}_seed{seed}",
+                                         phase="optimization", data=None if rebuild and changes else data)
+            except SubRunInterrupted as stop:
+                return stop.output(ctx)
             value = (result.metrics.get("best") or {}).get("value")
             runs[label].append(float(value) if value is not None else math.nan)
     facts["comparison"] = compare(runs["baseline"], runs["optimized"], seeds, maximize, opt.significance, metric)
@@ -196,6 +263,33 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     path = write_optimized_config(ctx, best.params, best.number, best.value, facts["comparison"])
     facts["optimized_config"] = {"path": ctx.project.relative(path), "sha256": file_sha256(path)}
     return RunOutput("completed", facts)
+
+
+def _owner(ctx: RunContext) -> str:
+    """Which project on which machine runs a trial: a shared study may hold other machines' trials."""
+    return f"{socket.gethostname()}:{ctx.project.root.resolve()}"
+
+
+def _counts_as_finished(trial: Any) -> bool:
+    """Complete, pruned, or failed on its own (a NaN run); not interrupted, which is enqueued again."""
+    if not trial.state.is_finished():
+        return False
+    return trial.state.name != "FAIL" or trial.user_attrs.get("status") not in (None, "interrupted")
+
+
+def _requeue_abandoned_trials(optuna: Any, study: Any, ctx: RunContext) -> None:
+    """Trials of this project still marked running were killed (kill -9, power loss): we hold the
+    project lock, so no process of ours runs them. Each is ended as failed and enqueued again with
+    its values, and continues from its own checkpoint under `--resume`."""
+    waiting = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False,
+                                                                          states=(optuna.trial.TrialState.WAITING,))}
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.user_attrs.get("owner") != _owner(ctx):
+            continue
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        if json.dumps(trial.params, sort_keys=True) not in waiting:
+            study.enqueue_trial(trial.params, user_attrs={"continues": trial.user_attrs.get("run_dir")})
+        ctx.on_message(f"Trial {trial.number} was left running by a killed process: enqueued again")
 
 
 def _trial_row(t: Any) -> dict[str, Any]:

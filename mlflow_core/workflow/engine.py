@@ -68,17 +68,21 @@ def evaluate_criteria(project: Project, state: ProjectState, definition: PhaseDe
     return out
 
 
-RESUMABLE_PHASES = ("baseline",)
+# setup and diagnostics hold no training state worth continuing: running them again is their resume
+RESUMABLE_PHASES = ("baseline", "optimization", "finalization")
 
 
-def _resumable_run(project: Project, state: ProjectState, phase: str) -> tuple[RunRecord, Path]:
-    """The latest run of `phase`, if it was interrupted and left a resume checkpoint."""
+def _resumable_run(project: Project, state: ProjectState, phase: str) -> tuple[RunRecord, Path | None]:
+    """The latest run of `phase`, if it was interrupted, and the baseline's resume checkpoint. The
+    other phases' runners find their trials' and seeds' own checkpoints in the run directory."""
     run = next((r for r in reversed(state.runs) if r.phase == phase), None)
     # "running" while we hold the project lock: its process died (kill -9, power loss) mid-run
     if run is None or run.status not in ("interrupted", "running"):
         raise UserInputError(f"no interrupted {phase} run to resume"
                              + (f": the latest, {run.run_id}, is {run.status}" if run is not None else "") + ".",
                              hint=f"Run `wf phase {phase}` to start a new run.")
+    if phase != "baseline":
+        return run, None
     path = project.inside(run.dir) / ((run.summary.get("resume") or {}).get("path") or "checkpoints/resume.pt")
     if not path.is_file():
         raise UserInputError(f"{project.relative(path)}: the resume checkpoint of {run.run_id} is missing.",
@@ -155,12 +159,13 @@ def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
     remove_stale_temp_files(project.inside(run.dir), recursive=True)  # a kill -9 mid-write leaves these
     run.status, run.finished_at, run.passed = "running", None, None
     state.current_phase = phase
-    state.record("phase_resumed", phase=phase, run_id=run.run_id, checkpoint=project.relative(path))
-    save_state(project, state)
-    say(f"run {run.run_id} resumed from {project.relative(path)}")
     run_dir = project.inside(run.dir)
+    where = project.relative(path if path is not None else run_dir)
+    state.record("phase_resumed", phase=phase, run_id=run.run_id, checkpoint=where)
+    save_state(project, state)
+    say(f"run {run.run_id} resumed from {where}")
     ctx = RunContext(project, cfg, config_sha256(project.config_path), run.run_id, run_dir,
-                     on_progress or (lambda _p: None), say, resume_from=path)
+                     on_progress or (lambda _p: None), say, resume_from=path, resuming=True)
     return _execute(project, state, load_phase(phase, project.root), run, cfg, ctx)
 
 
@@ -209,6 +214,13 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
         logger.removeHandler(handler)
         handler.close()
 
+    if output.partial:  # a trial or seed run stopped on a signal: nothing to report yet
+        run.status, run.finished_at, run.passed = "interrupted", now_iso(), False
+        run.summary["resume"] = output.facts.get("resume")
+        state.record("phase_finished", phase=phase, run_id=run_id, status=run.status)
+        save_state(project, state)
+        raise _stopped_by_signal(project, state, phase, run_id, output.facts)
+
     # -- evidence, report, criteria ---------------------------------------------------------------
     for event, data in output.events:
         state.record(event, **data)
@@ -234,8 +246,10 @@ def _stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id
     from mlflow_core.slurm import requeue_job, slurm_job_id
 
     signum = facts.get("interrupted_by")
+    resume = facts.get("resume") or {}
+    within = f" of {resume['run_dir']}" if resume.get("run_dir") else ""
     saved = (f"{phase} stopped on a signal; run {run_id} is recorded as interrupted and saved at step "
-             f"{(facts.get('resume') or {}).get('step')}.")
+             f"{resume.get('step')}{within}.")
     resume = f"Continue it exactly where it stopped with `wf phase {phase} --resume`."
     if signum != signal.SIGUSR1:
         return (RunTerminatedError if signum == signal.SIGTERM else RunInterruptedError)(saved, hint=resume)

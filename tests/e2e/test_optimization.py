@@ -148,3 +148,115 @@ def test_a_storage_that_cannot_be_opened_is_bad_input(wf, ready):
     r = wf("phase", "optimization", cwd=ready)
     assert r.code == 2 and "optimization.storage 'nosuchdb://host/study': cannot open the Optuna study" in r.err
     assert "Traceback" not in r.err + r.out and not (ready / "configs" / "optimized_config.yaml").exists()
+
+
+def _signal_when(path_glob: str, root, rows: int, signum=None):
+    """A thread that sends this process SIGTERM once a file matching `path_glob` under `root` has
+    more than `rows` lines: a real signal, at a moment inside the run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    def watch():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            hits = list(root.glob(path_glob))
+            if hits and len(hits[0].read_text().splitlines()) > rows:
+                os.kill(os.getpid(), signum or signal.SIGTERM)
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def _outcome(project):
+    facts = json.loads((project / ".wf" / "evidence" / "optimization.json").read_text())["facts"]
+    drawn = [(t["params"], t["value"], t["state"]) for t in facts["trials"] if t["status"] != "interrupted"]
+    return drawn, facts["comparison"]["baseline"], facts["comparison"]["optimized"], facts["best"]["value"]
+
+
+def test_an_interrupted_sweep_resumes_to_the_sweep_that_would_have_happened(wf, ready, tmp_path):
+    """SIGTERM inside trial 1, and again inside a comparison run: each time exit 143, and
+    `--resume` continues the same run. Every trial's values and result, the comparison runs and the
+    best value equal an uninterrupted sweep's on a copy of the same project."""
+    import shutil
+
+    other = tmp_path / "uninterrupted"
+    shutil.copytree(ready, other)
+    assert wf("phase", "optimization", cwd=other).code in (0, 1)
+
+    _signal_when("runs/optimization-*/trials/trial_001/logs/steps.csv", ready, 30)
+    first = wf("phase", "optimization", cwd=ready)
+    assert first.code == 143, first.err
+    assert "wf phase optimization --resume" in first.err and "trial_001" in first.err
+    watcher = _signal_when("runs/optimization-*/comparison/optimized_seed43/logs/steps.csv", ready, 20)
+    second = wf("phase", "optimization", "--resume", cwd=ready)
+    assert second.code == 143, second.err
+    watcher.join(timeout=1)
+    third = wf("phase", "optimization", "--resume", cwd=ready)
+    assert third.code in (0, 1), third.err
+    state = json.loads((ready / ".wf" / "state.json").read_text())
+    runs = [r for r in state["runs"] if r["phase"] == "optimization"]
+    assert len(runs) == 1 and runs[0]["status"] in ("completed", "failed_criteria")
+    assert _outcome(ready) == _outcome(other)
+    trial_dirs = sorted(p.name for p in (ready / runs[0]["dir"] / "trials").iterdir())
+    assert trial_dirs == ["trial_000", "trial_001", "trial_003"]  # trial 2 continued trial_001's directory
+
+
+def test_trials_left_running_by_a_killed_process_are_enqueued_again(tmp_path):
+    """kill -9 leaves a trial RUNNING in the study. The next run (holding the project lock) ends
+    this project's such trials as failed and enqueues each again with its values and directory;
+    another machine's running trial in a shared study is left alone."""
+    import optuna
+
+    from mlflow_core.runners import RunContext
+    from mlflow_core.runners.optimization import _owner, _requeue_abandoned_trials, draw_index
+    from mlflow_core.workflow.project import Project
+
+    project = Project(tmp_path)
+    ctx = RunContext(project, None, "", "optimization-x", tmp_path / "runs" / "optimization-x")
+    study = optuna.create_study()
+    ours, theirs = study.ask(), study.ask()
+    for trial, owner in ((ours, _owner(ctx)), (theirs, "elsewhere:/p")):
+        trial.suggest_float("training.learning_rate", 1e-4, 1e-1, log=True)
+        trial.set_user_attr("owner", owner)
+        trial.set_user_attr("run_dir", f"runs/optimization-x/trials/trial_{trial.number:03d}")
+    _requeue_abandoned_trials(optuna, study, ctx)
+    states = {t.number: t.state.name for t in study.trials}
+    assert states == {0: "FAIL", 1: "RUNNING", 2: "WAITING"}
+    waiting = study.trials[2]
+    assert waiting.system_attrs["fixed_params"] == study.trials[0].params
+    assert waiting.user_attrs["continues"] == "runs/optimization-x/trials/trial_000"
+    assert draw_index(study, 2) == 1  # the killed trial is no draw of its own: its continuation is
+
+
+def test_an_interrupted_finalization_resumes_without_touching_the_test_split_twice(wf, project_copy, tmp_path):
+    """SIGTERM inside the second seed's final run: exit 143, nothing evaluated yet. `--resume`
+    reuses the finished first seed, continues the second from its checkpoint, evaluates the test
+    split once, and gets the results of an uninterrupted finalization."""
+    import shutil
+
+    _configure(project_copy, [("finalization.seeds", "2"), ("training.epochs", "3")])
+    assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project_copy).code == 0
+    assert wf("decide", "finalize", cwd=project_copy).code == 0
+    other = tmp_path / "uninterrupted"
+    shutil.copytree(project_copy, other)
+    assert wf("phase", "finalization", cwd=other).code == 0
+
+    _signal_when("runs/finalization-*/seed_43/logs/steps.csv", project_copy, 60)
+    stopped = wf("phase", "finalization", cwd=project_copy)
+    assert stopped.code == 143, stopped.err
+    state = json.loads((project_copy / ".wf" / "state.json").read_text())
+    assert "test_evaluated" not in [e["event"] for e in state["history"]]
+    resumed = wf("phase", "finalization", "--resume", cwd=project_copy)
+    assert resumed.code == 0, resumed.err
+    assert "finished before the interruption; reused" in resumed.out + resumed.err
+    facts = [json.loads((p / ".wf" / "evidence" / "finalization.json").read_text())["facts"]
+             for p in (project_copy, other)]
+    assert [s["test"] for s in facts[0]["seeds"]] == [s["test"] for s in facts[1]["seeds"]]
+    assert facts[0]["test_split"]["evaluated_before_by"] == []
+    state = json.loads((project_copy / ".wf" / "state.json").read_text())
+    assert [e["event"] for e in state["history"]].count("test_evaluated") == 1
