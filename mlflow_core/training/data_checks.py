@@ -62,6 +62,14 @@ def check_data(bundle: DataBundle, batch_size: int) -> dict[str, Any]:
             shapes = {shape: (count, scan["first_of_shape"][shape]) for shape, count in scan["shapes"].items()}
             raise DataError(f"{bundle.source}: {name} samples have {len(shapes)} different shapes: "
                             f"{_first_of_each_shape(dataset, shapes)}; every sample must have the same shape")
+        if scan["bad_labels"]:  # cross-entropy would index out of range: this data cannot train at all
+            index, label = scan["bad_labels"][0]
+            files = getattr(getattr(bundle, name), "files", None)
+            where = str(files[index]) if files is not None else f"{name} index {index}"
+            raise DataError(f"{where}: label {label} is outside 0..{bundle.num_classes - 1} "
+                            f"({len(scan['bad_labels'])} {name} labels out of range; the classes are counted "
+                            "from the labels unless data.num_classes says otherwise); labels must be 0-based "
+                            "class indices")
     loader = DataLoader(bundle.train, batch_size=min(batch_size, len(bundle.train)), shuffle=False)
     inputs, targets = next(iter(loader))
     if inputs.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
@@ -72,10 +80,6 @@ def check_data(bundle: DataBundle, batch_size: int) -> dict[str, Any]:
         if scan["nonfinite"]:
             problems.append(f"{len(scan['nonfinite'])} {name} samples contain NaN/Inf (first: index "
                             f"{scan['nonfinite'][0]})")
-        if scan["bad_labels"]:
-            i, y = scan["bad_labels"][0]
-            problems.append(f"{len(scan['bad_labels'])} {name} labels outside 0..{bundle.num_classes - 1} "
-                            f"(first: index {i} has label {y})")
     overlap = sorted(set(train["hashes"]) & set(val["hashes"]))
     if overlap:
         problems.append(f"{len(overlap)} val samples also appear in train (identical content; e.g. val index "

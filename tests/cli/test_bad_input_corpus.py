@@ -142,6 +142,8 @@ DATASETS = {  # case -> (breaks the patches, fragment)
     "pickled_object": (lambda d: np.savez(_first(d / "train"), image=np.array([{"a": 1}], dtype=object), label=0),
                        "cannot be read"),
     "zip_without_arrays": (lambda d: zipfile.ZipFile(_first(d / "train"), "w").close(), "missing array"),
+    "negative_label": (lambda d: _npz(_first(d / "val"), image=np.zeros((6, 32, 32), np.float32), label=-1),
+                       "label -1 is outside 0.."),
     "mixed_shapes": (lambda d: _npz(_first(d / "train"), image=np.zeros((6, 16, 16), np.float32), label=0),
                      "(6, 16, 16) ×1 (first: "),
 }
