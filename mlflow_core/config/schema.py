@@ -76,6 +76,12 @@ class ModelSection(_Section):
                                 description="simple_cnn: width of each conv block (4–5 blocks).")
     batch_norm: bool = Field(True, description="simple_cnn: BatchNorm after each convolution.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="simple_cnn: before the classifier.")
+    init_from: str | None = Field(None, description="Fine-tuning: start from the weights in this file, relative "
+                                  "to the project (a wf checkpoint or a plain state dict, read with "
+                                  "weights_only=True). Tensors whose name or shape do not fit (a new "
+                                  "classifier) keep their fresh initialisation; the run records which.")
+    freeze: list[str] = Field(default_factory=list, description="Fine-tuning: parameter-name prefixes to "
+                              "freeze (e.g. ['features.0', 'features.1']); they get no gradient and no update.")
 
     _check_target = field_validator("target")(lambda cls, v: _check_target(v))
 
@@ -94,12 +100,65 @@ class ModelSection(_Section):
 
 
 class SchedulerSection(_Section):
-    name: Literal["none", "step", "cosine", "plateau"] = "none"
+    name: Literal["none", "step", "cosine", "warmup_cosine", "onecycle", "plateau"] = Field(
+        "none", description="step, cosine, plateau: stepped once per epoch; warmup_cosine (linear warmup, then "
+        "cosine to min_lr) and onecycle: stepped after every optimizer step.")
     step_size: int = Field(10, ge=1, description="step: epochs between decays.")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: decay factor.")
-    min_lr: float = Field(0.0, ge=0.0, description="cosine: final LR; plateau: floor.")
+    min_lr: float = Field(0.0, ge=0.0, description="cosine, warmup_cosine: final LR; plateau: floor.")
     factor: float = Field(0.1, gt=0.0, lt=1.0, description="plateau: decay factor.")
     patience: int = Field(5, ge=0, description="plateau: epochs without improvement.")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="warmup_cosine: epochs of linear warmup from "
+                                 "warmup_start_factor × LR to the LR (fractions allowed).")
+    warmup_start_factor: float = Field(0.01, gt=0.0, le=1.0, description="warmup_cosine: the first step's "
+                                       "share of the LR.")
+    max_lr: float | None = Field(None, gt=0.0, description="onecycle: the peak LR (default: the learning rate, "
+                                 "e.g. the one `wf lr-find` suggests).")
+    pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="onecycle: share of the steps spent rising.")
+    div_factor: float = Field(25.0, gt=1.0, description="onecycle: the first LR is max_lr / div_factor.")
+    final_div_factor: float = Field(1e4, gt=1.0, description="onecycle: the last LR is the first / this.")
+    cycle_momentum: bool = Field(True, description="onecycle: cycle momentum (SGD) or beta1 (Adam/AdamW) "
+                                 "inversely to the LR, between base_momentum and max_momentum.")
+    base_momentum: float = Field(0.85, ge=0.0, lt=1.0, description="onecycle: momentum at the LR's peak.")
+    max_momentum: float = Field(0.95, ge=0.0, lt=1.0, description="onecycle: momentum at the LR's ends.")
+
+
+class EmaSection(_Section):
+    enabled: bool = Field(False, description="Keep an exponential moving average of the weights "
+                          "(torch.optim.swa_utils.AveragedModel), checkpointed and resumed with the run.")
+    decay: float = Field(0.999, gt=0.0, lt=1.0, description="Weight of the average at each update.")
+    every_n_steps: int = Field(1, ge=1, description="Update the average after every this many optimizer steps.")
+    evaluate: bool = Field(True, description="Validate the averaged weights and let their metric pick the best "
+                           "checkpoint; checkpoints then carry them as the model (the raw weights are also "
+                           "validated and reported).")
+
+
+class AugmentationSection(_Section):
+    """Training-split augmentation (torchvision transforms v2). Validation and test data are never augmented."""
+    random_resized_crop: int | None = Field(None, ge=8, description="Crop a random area and aspect ratio and "
+                                            "resize it to this square size (images only).")
+    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="random_resized_crop: the share of the "
+                                            "image area the crop covers, low and high.")
+    horizontal_flip: float = Field(0.0, ge=0.0, le=1.0, description="Probability of a horizontal flip.")
+    vertical_flip: float = Field(0.0, ge=0.0, le=1.0, description="Probability of a vertical flip (overhead "
+                                 "imagery has no up).")
+    mixup_alpha: float = Field(0.0, ge=0.0, description="MixUp's Beta(α, α); 0 = off.")
+    cutmix_alpha: float = Field(0.0, ge=0.0, description="CutMix's Beta(α, α); 0 = off. With both on, each "
+                                "batch gets one of the two at random.")
+    mix_probability: float = Field(1.0, ge=0.0, le=1.0, description="Share of batches that are mixed.")
+    mix_off_last_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Switch mixing off for this last "
+                                         "share of the epochs (seed 001: clean labels to finish).")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError("needs 0 < low <= high <= 1")
+        return v
+
+    @property
+    def mixing(self) -> bool:
+        return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.mix_probability > 0
 
 
 class TrainingSection(_Section):
@@ -116,6 +175,19 @@ class TrainingSection(_Section):
         "fp32", description="fp16/bf16: mixed precision with torch.autocast (weights stay fp32).")
     grad_scaler: bool = Field(True, description="fp16 only: scale the loss with torch.amp.GradScaler so that "
                               "small gradients do not underflow; steps whose gradients overflow are skipped.")
+    accumulate_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (gradient "
+                                  "accumulation): the effective batch is batch_size × this.")
+    lr_scaling: Literal["none", "linear"] = Field("none", description="linear: the learning rate used is "
+                                                  "learning_rate × effective batch / 256 (Goyal et al.), so "
+                                                  "learning_rate is the rate for a batch of 256.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Cross-entropy label smoothing.")
+    ema: EmaSection = Field(default_factory=EmaSection)
+    channels_last: bool = Field(False, description="Channels-last memory format for the model and image "
+                                "batches (faster convolutions with AMP on recent GPUs).")
+    tf32: bool = Field(False, description="Allow TF32 matmuls and convolutions on Ampere and newer GPUs "
+                       "(about 10 bits of mantissa in products; much faster fp32).")
+    compile: bool = Field(False, description="torch.compile the model; if compiling fails, training goes on "
+                          "eagerly and the run records why.")
 
     @field_validator("device")
     @classmethod
@@ -247,6 +319,7 @@ class WorkflowConfig(_Section):
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
+    augmentation: AugmentationSection = Field(default_factory=AugmentationSection)
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
     checkpointing: CheckpointingSection = Field(default_factory=CheckpointingSection)
     validation: ValidationSection = Field(default_factory=ValidationSection)

@@ -53,8 +53,10 @@ class DiagnoseContext:
 
     def data(self) -> Any:
         if "data" not in self.cache:
+            from mlflow_core.training.augment import with_augmentation
             from mlflow_core.training.data import build_data
-            self.cache["data"] = build_data(self.run_config(), self.project_root)
+            self.cache["data"] = with_augmentation(build_data(self.run_config(), self.project_root),
+                                                   self.run_config().augmentation)
         return self.cache["data"]
 
     def step_losses(self, finite: bool = True) -> list[float]:

@@ -21,6 +21,7 @@ from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.errors import DataError
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
+from mlflow_core.training.augment import with_augmentation
 from mlflow_core.training.data import DataBundle, build_data
 from mlflow_core.training.evaluation import classification_metrics, predict
 from mlflow_core.training.models import build_model
@@ -33,7 +34,7 @@ def run_finalization(ctx: RunContext) -> RunOutput:
 
     cfg, say, root = ctx.cfg, ctx.on_message, ctx.project.root
     fin = cfg.finalization
-    data = build_data(cfg, root)
+    data = with_augmentation(build_data(cfg, root), cfg.augmentation)  # evaluation views at the trained size
     if data.test is None or len(data.test) == 0:
         raise DataError(f"{ctx.project.config_path}: finalization needs a held-out test split, and data source "
                         f"'{cfg.data.source}' has none: set data.test_fraction (digits), add a test/ folder "

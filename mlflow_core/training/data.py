@@ -29,6 +29,7 @@ class DataBundle:
     input_shape: tuple[int, ...]  # one sample, channels first
     source: str
     normalization: dict[str, list[float]] | None = None  # per-channel mean and std, when applied
+    augmented: bool = False  # the training split carries config.augmentation (training/augment.py)
 
 
 NORMALIZE_SAMPLES = 2048

@@ -50,11 +50,23 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_clas
         "macro_f1": sum(p["f1"] for p in present) / len(present) if present else 0.0,
         "per_class": per_class, "confusion": confusion.tolist(),
         "ece": expected_calibration_error(probs, targets),
+        "mcc": matthews_corrcoef(confusion),
     }
     if num_classes > 5:
         top5 = logits.topk(5, dim=1).indices
         out["top5_accuracy"] = float((top5 == targets[:, None]).any(1).float().mean())
     return out
+
+
+def matthews_corrcoef(confusion: torch.Tensor) -> float:
+    """Multiclass Matthews correlation (Gorodkin's R_K) from a confusion matrix (rows: true class):
+    1 perfect, 0 no better than chance, negative worse; 0 when a side has one class only."""
+    c = confusion.double()
+    total, correct = c.sum(), c.diagonal().sum()
+    predicted, actual = c.sum(0), c.sum(1)
+    numerator = correct * total - (predicted * actual).sum()
+    denominator = ((total ** 2 - (predicted ** 2).sum()) * (total ** 2 - (actual ** 2).sum())).sqrt()
+    return float(numerator / denominator) if float(denominator) > 0 else 0.0
 
 
 def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> float:

@@ -4,6 +4,7 @@ classifiers with the first convolution adapted to `in_channels`, or a user's own
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,3 +81,46 @@ def build_model(cfg: ModelSection, num_classes: int, input_shape: tuple[int, ...
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def load_initial_weights(model: nn.Module, path: Path, shown: str) -> dict[str, Any]:
+    """Fine-tuning: copy every tensor of `path` (a wf checkpoint or a plain state dict) whose name and
+    shape fit `model`; the rest of the model keeps its fresh initialisation (a new classifier, say)."""
+    from mlflow_core.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+
+    if not path.is_file():
+        raise UserInputError(f"model.init_from: {shown} does not exist.")
+    try:
+        payload = load_checkpoint(path)["model"]
+    except UserInputError as exc:
+        if f"no 'format: {CHECKPOINT_FORMAT}'" not in exc.message:
+            raise UserInputError(f"model.init_from: {exc.message}") from None
+        payload = torch.load(path, map_location="cpu", weights_only=True)  # a plain state dict
+    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise UserInputError(f"model.init_from: {shown} holds no state dict (a mapping of names to tensors).")
+    own = model.state_dict()
+    fitting = {k: v for k, v in payload.items() if k in own and own[k].shape == v.shape}
+    if not fitting:
+        raise UserInputError(f"model.init_from: no tensor of {shown} fits model '{type(model).__name__}' "
+                             f"(its names start like {sorted(payload)[:3]}; the model's like {sorted(own)[:3]}).")
+    model.load_state_dict(fitting, strict=False)
+    reshaped = sorted(k for k, v in payload.items() if k in own and own[k].shape != v.shape)
+    return {"path": shown, "loaded": len(fitting), "of": len(own), "kept_fresh": sorted(set(own) - set(fitting)),
+            "shape_mismatch": reshaped, "unused": sorted(set(payload) - set(own))}
+
+
+def freeze_parameters(model: nn.Module, prefixes: list[str]) -> dict[str, Any]:
+    """requires_grad=False for the parameters whose name starts with one of `prefixes`; a prefix
+    that matches nothing is a mistake worth stopping for."""
+    frozen: list[str] = []
+    for prefix in prefixes:
+        names = [n for n, _ in model.named_parameters() if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
+        if not names:
+            sample = [n for n, _ in model.named_parameters()][:4]
+            raise UserInputError(f"model.freeze: {prefix!r} matches no parameter (names look like {sample}).")
+        frozen.extend(names)
+    for name, param in model.named_parameters():
+        if name in frozen:
+            param.requires_grad_(False)
+    count = sum(p.numel() for n, p in model.named_parameters() if n in frozen)
+    return {"prefixes": prefixes, "tensors": len(set(frozen)), "parameters": count}

@@ -34,7 +34,8 @@ from mlflow_core.monitoring.anomalies import EarlyStopping, GradExplosionDetecto
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
 from mlflow_core.training.data import DataBundle, build_data, make_loader
-from mlflow_core.training.models import build_model, count_parameters
+from mlflow_core.training.augment import BatchMixer, hard_labels, with_augmentation
+from mlflow_core.training.models import build_model, count_parameters, freeze_parameters, load_initial_weights
 from mlflow_core.training.seeding import SEEDED, rng_state, seed_everything, set_rng_state
 from mlflow_core.training.snapshot import DeviceSnapshot
 from mlflow_core.workflow.evidence import file_sha256
@@ -85,6 +86,13 @@ def finite_or_str(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
 
+def joined(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's micro-batches as one batch (for the NaN replay, which replays steps)."""
+    if len(batches) == 1:
+        return batches[0]
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
 def total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
@@ -112,11 +120,22 @@ def architecture_summary(model: nn.Module) -> dict[str, Any]:
     return {"activations": activations, "normalization": norms, "weight_layers": weight_layers}
 
 
-def build_optimizer(t: TrainingSection, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+def effective_learning_rate(t: TrainingSection, world_size: int = 1) -> float:
+    """learning_rate, or with `lr_scaling: linear` learning_rate × effective batch / 256."""
+    if t.lr_scaling == "linear":
+        return t.learning_rate * t.batch_size * t.accumulate_steps * world_size / 256
+    return t.learning_rate
+
+
+def build_optimizer(t: TrainingSection, params: list[torch.Tensor], world_size: int = 1) -> torch.optim.Optimizer:
+    lr = effective_learning_rate(t, world_size)
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    return cls(params, lr=lr, weight_decay=t.weight_decay)
+
+
+PER_STEP_SCHEDULERS = ("warmup_cosine", "onecycle")
 
 
 class Trainer:
@@ -140,17 +159,38 @@ class Trainer:
     # --- set-up ------------------------------------------------------------------------------------
 
     def _build(self) -> None:
-        cfg = self.cfg
+        cfg, t = self.cfg, self.cfg.training
         seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)
-        self.device = resolve_device(cfg.training.device)
-        self.data = self.data or build_data(cfg, self.project_root)
+        self.device = resolve_device(t.device)
+        # explicit both ways: torch's own defaults differ between matmuls and convolutions
+        torch.backends.cuda.matmul.allow_tf32 = t.tf32
+        torch.backends.cudnn.allow_tf32 = t.tf32
+        self.data = with_augmentation(self.data or build_data(cfg, self.project_root), cfg.augmentation)
         seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)  # data building may draw
         self.model = build_model(cfg.model, self.data.num_classes, self.data.input_shape, self.project_root)
-        self.model.to(self.device)
+        self.recipe: dict[str, Any] = {}
+        if cfg.model.init_from:
+            self.recipe["init_from"] = load_initial_weights(
+                self.model, self._project_file(cfg.model.init_from), cfg.model.init_from)
+        if cfg.model.freeze:
+            self.recipe["frozen"] = freeze_parameters(self.model, cfg.model.freeze)
+        self.channels_last = t.channels_last and len(self.data.input_shape) == 3
+        if self.channels_last:
+            self.model.to(self.device, memory_format=torch.channels_last)
+        else:
+            self.model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.cfg.training, self.params)
-        self.scheduler = self._scheduler()
-        self.criterion = nn.CrossEntropyLoss()
+        self.optimizer = build_optimizer(t, self.params)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+        self.ema = None
+        if t.ema.enabled:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema.decay), use_buffers=True)
+        self.forward_model: Any = self.model
+        if t.compile:
+            self.forward_model = torch.compile(self.model)
+        self.mixer = (BatchMixer(cfg.augmentation, self.data.num_classes, t.epochs, self.data.input_shape)
+                      if cfg.augmentation.mixing else None)
         precision = cfg.training.precision
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         # with a GradScaler an overflowing gradient is expected now and then: the scaler skips that
@@ -160,14 +200,55 @@ class Trainer:
         seed = cfg.reproducibility.seed
         self.train_loader = make_loader(self.data.train, cfg, train=True, device=self.device, seed=seed)
         self.val_loader = make_loader(self.data.val, cfg, train=False, device=self.device, seed=seed)
+        self.accumulate = t.accumulate_steps
+        self.steps_per_epoch = len(self.train_loader) // self.accumulate  # a last partial group is dropped
+        if self.steps_per_epoch < 1:
+            from mlflow_core.errors import UserInputError
+            raise UserInputError(f"training.accumulate_steps {self.accumulate} is more than the "
+                                 f"{len(self.train_loader)} batches of an epoch.")
+        self.scheduler = self._scheduler()
+        self.per_step_scheduler = t.scheduler.name in PER_STEP_SCHEDULERS
+        self.recipe.update(learning_rate=effective_learning_rate(t), accumulate_steps=self.accumulate,
+                           effective_batch=t.batch_size * self.accumulate, scheduler=t.scheduler.name,
+                           label_smoothing=t.label_smoothing, ema=t.ema.model_dump() if t.ema.enabled else None,
+                           mixing=cfg.augmentation.model_dump(include={"mixup_alpha", "cutmix_alpha",
+                                                                       "mix_probability", "mix_off_last_fraction"})
+                           if self.mixer else None,
+                           mixing_last_epoch=self.mixer.last_epoch if self.mixer else None,
+                           channels_last=self.channels_last, tf32=t.tf32,
+                           compile="requested" if t.compile else None)
         mon = cfg.monitoring
         self.stall = StallDetector(mon.stall_window_steps, mon.stall_min_delta)
         self.explosion = GradExplosionDetector(mon.explode_factor)
         self.early = EarlyStopping(cfg.validation.mode, cfg.early_stopping.patience,
                                    cfg.early_stopping.min_delta, cfg.early_stopping.enabled)
 
+    def _project_file(self, relative: str) -> Path:
+        from mlflow_core.errors import UserInputError
+
+        path = (self.project_root / relative).resolve()
+        root = self.project_root.resolve()
+        if path != root and root not in path.parents:
+            raise UserInputError(f"model.init_from: {relative} points outside the project {root}.")
+        return path
+
     def _scheduler(self) -> Any:
         s, epochs = self.cfg.training.scheduler, self.cfg.training.epochs
+        lr_scheduler = torch.optim.lr_scheduler
+        total = epochs * self.steps_per_epoch
+        if s.name == "onecycle":
+            return lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=s.max_lr or effective_learning_rate(self.cfg.training), total_steps=total,
+                pct_start=s.pct_start, div_factor=s.div_factor, final_div_factor=s.final_div_factor,
+                cycle_momentum=s.cycle_momentum, base_momentum=s.base_momentum, max_momentum=s.max_momentum)
+        if s.name == "warmup_cosine":
+            warmup = min(int(round(s.warmup_epochs * self.steps_per_epoch)), total - 1)
+            cosine = lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(total - warmup, 1), eta_min=s.min_lr)
+            if warmup <= 0:
+                return cosine
+            linear = lr_scheduler.LinearLR(self.optimizer, start_factor=s.warmup_start_factor, end_factor=1.0,
+                                           total_iters=warmup)
+            return lr_scheduler.SequentialLR(self.optimizer, [linear, cosine], milestones=[warmup])
         if s.name == "step":
             return torch.optim.lr_scheduler.StepLR(self.optimizer, s.step_size, s.gamma)
         if s.name == "cosine":
@@ -187,7 +268,8 @@ class Trainer:
         windowed = self.windowed if self.windowed is not None else device.type != "cpu"
         window_size = cfg.monitoring.check_every_n_steps if windowed else 1
         epochs = cfg.training.epochs
-        steps_per_epoch = len(self.train_loader)
+        steps_per_epoch = self.steps_per_epoch
+        accumulate = self.accumulate
         metrics = self._new_metrics()
         self.recent: deque[tuple[int, float, float]] = deque(maxlen=50)
         self.step_losses: list[float] = []  # every step's loss, on the host (read back per window anyway)
@@ -222,7 +304,7 @@ class Trainer:
                     # then the batches it had already trained on drawn and dropped
                     self.train_loader.generator.set_state(resume["epoch_generator_state"])
                     batches = iter(self.train_loader)
-                    for _ in range(resume["step_in_epoch"]):
+                    for _ in range(resume["step_in_epoch"] * accumulate):
                         next(batches)
                     first_step = resume["step_in_epoch"] + 1
                     correct += resume["correct"]
@@ -233,26 +315,33 @@ class Trainer:
                     self._epoch_generator_state = self.train_loader.generator.get_state()
                     batches = iter(self.train_loader)
                 step_in_epoch = first_step - 1
+                mixing = self.mixer is not None and self.mixer.active(epoch)
                 for step_in_epoch in range(first_step, steps_per_epoch + 1):
-                    # data: time spent waiting for the loader is the data-wait figure
-                    t0 = time.perf_counter()
-                    inputs_cpu, targets_cpu = next(batches)
-                    data_wait += time.perf_counter() - t0
-                    inputs = inputs_cpu.to(device, non_blocking=True)
-                    targets = targets_cpu.to(device, non_blocking=True)
-                    # forward / backward
-                    if self.amp_dtype is None:
-                        logits = self.model(inputs)
-                        loss = self.criterion(logits, targets)
-                    else:
-                        with torch.autocast(device.type, dtype=self.amp_dtype):
-                            logits = self.model(inputs)
-                            loss = self.criterion(logits, targets)
                     self.optimizer.zero_grad(set_to_none=True)
-                    if self.scaler is None:
-                        loss.backward()
-                    else:
-                        self.scaler.scale(loss).backward()
+                    step_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+                    loss, step_samples = None, 0
+                    for _micro in range(accumulate):  # gradient accumulation: micro-batches, one step
+                        # data: time spent waiting for the loader is the data-wait figure
+                        t0 = time.perf_counter()
+                        inputs_cpu, targets_cpu = next(batches)
+                        data_wait += time.perf_counter() - t0
+                        if mixing:
+                            inputs_cpu, targets_cpu = self.mixer(inputs_cpu, targets_cpu)
+                        step_batches.append((inputs_cpu, targets_cpu))
+                        inputs = self._to_device(inputs_cpu)
+                        targets = targets_cpu.to(device, non_blocking=True)
+                        logits, micro_loss = self._forward(inputs, targets)
+                        part = micro_loss if accumulate == 1 else micro_loss / accumulate
+                        if self.scaler is None:
+                            part.backward()
+                        else:
+                            self.scaler.scale(part).backward()
+                        loss = micro_loss.detach() if loss is None else loss + micro_loss.detach()
+                        correct += (logits.detach().argmax(1) == hard_labels(targets)).sum()
+                        step_samples += targets.shape[0]
+                    if accumulate > 1:
+                        loss = loss / accumulate
+                    if self.scaler is not None:
                         self.scaler.unscale_(self.optimizer)  # clip and measure true gradients
                     if cfg.training.grad_clip_norm:
                         grad_norm = nn.utils.clip_grad_norm_(self.params, cfg.training.grad_clip_norm)
@@ -267,7 +356,7 @@ class Trainer:
                         if not (math.isfinite(loss_f) and (math.isfinite(norm_f) or self.scaler is not None)):
                             info = self._nonfinite(epoch, step_in_epoch, global_step, loss_f, norm_f,
                                                    state=None, state_step=global_step,
-                                                   batches=[(inputs_cpu, targets_cpu)])
+                                                   batches=[joined(step_batches)])
                             metrics["nonfinite"] = info
                             if cfg.monitoring.nan_action == "stop":
                                 status, stop_reason = "failed_nan", info["message"]
@@ -276,17 +365,20 @@ class Trainer:
                                                 window_t0, started, epochs, steps_file, window_start, None, [])
                                 break
                     else:
-                        window_batches.append((inputs_cpu, targets_cpu))
+                        window_batches.append(joined(step_batches))
                     # step
                     if self.scaler is None:
                         self.optimizer.step()
                     else:
                         self.scaler.step(self.optimizer)  # skipped when the gradients overflowed
                         self.scaler.update()
-                    correct += (logits.detach().argmax(1) == targets).sum()
-                    seen += targets.shape[0]
-                    window.append((global_step, loss.detach(), grad_norm.detach(), targets.shape[0]))
+                    if self.per_step_scheduler:
+                        self.scheduler.step()
+                    seen += step_samples
+                    window.append((global_step, loss, grad_norm.detach(), step_samples))
                     global_step += 1
+                    if self.ema is not None and global_step % cfg.training.ema.every_n_steps == 0:
+                        self.ema.update_parameters(self.model)
                     # monitor: once per window, one read-back
                     last = step_in_epoch == steps_per_epoch or (max_steps and global_step >= max_steps)
                     if len(window) >= cfg.monitoring.check_every_n_steps or last or self.signal_received is not None:
@@ -338,7 +430,15 @@ class Trainer:
                 validated = epoch % cfg.validation.validate_every_n_epochs == 0 or epoch == epochs
                 if validated:
                     val_loss, val_acc = self.evaluate()
+                    if self.ema is not None:  # both views reported; the configured one is "val_*"
+                        ema_loss, ema_acc = self.evaluate(self.ema.module)
+                        record.update(raw_val_loss=finite_or_str(val_loss), raw_val_accuracy=round(val_acc, 6),
+                                      ema_val_loss=finite_or_str(ema_loss), ema_val_accuracy=round(ema_acc, 6))
+                        if cfg.training.ema.evaluate:
+                            val_loss, val_acc = ema_loss, ema_acc
                     record.update(val_loss=finite_or_str(val_loss), val_accuracy=round(val_acc, 6))
+                if self.mixer is not None:
+                    record["mixed"] = mixing
                 metrics["epochs"].append(record)
 
                 # -- checkpoint, early stopping, schedule --------------------------------------------
@@ -362,7 +462,7 @@ class Trainer:
                         self._save(f"checkpoint_epoch_{epoch}.pt", epoch, global_step, metrics))
                 if cfg.checkpointing.save_last:
                     metrics["checkpoints"]["last"] = self._save("last_model.pt", epoch, global_step, metrics)
-                if self.scheduler is not None:
+                if self.scheduler is not None and not self.per_step_scheduler:
                     if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                         if validated:
                             self.scheduler.step(value)
@@ -413,7 +513,45 @@ class Trainer:
                 if status != "interrupted":  # the first refusal is the one to report; this one is its echo
                     raise
                 self.log.error("metrics.json not updated: %s", exc.message)
-        return TrainResult(status, metrics, self.model, self.run_dir, self.anomalies)
+        return TrainResult(status, metrics, self.evaluated_model(), self.run_dir, self.anomalies)
+
+    # --- recipes -------------------------------------------------------------------------------------
+
+    def evaluated_model(self) -> nn.Module:
+        """The weights validation judges and checkpoints carry: the EMA's when it is evaluated."""
+        if self.ema is not None and self.cfg.training.ema.evaluate:
+            return self.ema.module
+        return self.model
+
+    def _to_device(self, inputs: torch.Tensor) -> torch.Tensor:
+        inputs = inputs.to(self.device, non_blocking=True)
+        if self.channels_last and inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
+
+    def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's forward, compiled when asked; a compile that fails falls back to eager, once,
+        with the reason recorded (the eager model's own errors still surface)."""
+        if self.forward_model is self.model:
+            return self.model(inputs)
+        try:
+            return self.forward_model(inputs)
+        except Exception as exc:  # torch.compile raises many types (backend, codegen, unsupported ops)
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            self.log.warning("torch.compile failed, training eagerly: %s", reason)
+            self.anomalies.append({"kind": "compile_fallback", "step": None, "epoch": None,
+                                   "message": f"torch.compile failed; training went on eagerly ({reason})"})
+            self.recipe["compile"] = "failed, eager"
+            self.forward_model = self.model
+            return self.model(inputs)
+
+    def _forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.amp_dtype is None:
+            logits = self._logits(inputs)
+            return logits, self.criterion(logits, targets)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype):
+            logits = self._logits(inputs)
+            return logits, self.criterion(logits, targets)
 
     # --- interruption and resumption ------------------------------------------------------------
 
@@ -449,6 +587,7 @@ class Trainer:
             "kind": "resume", "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "early_stopping": self.early.state_dict(),
             "detectors": {"stall": self.stall.state_dict(), "explosion": self.explosion.state_dict()},
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
@@ -481,6 +620,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
         self.early.load_state_dict(state["early_stopping"])
         self.stall.load_state_dict(state["detectors"]["stall"])
         self.explosion.load_state_dict(state["detectors"]["explosion"])
@@ -491,21 +632,23 @@ class Trainer:
         self.anomalies = metrics.get("anomalies") or []
         self._layer_records = metrics["layers"]["records"]
         self._epoch_generator_state = state["epoch_generator_state"]
-        state["metrics"] = {**fresh_metrics, **metrics, "status": "running"}
+        state["metrics"] = {**fresh_metrics, **metrics, "status": "running", "recipe": self.recipe}
         return state
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        self.model.eval()
+    def evaluate(self, model: nn.Module | None = None) -> tuple[float, float]:
+        """Validation loss and accuracy of `model` (default: the trained model, compiled if it is)."""
+        model = model or self.model
+        model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         count = 0
         for inputs, targets in self.val_loader:
-            inputs = inputs.to(self.device, non_blocking=True)
+            inputs = self._to_device(inputs)
             targets = targets.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
-                logits = self.model(inputs)
+                logits = self._logits(inputs) if model is self.model else model(inputs)
             loss_sum += nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
             correct += (logits.argmax(1) == targets).sum()
             count += targets.shape[0]
@@ -626,7 +769,7 @@ class Trainer:
                 "epochs_planned": cfg.training.epochs, "batch_size": cfg.training.batch_size,
                 "num_workers": cfg.data.num_workers, "epochs": [], "best": None, "nonfinite": None,
                 "checkpoints": {"best": None, "last": None, "periodic": []}, "steps": 0,
-                "architecture": architecture_summary(self.model),
+                "architecture": architecture_summary(self.model), "recipe": self.recipe,
                 "layers": {"names": [n for n, _ in self._weight_params],
                            "numel": [p.numel() for _, p in self._weight_params], "records": self._layer_records},
                 "config": cfg.model_dump(mode="json")}
@@ -655,7 +798,9 @@ class Trainer:
             return None
         path = self.run_dir / "checkpoints" / name
         save_checkpoint(path, {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            # the weights validation judged: the EMA's when it is evaluated (resume.pt keeps both)
+            "model": self.evaluated_model().state_dict(), "ema_weights": self.evaluated_model() is not self.model,
+            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": epoch, "global_step": step, "rng": rng_state(), "config": self.cfg.model_dump(mode="json"),
             "early_stopping": self.early.state_dict(),

@@ -122,4 +122,4 @@ def entry_verdict(project: Project, state: ProjectState, phase: str,
 
 def _next_step_hint(project: Project, state: ProjectState, origin: str) -> str:
     options = load_phase(origin, project.root).next
-    return " or ".join(f"wf phase {p}" for p in options) if options else f"wf status"
+    return " or ".join(f"wf phase {p}" for p in options) if options else "wf status"
