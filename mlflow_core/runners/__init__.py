@@ -26,6 +26,14 @@ class RunContext:
     on_message: Callable[[str], None] = lambda _m: None
     resume_from: Path | None = None  # checkpoints/resume.pt of the interrupted run being continued
     resuming: bool = False  # `--resume`: runs already in run_dir are continued or reused, not redone
+    smoke: bool = False  # `--smoke`: two training and two validation steps per run, nothing recorded
+
+    def trainer_limits(self) -> dict[str, Any]:
+        """What every trainer of this phase runs with: `--smoke` caps each epoch at two steps."""
+        return {"limit_train_steps": SMOKE_STEPS, "limit_val_batches": SMOKE_STEPS} if self.smoke else {}
+
+
+SMOKE_STEPS = 2
 
 
 @dataclass
@@ -77,7 +85,7 @@ def fit_or_continue(ctx: RunContext, cfg: WorkflowConfig, run_dir: Path, run_id:
         if (run_dir / "checkpoints" / "resume.pt").is_file():
             resume_from = run_dir / "checkpoints" / "resume.pt"
     trainer = Trainer(cfg, ctx.project.root, run_dir, run_id=run_id, resume_from=resume_from, stop_on_signals=True,
-                      **trainer_options)
+                      **ctx.trainer_limits(), **trainer_options)
     result = trainer.fit()
     if result.status == "interrupted":
         raise SubRunInterrupted(trainer.signal_received, result.metrics.get("resume"), run_dir)

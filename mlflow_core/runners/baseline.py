@@ -14,7 +14,7 @@ def run_baseline(ctx: RunContext) -> RunOutput:
     sampler = GpuSampler(mon.gpu_sample_interval_s, mon.gpu_utilization_target)
     trainer = Trainer(ctx.cfg, ctx.project.root, ctx.run_dir, run_id=ctx.run_id, phase="baseline",
                       on_progress=ctx.on_progress, gpu_sampler=sampler, resume_from=ctx.resume_from,
-                      stop_on_signals=True)
+                      stop_on_signals=True, **ctx.trainer_limits())
     result = trainer.fit()
     facts = training_facts(ctx, result.metrics)
     if result.status == "interrupted":

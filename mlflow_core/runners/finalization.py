@@ -82,7 +82,7 @@ def run_finalization(ctx: RunContext) -> RunOutput:
     facts["summary"] = summarize([r["test"] for r in evaluated])
     seed, model = models[0]  # the shipped model: the first seed's
     facts["exported_seed"] = seed
-    export_dir = ctx.project.root / "export"
+    export_dir = ctx.run_dir / "export" if ctx.smoke else ctx.project.root / "export"
     batch = next(iter(torch.utils.data.DataLoader(data.test, batch_size=min(8, len(data.test)))))[0].to(device)
     facts["exports"] = export_model(model.to(device).eval(), cfg, data, export_dir, batch, fin.export,
                                     fin.export_tolerance, ctx)

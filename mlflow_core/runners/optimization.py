@@ -39,6 +39,8 @@ def study_name(cfg: WorkflowConfig) -> str:
 
 
 def storage_url(ctx: RunContext) -> str:
+    if ctx.smoke:  # a throwaway study next to the throwaway runs
+        return f"sqlite:///{ctx.run_dir / 'optuna.db'}"
     return ctx.cfg.optimization.storage or f"sqlite:///{ctx.project.root / '.wf' / 'optuna.db'}"
 
 
@@ -160,7 +162,7 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     if opt.lr_find:
         from mlflow_core.training.lr_finder import lr_range_test
         say("LR range test")
-        sweep = lr_range_test(cfg, root, data)
+        sweep = lr_range_test(cfg, root, data, steps=10 if ctx.smoke else 100)
         facts["lr_range_test"] = {k: sweep[k] for k in ("lrs", "smoothed", "suggested_lr", "rule", "stop_reason",
                                                          "min_loss_lr")}
         if sweep.get("suggested_lr"):
@@ -260,7 +262,8 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     facts["comparison"] = compare(runs["baseline"], runs["optimized"], seeds, maximize, opt.significance, metric)
 
     # 4. the optimized config ---------------------------------------------------------------------------
-    path = write_optimized_config(ctx, best.params, best.number, best.value, facts["comparison"])
+    path = write_optimized_config(ctx, best.params, best.number, best.value, facts["comparison"],
+                                  ctx.run_dir / "optimized_config.yaml" if ctx.smoke else None)
     facts["optimized_config"] = {"path": ctx.project.relative(path), "sha256": file_sha256(path)}
     return RunOutput("completed", facts)
 
@@ -340,7 +343,7 @@ def compare(baseline: list[float], optimized: list[float], seeds: list[int], max
 
 
 def write_optimized_config(ctx: RunContext, params: dict[str, Any], trial: int, value: float,
-                           comparison: dict[str, Any]) -> Path:
+                           comparison: dict[str, Any], path: Path | None = None) -> Path:
     """training_config.yaml with the best trial's values, comments kept where the keys exist."""
     from mlflow_core.workflow.scaffold import write_config_variant
 
@@ -348,4 +351,5 @@ def write_optimized_config(ctx: RunContext, params: dict[str, Any], trial: int, 
     header = (f"# Written by `wf phase optimization` on {date.today()}, run {ctx.run_id}:\n"
               f"# trial {trial} of study {study_name(ctx.cfg)} ({values}), {ctx.cfg.validation.metric} {value:.4g}.\n"
               f"# Against the baseline over seeds {comparison['seeds']}: {comparison['verdict']}.\n")
-    return write_config_variant(ctx.project, params, header, ctx.project.root / "configs" / "optimized_config.yaml")
+    return write_config_variant(ctx.project, params, header,
+                                path or ctx.project.root / "configs" / "optimized_config.yaml")

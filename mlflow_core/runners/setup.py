@@ -26,10 +26,13 @@ def run_setup(ctx: RunContext) -> RunOutput:
 
     ctx.on_message("Documenting the environment")
     env = capture_environment(project.root, GpuSampler())
-    atomic_write_json(project.reports_dir / "environment.json", env)
-    report = write_report(project, "environment.md", "environment.md.j2",
-                          {"project_name": cfg.project.name, "env": env, "run_id": ctx.run_id,
-                           "recorded_at": now_iso()})
+    if ctx.smoke:  # a smoke run writes nothing into the project
+        report = {"path": None}
+    else:
+        atomic_write_json(project.reports_dir / "environment.json", env)
+        report = write_report(project, "environment.md", "environment.md.j2",
+                              {"project_name": cfg.project.name, "env": env, "run_id": ctx.run_id,
+                               "recorded_at": now_iso()})
     gpus = ", ".join(g["name"] for g in env["gpus"]) or "no NVIDIA GPU"
     facts["environment"] = {"report": report, "summary": f"Python {env['python']}, torch {env['torch']}, "
                             f"{env['cpu_count']} CPU cores, {env['ram_gib']} GiB RAM, {gpus}"}

@@ -143,7 +143,8 @@ class Trainer:
                  run_id: str = "", phase: str = "baseline", on_progress: Callable[[Progress], None] | None = None,
                  gpu_sampler: GpuSampler | None = None, data: DataBundle | None = None,
                  windowed: bool | None = None, on_epoch: Callable[[int, float], bool] | None = None,
-                 resume_from: Path | None = None, stop_on_signals: bool = False):
+                 resume_from: Path | None = None, stop_on_signals: bool = False,
+                 limit_train_steps: int | None = None, limit_val_batches: int | None = None):
         self.cfg, self.project_root, self.run_dir = cfg, project_root, run_dir
         self.run_id, self.phase = run_id, phase
         self.on_progress = on_progress or (lambda _p: None)
@@ -154,6 +155,8 @@ class Trainer:
         self.resume_from = resume_from  # checkpoints/resume.pt of an interrupted run: continue it exactly
         self.stop_on_signals = stop_on_signals  # SIGTERM/SIGINT: finish the step, save resume.pt, stop
         self.signal_received: int | None = None
+        # `--smoke`: this many optimizer steps per epoch and validation batches, to check that a config runs
+        self.limit_train_steps, self.limit_val_batches = limit_train_steps, limit_val_batches
         self.log = logging.getLogger(f"wf.trainer.{run_id or 'anon'}")
 
     # --- set-up ------------------------------------------------------------------------------------
@@ -206,6 +209,8 @@ class Trainer:
             from mlflow_core.errors import UserInputError
             raise UserInputError(f"training.accumulate_steps {self.accumulate} is more than the "
                                  f"{len(self.train_loader)} batches of an epoch.")
+        if self.limit_train_steps:
+            self.steps_per_epoch = min(self.steps_per_epoch, self.limit_train_steps)
         self.scheduler = self._scheduler()
         self.per_step_scheduler = t.scheduler.name in PER_STEP_SCHEDULERS
         self.recipe.update(learning_rate=effective_learning_rate(t), accumulate_steps=self.accumulate,
@@ -412,7 +417,7 @@ class Trainer:
                 # Run the iterator to its end, as `for batch in loader` does: when the data divide into
                 # whole batches, the sampler draws its (empty) remainder permutation only then, and
                 # skipping that draw would shift every later epoch's order from a plain loop's.
-                if step_in_epoch == steps_per_epoch:
+                if step_in_epoch == steps_per_epoch and not self.limit_train_steps:
                     for _ in batches:
                         pass
 
@@ -643,7 +648,9 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         count = 0
-        for inputs, targets in self.val_loader:
+        for index, (inputs, targets) in enumerate(self.val_loader):
+            if self.limit_val_batches and index >= self.limit_val_batches:
+                break
             inputs = self._to_device(inputs)
             targets = targets.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
