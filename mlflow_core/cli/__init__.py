@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="wf")
     except WfError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False, soft_wrap=True)
+        from mlflow_core.distributed import world_from_env
+
+        world = world_from_env()
+        rank = f"(rank {world.rank}) " if world is not None else ""
+        err_console.print(f"[bold red]error:[/] {rank}{exc.message}", markup=True, highlight=False, soft_wrap=True)
         if exc.hint:
             err_console.print(exc.hint, markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

@@ -76,13 +76,36 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
           smoke: bool = typer.Option(False, "--smoke", help="Run the phase's whole pipeline with two training and "
                                      "two validation steps per run, in a throwaway directory, recording nothing: "
                                      "checks that the config still runs."),
+          nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, metavar="N",
+                                             help="Data-parallel training (DDP) in N processes on this machine: "
+                                             "one per GPU, or gloo on CPUs (baseline)."),
           ) -> None:
     """Run a phase (or, with --smoke, check that it runs). Exit 0 success · 1 failed its success criteria · 2 bad input · 3 entry gate closed ·
     5 a write was refused (disk full, read-only) · 130/138/143 stopped by SIGINT/SIGUSR1/SIGTERM
     (resumable with --resume)."""
+    from mlflow_core.distributed import DISTRIBUTED_PHASES, world_from_env
     from mlflow_core.errors import UserInputError
     from mlflow_core.workflow.project import Project
 
+    world = world_from_env()
+    if world is not None and not world.is_writer:  # a DDP rank other than 0: it follows rank 0's lead
+        from mlflow_core.distributed import follow
+        raise typer.Exit(follow(Project.find(), world))
+    if nproc_per_node > 1:
+        if world is not None:
+            raise UserInputError("--nproc-per-node starts its own processes; under torchrun or srun leave it out.")
+        if name not in DISTRIBUTED_PHASES:
+            raise UserInputError(f"`wf phase {name}` runs in one process; data-parallel phases: "
+                                 f"{', '.join(DISTRIBUTED_PHASES)}.")
+        from mlflow_core.distributed import launch_local
+        from mlflow_core.workflow.engine import missing_training_stack
+        if missing_training_stack():
+            raise UserInputError("--nproc-per-node needs the training stack (torch).",
+                                 hint="Install it with `pip install 'wf[train]'`.")
+        Project.find()  # not a project: exit 2 here, not once per process
+        args = ["phase", name, *(["--smoke"] if smoke else []), *(["--resume"] if resume else []),
+                *(["--override-gate", override_gate] if override_gate is not None else [])]
+        raise typer.Exit(launch_local(args, nproc_per_node))
     if smoke:
         if resume or override_gate is not None:
             raise UserInputError("--smoke runs outside the phase's record: it takes neither --resume nor "

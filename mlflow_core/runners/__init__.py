@@ -27,6 +27,15 @@ class RunContext:
     resume_from: Path | None = None  # checkpoints/resume.pt of the interrupted run being continued
     resuming: bool = False  # `--resume`: runs already in run_dir are continued or reused, not redone
     smoke: bool = False  # `--smoke`: two training and two validation steps per run, nothing recorded
+    world: Any = None  # distributed.World under DDP (this is rank 0)
+    announce: Callable[[dict[str, Any] | None], None] = lambda _plan: None  # tells the other ranks what to train
+
+    def announce_training(self, phase: str) -> None:
+        """Under DDP, just before training: the other ranks start the same trainer with this."""
+        if self.world is not None:
+            self.announce({"phase": phase, "run_id": self.run_id, "run_dir": str(self.run_dir),
+                           "resume_from": str(self.resume_from) if self.resume_from else None,
+                           "config": self.cfg.model_dump(mode="json"), "limits": self.trainer_limits()})
 
     def trainer_limits(self) -> dict[str, Any]:
         """What every trainer of this phase runs with: `--smoke` caps each epoch at two steps."""

@@ -10,6 +10,7 @@ model itself is the last good state.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -29,6 +30,7 @@ from torch import nn
 
 from mlflow_core.atomic import atomic_write_json, atomic_write_text, storage_error
 from mlflow_core.config.schema import TrainingSection, WorkflowConfig
+from mlflow_core.distributed import World
 from mlflow_core.errors import StorageError
 from mlflow_core.monitoring.anomalies import EarlyStopping, GradExplosionDetector, StallDetector, first_nonfinite
 from mlflow_core.monitoring.nvml import GpuSampler
@@ -144,8 +146,13 @@ class Trainer:
                  gpu_sampler: GpuSampler | None = None, data: DataBundle | None = None,
                  windowed: bool | None = None, on_epoch: Callable[[int, float], bool] | None = None,
                  resume_from: Path | None = None, stop_on_signals: bool = False,
-                 limit_train_steps: int | None = None, limit_val_batches: int | None = None):
-        self.cfg, self.project_root, self.run_dir = cfg, project_root, run_dir
+                 limit_train_steps: int | None = None, limit_val_batches: int | None = None,
+                 world: World | None = None):
+        # under DDP every rank trains and agrees on when to stop; only rank 0 writes files
+        self.world = world
+        self.cfg, self.project_root = cfg, project_root
+        self.run_dir = run_dir if world is None or world.is_writer else None
+        self.keeps_resume = run_dir is not None  # the same on every rank: resume points are collective
         self.run_id, self.phase = run_id, phase
         self.on_progress = on_progress or (lambda _p: None)
         self.gpu_sampler = gpu_sampler
@@ -165,6 +172,8 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.training
         seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)
         self.device = resolve_device(t.device)
+        if self.world is not None and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.world.local_rank)
         # explicit both ways: torch's own defaults differ between matmuls and convolutions
         torch.backends.cuda.matmul.allow_tf32 = t.tf32
         torch.backends.cudnn.allow_tf32 = t.tf32
@@ -189,9 +198,16 @@ class Trainer:
         if t.ema.enabled:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema.decay), use_buffers=True)
-        self.forward_model: Any = self.model
-        if t.compile:
-            self.forward_model = torch.compile(self.model)
+        self.ddp = None
+        if self.world is not None:
+            from torch.nn.parallel import DistributedDataParallel
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # randomness of training (dropout, augmentation, mixing) differs by rank; the model's
+            # initialisation above was the same everywhere, and DDP starts from rank 0's anyway
+            seed_everything(cfg.reproducibility.seed + self.world.rank, cfg.reproducibility.deterministic)
+        self.eager_model: Any = self.ddp or self.model  # what training calls without torch.compile
+        self.forward_model: Any = torch.compile(self.eager_model) if t.compile else self.eager_model
         self.mixer = (BatchMixer(cfg.augmentation, self.data.num_classes, t.epochs, self.data.input_shape)
                       if cfg.augmentation.mixing else None)
         precision = cfg.training.precision
@@ -201,8 +217,18 @@ class Trainer:
         self.scaler = (torch.amp.GradScaler(self.device.type) if precision == "fp16" and cfg.training.grad_scaler
                        else None)
         seed = cfg.reproducibility.seed
-        self.train_loader = make_loader(self.data.train, cfg, train=True, device=self.device, seed=seed)
-        self.val_loader = make_loader(self.data.val, cfg, train=False, device=self.device, seed=seed)
+        self.train_sampler, val_data = None, self.data.val
+        if self.world is not None:
+            from torch.utils.data import DistributedSampler, Subset
+            # the same permutation on every rank (seed, set_epoch), each rank its share
+            self.train_sampler = DistributedSampler(self.data.train, num_replicas=self.world.world_size,
+                                                    rank=self.world.rank, shuffle=True, seed=seed)
+            # validation without the sampler's padding, so that the reduced figures are exact
+            val_data = Subset(self.data.val, range(self.world.rank, len(self.data.val), self.world.world_size))
+        rank_seed = seed + (self.world.rank if self.world is not None else 0)
+        self.train_loader = make_loader(self.data.train, cfg, train=True, device=self.device, seed=rank_seed,
+                                        sampler=self.train_sampler)
+        self.val_loader = make_loader(val_data, cfg, train=False, device=self.device, seed=seed)
         self.accumulate = t.accumulate_steps
         self.steps_per_epoch = len(self.train_loader) // self.accumulate  # a last partial group is dropped
         if self.steps_per_epoch < 1:
@@ -280,6 +306,7 @@ class Trainer:
         self.step_losses: list[float] = []  # every step's loss, on the host (read back per window anyway)
         self.anomalies: list[dict[str, Any]] = []
         global_step, status, stop_reason = 0, "completed", None
+        self._stop_agreed = False
         start_epoch, resume = 1, None
         if self.resume_from is not None:
             resume = self._restore(metrics)
@@ -304,6 +331,8 @@ class Trainer:
                 snapshot = self._snapshot() if window_size > 1 else None
                 window_start, window_t0 = global_step, time.perf_counter()
                 first_step = 1
+                if self.train_sampler is not None:
+                    self.train_sampler.set_epoch(epoch)  # each epoch its own permutation, the same on every rank
                 if resume is not None and epoch == resume["epoch"]:
                     # the same shuffle as the interrupted epoch: its generator state at the epoch's start,
                     # then the batches it had already trained on drawn and dropped
@@ -335,17 +364,22 @@ class Trainer:
                         step_batches.append((inputs_cpu, targets_cpu))
                         inputs = self._to_device(inputs_cpu)
                         targets = targets_cpu.to(device, non_blocking=True)
-                        logits, micro_loss = self._forward(inputs, targets)
-                        part = micro_loss if accumulate == 1 else micro_loss / accumulate
-                        if self.scaler is None:
-                            part.backward()
-                        else:
-                            self.scaler.scale(part).backward()
+                        # DDP: gradients are averaged across ranks on the step's last micro-batch only
+                        with (self.ddp.no_sync() if self.ddp is not None and _micro < accumulate - 1
+                              and self.forward_model is self.ddp else contextlib.nullcontext()):
+                            logits, micro_loss = self._forward(inputs, targets)
+                            part = micro_loss if accumulate == 1 else micro_loss / accumulate
+                            if self.scaler is None:
+                                part.backward()
+                            else:
+                                self.scaler.scale(part).backward()
                         loss = micro_loss.detach() if loss is None else loss + micro_loss.detach()
                         correct += (logits.detach().argmax(1) == hard_labels(targets)).sum()
                         step_samples += targets.shape[0]
                     if accumulate > 1:
                         loss = loss / accumulate
+                    if self.world is not None:  # every rank sees the mean loss: the same NaN and stop decisions
+                        loss = self._mean_over_ranks(loss)
                     if self.scaler is not None:
                         self.scaler.unscale_(self.optimizer)  # clip and measure true gradients
                     if cfg.training.grad_clip_norm:
@@ -386,10 +420,14 @@ class Trainer:
                         self.ema.update_parameters(self.model)
                     # monitor: once per window, one read-back
                     last = step_in_epoch == steps_per_epoch or (max_steps and global_step >= max_steps)
-                    if len(window) >= cfg.monitoring.check_every_n_steps or last or self.signal_received is not None:
+                    # alone, a signal flushes at once; under DDP the ranks agree at the window's end
+                    signalled = self.world is None and self.signal_received is not None
+                    if len(window) >= cfg.monitoring.check_every_n_steps or last or signalled:
                         bad = self._flush(window, epoch, step_in_epoch, steps_per_epoch, global_step,
                                           window_t0, started, epochs, steps_file, window_start, snapshot,
                                           window_batches)
+                        if self.world is not None:
+                            self._stop_agreed = self._any_rank(self.signal_received is not None)
                         if bad is not None and metrics.get("nonfinite") is None:
                             metrics["nonfinite"] = bad
                             if cfg.monitoring.nan_action == "stop":
@@ -400,19 +438,20 @@ class Trainer:
                         snapshot = self._snapshot() if window_size > 1 else None
                     if max_steps and global_step >= max_steps:
                         break
+                    stop = self._stop_agreed if self.world is not None else self.signal_received is not None
                     every = cfg.checkpointing.resume_every_n_steps
-                    if (every and self.run_dir and not window and global_step % every == 0
-                            and step_in_epoch < steps_per_epoch and self.signal_received is None):
+                    if (every and self.keeps_resume and not window and global_step % every == 0
+                            and step_in_epoch < steps_per_epoch and not stop):
                         self._save_resume(epoch, step_in_epoch, global_step, metrics, correct, seen, data_wait)
-                    if self.signal_received is not None and not window and self.run_dir:
+                    if stop and not window and self.keeps_resume:
                         metrics["resume"] = self._save_resume(epoch, step_in_epoch, global_step, metrics, correct,
                                                               seen, data_wait)
                         status = "interrupted"
-                        stop_reason = (f"{signal.Signals(self.signal_received).name} after step {global_step}; "
-                                       f"resumable from {metrics['resume']['path']}")
+                        name = signal.Signals(self.signal_received or signal.SIGTERM).name
+                        stop_reason = f"{name} after step {global_step}; resumable from checkpoints/resume.pt"
                         break
                 if status in ("failed_nan", "interrupted") or (max_steps and global_step >= max_steps
-                                                               and not self.run_dir):
+                                                               and not self.keeps_resume):
                     break
                 # Run the iterator to its end, as `for batch in loader` does: when the data divide into
                 # whole batches, the sampler draws its (empty) remainder permutation only then, and
@@ -423,15 +462,21 @@ class Trainer:
 
                 # -- validate -------------------------------------------------------------------------
                 elapsed = time.perf_counter() - epoch_start
+                wait = data_wait / elapsed if elapsed > 0 else 0.0
+                all_correct, all_seen, waits = correct, seen, None
+                if self.world is not None:  # the whole batch's figures, and each rank's data wait
+                    all_correct, all_seen, waits = self._reduce_epoch(correct, seen, wait)
                 record: dict[str, Any] = {
                     "epoch": epoch,
                     "train_loss": finite_or_str(self._epoch_loss_sum / max(seen, 1)),
-                    "train_accuracy": round((correct / max(seen, 1)).item(), 6),
+                    "train_accuracy": round((all_correct / max(all_seen, 1)).item(), 6),
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "duration_s": round(elapsed, 3),
-                    "samples_per_s": round(seen / elapsed, 1) if elapsed > 0 else None,
-                    "data_wait_fraction": round(data_wait / elapsed, 4) if elapsed > 0 else None,
+                    "samples_per_s": round(all_seen / elapsed, 1) if elapsed > 0 else None,
+                    "data_wait_fraction": round(wait, 4) if elapsed > 0 else None,
                 }
+                if waits is not None:
+                    record["data_wait_fraction_by_rank"] = [round(w, 4) for w in waits]
                 validated = epoch % cfg.validation.validate_every_n_epochs == 0 or epoch == epochs
                 if validated:
                     val_loss, val_acc = self.evaluate()
@@ -481,7 +526,7 @@ class Trainer:
                 self._write_metrics(metrics, "running", started)
                 if should_stop or (max_steps and global_step >= max_steps):
                     break
-                if self.run_dir and cfg.checkpointing.save_last and epoch < epochs:
+                if self.keeps_resume and cfg.checkpointing.save_last and epoch < epochs:
                     # the next epoch from its first step: the loader's generator is already where it starts
                     self._save_resume(epoch + 1, 0, global_step, metrics, torch.zeros((), device=device), 0, 0.0,
                                       generator_state=self.train_loader.generator.get_state())
@@ -584,9 +629,20 @@ class Trainer:
 
     def _save_resume(self, epoch: int, step_in_epoch: int, global_step: int, metrics: dict[str, Any],
                      correct: torch.Tensor, seen: int, data_wait: float,
-                     generator_state: torch.Tensor | None = None) -> dict[str, Any]:
+                     generator_state: torch.Tensor | None = None) -> dict[str, Any] | None:
         """Everything the rest of the run depends on, after step `global_step`. Written atomically:
-        a kill at any moment leaves the previous resume.pt whole."""
+        a kill at any moment leaves the previous resume.pt whole. Under DDP every rank calls this at
+        the same step: each rank's own RNG and epoch counters are gathered, and rank 0 writes."""
+        local = {"rng": rng_state(), "correct": correct.detach().cpu(), "seen": seen, "data_wait": data_wait,
+                 "epoch_loss_sum": self._epoch_loss_sum,
+                 "epoch_generator_state": self._epoch_generator_state if generator_state is None else generator_state}
+        by_rank = None
+        if self.world is not None:
+            import torch.distributed as dist
+            by_rank = [None] * self.world.world_size
+            dist.all_gather_object(by_rank, local)
+        if self.run_dir is None:
+            return None
         path = self.run_dir / "checkpoints" / "resume.pt"
         save_checkpoint(path, {
             "kind": "resume", "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -595,11 +651,9 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "early_stopping": self.early.state_dict(),
             "detectors": {"stall": self.stall.state_dict(), "explosion": self.explosion.state_dict()},
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-            "epoch_generator_state": self._epoch_generator_state if generator_state is None else generator_state,
-            "rng": rng_state(),
-            "correct": correct.detach().cpu(), "seen": seen, "data_wait": data_wait,
-            "epoch_loss_sum": self._epoch_loss_sum, "step_losses": list(self.step_losses),
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, **local,
+            "world_size": self.world.world_size if self.world is not None else 1, "by_rank": by_rank,
+            "step_losses": list(self.step_losses),
             "recent": [list(r) for r in self.recent], "metrics": json.loads(json.dumps(metrics)),
             "config": self.cfg.model_dump(mode="json"), "run_id": self.run_id,
         })
@@ -612,6 +666,14 @@ class Trainer:
         state = load_checkpoint(self.resume_from, map_location=self.device)
         if state.get("kind") != "resume":
             raise UserInputError(f"{self.resume_from}: not a resume checkpoint")
+        saved_world, world = state.get("world_size", 1), self.world.world_size if self.world is not None else 1
+        if saved_world != world:
+            raise UserInputError(f"{self.resume_from}: was written by {saved_world} process(es) and this run has "
+                                 f"{world}; an exact resume needs the same number.",
+                                 hint=f"Resume with `--nproc-per-node {saved_world}`" if saved_world > 1
+                                 else "Resume without --nproc-per-node.")
+        if state.get("by_rank"):  # this rank's own RNG and epoch counters
+            state.update(state["by_rank"][self.world.rank])
         if state["config"] != self.cfg.model_dump(mode="json"):
             raise UserInputError(f"{self.resume_from}: was written with a different config; an exact resume needs "
                                  "the config the run started with.", hint="Restore training_config.yaml, or start "
@@ -655,11 +717,42 @@ class Trainer:
             targets = targets.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
-                logits = self._logits(inputs) if model is self.model else model(inputs)
+                # under DDP the plain module: ranks may hold different numbers of validation batches,
+                # and DDP's forward would wait for the others
+                direct = model is not self.model or self.world is not None
+                logits = model(inputs) if direct else self._logits(inputs)
             loss_sum += nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
             correct += (logits.argmax(1) == targets).sum()
             count += targets.shape[0]
+        if self.world is not None:
+            import torch.distributed as dist
+            totals = torch.stack([loss_sum.double(), correct.double(),
+                                  torch.tensor(float(count), device=self.device, dtype=torch.float64)])
+            dist.all_reduce(totals)
+            loss_sum, correct, count = totals[0], totals[1], totals[2]
         return (loss_sum / count).item(), (correct / count).item()
+
+    # --- across ranks (DDP) -----------------------------------------------------------------------
+
+    def _mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+        total = value.detach().clone().float()
+        dist.all_reduce(total)  # SUM: gloo has no AVG
+        return total / self.world.world_size
+
+    def _any_rank(self, flag: bool) -> bool:
+        import torch.distributed as dist
+        box = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(box, op=dist.ReduceOp.MAX)
+        return bool(box.item())
+
+    def _reduce_epoch(self, correct: torch.Tensor, seen: int, wait: float) -> tuple[torch.Tensor, int, list[float]]:
+        import torch.distributed as dist
+        totals = torch.stack([correct.double(), torch.tensor(float(seen), device=self.device, dtype=torch.float64)])
+        dist.all_reduce(totals)
+        waits: list[float] = [0.0] * self.world.world_size
+        dist.all_gather_object(waits, wait)
+        return totals[0], int(totals[1].item()), waits
 
     # --- monitoring --------------------------------------------------------------------------------
 

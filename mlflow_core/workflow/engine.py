@@ -93,6 +93,26 @@ def _resumable_run(project: Project, state: ProjectState, phase: str) -> tuple[R
 def run_phase(project: Project, phase: str, *, override_reason: str | None = None,
               on_progress: Callable[[Any], None] | None = None,
               on_message: Callable[[str], None] | None = None, resume: bool = False) -> PhaseResult:
+    """Run a phase: the gate, the run record, the runner, evidence, report. Under a DDP launcher
+    this is rank 0, which leads the other ranks (distributed.follow) through the training."""
+    from mlflow_core.distributed import DISTRIBUTED_PHASES, leading, world_from_env
+
+    world = world_from_env()
+    if world is None:
+        return _run_phase(project, phase, override_reason, on_progress, on_message, resume)
+    with leading(world, project.config_path) as announce:
+        if phase not in DISTRIBUTED_PHASES:
+            raise UserInputError(f"`wf phase {phase}` runs in one process; data-parallel phases: "
+                                 f"{', '.join(DISTRIBUTED_PHASES)}.",
+                                 hint="A sweep runs trials in parallel instead: start `wf phase optimization` on "
+                                      "several machines sharing optimization.storage." if phase == "optimization"
+                                      else None)
+        return _run_phase(project, phase, override_reason, on_progress, on_message, resume, world, announce)
+
+
+def _run_phase(project: Project, phase: str, override_reason: str | None,
+               on_progress: Callable[[Any], None] | None, on_message: Callable[[str], None] | None,
+               resume: bool, world: Any = None, announce: Any = None) -> PhaseResult:
     from mlflow_core.runners import RUNNABLE_PHASES, RunContext
 
     say = on_message or (lambda _m: None)
@@ -113,7 +133,7 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
             if phase not in RESUMABLE_PHASES:
                 raise UserInputError(f"`wf phase {phase} --resume` is not supported; resumable: "
                                      f"{', '.join(RESUMABLE_PHASES)}.")
-            return _resume_phase(project, state, phase, cfg, on_progress, say)
+            return _resume_phase(project, state, phase, cfg, on_progress, say, world, announce)
 
         # -- entry gate -----------------------------------------------------------------------------
         verdict = entry_verdict(project, state, phase)
@@ -147,11 +167,13 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
 
         say(f"run {run_id} started")
         return _execute(project, state, definition, run, cfg, RunContext(
-            project, cfg, config_sha256(project.config_path), run_id, run_dir, on_progress or (lambda _p: None), say))
+            project, cfg, config_sha256(project.config_path), run_id, run_dir, on_progress or (lambda _p: None), say,
+            world=world, announce=announce or (lambda _plan: None)))
 
 
 def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
-                  on_progress: Callable[[Any], None] | None, say: Callable[[str], None]) -> PhaseResult:
+                  on_progress: Callable[[Any], None] | None, say: Callable[[str], None], world: Any = None,
+                  announce: Any = None) -> PhaseResult:
     """Continue the interrupted run where it stopped: same run id, directory and record."""
     from mlflow_core.runners import RunContext
 
@@ -165,7 +187,8 @@ def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
     save_state(project, state)
     say(f"run {run.run_id} resumed from {where}")
     ctx = RunContext(project, cfg, config_sha256(project.config_path), run.run_id, run_dir,
-                     on_progress or (lambda _p: None), say, resume_from=path, resuming=True)
+                     on_progress or (lambda _p: None), say, resume_from=path, resuming=True, world=world,
+                     announce=announce or (lambda _plan: None))
     return _execute(project, state, load_phase(phase, project.root), run, cfg, ctx)
 
 
@@ -187,7 +210,10 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
         # a refused write (disk full, read-only, permissions) stops a run the way a signal does: the
         # last resume checkpoint is intact, and the run continues once the disk takes writes again
         stopped = isinstance(exc, (KeyboardInterrupt, StorageError))
-        run.status = ("interrupted" if stopped else "failed_input" if isinstance(exc, WfError) else "crashed")
+        # a resume refused as bad input (another config, another process count) leaves the run resumable
+        refused_resume = getattr(ctx, "resuming", False) and isinstance(exc, UserInputError)
+        run.status = ("interrupted" if stopped or refused_resume else
+                      "failed_input" if isinstance(exc, WfError) else "crashed")
         run.finished_at, run.passed = now_iso(), False
         run.summary = {"error": f"{type(exc).__name__}: {exc}"}
         state.record("phase_finished", phase=phase, run_id=run_id, status=run.status)

@@ -40,6 +40,21 @@ def smoke_config(cfg: WorkflowConfig) -> WorkflowConfig:
 
 def smoke_phase(project: Project, phase: str, *, on_progress: Callable[[Any], None] | None = None,
                 on_message: Callable[[str], None] | None = None) -> SmokeResult:
+    """Under a DDP launcher this is rank 0; the other ranks follow it (distributed.follow)."""
+    from mlflow_core.distributed import DISTRIBUTED_PHASES, leading, world_from_env
+
+    world = world_from_env()
+    if world is None:
+        return _smoke_phase(project, phase, on_progress, on_message)
+    with leading(world, project.config_path) as announce:
+        if phase not in DISTRIBUTED_PHASES:
+            raise UserInputError(f"`wf phase {phase} --smoke` runs in one process; data-parallel phases: "
+                                 f"{', '.join(DISTRIBUTED_PHASES)}.")
+        return _smoke_phase(project, phase, on_progress, on_message, world, announce)
+
+
+def _smoke_phase(project: Project, phase: str, on_progress: Callable[[Any], None] | None,
+                 on_message: Callable[[str], None] | None, world: Any = None, announce: Any = None) -> SmokeResult:
     from mlflow_core.runners import RunContext, get_runner
     from mlflow_core.workflow.engine import missing_training_stack
 
@@ -60,7 +75,8 @@ def smoke_phase(project: Project, phase: str, *, on_progress: Callable[[Any], No
         (run_dir / "logs").mkdir(parents=True)
         say(f"smoke run of {phase} in {run_dir} (removed afterwards; nothing is recorded)")
         ctx = RunContext(project, cfg, config_sha256(project.config_path), f"{phase}-smoke", run_dir,
-                         on_progress or (lambda _p: None), say, smoke=True)
+                         on_progress or (lambda _p: None), say, smoke=True, world=world,
+                         announce=announce or (lambda _plan: None))
         output = get_runner(phase)(ctx)
         runs = _runs(run_dir)
     passed = output.status in PASSING and all(r["status"] in PASSING for r in runs)

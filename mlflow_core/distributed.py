@@ -1,0 +1,196 @@
+"""Data-parallel training across processes (DDP), one machine or many.
+
+A wf command runs as N processes when a launcher sets the usual environment (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT): `torchrun … -m mlflow_core phase baseline`, SLURM's `srun`
+around torchrun (`wf slurm`), or `wf phase baseline --nproc-per-node N`, which starts the processes
+of one machine itself (below). Rank 0 is the wf command a person would run: it takes the project
+lock, checks the gate, records the run and writes every file. The other ranks follow: they wait for
+rank 0's plan (run id, resume checkpoint, smoke limits), train their share of each batch and write
+nothing. Reading the environment needs no torch; everything else imports it lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from collections.abc import Iterator
+from typing import Any
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_writer(self) -> bool:
+        return self.rank == 0
+
+
+def world_from_env() -> World | None:
+    """The process's place in a multi-process run, or None when it runs alone."""
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return None
+    if size <= 1:
+        return None
+    return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+# --- the process group ----------------------------------------------------------------------------
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that died leaves the others waiting at most this long
+
+
+DISTRIBUTED_PHASES = ("baseline",)  # a sweep parallelises across trials instead (a shared Optuna study)
+
+
+def init_process_group(world: World, device: str = "auto") -> str:
+    """NCCL when training on GPUs (each rank on its LOCAL_RANK device), gloo on CPUs. Every rank
+    must pass the same `device` (training.device). Returns the backend."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist.get_backend()
+    backend = "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
+    if backend == "nccl" and torch.cuda.device_count() <= world.local_rank:
+        from mlflow_core.errors import UserInputError
+        raise UserInputError(f"rank {world.rank} needs GPU {world.local_rank}, and this machine has "
+                             f"{torch.cuda.device_count()}: use at most that many processes per node.")
+    if backend == "nccl":
+        torch.cuda.set_device(world.local_rank)
+    dist.init_process_group(backend, rank=world.rank, world_size=world.world_size, timeout=COLLECTIVE_TIMEOUT)
+    return backend
+
+
+def destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_plan(plan: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Rank 0 sends what the followers need to train with it (None: the command stopped before
+    training, e.g. a closed gate; the followers then exit quietly); the others receive it."""
+    import torch.distributed as dist
+
+    box = [plan]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# --- a launcher for one machine -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+def launch_local(args: list[str], nproc: int, *, grace_s: float = 30.0) -> int:
+    """Run `python -m mlflow_core ARGS` as `nproc` ranks on this machine and return rank 0's exit
+    code. Signals go to every rank (they agree on the step to stop at); if a rank fails while the
+    others still run, the others are stopped after `grace_s` instead of waiting in a collective."""
+    port = free_port()
+    procs = []
+    for rank in range(nproc):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        quiet = {} if rank == 0 else {"stdout": subprocess.DEVNULL}  # rank 0 speaks for the run
+        procs.append(subprocess.Popen([sys.executable, "-m", "mlflow_core", *args], env=env, **quiet))
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    try:
+        failed_at = None
+        while any(p.poll() is None for p in procs):
+            codes = [p.poll() for p in procs]
+            if failed_at is None and any(c not in (None, 0) for c in codes):
+                failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > grace_s:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            time.sleep(0.05)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return procs[0].returncode
+
+
+def configured_device(config_path: Any) -> str:
+    """training.device of the project's config, read the same way by every rank (a config that
+    does not load: "auto"; rank 0 reports the problem, the followers just wait for its verdict)."""
+    from mlflow_core.config.loader import load_config
+    from mlflow_core.errors import WfError
+
+    try:
+        return load_config(config_path).training.device
+    except WfError:
+        return "auto"
+
+
+class Announcer:
+    """Rank 0's side of the plan: sent once, just before training; None if the command stops first."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def __call__(self, plan: dict[str, Any] | None) -> None:
+        if not self.sent:
+            self.sent = True
+            broadcast_plan(plan)
+
+
+@contextlib.contextmanager
+def leading(world: World, config_path: Any) -> Iterator[Announcer]:
+    """Rank 0's command inside the process group: whatever happens, the followers hear a plan."""
+    init_process_group(world, configured_device(config_path))
+    announcer = Announcer()
+    try:
+        yield announcer
+    finally:
+        try:
+            announcer(None)
+        finally:
+            destroy_process_group()
+
+
+def follow(project: Any, world: World) -> int:
+    """A rank other than 0: wait for rank 0's plan, train its share with it, write nothing."""
+    from pathlib import Path
+
+    from mlflow_core.config.schema import WorkflowConfig
+    from mlflow_core.training.trainer import Trainer
+
+    init_process_group(world, configured_device(project.config_path))
+    try:
+        plan = broadcast_plan(None)
+        if plan is None:
+            return 0
+        cfg = WorkflowConfig.model_validate(plan["config"])
+        resume = Path(plan["resume_from"]) if plan.get("resume_from") else None
+        Trainer(cfg, project.root, Path(plan["run_dir"]), run_id=plan["run_id"], phase=plan["phase"],
+                resume_from=resume, stop_on_signals=True, world=world, **plan["limits"]).fit()
+        return 0
+    finally:
+        destroy_process_group()

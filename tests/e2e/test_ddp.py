@@ -1,0 +1,149 @@
+"""Data-parallel training with DDP: 2 CPU processes with the gloo backend, started by
+`wf phase baseline --nproc-per-node 2` (wf's own launcher for one machine), each a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.distributed.is_available():
+    pytest.skip("torch.distributed is not available", allow_module_level=True)
+
+WF = [sys.executable, "-m", "mlflow_core"]
+OVERRIDE = ["--override-gate", "testing data-parallel training"]
+
+
+def _wf(project, *args, timeout=300):
+    return subprocess.run([*WF, *args], cwd=project, capture_output=True, text=True, timeout=timeout)
+
+
+def _configure(project, settings):
+    from mlflow_core.workflow.scaffold import set_yaml_value
+
+    config = project / "training_config.yaml"
+    text = config.read_text()
+    for key, value in settings:
+        text = set_yaml_value(text, key, value)
+    config.write_text(text)
+
+
+@pytest.fixture
+def project(tmp_path):
+    from mlflow_core.workflow.scaffold import init_project
+
+    root = init_project(tmp_path / "p").root
+    _configure(root, [("training.epochs", "3"), ("early_stopping.enabled", "false")])
+    return root
+
+
+def _latest(project, phase="baseline"):
+    state = json.loads((project / ".wf" / "state.json").read_text())
+    run = [r for r in state["runs"] if r["phase"] == phase][-1]
+    metrics = json.loads((project / run["dir"] / "logs" / "metrics.json").read_text())
+    return run, metrics
+
+
+def test_ddp_smoke_two_gloo_processes_records_nothing(project):
+    before = sorted(p.name for p in project.rglob("*"))
+    r = _wf(project, "phase", "baseline", "--smoke", "--nproc-per-node", "2")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    assert "completed │ 2 " in r.stdout
+    assert sorted(p.name for p in project.rglob("*")) == before
+
+
+def test_ddp_baseline_matches_the_single_process_run(project, tmp_path):
+    """Two ranks of batch 32 train on the whole data each epoch (half each) and agree on every
+    figure; the result matches one process with batch 64 within tolerance (the sample order differs),
+    and only rank 0 wrote files."""
+    single = tmp_path / "single"
+    shutil.copytree(project, single)
+    _configure(single, [("training.batch_size", "64")])
+    assert _wf(single, "phase", "baseline", *OVERRIDE).returncode in (0, 1)
+    r = _wf(project, "phase", "baseline", "--nproc-per-node", "2", *OVERRIDE)
+    assert r.returncode in (0, 1), r.stdout[-2000:] + r.stderr
+    run, ddp = _latest(project)
+    _, one = _latest(single)
+    assert ddp["status"] == one["status"] == "completed"
+    assert ddp["steps"] == one["steps"]  # 2 × 32 per step against 64: the same number of steps
+    for a, b in zip(ddp["epochs"], one["epochs"]):
+        assert abs(a["val_accuracy"] - b["val_accuracy"]) < 0.03 and abs(a["val_loss"] - b["val_loss"]) < 0.1
+        assert len(a["data_wait_fraction_by_rank"]) == 2
+    logs = list((project / "runs").rglob("steps.csv"))
+    assert len(logs) == 1 and len(logs[0].read_text().splitlines()) == ddp["steps"] + 1  # rank 0's alone
+
+
+def test_ddp_sigterm_stops_every_rank_at_one_step_and_resume_is_exact(project, tmp_path):
+    uninterrupted = tmp_path / "whole"
+    shutil.copytree(project, uninterrupted)
+    assert _wf(uninterrupted, "phase", "baseline", "--nproc-per-node", "2", *OVERRIDE).returncode in (0, 1)
+    proc = subprocess.Popen([*WF, "phase", "baseline", "--nproc-per-node", "2", *OVERRIDE], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        logs = list((project / "runs").glob("baseline-*/logs/steps.csv"))
+        if logs and len(logs[0].read_text().splitlines()) > 30:  # into epoch 2 (23 steps an epoch)
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # to the launcher, which passes it to both ranks
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-2000:] + err
+    run, metrics = _latest(project)
+    assert run["status"] == "interrupted"
+    resume = torch.load(project / run["dir"] / "checkpoints" / "resume.pt", weights_only=True)
+    assert resume["world_size"] == 2 and len(resume["by_rank"]) == 2
+    wrong = _wf(project, "phase", "baseline", "--resume")  # one process cannot continue two ranks exactly
+    assert wrong.returncode == 2 and "--nproc-per-node 2" in wrong.stderr
+    r = _wf(project, "phase", "baseline", "--resume", "--nproc-per-node", "2")
+    assert r.returncode in (0, 1), r.stdout[-2000:] + r.stderr
+    done, _ = _latest(project)
+    whole, _ = _latest(uninterrupted)
+    a = torch.load(project / done["dir"] / "checkpoints" / "last_model.pt", weights_only=True)["model"]
+    b = torch.load(uninterrupted / whole["dir"] / "checkpoints" / "last_model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+NAN_ON_ONE_SAMPLE = '''
+import torch
+from sklearn.datasets import load_digits
+
+
+def build(**_):
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16
+    y = torch.tensor(digits.target)
+    x[777] = float("nan")  # one sample: it lands in one rank's share of one batch
+    train = torch.utils.data.TensorDataset(x[:1400], y[:1400])
+    val = torch.utils.data.TensorDataset(x[1400:], y[1400:])
+    return {"train": train, "val": val}
+'''
+
+
+def test_ddp_a_nan_on_one_rank_stops_all_ranks(project):
+    (project / "nan_data.py").write_text(NAN_ON_ONE_SAMPLE)
+    _configure(project, [("data.source", "custom"), ("data.target", '"nan_data:build"'),
+                         ("data.num_classes", "10")])
+    r = _wf(project, "phase", "baseline", "--nproc-per-node", "2", *OVERRIDE, timeout=180)
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr  # no rank left waiting: the run ends, failed
+    run, metrics = _latest(project)
+    assert metrics["status"] == "failed_nan" and metrics["nonfinite"]["step"] < 23  # in the first epoch
+
+
+def test_ddp_refuses_phases_that_run_in_one_process(project):
+    r = _wf(project, "phase", "optimization", "--nproc-per-node", "2", *OVERRIDE)
+    assert r.returncode == 2 and "data-parallel phases: baseline" in r.stderr
+
+
+def test_ddp_under_plain_torchrun(project):
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "mlflow_core", "phase", "baseline", "--smoke"], cwd=project, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    assert r.stdout.count("completed │ 2 ") == 1  # rank 0 speaks for the run
