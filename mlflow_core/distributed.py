@@ -23,6 +23,8 @@ from datetime import timedelta
 from collections.abc import Iterator
 from typing import Any
 
+from mlflow_core.errors import WfError
+
 
 @dataclass(frozen=True)
 class World:
@@ -73,10 +75,14 @@ def init_process_group(world: World, device: str = "auto") -> str:
     return backend
 
 
-def destroy_process_group() -> None:
+def destroy_process_group(clean: bool = True) -> None:
+    """`clean`: every rank got here normally, so they first wait for each other; tearing down
+    while another rank still talks makes gloo abort that process. After an error, no waiting."""
     import torch.distributed as dist
 
     if dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -166,13 +172,18 @@ def leading(world: World, config_path: Any) -> Iterator[Announcer]:
     """Rank 0's command inside the process group: whatever happens, the followers hear a plan."""
     init_process_group(world, configured_device(config_path))
     announcer = Announcer()
+    clean = False
     try:
         yield announcer
+        clean = True
+    except WfError:  # a refusal before training (the gate, bad input) or a recorded outcome: all ranks are fine
+        clean = True
+        raise
     finally:
         try:
             announcer(None)
         finally:
-            destroy_process_group()
+            destroy_process_group(clean)
 
 
 def follow(project: Any, world: World) -> int:
@@ -183,14 +194,15 @@ def follow(project: Any, world: World) -> int:
     from mlflow_core.training.trainer import Trainer
 
     init_process_group(world, configured_device(project.config_path))
+    clean = False
     try:
         plan = broadcast_plan(None)
-        if plan is None:
-            return 0
-        cfg = WorkflowConfig.model_validate(plan["config"])
-        resume = Path(plan["resume_from"]) if plan.get("resume_from") else None
-        Trainer(cfg, project.root, Path(plan["run_dir"]), run_id=plan["run_id"], phase=plan["phase"],
-                resume_from=resume, stop_on_signals=True, world=world, **plan["limits"]).fit()
+        if plan is not None:
+            cfg = WorkflowConfig.model_validate(plan["config"])
+            resume = Path(plan["resume_from"]) if plan.get("resume_from") else None
+            Trainer(cfg, project.root, Path(plan["run_dir"]), run_id=plan["run_id"], phase=plan["phase"],
+                    resume_from=resume, stop_on_signals=True, world=world, **plan["limits"]).fit()
+        clean = True
         return 0
     finally:
-        destroy_process_group()
+        destroy_process_group(clean)

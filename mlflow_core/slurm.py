@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -29,3 +33,128 @@ def requeue_job(job_id: str, timeout_s: float = 30.0) -> dict[str, Any]:
     detail = (done.stderr or done.stdout).strip()
     return {"job_id": job_id, "requeued": done.returncode == 0,
             "detail": detail or ("requeued" if done.returncode == 0 else f"scontrol exited {done.returncode}")}
+
+
+# --- the batch script ------------------------------------------------------------------------------
+
+# Values that land on #SBATCH lines are checked, not quoted: sbatch reads those lines itself, and a
+# newline or '#' in a value could add a directive. Values on shell lines are quoted (shlex.quote).
+_NAME = re.compile(r"^[A-Za-z0-9_.,+-]{1,64}$")
+_TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")  # minutes, H:MM:SS, D-HH:MM:SS …
+_MEMORY = re.compile(r"^\d+[KMGT]?$")
+RDZV_PORT = 29500
+PREEMPTION_WARNING_S = 90
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    phase: str
+    nodes: int = 1
+    gpus_per_node: int = 1
+    cpus_per_task: int | None = None
+    partition: str | None = None
+    account: str | None = None
+    time: str | None = None
+    mem: str | None = None
+    job_name: str | None = None
+
+    @property
+    def processes(self) -> int:
+        return self.nodes * max(self.gpus_per_node, 1)
+
+
+def check_job(job: SlurmJob) -> None:
+    from mlflow_core.distributed import DISTRIBUTED_PHASES
+    from mlflow_core.errors import UserInputError
+
+    for option, value, pattern, what in (("--partition", job.partition, _NAME, "letters, digits and _.,+-"),
+                                         ("--account", job.account, _NAME, "letters, digits and _.,+-"),
+                                         ("--job-name", job.job_name, _NAME, "letters, digits and _.,+-"),
+                                         ("--time", job.time, _TIME, "minutes, H:MM:SS or D-HH:MM:SS"),
+                                         ("--mem", job.mem, _MEMORY, "a number with K, M, G or T")):
+        if value is not None and not pattern.match(value):
+            raise UserInputError(f"{option} {value!r}: not a SLURM value here ({what}).")
+    if job.nodes < 1 or job.gpus_per_node < 0:
+        raise UserInputError("--nodes must be at least 1 and --gpus-per-node at least 0.")
+    if job.processes > 1 and job.phase not in DISTRIBUTED_PHASES:
+        raise UserInputError(f"`wf phase {job.phase}` runs in one process; several nodes or GPUs suit the "
+                             f"data-parallel phases: {', '.join(DISTRIBUTED_PHASES)}.",
+                             hint="Use --nodes 1 --gpus-per-node 1 for this phase.")
+
+
+def sbatch_script(job: SlurmJob, project_root: Path, python: str, project_name: str) -> str:
+    """The batch script: SLURM's warning (USR1, 90 s before the end) reaches every wf process, rank
+    0 saves and runs `scontrol requeue`, and the requeued job (SLURM_RESTART_COUNT > 0) resumes."""
+    check_job(job)
+    q = shlex.quote
+    root = project_root.resolve()
+    name = job.job_name or f"wf-{job.phase}"
+    directives = [f"--job-name={name}", f"--nodes={job.nodes}", "--ntasks-per-node=1",
+                  f"--output={root / 'slurm' / 'logs'}/%x-%j.out", f"--signal=USR1@{PREEMPTION_WARNING_S}",
+                  "--requeue", "--open-mode=append"]
+    if job.gpus_per_node:
+        directives.append(f"--gpus-per-node={job.gpus_per_node}")
+    for option, value in (("cpus-per-task", job.cpus_per_task), ("partition", job.partition),
+                          ("account", job.account), ("time", job.time), ("mem", job.mem)):
+        if value is not None:
+            directives.append(f"--{option}={value}")
+    if any(c.isspace() or c in "#\"'" for c in str(root)):
+        from mlflow_core.errors import UserInputError
+        raise UserInputError(f"{root}: the job's log path goes on an #SBATCH line, which takes no spaces, quotes "
+                             "or '#'; move the project to a path without them.")
+    wf = f"{q(python)} -m mlflow_core phase {q(job.phase)}"
+    if job.processes > 1:
+        launch = (f"{q(python)} -m torch.distributed.run --nnodes=\"$SLURM_NNODES\" "
+                  f"--nproc-per-node={max(job.gpus_per_node, 1)} --rdzv-backend=c10d "
+                  f"--rdzv-endpoint=\"$head:{RDZV_PORT}\" --rdzv-id=\"$SLURM_JOB_ID\" "
+                  f"-m mlflow_core phase {q(job.phase)}")
+        head = ('head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)  # the rendezvous host\n'
+                "# torchrun passes SLURM's USR1 on to the wf processes (by default it would die of it)\n"
+                "export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1\n")
+    else:
+        launch, head = wf, ""
+    lines = ["#!/bin/bash",
+             f"# Written by `wf slurm {job.phase}` for project {project_name!r}. `wf slurm` writes it again;",
+             "# edit the options there. Submit with `sbatch` (or `wf slurm ... --submit`).",
+             *(f"#SBATCH {d}" for d in directives),
+             "",
+             "set -euo pipefail",
+             f"cd {q(str(root))}",
+             "# a requeued job (preempted, or `scontrol requeue` after SLURM's warning) continues its run",
+             'resume=""',
+             'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then resume="--resume"; fi',
+             'echo "wf: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST, restart ${SLURM_RESTART_COUNT:-0}"',
+             *([head.rstrip("\n")] if head else []),
+             f"srun --kill-on-bad-exit=1 {launch} $resume",
+             ""]
+    return "\n".join(lines)
+
+
+def write_sbatch(project: Any, job: SlurmJob, python: str | None = None) -> Path:
+    import sys
+
+    from mlflow_core.atomic import atomic_write_text
+    from mlflow_core.config.loader import load_config
+
+    name = load_config(project.config_path).project.name
+    text = sbatch_script(job, project.root, python or sys.executable, name)
+    (project.root / "slurm" / "logs").mkdir(parents=True, exist_ok=True)  # sbatch opens --output there
+    path = project.root / "slurm" / f"{job.phase}.sbatch"
+    atomic_write_text(path, text)
+    path.chmod(0o755)
+    return path
+
+
+def submit(path: Path) -> str:
+    """`sbatch PATH`; its output (the job id). SLURM absent: a clear error."""
+    from mlflow_core.errors import UserInputError
+
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise UserInputError(f"sbatch is not on PATH: SLURM is not available on this machine; {path} is written.",
+                             hint="Copy the project to the cluster and run `sbatch` there, or run `wf slurm` on a "
+                                  "login node with --submit.")
+    done = subprocess.run([sbatch, str(path)], capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise UserInputError(f"sbatch refused {path}: {(done.stderr or done.stdout).strip()}")
+    return done.stdout.strip()

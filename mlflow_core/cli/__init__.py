@@ -12,7 +12,7 @@ import typer
 
 from mlflow_core import __version__
 from mlflow_core.cli import (checklist_cmds, config_cmds, diagnose_cmds, gate_cmds, phase_cmds, project_cmds,
-                             tune_cmds)
+                             slurm_cmds, tune_cmds)
 from mlflow_core.cli.output import err_console
 from mlflow_core.errors import WfError
 
@@ -31,6 +31,7 @@ project_cmds.register(app)
 phase_cmds.register(app)
 diagnose_cmds.register(app)
 tune_cmds.register(app)
+slurm_cmds.register(app)
 
 
 def _version(value: bool) -> None:

@@ -87,6 +87,9 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
     from mlflow_core.errors import UserInputError
     from mlflow_core.workflow.project import Project
 
+    if smoke and (resume or override_gate is not None):
+        raise UserInputError("--smoke runs outside the phase's record: it takes neither --resume nor "
+                             "--override-gate.")
     world = world_from_env()
     if world is not None and not world.is_writer:  # a DDP rank other than 0: it follows rank 0's lead
         from mlflow_core.distributed import follow
@@ -107,9 +110,6 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
                 *(["--override-gate", override_gate] if override_gate is not None else [])]
         raise typer.Exit(launch_local(args, nproc_per_node))
     if smoke:
-        if resume or override_gate is not None:
-            raise UserInputError("--smoke runs outside the phase's record: it takes neither --resume nor "
-                                 "--override-gate.")
         raise typer.Exit(0 if smoke_with_display(Project.find(), name) else 1)
     result = run_with_display(Project.find(), name, override_gate, resume)
     raise typer.Exit(0 if result.passed else 1)

@@ -23,7 +23,8 @@ print("HEAVY:" + ",".join(heavy), file=sys.stderr)
     ["status"], ["status", "--json"], ["gate", "check", "setup", "--json"], ["gate", "check", "baseline"],
     ["checklist", "show", "reproducibility"], ["checklist", "list"],
     ["checklist", "tick", "reproducibility", "data_documented"],
-    ["config", "validate"], ["config", "schema"], ["--help"],
+    ["config", "validate"], ["config", "schema"], ["--help"], ["slurm", "baseline", "--nodes", "2"],
+    ["phase", "baseline", "--smoke", "--nproc-per-node", "2", "--resume"],  # refused before any process starts
 ])
 def test_light_commands_do_not_import_torch(tmp_path, args):
     project = init_project(tmp_path / "p")

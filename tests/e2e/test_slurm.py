@@ -1,0 +1,131 @@
+"""`wf slurm`: the batch script's content and syntax, hostile values refused, and the SLURM
+lifecycle played with stand-ins for `srun` and `scontrol` (SLURM itself is absent here): the
+script runs wf, SLURM's USR1 warning makes wf save and requeue the job, and the requeued script
+resumes the run to the uninterrupted run's weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def test_sbatch_script_for_two_nodes(wf, tmp_path):
+    from mlflow_core.slurm import SlurmJob, sbatch_script
+
+    assert wf("init", "p", cwd=tmp_path).code == 0
+    r = wf("slurm", "baseline", "--nodes", "2", "--gpus-per-node", "4", "--partition", "gpu", "--time",
+           "1-12:00:00", "--account", "lab6", "--mem", "64G", "--cpus-per-task", "16", cwd=tmp_path / "p")
+    assert r.code == 0, r.err
+    path = tmp_path / "p" / "slurm" / "baseline.sbatch"
+    text = path.read_text()
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    for line in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --signal=USR1@90", "#SBATCH --requeue",
+                 "#SBATCH --partition=gpu", "#SBATCH --account=lab6", "#SBATCH --time=1-12:00:00",
+                 "#SBATCH --mem=64G", "#SBATCH --cpus-per-task=16", "#SBATCH --open-mode=append",
+                 f"#SBATCH --output={(tmp_path / 'p').resolve()}/slurm/logs/%x-%j.out"):
+        assert line in text, line
+    assert "--rdzv-backend=c10d" in text and '--rdzv-endpoint="$head:29500"' in text and "--nproc-per-node=4" in text
+    assert "TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in text
+    assert 'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then resume="--resume"; fi' in text
+    assert (tmp_path / "p" / "slurm" / "logs").is_dir()
+    # every string that reaches a shell line is quoted
+    odd = sbatch_script(SlurmJob("baseline"), tmp_path / "p", "/opt/my env/bin/python", "p")
+    assert "'/opt/my env/bin/python' -m mlflow_core phase baseline $resume" in odd
+    assert "torch.distributed.run" not in odd  # one process: srun runs wf itself
+
+
+@pytest.mark.parametrize("option, value", [("--partition", "gpu\n#SBATCH --wrap=rm -rf ~"),
+                                           ("--account", "lab;reboot"), ("--time", "soon"), ("--mem", "lots"),
+                                           ("--job-name", "a b")])
+def test_hostile_or_malformed_values_are_refused(wf, tmp_path, option, value):
+    assert wf("init", "p", cwd=tmp_path).code == 0
+    r = wf("slurm", "baseline", option, value, cwd=tmp_path / "p")
+    assert r.code == 2 and option in r.err and "not a SLURM value" in r.err
+    assert not (tmp_path / "p" / "slurm" / "baseline.sbatch").exists()
+
+
+def test_several_gpus_need_a_data_parallel_phase_and_submit_needs_slurm(wf, tmp_path, monkeypatch):
+    assert wf("init", "p", cwd=tmp_path).code == 0
+    r = wf("slurm", "optimization", "--gpus-per-node", "2", cwd=tmp_path / "p")
+    assert r.code == 2 and "data-parallel phases: baseline" in r.err
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no sbatch anywhere
+    r = wf("slurm", "baseline", "--submit", cwd=tmp_path / "p")
+    assert r.code == 2 and "SLURM is not available on this machine" in r.err
+
+
+def test_submit_calls_sbatch_with_the_script(wf, tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'sbatch.args'}\n"
+                                    "echo 'Submitted batch job 1234'\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert wf("init", "p", cwd=tmp_path).code == 0
+    r = wf("slurm", "baseline", "--submit", cwd=tmp_path / "p")
+    assert r.code == 0 and "Submitted batch job 1234" in r.out
+    assert (tmp_path / "sbatch.args").read_text().strip() == str(tmp_path / "p" / "slurm" / "baseline.sbatch")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the job step's process through /proc")
+def test_slurm_lifecycle_usr1_requeue_then_resume(trained_project, tmp_path):
+    torch = pytest.importorskip("torch")
+    project = tmp_path / "q"
+    shutil.copytree(trained_project, project)
+    reference = next(r for r in json.loads((project / ".wf" / "state.json").read_text())["runs"]
+                     if r["phase"] == "baseline")
+    assert subprocess.run([sys.executable, "-m", "mlflow_core", "slurm", "baseline", "--gpus-per-node", "0"],
+                          cwd=project, capture_output=True).returncode == 0
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # srun: drop its options and become the job step; scontrol: record the call
+    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [ "${1#--}" != "$1" ]; do shift; done\nexec "$@"\n')
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.calls'}\n")
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "77",
+           "SLURM_JOB_NODELIST": "node1", "SLURM_RESTART_COUNT": "0"}
+    job = subprocess.Popen(["bash", "slurm/baseline.sbatch"], cwd=project, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        fresh = [p for p in (project / "runs").glob("baseline-*/logs/steps.csv") if reference["run_id"] not in str(p)]
+        if fresh and len(fresh[0].read_text().splitlines()) > 60:
+            break
+        time.sleep(0.05)
+    step = _children(job.pid)
+    assert len(step) == 1
+    os.kill(step[0], signal.SIGUSR1)  # SLURM's warning goes to the job step, not to the batch shell
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 138, out[-2000:] + err
+    assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "77"]
+    run = json.loads((project / ".wf" / "state.json").read_text())["runs"][-1]
+    assert run["status"] == "interrupted"
+    # SLURM starts the requeued job's script again, with SLURM_RESTART_COUNT raised
+    again = subprocess.run(["bash", "slurm/baseline.sbatch"], cwd=project, env={**env, "SLURM_RESTART_COUNT": "1"},
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr
+    final = json.loads((project / ".wf" / "state.json").read_text())["runs"][-1]
+    assert final["run_id"] == run["run_id"] and final["status"] in ("completed", "early_stopped")
+    a = torch.load(project / reference["dir"] / "checkpoints" / "last_model.pt", weights_only=True)["model"]
+    b = torch.load(project / run["dir"] / "checkpoints" / "last_model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
