@@ -197,6 +197,26 @@ class TrainingSection(_Section):
         return v
 
 
+class StageSection(_Section):
+    """One stage of a staged curriculum (seed 001): its settings replace the run's while it lasts."""
+    epochs: int = Field(..., ge=1, description="Epochs of this stage.")
+    image_size: int | None = Field(None, ge=8, description="Training images resized to this square size "
+                                   "(validation stays at full size).")
+    batch_size: int | None = Field(None, ge=1, description="Default: training.batch_size.")
+    data_fraction: float = Field(1.0, gt=0.0, le=1.0, description="Share of the training split (a fixed random "
+                                 "subset; a smaller share is inside every larger one).")
+    lr_scale: float = Field(1.0, gt=0.0, description="The learning rate schedule, scaled by this from the "
+                            "stage's first step.")
+    freeze: list[str] = Field(default_factory=list, description="Parameter-name prefixes frozen in this stage.")
+    mixing: bool | None = Field(None, description="MixUp/CutMix on (true) or off (false) in this stage; null: "
+                                "as augmentation configures.")
+
+
+class CurriculumSection(_Section):
+    stages: list[StageSection] = Field(default_factory=list, description="Stages in order; their epochs add up "
+                                       "to training.epochs. Empty: one stage of the plain settings.")
+
+
 class EarlyStoppingSection(_Section):
     enabled: bool = True
     patience: int = Field(10, ge=1, description="Validations without improvement before stopping.")
@@ -320,6 +340,7 @@ class WorkflowConfig(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     augmentation: AugmentationSection = Field(default_factory=AugmentationSection)
+    curriculum: CurriculumSection = Field(default_factory=CurriculumSection)
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
     checkpointing: CheckpointingSection = Field(default_factory=CheckpointingSection)
     validation: ValidationSection = Field(default_factory=ValidationSection)
@@ -327,6 +348,18 @@ class WorkflowConfig(_Section):
     monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
     optimization: OptimizationSection = Field(default_factory=OptimizationSection)
     finalization: FinalizationSection = Field(default_factory=FinalizationSection)
+
+    @model_validator(mode="after")
+    def _curriculum_fits(self) -> WorkflowConfig:
+        stages = self.curriculum.stages
+        if stages and sum(s.epochs for s in stages) != self.training.epochs:
+            raise ValueError(f"curriculum.stages: the stages' epochs add up to {sum(s.epochs for s in stages)}, and "
+                             f"training.epochs is {self.training.epochs}; make them equal")
+        for i, stage in enumerate(stages, 1):
+            if stage.mixing and not self.augmentation.mixing:
+                raise ValueError(f"curriculum.stages[{i}]: mixing is on, and augmentation has neither mixup_alpha "
+                                 "nor cutmix_alpha")
+        return self
 
     @model_validator(mode="after")
     def _search_space_keys(self) -> WorkflowConfig:
@@ -354,9 +387,45 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[key] = value
 
 
+def fit_stages(stages: list[dict[str, Any]], epochs: int) -> list[dict[str, Any]]:
+    """A curriculum's stages for a run of `epochs` epochs (a trial, a final run, a smoke test):
+    each stage keeps its share of the epochs, at least one; with fewer epochs than stages, the last
+    stages (full size, full data) are the ones kept, one epoch each."""
+    if not stages or sum(s["epochs"] for s in stages) == epochs:
+        return stages
+    if epochs < len(stages):
+        return [dict(s, epochs=1) for s in stages[-epochs:]]
+    total = sum(s["epochs"] for s in stages)
+    shares = [s["epochs"] * epochs / total for s in stages]
+    counts = [max(1, int(x)) for x in shares]
+    order = sorted(range(len(stages)), key=lambda i: shares[i] - int(shares[i]), reverse=True)
+    i = 0
+    while sum(counts) != epochs:  # hand out (or take back) single epochs, largest remainder first
+        j = order[i % len(order)]
+        if sum(counts) < epochs:
+            counts[j] += 1
+        elif counts[j] > 1:
+            counts[j] -= 1
+        i += 1
+    return [dict(s, epochs=n) for s, n in zip(stages, counts)]
+
+
 def with_changes(cfg: WorkflowConfig, changes: dict[str, Any]) -> WorkflowConfig:
-    """A validated copy of `cfg` with dotted keys (`training.learning_rate`, `training.scheduler.name`) set."""
+    """A validated copy of `cfg` with dotted keys (`training.learning_rate`, `training.scheduler.name`) set.
+    A new training.epochs rescales a curriculum's stages to it (fit_stages). A combination that does
+    not validate is a ConfigError naming the changes."""
+    from pydantic import ValidationError
+
+    from mlflow_core.errors import ConfigError
+
     raw = cfg.model_dump(mode="json")
     for dotted, value in changes.items():
         set_dotted(raw, dotted, value)
-    return WorkflowConfig.model_validate(raw)
+    if "training.epochs" in changes and "curriculum.stages" not in changes:
+        raw["curriculum"]["stages"] = fit_stages(raw["curriculum"]["stages"], raw["training"]["epochs"])
+    try:
+        return WorkflowConfig.model_validate(raw)
+    except ValidationError as exc:
+        shown = ", ".join(f"{k}={v!r}" for k, v in changes.items())
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"the config with {shown}", problems) from None

@@ -265,10 +265,11 @@ def _custom(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
 
 
 def make_loader(dataset: Dataset, cfg: WorkflowConfig, *, train: bool, device: torch.device,
-                seed: int, sampler: Any = None) -> DataLoader:
-    """`sampler`: a DistributedSampler under DDP (it shuffles; the generator then only seeds workers)."""
+                seed: int, sampler: Any = None, batch_size: int | None = None) -> DataLoader:
+    """`sampler`: a DistributedSampler under DDP (it shuffles; the generator then only seeds workers).
+    `batch_size`: a curriculum stage's (default training.batch_size)."""
     pin = cfg.data.pin_memory if cfg.data.pin_memory != "auto" else device.type == "cuda"
     workers = cfg.data.num_workers
-    return DataLoader(dataset, batch_size=cfg.training.batch_size, shuffle=train and sampler is None,
+    return DataLoader(dataset, batch_size=batch_size or cfg.training.batch_size, shuffle=train and sampler is None,
                       sampler=sampler, drop_last=False, num_workers=workers, pin_memory=bool(pin),
                       worker_init_fn=seed_worker, generator=make_generator(seed), persistent_workers=workers > 0)

@@ -37,6 +37,8 @@ from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
 from mlflow_core.training.data import DataBundle, build_data, make_loader
 from mlflow_core.training.augment import BatchMixer, hard_labels, with_augmentation
+from mlflow_core.training.curriculum import (apply_freeze, plan_stages, rescale_learning_rate, stage_of,
+                                             stage_train_data)
 from mlflow_core.training.models import build_model, count_parameters, freeze_parameters, load_initial_weights
 from mlflow_core.training.seeding import SEEDED, rng_state, seed_everything, set_rng_state
 from mlflow_core.training.snapshot import DeviceSnapshot
@@ -212,31 +214,31 @@ class Trainer:
                       if cfg.augmentation.mixing else None)
         precision = cfg.training.precision
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        if precision == "fp16" and self.device.type == "cpu":
+            self.log.warning("training.precision fp16 on the CPU: most CPUs have no fp16 arithmetic and run it "
+                             "many times slower than fp32; bf16 is the CPU's mixed precision")
         # with a GradScaler an overflowing gradient is expected now and then: the scaler skips that
         # step and lowers its scale, so only a non-finite loss is a failure
         self.scaler = (torch.amp.GradScaler(self.device.type) if precision == "fp16" and cfg.training.grad_scaler
                        else None)
         seed = cfg.reproducibility.seed
-        self.train_sampler, val_data = None, self.data.val
+        val_data = self.data.val
         if self.world is not None:
-            from torch.utils.data import DistributedSampler, Subset
-            # the same permutation on every rank (seed, set_epoch), each rank its share
-            self.train_sampler = DistributedSampler(self.data.train, num_replicas=self.world.world_size,
-                                                    rank=self.world.rank, shuffle=True, seed=seed)
+            from torch.utils.data import Subset
             # validation without the sampler's padding, so that the reduced figures are exact
             val_data = Subset(self.data.val, range(self.world.rank, len(self.data.val), self.world.world_size))
-        rank_seed = seed + (self.world.rank if self.world is not None else 0)
-        self.train_loader = make_loader(self.data.train, cfg, train=True, device=self.device, seed=rank_seed,
-                                        sampler=self.train_sampler)
+        self.train_loader, self.train_sampler = self._train_loader(self.data.train, t.batch_size)
         self.val_loader = make_loader(val_data, cfg, train=False, device=self.device, seed=seed)
         self.accumulate = t.accumulate_steps
-        self.steps_per_epoch = len(self.train_loader) // self.accumulate  # a last partial group is dropped
-        if self.steps_per_epoch < 1:
-            from mlflow_core.errors import UserInputError
-            raise UserInputError(f"training.accumulate_steps {self.accumulate} is more than the "
-                                 f"{len(self.train_loader)} batches of an epoch.")
-        if self.limit_train_steps:
-            self.steps_per_epoch = min(self.steps_per_epoch, self.limit_train_steps)
+        # the curriculum's stages (one stage of the plain settings without one), and each stage's steps
+        self.stages, self.curriculum, self.stage = plan_stages(cfg), bool(cfg.curriculum.stages), None
+        self.lr_scale_applied = 1.0
+        self._always_frozen = {n for n, p in self.model.named_parameters() if not p.requires_grad}
+        self.stage_steps = [self._steps_for(len(self.data.train) if s.data_fraction >= 1.0
+                                            else max(1, round(s.data_fraction * len(self.data.train))), s.batch_size)
+                            for s in self.stages]
+        self.steps_per_epoch = self.stage_steps[0]
+        self.total_steps = sum(n * (s.last_epoch - s.first_epoch + 1) for n, s in zip(self.stage_steps, self.stages))
         self.scheduler = self._scheduler()
         self.per_step_scheduler = t.scheduler.name in PER_STEP_SCHEDULERS
         self.recipe.update(learning_rate=effective_learning_rate(t), accumulate_steps=self.accumulate,
@@ -254,6 +256,60 @@ class Trainer:
         self.early = EarlyStopping(cfg.validation.mode, cfg.early_stopping.patience,
                                    cfg.early_stopping.min_delta, cfg.early_stopping.enabled)
 
+    def _train_loader(self, dataset: Any, batch_size: int) -> tuple[Any, Any]:
+        """The training loader (and, under DDP, its DistributedSampler: the same permutation on every
+        rank through seed and set_epoch, each rank its share)."""
+        seed = self.cfg.reproducibility.seed
+        sampler = None
+        if self.world is not None:
+            from torch.utils.data import DistributedSampler
+            sampler = DistributedSampler(dataset, num_replicas=self.world.world_size, rank=self.world.rank,
+                                         shuffle=True, seed=seed)
+        rank_seed = seed + (self.world.rank if self.world is not None else 0)
+        loader = make_loader(dataset, self.cfg, train=True, device=self.device, seed=rank_seed, sampler=sampler,
+                             batch_size=batch_size)
+        return loader, sampler
+
+    def _steps_for(self, samples: int, batch_size: int) -> int:
+        """Optimizer steps of an epoch over `samples` (this rank's share under DDP)."""
+        if self.world is not None:
+            samples = math.ceil(samples / self.world.world_size)  # DistributedSampler pads to equal shares
+        batches = math.ceil(samples / batch_size)
+        steps = batches // self.accumulate  # a last partial group of micro-batches is dropped
+        if steps < 1:
+            from mlflow_core.errors import UserInputError
+            raise UserInputError(f"training.accumulate_steps {self.accumulate} is more than the {batches} batches "
+                                 "of an epoch.")
+        return min(steps, self.limit_train_steps) if self.limit_train_steps else steps
+
+    def _enter_stage(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """At a curriculum stage's first epoch (and at a resume): its data share, image size and batch
+        size, its frozen layers, its learning-rate scale."""
+        stage = stage_of(self.stages, epoch)
+        if self.stage is not None and stage.index == self.stage.index:
+            return
+        self.stage = stage
+        if not self.curriculum:
+            return
+        data = stage_train_data(self.data.train, stage, self.cfg.reproducibility.seed, self.data.input_shape)
+        self.train_loader, self.train_sampler = self._train_loader(data, stage.batch_size)
+        self.steps_per_epoch = self.stage_steps[stage.index - 1]
+        trainable_before = [p.requires_grad for p in self.model.parameters()]
+        frozen = apply_freeze(self.model, stage, self._always_frozen)
+        if self.ddp is not None and trainable_before != [p.requires_grad for p in self.model.parameters()]:
+            from torch.nn.parallel import DistributedDataParallel  # DDP's buckets follow requires_grad
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.eager_model = self.ddp
+            self.forward_model = torch.compile(self.ddp) if self.cfg.training.compile else self.ddp
+        rescale_learning_rate(self.optimizer, self.scheduler, stage.lr_scale / self.lr_scale_applied)
+        self.lr_scale_applied = stage.lr_scale
+        if not any(s["stage"] == stage.index for s in metrics["stages"]):
+            metrics["stages"].append({**stage.describe(), "steps_per_epoch": self.steps_per_epoch,
+                                      "samples": len(data), "frozen_tensors": len(frozen),
+                                      "learning_rate": self.optimizer.param_groups[0]["lr"]})
+        self.log.info("stage %d from epoch %d: %s", stage.index, epoch, stage.describe())
+
     def _project_file(self, relative: str) -> Path:
         from mlflow_core.errors import UserInputError
 
@@ -266,7 +322,7 @@ class Trainer:
     def _scheduler(self) -> Any:
         s, epochs = self.cfg.training.scheduler, self.cfg.training.epochs
         lr_scheduler = torch.optim.lr_scheduler
-        total = epochs * self.steps_per_epoch
+        total = self.total_steps
         if s.name == "onecycle":
             return lr_scheduler.OneCycleLR(
                 self.optimizer, max_lr=s.max_lr or effective_learning_rate(self.cfg.training), total_steps=total,
@@ -299,7 +355,6 @@ class Trainer:
         windowed = self.windowed if self.windowed is not None else device.type != "cpu"
         window_size = cfg.monitoring.check_every_n_steps if windowed else 1
         epochs = cfg.training.epochs
-        steps_per_epoch = self.steps_per_epoch
         accumulate = self.accumulate
         metrics = self._new_metrics()
         self.recent: deque[tuple[int, float, float]] = deque(maxlen=50)
@@ -316,12 +371,14 @@ class Trainer:
         sampler = self.gpu_sampler.start() if self.gpu_sampler else None
         started = time.perf_counter()
         self.log.info("run %s: %s on %s, %d train / %d val samples, %d steps per epoch%s", self.run_id,
-                      cfg.model.name, device, len(self.data.train), len(self.data.val), steps_per_epoch,
+                      cfg.model.name, device, len(self.data.train), len(self.data.val), self.steps_per_epoch,
                       f", resumed at epoch {start_epoch} step {global_step}" if resume else "")
         previous_handlers = self._install_signal_handlers()
         try:
             for epoch in range(start_epoch, epochs + 1):
                 # -- train one epoch ------------------------------------------------------------------
+                self._enter_stage(epoch, metrics)
+                steps_per_epoch = self.steps_per_epoch
                 self.model.train()
                 epoch_start, data_wait = time.perf_counter(), 0.0
                 correct, seen = torch.zeros((), device=device), 0
@@ -350,6 +407,8 @@ class Trainer:
                     batches = iter(self.train_loader)
                 step_in_epoch = first_step - 1
                 mixing = self.mixer is not None and self.mixer.active(epoch)
+                if self.stage.mixing is not None:  # the curriculum stage decides
+                    mixing = self.mixer is not None and self.stage.mixing
                 for step_in_epoch in range(first_step, steps_per_epoch + 1):
                     self.optimizer.zero_grad(set_to_none=True)
                     step_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -477,6 +536,8 @@ class Trainer:
                 }
                 if waits is not None:
                     record["data_wait_fraction_by_rank"] = [round(w, 4) for w in waits]
+                if self.curriculum:
+                    record["stage"] = self.stage.index
                 validated = epoch % cfg.validation.validate_every_n_epochs == 0 or epoch == epochs
                 if validated:
                     val_loss, val_acc = self.evaluate()
@@ -653,6 +714,7 @@ class Trainer:
             "detectors": {"stall": self.stall.state_dict(), "explosion": self.explosion.state_dict()},
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, **local,
             "world_size": self.world.world_size if self.world is not None else 1, "by_rank": by_rank,
+            "lr_scale_applied": self.lr_scale_applied,
             "step_losses": list(self.step_losses),
             "recent": [list(r) for r in self.recent], "metrics": json.loads(json.dumps(metrics)),
             "config": self.cfg.model_dump(mode="json"), "run_id": self.run_id,
@@ -699,6 +761,7 @@ class Trainer:
         self.anomalies = metrics.get("anomalies") or []
         self._layer_records = metrics["layers"]["records"]
         self._epoch_generator_state = state["epoch_generator_state"]
+        self.lr_scale_applied = state.get("lr_scale_applied", 1.0)  # the optimizer state above carries it
         state["metrics"] = {**fresh_metrics, **metrics, "status": "running", "recipe": self.recipe}
         return state
 
@@ -808,7 +871,7 @@ class Trainer:
         elapsed = time.perf_counter() - window_t0
         batch = self.cfg.training.batch_size
         rate = len(steps) * batch / elapsed if elapsed > 0 else None
-        total_steps = epochs * steps_per_epoch
+        total_steps = self.total_steps
         per_step = (time.perf_counter() - started) / max(global_step, 1)
         self.on_progress(Progress("train", epoch, epochs, step_in_epoch, steps_per_epoch, global_step,
                                   loss=losses[-1], samples_per_s=rate, eta_s=per_step * (total_steps - global_step),
@@ -869,7 +932,7 @@ class Trainer:
                 "epochs_planned": cfg.training.epochs, "batch_size": cfg.training.batch_size,
                 "num_workers": cfg.data.num_workers, "epochs": [], "best": None, "nonfinite": None,
                 "checkpoints": {"best": None, "last": None, "periodic": []}, "steps": 0,
-                "architecture": architecture_summary(self.model), "recipe": self.recipe,
+                "architecture": architecture_summary(self.model), "recipe": self.recipe, "stages": [],
                 "layers": {"names": [n for n, _ in self._weight_params],
                            "numel": [p.numel() for _, p in self._weight_params], "records": self._layer_records},
                 "config": cfg.model_dump(mode="json")}

@@ -32,10 +32,12 @@ class SmokeResult:
 
 
 def smoke_config(cfg: WorkflowConfig) -> WorkflowConfig:
-    """One epoch everywhere, one trial, the fewest seeds: the shape of the phase, not its length."""
-    return with_changes(cfg, {"training.epochs": 1, "optimization.n_trials": 1, "optimization.trial_epochs": 1,
-                              "optimization.seeds": 2, "optimization.timeout_s": None,
-                              "finalization.seeds": 1, "finalization.epochs": 1})
+    """One epoch everywhere (one per curriculum stage, so that every transition runs), one trial, the
+    fewest seeds: the shape of the phase, not its length."""
+    epochs = max(1, len(cfg.curriculum.stages))
+    return with_changes(cfg, {"training.epochs": epochs, "optimization.n_trials": 1,
+                              "optimization.trial_epochs": epochs, "optimization.seeds": 2,
+                              "optimization.timeout_s": None, "finalization.seeds": 1, "finalization.epochs": epochs})
 
 
 def smoke_phase(project: Project, phase: str, *, on_progress: Callable[[Any], None] | None = None,

@@ -289,3 +289,58 @@ def test_recipe_mcc_matches_scikit_learn():
     logits[torch.arange(500), targets] += 1.0
     metrics = classification_metrics(logits, targets, 4)
     assert metrics["mcc"] == pytest.approx(sklearn.matthews_corrcoef(targets, logits.argmax(1)), abs=1e-12)
+
+
+CURRICULUM = ("curriculum: {stages: [{epochs: 1, image_size: 16, batch_size: 16, data_fraction: 0.5, "
+              "freeze: [features.0, features.1]}, {epochs: 2, batch_size: 32, lr_scale: 0.5}]}")
+
+
+def test_recipe_curriculum_stages_change_data_size_batch_lr_and_freezing(tmp_path):
+    cfg = config(epochs=3, training="learning_rate: 0.002", extra=CURRICULUM)
+    trainer = Trainer(cfg, tmp_path, tmp_path / "r")
+    weights = {}
+    trainer.on_epoch = lambda epoch, _value: weights.update(
+        {epoch: trainer.model.features[0].weight.detach().clone()}) or False
+    result = trainer.fit()
+    stages = result.metrics["stages"]
+    assert [s["stage"] for s in stages] == [1, 2] and [s["epochs"] for s in stages] == [[1, 1], [2, 3]]
+    assert stages[0]["samples"] == 719 and stages[0]["steps_per_epoch"] == 45  # half the data, batches of 16
+    assert stages[1]["samples"] == 1438 and stages[1]["steps_per_epoch"] == 45
+    assert stages[0]["frozen_tensors"] == 3 and stages[1]["frozen_tensors"] == 0
+    assert stages[1]["learning_rate"] == pytest.approx(0.001)  # the LR scaled by 0.5 from stage 2 on
+    assert [e["stage"] for e in result.metrics["epochs"]] == [1, 2, 2]
+    assert [e["lr"] for e in result.metrics["epochs"]] == pytest.approx([0.002, 0.001, 0.001])
+    initial = Trainer(cfg, tmp_path, None)
+    initial._build()
+    assert torch.equal(weights[1], initial.model.features[0].weight)  # frozen through stage 1
+    assert not torch.equal(weights[2], weights[1])  # trained in stage 2
+    assert trainer.train_loader.dataset[0][0].shape == (1, 8, 8)  # stage 2: the native size again
+
+
+def test_recipe_curriculum_with_onecycle_spans_all_stages_and_resumes_exactly(tmp_path):
+    cfg = config(epochs=3, training="learning_rate: 0.01, optimizer: sgd, scheduler: {name: onecycle}",
+                 extra=CURRICULUM, window=1)
+    full = Trainer(cfg, tmp_path, tmp_path / "full").fit()
+    assert full.metrics["steps"] == 45 + 2 * 45
+    lrs = logged_lrs(tmp_path / "full")
+    assert lrs[-1] < 1e-4 and max(lrs[:45]) > max(lrs[45:])  # one cycle over all 135 steps, halved in stage 2
+
+    def stop(p):
+        if p.stage == "train" and p.global_step == 60:  # inside stage 2
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cut = Trainer(cfg, tmp_path, tmp_path / "cut", on_progress=stop, stop_on_signals=True).fit()
+    assert cut.status == "interrupted"
+    done = Trainer(cfg, tmp_path, tmp_path / "cut", resume_from=tmp_path / "cut" / "checkpoints" / "resume.pt").fit()
+    a, b = full.model.state_dict(), done.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [s["stage"] for s in done.metrics["stages"]] == [1, 2]
+
+
+def test_recipe_curriculum_must_add_up(tmp_path):
+    from mlflow_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="add up to 2, and training.epochs is 3"):
+        config(epochs=3, extra="curriculum: {stages: [{epochs: 1}, {epochs: 1}]}")
+    with pytest.raises(ConfigError, match="mixing is on"):
+        config(epochs=1, extra="curriculum: {stages: [{epochs: 1, mixing: true}]}")
