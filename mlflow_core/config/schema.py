@@ -41,6 +41,11 @@ class DataSection(_Section):
     num_classes: int | None = Field(None, ge=2, description="Inferred from the data when omitted.")
     image_key: str = Field("image", description="npz: array key of the input.")
     label_key: str = Field("label", description="npz: array key of the label.")
+    mask_key: str = Field("mask", description="npz, task segmentation: array key of the mask (H, W) of class ids.")
+    sampling: Literal["uniform", "class_balanced", "pixel_balanced"] = Field(
+        "uniform", description="Training sample order: uniform shuffling; class_balanced (classification: each "
+        "sample drawn with weight 1 / its class's frequency); pixel_balanced (segmentation, seed 004: each "
+        "sample weighted by how rare its pixels' classes are), with replacement.")
     image_size: int | None = Field(None, ge=8, description="imagefolder: resize to this square size.")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="digits: held-out share for val.")
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="digits: held-out share for test.")
@@ -66,8 +71,8 @@ class DataSection(_Section):
 
 
 class ModelSection(_Section):
-    name: Literal["simple_cnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0", "custom"] = (
-        "simple_cnn")
+    name: Literal["simple_cnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0", "unet", "custom"] = Field(
+        "simple_cnn", description="unet: a U-Net for task segmentation (channels: the encoder's widths).")
     target: str | None = Field(None, description="custom: 'module:class_or_factory', called with "
                                "num_classes, in_channels and kwargs.")
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -121,6 +126,17 @@ class SchedulerSection(_Section):
                                  "inversely to the LR, between base_momentum and max_momentum.")
     base_momentum: float = Field(0.85, ge=0.0, lt=1.0, description="onecycle: momentum at the LR's peak.")
     max_momentum: float = Field(0.95, ge=0.0, lt=1.0, description="onecycle: momentum at the LR's ends.")
+
+
+class LossSection(_Section):
+    name: Literal["cross_entropy", "focal", "focal_dice"] = Field(
+        "cross_entropy", description="focal: cross-entropy down-weighting easy examples by (1 − p)^gamma "
+        "(imbalanced classes); focal_dice (segmentation): focal_weight × focal + dice_weight × soft Dice.")
+    focal_gamma: float = Field(2.0, ge=0.0, description="focal: the focusing exponent (0 = cross-entropy).")
+    focal_weight: float = Field(0.5, ge=0.0, description="focal_dice: weight of the focal term.")
+    dice_weight: float = Field(0.5, ge=0.0, description="focal_dice: weight of the Dice term.")
+    class_weights: list[float] | None = Field(None, description="Per-class weights of the cross-entropy/focal "
+                                              "term, one per class.")
 
 
 class EmaSection(_Section):
@@ -181,6 +197,7 @@ class TrainingSection(_Section):
                                                   "learning_rate × effective batch / 256 (Goyal et al.), so "
                                                   "learning_rate is the rate for a batch of 256.")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Cross-entropy label smoothing.")
+    loss: LossSection = Field(default_factory=LossSection)
     ema: EmaSection = Field(default_factory=EmaSection)
     channels_last: bool = Field(False, description="Channels-last memory format for the model and image "
                                 "batches (faster convolutions with AMP on recent GPUs).")
@@ -234,8 +251,10 @@ class CheckpointingSection(_Section):
 
 class ValidationSection(_Section):
     validate_every_n_epochs: int = Field(1, ge=1)
-    metric: Literal["val_loss", "val_accuracy"] = Field("val_loss", description="Selects the best "
-                                                        "checkpoint and drives early stopping.")
+    metric: Literal["val_loss", "val_accuracy", "val_mcc", "val_iou"] = Field(
+        "val_loss", description="Selects the best checkpoint and drives early stopping. val_accuracy is pixel "
+        "accuracy for segmentation; val_mcc is Matthews' correlation (over pixels for segmentation); val_iou the "
+        "mean intersection over union of the classes (segmentation).")
     target: float | None = Field(None, description="The value of `metric` that makes the baseline "
                                  "acceptable (e.g. 0.95 for val_accuracy); decides the recommended "
                                  "next step.")
@@ -336,6 +355,9 @@ class WorkflowConfig(_Section):
 
     schema_version: Literal[1] = 1
     project: ProjectSection = Field(default_factory=ProjectSection)
+    task: Literal["classification", "segmentation"] = Field(
+        "classification", description="classification: one label per sample; segmentation: a mask of class ids "
+        "per sample (npz or custom data, data.num_classes required).")
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
@@ -348,6 +370,34 @@ class WorkflowConfig(_Section):
     monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
     optimization: OptimizationSection = Field(default_factory=OptimizationSection)
     finalization: FinalizationSection = Field(default_factory=FinalizationSection)
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> WorkflowConfig:
+        segmentation = self.task == "segmentation"
+        if segmentation:
+            if self.data.source not in ("npz", "custom"):
+                raise ValueError(f"task segmentation: data.source '{self.data.source}' has no masks; use npz (with "
+                                 "data.mask_key) or custom")
+            if self.data.num_classes is None:
+                raise ValueError("task segmentation needs data.num_classes (masks are not scanned to count them)")
+            if self.augmentation.mixing:
+                raise ValueError("task segmentation: MixUp and CutMix mix labels, not masks; set "
+                                 "augmentation.mixup_alpha and cutmix_alpha to 0")
+            if self.data.sampling == "class_balanced":
+                raise ValueError("data.sampling class_balanced is for classification; segmentation has "
+                                 "pixel_balanced")
+        else:
+            if self.training.loss.name == "focal_dice":
+                raise ValueError("training.loss.name focal_dice needs task: segmentation (Dice is over pixels)")
+            if self.data.sampling == "pixel_balanced":
+                raise ValueError("data.sampling pixel_balanced needs task: segmentation")
+            if self.validation.metric == "val_iou":
+                raise ValueError("validation.metric val_iou needs task: segmentation")
+        weights = self.training.loss.class_weights
+        if weights is not None and self.data.num_classes is not None and len(weights) != self.data.num_classes:
+            raise ValueError(f"training.loss.class_weights has {len(weights)} weights for "
+                             f"{self.data.num_classes} classes (data.num_classes)")
+        return self
 
     @model_validator(mode="after")
     def _curriculum_fits(self) -> WorkflowConfig:

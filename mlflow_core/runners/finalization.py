@@ -23,7 +23,7 @@ from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
 from mlflow_core.training.augment import with_augmentation
 from mlflow_core.training.data import DataBundle, build_data
-from mlflow_core.training.evaluation import classification_metrics, predict
+from mlflow_core.training.evaluation import classification_metrics, predict, segmentation_metrics
 from mlflow_core.training.models import build_model
 from mlflow_core.workflow.evidence import file_sha256
 from mlflow_core.workflow.state import load_state
@@ -63,9 +63,9 @@ def run_finalization(ctx: RunContext) -> RunOutput:
             model.load_state_dict(load_checkpoint(run_dir / best["path"])["model"])
         say(f"Evaluating seed {seed} on the test split ({len(data.test)} samples)")
         logits, targets = predict(model, data.test, run_cfg, device)
+        score = segmentation_metrics if cfg.task == "segmentation" else classification_metrics
         results.append({"seed": seed, "status": trained.status, "run_dir": ctx.project.relative(run_dir),
-                        "val_best": trained.metrics.get("best"), "test": classification_metrics(logits, targets,
-                                                                                                 data.num_classes)})
+                        "val_best": trained.metrics.get("best"), "test": score(logits, targets, data.num_classes)})
         models.append((seed, model))
     evaluated = [r for r in results if "test" in r]
     facts: dict[str, Any] = {
@@ -93,7 +93,7 @@ def run_finalization(ctx: RunContext) -> RunOutput:
 
 def summarize(tests: list[dict[str, Any]]) -> dict[str, Any]:
     out = {}
-    for key in ("accuracy", "top5_accuracy", "macro_f1", "nll", "ece"):
+    for key in ("accuracy", "top5_accuracy", "macro_f1", "mcc", "mean_iou", "nll", "ece"):
         values = [t[key] for t in tests if key in t]
         if values:
             out[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,

@@ -30,6 +30,10 @@ class TransformedDataset(Dataset):
 
     def __getitem__(self, index: int):
         inputs, label = self.base[index]
+        if isinstance(label, torch.Tensor) and label.ndim >= 2:  # a mask moves with its image
+            from torchvision import tv_tensors
+            image, mask = self.transform(torch.as_tensor(inputs), tv_tensors.Mask(label))
+            return image, mask.as_subclass(torch.Tensor)
         return self.transform(torch.as_tensor(inputs)), label
 
     def __getattr__(self, name: str) -> Any:
@@ -105,5 +109,5 @@ class BatchMixer:
 
 
 def hard_labels(targets: torch.Tensor) -> torch.Tensor:
-    """Class indices, also for mixed batches whose targets are class probabilities."""
-    return targets if targets.ndim == 1 else targets.argmax(1)
+    """Class indices (or masks of them), also for mixed batches whose targets are class probabilities."""
+    return targets.argmax(1) if targets.dtype.is_floating_point else targets

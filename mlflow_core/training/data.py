@@ -142,6 +142,47 @@ class NpzPatchDataset(Dataset):
         return [self.label(i) for i in range(len(self))]
 
 
+class NpzMaskDataset(NpzPatchDataset):
+    """Segmentation: one `.npz` per sample holding an image and a mask (H, W) of class ids."""
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        path = self.files[index]
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                image, mask = npz[self.image_key], npz[self.label_key]
+        except KeyError as exc:
+            raise DataError(f"{path}: missing array {exc} (data.image_key / data.mask_key)") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{path}: cannot be read as .npz ({exc})") from None
+        if image.ndim == 2:
+            image = image[None]
+        if image.ndim != 3:
+            raise DataError(f"{path}: image must have 2 or 3 dimensions, has shape {image.shape}")
+        if image.shape[-1] < image.shape[0] and image.shape[-1] <= 32:  # channels last → first
+            image = np.moveaxis(image, -1, 0)
+        mask = np.asarray(mask)
+        if mask.ndim == 3 and 1 in (mask.shape[0], mask.shape[-1]):
+            mask = mask.reshape(mask.shape[1:] if mask.shape[0] == 1 else mask.shape[:-1])
+        if mask.shape != image.shape[1:]:
+            raise DataError(f"{path}: mask has shape {mask.shape}, the image's height and width are "
+                            f"{image.shape[1:]}; a mask holds one class id per pixel")
+        if not np.issubdtype(mask.dtype, np.integer):
+            if not np.array_equal(mask, np.round(mask)):
+                raise DataError(f"{path}: mask holds non-integer values ({mask.dtype}); it must hold class ids")
+        return image, mask
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.read(index)
+        return (torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+                torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)))
+
+    def label(self, index: int) -> int:  # a mask is not one label
+        raise TypeError("segmentation samples have masks, not labels")
+
+    def labels(self) -> list[int]:
+        raise TypeError("segmentation samples have masks, not labels")
+
+
 def build_data(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
     source = cfg.data.source
     if source == "digits":
@@ -200,10 +241,10 @@ def _resolve_dir(cfg: WorkflowConfig, project_root: Path) -> Path:
 
 def _npz(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
     root = _resolve_dir(cfg, project_root)
-    splits = {s: NpzPatchDataset(root / s, cfg.data.image_key, cfg.data.label_key)
-              for s in ("train", "val") }
-    test = NpzPatchDataset(root / "test", cfg.data.image_key, cfg.data.label_key) if (
-        root / "test").is_dir() else None
+    dataset, target_key = ((NpzMaskDataset, cfg.data.mask_key) if cfg.task == "segmentation"
+                           else (NpzPatchDataset, cfg.data.label_key))
+    splits = {s: dataset(root / s, cfg.data.image_key, target_key) for s in ("train", "val")}
+    test = dataset(root / "test", cfg.data.image_key, target_key) if (root / "test").is_dir() else None
     sample, _ = splits["train"][0]
     num_classes = cfg.data.num_classes or (max(max(d.labels()) for d in splits.values()) + 1)
     return DataBundle(splits["train"], splits["val"], test, num_classes, tuple(sample.shape),
@@ -265,11 +306,29 @@ def _custom(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
 
 
 def make_loader(dataset: Dataset, cfg: WorkflowConfig, *, train: bool, device: torch.device,
-                seed: int, sampler: Any = None, batch_size: int | None = None) -> DataLoader:
+                seed: int, sampler: Any = None, batch_size: int | None = None,
+                generator: torch.Generator | None = None) -> DataLoader:
     """`sampler`: a DistributedSampler under DDP (it shuffles; the generator then only seeds workers).
     `batch_size`: a curriculum stage's (default training.batch_size)."""
     pin = cfg.data.pin_memory if cfg.data.pin_memory != "auto" else device.type == "cuda"
     workers = cfg.data.num_workers
     return DataLoader(dataset, batch_size=batch_size or cfg.training.batch_size, shuffle=train and sampler is None,
                       sampler=sampler, drop_last=False, num_workers=workers, pin_memory=bool(pin),
-                      worker_init_fn=seed_worker, generator=make_generator(seed), persistent_workers=workers > 0)
+                      worker_init_fn=seed_worker, generator=generator or make_generator(seed),
+                      persistent_workers=workers > 0)
+
+
+def balanced_sample_weights(dataset: Dataset, num_classes: int, mode: str) -> torch.Tensor:
+    """Sampling weights over the training split. class_balanced: 1 / the frequency of the sample's
+    class. pixel_balanced (segmentation): the mean, over the sample's pixels, of 1 / the frequency of
+    the pixel's class, so that images holding rare classes come up more often (seed 004)."""
+    targets = [dataset[i][1] for i in range(len(dataset))]
+    if mode == "class_balanced":
+        labels = torch.tensor([int(t) for t in targets])
+        counts = torch.bincount(labels, minlength=num_classes).double().clamp_min(1)
+        return (1.0 / counts)[labels]
+    per_sample = torch.stack([torch.bincount(torch.as_tensor(t).flatten().clamp(0, num_classes - 1),
+                                             minlength=num_classes).double() for t in targets])
+    frequency = (per_sample.sum(0) / per_sample.sum()).clamp_min(1e-12)
+    share = per_sample / per_sample.sum(1, keepdim=True).clamp_min(1)
+    return (share / frequency).sum(1)

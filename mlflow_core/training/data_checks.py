@@ -27,16 +27,25 @@ def _scan(dataset: Dataset, num_classes: int) -> dict[str, Any]:
     for i in indices:
         x, y = dataset[i]
         x = torch.as_tensor(x)
-        y = int(y)
         shapes[tuple(x.shape)] += 1
         first_of_shape.setdefault(tuple(x.shape), i)
         if not torch.isfinite(x).all():
             nonfinite.append(i)
         else:
             lo, hi = min(lo, x.min().item()), max(hi, x.max().item())
-        if not 0 <= y < num_classes:
-            bad_labels.append((i, y))
-        counts[y] += 1
+        if isinstance(y, torch.Tensor) and y.ndim >= 1:  # a mask: its pixels are the labels
+            low, high = int(y.min()), int(y.max())
+            if not (0 <= low and high < num_classes):
+                bad_labels.append((i, low if low < 0 else high))
+            for cls, n in enumerate(torch.bincount(y.flatten().clamp(0, num_classes - 1), minlength=num_classes)
+                                    .tolist()):
+                if n:
+                    counts[cls] += n
+        else:
+            y = int(y)
+            if not 0 <= y < num_classes:
+                bad_labels.append((i, y))
+            counts[y] += 1
         hashes.setdefault(hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest(), i)
     return {"scanned": len(indices), "size": n, "nonfinite": nonfinite, "bad_labels": bad_labels,
             "shapes": shapes, "first_of_shape": first_of_shape, "counts": counts, "hashes": hashes, "min": lo, "max": hi}

@@ -58,6 +58,31 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_clas
     return out
 
 
+def segmentation_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """The classification figures over pixels (accuracy, per-class P/R/F1, confusion, NLL, ECE, MCC)
+    plus each class's IoU and their mean."""
+    pixels = logits.movedim(1, -1).reshape(-1, num_classes)
+    out = classification_metrics(pixels, targets.flatten(), num_classes)
+    out.pop("top5_accuracy", None)
+    confusion = torch.tensor(out["confusion"])
+    out["iou_per_class"] = iou_per_class(confusion, present_only=False)
+    present = iou_per_class(confusion)
+    out["mean_iou"] = sum(present) / len(present) if present else 0.0
+    out["samples"] = int(targets.shape[0])
+    out["pixels"] = int(targets.numel())
+    return out
+
+
+def iou_per_class(confusion: torch.Tensor, present_only: bool = True) -> list[float]:
+    """Intersection over union of each class (rows: true class). present_only: the classes that
+    occur in the truth or the predictions (an absent class has no IoU to average)."""
+    c = confusion.double()
+    tp = c.diagonal()
+    union = c.sum(0) + c.sum(1) - tp
+    return [float(t / u) if u > 0 else (0.0 if not present_only else None)  # type: ignore[misc]
+            for t, u in zip(tp, union) if u > 0 or not present_only]
+
+
 def matthews_corrcoef(confusion: torch.Tensor) -> float:
     """Multiclass Matthews correlation (Gorodkin's R_K) from a confusion matrix (rows: true class):
     1 perfect, 0 no better than chance, negative worse; 0 when a side has one class only."""

@@ -60,6 +60,14 @@ def build_model(cfg: ModelSection, num_classes: int, input_shape: tuple[int, ...
     if cfg.name == "simple_cnn":
         size = min(input_shape[1:]) if len(input_shape) == 3 else 224
         return SimpleCNN(in_channels, num_classes, cfg.channels, size, cfg.batch_norm, cfg.dropout)
+    if cfg.name == "unet":
+        if len(input_shape) != 3:
+            raise UserInputError(f"model.name unet needs image samples (channels, height, width), got {list(input_shape)}")
+        multiple = 2 ** (len(cfg.channels) - 1)
+        if any(side % multiple for side in input_shape[1:]):
+            raise UserInputError(f"model.name unet with {len(cfg.channels)} levels needs sides divisible by "
+                                 f"{multiple}; the data's are {list(input_shape[1:])}")
+        return UNet(in_channels, num_classes, cfg.channels, cfg.batch_norm, cfg.dropout)
     if cfg.name == "custom":
         assert cfg.target is not None
         factory = import_target(cfg.target, project_root, "model.target")
@@ -124,3 +132,49 @@ def freeze_parameters(model: nn.Module, prefixes: list[str]) -> dict[str, Any]:
             param.requires_grad_(False)
     count = sum(p.numel() for n, p in model.named_parameters() if n in frozen)
     return {"prefixes": prefixes, "tensors": len(set(frozen)), "parameters": count}
+
+
+class UNet(nn.Module):
+    """A U-Net (Ronneberger et al. 2015): an encoder of conv blocks halving the resolution, a decoder
+    upsampling with skip connections, per-pixel logits. Any band count; sides divisible by
+    2^(len(channels) − 1)."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: list[int], batch_norm: bool = True,
+                 dropout: float = 0.0):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            layers: list[nn.Module] = []
+            for a, b in ((cin, cout), (cout, cout)):
+                layers += [nn.Conv2d(a, b, 3, padding=1, bias=not batch_norm)]
+                layers += [nn.BatchNorm2d(b)] if batch_norm else []
+                layers += [nn.ReLU(inplace=True)]
+            return nn.Sequential(*layers)
+
+        self.down = nn.ModuleList()
+        width = in_channels
+        for c in channels:
+            self.down.append(block(width, c))
+            width = c
+        self.pool = nn.MaxPool2d(2)
+        self.up = nn.ModuleList()
+        self.merge = nn.ModuleList()
+        for c in reversed(channels[:-1]):
+            self.up.append(nn.ConvTranspose2d(width, c, 2, stride=2))
+            self.merge.append(block(2 * c, c))
+            width = c
+        self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
+        self.head = nn.Conv2d(width, num_classes, 1)
+        self.depth = len(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x)
+            if i < self.depth - 1:
+                skips.append(x)
+                x = self.pool(x)
+        for up, merge in zip(self.up, self.merge):
+            x = up(x)
+            x = merge(torch.cat([skips.pop(), x], dim=1))
+        return self.head(self.dropout(x))

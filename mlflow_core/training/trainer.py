@@ -35,12 +35,13 @@ from mlflow_core.errors import StorageError
 from mlflow_core.monitoring.anomalies import EarlyStopping, GradExplosionDetector, StallDetector, first_nonfinite
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
-from mlflow_core.training.data import DataBundle, build_data, make_loader
+from mlflow_core.training.data import DataBundle, balanced_sample_weights, build_data, make_loader
+from mlflow_core.training.losses import build_loss
 from mlflow_core.training.augment import BatchMixer, hard_labels, with_augmentation
 from mlflow_core.training.curriculum import (apply_freeze, plan_stages, rescale_learning_rate, stage_of,
                                              stage_train_data)
 from mlflow_core.training.models import build_model, count_parameters, freeze_parameters, load_initial_weights
-from mlflow_core.training.seeding import SEEDED, rng_state, seed_everything, set_rng_state
+from mlflow_core.training.seeding import SEEDED, make_generator, rng_state, seed_everything, set_rng_state
 from mlflow_core.training.snapshot import DeviceSnapshot
 from mlflow_core.workflow.evidence import file_sha256
 
@@ -195,7 +196,7 @@ class Trainer:
             self.model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(t, self.params)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+        self.criterion = build_loss(cfg, self.data.num_classes).to(self.device)
         self.ema = None
         if t.ema.enabled:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -260,15 +261,25 @@ class Trainer:
         """The training loader (and, under DDP, its DistributedSampler: the same permutation on every
         rank through seed and set_epoch, each rank its share)."""
         seed = self.cfg.reproducibility.seed
-        sampler = None
+        sampler, sampling = None, self.cfg.data.sampling
+        rank_seed = seed + (self.world.rank if self.world is not None else 0)
+        generator = make_generator(rank_seed)
         if self.world is not None:
+            if sampling != "uniform":
+                from mlflow_core.errors import UserInputError
+                raise UserInputError(f"data.sampling {sampling} is not available with several processes yet; "
+                                     "use uniform, or train in one process.")
             from torch.utils.data import DistributedSampler
             sampler = DistributedSampler(dataset, num_replicas=self.world.world_size, rank=self.world.rank,
                                          shuffle=True, seed=seed)
-        rank_seed = seed + (self.world.rank if self.world is not None else 0)
+        elif sampling != "uniform":
+            from torch.utils.data import WeightedRandomSampler
+            weights = balanced_sample_weights(dataset, self.data.num_classes, sampling)
+            # the loader's generator draws the samples too: resume restores both with one state
+            sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
         loader = make_loader(dataset, self.cfg, train=True, device=self.device, seed=rank_seed, sampler=sampler,
-                             batch_size=batch_size)
-        return loader, sampler
+                             batch_size=batch_size, generator=generator)
+        return loader, (sampler if self.world is not None else None)
 
     def _steps_for(self, samples: int, batch_size: int) -> int:
         """Optimizer steps of an epoch over `samples` (this rank's share under DDP)."""
@@ -433,7 +444,9 @@ class Trainer:
                             else:
                                 self.scaler.scale(part).backward()
                         loss = micro_loss.detach() if loss is None else loss + micro_loss.detach()
-                        correct += (logits.detach().argmax(1) == hard_labels(targets)).sum()
+                        hits = logits.detach().argmax(1) == hard_labels(targets)
+                        # per sample: 0/1, or for a mask its share of right pixels (all masks have one size)
+                        correct += hits.sum() if hits.ndim == 1 else hits.flatten(1).float().mean(1).sum()
                         step_samples += targets.shape[0]
                     if accumulate > 1:
                         loss = loss / accumulate
@@ -540,14 +553,15 @@ class Trainer:
                     record["stage"] = self.stage.index
                 validated = epoch % cfg.validation.validate_every_n_epochs == 0 or epoch == epochs
                 if validated:
-                    val_loss, val_acc = self.evaluate()
+                    judged = self.validate()
                     if self.ema is not None:  # both views reported; the configured one is "val_*"
-                        ema_loss, ema_acc = self.evaluate(self.ema.module)
-                        record.update(raw_val_loss=finite_or_str(val_loss), raw_val_accuracy=round(val_acc, 6),
-                                      ema_val_loss=finite_or_str(ema_loss), ema_val_accuracy=round(ema_acc, 6))
+                        ema = self.validate(self.ema.module)
+                        record.update({f"raw_{k}": v for k, v in judged.items()})
+                        record.update({f"ema_{k}": v for k, v in ema.items()})
                         if cfg.training.ema.evaluate:
-                            val_loss, val_acc = ema_loss, ema_acc
-                    record.update(val_loss=finite_or_str(val_loss), val_accuracy=round(val_acc, 6))
+                            judged = ema
+                    record.update(judged)
+                    val_loss = judged["val_loss"] if isinstance(judged["val_loss"], float) else math.nan
                 if self.mixer is not None:
                     record["mixed"] = mixing
                 metrics["epochs"].append(record)
@@ -555,7 +569,7 @@ class Trainer:
                 # -- checkpoint, early stopping, schedule --------------------------------------------
                 should_stop = False
                 if validated:
-                    value = val_loss if cfg.validation.metric == "val_loss" else val_acc
+                    value = val_loss if cfg.validation.metric == "val_loss" else judged[cfg.validation.metric]
                     improved, should_stop, reason = self.early.update(epoch, value)
                     record["improved"] = improved
                     if improved:
@@ -765,13 +779,34 @@ class Trainer:
         state["metrics"] = {**fresh_metrics, **metrics, "status": "running", "recipe": self.recipe}
         return state
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module | None = None) -> tuple[float, float]:
-        """Validation loss and accuracy of `model` (default: the trained model, compiled if it is)."""
-        model = model or self.model
+        """Validation loss and accuracy of `model` (default: the trained model)."""
+        figures = self.validate(model)
+        loss = figures["val_loss"]
+        return (loss if isinstance(loss, float) else math.nan), figures["val_accuracy"]
+
+    def validate(self, model: nn.Module | None = None) -> dict[str, Any]:
+        """The validation figures of `model`: cross-entropy, accuracy (of pixels, for segmentation),
+        Matthews' correlation, and for segmentation the classes' mean IoU, all from one pass that
+        accumulates a confusion matrix on the device."""
+        loss, confusion = self._validation_pass(model or self.model)
+        from mlflow_core.training.evaluation import iou_per_class, matthews_corrcoef
+
+        c = confusion.double().cpu()
+        figures = {"val_loss": finite_or_str(loss), "val_accuracy": round(float(c.diagonal().sum() / c.sum()), 6),
+                   "val_mcc": round(matthews_corrcoef(c), 6)}
+        if self.cfg.task == "segmentation":
+            ious = iou_per_class(c)
+            figures["val_iou"] = round(sum(ious) / len(ious), 6) if ious else 0.0
+            figures["val_iou_per_class"] = [round(v, 6) for v in iou_per_class(c, present_only=False)]
+        return figures
+
+    @torch.no_grad()
+    def _validation_pass(self, model: nn.Module) -> tuple[float, torch.Tensor]:
         model.eval()
+        classes = self.data.num_classes
+        confusion = torch.zeros(classes * classes, device=self.device, dtype=torch.long)
         loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
         count = 0
         for index, (inputs, targets) in enumerate(self.val_loader):
             if self.limit_val_batches and index >= self.limit_val_batches:
@@ -785,15 +820,14 @@ class Trainer:
                 direct = model is not self.model or self.world is not None
                 logits = model(inputs) if direct else self._logits(inputs)
             loss_sum += nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-            correct += (logits.argmax(1) == targets).sum()
-            count += targets.shape[0]
+            confusion += torch.bincount((targets * classes + logits.argmax(1)).flatten(), minlength=classes ** 2)
+            count += targets.numel()
+        totals = torch.stack([loss_sum.double(), torch.tensor(float(count), device=self.device, dtype=torch.float64)])
         if self.world is not None:
             import torch.distributed as dist
-            totals = torch.stack([loss_sum.double(), correct.double(),
-                                  torch.tensor(float(count), device=self.device, dtype=torch.float64)])
             dist.all_reduce(totals)
-            loss_sum, correct, count = totals[0], totals[1], totals[2]
-        return (loss_sum / count).item(), (correct / count).item()
+            dist.all_reduce(confusion)
+        return (totals[0] / totals[1]).item(), confusion.reshape(classes, classes)
 
     # --- across ranks (DDP) -----------------------------------------------------------------------
 

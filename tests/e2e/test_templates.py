@@ -31,6 +31,15 @@ def _npz_patches(root: Path, bands: int, size: int, classes: int = 3, per_split:
                      label=i % classes)
 
 
+def _npz_tiles(root: Path, bands: int, size: int, classes: int) -> None:
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("val", 2), ("test", 2)):  # 8: two steps of two micro-batches of 2
+        (root / split).mkdir(parents=True)
+        for i in range(count):
+            np.savez(root / split / f"tile_{i:03d}.npz", image=rng.random((bands, size, size), dtype=np.float32),
+                     mask=rng.integers(0, classes, (size, size)))
+
+
 def _image_folder(root: Path, size: int, classes: int = 3, per_class: int = 4) -> None:
     from PIL import Image
 
@@ -52,7 +61,9 @@ def test_recipe_template_runs_two_steps_on_data_of_its_shape(wf, tmp_path, path)
     cfg = load_config(path)
     project = init_project(tmp_path / "p").root
     data = project / cfg.data.path
-    if cfg.data.source == "npz":
+    if cfg.task == "segmentation":
+        _npz_tiles(data, bands=5, size=512, classes=cfg.data.num_classes)
+    elif cfg.data.source == "npz":
         _npz_patches(data, bands=6, size=224)
     else:
         _image_folder(data, size=cfg.data.image_size or 224)
