@@ -343,6 +343,11 @@ class FinalizationSection(_Section):
     seeds: int = Field(1, ge=1, le=20, description="Train the final config with this many seeds; the test "
                        "metrics are reported as mean ± std over them.")
     epochs: int | None = Field(None, ge=1, description="The final training budget (default: training.epochs).")
+    folds: int | None = Field(None, ge=2, le=20, description="k-fold cross-validation: train and validation "
+                              "samples pooled and split into k folds (stratified for classification); one model "
+                              "per fold and seed, each validated on its fold.")
+    ensemble: bool = Field(True, description="With several final models (seeds, folds): also score their averaged "
+                           "class probabilities on the test split.")
     export: list[Literal["state_dict", "torch_export", "onnx"]] = Field(
         ["state_dict", "torch_export"], description="Artifacts to write to export/, each reloaded and compared "
         "with the trained model on a test batch. onnx needs the onnx package (and onnxruntime to verify).")

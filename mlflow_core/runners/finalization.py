@@ -23,6 +23,8 @@ from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
 from mlflow_core.training.augment import with_augmentation
 from mlflow_core.training.data import DataBundle, build_data
+from mlflow_core.training.folds import (ensemble_log_probabilities, fold_bundle, kfold_indices, pooled,
+                                        sample_labels)
 from mlflow_core.training.evaluation import classification_metrics, predict, segmentation_metrics
 from mlflow_core.training.models import build_model
 from mlflow_core.workflow.evidence import file_sha256
@@ -43,30 +45,46 @@ def run_finalization(ctx: RunContext) -> RunOutput:
     seen_before = [getattr(e, "run_id", None) for e in state.history if e.event == "test_evaluated"]
     epochs = fin.epochs or cfg.training.epochs
     device = resolve_device(cfg.training.device)
+    score = segmentation_metrics if cfg.task == "segmentation" else classification_metrics
     seeds = [cfg.reproducibility.seed + i for i in range(fin.seeds)]
-    results, models = [], []
-    for seed in seeds:
-        say(f"Final training, seed {seed}, {epochs} epochs")
+    # the members: one per seed, or with cross-validation one per fold and seed (seed 004's 5 × 3)
+    folds, crossval = fin.folds, None
+    if folds:
+        raw = build_data(cfg, root)  # pooled before augmentation: a fold's validation part is never augmented
+        samples = pooled(raw)
+        labels = sample_labels(samples)
+        fold_val = kfold_indices(len(samples), folds, cfg.data.split_seed, labels)
+        crossval = {"folds": folds, "stratified": labels is not None, "samples": len(samples),
+                    "fold_sizes": [len(f) for f in fold_val]}
+    members = [(fold, seed) for fold in (range(folds) if folds else [None]) for seed in seeds]
+    results, models, member_logits = [], [], []
+    targets = None
+    for fold, seed in members:
+        name = f"seed_{seed}" if fold is None else f"fold_{fold}_seed_{seed}"
+        say(f"Final training, {name.replace('_', ' ')}, {epochs} epochs")
         run_cfg = with_changes(cfg, {"reproducibility.seed": seed, "training.epochs": epochs})
-        run_dir = ctx.run_dir / f"seed_{seed}"
+        run_dir = ctx.run_dir / name
+        member_data = data if fold is None else with_augmentation(fold_bundle(raw, samples, fold_val[fold]),
+                                                                  cfg.augmentation)
         try:
-            trained = fit_or_continue(ctx, run_cfg, run_dir, f"{ctx.run_id}/seed_{seed}", phase="finalization",
-                                      data=data)
+            trained = fit_or_continue(ctx, run_cfg, run_dir, f"{ctx.run_id}/{name}", phase="finalization",
+                                      data=member_data)
         except SubRunInterrupted as stop:  # nothing evaluated yet: the test split stays unseen
             return stop.output(ctx)
+        entry = {"seed": seed, **({"fold": fold} if fold is not None else {}), "status": trained.status}
         if trained.status not in ("completed", "early_stopped"):
-            results.append({"seed": seed, "status": trained.status, "stop_reason": trained.metrics.get("stop_reason")})
+            results.append({**entry, "stop_reason": trained.metrics.get("stop_reason")})
             continue
         model = trained.model
         best = (trained.metrics["checkpoints"] or {}).get("best")
         if best:  # evaluate the checkpoint that validation chose, not the last epoch's weights
             model.load_state_dict(load_checkpoint(run_dir / best["path"])["model"])
-        say(f"Evaluating seed {seed} on the test split ({len(data.test)} samples)")
+        say(f"Evaluating {name.replace('_', ' ')} on the test split ({len(data.test)} samples)")
         logits, targets = predict(model, data.test, run_cfg, device)
-        score = segmentation_metrics if cfg.task == "segmentation" else classification_metrics
-        results.append({"seed": seed, "status": trained.status, "run_dir": ctx.project.relative(run_dir),
-                        "val_best": trained.metrics.get("best"), "test": score(logits, targets, data.num_classes)})
+        results.append({**entry, "run_dir": ctx.project.relative(run_dir), "val_best": trained.metrics.get("best"),
+                        "test": score(logits, targets, data.num_classes)})
         models.append((seed, model))
+        member_logits.append(logits)
     evaluated = [r for r in results if "test" in r]
     facts: dict[str, Any] = {
         "run_dir": ctx.project.relative(ctx.run_dir), "epochs": epochs, "seeds": results,
@@ -80,6 +98,15 @@ def run_finalization(ctx: RunContext) -> RunOutput:
     if not evaluated:
         return RunOutput("failed_checks", facts, notes=["No final run completed: nothing was evaluated or exported."])
     facts["summary"] = summarize([r["test"] for r in evaluated])
+    if crossval is not None:
+        values = [r["val_best"]["value"] for r in evaluated if r.get("val_best")]
+        crossval["val_best"] = {"metric": cfg.validation.metric, "values": values,
+                                "mean": statistics.mean(values) if values else None,
+                                "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        facts["crossval"] = crossval
+    if fin.ensemble and len(member_logits) > 1:  # the members' averaged class probabilities
+        facts["ensemble"] = {"members": len(member_logits),
+                             "test": score(ensemble_log_probabilities(member_logits), targets, data.num_classes)}
     seed, model = models[0]  # the shipped model: the first seed's
     facts["exported_seed"] = seed
     export_dir = ctx.run_dir / "export" if ctx.smoke else ctx.project.root / "export"
