@@ -200,8 +200,13 @@ def follow(project: Any, world: World) -> int:
         if plan is not None:
             cfg = WorkflowConfig.model_validate(plan["config"])
             resume = Path(plan["resume_from"]) if plan.get("resume_from") else None
+            sampler = None
+            if world.local_rank == 0:  # each node's first rank samples that node's GPUs for the report
+                from mlflow_core.monitoring.nvml import GpuSampler
+                sampler = GpuSampler(cfg.monitoring.gpu_sample_interval_s, cfg.monitoring.gpu_utilization_target)
             Trainer(cfg, project.root, Path(plan["run_dir"]), run_id=plan["run_id"], phase=plan["phase"],
-                    resume_from=resume, stop_on_signals=True, world=world, **plan["limits"]).fit()
+                    resume_from=resume, stop_on_signals=True, world=world, gpu_sampler=sampler,
+                    **plan["limits"]).fit()
         clean = True
         return 0
     finally:

@@ -605,6 +605,12 @@ class Trainer:
                     # the next epoch from its first step: the loader's generator is already where it starts
                     self._save_resume(epoch + 1, 0, global_step, metrics, torch.zeros((), device=device), 0, 0.0,
                                       generator_state=self.train_loader.generator.get_state())
+            if self.world is not None:  # every rank ends the loop at the same step: gather each node's GPUs
+                import torch.distributed as dist
+                summaries: list[Any] = [None] * self.world.world_size
+                dist.all_gather_object(summaries, self.gpu_sampler.summary() if self.gpu_sampler else None)
+                metrics["gpu_by_node"] = [{"rank": rank, **summary} for rank, summary in enumerate(summaries)
+                                          if summary is not None and summary.get("available")]
         except KeyboardInterrupt:
             status, stop_reason = "interrupted", "interrupted by the user"
             raise

@@ -76,6 +76,7 @@ def test_ddp_baseline_matches_the_single_process_run(project, tmp_path):
     for a, b in zip(ddp["epochs"], one["epochs"]):
         assert abs(a["val_accuracy"] - b["val_accuracy"]) < 0.03 and abs(a["val_loss"] - b["val_loss"]) < 0.1
         assert len(a["data_wait_fraction_by_rank"]) == 2
+    assert "Waiting for data by rank (mean over epochs): rank 0 " in (project / "reports" / "baseline_results.md").read_text()
     logs = list((project / "runs").rglob("steps.csv"))
     assert len(logs) == 1 and len(logs[0].read_text().splitlines()) == ddp["steps"] + 1  # rank 0's alone
 
