@@ -53,7 +53,9 @@ def world_from_env() -> World | None:
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that died leaves the others waiting at most this long
 
 
-DISTRIBUTED_PHASES = ("baseline",)  # a sweep parallelises across trials instead (a shared Optuna study)
+# the phases that train: each of their runs (a baseline, a trial, a comparison run, a final seed) is
+# data-parallel; what is not training (the study, evaluation, exports) happens on rank 0 alone
+DISTRIBUTED_PHASES = ("baseline", "optimization", "finalization")
 
 
 def init_process_group(world: World, device: str = "auto") -> str:
@@ -156,15 +158,19 @@ def configured_device(config_path: Any) -> str:
 
 
 class Announcer:
-    """Rank 0's side of the plan: sent once, just before training; None if the command stops first."""
+    """Rank 0's side: one plan before each training run of the phase, then None when the command
+    ends (or stops early, e.g. at a closed gate), which lets the followers exit."""
 
     def __init__(self) -> None:
-        self.sent = False
+        self.closed = False
 
-    def __call__(self, plan: dict[str, Any] | None) -> None:
-        if not self.sent:
-            self.sent = True
-            broadcast_plan(plan)
+    def __call__(self, plan: dict[str, Any]) -> None:
+        broadcast_plan(plan)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            broadcast_plan(None)
 
 
 @contextlib.contextmanager
@@ -181,13 +187,13 @@ def leading(world: World, config_path: Any) -> Iterator[Announcer]:
         raise
     finally:
         try:
-            announcer(None)
+            announcer.close()
         finally:
             destroy_process_group(clean)
 
 
 def follow(project: Any, world: World) -> int:
-    """A rank other than 0: wait for rank 0's plan, train its share with it, write nothing."""
+    """A rank other than 0: for each of rank 0's plans, train its share of that run; write nothing."""
     from pathlib import Path
 
     from mlflow_core.config.schema import WorkflowConfig
@@ -196,16 +202,19 @@ def follow(project: Any, world: World) -> int:
     init_process_group(world, configured_device(project.config_path))
     clean = False
     try:
-        plan = broadcast_plan(None)
-        if plan is not None:
+        while (plan := broadcast_plan(None)) is not None:  # one plan per training run of the phase
             cfg = WorkflowConfig.model_validate(plan["config"])
             resume = Path(plan["resume_from"]) if plan.get("resume_from") else None
             sampler = None
             if world.local_rank == 0:  # each node's first rank samples that node's GPUs for the report
                 from mlflow_core.monitoring.nvml import GpuSampler
                 sampler = GpuSampler(cfg.monitoring.gpu_sample_interval_s, cfg.monitoring.gpu_utilization_target)
+            data = None
+            if plan.get("data_spec"):  # a fold of cross-validation: built here as rank 0 built it
+                from mlflow_core.training.folds import fold_data
+                data = fold_data(cfg, project.root, **plan["data_spec"])
             Trainer(cfg, project.root, Path(plan["run_dir"]), run_id=plan["run_id"], phase=plan["phase"],
-                    resume_from=resume, stop_on_signals=True, world=world, gpu_sampler=sampler,
+                    resume_from=resume, stop_on_signals=True, world=world, gpu_sampler=sampler, data=data,
                     **plan["limits"]).fit()
         clean = True
         return 0

@@ -30,12 +30,15 @@ class RunContext:
     world: Any = None  # distributed.World under DDP (this is rank 0)
     announce: Callable[[dict[str, Any] | None], None] = lambda _plan: None  # tells the other ranks what to train
 
-    def announce_training(self, phase: str) -> None:
-        """Under DDP, just before training: the other ranks start the same trainer with this."""
+    def announce_run(self, phase: str, cfg: WorkflowConfig, run_dir: Path, run_id: str,
+                     resume_from: Path | None = None, data_spec: dict[str, Any] | None = None) -> None:
+        """Under DDP, just before each training run: the other ranks start the same trainer with
+        this (`data_spec`: a fold of cross-validation, which they build from the config too)."""
         if self.world is not None:
-            self.announce({"phase": phase, "run_id": self.run_id, "run_dir": str(self.run_dir),
-                           "resume_from": str(self.resume_from) if self.resume_from else None,
-                           "config": self.cfg.model_dump(mode="json"), "limits": self.trainer_limits()})
+            self.announce({"phase": phase, "run_id": run_id, "run_dir": str(run_dir),
+                           "resume_from": str(resume_from) if resume_from else None,
+                           "config": cfg.model_dump(mode="json"), "limits": self.trainer_limits(),
+                           "data_spec": data_spec})
 
     def trainer_limits(self) -> dict[str, Any]:
         """What every trainer of this phase runs with: `--smoke` caps each epoch at two steps."""
@@ -72,7 +75,8 @@ class SubRunInterrupted(Exception):
 FINISHED_RUN_STATUSES = ("completed", "early_stopped", "pruned", "failed_nan")
 
 
-def fit_or_continue(ctx: RunContext, cfg: WorkflowConfig, run_dir: Path, run_id: str, **trainer_options: Any) -> Any:
+def fit_or_continue(ctx: RunContext, cfg: WorkflowConfig, run_dir: Path, run_id: str,
+                    data_spec: dict[str, Any] | None = None, **trainer_options: Any) -> Any:
     """Train `cfg` in `run_dir` with the shared trainer, stopping on signals with a resume checkpoint.
     When the phase is resumed, a run that already finished there is loaded instead of trained again
     and one that was interrupted continues from its resume.pt, so the phase ends as it would have."""
@@ -93,8 +97,9 @@ def fit_or_continue(ctx: RunContext, cfg: WorkflowConfig, run_dir: Path, run_id:
                 return finished
         if (run_dir / "checkpoints" / "resume.pt").is_file():
             resume_from = run_dir / "checkpoints" / "resume.pt"
+    ctx.announce_run(trainer_options.get("phase", ""), cfg, run_dir, run_id, resume_from, data_spec)
     trainer = Trainer(cfg, ctx.project.root, run_dir, run_id=run_id, resume_from=resume_from, stop_on_signals=True,
-                      **ctx.trainer_limits(), **trainer_options)
+                      world=ctx.world, **ctx.trainer_limits(), **trainer_options)
     result = trainer.fit()
     if result.status == "interrupted":
         raise SubRunInterrupted(trainer.signal_received, result.metrics.get("resume"), run_dir)

@@ -12,7 +12,7 @@ from mlflow_core.training.trainer import Trainer
 def run_baseline(ctx: RunContext) -> RunOutput:
     mon = ctx.cfg.monitoring
     sampler = GpuSampler(mon.gpu_sample_interval_s, mon.gpu_utilization_target)
-    ctx.announce_training("baseline")
+    ctx.announce_run("baseline", ctx.cfg, ctx.run_dir, ctx.run_id, ctx.resume_from)
     trainer = Trainer(ctx.cfg, ctx.project.root, ctx.run_dir, run_id=ctx.run_id, phase="baseline",
                       on_progress=ctx.on_progress, gpu_sampler=sampler, resume_from=ctx.resume_from,
                       stop_on_signals=True, world=ctx.world, **ctx.trainer_limits())

@@ -68,7 +68,8 @@ def run_finalization(ctx: RunContext) -> RunOutput:
                                                                   cfg.augmentation)
         try:
             trained = fit_or_continue(ctx, run_cfg, run_dir, f"{ctx.run_id}/{name}", phase="finalization",
-                                      data=member_data)
+                                      data=member_data,
+                                      data_spec=None if fold is None else {"folds": folds, "fold": fold})
         except SubRunInterrupted as stop:  # nothing evaluated yet: the test split stays unseen
             return stop.output(ctx)
         entry = {"seed": seed, **({"fold": fold} if fold is not None else {}), "status": trained.status}

@@ -61,3 +61,15 @@ def ensemble_log_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:
     the mean probabilities, so NLL and calibration are the ensemble's own)."""
     probabilities = torch.stack([x.float().softmax(1) for x in logits]).mean(0)
     return probabilities.clamp_min(1e-12).log()
+
+
+def fold_data(cfg, project_root, folds: int, fold: int) -> DataBundle:
+    """Fold `fold` of `folds` of the project's data, augmented as configured: the same on every
+    rank of a data-parallel run (each builds it from the config)."""
+    from mlflow_core.training.augment import with_augmentation
+    from mlflow_core.training.data import build_data
+
+    raw = build_data(cfg, project_root)
+    samples = pooled(raw)
+    validation = kfold_indices(len(samples), folds, cfg.data.split_seed, sample_labels(samples))[fold]
+    return with_augmentation(fold_bundle(raw, samples, validation), cfg.augmentation)

@@ -578,7 +578,7 @@ class Trainer:
                             metrics["checkpoints"]["best"] = self._save("best_model.pt", epoch, global_step, metrics)
                     if should_stop:
                         status, stop_reason = "early_stopped", reason
-                    elif self.on_epoch is not None and self.on_epoch(epoch, value):
+                    elif self._caller_stops(epoch, value):
                         should_stop = True
                         status, stop_reason = "pruned", f"stopped after epoch {epoch} by the caller (pruned)"
                 every = cfg.checkpointing.checkpoint_every_n_epochs
@@ -836,6 +836,12 @@ class Trainer:
         return (totals[0] / totals[1]).item(), confusion.reshape(classes, classes)
 
     # --- across ranks (DDP) -----------------------------------------------------------------------
+
+    def _caller_stops(self, epoch: int, value: float) -> bool:
+        """The caller's per-epoch verdict (an Optuna pruner, on rank 0): under DDP every rank asks,
+        and all stop if rank 0's caller says so."""
+        says = bool(self.on_epoch is not None and self.on_epoch(epoch, value))
+        return self._any_rank(says) if self.world is not None else says
 
     def _mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist

@@ -103,10 +103,7 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
     with leading(world, project.config_path) as announce:
         if phase not in DISTRIBUTED_PHASES:
             raise UserInputError(f"`wf phase {phase}` runs in one process; data-parallel phases: "
-                                 f"{', '.join(DISTRIBUTED_PHASES)}.",
-                                 hint="A sweep runs trials in parallel instead: start `wf phase optimization` on "
-                                      "several machines sharing optimization.storage." if phase == "optimization"
-                                      else None)
+                                 f"{', '.join(DISTRIBUTED_PHASES)}.")
         return _run_phase(project, phase, override_reason, on_progress, on_message, resume, world, announce)
 
 

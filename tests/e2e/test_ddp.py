@@ -137,9 +137,9 @@ def test_ddp_a_nan_on_one_rank_stops_all_ranks(project):
     assert metrics["status"] == "failed_nan" and metrics["nonfinite"]["step"] < 23  # in the first epoch
 
 
-def test_ddp_refuses_phases_that_run_in_one_process(project):
-    r = _wf(project, "phase", "optimization", "--nproc-per-node", "2", *OVERRIDE)
-    assert r.returncode == 2 and "data-parallel phases: baseline" in r.stderr
+def test_ddp_refuses_phases_that_do_not_train(project):
+    r = _wf(project, "phase", "setup", "--nproc-per-node", "2")
+    assert r.returncode == 2 and "data-parallel phases: baseline, optimization, finalization" in r.stderr
 
 
 def test_ddp_under_plain_torchrun(project):
@@ -148,3 +148,25 @@ def test_ddp_under_plain_torchrun(project):
                        text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     assert r.stdout.count("completed │ 2 ") == 1  # rank 0 speaks for the run
+
+
+@pytest.mark.parametrize("phase, settings", [("optimization", []), ("finalization", [("finalization.folds", "2")])])
+def test_ddp_smoke_of_the_other_training_phases(project, phase, settings):
+    _configure(project, settings)
+    r = _wf(project, "phase", phase, "--smoke", "--nproc-per-node", "2")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    runs = 5 if phase == "optimization" else 2  # a trial and four comparison runs; two folds
+    assert f"{runs} training run(s)" in r.stdout and r.stdout.count("completed │ 2 ") == runs
+
+
+def test_ddp_optimization_every_trial_data_parallel_and_pruning_agreed(project):
+    """Each trial and comparison run is data-parallel; the pruner's verdict, taken on rank 0, stops
+    every rank (a follower left training would hang the next run's collectives)."""
+    _configure(project, [("optimization.n_trials", "4"), ("optimization.trial_epochs", "3"),
+                         ("optimization.seeds", "2"), ("training.epochs", "2"), ("optimization.lr_find", "false")])
+    r = _wf(project, "phase", "optimization", "--nproc-per-node", "2", *OVERRIDE, timeout=400)
+    assert r.returncode in (0, 1), r.stdout[-2000:] + r.stderr
+    facts = json.loads((project / ".wf" / "evidence" / "optimization.json").read_text())["facts"]
+    counts = facts["study"]["counts"]
+    assert counts["COMPLETE"] + counts["PRUNED"] == 4 and counts["FAIL"] == 0
+    assert len(facts["comparison"]["baseline"]) == 2

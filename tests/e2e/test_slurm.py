@@ -54,8 +54,8 @@ def test_hostile_or_malformed_values_are_refused(wf, tmp_path, option, value):
 
 def test_several_gpus_need_a_data_parallel_phase_and_submit_needs_slurm(wf, tmp_path, monkeypatch):
     assert wf("init", "p", cwd=tmp_path).code == 0
-    r = wf("slurm", "optimization", "--gpus-per-node", "2", cwd=tmp_path / "p")
-    assert r.code == 2 and "data-parallel phases: baseline" in r.err
+    r = wf("slurm", "diagnostics", "--gpus-per-node", "2", cwd=tmp_path / "p")
+    assert r.code == 2 and "data-parallel phases: baseline, optimization, finalization" in r.err
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no sbatch anywhere
     r = wf("slurm", "baseline", "--submit", cwd=tmp_path / "p")
     assert r.code == 2 and "SLURM is not available on this machine" in r.err
