@@ -101,13 +101,16 @@ class NpzPatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def read(self, index: int) -> tuple[np.ndarray, int]:
+    target_key_setting = "data.label_key"
+
+    def arrays(self, index: int) -> tuple[Path, np.ndarray, np.ndarray]:
+        """The file, its image channels first, and its target array as stored."""
         path = self.files[index]
         try:
             with np.load(path, allow_pickle=False) as npz:  # a patch stays data: no pickles
-                image, label = npz[self.image_key], npz[self.label_key]
+                image, target = npz[self.image_key], npz[self.label_key]
         except KeyError as exc:
-            raise DataError(f"{path}: missing array {exc} (data.image_key / data.label_key)") from None
+            raise DataError(f"{path}: missing array {exc} (data.image_key / {self.target_key_setting})") from None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise DataError(f"{path}: cannot be read as .npz ({exc})") from None
         if image.ndim == 2:
@@ -116,6 +119,10 @@ class NpzPatchDataset(Dataset):
             raise DataError(f"{path}: image must have 2 or 3 dimensions, has shape {image.shape}")
         if image.shape[-1] < image.shape[0] and image.shape[-1] <= 32:  # channels last → first
             image = np.moveaxis(image, -1, 0)
+        return path, image, np.asarray(target)
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        path, image, label = self.arrays(index)
         if np.asarray(label).size != 1:
             raise DataError(f"{path}: label must be a single integer, has shape {np.shape(label)}")
         return image, int(np.asarray(label).reshape(()))
@@ -145,22 +152,10 @@ class NpzPatchDataset(Dataset):
 class NpzMaskDataset(NpzPatchDataset):
     """Segmentation: one `.npz` per sample holding an image and a mask (H, W) of class ids."""
 
+    target_key_setting = "data.mask_key"
+
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        path = self.files[index]
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                image, mask = npz[self.image_key], npz[self.label_key]
-        except KeyError as exc:
-            raise DataError(f"{path}: missing array {exc} (data.image_key / data.mask_key)") from None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise DataError(f"{path}: cannot be read as .npz ({exc})") from None
-        if image.ndim == 2:
-            image = image[None]
-        if image.ndim != 3:
-            raise DataError(f"{path}: image must have 2 or 3 dimensions, has shape {image.shape}")
-        if image.shape[-1] < image.shape[0] and image.shape[-1] <= 32:  # channels last → first
-            image = np.moveaxis(image, -1, 0)
-        mask = np.asarray(mask)
+        path, image, mask = self.arrays(index)
         if mask.ndim == 3 and 1 in (mask.shape[0], mask.shape[-1]):
             mask = mask.reshape(mask.shape[1:] if mask.shape[0] == 1 else mask.shape[:-1])
         if mask.shape != image.shape[1:]:

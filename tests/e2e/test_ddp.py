@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tests.helpers import configure
+
 torch = pytest.importorskip("torch")
 if not torch.distributed.is_available():
     pytest.skip("torch.distributed is not available", allow_module_level=True)
@@ -25,22 +27,12 @@ def _wf(project, *args, timeout=300):
     return subprocess.run([*WF, *args], cwd=project, capture_output=True, text=True, timeout=timeout)
 
 
-def _configure(project, settings):
-    from mlflow_core.workflow.scaffold import set_yaml_value
-
-    config = project / "training_config.yaml"
-    text = config.read_text()
-    for key, value in settings:
-        text = set_yaml_value(text, key, value)
-    config.write_text(text)
-
-
 @pytest.fixture
 def project(tmp_path):
     from mlflow_core.workflow.scaffold import init_project
 
     root = init_project(tmp_path / "p").root
-    _configure(root, [("training.epochs", "3"), ("early_stopping.enabled", "false")])
+    configure(root, [("training.epochs", "3"), ("early_stopping.enabled", "false")])
     return root
 
 
@@ -65,7 +57,7 @@ def test_ddp_baseline_matches_the_single_process_run(project, tmp_path):
     and only rank 0 wrote files."""
     single = tmp_path / "single"
     shutil.copytree(project, single)
-    _configure(single, [("training.batch_size", "64")])
+    configure(single, [("training.batch_size", "64")])
     assert _wf(single, "phase", "baseline", *OVERRIDE).returncode in (0, 1)
     r = _wf(project, "phase", "baseline", "--nproc-per-node", "2", *OVERRIDE)
     assert r.returncode in (0, 1), r.stdout[-2000:] + r.stderr
@@ -129,7 +121,7 @@ def build(**_):
 
 def test_ddp_a_nan_on_one_rank_stops_all_ranks(project):
     (project / "nan_data.py").write_text(NAN_ON_ONE_SAMPLE)
-    _configure(project, [("data.source", "custom"), ("data.target", '"nan_data:build"'),
+    configure(project, [("data.source", "custom"), ("data.target", '"nan_data:build"'),
                          ("data.num_classes", "10")])
     r = _wf(project, "phase", "baseline", "--nproc-per-node", "2", *OVERRIDE, timeout=180)
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr  # no rank left waiting: the run ends, failed
@@ -152,7 +144,7 @@ def test_ddp_under_plain_torchrun(project):
 
 @pytest.mark.parametrize("phase, settings", [("optimization", []), ("finalization", [("finalization.folds", "2")])])
 def test_ddp_smoke_of_the_other_training_phases(project, phase, settings):
-    _configure(project, settings)
+    configure(project, settings)
     r = _wf(project, "phase", phase, "--smoke", "--nproc-per-node", "2")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     runs = 5 if phase == "optimization" else 2  # a trial and four comparison runs; two folds
@@ -162,7 +154,7 @@ def test_ddp_smoke_of_the_other_training_phases(project, phase, settings):
 def test_ddp_optimization_every_trial_data_parallel_and_pruning_agreed(project):
     """Each trial and comparison run is data-parallel; the pruner's verdict, taken on rank 0, stops
     every rank (a follower left training would hang the next run's collectives)."""
-    _configure(project, [("optimization.n_trials", "4"), ("optimization.trial_epochs", "3"),
+    configure(project, [("optimization.n_trials", "4"), ("optimization.trial_epochs", "3"),
                          ("optimization.seeds", "2"), ("training.epochs", "2"), ("optimization.lr_find", "false")])
     r = _wf(project, "phase", "optimization", "--nproc-per-node", "2", *OVERRIDE, timeout=400)
     assert r.returncode in (0, 1), r.stdout[-2000:] + r.stderr

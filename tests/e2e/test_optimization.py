@@ -7,23 +7,15 @@ import pytest
 
 from mlflow_core.config import load_config
 from mlflow_core.workflow.scaffold import set_yaml_value
+from tests.helpers import configure
 
 pytest.importorskip("optuna")
-
-
-def _configure(project, settings):
-    """Set section.key values in the project's training_config.yaml, comments kept."""
-    config = project / "training_config.yaml"
-    text = config.read_text()
-    for key, value in settings:
-        text = set_yaml_value(text, key, value)
-    config.write_text(text)
 
 
 @pytest.fixture
 def ready(wf, project_copy):
     """The session's quickstart project, decided for optimization, with a small sweep."""
-    _configure(project_copy, [("optimization.n_trials", "3"), ("optimization.trial_epochs", "2"),
+    configure(project_copy, [("optimization.n_trials", "3"), ("optimization.trial_epochs", "2"),
                           ("optimization.seeds", "2"), ("training.epochs", "3")])
     assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project_copy).code == 0
     assert wf("decide", "optimize", "--reason", "sweep the learning rate", cwd=project_copy).code == 0
@@ -84,7 +76,7 @@ def test_a_search_space_key_that_is_not_a_setting_is_refused(wf, tmp_path):
 
 def test_the_whole_path_setup_baseline_optimization_finalization(wf, ready):
     """Setup and baseline come from the session's quickstart; then Phase 4 and Phase 5 for real."""
-    _configure(ready, [("optimization.n_trials", "2"), ("optimization.lr_find", "false"),
+    configure(ready, [("optimization.n_trials", "2"), ("optimization.lr_find", "false"),
                           ("finalization.seeds", "2")])
     assert wf("phase", "finalization", cwd=ready).code == 3  # decided optimize: finalization is not next
     assert wf("phase", "optimization", cwd=ready).code in (0, 1)
@@ -132,7 +124,7 @@ def test_finalization_without_a_test_split_says_how_to_add_one(wf, tmp_path):
 
 def test_finalization_whose_runs_all_fail_reports_it(wf, project_copy):
     """A final run that ends on NaN: nothing is evaluated or exported, the model card says so, exit 1."""
-    _configure(project_copy, [("training.optimizer", "sgd"), ("training.learning_rate", "1.0e4"),
+    configure(project_copy, [("training.optimizer", "sgd"), ("training.learning_rate", "1.0e4"),
                           ("model.batch_norm", "false")])
     assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project_copy).code == 0
     assert wf("decide", "finalize", cwd=project_copy).code == 0
@@ -144,7 +136,7 @@ def test_finalization_whose_runs_all_fail_reports_it(wf, project_copy):
 
 
 def test_a_storage_that_cannot_be_opened_is_bad_input(wf, ready):
-    _configure(ready, [("optimization.storage", '"nosuchdb://host/study"')])
+    configure(ready, [("optimization.storage", '"nosuchdb://host/study"')])
     r = wf("phase", "optimization", cwd=ready)
     assert r.code == 2 and "optimization.storage 'nosuchdb://host/study': cannot open the Optuna study" in r.err
     assert "Traceback" not in r.err + r.out and not (ready / "configs" / "optimized_config.yaml").exists()
@@ -239,7 +231,7 @@ def test_an_interrupted_finalization_resumes_without_touching_the_test_split_twi
     split once, and gets the results of an uninterrupted finalization."""
     import shutil
 
-    _configure(project_copy, [("finalization.seeds", "2"), ("training.epochs", "3")])
+    configure(project_copy, [("finalization.seeds", "2"), ("training.epochs", "3")])
     assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project_copy).code == 0
     assert wf("decide", "finalize", cwd=project_copy).code == 0
     other = tmp_path / "uninterrupted"
