@@ -19,7 +19,7 @@ MAX_SCAN = 50_000  # samples per split scanned for NaN/Inf, labels and hashes; l
 def _scan(dataset: Dataset, num_classes: int) -> dict[str, Any]:
     n = len(dataset)
     indices = range(n) if n <= MAX_SCAN else torch.linspace(0, n - 1, MAX_SCAN).long().tolist()
-    nonfinite, bad_labels, shapes = [], [], Counter()
+    nonfinite, bad_labels, shapes, masks = [], [], Counter(), False
     first_of_shape: dict[tuple[int, ...], int] = {}
     counts: Counter[int] = Counter()
     hashes: dict[str, int] = {}
@@ -35,6 +35,7 @@ def _scan(dataset: Dataset, num_classes: int) -> dict[str, Any]:
             lo, hi = min(lo, x.min().item()), max(hi, x.max().item())
         if isinstance(y, torch.Tensor) and y.ndim >= 1:  # a mask: its pixels are the labels
             low, high = int(y.min()), int(y.max())
+            masks = True
             if not (0 <= low and high < num_classes):
                 bad_labels.append((i, low if low < 0 else high))
             for cls, n in enumerate(torch.bincount(y.flatten().clamp(0, num_classes - 1), minlength=num_classes)
@@ -47,7 +48,7 @@ def _scan(dataset: Dataset, num_classes: int) -> dict[str, Any]:
                 bad_labels.append((i, y))
             counts[y] += 1
         hashes.setdefault(hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest(), i)
-    return {"scanned": len(indices), "size": n, "nonfinite": nonfinite, "bad_labels": bad_labels,
+    return {"scanned": len(indices), "size": n, "nonfinite": nonfinite, "bad_labels": bad_labels, "masks": masks,
             "shapes": shapes, "first_of_shape": first_of_shape, "counts": counts, "hashes": hashes, "min": lo, "max": hi}
 
 
@@ -75,6 +76,10 @@ def check_data(bundle: DataBundle, batch_size: int) -> dict[str, Any]:
             index, label = scan["bad_labels"][0]
             files = getattr(getattr(bundle, name), "files", None)
             where = str(files[index]) if files is not None else f"{name} index {index}"
+            if scan["masks"]:
+                raise DataError(f"{where}: the mask holds class id {label}, outside 0..{bundle.num_classes - 1} "
+                                f"(data.num_classes {bundle.num_classes}; {len(scan['bad_labels'])} {name} masks "
+                                "out of range); masks hold 0-based class ids")
             raise DataError(f"{where}: label {label} is outside 0..{bundle.num_classes - 1} "
                             f"({len(scan['bad_labels'])} {name} labels out of range; the classes are counted "
                             "from the labels unless data.num_classes says otherwise); labels must be 0-based "

@@ -151,3 +151,16 @@ def test_segmentation_through_the_phases(wf, tmp_path):
     assert test["pixels"] == 8 * 32 * 32 and len(test["iou_per_class"]) == 3 and "mean_iou" in facts["summary"]
     assert {e["kind"]: e["verified"] for e in facts["exports"]} == {"state_dict": True, "torch_export": True}
     assert "Mean IoU of the classes" in (root / "reports" / "final_report.md").read_text()
+
+
+def test_a_mask_class_id_out_of_range_names_the_file(tmp_path):
+    from mlflow_core.errors import DataError
+    from mlflow_core.training.data import build_data
+    from mlflow_core.training.data_checks import check_data
+
+    make_tiles(tmp_path / "tiles")
+    np.savez(tmp_path / "tiles" / "train" / "tile_005.npz", image=np.zeros((5, 32, 32), np.float32),
+             mask=np.full((32, 32), 7))
+    cfg = load_config_text(SEGMENTATION.format(epochs=1, sampling="uniform"), "seg.yaml")
+    with pytest.raises(DataError, match="tile_005.npz: the mask holds class id 7, outside 0..2"):
+        check_data(build_data(cfg, tmp_path), 8)
