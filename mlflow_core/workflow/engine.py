@@ -20,7 +20,7 @@ from mlflow_core.workflow.checks import CheckContext, run_check
 from mlflow_core.workflow.checklist import set_marks
 from mlflow_core.workflow.evidence import read_evidence, write_evidence
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate, load_checklist
-from mlflow_core.workflow.phases import DECISIONS, PHASE_ORDER, PhaseDefinition, load_phase
+from mlflow_core.workflow.phases import DECISIONS, PHASE_ORDER, RESUMABLE_PHASES, PhaseDefinition, load_phase
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.recommend import Recommendation
 from mlflow_core.workflow.state import (Decision, ProjectState, RunRecord, load_state, now_iso, project_lock,
@@ -68,8 +68,6 @@ def evaluate_criteria(project: Project, state: ProjectState, definition: PhaseDe
     return out
 
 
-# setup and diagnostics hold no training state worth continuing: running them again is their resume
-RESUMABLE_PHASES = ("baseline", "optimization", "finalization")
 
 
 def _resumable_run(project: Project, state: ProjectState, phase: str) -> tuple[RunRecord, Path | None]:

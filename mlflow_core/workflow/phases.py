@@ -15,6 +15,8 @@ from mlflow_core.errors import UserInputError
 PHASE_ORDER = ("setup", "baseline", "diagnostics", "optimization", "finalization")
 # The phases whose runner ships in this release (mlflow_core/runners); the others are defined as content.
 RUNNABLE_PHASES = ("setup", "baseline", "diagnostics", "optimization", "finalization")
+# setup and diagnostics hold no training state worth continuing: running them again is their resume
+RESUMABLE_PHASES = ("baseline", "optimization", "finalization")
 
 # `wf decide VERB` names the phase to go to next.
 DECISIONS = {"finalize": "finalization", "diagnose": "diagnostics", "optimize": "optimization",

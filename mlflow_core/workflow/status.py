@@ -6,7 +6,7 @@ from typing import Any
 
 from mlflow_core.errors import WfError
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate
-from mlflow_core.workflow.phases import PHASE_ORDER, RUNNABLE_PHASES, load_phase
+from mlflow_core.workflow.phases import PHASE_ORDER, RESUMABLE_PHASES, RUNNABLE_PHASES, load_phase
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import load_state
 
@@ -41,17 +41,43 @@ def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
         "phases": phases,
         "runs": [r.model_dump(mode="json") for r in state.runs[-runs:]][::-1],
         "overrides": [e.model_dump(mode="json") for e in state.overrides()],
-        "next": suggest_next(state.current_phase, phases),
+        "next": suggest_next(state.current_phase, phases, project_busy(project)),
     }
 
 
-def suggest_next(current: str | None, phases: list[dict[str, Any]]) -> str:
+def project_busy(project: Project) -> bool:
+    """Does a wf command hold the project lock now? Asked without taking it (read-only)."""
+    import fcntl
+    import os
+
+    try:
+        fd = os.open(project.lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def suggest_next(current: str | None, phases: list[dict[str, Any]], busy: bool = False) -> str:
     by_name = {p["name"]: p for p in phases}
     if current is None:
         return "wf phase setup"
     phase = by_name[current]
     run = phase["last_run"]
-    if run is None or run["status"] == "running":
+    # interrupted, or "running" with no wf command holding the project: its process died
+    stopped = run is not None and (run["status"] == "interrupted" or (run["status"] == "running" and not busy))
+    if stopped and current in RESUMABLE_PHASES:
+        return f"wf phase {current} --resume   (run {run['run_id']} stopped before its end)"
+    if run is not None and run["status"] == "running":
+        return f"wait: run {run['run_id']} is in progress (`wf status` again later)"
+    if run is None or stopped:
         return f"wf phase {current}"
     gate = phase["gate"]
     if not gate.get("passed"):

@@ -222,8 +222,9 @@ def test_kill_9_while_replacing_a_file_leaves_the_previous_version_and_resume_wo
     if name == "resume.pt":
         resume = torch.load(project / run["dir"] / "checkpoints" / "resume.pt", weights_only=True)
         assert resume["kind"] == "resume" and resume["global_step"] > 0  # the previous resume point, whole
-    status = subprocess.run([*WF, "status"], cwd=project, capture_output=True, text=True, timeout=60)
+    status = subprocess.run([*WF, "status", "--json"], cwd=project, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["next"].startswith("wf phase baseline --resume")  # no process holds it
     _resume(project)
     assert not list(project.rglob(f".{name}.*.tmp"))  # the next writer cleared the leftover
     final = _state(project)["runs"][-1]

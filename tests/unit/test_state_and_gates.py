@@ -146,3 +146,23 @@ def test_gpu_utilization_check(project, device, gpu, passed, fragment):
                        {"min_percent": 60})
     result = run_check("gpu_utilization", ctx)
     assert result.passed is passed and fragment in result.detail
+
+
+def test_status_suggests_resume_for_a_stopped_run_and_waits_for_a_live_one(tmp_path):
+    from mlflow_core.workflow.project import Project
+    from mlflow_core.workflow.scaffold import init_project
+    from mlflow_core.workflow.state import RunRecord, load_state, now_iso, project_lock, save_state
+    from mlflow_core.workflow.status import project_status
+
+    project = init_project(tmp_path / "p")
+    state = load_state(project)
+    state.current_phase = "baseline"
+    state.runs.append(RunRecord(run_id="baseline-1", phase="baseline", status="running", started_at=now_iso(),
+                                dir="runs/baseline-1"))
+    save_state(project, state)
+    assert project_status(project)["next"].startswith("wf phase baseline --resume")  # its process is gone
+    with project_lock(Project(project.root), "wf phase baseline"):
+        assert project_status(project)["next"].startswith("wait: run baseline-1 is in progress")
+    state.runs[-1].status = "interrupted"
+    save_state(project, state)
+    assert project_status(project)["next"].startswith("wf phase baseline --resume")
