@@ -101,8 +101,8 @@ def _refused_write(exc: BaseException) -> OSError | None:
 
 
 def remove_stale_temp_files(directory: Path, recursive: bool = False) -> list[Path]:
-    """Temp files of atomic writes that a killed process left behind (`.NAME.XXXX.tmp`). Only
-    call this while holding the project lock: then no writer of ours is alive to own them."""
+    """Remove the temp files of atomic writes that a killed process left behind (`.NAME.XXXX.tmp`).
+    Call it while holding the project lock, when no writer of ours is alive to own them."""
     if not directory.is_dir():
         return []
     pattern = f".*{TEMP_SUFFIX}"

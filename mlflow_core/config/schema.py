@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mlflow_core.errors import ConfigError
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -469,10 +471,6 @@ def with_changes(cfg: WorkflowConfig, changes: dict[str, Any]) -> WorkflowConfig
     """A validated copy of `cfg` with dotted keys (`training.learning_rate`, `training.scheduler.name`) set.
     A new training.epochs rescales a curriculum's stages to it (fit_stages). A combination that does
     not validate is a ConfigError naming the changes."""
-    from pydantic import ValidationError
-
-    from mlflow_core.errors import ConfigError
-
     raw = cfg.model_dump(mode="json")
     for dotted, value in changes.items():
         set_dotted(raw, dotted, value)

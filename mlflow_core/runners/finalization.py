@@ -23,8 +23,7 @@ from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
 from mlflow_core.training.augment import with_augmentation
 from mlflow_core.training.data import DataBundle, build_data
-from mlflow_core.training.folds import (ensemble_log_probabilities, fold_bundle, kfold_indices, pooled,
-                                        sample_labels)
+from mlflow_core.training.folds import ensemble_log_probabilities, fold_data, split_folds
 from mlflow_core.training.evaluation import classification_metrics, predict, segmentation_metrics
 from mlflow_core.training.models import build_model
 from mlflow_core.workflow.evidence import file_sha256
@@ -50,11 +49,8 @@ def run_finalization(ctx: RunContext) -> RunOutput:
     # the members: one per seed, or with cross-validation one per fold and seed (seed 004's 5 × 3)
     folds, crossval = fin.folds, None
     if folds:
-        raw = build_data(cfg, root)  # pooled before augmentation: a fold's validation part is never augmented
-        samples = pooled(raw)
-        labels = sample_labels(samples)
-        fold_val = kfold_indices(len(samples), folds, cfg.data.split_seed, labels)
-        crossval = {"folds": folds, "stratified": labels is not None, "samples": len(samples),
+        _, samples, stratified, fold_val = split_folds(cfg, root, folds)
+        crossval = {"folds": folds, "stratified": stratified, "samples": len(samples),
                     "fold_sizes": [len(f) for f in fold_val]}
     members = [(fold, seed) for fold in (range(folds) if folds else [None]) for seed in seeds]
     results, models, member_logits = [], [], []
@@ -64,8 +60,7 @@ def run_finalization(ctx: RunContext) -> RunOutput:
         say(f"Final training, {name.replace('_', ' ')}, {epochs} epochs")
         run_cfg = with_changes(cfg, {"reproducibility.seed": seed, "training.epochs": epochs})
         run_dir = ctx.run_dir / name
-        member_data = data if fold is None else with_augmentation(fold_bundle(raw, samples, fold_val[fold]),
-                                                                  cfg.augmentation)
+        member_data = data if fold is None else fold_data(cfg, root, folds, fold)
         try:
             trained = fit_or_continue(ctx, run_cfg, run_dir, f"{ctx.run_id}/{name}", phase="finalization",
                                       data=member_data,

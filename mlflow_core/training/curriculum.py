@@ -52,6 +52,11 @@ def stage_of(stages: list[Stage], epoch: int) -> Stage:
     return next(s for s in stages if s.first_epoch <= epoch <= s.last_epoch)
 
 
+def stage_samples(available: int, stage: Stage) -> int:
+    """How many training samples the stage uses."""
+    return available if stage.data_fraction >= 1.0 else max(1, round(stage.data_fraction * available))
+
+
 def stage_train_data(train: Dataset, stage: Stage, seed: int, input_shape: tuple[int, ...]) -> Dataset:
     """The stage's share of the training split (a fixed random subset, growing with the fraction:
     the 50 % of stage 1 is inside the 75 % of stage 2), resized to the stage's image size."""
@@ -60,7 +65,7 @@ def stage_train_data(train: Dataset, stage: Stage, seed: int, input_shape: tuple
     data: Dataset = train
     if stage.data_fraction < 1.0:
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
-        data = Subset(train, sorted(order[: max(1, round(stage.data_fraction * len(train)))]))
+        data = Subset(train, sorted(order[: stage_samples(len(train), stage)]))
     if stage.image_size and tuple(input_shape[1:]) != (stage.image_size, stage.image_size):
         data = TransformedDataset(data, v2.Resize((stage.image_size, stage.image_size), antialias=True))
     return data

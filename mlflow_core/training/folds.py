@@ -7,6 +7,9 @@ overall proportions. An ensemble averages its members' class probabilities."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
@@ -18,14 +21,23 @@ def pooled(bundle: DataBundle) -> Dataset:
     return ConcatDataset([bundle.train, bundle.val])
 
 
-def sample_labels(dataset: Dataset) -> list[int] | None:
-    """Each sample's class, for stratification; None for masks (segmentation)."""
-    labels = []
-    for i in range(len(dataset)):
-        target = dataset[i][1]
-        if isinstance(target, torch.Tensor) and target.ndim >= 1:
-            return None
-        labels.append(int(target))
+def sample_labels(bundle: DataBundle) -> list[int] | None:
+    """The class of each pooled sample (train, then val), for stratification; None for masks
+    (segmentation). Datasets that can read labels alone (NPZ folders) are not decoded."""
+    labels: list[int] = []
+    for part in (bundle.train, bundle.val):
+        fast = getattr(part, "labels", None)
+        if fast is not None:
+            try:
+                labels.extend(fast())
+                continue
+            except TypeError:  # an NPZ mask folder: no labels to read
+                return None
+        for i in range(len(part)):
+            target = part[i][1]
+            if isinstance(target, torch.Tensor) and target.ndim >= 1:
+                return None
+            labels.append(int(target))
     return labels
 
 
@@ -63,13 +75,28 @@ def ensemble_log_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:
     return probabilities.clamp_min(1e-12).log()
 
 
-def fold_data(cfg, project_root, folds: int, fold: int) -> DataBundle:
-    """Fold `fold` of `folds` of the project's data, augmented as configured: the same on every
-    rank of a data-parallel run (each builds it from the config)."""
-    from mlflow_core.training.augment import with_augmentation
+_SPLITS: dict[tuple, tuple[DataBundle, Dataset, bool, list[list[int]]]] = {}
+
+
+def split_folds(cfg: Any, project_root: Path, folds: int) -> tuple[DataBundle, Dataset, bool, list[list[int]]]:
+    """The project's data unaugmented, its pooled train and val samples, whether the folds are
+    stratified, and each fold's validation indices. Kept for the process: the ranks of a
+    data-parallel run, and the members of one finalization, split once."""
     from mlflow_core.training.data import build_data
 
-    raw = build_data(cfg, project_root)
-    samples = pooled(raw)
-    validation = kfold_indices(len(samples), folds, cfg.data.split_seed, sample_labels(samples))[fold]
-    return with_augmentation(fold_bundle(raw, samples, validation), cfg.augmentation)
+    key = (json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True), cfg.task, str(project_root), folds)
+    if key not in _SPLITS:
+        raw = build_data(cfg, project_root)  # before augmentation: a fold's validation part is never augmented
+        labels = sample_labels(raw)
+        samples = pooled(raw)
+        _SPLITS[key] = (raw, samples, labels is not None,
+                        kfold_indices(len(samples), folds, cfg.data.split_seed, labels))
+    return _SPLITS[key]
+
+
+def fold_data(cfg: Any, project_root: Path, folds: int, fold: int) -> DataBundle:
+    """Fold `fold` of `folds`, augmented as configured: the same on every rank (each builds it)."""
+    from mlflow_core.training.augment import with_augmentation
+
+    raw, samples, _, validation = split_folds(cfg, project_root, folds)
+    return with_augmentation(fold_bundle(raw, samples, validation[fold]), cfg.augmentation)

@@ -39,7 +39,7 @@ from mlflow_core.training.data import DataBundle, balanced_sample_weights, build
 from mlflow_core.training.losses import build_loss
 from mlflow_core.training.augment import BatchMixer, hard_labels, with_augmentation
 from mlflow_core.training.curriculum import (apply_freeze, plan_stages, rescale_learning_rate, stage_of,
-                                             stage_train_data)
+                                             stage_samples, stage_train_data)
 from mlflow_core.training.models import build_model, count_parameters, freeze_parameters, load_initial_weights
 from mlflow_core.training.seeding import SEEDED, make_generator, rng_state, seed_everything, set_rng_state
 from mlflow_core.training.snapshot import DeviceSnapshot
@@ -202,15 +202,11 @@ class Trainer:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema.decay), use_buffers=True)
         self.ddp = None
+        self._wrap()
         if self.world is not None:
-            from torch.nn.parallel import DistributedDataParallel
-            self.ddp = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             # randomness of training (dropout, augmentation, mixing) differs by rank; the model's
             # initialisation above was the same everywhere, and DDP starts from rank 0's anyway
             seed_everything(cfg.reproducibility.seed + self.world.rank, cfg.reproducibility.deterministic)
-        self.eager_model: Any = self.ddp or self.model  # what training calls without torch.compile
-        self.forward_model: Any = torch.compile(self.eager_model) if t.compile else self.eager_model
         self.mixer = (BatchMixer(cfg.augmentation, self.data.num_classes, t.epochs, self.data.input_shape)
                       if cfg.augmentation.mixing else None)
         precision = cfg.training.precision
@@ -228,16 +224,16 @@ class Trainer:
             from torch.utils.data import Subset
             # validation without the sampler's padding, so that the reduced figures are exact
             val_data = Subset(self.data.val, range(self.world.rank, len(self.data.val), self.world.world_size))
-        self.train_loader, self.train_sampler = self._train_loader(self.data.train, t.batch_size)
-        self.val_loader = make_loader(val_data, cfg, train=False, device=self.device, seed=seed)
-        self.accumulate = t.accumulate_steps
         # the curriculum's stages (one stage of the plain settings without one), and each stage's steps
         self.stages, self.curriculum, self.stage = plan_stages(cfg), bool(cfg.curriculum.stages), None
+        # with a curriculum, each stage's first epoch builds the training loader (_enter_stage)
+        self.train_loader, self.train_sampler = ((None, None) if self.curriculum
+                                                 else self._train_loader(self.data.train, t.batch_size))
+        self.val_loader = make_loader(val_data, cfg, train=False, device=self.device, seed=seed)
+        self.accumulate = t.accumulate_steps
         self.lr_scale_applied = 1.0
         self._always_frozen = {n for n, p in self.model.named_parameters() if not p.requires_grad}
-        self.stage_steps = [self._steps_for(len(self.data.train) if s.data_fraction >= 1.0
-                                            else max(1, round(s.data_fraction * len(self.data.train))), s.batch_size)
-                            for s in self.stages]
+        self.stage_steps = [self._steps_for(stage_samples(len(self.data.train), s), s.batch_size) for s in self.stages]
         self.steps_per_epoch = self.stage_steps[0]
         self.total_steps = sum(n * (s.last_epoch - s.first_epoch + 1) for n, s in zip(self.stage_steps, self.stages))
         self.scheduler = self._scheduler()
@@ -256,6 +252,17 @@ class Trainer:
         self.explosion = GradExplosionDetector(mon.explode_factor)
         self.early = EarlyStopping(cfg.validation.mode, cfg.early_stopping.patience,
                                    cfg.early_stopping.min_delta, cfg.early_stopping.enabled)
+
+    def _wrap(self) -> None:
+        """What training calls: the model, under DDP its DistributedDataParallel wrapper, compiled
+        when asked (a compile that fails falls back to `eager_model`, see _logits)."""
+        if self.world is not None:
+            from torch.nn.parallel import DistributedDataParallel
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.eager_model: Any = self.ddp or self.model
+        compile_model = self.cfg.training.compile and self.recipe.get("compile") != "failed, eager"
+        self.forward_model: Any = torch.compile(self.eager_model) if compile_model else self.eager_model
 
     def _train_loader(self, dataset: Any, batch_size: int) -> tuple[Any, Any]:
         """The training loader (and, under DDP, its DistributedSampler: the same permutation on every
@@ -308,11 +315,7 @@ class Trainer:
         trainable_before = [p.requires_grad for p in self.model.parameters()]
         frozen = apply_freeze(self.model, stage, self._always_frozen)
         if self.ddp is not None and trainable_before != [p.requires_grad for p in self.model.parameters()]:
-            from torch.nn.parallel import DistributedDataParallel  # DDP's buckets follow requires_grad
-            self.ddp = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            self.eager_model = self.ddp
-            self.forward_model = torch.compile(self.ddp) if self.cfg.training.compile else self.ddp
+            self._wrap()  # DDP's gradient buckets follow requires_grad
         rescale_learning_rate(self.optimizer, self.scheduler, stage.lr_scale / self.lr_scale_applied)
         self.lr_scale_applied = stage.lr_scale
         if not any(s["stage"] == stage.index for s in metrics["stages"]):
@@ -663,8 +666,8 @@ class Trainer:
     def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """The model's forward, compiled when asked; a compile that fails falls back to eager, once,
         with the reason recorded (the eager model's own errors still surface)."""
-        if self.forward_model is self.model:
-            return self.model(inputs)
+        if self.forward_model is self.eager_model:
+            return self.eager_model(inputs)
         try:
             return self.forward_model(inputs)
         except Exception as exc:  # torch.compile raises many types (backend, codegen, unsupported ops)
@@ -673,8 +676,8 @@ class Trainer:
             self.anomalies.append({"kind": "compile_fallback", "step": None, "epoch": None,
                                    "message": f"torch.compile failed; training went on eagerly ({reason})"})
             self.recipe["compile"] = "failed, eager"
-            self.forward_model = self.model
-            return self.model(inputs)
+            self.forward_model = self.eager_model  # under DDP still the wrapper: gradients stay averaged
+            return self.eager_model(inputs)
 
     def _forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.amp_dtype is None:

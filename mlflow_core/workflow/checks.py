@@ -275,7 +275,7 @@ def _test_once(ctx: CheckContext) -> CheckResult:
         return CheckResult(False, "no final run was evaluated on the test split")
     before = (facts.get("test_split") or {}).get("evaluated_before_by") or []
     accuracy = summary["accuracy"]
-    shown = f"test accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} over {len(accuracy['values'])} seed(s)"
+    shown = f"test accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} over {len(accuracy['values'])} final model(s)"
     if before:
         return CheckResult(False, f"{shown}, but the test split was already evaluated by {', '.join(map(str, before))}: "
                            "choices made after seeing it are not held out")

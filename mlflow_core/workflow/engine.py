@@ -206,7 +206,7 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
         # last resume checkpoint is intact, and the run continues once the disk takes writes again
         stopped = isinstance(exc, (KeyboardInterrupt, StorageError))
         # a resume refused as bad input (another config, another process count) leaves the run resumable
-        refused_resume = getattr(ctx, "resuming", False) and isinstance(exc, UserInputError)
+        refused_resume = ctx.resuming and isinstance(exc, UserInputError)
         run.status = ("interrupted" if stopped or refused_resume else
                       "failed_input" if isinstance(exc, WfError) else "crashed")
         run.finished_at, run.passed = now_iso(), False

@@ -149,6 +149,23 @@ def project_lock(project: Project, command: str | None = None) -> Iterator[None]
         os.close(fd)
 
 
+def project_locked(project: Project) -> bool:
+    """Does a wf command hold the project lock now? Asked without taking it, for read-only commands."""
+    try:
+        fd = os.open(project.lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def changing_state(project: Project, command: str | None = None) -> Iterator[ProjectState]:
     """Lock, load, let the caller change the state, save atomically (only if no exception)."""

@@ -8,7 +8,7 @@ from mlflow_core.errors import WfError
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate
 from mlflow_core.workflow.phases import PHASE_ORDER, RESUMABLE_PHASES, RUNNABLE_PHASES, load_phase
 from mlflow_core.workflow.project import Project
-from mlflow_core.workflow.state import load_state
+from mlflow_core.workflow.state import load_state, project_locked
 
 
 def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
@@ -41,28 +41,8 @@ def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
         "phases": phases,
         "runs": [r.model_dump(mode="json") for r in state.runs[-runs:]][::-1],
         "overrides": [e.model_dump(mode="json") for e in state.overrides()],
-        "next": suggest_next(state.current_phase, phases, project_busy(project)),
+        "next": suggest_next(state.current_phase, phases, project_locked(project)),
     }
-
-
-def project_busy(project: Project) -> bool:
-    """Does a wf command hold the project lock now? Asked without taking it (read-only)."""
-    import fcntl
-    import os
-
-    try:
-        fd = os.open(project.lock_path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
 
 
 def suggest_next(current: str | None, phases: list[dict[str, Any]], busy: bool = False) -> str:
