@@ -47,7 +47,8 @@ class DataSection(_Section):
     sampling: Literal["uniform", "class_balanced", "pixel_balanced"] = Field(
         "uniform", description="Training sample order: uniform shuffling; class_balanced (classification: each "
         "sample drawn with weight 1 / its class's frequency); pixel_balanced (segmentation, seed 004: each "
-        "sample weighted by how rare its pixels' classes are), with replacement.")
+        "sample weighted by how rare its pixels' classes are), with replacement. Under DDP the ranks share "
+        "one weighted draw per epoch, each rank its part.")
     image_size: int | None = Field(None, ge=8, description="imagefolder: resize to this square size.")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="digits: held-out share for val.")
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="digits: held-out share for test.")

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.errors import UserInputError
 from mlflow_core.training.checkpoint import load_checkpoint
-from mlflow_core.training.data import DataBundle, make_loader
+from mlflow_core.training.data import DataBundle, dataset_targets, make_loader
 from mlflow_core.training.models import build_model
 from mlflow_core.training.seeding import seed_everything
 
@@ -191,12 +191,7 @@ class _RelabeledDataset(Dataset):
 
 
 def dataset_labels(dataset: Dataset) -> list[int]:
-    if hasattr(dataset, "labels") and callable(dataset.labels):  # NpzPatchDataset: labels without images
-        return [int(v) for v in dataset.labels()]
-    tensors = getattr(dataset, "tensors", None)  # TensorDataset
-    if tensors is not None and len(tensors) >= 2:
-        return [int(v) for v in tensors[1].tolist()]
-    return [int(dataset[i][1]) for i in range(len(dataset))]
+    return [int(v) for v in dataset_targets(dataset)]
 
 
 def shuffled_label_control(cfg: WorkflowConfig, project_root: Path, data: DataBundle, *, steps: int,

@@ -22,6 +22,8 @@ from mlflow_core.training.data import DataBundle
 class TransformedDataset(Dataset):
     """`transform(x)` on the fly; other attributes (files, labels()) pass through to the base."""
 
+    keeps_targets = True  # target_reader reads the base's stored targets, not transformed ones
+
     def __init__(self, base: Dataset, transform: Any):
         self.base, self.transform = base, transform
 

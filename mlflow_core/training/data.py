@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.errors import DataError, UserInputError
@@ -37,6 +37,8 @@ NORMALIZE_SAMPLES = 2048
 
 class NormalizedDataset(Dataset):
     """(x − mean) / std per channel on the fly; other attributes (labels(), label()) pass through."""
+
+    keeps_targets = True  # targets are the base's: target_reader looks past this wrapper
 
     def __init__(self, base: Dataset, mean: torch.Tensor, std: torch.Tensor):
         self.base, self.mean, self.std = base, mean, std
@@ -148,6 +150,8 @@ class NpzPatchDataset(Dataset):
     def labels(self) -> list[int]:
         return [self.label(i) for i in range(len(self))]
 
+    target = label  # what target_reader calls
+
 
 class NpzMaskDataset(NpzPatchDataset):
     """Segmentation: one `.npz` per sample holding an image and a mask (H, W) of class ids."""
@@ -176,6 +180,22 @@ class NpzMaskDataset(NpzPatchDataset):
 
     def labels(self) -> list[int]:
         raise TypeError("segmentation samples have masks, not labels")
+
+    def target(self, index: int) -> torch.Tensor:
+        """Only the mask, as stored: the image is never decompressed."""
+        path = self.files[index]
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                mask = np.asarray(npz[self.label_key])
+        except KeyError as exc:
+            raise DataError(f"{path}: missing array {exc} ({self.target_key_setting})") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{path}: cannot be read as .npz ({exc})") from None
+        if mask.ndim == 3 and 1 in (mask.shape[0], mask.shape[-1]):
+            mask = mask.reshape(mask.shape[1:] if mask.shape[0] == 1 else mask.shape[:-1])
+        if not np.issubdtype(mask.dtype, np.integer) and not np.array_equal(mask, np.round(mask)):
+            raise DataError(f"{path}: mask holds non-integer values ({mask.dtype}); it must hold class ids")
+        return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
 
 
 def build_data(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
@@ -313,11 +333,43 @@ def make_loader(dataset: Dataset, cfg: WorkflowConfig, *, train: bool, device: t
                       persistent_workers=workers > 0)
 
 
+def target_reader(dataset: Dataset) -> Callable[[int], Any]:
+    """`read(i)`: sample i's target (a label, or a mask) as stored, read without decoding its input
+    where the dataset allows, and never through a transform: a random crop would change the
+    pixel counts that sampling weights are made of, and draw from the training RNG."""
+    if isinstance(dataset, Subset):
+        inner, indices = target_reader(dataset.dataset), dataset.indices
+        return lambda i: inner(indices[i])
+    if isinstance(dataset, ConcatDataset):
+        import bisect
+        readers, ends = [target_reader(d) for d in dataset.datasets], dataset.cumulative_sizes
+
+        def read_concat(i: int) -> Any:
+            part = bisect.bisect_right(ends, i)
+            return readers[part](i - (ends[part - 1] if part else 0))
+        return read_concat
+    if getattr(type(dataset), "keeps_targets", False):
+        return target_reader(vars(dataset)["base"])
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        return lambda i: dataset.tensors[1][i]
+    if callable(getattr(type(dataset), "target", None)):
+        return dataset.target  # type: ignore[attr-defined]
+    stored = getattr(dataset, "targets", None)  # torchvision's ImageFolder
+    if isinstance(stored, list) and len(stored) == len(dataset):  # type: ignore[arg-type]
+        return stored.__getitem__
+    return lambda i: dataset[i][1]
+
+
+def dataset_targets(dataset: Dataset) -> list[Any]:
+    read = target_reader(dataset)
+    return [read(i) for i in range(len(dataset))]  # type: ignore[arg-type]
+
+
 def balanced_sample_weights(dataset: Dataset, num_classes: int, mode: str) -> torch.Tensor:
     """Sampling weights over the training split. class_balanced: 1 / the frequency of the sample's
     class. pixel_balanced (segmentation): the mean, over the sample's pixels, of 1 / the frequency of
     the pixel's class, so that images holding rare classes come up more often (seed 004)."""
-    targets = [dataset[i][1] for i in range(len(dataset))]
+    targets = dataset_targets(dataset)
     if mode == "class_balanced":
         labels = torch.tensor([int(t) for t in targets])
         counts = torch.bincount(labels, minlength=num_classes).double().clamp_min(1)
@@ -327,3 +379,28 @@ def balanced_sample_weights(dataset: Dataset, num_classes: int, mode: str) -> to
     frequency = (per_sample.sum(0) / per_sample.sum()).clamp_min(1e-12)
     share = per_sample / per_sample.sum(1, keepdim=True).clamp_min(1)
     return (share / frequency).sum(1)
+
+
+class DistributedWeightedSampler(Sampler[int]):
+    """WeightedRandomSampler for several processes. Every rank draws the same
+    ceil(n / world_size) × world_size indices, with replacement, from one generator seeded by
+    seed + epoch (set_epoch, as for DistributedSampler), and takes every world_size-th from its rank
+    on: the ranks share one weighted draw, each its own part, and an epoch's draw depends on nothing
+    but its number, so a resume mid-epoch draws it again."""
+
+    def __init__(self, weights: torch.Tensor, num_replicas: int, rank: int, seed: int):
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.num_samples = -(-len(self.weights) // num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = torch.multinomial(self.weights, self.num_samples * self.num_replicas, replacement=True,
+                                  generator=generator)
+        return iter(drawn[self.rank::self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples

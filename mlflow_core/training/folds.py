@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from mlflow_core.training.data import DataBundle
+from mlflow_core.training.data import DataBundle, target_reader
 
 
 def pooled(bundle: DataBundle) -> Dataset:
@@ -23,22 +23,11 @@ def pooled(bundle: DataBundle) -> Dataset:
 
 def sample_labels(bundle: DataBundle) -> list[int] | None:
     """The class of each pooled sample (train, then val), for stratification; None for masks
-    (segmentation). Datasets that can read labels alone (NPZ folders) are not decoded."""
-    labels: list[int] = []
-    for part in (bundle.train, bundle.val):
-        fast = getattr(part, "labels", None)
-        if fast is not None:
-            try:
-                labels.extend(fast())
-                continue
-            except TypeError:  # an NPZ mask folder: no labels to read
-                return None
-        for i in range(len(part)):
-            target = part[i][1]
-            if isinstance(target, torch.Tensor) and target.ndim >= 1:
-                return None
-            labels.append(int(target))
-    return labels
+    (segmentation). Targets are read without decoding images where the dataset allows."""
+    read = target_reader(pooled(bundle))
+    if isinstance(read(0), torch.Tensor) and read(0).ndim >= 1:
+        return None
+    return [int(read(i)) for i in range(len(bundle.train) + len(bundle.val))]
 
 
 def kfold_indices(n: int, folds: int, seed: int, labels: list[int] | None = None) -> list[list[int]]:

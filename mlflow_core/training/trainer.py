@@ -35,7 +35,8 @@ from mlflow_core.errors import StorageError
 from mlflow_core.monitoring.anomalies import EarlyStopping, GradExplosionDetector, StallDetector, first_nonfinite
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
-from mlflow_core.training.data import DataBundle, balanced_sample_weights, build_data, make_loader
+from mlflow_core.training.data import (DataBundle, DistributedWeightedSampler, balanced_sample_weights, build_data,
+                                       make_loader)
 from mlflow_core.training.losses import build_loss
 from mlflow_core.training.augment import BatchMixer, hard_labels, with_augmentation
 from mlflow_core.training.curriculum import (apply_freeze, plan_stages, rescale_learning_rate, stage_of,
@@ -265,23 +266,22 @@ class Trainer:
         self.forward_model: Any = torch.compile(self.eager_model) if compile_model else self.eager_model
 
     def _train_loader(self, dataset: Any, batch_size: int) -> tuple[Any, Any]:
-        """The training loader (and, under DDP, its DistributedSampler: the same permutation on every
-        rank through seed and set_epoch, each rank its share)."""
+        """The training loader (and, under DDP, its sampler: the same permutation, or weighted draw,
+        on every rank through seed and set_epoch, each rank its share)."""
         seed = self.cfg.reproducibility.seed
         sampler, sampling = None, self.cfg.data.sampling
         rank_seed = seed + (self.world.rank if self.world is not None else 0)
         generator = make_generator(rank_seed)
-        if self.world is not None:
-            if sampling != "uniform":
-                from mlflow_core.errors import UserInputError
-                raise UserInputError(f"data.sampling {sampling} is not available with several processes yet; "
-                                     "use uniform, or train in one process.")
+        weights = (balanced_sample_weights(dataset, self.data.num_classes, sampling)
+                   if sampling != "uniform" else None)
+        if self.world is not None and weights is not None:
+            sampler = DistributedWeightedSampler(weights, self.world.world_size, self.world.rank, seed)
+        elif self.world is not None:
             from torch.utils.data import DistributedSampler
             sampler = DistributedSampler(dataset, num_replicas=self.world.world_size, rank=self.world.rank,
                                          shuffle=True, seed=seed)
-        elif sampling != "uniform":
+        elif weights is not None:
             from torch.utils.data import WeightedRandomSampler
-            weights = balanced_sample_weights(dataset, self.data.num_classes, sampling)
             # the loader's generator draws the samples too: resume restores both with one state
             sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
         loader = make_loader(dataset, self.cfg, train=True, device=self.device, seed=rank_seed, sampler=sampler,
@@ -291,7 +291,7 @@ class Trainer:
     def _steps_for(self, samples: int, batch_size: int) -> int:
         """Optimizer steps of an epoch over `samples` (this rank's share under DDP)."""
         if self.world is not None:
-            samples = math.ceil(samples / self.world.world_size)  # DistributedSampler pads to equal shares
+            samples = math.ceil(samples / self.world.world_size)  # both DDP samplers give equal shares
         batches = math.ceil(samples / batch_size)
         steps = batches // self.accumulate  # a last partial group of micro-batches is dropped
         if steps < 1:

@@ -142,7 +142,10 @@ def test_ddp_under_plain_torchrun(project):
     assert r.stdout.count("completed │ 2 ") == 1  # rank 0 speaks for the run
 
 
-@pytest.mark.parametrize("phase, settings", [("optimization", []), ("finalization", [("finalization.folds", "2")])])
+@pytest.mark.parametrize("phase, settings", [
+    ("optimization", []),
+    # folds pool train and val (Subset of ConcatDataset), weighted draws shared across ranks
+    ("finalization", [("finalization.folds", "2"), ("data.sampling", "class_balanced")])])
 def test_ddp_smoke_of_the_other_training_phases(project, phase, settings):
     configure(project, settings)
     r = _wf(project, "phase", phase, "--smoke", "--nproc-per-node", "2")
