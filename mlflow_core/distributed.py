@@ -88,6 +88,27 @@ def destroy_process_group(clean: bool = True) -> None:
         dist.destroy_process_group()
 
 
+def abandon_process_group() -> None:
+    """Leave the process group at once, after an error in the middle of a training run: the other
+    ranks are inside a collective this rank will never join. Tearing down ends their wait within
+    moments (gloo: the connection closes; under NCCL the launcher stops them), instead of after
+    COLLECTIVE_TIMEOUT; leading() and follow() then send and wait for nothing more."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """An error from a collective whose peer is gone: NCCL raises DistBackendError (a DistError);
+    gloo a plain RuntimeError from its transport."""
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and "/gloo/" in str(exc)
+
+
 def broadcast_plan(plan: dict[str, Any] | None) -> dict[str, Any] | None:
     """Rank 0 sends what the followers need to train with it (None: the command stopped before
     training, e.g. a closed gate; the followers then exit quietly); the others receive it."""
@@ -168,7 +189,9 @@ class Announcer:
         broadcast_plan(plan)
 
     def close(self) -> None:
-        if not self.closed:
+        import torch.distributed as dist
+
+        if not self.closed and dist.is_initialized():  # not after abandon_process_group: nobody listens
             self.closed = True
             broadcast_plan(None)
 

@@ -7,6 +7,7 @@ Exit codes of `wf` (documented in the README and in `wf --help`):
   3  the entry gate of the phase is closed
   4  the project is in use by another wf command
   5  a file could not be written (disk full, read-only file system, permission denied)
+  6  a data-parallel run lost one of its processes mid-run (resumable)
   130 interrupted (Ctrl-C); 143 terminated (SIGTERM); 138 preempted (SIGUSR1, SLURM's warning)
 """
 
@@ -73,6 +74,14 @@ class StorageError(WfError):
     denied). Every such write is atomic, so the previous version of the file is intact."""
 
     exit_code = 5
+
+
+class RankLostError(WfError):
+    """A data-parallel run lost one of its processes mid-run (it crashed, was killed, or stopped on
+    an error of its own, which it reports itself): the collectives every rank takes part in cannot go
+    on, so each rank stops at once. The run stays resumable from its last resume checkpoint."""
+
+    exit_code = 6
 
 
 class PhaseFailedError(WfError):

@@ -81,8 +81,8 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
                                              "one per GPU, or gloo on CPUs (baseline)."),
           ) -> None:
     """Run a phase (or, with --smoke, check that it runs). Exit 0 success · 1 failed its success criteria · 2 bad input · 3 entry gate closed ·
-    5 a write was refused (disk full, read-only) · 130/138/143 stopped by SIGINT/SIGUSR1/SIGTERM
-    (resumable with --resume)."""
+    5 a write was refused (disk full, read-only) · 6 a data-parallel run lost a process ·
+    130/138/143 stopped by SIGINT/SIGUSR1/SIGTERM (resumable with --resume)."""
     from mlflow_core.distributed import DISTRIBUTED_PHASES, world_from_env
     from mlflow_core.errors import UserInputError
     from mlflow_core.workflow.project import Project

@@ -616,12 +616,22 @@ class Trainer:
                                           if summary is not None and summary.get("available")]
         except KeyboardInterrupt:
             status, stop_reason = "interrupted", "interrupted by the user"
+            self._leave_other_ranks()
             raise
         except StorageError as exc:  # disk full, read-only, no permission: resumable once fixed
             status, stop_reason = "interrupted", exc.message
             self.log.error("stopped: %s", exc.message)
+            self._leave_other_ranks()
             raise
         except Exception as exc:
+            if self._leave_other_ranks(exc):
+                status = "interrupted"
+                stop_reason = f"another rank left the run at step {global_step}"
+                self.log.error("stopped: %s (%s)", stop_reason, str(exc).splitlines()[0][:200])
+                from mlflow_core.errors import RankLostError
+                raise RankLostError(f"{stop_reason} (it was killed, crashed, or stopped on an error it reports "
+                                    "itself); this rank stopped too. The run continues from its last resume "
+                                    "checkpoint.") from None
             status, stop_reason = "crashed", f"{type(exc).__name__}: {exc}"
             self.log.exception("training crashed")
             raise
@@ -648,6 +658,18 @@ class Trainer:
                     raise
                 self.log.error("metrics.json not updated: %s", exc.message)
         return TrainResult(status, metrics, self.evaluated_model(), self.run_dir, self.anomalies)
+
+    def _leave_other_ranks(self, exc: BaseException | None = None) -> bool:
+        """Under DDP, after an error mid-run: leave the process group, so that the other ranks,
+        waiting in a collective this rank will not join, stop at once. True when `exc` is such a
+        collective failing because another rank left first."""
+        if self.world is None:
+            return False
+        from mlflow_core.distributed import abandon_process_group, is_collective_failure
+
+        lost = exc is not None and is_collective_failure(exc)
+        abandon_process_group()
+        return lost
 
     # --- recipes -------------------------------------------------------------------------------------
 

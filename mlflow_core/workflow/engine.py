@@ -14,8 +14,8 @@ from typing import Any
 
 from mlflow_core.atomic import remove_stale_temp_files
 from mlflow_core.config.loader import config_sha256, load_config
-from mlflow_core.errors import (ChecklistError, GateClosedError, RunInterruptedError, StorageError, UserInputError,
-                                WfError)
+from mlflow_core.errors import (ChecklistError, GateClosedError, RankLostError, RunInterruptedError, StorageError,
+                                UserInputError, WfError)
 from mlflow_core.workflow.checks import CheckContext, run_check
 from mlflow_core.workflow.checklist import set_marks
 from mlflow_core.workflow.evidence import read_evidence, write_evidence
@@ -204,7 +204,8 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     except BaseException as exc:
         # a refused write (disk full, read-only, permissions) stops a run the way a signal does: the
         # last resume checkpoint is intact, and the run continues once the disk takes writes again
-        stopped = isinstance(exc, (KeyboardInterrupt, StorageError))
+        # so does a data-parallel run that lost one of its processes
+        stopped = isinstance(exc, (KeyboardInterrupt, StorageError, RankLostError))
         # a resume refused as bad input (another config, another process count) leaves the run resumable
         refused_resume = ctx.resuming and isinstance(exc, UserInputError)
         run.status = ("interrupted" if stopped or refused_resume else
@@ -219,10 +220,15 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
             # a running run whose process is gone as interrupted
             logger.error("%s: not updated (the disk refuses writes)", project.relative(project.state_path))
         if isinstance(exc, StorageError):
-            again = (f"continue run {run_id} with `wf phase {phase} --resume`" if phase in RESUMABLE_PHASES
+            again = (f"continue run {run_id} with {_resume_command(phase)}" if phase in RESUMABLE_PHASES
                      else f"run `wf phase {phase}` again")
             raise StorageError(f"{phase} stopped: {exc.message}",
                                hint=f"Free space (or fix the permissions), then {again}.") from None
+        if isinstance(exc, RankLostError):
+            again = _resume_command(phase) if phase in RESUMABLE_PHASES else f"`wf phase {phase}`"
+            raise RankLostError(f"{phase} stopped: {exc.message}",
+                                hint=f"Run {run_id} is recorded as interrupted; see the other rank's message, "
+                                f"then continue with {again}.") from None
         if isinstance(exc, KeyboardInterrupt):
             raise RunInterruptedError(f"{phase} interrupted; run {run_id} is recorded as interrupted.") from None
         if isinstance(exc, WfError):
@@ -256,6 +262,16 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     return result
 
 
+def _resume_command(phase: str) -> str:
+    """How to continue an interrupted run of `phase`: under DDP, with as many processes (a resume
+    restores each rank's RNG and data position, so it refuses another count)."""
+    from mlflow_core.distributed import world_from_env
+
+    world = world_from_env()
+    command = f"`wf phase {phase} --resume`"
+    return command if world is None else f"{command} with the same {world.world_size} processes"
+
+
 def _stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id: str,
                        facts: dict[str, Any]) -> RunInterruptedError:
     """The error a signal-stopped run exits with (130 SIGINT, 143 SIGTERM, 138 SIGUSR1). SIGUSR1 is
@@ -271,7 +287,7 @@ def _stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id
     within = f" of {resume['run_dir']}" if resume.get("run_dir") else ""
     saved = (f"{phase} stopped on a signal; run {run_id} is recorded as interrupted and saved at step "
              f"{resume.get('step')}{within}.")
-    resume = f"Continue it exactly where it stopped with `wf phase {phase} --resume`."
+    resume = f"Continue it exactly where it stopped with {_resume_command(phase)}."
     if signum != signal.SIGUSR1:
         return (RunTerminatedError if signum == signal.SIGTERM else RunInterruptedError)(saved, hint=resume)
     job = slurm_job_id()

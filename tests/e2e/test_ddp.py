@@ -88,6 +88,7 @@ def test_ddp_sigterm_stops_every_rank_at_one_step_and_resume_is_exact(project, t
     proc.send_signal(signal.SIGTERM)  # to the launcher, which passes it to both ranks
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, out[-2000:] + err
+    assert "wf phase baseline --resume` with the same 2 processes" in err
     run, metrics = _latest(project)
     assert run["status"] == "interrupted"
     resume = torch.load(project / run["dir"] / "checkpoints" / "resume.pt", weights_only=True)
@@ -101,6 +102,62 @@ def test_ddp_sigterm_stops_every_rank_at_one_step_and_resume_is_exact(project, t
     a = torch.load(project / done["dir"] / "checkpoints" / "last_model.pt", weights_only=True)["model"]
     b = torch.load(uninterrupted / whole["dir"] / "checkpoints" / "last_model.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _rank_pid(launcher: subprocess.Popen, rank: int, timeout: float = 60) -> int:
+    """The pid of one rank that `wf phase … --nproc-per-node` started (found by parent and RANK)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+                env = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == launcher.pid and f"RANK={rank}".encode() in env:
+                return int(entry)
+        time.sleep(0.02)
+    raise AssertionError(f"rank {rank} did not start")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the ranks through /proc")
+def test_ddp_a_rank_killed_mid_run_stops_the_others_at_once_and_the_run_resumes(project):
+    """kill -9 of rank 1 after the first resume checkpoint: rank 0's collective fails at once (not
+    after the 10-minute collective timeout); it records the run as interrupted and exits 6."""
+    proc = subprocess.Popen([*WF, "phase", "baseline", "--nproc-per-node", "2", *OVERRIDE], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follower = _rank_pid(proc, 1)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((project / "runs").glob("baseline-*/checkpoints/resume.pt")):
+        time.sleep(0.02)
+    os.kill(follower, signal.SIGKILL)
+    killed_at = time.time()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 6, out[-2000:] + err
+    assert time.time() - killed_at < 30  # the launcher's grace, not the collective timeout
+    assert "another rank left the run" in err and "wf phase baseline --resume` with the same 2 processes" in err
+    run, metrics = _latest(project)
+    assert run["status"] == "interrupted" and metrics["status"] == "interrupted"
+    r = _wf(project, "phase", "baseline", "--resume", "--nproc-per-node", "2")
+    assert r.returncode in (0, 1), r.stdout[-2000:] + r.stderr
+    assert _latest(project)[1]["status"] == "completed"
+
+
+@pytest.mark.skipif(not hasattr(__import__("resource"), "prlimit"), reason="needs Linux prlimit")
+def test_ddp_a_write_refused_on_rank_0_stops_every_rank_with_its_reason(project):
+    """Rank 0 alone writes; when the disk refuses its checkpoint, the other rank (inside the next
+    step's collective) stops at once too, instead of waiting for the collective timeout."""
+    import resource
+
+    proc = subprocess.Popen([*WF, "phase", "baseline", "--nproc-per-node", "2", *OVERRIDE], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    resource.prlimit(_rank_pid(proc, 0), resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # a checkpoint is ~1.6 MB
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 5, out[-2000:] + err
+    assert "(rank 0) baseline stopped:" in err and "cannot be written" in err
+    assert "(rank 1) another rank left the run" in err and "Traceback" not in err
 
 
 NAN_ON_ONE_SAMPLE = '''
