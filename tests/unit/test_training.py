@@ -2,7 +2,6 @@
 both monitoring paths (per-step on the CPU, windowed as on GPUs — forced here on the CPU)."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
