@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -188,15 +189,20 @@ def _export_program(model, cfg, data, export_dir, batch, ctx):
 
 
 def _export_onnx(model, cfg, data, export_dir, batch, ctx):
-    import onnx  # noqa: F401  (the exporter needs it; ImportError is reported as the reason)
+    import importlib.util
 
-    path = export_dir / "model.onnx"
-    tmp = export_dir / ".model.onnx.tmp"
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:  # reported as the export's outcome; the other exports go on
+        raise ImportError(f"{' and '.join(missing)} not installed (pip install 'wf[onnx]')")
     from torch.export import Dim
 
+    path = export_dir / "model.onnx"
+    tmp = export_dir / ".model.onnx.tmp"  # the exporter writes the file itself: durable before it replaces
     torch.onnx.export(model, (batch,), str(tmp), input_names=["input"], output_names=["logits"], dynamo=True,
                       dynamic_shapes=({0: Dim("batch", min=1, max=4096)},), verbose=False)
-    tmp.replace(path)
+    with open(tmp, "rb") as written:
+        os.fsync(written.fileno())
+    os.replace(tmp, path)
     try:
         import onnxruntime as ort
     except ImportError:

@@ -77,7 +77,7 @@ def test_a_search_space_key_that_is_not_a_setting_is_refused(wf, tmp_path):
 def test_the_whole_path_setup_baseline_optimization_finalization(wf, ready):
     """Setup and baseline come from the session's quickstart; then Phase 4 and Phase 5 for real."""
     configure(ready, [("optimization.n_trials", "2"), ("optimization.lr_find", "false"),
-                          ("finalization.seeds", "2")])
+                      ("finalization.seeds", "2"), ("finalization.export", "[state_dict, torch_export, onnx]")])
     assert wf("phase", "finalization", cwd=ready).code == 3  # decided optimize: finalization is not next
     assert wf("phase", "optimization", cwd=ready).code in (0, 1)
     assert wf("gate", "check", "optimization", cwd=ready).code == 1  # the review is still open ...
@@ -92,10 +92,12 @@ def test_the_whole_path_setup_baseline_optimization_finalization(wf, ready):
     exports = {e["kind"]: e for e in facts["exports"]}
     assert exports["state_dict"]["verified"] and exports["state_dict"]["max_abs_diff"] == 0.0
     assert exports["torch_export"]["verified"], exports["torch_export"]["detail"]
+    assert exports["onnx"]["verified"], exports["onnx"]["detail"]  # the dev install brings onnxruntime
     import torch
     state = torch.load(ready / "export" / "model_state_dict.pt", weights_only=True)
     assert state["num_classes"] == 10
     manifest = json.loads((ready / "export" / "manifest.json").read_text())
+    assert "export/model.onnx" in manifest["files"]
     assert [p["phase"] for p in manifest["phases"]][:2] == ["setup", "baseline"] and "optimization" in [
         p["phase"] for p in manifest["phases"]]
     card = (ready / "reports" / "final_report.md").read_text()
