@@ -353,7 +353,8 @@ class FinalizationSection(_Section):
                            "class probabilities on the test split.")
     export: list[Literal["state_dict", "torch_export", "onnx"]] = Field(
         ["state_dict", "torch_export"], description="Artifacts to write to export/, each reloaded and compared "
-        "with the trained model on a test batch. onnx needs the onnx extra (pip install 'wf[onnx]'), verified with onnxruntime.")
+        "with the trained model on a test batch. onnx needs the onnx extra (pip install 'wf[onnx]'), "
+        "verified with onnxruntime.")
     export_tolerance: float = Field(1e-4, gt=0.0, description="Largest absolute difference of the logits "
                                     "between the trained model and a reloaded export.")
 
