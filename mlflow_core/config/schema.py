@@ -288,6 +288,10 @@ class MonitoringSection(_Section):
                                   "running median is flagged as exploding.")
     gpu_sample_interval_s: float = Field(0.5, gt=0.0, le=60.0)
     gpu_utilization_target: float = Field(60.0, ge=0.0, le=100.0, description="Percent.")
+    tensorboard: bool = Field(False, description="Also write TensorBoard events to runs/<run>/tensorboard/: "
+                              "per-step loss, gradient norm, LR and GPU use, per-epoch metrics, and the "
+                              "hyperparameters with the run's results (`tensorboard --logdir runs`). Needs "
+                              "pip install 'wf[tensorboard]'.")
 
 
 class SearchParameter(_Section):

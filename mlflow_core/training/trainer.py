@@ -30,8 +30,8 @@ from torch import nn
 
 from mlflow_core.atomic import atomic_write_json, atomic_write_text, storage_error
 from mlflow_core.config.schema import TrainingSection, WorkflowConfig
-from mlflow_core.distributed import World
-from mlflow_core.errors import StorageError
+from mlflow_core.distributed import World, abandon_process_group, is_collective_failure
+from mlflow_core.errors import RankLostError, StorageError, WfError
 from mlflow_core.monitoring.anomalies import EarlyStopping, GradExplosionDetector, StallDetector, first_nonfinite
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
@@ -44,6 +44,7 @@ from mlflow_core.training.curriculum import (apply_freeze, plan_stages, rescale_
 from mlflow_core.training.models import build_model, count_parameters, freeze_parameters, load_initial_weights
 from mlflow_core.training.seeding import SEEDED, make_generator, rng_state, seed_everything, set_rng_state
 from mlflow_core.training.snapshot import DeviceSnapshot
+from mlflow_core.training.tracking import TensorBoardTracker, require_tensorboard, run_hparams
 from mlflow_core.workflow.evidence import file_sha256
 
 METRICS_SCHEMA_VERSION = 1
@@ -181,6 +182,8 @@ class Trainer:
         # explicit both ways: torch's own defaults differ between matmuls and convolutions
         torch.backends.cuda.matmul.allow_tf32 = t.tf32
         torch.backends.cudnn.allow_tf32 = t.tf32
+        if cfg.monitoring.tensorboard:  # every rank, and setup's short runs, say so before training
+            require_tensorboard()
         self.data = with_augmentation(self.data or build_data(cfg, self.project_root), cfg.augmentation)
         seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)  # data building may draw
         self.model = build_model(cfg.model, self.data.num_classes, self.data.input_shape, self.project_root)
@@ -364,6 +367,24 @@ class Trainer:
     def fit(self, max_steps: int | None = None) -> TrainResult:
         """Train. `max_steps` stops early for short verification runs (no files are written when
         the trainer has no run directory)."""
+        try:
+            return self._fit(max_steps)
+        except BaseException as exc:
+            if self.world is None:
+                raise
+            # the other ranks wait in a collective this rank will not join (DDP's first broadcast, a
+            # step's mean loss): leaving the process group ends their wait at once, not after its timeout
+            abandon_process_group()
+            if not isinstance(exc, WfError) and is_collective_failure(exc):
+                raise self._rank_lost("before training started") from None
+            raise
+
+    def _rank_lost(self, when: str) -> RankLostError:
+        return RankLostError(f"another rank left the run {when} (it was killed, crashed, or stopped on an "
+                             "error it reports itself); this rank stopped too. The run continues from its "
+                             "last resume checkpoint.")
+
+    def _fit(self, max_steps: int | None) -> TrainResult:
         self._build()
         cfg, device = self.cfg, self.device
         windowed = self.windowed if self.windowed is not None else device.type != "cpu"
@@ -382,6 +403,8 @@ class Trainer:
             metrics = resume["metrics"]
             start_epoch, global_step = resume["epoch"], resume["global_step"]
         steps_file = self._open_steps_log(resumed_at=global_step if resume else None)
+        self.tracker = (TensorBoardTracker(self.run_dir, self.log, resumed_at=global_step if resume else None)
+                        if cfg.monitoring.tensorboard and self.run_dir else None)
         sampler = self.gpu_sampler.start() if self.gpu_sampler else None
         started = time.perf_counter()
         self.log.info("run %s: %s on %s, %d train / %d val samples, %d steps per epoch%s", self.run_id,
@@ -596,6 +619,8 @@ class Trainer:
                             self.scheduler.step(value)
                     else:
                         self.scheduler.step()
+                if self.tracker is not None:
+                    self.tracker.epoch(record, global_step - 1)
                 self.log.info("epoch %d/%d: %s", epoch, epochs, {k: v for k, v in record.items() if k != "epoch"})
                 self.on_progress(Progress("val", epoch, epochs, steps_per_epoch, steps_per_epoch, global_step,
                                           loss=record.get("val_loss") if validated else None,
@@ -616,22 +641,16 @@ class Trainer:
                                           if summary is not None and summary.get("available")]
         except KeyboardInterrupt:
             status, stop_reason = "interrupted", "interrupted by the user"
-            self._leave_other_ranks()
             raise
         except StorageError as exc:  # disk full, read-only, no permission: resumable once fixed
             status, stop_reason = "interrupted", exc.message
             self.log.error("stopped: %s", exc.message)
-            self._leave_other_ranks()
             raise
         except Exception as exc:
-            if self._leave_other_ranks(exc):
-                status = "interrupted"
-                stop_reason = f"another rank left the run at step {global_step}"
+            if self.world is not None and is_collective_failure(exc):  # resumable, like a signal
+                status, stop_reason = "interrupted", f"another rank left the run at step {global_step}"
                 self.log.error("stopped: %s (%s)", stop_reason, str(exc).splitlines()[0][:200])
-                from mlflow_core.errors import RankLostError
-                raise RankLostError(f"{stop_reason} (it was killed, crashed, or stopped on an error it reports "
-                                    "itself); this rank stopped too. The run continues from its last resume "
-                                    "checkpoint.") from None
+                raise self._rank_lost(f"at step {global_step}") from None
             status, stop_reason = "crashed", f"{type(exc).__name__}: {exc}"
             self.log.exception("training crashed")
             raise
@@ -641,6 +660,8 @@ class Trainer:
                 sampler.stop()
             if steps_file:
                 steps_file.close()
+            if self.tracker is not None:
+                self.tracker.close(run_hparams(cfg), self._tracked_results(metrics))
             metrics["steps"] = global_step
             metrics["stop_reason"] = stop_reason
             metrics["anomalies"] = self.anomalies
@@ -659,17 +680,16 @@ class Trainer:
                 self.log.error("metrics.json not updated: %s", exc.message)
         return TrainResult(status, metrics, self.evaluated_model(), self.run_dir, self.anomalies)
 
-    def _leave_other_ranks(self, exc: BaseException | None = None) -> bool:
-        """Under DDP, after an error mid-run: leave the process group, so that the other ranks,
-        waiting in a collective this rank will not join, stop at once. True when `exc` is such a
-        collective failing because another rank left first."""
-        if self.world is None:
-            return False
-        from mlflow_core.distributed import abandon_process_group, is_collective_failure
-
-        lost = exc is not None and is_collective_failure(exc)
-        abandon_process_group()
-        return lost
+    @staticmethod
+    def _tracked_results(metrics: dict[str, Any]) -> dict[str, float]:
+        """The run's results next to its hyperparameters: the best value of the validation metric and
+        the last epoch's validation figures."""
+        results: dict[str, float] = {}
+        if metrics.get("best"):
+            results[f"best_{metrics['best']['metric']}"] = metrics["best"]["value"]
+        last = metrics["epochs"][-1] if metrics["epochs"] else {}
+        results.update({k: v for k, v in last.items() if k.startswith("val_") and isinstance(v, float)})
+        return results
 
     # --- recipes -------------------------------------------------------------------------------------
 
@@ -920,6 +940,8 @@ class Trainer:
                 steps_file.flush()
             except OSError as exc:
                 raise storage_error(steps_file.name, exc) from None
+        if self.tracker is not None:
+            self.tracker.steps(steps, losses, norms, lr, self.gpu_sampler.latest() if self.gpu_sampler else None)
         bad_index = first_nonfinite(losses if self.scaler is not None else [l + n for l, n in zip(losses, norms)])
         if snapshot is not None:  # on the CPU path `recent` is filled step by step
             for s, l, n in zip(steps, losses, norms):

@@ -23,6 +23,7 @@ GITIGNORE = """\
 # export/manifest.json (the checksums of the exported files).
 runs/**/checkpoints/
 runs/**/nonfinite/
+runs/**/tensorboard/
 .wf/lock
 .wf/optuna.db*
 export/*.pt

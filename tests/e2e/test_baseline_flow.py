@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mlflow_core.training.checkpoint import load_checkpoint
+from tests.helpers import configure
 
 
 def test_quickstart_produces_a_verified_baseline(trained_project):
@@ -138,6 +139,7 @@ def test_npz_patches_example(wf, tmp_path):
     assert len(list((lab / "data" / "patches" / "train").glob("*.npz"))) == 160
     config = lab / "training_config.yaml"
     config.write_text(config.read_text().replace("epochs: 10", "epochs: 3"))
+    configure(lab, [("monitoring.tensorboard", "true")])
     assert wf("phase", "setup", cwd=lab).code == 0
     facts = json.loads((lab / ".wf" / "evidence" / "setup.json").read_text())["facts"]
     assert facts["data"]["input_shape"] == [6, 32, 32] and facts["data"]["num_classes"] == 4
@@ -153,6 +155,10 @@ def test_npz_patches_example(wf, tmp_path):
             "gpu_utilization_documented", "results_reviewed", "decision_made"}
     else:
         assert r.code == 0, r.out[-2000:]
+    run_dir = facts["run_dir"]
+    assert list((lab / run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert f"TensorBoard events: `{run_dir}/tensorboard/`" in (lab / "reports" / "baseline_results.md").read_text()
+    assert "runs/**/tensorboard/" in (lab / ".gitignore").read_text()  # heavy, machine-written: not committed
 
 
 def test_setup_finds_data_problems(wf, tmp_path):
