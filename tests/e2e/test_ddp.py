@@ -160,6 +160,39 @@ def test_ddp_a_write_refused_on_rank_0_stops_every_rank_with_its_reason(project)
     assert "(rank 1) another rank left the run" in err and "Traceback" not in err
 
 
+DATA_MISSING_ON_RANK_0 = '''
+import os
+
+from mlflow_core.errors import DataError
+
+
+def build(**_):
+    if os.environ.get("RANK") == "0":  # a node whose copy of the data is incomplete
+        raise DataError("data/shard_0.npz: not found on this node")
+    from sklearn.datasets import load_digits
+    import torch
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16
+    y = torch.tensor(digits.target)
+    return {"train": torch.utils.data.TensorDataset(x[:1400], y[:1400]),
+            "val": torch.utils.data.TensorDataset(x[1400:], y[1400:])}
+'''
+
+
+def test_ddp_an_error_on_rank_0_before_the_first_step_releases_the_other_rank(project):
+    """Rank 0 fails while building its data; rank 1 already waits in DDP's first broadcast. It is
+    released at once with its own message (before: it waited for the collective timeout)."""
+    (project / "shard_data.py").write_text(DATA_MISSING_ON_RANK_0)
+    configure(project, [("data.source", "custom"), ("data.target", '"shard_data:build"'),
+                         ("data.num_classes", "10")])
+    started = time.time()
+    r = _wf(project, "phase", "baseline", "--nproc-per-node", "2", *OVERRIDE, timeout=120)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr  # rank 0's verdict: bad input
+    assert "(rank 0) data/shard_0.npz: not found on this node" in r.stderr
+    assert "(rank 1) another rank left the run before training started" in r.stderr
+    assert "Traceback" not in r.stderr and time.time() - started < 60
+
+
 NAN_ON_ONE_SAMPLE = '''
 import torch
 from sklearn.datasets import load_digits
