@@ -131,17 +131,35 @@ def free_port() -> int:
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
+def _stop_with_parent(parent: int) -> Any:
+    """For a rank's process (Linux): SIGTERM when the launcher dies, even by kill -9, so that the
+    ranks save a resume checkpoint and release the project instead of training on as orphans."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arrange() -> None:  # in the child, between fork and exec
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the launcher died before the line above took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arrange
+
+
 def launch_local(args: list[str], nproc: int, *, grace_s: float = 30.0) -> int:
     """Run `python -m mlflow_core ARGS` as `nproc` ranks on this machine and return rank 0's exit
     code. Signals go to every rank (they agree on the step to stop at); if a rank fails while the
-    others still run, the others are stopped after `grace_s` instead of waiting in a collective."""
+    others still run, the others are stopped after `grace_s` instead of waiting in a collective;
+    if the launcher itself is killed, every rank gets SIGTERM (see _stop_with_parent)."""
     port = free_port()
     procs = []
     for rank in range(nproc):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
                "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         quiet = {} if rank == 0 else {"stdout": subprocess.DEVNULL}  # rank 0 speaks for the run
-        procs.append(subprocess.Popen([sys.executable, "-m", "mlflow_core", *args], env=env, **quiet))
+        procs.append(subprocess.Popen([sys.executable, "-m", "mlflow_core", *args], env=env,
+                                      preexec_fn=_stop_with_parent(os.getpid()), **quiet))
 
     def forward(signum: int, _frame: Any) -> None:
         for p in procs:

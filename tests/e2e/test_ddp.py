@@ -145,6 +145,34 @@ def test_ddp_a_rank_killed_mid_run_stops_the_others_at_once_and_the_run_resumes(
     assert _latest(project)[1]["status"] == "completed"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_ddp_kill_9_of_the_launcher_stops_the_ranks_resumably(project):
+    """The ranks do not train on as orphans holding the project: SIGTERM reaches them, they agree on
+    a step, save, record the run as interrupted and exit; `--resume` then finishes it."""
+    proc = subprocess.Popen([*WF, "phase", "baseline", "--nproc-per-node", "2", *OVERRIDE], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ranks = [_rank_pid(proc, 0), _rank_pid(proc, 1)]
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        logs = list((project / "runs").glob("baseline-*/logs/steps.csv"))
+        if logs and len(logs[0].read_text().splitlines()) > 30:  # into epoch 2
+            break
+        time.sleep(0.02)
+    proc.kill()
+    proc.communicate(timeout=120)  # the pipes close when the ranks, which share them, have exited
+    for pid in ranks:  # gone, or a zombie left to a reaper that does not reap (a container's init)
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "gone"
+        assert state in ("gone", "Z"), f"rank pid {pid} still runs ({state})"
+    run, metrics = _latest(project)
+    assert run["status"] == "interrupted" and metrics["stop_reason"].startswith("SIGTERM")
+    r = _wf(project, "phase", "baseline", "--resume", "--nproc-per-node", "2")
+    assert r.returncode in (0, 1), r.stdout[-2000:] + r.stderr
+    assert _latest(project)[1]["status"] == "completed"
+
+
 @pytest.mark.skipif(not hasattr(__import__("resource"), "prlimit"), reason="needs Linux prlimit")
 def test_ddp_a_write_refused_on_rank_0_stops_every_rank_with_its_reason(project):
     """Rank 0 alone writes; when the disk refuses its checkpoint, the other rank (inside the next
