@@ -254,9 +254,10 @@ class CheckpointingSection(_Section):
 
 class ValidationSection(_Section):
     validate_every_n_epochs: int = Field(1, ge=1)
-    metric: Literal["val_loss", "val_accuracy", "val_mcc", "val_iou"] = Field(
+    metric: Literal["val_loss", "val_accuracy", "val_f1", "val_mcc", "val_iou"] = Field(
         "val_loss", description="Selects the best checkpoint and drives early stopping. val_accuracy is pixel "
-        "accuracy for segmentation; val_mcc is Matthews' correlation (over pixels for segmentation); val_iou the "
+        "accuracy for segmentation; val_f1 the macro F1 of the classes seen (over pixels for segmentation); "
+        "val_mcc is Matthews' correlation (over pixels for segmentation); val_iou the "
         "mean intersection over union of the classes (segmentation).")
     target: float | None = Field(None, description="The value of `metric` that makes the baseline "
                                  "acceptable (e.g. 0.95 for val_accuracy); decides the recommended "

@@ -265,18 +265,21 @@ def underfitting(ctx: DiagnoseContext) -> Diagnosis:
     best, target = m.get("best") or {}, m.get("target")
     metric = m.get("metric", "val_loss")
     train_loss = _num(last.get("train_loss"))
-    if target is not None and _num(best.get("value")) is not None:
+    # the training side of the metric, where training measures it (F1, MCC and IoU are validation-only)
+    counterpart = {"val_accuracy": ("accuracy", train_acc), "val_loss": ("loss", train_loss)}.get(metric)
+    if target is not None and _num(best.get("value")) is not None and counterpart is not None:
         maximize = m.get("mode") == "max"
         missed = best["value"] < target if maximize else best["value"] > target
         # high bias: the model misses the target on its own training data too
-        train_value = train_acc if metric == "val_accuracy" else train_loss
+        train_name, train_value = counterpart
         train_missed = train_value is not None and (train_value < target if maximize else train_value > target)
         yardstick = (f"the best {metric} {best['value']:.4g} misses validation.target {target:g}, and the training "
-                     f"{'accuracy' if metric == 'val_accuracy' else 'loss'} {_fmt(train_value)} misses it too")
+                     f"{train_name} {_fmt(train_value)} misses it too")
     else:
         missed = train_missed = train_acc < UNDERFIT_TRAIN_ACCURACY
-        yardstick = (f"the final train accuracy {train_acc:.3f} is below {UNDERFIT_TRAIN_ACCURACY} "
-                     "(no validation.target set)")
+        why_not = ("no validation.target set" if target is None else
+                   f"training does not measure {metric}, so the target is not compared")
+        yardstick = f"the final train accuracy {train_acc:.3f} is below {UNDERFIT_TRAIN_ACCURACY} ({why_not})"
     probes.update(train_accuracy=train_acc, val_accuracy=val_acc, accuracy_gap=round(gap, 4), missed_target=missed,
                   train_missed_target=train_missed)
     if not (missed and train_missed):

@@ -34,20 +34,12 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_clas
     n = len(targets)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     confusion.index_put_((targets, pred), torch.ones_like(targets), accumulate=True)
-    per_class = []
-    for c in range(num_classes):
-        tp = int(confusion[c, c])
-        predicted, actual = int(confusion[:, c].sum()), int(confusion[c].sum())
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class.append({"class": c, "precision": round(precision, 4), "recall": round(recall, 4),
-                          "f1": round(f1, 4), "support": actual})
-    present = [p for p in per_class if p["support"]]
+    per_class = [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+                 for row in per_class_scores(confusion)]
     out: dict[str, Any] = {
         "samples": n, "accuracy": float((pred == targets).float().mean()),
         "nll": float(nn.functional.cross_entropy(logits, targets)),
-        "macro_f1": sum(p["f1"] for p in present) / len(present) if present else 0.0,
+        "macro_f1": macro_f1(confusion),
         "per_class": per_class, "confusion": confusion.tolist(),
         "ece": expected_calibration_error(probs, targets),
         "mcc": matthews_corrcoef(confusion),
@@ -56,6 +48,28 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_clas
         top5 = logits.topk(5, dim=1).indices
         out["top5_accuracy"] = float((top5 == targets[:, None]).any(1).float().mean())
     return out
+
+
+def per_class_scores(confusion: torch.Tensor) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support of each class from a confusion matrix (rows: true class);
+    a score with nothing to divide by is 0, as scikit-learn's zero_division=0."""
+    c = confusion.double()
+    rows = []
+    for k in range(c.shape[0]):
+        tp, predicted, actual = float(c[k, k]), float(c[:, k].sum()), float(c[k].sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append({"class": k, "precision": precision, "recall": recall, "f1": f1, "support": int(actual),
+                     "predicted": int(predicted)})
+    return rows
+
+
+def macro_f1(confusion: torch.Tensor) -> float:
+    """The mean F1 of the classes that occur in the truth or the predictions (scikit-learn's
+    f1_score(average="macro") over the labels seen)."""
+    seen = [row["f1"] for row in per_class_scores(confusion) if row["support"] or row["predicted"]]
+    return sum(seen) / len(seen) if seen else 0.0
 
 
 def segmentation_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, Any]:

@@ -838,14 +838,14 @@ class Trainer:
 
     def validate(self, model: nn.Module | None = None) -> dict[str, Any]:
         """The validation figures of `model`: cross-entropy, accuracy (of pixels, for segmentation),
-        Matthews' correlation, and for segmentation the classes' mean IoU, all from one pass that
+        macro F1, Matthews' correlation, and for segmentation the classes' mean IoU, all from one pass that
         accumulates a confusion matrix on the device."""
         loss, confusion = self._validation_pass(model or self.model)
-        from mlflow_core.training.evaluation import iou_per_class, matthews_corrcoef
+        from mlflow_core.training.evaluation import iou_per_class, macro_f1, matthews_corrcoef
 
         c = confusion.double().cpu()
         figures = {"val_loss": finite_or_str(loss), "val_accuracy": round(float(c.diagonal().sum() / c.sum()), 6),
-                   "val_mcc": round(matthews_corrcoef(c), 6)}
+                   "val_f1": round(macro_f1(c), 6), "val_mcc": round(matthews_corrcoef(c), 6)}
         if self.cfg.task == "segmentation":
             ious = iou_per_class(c)
             figures["val_iou"] = round(sum(ious) / len(ious), 6) if ious else 0.0

@@ -89,6 +89,16 @@ def test_underfitting_rules(metrics, expected):
     assert causes(underfitting(ctx(metrics, losses=losses))) == expected
 
 
+def test_underfitting_does_not_compare_a_train_loss_with_a_validation_only_metric_target():
+    """val_mcc 0.85 misses its target 0.9, and training measures no MCC: the training loss (0.79)
+    is not a stand-in for it (0.79 < 0.9 would read as 'training misses the target too'); train
+    accuracy 0.99 says high variance, not high bias."""
+    metrics = _underfit_metrics(LEVEL, 0.99, 0.90, 0.85, target=0.9)
+    metrics["metric"], metrics["best"]["metric"] = "val_mcc", "val_mcc"
+    d = underfitting(ctx(metrics, losses=[2.3 - 0.05 * i for i in range(30)]))
+    assert d.findings == [] and d.probes["train_missed_target"] is False
+
+
 def test_underfitting_defers_to_a_stall():
     d = underfitting(ctx(_underfit_metrics(LEVEL, 0.1, 0.1, 0.1), losses=[2.3] * 30))
     assert d.findings == [] and "convergence_stall" in d.probes["note"]

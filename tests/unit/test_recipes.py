@@ -344,3 +344,23 @@ def test_recipe_curriculum_must_add_up(tmp_path):
         config(epochs=3, extra="curriculum: {stages: [{epochs: 1}, {epochs: 1}]}")
     with pytest.raises(ConfigError, match="mixing is on"):
         config(epochs=1, extra="curriculum: {stages: [{epochs: 1, mixing: true}]}")
+
+
+def test_recipe_macro_f1_matches_scikit_learn_and_is_a_validation_metric(tmp_path):
+    """Validation's macro F1 (from its confusion matrix) equals scikit-learn's over the labels seen,
+    a class predicted but never true included; `validation.metric: val_f1` selects the best epoch."""
+    sklearn = pytest.importorskip("sklearn.metrics")
+    from mlflow_core.training.evaluation import classification_metrics
+
+    generator = torch.Generator().manual_seed(3)
+    targets = torch.randint(0, 4, (300,), generator=generator)  # class 4 never true ...
+    logits = torch.randn(300, 5, generator=generator)
+    logits[:10, 4] += 10  # ... and sometimes predicted
+    ours = classification_metrics(logits, targets, 5)["macro_f1"]
+    assert ours == pytest.approx(sklearn.f1_score(targets, logits.argmax(1), average="macro"), abs=1e-12)
+    cfg = load_config_text("training: {device: cpu, epochs: 3, learning_rate: 0.01}\n"
+                           "model: {channels: [8, 16]}\nvalidation: {metric: val_f1}\n", "t")
+    result = Trainer(cfg, tmp_path, None).fit()
+    f1s = [e["val_f1"] for e in result.metrics["epochs"]]
+    assert result.metrics["best"] == {"metric": "val_f1", "value": max(f1s), "epoch": f1s.index(max(f1s)) + 1}
+    assert 0.5 < max(f1s) <= 1

@@ -143,7 +143,7 @@ def test_segmentation_through_the_phases(wf, tmp_path):
     assert "output [2, 3, 32, 32]" in setup.out and "3 classes" in setup.out
     assert wf("phase", "baseline", "--override-gate", "segmentation test", cwd=root).code in (0, 1)
     report = (root / "reports" / "baseline_results.md").read_text()
-    assert "Val IoU" in report and "accuracy is over pixels" in report
+    assert "Val IoU" in report and "accuracy and F1 are over pixels" in report
     r = wf("phase", "finalization", "--override-gate", "segmentation test", cwd=root)
     assert r.code == 0, r.out[-2000:] + r.err
     facts = json.loads((root / ".wf" / "evidence" / "finalization.json").read_text())["facts"]
