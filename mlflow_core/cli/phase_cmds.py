@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import typer
 
 from mlflow_core.cli.output import console, mark
@@ -12,13 +15,39 @@ def register(app: typer.Typer) -> None:
     app.command()(report)
 
 
+PLAIN_PROGRESS_EVERY_S = 30.0  # default; WF_PROGRESS_EVERY_S changes it
+
+
+def _plain_progress_interval() -> float:
+    from mlflow_core.errors import UserInputError
+
+    text = os.environ.get("WF_PROGRESS_EVERY_S", "")
+    try:
+        value = float(text) if text else PLAIN_PROGRESS_EVERY_S
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise UserInputError(f"WF_PROGRESS_EVERY_S must be a number of seconds (0 or more), got {text!r}.")
+    return value
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 class _Display:
-    """Renders the trainer's progress events: loss, metric, samples/s, ETA and, on GPU, utilization."""
+    """Renders the trainer's progress events: loss, metric, samples/s, ETA and, on GPU, utilization.
+    Where output is not a terminal (a SLURM log, CI) a live bar shows nothing until the end, so a
+    plain progress line is printed every WF_PROGRESS_EVERY_S seconds instead."""
 
     def __init__(self, progress, phase: str):
         self.progress, self.phase = progress, phase
         self.task = None
         self.started = False
+        self.plain_every_s = None if progress.console.is_terminal else _plain_progress_interval()
+        self.plain_last: float | None = None
 
     def message(self, text: str) -> None:
         if not self.started:  # the rule appears once the entry gate has let the phase start
@@ -39,10 +68,14 @@ class _Display:
         if p.samples_per_s:
             info += f" · {p.samples_per_s:,.0f} samples/s"
         if p.eta_s is not None:
-            info += f" · ETA {p.eta_s:,.0f} s"
+            info += f" · ETA {_clock(p.eta_s)}"
         if p.gpu:
             info += f" · GPU {p.gpu['utilization']:.0f} % {p.gpu['memory_used_mib']:,.0f} MiB"
         self.progress.update(self.task, completed=p.global_step, info=info)
+        now = time.monotonic()
+        if self.plain_every_s is not None and (self.plain_last is None or now - self.plain_last >= self.plain_every_s):
+            self.plain_last = now
+            self.progress.console.print(f"  step {p.global_step:,}/{total:,} · {info}", highlight=False)
 
 
 def run_with_display(project, name: str, override_reason: str | None = None, resume: bool = False):

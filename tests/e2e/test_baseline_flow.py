@@ -2,6 +2,7 @@
 overrides, NaN runs, NPZ patches, report re-rendering and tamper detection."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -133,7 +134,7 @@ def test_nan_is_caught_at_its_step(wf, tmp_path):
     assert not next(i for i in gate["items"] if i["id"] == "no_nan_loss")["checked"]
 
 
-def test_npz_patches_example(wf, tmp_path):
+def test_npz_patches_example(wf, tmp_path, monkeypatch):
     assert wf("init", "lab", "--example", "patches", cwd=tmp_path).code == 0
     lab = tmp_path / "lab"
     assert len(list((lab / "data" / "patches" / "train").glob("*.npz"))) == 160
@@ -145,9 +146,11 @@ def test_npz_patches_example(wf, tmp_path):
     assert facts["data"]["input_shape"] == [6, 32, 32] and facts["data"]["num_classes"] == 4
     assert facts["reproducibility"]["identical"] is True
     wf("checklist", "tick", "reproducibility", "data_documented", "config_committed", cwd=lab)
+    monkeypatch.setenv("WF_PROGRESS_EVERY_S", "0")  # output is not a terminal: plain progress lines
     r = wf("phase", "baseline", cwd=lab)
     facts = json.loads((lab / ".wf" / "evidence" / "baseline.json").read_text())["facts"]
     assert facts["status"] in ("completed", "early_stopped"), r.out[-2000:]  # training itself finished
+    assert re.search(r"\n  step \d+/15 · epoch 1/3 loss [\d.]+ · [\d,]+ samples/s · ETA 0:00:\d\d\n", r.out), r.out
     if torch.cuda.is_available():  # 160 tiny patches cannot keep a GPU 60 % busy: that criterion may fail
         assert r.code in (0, 1)
         gate = json.loads(wf("gate", "check", "baseline", "--json", cwd=lab).out)
