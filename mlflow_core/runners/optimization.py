@@ -242,7 +242,7 @@ def run_optimization(ctx: RunContext) -> RunOutput:
         return RunOutput("completed", facts, notes=["No trial completed: nothing to compare with the baseline."])
     best = study.best_trial
     facts["best"] = {"trial": best.number, "value": best.value, "params": best.params}
-    facts["importance"] = _importance(optuna, study) if len(completed) >= 2 else None
+    facts["importance"] = _importance(optuna, study)
 
     # 3. fair comparison over seeds ---------------------------------------------------------------------
     seeds = [cfg.reproducibility.seed + i for i in range(opt.seeds)]
@@ -303,11 +303,27 @@ def _trial_row(t: Any) -> dict[str, Any]:
             "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())}}
 
 
+IMPORTANCE_MIN_TRIALS = 10  # PED-ANOVA compares the best 10 % of the trials with the rest
+
+
 def _importance(optuna: Any, study: Any) -> dict[str, float] | None:
+    """PED-ANOVA's importance of each parameter (named, not left to Optuna's default, which has
+    changed between versions); None when the trials are too few to rank the parameters."""
+    import warnings
+
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(completed) < IMPORTANCE_MIN_TRIALS:
+        return None
     try:
-        return {k: round(float(v), 4) for k, v in optuna.importance.get_param_importances(study).items()}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            values = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
     except (RuntimeError, ValueError, ImportError):  # too few distinct trials, or one parameter only
         return None
+    if any("select the same set of trials" in str(w.message) for w in caught):
+        return None  # too few trials: every parameter would get the same importance
+    return {k: round(float(v), 4) for k, v in values.items()}
 
 
 def compare(baseline: list[float], optimized: list[float], seeds: list[int], maximize: bool, alpha: float,

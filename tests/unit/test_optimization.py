@@ -33,3 +33,23 @@ def test_study_name_follows_the_search_space():
                          "    training.learning_rate: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}\n", "t")
     assert study_name(a) == study_name(a) and study_name(a) != study_name(b)
     assert study_name(a).startswith("p-")
+
+
+def test_parameter_importance_ranks_the_parameter_that_matters_and_declines_with_too_few_trials():
+    optuna = pytest.importorskip("optuna")
+    from mlflow_core.runners.optimization import _importance
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def objective(trial):
+        lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        trial.suggest_float("noise", 0.0, 1.0)  # has no effect
+        return (lr - 0.01) ** 2
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=40)
+    ranked = _importance(optuna, study)
+    assert ranked is not None and ranked["lr"] > ranked["noise"]
+    few = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    few.optimize(objective, n_trials=2)
+    assert _importance(optuna, few) is None  # no ranking (and no warning) from two trials
