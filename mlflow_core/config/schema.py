@@ -245,6 +245,9 @@ class EarlyStoppingSection(_Section):
 
 class CheckpointingSection(_Section):
     save_best: bool = Field(True, description="Best validation metric.")
+    keep_best: int = Field(1, ge=1, le=100, description="N > 1: also keep the checkpoints of the N best "
+                           "epochs by the validation metric (checkpoints/top/epoch_NNN.pt; one that falls out "
+                           "of the N best is deleted; seed 000's 'save best N models'). 1: best_model.pt alone.")
     save_last: bool = Field(True, description="For resumption.")
     checkpoint_every_n_epochs: int = Field(5, ge=0, description="Periodic checkpoints; 0 = none.")
     resume_every_n_steps: int = Field(200, ge=0, description="Also write checkpoints/resume.pt every this "

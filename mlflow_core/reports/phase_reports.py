@@ -46,6 +46,8 @@ def render_phase_report(project: Project, state: ProjectState, definition: Phase
     figures, note = learning_curves(metrics, project.reports_dir / "figures", definition.name)
     checkpoints = [(n, metrics["checkpoints"][n]) for n in ("best", "last") if metrics["checkpoints"].get(n)]
     checkpoints += [(f"epoch {c['epoch']}", c) for c in metrics["checkpoints"]["periodic"]]
+    checkpoints += [(f"top {rank}: {metrics['best']['metric']} {c['value']:.4g}", c)
+                    for rank, c in enumerate(metrics["checkpoints"].get("top", []), 1)]
     epochs = metrics["epochs"]
     rec_view = {"verdict": rec.verdict, "next_phase": rec.next_phase, "command": rec.command,
                 "reason": rec.reason, "playbook": rec.playbook,

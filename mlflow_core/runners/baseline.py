@@ -35,7 +35,8 @@ def training_facts(ctx: RunContext, m: dict[str, Any]) -> dict[str, Any]:
         c = m["checkpoints"].get(name)
         if c:
             checkpoints[name] = {**c, "path": f"{rel}/{c['path']}"}
-    checkpoints["periodic"] = [{**c, "path": f"{rel}/{c['path']}"} for c in m["checkpoints"]["periodic"]]
+    for kind in ("periodic", "top"):
+        checkpoints[kind] = [{**c, "path": f"{rel}/{c['path']}"} for c in m["checkpoints"].get(kind, [])]
     durations = [e["duration_s"] for e in epochs]
     waits = [e["data_wait_fraction"] * e["duration_s"] for e in epochs if e.get("data_wait_fraction") is not None]
     return {

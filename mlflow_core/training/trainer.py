@@ -401,6 +401,7 @@ class Trainer:
         if self.resume_from is not None:
             resume = self._restore(metrics)
             metrics = resume["metrics"]
+            self._tidy_kept_best(metrics)
             start_epoch, global_step = resume["epoch"], resume["global_step"]
         steps_file = self._open_steps_log(resumed_at=global_step if resume else None)
         self.tracker = (TensorBoardTracker(self.run_dir, self.log, resumed_at=global_step if resume else None)
@@ -602,6 +603,8 @@ class Trainer:
                         metrics["best"] = {"metric": cfg.validation.metric, "value": value, "epoch": epoch}
                         if cfg.checkpointing.save_best:
                             metrics["checkpoints"]["best"] = self._save("best_model.pt", epoch, global_step, metrics)
+                    if cfg.checkpointing.keep_best > 1 and math.isfinite(value):
+                        self._keep_if_among_best(epoch, global_step, value, metrics)
                     if should_stop:
                         status, stop_reason = "early_stopped", reason
                     elif self._caller_stops(epoch, value):
@@ -1024,7 +1027,7 @@ class Trainer:
                 "metric": cfg.validation.metric, "mode": cfg.validation.mode, "target": cfg.validation.target,
                 "epochs_planned": cfg.training.epochs, "batch_size": cfg.training.batch_size,
                 "num_workers": cfg.data.num_workers, "epochs": [], "best": None, "nonfinite": None,
-                "checkpoints": {"best": None, "last": None, "periodic": []}, "steps": 0,
+                "checkpoints": {"best": None, "last": None, "periodic": [], "top": []}, "steps": 0,
                 "architecture": architecture_summary(self.model), "recipe": self.recipe, "stages": [],
                 "layers": {"names": [n for n, _ in self._weight_params],
                            "numel": [p.numel() for _, p in self._weight_params], "records": self._layer_records},
@@ -1068,6 +1071,33 @@ class Trainer:
         })
         return {"path": str(path.relative_to(self.run_dir)), "epoch": epoch, "step": step,
                 "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+    def _keep_if_among_best(self, epoch: int, step: int, value: float, metrics: dict[str, Any]) -> None:
+        """checkpoints/top/: the `keep_best` best epochs so far, best first in metrics. A new one is
+        written before the one it pushes out is deleted, so a kill between the two leaves one extra
+        file, never one missing (and a resume tidies up what the list no longer names)."""
+        if not self.run_dir:
+            return
+        top = metrics["checkpoints"].setdefault("top", [])
+        keep, maximize = self.cfg.checkpointing.keep_best, self.cfg.validation.mode == "max"
+        if len(top) >= keep and not (value > top[-1]["value"] if maximize else value < top[-1]["value"]):
+            return
+        entry = self._save(f"top/epoch_{epoch:03d}.pt", epoch, step, metrics)
+        top.append({**entry, "value": value})
+        top.sort(key=lambda e: (-e["value"] if maximize else e["value"], e["epoch"]))  # ties: the earlier first
+        for dropped in top[keep:]:
+            (self.run_dir / dropped["path"]).unlink(missing_ok=True)
+        del top[keep:]
+
+    def _tidy_kept_best(self, metrics: dict[str, Any]) -> None:
+        """At a resume: files in checkpoints/top/ that the restored list does not name were written by
+        the interrupted process after its resume point."""
+        if not self.run_dir or not (self.run_dir / "checkpoints" / "top").is_dir():
+            return
+        named = {e["path"] for e in metrics["checkpoints"].get("top", [])}
+        for path in (self.run_dir / "checkpoints" / "top").glob("epoch_*.pt"):
+            if str(path.relative_to(self.run_dir)) not in named:
+                path.unlink(missing_ok=True)
 
     def _write_metrics(self, metrics: dict[str, Any], status: str, started: float) -> None:
         metrics["status"] = status

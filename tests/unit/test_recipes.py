@@ -364,3 +364,33 @@ def test_recipe_macro_f1_matches_scikit_learn_and_is_a_validation_metric(tmp_pat
     f1s = [e["val_f1"] for e in result.metrics["epochs"]]
     assert result.metrics["best"] == {"metric": "val_f1", "value": max(f1s), "epoch": f1s.index(max(f1s)) + 1}
     assert 0.5 < max(f1s) <= 1
+
+
+def test_recipe_keep_best_keeps_the_n_best_epochs_across_a_resume(tmp_path):
+    """checkpointing.keep_best: 2 keeps exactly the two best epochs by the validation metric, best
+    first; a resumed run drops what the interrupted process left that the restored list does not name."""
+    from mlflow_core.training.checkpoint import load_checkpoint
+
+    cfg = load_config_text("training: {device: cpu, epochs: 4, learning_rate: 0.01}\nmodel: {channels: [8]}\n"
+                           "early_stopping: {enabled: false}\ncheckpointing: {keep_best: 2}\n", "t")
+    run = tmp_path / "run"
+
+    def signal_in_epoch_3(p):
+        if p.stage == "train" and p.global_step >= 100 and not getattr(signal_in_epoch_3, "sent", False):
+            signal_in_epoch_3.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cut = Trainer(cfg, tmp_path, run, on_progress=signal_in_epoch_3, stop_on_signals=True).fit()
+    assert cut.status == "interrupted" and len(cut.metrics["epochs"]) == 2
+    assert len(list((run / "checkpoints" / "top").glob("*.pt"))) == 2
+    (run / "checkpoints" / "top" / "epoch_099.pt").write_bytes(b"left by a killed process")
+    done = Trainer(cfg, tmp_path, run, stop_on_signals=True, resume_from=run / "checkpoints" / "resume.pt").fit()
+    losses = {e["epoch"]: e["val_loss"] for e in done.metrics["epochs"]}
+    best_two = sorted(losses, key=losses.get)[:2]
+    top = done.metrics["checkpoints"]["top"]
+    assert [e["epoch"] for e in top] == best_two and [e["value"] for e in top] == [losses[e] for e in best_two]
+    assert sorted(p.name for p in (run / "checkpoints" / "top").iterdir()) == sorted(
+        f"epoch_{e:03d}.pt" for e in best_two)
+    for entry in top:
+        assert load_checkpoint(run / entry["path"])["epoch"] == entry["epoch"]
+    assert done.metrics["checkpoints"]["best"]["epoch"] == best_two[0]
