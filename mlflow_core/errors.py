@@ -102,6 +102,13 @@ class RunTerminatedError(RunInterruptedError):
     exit_code = 143
 
 
+class RunTimeLimitError(RunInterruptedError):
+    """`--time-limit` reached (a Kaggle session's 9 hours, an allocation's end): saved, resumable,
+    exit 124 as coreutils' timeout."""
+
+    exit_code = 124
+
+
 class RunPreemptedError(RunInterruptedError):
     """SIGUSR1, SLURM's warning before preemption (`--signal=USR1@90`): saved, requeued, exit 138."""
 

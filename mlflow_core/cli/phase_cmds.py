@@ -78,7 +78,43 @@ class _Display:
             self.progress.console.print(f"  step {p.global_step:,}/{total:,} · {info}", highlight=False)
 
 
-def run_with_display(project, name: str, override_reason: str | None = None, resume: bool = False):
+TIME_LIMIT_RESERVE_S = 60.0  # kept back from --time-limit for the resume checkpoint, the record and the exit
+
+
+def parse_duration(text: str, option: str) -> float:
+    """Seconds in '8h30m', '45m', '90s', '1h', '2:30:00' or a plain number of seconds."""
+    import re
+
+    from mlflow_core.errors import UserInputError
+
+    value = text.strip().lower()
+    units = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?", value)
+    clock = re.fullmatch(r"(\d+):([0-5]?\d):([0-5]?\d)", value)
+    if re.fullmatch(r"\d+(?:\.\d+)?", value):
+        return float(value)
+    if clock:
+        return int(clock[1]) * 3600 + int(clock[2]) * 60 + int(clock[3])
+    if value and units and any(units.groups()):
+        h, m, sec = (float(g) if g else 0.0 for g in units.groups())
+        return h * 3600 + m * 60 + sec
+    raise UserInputError(f"{option} {text!r}: not a duration; write e.g. 8h30m, 45m, 90s or 2:30:00.")
+
+
+def _deadline(time_limit: str | None) -> float | None:
+    """time.monotonic() at which training stops: the limit from now, less the reserve."""
+    if time_limit is None:
+        return None
+    from mlflow_core.errors import UserInputError
+
+    seconds = parse_duration(time_limit, "--time-limit")
+    if seconds <= TIME_LIMIT_RESERVE_S:
+        raise UserInputError(f"--time-limit {time_limit}: must be more than the {TIME_LIMIT_RESERVE_S:.0f} s wf keeps "
+                             "back to save the run and exit.")
+    return time.monotonic() + seconds - TIME_LIMIT_RESERVE_S
+
+
+def run_with_display(project, name: str, override_reason: str | None = None, resume: bool = False,
+                     deadline: float | None = None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mlflow_core.workflow.engine import run_phase
@@ -88,7 +124,8 @@ def run_with_display(project, name: str, override_reason: str | None = None, res
     with Progress(*columns, console=console, transient=False) as progress:
         display = _Display(progress, name)
         result = run_phase(project, name, override_reason=override_reason,
-                           on_progress=display.update, on_message=display.message, resume=resume)
+                           on_progress=display.update, on_message=display.message, resume=resume,
+                           deadline=deadline)
     for c in result.criteria:
         console.print(f"{mark(c['passed'])} {c['text']}: {c['detail']}", highlight=False)
     rec = result.recommendation
@@ -112,17 +149,22 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
           nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, metavar="N",
                                              help="Data-parallel training (DDP) in N processes on this machine: "
                                              "one per GPU, or gloo on CPUs (baseline)."),
+          time_limit: str = typer.Option(None, "--time-limit", metavar="DURATION",
+                                         help="Stop training resumably this long after the command starts "
+                                         "(8h30m, 45m, 2:30:00), 60 s early to save: for a Kaggle session's "
+                                         "9 hours or an allocation's end. Exit 124; continue with --resume."),
           ) -> None:
     """Run a phase (or, with --smoke, check that it runs). Exit 0 success · 1 failed its success criteria · 2 bad input · 3 entry gate closed ·
     5 a write was refused (disk full, read-only) · 6 a data-parallel run lost a process ·
-    130/138/143 stopped by SIGINT/SIGUSR1/SIGTERM (resumable with --resume)."""
+    124 stopped at --time-limit · 130/138/143 stopped by SIGINT/SIGUSR1/SIGTERM (resumable with --resume)."""
     from mlflow_core.distributed import DISTRIBUTED_PHASES, world_from_env
     from mlflow_core.errors import UserInputError
     from mlflow_core.workflow.project import Project
 
-    if smoke and (resume or override_gate is not None):
-        raise UserInputError("--smoke runs outside the phase's record: it takes neither --resume nor "
-                             "--override-gate.")
+    if smoke and (resume or override_gate is not None or time_limit is not None):
+        raise UserInputError("--smoke runs outside the phase's record: it takes neither --resume, "
+                             "--override-gate nor --time-limit.")
+    deadline = _deadline(time_limit)  # from now: a bad value is exit 2 before anything starts
     world = world_from_env()
     if world is not None and not world.is_writer:  # a DDP rank other than 0: it follows rank 0's lead
         from mlflow_core.distributed import follow
@@ -141,10 +183,12 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
         Project.find()  # not a project: exit 2 here, not once per process
         args = ["phase", name, *(["--smoke"] if smoke else []), *(["--resume"] if resume else []),
                 *(["--override-gate", override_gate] if override_gate is not None else [])]
+        if deadline is not None:  # what is left of it when the ranks start, reserve included
+            args += ["--time-limit", f"{deadline - time.monotonic() + TIME_LIMIT_RESERVE_S:.1f}"]
         raise typer.Exit(launch_local(args, nproc_per_node))
     if smoke:
         raise typer.Exit(0 if smoke_with_display(Project.find(), name) else 1)
-    result = run_with_display(Project.find(), name, override_gate, resume)
+    result = run_with_display(Project.find(), name, override_gate, resume, deadline)
     raise typer.Exit(0 if result.passed else 1)
 
 

@@ -29,6 +29,7 @@ class RunContext:
     smoke: bool = False  # `--smoke`: two training and two validation steps per run, nothing recorded
     world: Any = None  # distributed.World under DDP (this is rank 0)
     announce: Callable[[dict[str, Any] | None], None] = lambda _plan: None  # tells the other ranks what to train
+    deadline: float | None = None  # time.monotonic() past which training stops, resumably (--time-limit)
 
     def announce_run(self, phase: str, cfg: WorkflowConfig, run_dir: Path, run_id: str,
                      resume_from: Path | None = None, data_spec: dict[str, Any] | None = None) -> None:
@@ -99,7 +100,7 @@ def fit_or_continue(ctx: RunContext, cfg: WorkflowConfig, run_dir: Path, run_id:
             resume_from = run_dir / "checkpoints" / "resume.pt"
     ctx.announce_run(trainer_options.get("phase", ""), cfg, run_dir, run_id, resume_from, data_spec)
     trainer = Trainer(cfg, ctx.project.root, run_dir, run_id=run_id, resume_from=resume_from, stop_on_signals=True,
-                      world=ctx.world, **ctx.trainer_limits(), **trainer_options)
+                      world=ctx.world, deadline=ctx.deadline, **ctx.trainer_limits(), **trainer_options)
     result = trainer.fit()
     if result.status == "interrupted":
         raise SubRunInterrupted(trainer.signal_received, result.metrics.get("resume"), run_dir)

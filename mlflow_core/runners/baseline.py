@@ -15,7 +15,7 @@ def run_baseline(ctx: RunContext) -> RunOutput:
     ctx.announce_run("baseline", ctx.cfg, ctx.run_dir, ctx.run_id, ctx.resume_from)
     trainer = Trainer(ctx.cfg, ctx.project.root, ctx.run_dir, run_id=ctx.run_id, phase="baseline",
                       on_progress=ctx.on_progress, gpu_sampler=sampler, resume_from=ctx.resume_from,
-                      stop_on_signals=True, world=ctx.world, **ctx.trainer_limits())
+                      stop_on_signals=True, world=ctx.world, deadline=ctx.deadline, **ctx.trainer_limits())
     result = trainer.fit()
     facts = training_facts(ctx, result.metrics)
     if result.status == "interrupted":

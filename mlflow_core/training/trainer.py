@@ -143,6 +143,7 @@ def build_optimizer(t: TrainingSection, params: list[torch.Tensor], world_size: 
 
 
 PER_STEP_SCHEDULERS = ("warmup_cosine", "onecycle")
+TIME_LIMIT = "time_limit"  # Trainer.signal_received when the deadline, not a signal, stopped the run
 
 
 class Trainer:
@@ -152,7 +153,7 @@ class Trainer:
                  windowed: bool | None = None, on_epoch: Callable[[int, float], bool] | None = None,
                  resume_from: Path | None = None, stop_on_signals: bool = False,
                  limit_train_steps: int | None = None, limit_val_batches: int | None = None,
-                 world: World | None = None):
+                 world: World | None = None, deadline: float | None = None):
         # under DDP every rank trains and agrees on when to stop; only rank 0 writes files
         self.world = world
         self.cfg, self.project_root = cfg, project_root
@@ -166,7 +167,8 @@ class Trainer:
         self.on_epoch = on_epoch  # (epoch, validation metric) -> stop now? e.g. an Optuna pruner
         self.resume_from = resume_from  # checkpoints/resume.pt of an interrupted run: continue it exactly
         self.stop_on_signals = stop_on_signals  # SIGTERM/SIGINT: finish the step, save resume.pt, stop
-        self.signal_received: int | None = None
+        self.signal_received: int | str | None = None  # a signal number, or TIME_LIMIT
+        self.deadline = deadline  # time.monotonic(): past it, stop as on a signal (under DDP rank 0 decides)
         # `--smoke`: this many optimizer steps per epoch and validation batches, to check that a config runs
         self.limit_train_steps, self.limit_val_batches = limit_train_steps, limit_val_batches
         self.log = logging.getLogger(f"wf.trainer.{run_id or 'anon'}")
@@ -517,6 +519,9 @@ class Trainer:
                     global_step += 1
                     if self.ema is not None and global_step % cfg.training.ema.every_n_steps == 0:
                         self.ema.update_parameters(self.model)
+                    if self.deadline is not None and self.signal_received is None and time.monotonic() >= self.deadline:
+                        self.signal_received = TIME_LIMIT
+                        self.log.warning("time limit reached: stopping after step %d", global_step)
                     # monitor: once per window, one read-back
                     last = step_in_epoch == steps_per_epoch or (max_steps and global_step >= max_steps)
                     # alone, a signal flushes at once; under DDP the ranks agree at the window's end
@@ -546,7 +551,8 @@ class Trainer:
                         metrics["resume"] = self._save_resume(epoch, step_in_epoch, global_step, metrics, correct,
                                                               seen, data_wait)
                         status = "interrupted"
-                        name = signal.Signals(self.signal_received or signal.SIGTERM).name
+                        name = ("the time limit" if self.signal_received == TIME_LIMIT
+                                else signal.Signals(self.signal_received or signal.SIGTERM).name)
                         stop_reason = f"{name} after step {global_step}; resumable from checkpoints/resume.pt"
                         break
                 if status in ("failed_nan", "interrupted") or (max_steps and global_step >= max_steps

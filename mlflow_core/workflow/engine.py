@@ -90,24 +90,28 @@ def _resumable_run(project: Project, state: ProjectState, phase: str) -> tuple[R
 
 def run_phase(project: Project, phase: str, *, override_reason: str | None = None,
               on_progress: Callable[[Any], None] | None = None,
-              on_message: Callable[[str], None] | None = None, resume: bool = False) -> PhaseResult:
+              on_message: Callable[[str], None] | None = None, resume: bool = False,
+              deadline: float | None = None) -> PhaseResult:
     """Run a phase: the gate, the run record, the runner, evidence, report. Under a DDP launcher
-    this is rank 0, which leads the other ranks (distributed.follow) through the training."""
+    this is rank 0, which leads the other ranks (distributed.follow) through the training.
+    `deadline` (time.monotonic()): training stops at the first step past it, resumably, as on a
+    signal (`wf phase NAME --time-limit`)."""
     from mlflow_core.distributed import DISTRIBUTED_PHASES, leading, world_from_env
 
     world = world_from_env()
     if world is None:
-        return _run_phase(project, phase, override_reason, on_progress, on_message, resume)
+        return _run_phase(project, phase, override_reason, on_progress, on_message, resume, deadline=deadline)
     with leading(world, project.config_path) as announce:
         if phase not in DISTRIBUTED_PHASES:
             raise UserInputError(f"`wf phase {phase}` runs in one process; data-parallel phases: "
                                  f"{', '.join(DISTRIBUTED_PHASES)}.")
-        return _run_phase(project, phase, override_reason, on_progress, on_message, resume, world, announce)
+        return _run_phase(project, phase, override_reason, on_progress, on_message, resume, world, announce,
+                          deadline)
 
 
 def _run_phase(project: Project, phase: str, override_reason: str | None,
                on_progress: Callable[[Any], None] | None, on_message: Callable[[str], None] | None,
-               resume: bool, world: Any = None, announce: Any = None) -> PhaseResult:
+               resume: bool, world: Any = None, announce: Any = None, deadline: float | None = None) -> PhaseResult:
     from mlflow_core.runners import RUNNABLE_PHASES, RunContext
 
     say = on_message or (lambda _m: None)
@@ -128,7 +132,7 @@ def _run_phase(project: Project, phase: str, override_reason: str | None,
             if phase not in RESUMABLE_PHASES:
                 raise UserInputError(f"`wf phase {phase} --resume` is not supported; resumable: "
                                      f"{', '.join(RESUMABLE_PHASES)}.")
-            return _resume_phase(project, state, phase, cfg, on_progress, say, world, announce)
+            return _resume_phase(project, state, phase, cfg, on_progress, say, world, announce, deadline)
 
         # -- entry gate -----------------------------------------------------------------------------
         verdict = entry_verdict(project, state, phase)
@@ -163,12 +167,12 @@ def _run_phase(project: Project, phase: str, override_reason: str | None,
         say(f"run {run_id} started")
         return _execute(project, state, definition, run, cfg, RunContext(
             project, cfg, config_sha256(project.config_path), run_id, run_dir, on_progress or (lambda _p: None), say,
-            world=world, announce=announce or (lambda _plan: None)))
+            world=world, announce=announce or (lambda _plan: None), deadline=deadline))
 
 
 def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
                   on_progress: Callable[[Any], None] | None, say: Callable[[str], None], world: Any = None,
-                  announce: Any = None) -> PhaseResult:
+                  announce: Any = None, deadline: float | None = None) -> PhaseResult:
     """Continue the interrupted run where it stopped: same run id, directory and record."""
     from mlflow_core.runners import RunContext
 
@@ -183,7 +187,7 @@ def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
     say(f"run {run.run_id} resumed from {where}")
     ctx = RunContext(project, cfg, config_sha256(project.config_path), run.run_id, run_dir,
                      on_progress or (lambda _p: None), say, resume_from=path, resuming=True, world=world,
-                     announce=announce or (lambda _plan: None))
+                     announce=announce or (lambda _plan: None), deadline=deadline)
     return _execute(project, state, load_phase(phase, project.root), run, cfg, ctx)
 
 
@@ -274,20 +278,24 @@ def _resume_command(phase: str) -> str:
 
 def _stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id: str,
                        facts: dict[str, Any]) -> RunInterruptedError:
-    """The error a signal-stopped run exits with (130 SIGINT, 143 SIGTERM, 138 SIGUSR1). SIGUSR1 is
-    SLURM's warning before preemption: with everything saved, the job is requeued, and its script
-    runs again with `--resume`."""
+    """The error a signal-stopped run exits with (130 SIGINT, 143 SIGTERM, 138 SIGUSR1; 124 for
+    --time-limit). SIGUSR1 is SLURM's warning before preemption: with everything saved, the job is
+    requeued, and its script runs again with `--resume`."""
     import signal
 
-    from mlflow_core.errors import RunPreemptedError, RunTerminatedError
+    from mlflow_core.errors import RunPreemptedError, RunTerminatedError, RunTimeLimitError
     from mlflow_core.slurm import requeue_job, slurm_job_id
+    from mlflow_core.training.trainer import TIME_LIMIT  # torch is loaded: a run just trained
 
     signum = facts.get("interrupted_by")
     resume = facts.get("resume") or {}
     within = f" of {resume['run_dir']}" if resume.get("run_dir") else ""
-    saved = (f"{phase} stopped on a signal; run {run_id} is recorded as interrupted and saved at step "
+    cause = "at its time limit" if signum == TIME_LIMIT else "on a signal"
+    saved = (f"{phase} stopped {cause}; run {run_id} is recorded as interrupted and saved at step "
              f"{resume.get('step')}{within}.")
     resume = f"Continue it exactly where it stopped with {_resume_command(phase)}."
+    if signum == TIME_LIMIT:
+        return RunTimeLimitError(saved, hint=resume)
     if signum != signal.SIGUSR1:
         return (RunTerminatedError if signum == signal.SIGTERM else RunInterruptedError)(saved, hint=resume)
     job = slurm_job_id()

@@ -87,6 +87,38 @@ def test_sigterm_to_wf_phase_then_resume(trained_project, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_deadline_stops_like_a_signal_and_the_resume_is_bit_identical(tmp_path):
+    import time
+
+    from mlflow_core.config import load_config_text
+    from mlflow_core.training.trainer import TIME_LIMIT, Trainer
+
+    cfg = load_config_text("training: {device: cpu, epochs: 2}\nmodel: {channels: [8]}\n"
+                           "early_stopping: {enabled: false}\n", "t")
+    full = Trainer(cfg, tmp_path, tmp_path / "full").fit()
+    cut_trainer = Trainer(cfg, tmp_path, tmp_path / "cut", deadline=time.monotonic())  # already past
+    cut = cut_trainer.fit()
+    assert cut.status == "interrupted" and cut.metrics["steps"] == 1 and cut_trainer.signal_received == TIME_LIMIT
+    assert cut.metrics["stop_reason"].startswith("the time limit after step 1")
+    resumed = Trainer(cfg, tmp_path, tmp_path / "cut", resume_from=tmp_path / "cut" / "checkpoints" / "resume.pt",
+                      deadline=time.monotonic() + 3600).fit()
+    assert resumed.status == "completed"
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_time_limit_stops_the_phase_resumably_with_exit_124(wf, project_copy):
+    r = wf("phase", "baseline", "--time-limit", "61s", cwd=project_copy)  # 1 s of it left for training
+    assert r.code == 124, r.out[-2000:] + r.err
+    assert "baseline stopped at its time limit" in r.err and "wf phase baseline --resume" in r.err
+    state = json.loads((project_copy / ".wf" / "state.json").read_text())
+    run = state["runs"][-1]
+    assert run["status"] == "interrupted" and run["summary"]["resume"]["step"] >= 1
+    assert wf("phase", "baseline", "--time-limit", "1h", "--smoke", cwd=project_copy).code == 2
+    bad = wf("phase", "baseline", "--resume", "--time-limit", "soon", cwd=project_copy)
+    assert bad.code == 2 and "--time-limit 'soon': not a duration" in bad.err
+
+
 def test_resume_without_an_interrupted_run_says_what_to_run(wf, project_copy):
     r = wf("phase", "baseline", "--resume", cwd=project_copy)
     assert r.code == 2 and "no interrupted baseline run to resume" in r.err and "wf phase baseline" in r.err
