@@ -8,6 +8,7 @@ Exit codes of `wf` (documented in the README and in `wf --help`):
   4  the project is in use by another wf command
   5  a file could not be written (disk full, read-only file system, permission denied)
   6  a data-parallel run lost one of its processes mid-run (resumable)
+  124 stopped at its --time-limit (resumable)
   130 interrupted (Ctrl-C); 143 terminated (SIGTERM); 138 preempted (SIGUSR1, SLURM's warning)
 """
 

@@ -169,6 +169,7 @@ class Trainer:
         self.stop_on_signals = stop_on_signals  # SIGTERM/SIGINT: finish the step, save resume.pt, stop
         self.signal_received: int | str | None = None  # a signal number, or TIME_LIMIT
         self.deadline = deadline  # time.monotonic(): past it, stop as on a signal (under DDP rank 0 decides)
+        self.tracker: TensorBoardTracker | None = None  # monitoring.tensorboard, opened by fit on the writing rank
         # `--smoke`: this many optimizer steps per epoch and validation batches, to check that a config runs
         self.limit_train_steps, self.limit_val_batches = limit_train_steps, limit_val_batches
         self.log = logging.getLogger(f"wf.trainer.{run_id or 'anon'}")
