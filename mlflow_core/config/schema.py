@@ -359,6 +359,10 @@ class FinalizationSection(_Section):
                               "per fold and seed, each validated on its fold.")
     ensemble: bool = Field(True, description="With several final models (seeds, folds): also score their averaged "
                            "class probabilities on the test split.")
+    tta: list[Literal["hflip", "vflip"]] = Field(
+        [], description="Test-time augmentation (seed 004): each model's test predictions average the class "
+        "probabilities of the image and its flips (a predicted mask is flipped back first); the report gives "
+        "the scores without it too. Image data only.")
     export: list[Literal["state_dict", "torch_export", "onnx"]] = Field(
         ["state_dict", "torch_export"], description="Artifacts to write to export/, each reloaded and compared "
         "with the trained model on a test batch. onnx needs the onnx extra (pip install 'wf[onnx]'), "

@@ -19,13 +19,13 @@ import torch
 
 from mlflow_core.atomic import atomic_write_bytes, atomic_write_text
 from mlflow_core.config.schema import WorkflowConfig, with_changes
-from mlflow_core.errors import DataError
+from mlflow_core.errors import DataError, UserInputError
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
 from mlflow_core.training.augment import with_augmentation
 from mlflow_core.training.data import DataBundle, build_data
 from mlflow_core.training.folds import ensemble_log_probabilities, fold_data, split_folds
-from mlflow_core.training.evaluation import classification_metrics, predict, segmentation_metrics
+from mlflow_core.training.evaluation import classification_metrics, predict_with_tta, segmentation_metrics
 from mlflow_core.training.models import build_model
 from mlflow_core.workflow.evidence import file_sha256
 from mlflow_core.workflow.state import load_state
@@ -41,6 +41,9 @@ def run_finalization(ctx: RunContext) -> RunOutput:
         raise DataError(f"{ctx.project.config_path}: finalization needs a held-out test split, and data source "
                         f"'{cfg.data.source}' has none: set data.test_fraction (digits), add a test/ folder "
                         "(npz, imagefolder) or return a 'test' dataset (custom). No earlier phase may use it.")
+    if fin.tta and len(data.input_shape) != 3:
+        raise UserInputError(f"{ctx.project.config_path}: finalization.tta flips images (channels, height, width); "
+                             f"this data's samples have shape {list(data.input_shape)}.")
     state = load_state(ctx.project)
     seen_before = [getattr(e, "run_id", None) for e in state.history if e.event == "test_evaluated"]
     epochs = fin.epochs or cfg.training.epochs
@@ -77,9 +80,12 @@ def run_finalization(ctx: RunContext) -> RunOutput:
         if best:  # evaluate the checkpoint that validation chose, not the last epoch's weights
             model.load_state_dict(load_checkpoint(run_dir / best["path"])["model"])
         say(f"Evaluating {name.replace('_', ' ')} on the test split ({len(data.test)} samples)")
-        logits, targets = predict(model, data.test, run_cfg, device)
+        plain, augmented, targets = predict_with_tta(model, data.test, run_cfg, device, fin.tta)
+        logits = augmented if augmented is not None else plain
         results.append({**entry, "run_dir": ctx.project.relative(run_dir), "val_best": trained.metrics.get("best"),
                         "test": score(logits, targets, data.num_classes)})
+        if augmented is not None:  # what the flips add, from the same models and test split
+            results[-1]["test_without_tta"] = score(plain, targets, data.num_classes)
         models.append((seed, model))
         member_logits.append(logits)
     evaluated = [r for r in results if "test" in r]
@@ -95,6 +101,9 @@ def run_finalization(ctx: RunContext) -> RunOutput:
     if not evaluated:
         return RunOutput("failed_checks", facts, notes=["No final run completed: nothing was evaluated or exported."])
     facts["summary"] = summarize([r["test"] for r in evaluated])
+    if fin.tta:
+        facts["tta"] = {"views": ["identity", *fin.tta],
+                        "summary_without": summarize([r["test_without_tta"] for r in evaluated])}
     if crossval is not None:
         values = [r["val_best"]["value"] for r in evaluated if r.get("val_best")]
         crossval["val_best"] = {"metric": cfg.validation.metric, "values": values,

@@ -13,19 +13,31 @@ from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.training.data import make_loader
 
 ECE_BINS = 15  # Guo et al. 2017, "On Calibration of Modern Neural Networks"
+TTA_FLIP_DIMS = {"hflip": -1, "vflip": -2}  # image batches (N, C, H, W): width, height
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, cfg: WorkflowConfig, device: torch.device
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, on the CPU) and targets for every sample of `dataset`, in order."""
+def predict_with_tta(model: nn.Module, dataset: Dataset, cfg: WorkflowConfig, device: torch.device,
+                     tta: tuple[str, ...] | list[str]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The plain logits, the test-time-augmented ones (None without `tta`) and the targets, from one
+    pass: each batch is also seen flipped (finalization.tta), and the augmented result is the log of
+    the views' averaged class probabilities; a segmentation output is flipped back before averaging."""
     loader = make_loader(dataset, cfg, train=False, device=device, seed=cfg.reproducibility.seed)
     model.eval()
-    logits, targets = [], []
+    plain, augmented, targets = [], [], []
     for inputs, labels in loader:
-        logits.append(model(inputs.to(device)).float().cpu())
+        inputs = inputs.to(device)
+        out = model(inputs).float()
+        plain.append(out.cpu())
+        if tta:
+            views = [out.log_softmax(1)]
+            for name in tta:
+                dim = TTA_FLIP_DIMS[name]
+                flipped = model(inputs.flip(dim)).float()
+                views.append((flipped.flip(dim) if flipped.ndim == 4 else flipped).log_softmax(1))
+            augmented.append((torch.logsumexp(torch.stack(views), 0) - math.log(len(views))).cpu())
         targets.append(torch.as_tensor(labels))
-    return torch.cat(logits), torch.cat(targets).long()
+    return torch.cat(plain), (torch.cat(augmented) if tta else None), torch.cat(targets).long()
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, Any]:

@@ -144,23 +144,56 @@ def test_segmentation_through_the_phases(wf, tmp_path):
     assert wf("phase", "baseline", "--override-gate", "segmentation test", cwd=root).code in (0, 1)
     report = (root / "reports" / "baseline_results.md").read_text()
     assert "Val IoU" in report and "accuracy and F1 are over pixels" in report
+    config = root / "training_config.yaml"
+    config.write_text(config.read_text() + "finalization: {tta: [hflip, vflip]}\n")
     r = wf("phase", "finalization", "--override-gate", "segmentation test", cwd=root)
     assert r.code == 0, r.out[-2000:] + r.err
     facts = json.loads((root / ".wf" / "evidence" / "finalization.json").read_text())["facts"]
     test = facts["seeds"][0]["test"]
     assert test["pixels"] == 8 * 32 * 32 and len(test["iou_per_class"]) == 3 and "mean_iou" in facts["summary"]
+    assert facts["tta"]["views"] == ["identity", "hflip", "vflip"]
+    assert facts["seeds"][0]["test_without_tta"]["pixels"] == test["pixels"]
     assert {e["kind"]: e["verified"] for e in facts["exports"]} == {"state_dict": True, "torch_export": True}
-    assert "Mean IoU of the classes" in (root / "reports" / "final_report.md").read_text()
+    card = (root / "reports" / "final_report.md").read_text()
+    assert "Mean IoU of the classes" in card and "Test-time augmentation: each model averages" in card
 
 
-def test_a_mask_class_id_out_of_range_names_the_file(tmp_path):
-    from mlflow_core.errors import DataError
-    from mlflow_core.training.data import build_data
-    from mlflow_core.training.data_checks import check_data
+def test_tta_flips_a_predicted_mask_back_before_averaging(tmp_path):
+    """A flip-equivariant segmenter (its logits are its input) sees the same mask in every view once
+    each is flipped back, so TTA changes nothing; a classifier that looks at the left column only sees
+    a different image flipped, and TTA averages the two views' probabilities."""
+    from torch.utils.data import TensorDataset
 
-    make_tiles(tmp_path / "tiles")
-    np.savez(tmp_path / "tiles" / "train" / "tile_005.npz", image=np.zeros((5, 32, 32), np.float32),
-             mask=np.full((32, 32), 7))
-    cfg = load_config_text(SEGMENTATION.format(epochs=1, sampling="uniform"), "seg.yaml")
-    with pytest.raises(DataError, match="tile_005.npz: the mask holds class id 7, outside 0..2"):
-        check_data(build_data(cfg, tmp_path), 8)
+    from mlflow_core.training.evaluation import predict_with_tta
+
+    cfg = load_config_text("training: {device: cpu}\n", "t")
+    images = torch.randn(6, 3, 5, 7, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(6, 5, 7, dtype=torch.long)
+    segmenter = torch.nn.Identity()
+    plain, augmented, _ = predict_with_tta(segmenter, TensorDataset(images, masks), cfg, torch.device("cpu"),
+                                           ["hflip", "vflip"])
+    assert torch.allclose(augmented, plain.log_softmax(1), atol=1e-6)
+
+    class LeftColumn(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :, :, 0].mean(2)  # (N, 3): depends on where the left edge is
+
+    labels = torch.zeros(6, dtype=torch.long)
+    plain, augmented, _ = predict_with_tta(LeftColumn(), TensorDataset(images, labels), cfg, torch.device("cpu"),
+                                           ["hflip"])
+    flipped = images.flip(-1)[:, :, :, 0].mean(2)
+    expected = ((plain.softmax(1) + flipped.softmax(1)) / 2).log()
+    assert torch.allclose(augmented, expected, atol=1e-6) and not torch.allclose(augmented, plain.log_softmax(1))
+
+
+def test_tta_needs_image_samples(wf, tmp_path):
+    assert wf("init", "v", cwd=tmp_path).code == 0
+    root = tmp_path / "v"
+    (root / "vectors.py").write_text(
+        "import torch\n\n\ndef build(**_):\n"
+        "    part = lambda n: torch.utils.data.TensorDataset(torch.randn(n, 16), torch.arange(n) % 2)\n"
+        "    return {'train': part(40), 'val': part(10), 'test': part(10)}\n")
+    (root / "training_config.yaml").write_text("data: {source: custom, target: 'vectors:build', num_classes: 2}\n"
+                                               "training: {device: cpu, epochs: 1}\nfinalization: {tta: [hflip]}\n")
+    r = wf("phase", "finalization", "--override-gate", "tta check", cwd=root)
+    assert r.code == 2 and "finalization.tta flips images" in r.err and "[16]" in r.err
