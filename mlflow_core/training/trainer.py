@@ -795,7 +795,7 @@ class Trainer:
             "config": self.cfg.model_dump(mode="json"), "run_id": self.run_id,
         })
         return {"path": str(path.relative_to(self.run_dir)), "epoch": epoch, "step": global_step,
-                "sha256": file_sha256(path)}
+                "sha256": file_sha256(path), "world_size": self.world.world_size if self.world is not None else 1}
 
     def _restore(self, fresh_metrics: dict[str, Any]) -> dict[str, Any]:
         from mlflow_core.errors import UserInputError

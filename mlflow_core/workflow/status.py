@@ -54,7 +54,10 @@ def suggest_next(current: str | None, phases: list[dict[str, Any]], busy: bool =
     # interrupted, or "running" with no wf command holding the project: its process died
     stopped = run is not None and (run["status"] == "interrupted" or (run["status"] == "running" and not busy))
     if stopped and current in RESUMABLE_PHASES:
-        return f"wf phase {current} --resume   (run {run['run_id']} stopped before its end)"
+        # an exact resume needs as many processes as wrote the resume point
+        processes = ((run.get("summary") or {}).get("resume") or {}).get("world_size", 1)
+        ddp = f" --nproc-per-node {processes}" if processes > 1 else ""
+        return f"wf phase {current} --resume{ddp}   (run {run['run_id']} stopped before its end)"
     if run is not None and run["status"] == "running":
         return f"wait: run {run['run_id']} is in progress (`wf status` again later)"
     if run is None or stopped:

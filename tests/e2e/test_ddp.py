@@ -93,6 +93,8 @@ def test_ddp_sigterm_stops_every_rank_at_one_step_and_resume_is_exact(project, t
     assert run["status"] == "interrupted"
     resume = torch.load(project / run["dir"] / "checkpoints" / "resume.pt", weights_only=True)
     assert resume["world_size"] == 2 and len(resume["by_rank"]) == 2
+    status = json.loads(_wf(project, "status", "--json").stdout)
+    assert status["next"].startswith("wf phase baseline --resume --nproc-per-node 2 ")
     wrong = _wf(project, "phase", "baseline", "--resume")  # one process cannot continue two ranks exactly
     assert wrong.returncode == 2 and "--nproc-per-node 2" in wrong.stderr
     r = _wf(project, "phase", "baseline", "--resume", "--nproc-per-node", "2")
