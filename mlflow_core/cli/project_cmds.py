@@ -1,4 +1,4 @@
-"""`wf init`, `wf quickstart`, `wf status`, `wf decide`."""
+"""`wf init`, `wf quickstart`, `wf status`, `wf runs`, `wf decide`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def register(app: typer.Typer) -> None:
     app.command()(init)
     app.command()(quickstart)
     app.command()(status)
+    app.add_typer(runs_app, name="runs")
     app.command()(decide)
 
 
@@ -52,6 +53,70 @@ def quickstart(directory: Path = typer.Argument(Path("wf-quickstart"), help="Pro
                   f"`wf checklist tick post_baseline results_reviewed` and "
                   f"`{baseline.recommendation.command if baseline.recommendation else 'wf decide finalize'}`")
     raise typer.Exit(0 if baseline.passed else 1)
+
+
+runs_app = typer.Typer(help="The project's runs, newest first; `wf runs diff A B` compares two configs.",
+                       no_args_is_help=False, add_completion=False)
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs(ctx: typer.Context,
+         phase: str = typer.Option(None, "--phase", help="Only this phase's runs."),
+         last: int = typer.Option(None, "--last", min=1, metavar="N", help="Only the N newest."),
+         as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """The project's runs, newest first: phase, status, whether it passed, best validation metric,
+    epochs, duration and start. `wf runs diff RUN_A RUN_B` shows what changed between two."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from mlflow_core.workflow.project import Project
+    from mlflow_core.workflow.runs import run_rows
+
+    rows = run_rows(Project.find(), phase, last)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("No runs yet. Start with `wf phase setup`." if phase is None else
+                      f"No {phase} runs yet; `wf status` says what to run next.")
+        return
+    table = Table(title_justify="left")
+    for col in ("run", "phase", "status", "passed", "best", "epochs", "duration", "started"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        best = r["best"]
+        table.add_row(r["run_id"], r["phase"], r["status"],
+                      "—" if r["passed"] is None else mark(r["passed"]),
+                      f"{best['metric']} {best['value']:.4g} @{best['epoch']}" if best else "—",
+                      str(r["epochs"] or "—"), f"{r['duration_s']:.0f} s" if r["duration_s"] else "—",
+                      r["started_at"].replace("T", " ")[:19])
+    console.print(table)
+
+
+@runs_app.command("diff")
+def runs_diff(run_a: str = typer.Argument(..., help="A run id, or a unique prefix of one."),
+              run_b: str = typer.Argument(..., help="Another."),
+              as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """The config keys whose values differ between two training runs, and each run's best result."""
+    from mlflow_core.workflow.project import Project
+    from mlflow_core.workflow.runs import config_diff
+
+    result = config_diff(Project.find(), run_a, run_b)
+    if as_json:
+        print_json(result)
+        return
+    if result["changed"]:
+        table = Table(title=f"{result['a']} → {result['b']}", title_justify="left")
+        for col in ("config key", "A", "B"):
+            table.add_column(col, overflow="fold")
+        for row in result["changed"]:
+            table.add_row(row["key"], repr(row["a"]), repr(row["b"]))
+        console.print(table)
+    else:
+        console.print(f"{result['a']} and {result['b']}: the same config.")
+    for label, run_id in (("A", result["a"]), ("B", result["b"])):
+        best = result["best"][run_id]
+        console.print(f"{label} {run_id}: " + (f"best {best['metric']} {best['value']:.4g} (epoch {best['epoch']})"
+                                               if best else "no best result recorded"))
 
 
 def status(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
