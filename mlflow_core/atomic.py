@@ -101,8 +101,9 @@ def _refused_write(exc: BaseException) -> OSError | None:
 
 
 def remove_stale_temp_files(directory: Path, recursive: bool = False) -> list[Path]:
-    """Remove the temp files of atomic writes that a killed process left behind (`.NAME.XXXX.tmp`).
-    Call it while holding the project lock, when no writer of ours is alive to own them."""
+    """Remove the temp files that a killed writer left behind: a dot, the target's name, mkstemp's
+    random part and TEMP_SUFFIX. Call it while holding the project lock, when no writer of ours is
+    alive to own them."""
     if not directory.is_dir():
         return []
     pattern = f".*{TEMP_SUFFIX}"

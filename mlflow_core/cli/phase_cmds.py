@@ -88,13 +88,13 @@ def parse_duration(text: str, option: str) -> float:
     from mlflow_core.errors import UserInputError
 
     value = text.strip().lower()
-    units = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?", value)
-    clock = re.fullmatch(r"(\d+):([0-5]?\d):([0-5]?\d)", value)
     if re.fullmatch(r"\d+(?:\.\d+)?", value):
         return float(value)
+    clock = re.fullmatch(r"(\d+):([0-5]?\d):([0-5]?\d)", value)
     if clock:
         return int(clock[1]) * 3600 + int(clock[2]) * 60 + int(clock[3])
-    if value and units and any(units.groups()):
+    units = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?", value)
+    if units and any(units.groups()):
         h, m, sec = (float(g) if g else 0.0 for g in units.groups())
         return h * 3600 + m * 60 + sec
     raise UserInputError(f"{option} {text!r}: not a duration; write e.g. 8h30m, 45m, 90s or 2:30:00.")

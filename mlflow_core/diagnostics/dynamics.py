@@ -190,10 +190,6 @@ class _RelabeledDataset(Dataset):
         return inputs, self.labels[index]
 
 
-def dataset_labels(dataset: Dataset) -> list[int]:
-    return [int(v) for v in dataset_targets(dataset)]
-
-
 def shuffled_label_control(cfg: WorkflowConfig, project_root: Path, data: DataBundle, *, steps: int,
                            learning_rate: float | None = None) -> dict[str, Any]:
     """The same short run twice, on the real labels and on a fixed permutation of them."""
@@ -201,7 +197,7 @@ def shuffled_label_control(cfg: WorkflowConfig, project_root: Path, data: DataBu
 
     if learning_rate is not None:
         cfg = with_changes(cfg, {"training.learning_rate": learning_rate})
-    labels = dataset_labels(data.train)
+    labels = [int(v) for v in dataset_targets(data.train)]
     generator = torch.Generator().manual_seed(cfg.reproducibility.seed + 1)
     permuted = [labels[i] for i in torch.randperm(len(labels), generator=generator).tolist()]
     shuffled = DataBundle(_RelabeledDataset(data.train, permuted), data.val, None, data.num_classes,

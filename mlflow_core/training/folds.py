@@ -25,7 +25,8 @@ def sample_labels(bundle: DataBundle) -> list[int] | None:
     """The class of each pooled sample (train, then val), for stratification; None for masks
     (segmentation). Targets are read without decoding images where the dataset allows."""
     read = target_reader(pooled(bundle))
-    if isinstance(read(0), torch.Tensor) and read(0).ndim >= 1:
+    first = read(0)
+    if isinstance(first, torch.Tensor) and first.ndim >= 1:
         return None
     return [int(read(i)) for i in range(len(bundle.train) + len(bundle.val))]
 

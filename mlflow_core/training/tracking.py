@@ -78,8 +78,7 @@ class TensorBoardTracker:
             return
         finite = {f"hparam/{k}": v for k, v in results.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         self._guarded(lambda: self.writer.add_hparams(hparams, finite, run_name="."))
-        if self.writer is not None:
-            self._guarded(self.writer.close)
+        self._guarded(lambda: self.writer.close())
         self.writer = None
 
     def _guarded(self, write: Any) -> None:
