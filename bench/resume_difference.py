@@ -89,7 +89,7 @@ def main() -> None:
                 verdict = "within the device's run-to-run difference"
             else:
                 verdict = "resume adds a difference"
-            print(f"{str(deterministic):<14}{precision:<10}{r['a_r']:>12.3g}{r['a_b']:>12.3g}"
+            print(f"{deterministic!s:<14}{precision:<10}{r['a_r']:>12.3g}{r['a_b']:>12.3g}"
                   f"{r['val_a']:>12.6f}{r['val_r']:>12.6f}  {verdict} (stopped at step {r['stopped_at']} of {r['steps']})")
 
 

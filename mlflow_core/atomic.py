@@ -6,6 +6,7 @@ never a torn one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -78,10 +79,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
         refused = _refused_write(exc)
         if refused is not None:
             raise storage_error(path, refused) from None
@@ -109,10 +108,8 @@ def remove_stale_temp_files(directory: Path, recursive: bool = False) -> list[Pa
     pattern = f".*{TEMP_SUFFIX}"
     found = sorted(directory.rglob(pattern) if recursive else directory.glob(pattern))
     for stale in found:
-        try:
+        with contextlib.suppress(OSError):
             stale.unlink()
-        except OSError:
-            pass
     return found
 
 

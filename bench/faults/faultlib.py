@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-
 # --- data: scikit-learn's handwritten digits (real, offline), 1,797 8×8 images ----------------------
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:

@@ -234,7 +234,7 @@ def run_case(case: Case, root: Path, fix: bool = True) -> dict[str, Any]:
     if case.data:
         case.data(project)
     edit_config(project / "training_config.yaml", case.edits)
-    code, _, err, setup_s = wf("phase", "setup", cwd=project)
+    code, _, err, _setup_s = wf("phase", "setup", cwd=project)
     out["setup_exit"] = code
     wf("checklist", "tick", "reproducibility", "data_documented", "config_committed", cwd=project)
     code, _, err, run_s = wf("phase", "baseline", cwd=project)
@@ -279,7 +279,7 @@ def main() -> int:
         result = run_case(case, root, fix=not args.no_fix)
         result["wall_s"] = round(time.perf_counter() - t0, 1)
         results.append(result)
-        print(f"{case.name:26} expected {str(case.expected):48} top {str(result['top']):48} "
+        print(f"{case.name:26} expected {case.expected!s:48} top {result['top']!s:48} "
               f"run {result['run_s']:5.1f}s diagnose {result['diagnose_s']:5.1f}s", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
@@ -292,7 +292,7 @@ def main() -> int:
 def report(results: list[dict[str, Any]]) -> None:
     faults = [r for r in results if r["expected"]]
     healthy = [r for r in results if not r["expected"]]
-    labels = sorted({r["expected"][0] for r in faults} | {r["top"][0] for r in results if r["top"]}) + ["(none)"]
+    labels = [*sorted({r["expected"][0] for r in faults} | {r["top"][0] for r in results if r["top"]}), "(none)"]
     rows = sorted({r["expected"][0] for r in faults}) + (["(healthy)"] if healthy else [])
     print("\nConfusion (rows: injected fault; columns: top-1 diagnosis)")
     short = {label: label[:10] for label in labels}

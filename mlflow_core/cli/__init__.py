@@ -11,8 +11,16 @@ import sys
 import typer
 
 from mlflow_core import __version__
-from mlflow_core.cli import (checklist_cmds, config_cmds, diagnose_cmds, gate_cmds, phase_cmds, project_cmds,
-                             slurm_cmds, tune_cmds)
+from mlflow_core.cli import (
+    checklist_cmds,
+    config_cmds,
+    diagnose_cmds,
+    gate_cmds,
+    phase_cmds,
+    project_cmds,
+    slurm_cmds,
+    tune_cmds,
+)
 from mlflow_core.cli.output import err_console
 from mlflow_core.errors import WfError
 

@@ -10,10 +10,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mlflow_core.config import CONFIG_FILENAME  # noqa: F401  (re-exported)
 from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.errors import ConfigError
-
-from mlflow_core.config import CONFIG_FILENAME  # noqa: F401  (re-exported)
 
 
 def load_config(path: str | Path) -> WorkflowConfig:

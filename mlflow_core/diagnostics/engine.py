@@ -9,7 +9,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-
 from mlflow_core.diagnostics import DIAGNOSTICS, Diagnosis
 from mlflow_core.diagnostics.dynamics_detectors import DYNAMICS_DETECTORS
 from mlflow_core.diagnostics.evidence_detectors import EVIDENCE_DETECTORS, DiagnoseContext

@@ -163,7 +163,7 @@ def update_scale(dump: dict[str, Any], cfg: WorkflowConfig, project_root: Path, 
         step = lr * g if sgd else lr * math.sqrt(p.numel())
         layers.append({"name": name, "grad_norm": g, "weight_norm": w,
                        "update_ratio": step / w if w > 0 else float("inf")})
-    ratios = [l["update_ratio"] for l in layers if math.isfinite(l["update_ratio"])]
+    ratios = [layer["update_ratio"] for layer in layers if math.isfinite(layer["update_ratio"])]
     return {"loss_at_init": float(loss.detach()), "ln_num_classes": math.log(num_classes),
             "weight_norm_init": _weight_norm(model), "layers": layers,
             "max_update_ratio": max(ratios) if ratios else None,

@@ -10,7 +10,6 @@ from typing import Any
 
 from mlflow_core.atomic import atomic_write_bytes
 
-
 NO_MATPLOTLIB = "matplotlib is not installed (pip install 'wf[train]'); no pictures"
 
 
@@ -109,10 +108,11 @@ def diagnosis_figures(diagnosis: dict[str, Any], run_dir: Path,
         out.append(_save(fig, plt, figures_dir, f"diagnosis_{name}_curve.png", "Loss and gradient norm per step"))
     probes = diagnosis["probes"]
     scale = probes.get("update_scale") or (probes.get("nan_loss") or {}).get("update_scale")
-    layers = [l for l in (scale or {}).get("layers", []) if math.isfinite(l["update_ratio"]) and l["update_ratio"] > 0]
+    layers = [layer for layer in (scale or {}).get("layers", [])
+              if math.isfinite(layer["update_ratio"]) and layer["update_ratio"] > 0]
     if layers:  # none are finite when the offending batch itself holds NaN/Inf
         fig, ax = plt.subplots(figsize=(6.5, max(2.5, 0.22 * len(layers) + 1)), dpi=100)
-        ax.barh([l["name"] for l in layers], [l["update_ratio"] for l in layers])
+        ax.barh([layer["name"] for layer in layers], [layer["update_ratio"] for layer in layers])
         ax.axvline(0.1, color="red", linestyle=":", label="0.1: too large")
         ax.set_xscale("log")
         ax.invert_yaxis()
@@ -135,7 +135,8 @@ def _probe(diagnosis: dict[str, Any], name: str) -> dict[str, Any]:
 def _dynamics_figures(diagnosis: dict[str, Any], figures_dir: Path, plt: Any) -> list[dict[str, str]]:
     out = []
     name = diagnosis["diagnostic"]
-    grads = [(l["name"], _num(l["grad_norm"])) for l in _probe(diagnosis, "vanishing_gradients").get("layers", [])]
+    grads = [(layer["name"], _num(layer["grad_norm"]))
+             for layer in _probe(diagnosis, "vanishing_gradients").get("layers", [])]
     grads = [(n, g) for n, g in grads if math.isfinite(g) and g > 0]
     if grads and (name == "vanishing_gradients" or any(f["diagnostic"] == "vanishing_gradients"
                                                        for f in diagnosis["findings"])):
@@ -150,12 +151,12 @@ def _dynamics_figures(diagnosis: dict[str, Any], figures_dir: Path, plt: Any) ->
     dead = _probe(diagnosis, "dead_relu")
     layers = dead.get("layers") or []
     if layers and (name == "dead_relu" or any(f["diagnostic"] == "dead_relu" for f in diagnosis["findings"])):
-        init = {l["layer"]: l["dead_fraction"] for l in dead.get("at_init") or []}
+        init = {layer["layer"]: layer["dead_fraction"] for layer in dead.get("at_init") or []}
         fig, ax = plt.subplots(figsize=(6.5, max(2.5, 0.3 * len(layers) + 1)), dpi=100)
         y = range(len(layers))
-        ax.barh([i + 0.2 for i in y], [l["dead_fraction"] for l in layers], height=0.4, label="last weights")
-        ax.barh([i - 0.2 for i in y], [init.get(l["layer"], 0.0) for l in layers], height=0.4, label="initialisation")
-        ax.set_yticks(list(y), [l["layer"] for l in layers])
+        ax.barh([i + 0.2 for i in y], [layer["dead_fraction"] for layer in layers], height=0.4, label="last weights")
+        ax.barh([i - 0.2 for i in y], [init.get(layer["layer"], 0.0) for layer in layers], height=0.4, label="initialisation")
+        ax.set_yticks(list(y), [layer["layer"] for layer in layers])
         ax.axvline(0.5, color="red", linestyle=":", label="50 %")
         ax.set_xlim(0, 1)
         ax.invert_yaxis()

@@ -21,11 +21,11 @@ from mlflow_core.atomic import atomic_write_bytes, atomic_write_text
 from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.errors import DataError, UserInputError
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
-from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
 from mlflow_core.training.augment import with_augmentation
+from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
 from mlflow_core.training.data import DataBundle, build_data
-from mlflow_core.training.folds import ensemble_log_probabilities, fold_data, split_folds
 from mlflow_core.training.evaluation import classification_metrics, predict_with_tta, segmentation_metrics
+from mlflow_core.training.folds import ensemble_log_probabilities, fold_data, split_folds
 from mlflow_core.training.models import build_model
 from mlflow_core.workflow.evidence import file_sha256
 from mlflow_core.workflow.state import load_state

@@ -71,7 +71,7 @@ def _sampler(optuna: Any, cfg: WorkflowConfig, seed: int) -> Any:
             if spec.type == "categorical":
                 grid[key] = spec.choices
             elif spec.step:
-                count = int(round((spec.high - spec.low) / spec.step)) + 1
+                count = round((spec.high - spec.low) / spec.step) + 1
                 grid[key] = [spec.low + i * spec.step for i in range(count)]
                 if spec.type == "int":
                     grid[key] = [int(v) for v in grid[key]]
@@ -133,7 +133,7 @@ def run_optimization(ctx: RunContext) -> RunOutput:
         import optuna
     except ImportError:
         raise UserInputError("`wf phase optimization` needs Optuna, which is not installed.",
-                             hint="Install it with `pip install 'wf[tune]'` (the README's dev install includes it).")
+                             hint="Install it with `pip install 'wf[tune]'` (the README's dev install includes it).") from None
     from mlflow_core.training.data import build_data
 
     cfg, opt, say = ctx.cfg, ctx.cfg.optimization, ctx.on_message

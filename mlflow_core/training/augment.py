@@ -99,7 +99,7 @@ class BatchMixer:
         self.transform = choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
         self.probability = aug.mix_probability
         # epochs 1..last_epoch are mixed; e.g. 100 epochs with 0.1 off: 1..90
-        self.last_epoch = epochs - int(math.floor(epochs * aug.mix_off_last_fraction + 1e-9))
+        self.last_epoch = epochs - math.floor(epochs * aug.mix_off_last_fraction + 1e-9)
 
     def active(self, epoch: int) -> bool:
         return epoch <= self.last_epoch

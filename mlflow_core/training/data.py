@@ -4,8 +4,8 @@ own callable. Every source yields `(input_tensor, int_label)` items."""
 from __future__ import annotations
 
 import importlib
-import zipfile
 import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,9 +165,8 @@ class NpzMaskDataset(NpzPatchDataset):
         if mask.shape != image.shape[1:]:
             raise DataError(f"{path}: mask has shape {mask.shape}, the image's height and width are "
                             f"{image.shape[1:]}; a mask holds one class id per pixel")
-        if not np.issubdtype(mask.dtype, np.integer):
-            if not np.array_equal(mask, np.round(mask)):
-                raise DataError(f"{path}: mask holds non-integer values ({mask.dtype}); it must hold class ids")
+        if not np.issubdtype(mask.dtype, np.integer) and not np.array_equal(mask, np.round(mask)):
+            raise DataError(f"{path}: mask holds non-integer values ({mask.dtype}); it must hold class ids")
         return image, mask
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

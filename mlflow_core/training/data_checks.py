@@ -36,7 +36,7 @@ def _scan(dataset: Dataset, num_classes: int) -> dict[str, Any]:
         if isinstance(y, torch.Tensor) and y.ndim >= 1:  # a mask: its pixels are the labels
             low, high = int(y.min()), int(y.max())
             masks = True
-            if not (0 <= low and high < num_classes):
+            if not (low >= 0 and high < num_classes):
                 bad_labels.append((i, low if low < 0 else high))
             for cls, n in enumerate(torch.bincount(y.flatten().clamp(0, num_classes - 1), minlength=num_classes)
                                     .tolist()):

@@ -100,7 +100,7 @@ def _reproducible(ctx: CheckContext) -> CheckResult:
     if not rep:
         return CheckResult(False, "not verified")
     detail = (f"{rep.get('steps')} steps twice on {rep.get('device')}: "
-              f"{'bit-identical' if rep.get('identical') else 'max |Δw| = %.3g' % rep.get('max_abs_diff', float('nan'))}")
+              f"{'bit-identical' if rep.get('identical') else 'max |Δw| = {:.3g}'.format(rep.get('max_abs_diff', float('nan')))}")
     return CheckResult(bool(rep.get("passed")), detail)
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -61,7 +62,7 @@ def test_ddp_baseline_matches_the_single_process_run(project, tmp_path):
     assert _wf(single, "phase", "baseline", *OVERRIDE).returncode in (0, 1)
     r = _wf(project, "phase", "baseline", "--nproc-per-node", "2", *OVERRIDE)
     assert r.returncode in (0, 1), r.stdout[-2000:] + r.stderr
-    run, ddp = _latest(project)
+    _run, ddp = _latest(project)
     _, one = _latest(single)
     assert ddp["status"] == one["status"] == "completed"
     assert ddp["steps"] == one["steps"]  # 2 × 32 per step against 64: the same number of steps
@@ -89,7 +90,7 @@ def test_ddp_sigterm_stops_every_rank_at_one_step_and_resume_is_exact(project, t
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, out[-2000:] + err
     assert "wf phase baseline --resume` with the same 2 processes" in err
-    run, metrics = _latest(project)
+    run, _metrics = _latest(project)
     assert run["status"] == "interrupted"
     resume = torch.load(project / run["dir"] / "checkpoints" / "resume.pt", weights_only=True)
     assert resume["world_size"] == 2 and len(resume["by_rank"]) == 2
@@ -114,8 +115,8 @@ def _rank_pid(launcher: subprocess.Popen, rank: int, timeout: float = 60) -> int
             if not entry.isdigit():
                 continue
             try:
-                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
-                env = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
             except (OSError, IndexError, ValueError):
                 continue
             if ppid == launcher.pid and f"RANK={rank}".encode() in env:
@@ -249,7 +250,7 @@ def test_ddp_a_nan_on_one_rank_stops_all_ranks(project):
                          ("data.num_classes", "10")])
     r = _wf(project, "phase", "baseline", "--nproc-per-node", "2", *OVERRIDE, timeout=180)
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr  # no rank left waiting: the run ends, failed
-    run, metrics = _latest(project)
+    _run, metrics = _latest(project)
     assert metrics["status"] == "failed_nan" and metrics["nonfinite"]["step"] < 23  # in the first epoch
 
 

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from mlflow_core.content import packaged_root
-from mlflow_core.workflow.checks import CHECKS
 from mlflow_core.workflow.checklist import parse_checklist
+from mlflow_core.workflow.checks import CHECKS
 from mlflow_core.workflow.phases import PHASE_ORDER, load_phase
 
 ROOT = packaged_root()
@@ -65,8 +65,8 @@ def test_phase_files_are_plain_yaml():
 
 def test_every_diagnostic_has_a_playbook_naming_its_causes():
     import re
-    from mlflow_core.diagnostics import DIAGNOSTICS
-    from mlflow_core.diagnostics import dynamics_detectors, evidence_detectors, nan_loss
+
+    from mlflow_core.diagnostics import DIAGNOSTICS, dynamics_detectors, evidence_detectors, nan_loss
     for name in DIAGNOSTICS:
         path = ROOT / "diagnostics" / f"{name}.md"
         assert path.is_file(), name
@@ -91,4 +91,4 @@ def test_the_gate_knows_every_cause_a_fix_trial_can_verify():
     from mlflow_core.diagnostics.engine import LR_TRIALS
     from mlflow_core.workflow.checks import CONFIG_FIXABLE
 
-    assert CONFIG_FIXABLE == set(LR_TRIALS) | {"unnormalized_inputs", "amp_overflow"}
+    assert set(LR_TRIALS) | {"unnormalized_inputs", "amp_overflow"} == CONFIG_FIXABLE

@@ -2,8 +2,13 @@ import math
 
 import pytest
 
-from mlflow_core.monitoring.anomalies import (EarlyStopping, GradExplosionDetector, StallDetector, Verdict,
-                                              first_nonfinite)
+from mlflow_core.monitoring.anomalies import (
+    EarlyStopping,
+    GradExplosionDetector,
+    StallDetector,
+    Verdict,
+    first_nonfinite,
+)
 
 
 @pytest.mark.parametrize("values, expected", [

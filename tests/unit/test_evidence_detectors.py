@@ -4,8 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_core.diagnostics.evidence_detectors import (DiagnoseContext, class_imbalance, data_leakage,
-                                                        input_scaling, overfitting)
+from mlflow_core.diagnostics.evidence_detectors import (
+    DiagnoseContext,
+    bad_initialization,
+    class_imbalance,
+    data_leakage,
+    exploding_gradients,
+    input_scaling,
+    overfitting,
+    resource_inefficiency,
+)
 from mlflow_core.workflow.state import RunRecord
 
 RUN = RunRecord(run_id="r1", phase="baseline", status="completed", started_at="t", dir="runs/r1")
@@ -63,9 +71,6 @@ def test_overfitting(val, train, tacc, vacc, expected):
 def test_without_setup_evidence_says_what_to_run():
     d = data_leakage(ctx(None))
     assert d.findings == [] and "wf phase setup" in d.probes["note"]
-
-
-from mlflow_core.diagnostics.evidence_detectors import bad_initialization, exploding_gradients, resource_inefficiency
 
 
 def gpu_ctx(p50, wait, batch, device="cuda:0", available=True):

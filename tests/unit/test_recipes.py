@@ -340,7 +340,7 @@ def test_recipe_curriculum_with_onecycle_spans_all_stages_and_resumes_exactly(tm
 def test_recipe_curriculum_must_add_up(tmp_path):
     from mlflow_core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="add up to 2, and training.epochs is 3"):
+    with pytest.raises(ConfigError, match=r"add up to 2, and training\.epochs is 3"):
         config(epochs=3, extra="curriculum: {stages: [{epochs: 1}, {epochs: 1}]}")
     with pytest.raises(ConfigError, match="mixing is on"):
         config(epochs=1, extra="curriculum: {stages: [{epochs: 1, mixing: true}]}")

@@ -8,8 +8,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from mlflow_core.config import load_config_text  # noqa: E402
-from mlflow_core.training.data import (DistributedWeightedSampler, balanced_sample_weights,  # noqa: E402
-                                       build_data, target_reader)
+from mlflow_core.training.data import (  # noqa: E402
+    DistributedWeightedSampler,
+    balanced_sample_weights,
+    build_data,
+    target_reader,
+)
 from tests.unit.test_segmentation import SEGMENTATION, make_tiles  # noqa: E402
 
 
@@ -20,7 +24,7 @@ def _skewed_weights(n=400, rare_every=10):
 
 
 def test_ranks_share_one_draw_each_its_part():
-    labels, weights = _skewed_weights(n=401)
+    _labels, weights = _skewed_weights(n=401)
     parts = [list(DistributedWeightedSampler(weights, 3, rank, seed=7)) for rank in range(3)]
     assert [len(p) for p in parts] == [134, 134, 134]  # ceil(401 / 3) each, as the step count assumes
     whole = torch.multinomial(weights, 402, replacement=True, generator=torch.Generator().manual_seed(7)).tolist()

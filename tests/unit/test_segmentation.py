@@ -122,7 +122,7 @@ def test_a_mask_of_the_wrong_size_names_the_file(tmp_path):
     np.savez(tmp_path / "tiles" / "train" / "tile_000.npz", image=np.zeros((5, 32, 32), np.float32),
              mask=np.zeros((16, 16), np.int64))
     cfg = load_config_text(SEGMENTATION.format(epochs=1, sampling="uniform"), "seg.yaml")
-    with pytest.raises(DataError, match="tile_000.npz: mask has shape"):
+    with pytest.raises(DataError, match=r"tile_000\.npz: mask has shape"):
         build_data(cfg, tmp_path).train[0]
 
 

@@ -56,10 +56,10 @@ def test_corrupt_state_is_named_and_left_alone(project, content, fragment):
 
 
 def test_one_writer_per_project(project):
-    with project_lock(project, "wf phase baseline"):
-        with pytest.raises(ProjectBusyError, match=r"in use by `wf phase baseline` \(pid \d+\)"):
-            with project_lock(project, "wf decide finalize"):
-                pass
+    with (project_lock(project, "wf phase baseline"),
+          pytest.raises(ProjectBusyError, match=r"in use by `wf phase baseline` \(pid \d+\)"),
+          project_lock(project, "wf decide finalize")):
+        pass
     with project_lock(project):  # released
         pass
 

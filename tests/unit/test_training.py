@@ -1,6 +1,7 @@
 """The shared trainer's parts on small real or generated data: sources, models, schedulers, and
 both monitoring paths (per-step on the CPU, windowed as on GPUs — forced here on the CPU)."""
 
+import itertools
 import math
 
 import numpy as np
@@ -64,8 +65,8 @@ def test_imagefolder(tmp_path):
                 Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     data = build_data(cfg("data: {source: imagefolder, path: imgs, image_size: 16}"), tmp_path)
     assert data.num_classes == 2 and data.input_shape == (3, 16, 16)
-    x, y = data.train[0]
-    assert x.dtype == torch.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    x, _y = data.train[0]
+    assert x.dtype == torch.float32 and x.min() >= 0.0 and x.max() <= 1.0
 
 
 USER_CODE = '''
@@ -104,7 +105,7 @@ training: {epochs: 2, batch_size: 16}
 def test_custom_target_that_does_not_import(tmp_path):
     c = cfg('model: {name: custom, target: "nowhere:Model"}')
     data = build_data(cfg(), tmp_path)
-    with pytest.raises(UserInputError, match="model.target = 'nowhere:Model': cannot import it"):
+    with pytest.raises(UserInputError, match=r"model\.target = 'nowhere:Model': cannot import it"):
         build_model(c.model, 10, data.input_shape, tmp_path)
 
 
@@ -116,7 +117,7 @@ def test_models_take_six_bands(tmp_path, name):
 
 
 def test_in_channels_mismatch_is_named(tmp_path):
-    with pytest.raises(UserInputError, match="model.in_channels is 3 but the data has 6 channels"):
+    with pytest.raises(UserInputError, match=r"model\.in_channels is 3 but the data has 6 channels"):
         build_model(cfg("model: {in_channels: 3}").model, 5, (6, 32, 32), tmp_path)
 
 
@@ -136,7 +137,7 @@ checkpointing: {{save_best: false, save_last: false, checkpoint_every_n_epochs: 
     if lrs:
         assert seen == pytest.approx(lrs)
     else:
-        assert seen[0] == 1e-3 and all(b <= a for a, b in zip(seen, seen[1:]))
+        assert seen[0] == 1e-3 and all(b <= a for a, b in itertools.pairwise(seen))
 
 
 NAN_CONFIG = """
@@ -153,7 +154,7 @@ def test_nonfinite_found_at_exact_step_on_both_paths(tmp_path, windowed):
     assert result.status == "failed_nan"
     rows = (tmp_path / "run" / "logs" / "steps.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[2]) for r in rows]
-    first_bad = next(i for i, v in enumerate(losses + [math.nan]) if not math.isfinite(v))
+    first_bad = next(i for i, v in enumerate([*losses, math.nan]) if not math.isfinite(v))
     assert info["step"] == first_bad == 2
     dump = load_checkpoint(tmp_path / "run" / info["dump"])
     assert dump["nonfinite_step"] == 2
