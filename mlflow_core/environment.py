@@ -16,7 +16,7 @@ KEY_PACKAGES = ("wf", "torch", "torchvision", "numpy", "scikit-learn", "pydantic
                 "matplotlib", "typer", "rich", "jinja2", "pyyaml")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -24,6 +24,49 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# CPU features that make mixed precision native rather than emulated: without them torch's CPU
+# autocast converts every operand to and from fp32, and a convolution step runs 10-25x slower
+# than in plain fp32 (measured by bench/cpu_precision.py).
+NATIVE_CPU_FLAGS = {
+    "bf16": ("avx512_bf16", "amx_bf16", "bf16"),  # x86 AVX-512 BF16 / AMX-BF16; Arm FEAT_BF16 ("bf16")
+    "fp16": ("avx512_fp16", "amx_fp16", "asimdhp"),  # x86 AVX512-FP16 / AMX-FP16; Arm half-precision SIMD
+}
+_MACOS_FEATURES = {"bf16": "hw.optional.arm.FEAT_BF16", "fp16": "hw.optional.arm.FEAT_FP16"}
+
+
+def cpu_precision_support(cpuinfo: str | None = None) -> dict[str, Any]:
+    """Whether this CPU computes bf16 and fp16 natively: {"bf16": bool | None, "fp16": bool | None,
+    "source": where that was read}. None means it could not be told (neither /proc/cpuinfo nor
+    macOS's sysctl answered). `cpuinfo` is /proc/cpuinfo's text, read from the file when not given."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86, Arm
+            flags.update(value.split())
+            break  # every core lists the same flags
+    if flags:
+        return {"source": "/proc/cpuinfo flags",
+                **{kind: any(f in flags for f in names) for kind, names in NATIVE_CPU_FLAGS.items()}}
+    if platform.system() == "Darwin":
+        found = {kind: _sysctl(name) for kind, name in _MACOS_FEATURES.items()}
+        if any(v is not None for v in found.values()):
+            return {"source": "sysctl", **found}
+    return {"source": "unknown", "bf16": None, "fp16": None}
+
+
+def _sysctl(name: str) -> bool | None:
+    try:
+        out = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() == "1" if out.returncode == 0 else None
 
 
 def _ram_gib() -> float | None:
@@ -70,8 +113,9 @@ def capture_environment(project_root: Path, gpu_sampler: GpuSampler | None = Non
         "torch_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
         "gpus": sampler.devices,
         "nvml": "available" if sampler.available else sampler.reason,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_native_precision": cpu_precision_support(),
         "ram_gib": _ram_gib(),
         "git": _git(project_root),
         "packages": packages,

@@ -32,7 +32,7 @@ def _plain_progress_interval() -> float:
 
 
 def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
@@ -199,10 +199,10 @@ def smoke_with_display(project, name: str) -> bool:
 
     console.rule(f"wf phase {name} --smoke")
     result = smoke_phase(project, name, on_message=lambda text: console.print(f"· {text}", highlight=False))
-    table = Table("run", "status", "steps", "train loss", "val loss")
+    table = Table("run", "status", "steps", "train loss", "val loss", "precision")
     for r in result.runs:
         loss = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (r["train_loss"], r["val_loss"])]
-        table.add_row(r["run"], r["status"], str(r["steps"]), *loss)
+        table.add_row(r["run"], r["status"], str(r["steps"]), *loss, r["precision"])
     if result.runs:
         console.print(table)
     verdict = "[green]runs[/]" if result.passed else f"[red]does not run cleanly[/] ({result.status})"

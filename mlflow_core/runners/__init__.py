@@ -43,7 +43,8 @@ class RunContext:
 
     def trainer_limits(self) -> dict[str, Any]:
         """What every trainer of this phase runs with: `--smoke` caps each epoch at two steps."""
-        return {"limit_train_steps": SMOKE_STEPS, "limit_val_batches": SMOKE_STEPS} if self.smoke else {}
+        return ({"limit_train_steps": SMOKE_STEPS, "limit_val_batches": SMOKE_STEPS, "short_check": True}
+                if self.smoke else {})
 
 
 SMOKE_STEPS = 2
@@ -124,6 +125,20 @@ def _load_finished(cfg: WorkflowConfig, ctx: RunContext, run_dir: Path, metrics:
     model.to(resolve_device(cfg.training.device))
     ctx.on_message(f"{ctx.project.relative(run_dir)}: finished before the interruption; reused")
     return TrainResult(metrics["status"], metrics, model, run_dir, metrics.get("anomalies") or [])
+
+
+def run_runner(phase: str, ctx: RunContext) -> RunOutput:
+    """Run `phase`'s runner, first saying what precision its training will use when that is not
+    simply the configured one (a CPU that only emulates fp16/bf16; see training/precision.py)."""
+    from mlflow_core.training.precision import plan_precision
+    from mlflow_core.training.trainer import resolve_device
+
+    cfg = ctx.cfg
+    plan = plan_precision(cfg.training.precision, resolve_device(cfg.training.device).type,
+                          short_check=ctx.smoke or phase == "setup")  # setup trains only its short checks
+    if plan.note:
+        ctx.on_message(plan.note)
+    return get_runner(phase)(ctx)
 
 
 def get_runner(phase: str) -> Callable[[RunContext], RunOutput] | None:

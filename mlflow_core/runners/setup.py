@@ -82,7 +82,7 @@ def _verify_reproducibility(ctx: RunContext, bundle) -> dict[str, Any]:
     weights = []
     for _ in range(2):
         result = Trainer(ctx.cfg, ctx.project.root, None, run_id=f"{ctx.run_id}-verify", phase="setup",
-                         data=bundle).fit(max_steps=steps)
+                         data=bundle, short_check=True).fit(max_steps=steps)
         weights.append({k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()})
     # A diverging config is reproducible too if both runs diverge the same way: NaN equals NaN here.
     identical = all(torch.equal(weights[0][k], weights[1][k]) if not weights[0][k].is_floating_point() else
@@ -92,4 +92,5 @@ def _verify_reproducibility(ctx: RunContext, bundle) -> dict[str, Any]:
     device = str(resolve_device(ctx.cfg.training.device))
     # On CUDA some kernels are not bit-reproducible even in deterministic mode; state the difference.
     passed = identical or (device.startswith("cuda") and max_diff <= 1e-5)
-    return {"steps": steps, "device": device, "identical": identical, "max_abs_diff": max_diff, "passed": passed}
+    return {"steps": steps, "device": device, "identical": identical, "max_abs_diff": max_diff, "passed": passed,
+            "precision": result.metrics["precision"]}

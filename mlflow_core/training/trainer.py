@@ -32,16 +32,33 @@ from mlflow_core.atomic import atomic_write_json, atomic_write_text, storage_err
 from mlflow_core.config.schema import TrainingSection, WorkflowConfig
 from mlflow_core.distributed import World, abandon_process_group, is_collective_failure
 from mlflow_core.errors import RankLostError, StorageError, WfError
-from mlflow_core.monitoring.anomalies import EarlyStopping, GradExplosionDetector, StallDetector, first_nonfinite
+from mlflow_core.monitoring.anomalies import (
+    EarlyStopping,
+    GradExplosionDetector,
+    StallDetector,
+    first_nonfinite,
+)
 from mlflow_core.monitoring.nvml import GpuSampler
-from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
-from mlflow_core.training.data import (DataBundle, DistributedWeightedSampler, balanced_sample_weights, build_data,
-                                       make_loader)
-from mlflow_core.training.losses import build_loss
 from mlflow_core.training.augment import BatchMixer, hard_labels, with_augmentation
-from mlflow_core.training.curriculum import (apply_freeze, plan_stages, rescale_learning_rate, stage_of,
-                                             stage_samples, stage_train_data)
+from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
+from mlflow_core.training.curriculum import (
+    apply_freeze,
+    plan_stages,
+    rescale_learning_rate,
+    stage_of,
+    stage_samples,
+    stage_train_data,
+)
+from mlflow_core.training.data import (
+    DataBundle,
+    DistributedWeightedSampler,
+    balanced_sample_weights,
+    build_data,
+    make_loader,
+)
+from mlflow_core.training.losses import build_loss
 from mlflow_core.training.models import build_model, count_parameters, freeze_parameters, load_initial_weights
+from mlflow_core.training.precision import plan_precision
 from mlflow_core.training.seeding import SEEDED, make_generator, rng_state, seed_everything, set_rng_state
 from mlflow_core.training.snapshot import DeviceSnapshot
 from mlflow_core.training.tracking import TensorBoardTracker, require_tensorboard, run_hparams
@@ -153,7 +170,7 @@ class Trainer:
                  windowed: bool | None = None, on_epoch: Callable[[int, float], bool] | None = None,
                  resume_from: Path | None = None, stop_on_signals: bool = False,
                  limit_train_steps: int | None = None, limit_val_batches: int | None = None,
-                 world: World | None = None, deadline: float | None = None):
+                 world: World | None = None, deadline: float | None = None, short_check: bool = False):
         # under DDP every rank trains and agrees on when to stop; only rank 0 writes files
         self.world = world
         self.cfg, self.project_root = cfg, project_root
@@ -172,6 +189,8 @@ class Trainer:
         self.tracker: TensorBoardTracker | None = None  # monitoring.tensorboard, opened by fit on the writing rank
         # `--smoke`: this many optimizer steps per epoch and validation batches, to check that a config runs
         self.limit_train_steps, self.limit_val_batches = limit_train_steps, limit_val_batches
+        # `--smoke` and setup's checks: fp32 where the CPU would only emulate the configured fp16/bf16
+        self.short_check = short_check
         self.log = logging.getLogger(f"wf.trainer.{run_id or 'anon'}")
 
     # --- set-up ------------------------------------------------------------------------------------
@@ -216,15 +235,14 @@ class Trainer:
             seed_everything(cfg.reproducibility.seed + self.world.rank, cfg.reproducibility.deterministic)
         self.mixer = (BatchMixer(cfg.augmentation, self.data.num_classes, t.epochs, self.data.input_shape)
                       if cfg.augmentation.mixing else None)
-        precision = cfg.training.precision
-        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-        if precision == "fp16" and self.device.type == "cpu":
-            self.log.warning("training.precision fp16 on the CPU: most CPUs have no fp16 arithmetic and run it "
-                             "many times slower than fp32; bf16 is the CPU's mixed precision")
+        self.precision = plan_precision(cfg.training.precision, self.device.type, short_check=self.short_check)
+        if self.precision.note:
+            self.log.warning("%s", self.precision.note)
+        self.amp_dtype = self.precision.amp_dtype
         # with a GradScaler an overflowing gradient is expected now and then: the scaler skips that
         # step and lowers its scale, so only a non-finite loss is a failure
-        self.scaler = (torch.amp.GradScaler(self.device.type) if precision == "fp16" and cfg.training.grad_scaler
-                       else None)
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if self.precision.mode == "fp16" and cfg.training.grad_scaler else None)
         seed = cfg.reproducibility.seed
         val_data = self.data.val
         if self.world is not None:
@@ -349,7 +367,7 @@ class Trainer:
                 pct_start=s.pct_start, div_factor=s.div_factor, final_div_factor=s.final_div_factor,
                 cycle_momentum=s.cycle_momentum, base_momentum=s.base_momentum, max_momentum=s.max_momentum)
         if s.name == "warmup_cosine":
-            warmup = min(int(round(s.warmup_epochs * self.steps_per_epoch)), total - 1)
+            warmup = min(round(s.warmup_epochs * self.steps_per_epoch), total - 1)
             cosine = lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(total - warmup, 1), eta_min=s.min_lr)
             if warmup <= 0:
                 return cosine
@@ -398,6 +416,9 @@ class Trainer:
         self.recent: deque[tuple[int, float, float]] = deque(maxlen=50)
         self.step_losses: list[float] = []  # every step's loss, on the host (read back per window anyway)
         self.anomalies: list[dict[str, Any]] = []
+        if self.precision.fell_back:  # recorded like a torch.compile that fell back to eager
+            self.anomalies.append({"kind": "precision_fallback", "step": None, "epoch": None,
+                                   "message": self.precision.note})
         global_step, status, stop_reason = 0, "completed", None
         self._stop_agreed = False
         start_epoch, resume = 1, None
@@ -675,7 +696,7 @@ class Trainer:
             metrics["steps"] = global_step
             metrics["stop_reason"] = stop_reason
             metrics["anomalies"] = self.anomalies
-            metrics["precision"] = {"mode": cfg.training.precision, "grad_scaler": self.scaler is not None,
+            metrics["precision"] = {**self.precision.as_record(), "grad_scaler": self.scaler is not None,
                                     "skipped_steps": self._skipped_steps,
                                     "final_scale": self.scaler.get_scale() if self.scaler is not None else None}
             metrics["gpu"] = self.gpu_sampler.summary() if self.gpu_sampler else {
@@ -939,34 +960,35 @@ class Trainer:
         # three kernels and one sync per window, whatever its length
         losses, norms = torch.stack([torch.stack([w[1] for w in window]).float(),
                                      torch.stack([w[2] for w in window]).float()]).tolist()
-        self._epoch_loss_sum += sum(l * w[3] for l, w in zip(losses, window))
+        self._epoch_loss_sum += sum(step_loss * w[3] for step_loss, w in zip(losses, window))
         self.step_losses.extend(losses)
         lr = self.optimizer.param_groups[0]["lr"]
         if steps_file:
             try:
                 writer = csv.writer(steps_file)
-                for s, l, n in zip(steps, losses, norms):
-                    writer.writerow([s, epoch, repr(l), repr(n), lr])
+                for s, step_loss, n in zip(steps, losses, norms):
+                    writer.writerow([s, epoch, repr(step_loss), repr(n), lr])
                 steps_file.flush()
             except OSError as exc:
                 raise storage_error(steps_file.name, exc) from None
         if self.tracker is not None:
             self.tracker.steps(steps, losses, norms, lr, self.gpu_sampler.latest() if self.gpu_sampler else None)
-        bad_index = first_nonfinite(losses if self.scaler is not None else [l + n for l, n in zip(losses, norms)])
+        bad_index = first_nonfinite(losses if self.scaler is not None
+                                    else [step_loss + n for step_loss, n in zip(losses, norms)])
         if snapshot is not None:  # on the CPU path `recent` is filled step by step
-            for s, l, n in zip(steps, losses, norms):
-                self.recent.append((s, l, n))
+            for s, step_loss, n in zip(steps, losses, norms):
+                self.recent.append((s, step_loss, n))
         if bad_index is not None and snapshot is not None:
             # CUDA path: the window-start snapshot is the last good state; its batches replay to the bad step
             s = steps[bad_index]
             return self._nonfinite(epoch, step_in_epoch - (len(steps) - 1 - bad_index), s, losses[bad_index],
                                    norms[bad_index], state=snapshot, state_step=window_start,
                                    batches=window_batches[: bad_index + 1])
-        for s, l, n in zip(steps, losses, norms):
+        for s, step_loss, n in zip(steps, losses, norms):
             if self.scaler is not None and not math.isfinite(n):
                 self._skipped_steps += 1  # the scaler skipped this step; not a gradient explosion
                 continue
-            for finding in (self.stall.update(s, l), self.explosion.update(s, n)):
+            for finding in (self.stall.update(s, step_loss), self.explosion.update(s, n)):
                 if finding is not None and finding.verdict.value != "nonfinite":
                     self.anomalies.append({"kind": finding.verdict.value, "step": finding.step, "epoch": epoch,
                                            "message": finding.reason})
@@ -993,7 +1015,7 @@ class Trainer:
         return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "what": what,
                 "value": str(value), "loss": finite_or_str(loss), "grad_norm": finite_or_str(norm),
                 "lr": self.optimizer.param_groups[0]["lr"], "message": message,
-                "recent_losses": [[s, finite_or_str(l)] for s, l, _ in recent],
+                "recent_losses": [[s, finite_or_str(step_loss)] for s, step_loss, _ in recent],
                 "recent_grad_norms": [[s, finite_or_str(n)] for s, _, n in recent]}
 
     def _snapshot(self) -> DeviceSnapshot:

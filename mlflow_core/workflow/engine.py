@@ -14,17 +14,31 @@ from typing import Any
 
 from mlflow_core.atomic import remove_stale_temp_files
 from mlflow_core.config.loader import config_sha256, load_config
-from mlflow_core.errors import (ChecklistError, GateClosedError, RankLostError, RunInterruptedError, StorageError,
-                                UserInputError, WfError)
-from mlflow_core.workflow.checks import CheckContext, run_check
+from mlflow_core.errors import (
+    ChecklistError,
+    GateClosedError,
+    RankLostError,
+    RunInterruptedError,
+    StorageError,
+    UserInputError,
+    WfError,
+)
 from mlflow_core.workflow.checklist import set_marks
+from mlflow_core.workflow.checks import CheckContext, run_check
 from mlflow_core.workflow.evidence import read_evidence, write_evidence
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate, load_checklist
 from mlflow_core.workflow.phases import DECISIONS, PHASE_ORDER, RESUMABLE_PHASES, PhaseDefinition, load_phase
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.recommend import Recommendation
-from mlflow_core.workflow.state import (Decision, ProjectState, RunRecord, load_state, now_iso, project_lock,
-                                        save_state)
+from mlflow_core.workflow.state import (
+    Decision,
+    ProjectState,
+    RunRecord,
+    load_state,
+    now_iso,
+    project_lock,
+    save_state,
+)
 
 
 @dataclass
@@ -194,7 +208,7 @@ def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
 def _execute(project: Project, state: ProjectState, definition: PhaseDefinition, run: RunRecord, cfg: Any,
              ctx: Any) -> PhaseResult:
     """Run the phase's runner under the lock the caller holds, then record what it produced."""
-    from mlflow_core.runners import get_runner
+    from mlflow_core.runners import run_runner
 
     phase, run_id, run_dir = definition.name, run.run_id, ctx.run_dir
     # -- run ------------------------------------------------------------------------------------
@@ -204,7 +218,7 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        output = get_runner(phase)(ctx)
+        output = run_runner(phase, ctx)
     except BaseException as exc:
         # a refused write (disk full, read-only, permissions) stops a run the way a signal does: the
         # last resume checkpoint is intact, and the run continues once the disk takes writes again

@@ -57,7 +57,7 @@ def smoke_phase(project: Project, phase: str, *, on_progress: Callable[[Any], No
 
 def _smoke_phase(project: Project, phase: str, on_progress: Callable[[Any], None] | None,
                  on_message: Callable[[str], None] | None, world: Any = None, announce: Any = None) -> SmokeResult:
-    from mlflow_core.runners import RunContext, get_runner
+    from mlflow_core.runners import RunContext, run_runner
     from mlflow_core.workflow.engine import missing_training_stack
 
     if phase not in SMOKABLE_PHASES:
@@ -79,7 +79,7 @@ def _smoke_phase(project: Project, phase: str, on_progress: Callable[[Any], None
         ctx = RunContext(project, cfg, config_sha256(project.config_path), f"{phase}-smoke", run_dir,
                          on_progress or (lambda _p: None), say, smoke=True, world=world,
                          announce=announce or (lambda _plan: None))
-        output = get_runner(phase)(ctx)
+        output = run_runner(phase, ctx)
         runs = _runs(run_dir)
     passed = output.status in PASSING and all(r["status"] in PASSING for r in runs)
     return SmokeResult(phase, output.status, passed, round(time.perf_counter() - started, 2), runs)
@@ -92,5 +92,6 @@ def _runs(run_dir: Path) -> list[dict[str, Any]]:
         last = (m.get("epochs") or [{}])[-1]
         out.append({"run": str(path.parent.parent.relative_to(run_dir)) if path.parent.parent != run_dir else ".",
                     "status": m.get("status"), "steps": m.get("steps"), "train_loss": last.get("train_loss"),
-                    "val_loss": last.get("val_loss"), "stop_reason": m.get("stop_reason")})
+                    "val_loss": last.get("val_loss"), "stop_reason": m.get("stop_reason"),
+                    "precision": (m.get("precision") or {}).get("mode", "")})
     return out

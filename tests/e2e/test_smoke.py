@@ -60,3 +60,32 @@ def test_smoke_says_which_phases_it_takes(wf, tmp_path):
     assert r.code == 2 and "wf diagnose auto" in r.err
     r = wf("phase", "baseline", "--smoke", "--resume", cwd=tmp_path / "p")
     assert r.code == 2 and "--smoke" in r.err
+
+
+def test_smoke_in_bf16_trains_what_the_cpu_computes_natively_and_says_why(wf, tmp_path):
+    """On a CPU without native bf16, autocast emulates it 10-25× slower than fp32: a smoke run says so
+    and trains in fp32; on a CPU with it, bf16 runs as configured and nothing is said."""
+    import json
+
+    from mlflow_core.environment import cpu_precision_support
+    from mlflow_core.workflow.scaffold import set_yaml_value
+
+    assert wf("init", "p", cwd=tmp_path).code == 0
+    root = tmp_path / "p"
+    config = root / "training_config.yaml"
+    config.write_text(set_yaml_value(config.read_text(), "training.precision", "bf16"))
+    emulated = cpu_precision_support()["bf16"] is False
+    r = wf("phase", "baseline", "--smoke", cwd=root)
+    assert r.code == 0, r.out[-3000:] + r.err
+    says = "training.precision bf16 on a CPU without native bf16 arithmetic" in r.out
+    assert says == emulated
+    if emulated:
+        assert "This short check trains in fp32 instead" in r.out
+    row = next(line for line in r.out.splitlines() if "completed │" in line)
+    assert row.rstrip(" │").endswith("fp32" if emulated else "bf16")
+    assert "precision: bf16" in config.read_text()  # the config is the user's: never rewritten
+
+    assert wf("phase", "setup", cwd=root).code == 0  # setup records what the CPU computes natively
+    env = json.loads((root / "reports" / "environment.json").read_text())
+    assert env["cpu_native_precision"]["bf16"] == cpu_precision_support()["bf16"]
+    assert "CPU mixed precision" in (root / "reports" / "environment.md").read_text()
