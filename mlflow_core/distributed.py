@@ -128,7 +128,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 
 
 def _stop_with_parent(parent: int) -> Any:

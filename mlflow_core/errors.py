@@ -9,7 +9,8 @@ Exit codes of `wf` (documented in the README and in `wf --help`):
   5  a file could not be written (disk full, read-only file system, permission denied)
   6  a data-parallel run lost one of its processes mid-run (resumable)
   124 stopped at its --time-limit (resumable)
-  130 interrupted (Ctrl-C); 143 terminated (SIGTERM); 138 preempted (SIGUSR1, SLURM's warning)
+  129 the terminal went away (SIGHUP); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM);
+  138 preempted (SIGUSR1, SLURM's warning)
 """
 
 from __future__ import annotations
@@ -101,6 +102,12 @@ class RunTerminatedError(RunInterruptedError):
     """SIGTERM during a phase (a scheduler's preemption, `kill`): recorded, resumable, exit 143."""
 
     exit_code = 143
+
+
+class RunHangupError(RunInterruptedError):
+    """SIGHUP during a phase (the terminal or SSH session closed): saved like SIGTERM, exit 129."""
+
+    exit_code = 129
 
 
 class RunTimeLimitError(RunInterruptedError):

@@ -27,7 +27,7 @@ from mlflow_core.errors import WfError
 EPILOG = ("Exit codes: 0 success · 1 a phase failed its success criteria, or a gate does not pass · "
           "2 bad input · 3 the entry gate is closed · 4 the project is in use · 5 a write was refused "
           "(disk full, read-only) · 6 a data-parallel run lost a process · 124 --time-limit reached · "
-          "130 Ctrl-C · 138 SIGUSR1 (SLURM preemption) · 143 SIGTERM.")
+          "129 SIGHUP (the terminal closed) · 130 Ctrl-C · 138 SIGUSR1 (SLURM preemption) · 143 SIGTERM.")
 
 app = typer.Typer(name="wf", help="Phase-gated, reproducible, reviewable PyTorch training: "
                   "setup → baseline → diagnostics → optimization → finalization.",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mlflow_core.cli.output import console, gate_table, print_json
+from mlflow_core.cli.output import console, print_gate, print_json
 
 app = typer.Typer(help="Show checklists and tick their manual items.", no_args_is_help=True)
 
@@ -49,7 +49,7 @@ def show(name: str = typer.Argument(..., help="Checklist name, e.g. reproducibil
     if as_json:
         print_json(verdict.to_json())
     else:
-        console.print(gate_table(verdict))
+        print_gate(verdict)
 
 
 @app.command()
@@ -64,6 +64,30 @@ def tick(name: str = typer.Argument(..., help="Checklist name."),
     for item_id in ids:
         tick_item(project, name, item_id, True, note)
         console.print(f"[green]✔[/] {name}: {item_id}")
+
+
+@app.command()
+def waive(name: str = typer.Argument(..., help="Checklist name, e.g. post_baseline."),
+          item_id: str = typer.Argument(..., metavar="ID", help="The item to drop from the gate."),
+          reason: str = typer.Option(..., "--reason", help="Why it does not apply; recorded with your name.")) -> None:
+    """Drop an item of a gate on purpose, on the record: who, when and why are kept in the history and
+    shown by `wf gate check`, `wf status` and every later report. `wf checklist unwaive` takes it back."""
+    from mlflow_core.workflow.engine import waive as waive_item
+    from mlflow_core.workflow.project import Project
+
+    phase = waive_item(Project.find(), name, item_id, reason)
+    console.print(f"[yellow]~[/] {name}: {item_id} waived (shown in `wf gate check {phase}`)")
+
+
+@app.command()
+def unwaive(name: str = typer.Argument(..., help="Checklist name."),
+            item_id: str = typer.Argument(..., metavar="ID", help="The waived item.")) -> None:
+    """Take a waiver back: the item counts in its gate again (the waiver stays in the history)."""
+    from mlflow_core.workflow.engine import waive as waive_item
+    from mlflow_core.workflow.project import Project
+
+    waive_item(Project.find(), name, item_id, "", waived=False)
+    console.print(f"{name}: {item_id} counts again", markup=False)
 
 
 @app.command()

@@ -8,51 +8,70 @@ from pathlib import Path
 import typer
 
 from mlflow_core.atomic import atomic_write_text
-from mlflow_core.cli.output import console, gate_table, print_json
+from mlflow_core.cli.output import console, print_gate, print_json
 
 app = typer.Typer(help="Check a phase's gate (its exit checklist) against recorded evidence.", no_args_is_help=True)
 
 
 @app.command()
 def check(phase: str = typer.Argument(None, help="Phase whose gate to check (default: the current phase)."),
+          check_all: bool = typer.Option(False, "--all", help="Every gate on the project's path to where it "
+                                         "stands (setup → … → the current phase): what CI should run."),
           as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
           junit: Path = typer.Option(None, "--junit", help="Also write a JUnit XML report here (for CI)."),
           ) -> None:
-    """Exit 0 when the gate passes and 1 when it does not."""
+    """Exit 0 when the gate (with --all: every gate on the path) passes and 1 when it does not. A gate
+    passes when each of its items holds and nothing it verified (config, data, code, packages) has
+    changed since; waived items and overrides on record are shown."""
     from mlflow_core.errors import UserInputError
-    from mlflow_core.workflow.gates import evaluate_gate
+    from mlflow_core.workflow.gates import chain_verdicts, evaluate_gate
     from mlflow_core.workflow.project import Project
     from mlflow_core.workflow.state import load_state
 
+    if check_all and phase:
+        raise UserInputError("give a phase or --all, not both")
     project = Project.find()
     state = load_state(project)
-    phase = phase or state.current_phase or "setup"
-    verdict = evaluate_gate(project, state, phase)
+    verdicts = (chain_verdicts(project, state) if check_all
+                else [evaluate_gate(project, state, phase or state.current_phase or "setup")])
+    passed = all(v.passed for v in verdicts)
     if junit is not None:
         if junit.is_dir():
             raise UserInputError(f"--junit {junit}: is a directory; give a file name")
-        atomic_write_text(junit, junit_xml(verdict))
+        atomic_write_text(junit, junit_xml(verdicts))
     if as_json:
-        print_json(verdict.to_json())
+        print_json({"passed": passed, "gates": [v.to_json() for v in verdicts]} if check_all else verdicts[0].to_json())
     else:
-        console.print(gate_table(verdict))
-        for o in verdict.overrides:
-            console.print(f"[yellow]override on record[/]: {o['time']} {o['phase']} entered with the "
-                          f"{o['gate']} gate closed — {o['reason']}")
-        status = "[green]passes[/]" if verdict.passed else f"[red]is closed[/] ({len(verdict.open_items)} items left)"
-        console.print(f"The {phase} gate {status}.")
-    raise typer.Exit(0 if verdict.passed else 1)
+        for verdict in verdicts:
+            print_gate(verdict)
+        if check_all:
+            closed = [v.phase for v in verdicts if not v.passed]
+            console.print(f"Every gate on the path ({' → '.join(v.phase for v in verdicts)}) "
+                          + ("[green]holds[/]." if passed else f"[red]does not hold[/]: {', '.join(closed)}."))
+    raise typer.Exit(0 if passed else 1)
 
 
-def junit_xml(verdict) -> str:
+def junit_xml(verdicts) -> str:
     from xml.sax.saxutils import escape, quoteattr  # only for --junit: keeps `gate check` fast
 
-    cases = []
-    for item in verdict.items:
-        name = quoteattr(f"{item.id}: {item.text}")
-        body = "" if item.checked else f'<failure message={quoteattr(item.evidence)}>{escape(item.evidence)}</failure>'
-        cases.append(f'    <testcase classname="wf.gate.{verdict.phase}" name={name}>{body}</testcase>')
-    failures = sum(not i.checked for i in verdict.items)
-    return ('<?xml version="1.0" encoding="utf-8"?>\n'
-            f'<testsuite name="wf gate {verdict.phase}" tests="{len(verdict.items)}" failures="{failures}">\n'
-            + "\n".join(cases) + "\n</testsuite>\n")
+    suites = []
+    for verdict in verdicts:
+        cases = []
+        for item in verdict.items:
+            name = quoteattr(f"{item.id}: {item.text}")
+            if item.waived:
+                body = f'<skipped message={quoteattr(item.evidence)}/>'
+            elif not item.checked:
+                body = f'<failure message={quoteattr(item.evidence)}>{escape(item.evidence)}</failure>'
+            else:
+                body = ""
+            cases.append(f'    <testcase classname="wf.gate.{verdict.phase}" name={name}>{body}</testcase>')
+        for drift in verdict.drift:
+            message = quoteattr(drift.detail)
+            cases.append(f'    <testcase classname="wf.gate.{verdict.phase}" name="unchanged {drift.kind}">'
+                         f'<failure message={message}>{escape(drift.detail)}</failure></testcase>')
+        failures = sum(not i.checked for i in verdict.items) + len(verdict.drift)
+        skipped = sum(bool(i.waived) for i in verdict.items)
+        suites.append(f'  <testsuite name="wf gate {verdict.phase}" tests="{len(cases)}" failures="{failures}" '
+                      f'skipped="{skipped}">\n' + "\n".join(cases) + "\n  </testsuite>")
+    return '<?xml version="1.0" encoding="utf-8"?>\n<testsuites>\n' + "\n".join(suites) + "\n</testsuites>\n"

@@ -2,15 +2,59 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import sys
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+class _TolerantStream:
+    """sys.stdout (or stderr), looked up at each write, that a reader going away cannot fail: the
+    first write refused with EPIPE or EIO (`wf phase baseline | head -3`, a closed SSH session) sends
+    the stream to /dev/null, and the command goes on. A training run keeps everything it says in
+    runs/<run>/logs/training.log, so nothing is lost with the terminal."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def target(self) -> Any:
+        return getattr(sys, self.name)
+
+    def write(self, text: str) -> int:
+        try:
+            return self.target.write(text)
+        except OSError as exc:
+            return self._gone(exc, len(text))
+
+    def flush(self) -> None:
+        try:
+            self.target.flush()
+        except OSError as exc:
+            self._gone(exc, 0)
+
+    def _gone(self, exc: OSError, written: int) -> int:
+        if exc.errno not in (errno.EPIPE, errno.EIO, errno.ECONNRESET):
+            raise exc
+        devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - replaces the stream for good
+        # also the interpreter's own flush at exit, which would print BrokenPipeError otherwise
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(devnull.fileno(), self.target.fileno())
+        setattr(sys, self.name, devnull)
+        return written
+
+    def __getattr__(self, attr: str) -> Any:  # isatty, fileno, encoding…: the real stream's
+        return getattr(self.target, attr)
+
+
+console = Console(file=_TolerantStream("stdout"), highlight=False)
+err_console = Console(file=_TolerantStream("stderr"), highlight=False)
 
 
 def print_json(obj: Any) -> None:
@@ -22,12 +66,39 @@ def mark(ok: bool) -> str:
 
 
 def gate_table(verdict: Any) -> Table:
-    table = Table(title=f"{verdict.phase} gate · {verdict.path}", title_justify="left", expand=False)
+    run = verdict.run or {}
+    judged = f" · judges run {run['run_id']} ({run['selected_by']})" if run else ""
+    table = Table(title=f"{verdict.phase} gate · {verdict.path}{judged}", title_justify="left", expand=False)
     table.add_column("", width=1)
     table.add_column("id")
     table.add_column("kind")
     table.add_column("item")
     table.add_column("evidence", overflow="fold")
     for item in verdict.items:
-        table.add_row(mark(item.checked), item.id, item.kind, item.text, item.evidence)
+        sign = "[yellow]~[/]" if item.waived else mark(item.checked)
+        kind = item.kind + (" (required)" if item.required and item.line == 0 else "")
+        table.add_row(sign, item.id, kind, item.text, item.evidence)
     return table
+
+
+def print_gate(verdict: Any) -> None:
+    """A gate's table, what drifted since it passed, waivers and overrides on record, and its verdict."""
+    console.print(gate_table(verdict))
+    for drift in verdict.drift:
+        console.print(f"[red]changed since the gate verified it[/] ({drift.kind}): {drift.detail}")
+    for note in verdict.notes:
+        console.print(f"[dim]not compared here: {note}[/]")
+    for item in verdict.waived_items:
+        w = item.waived
+        console.print(f"[yellow]waiver on record[/]: {item.id} waived by {w['by']} at {w['time']} — {w['reason']}")
+    for o in verdict.overrides:
+        console.print(f"[yellow]override on record[/]: {o['time']} {o['phase']} entered with the "
+                      f"{o['gate']} gate closed — {o['reason']}")
+    left = len(verdict.open_items)
+    if verdict.passed:
+        status = "[green]passes[/]"
+    elif verdict.drift:
+        status = f"[red]re-opened[/]: {verdict.rerun()}" + (f" ({left} item{'s' if left != 1 else ''} left)" if left else "")
+    else:
+        status = f"[red]is closed[/] ({left} item{'s' if left != 1 else ''} left)"
+    console.print(f"The {verdict.phase} gate {status}.")

@@ -42,11 +42,12 @@ def quickstart(directory: Path = typer.Argument(Path("wf-quickstart"), help="Pro
     setup = run_with_display(project, "setup")
     if not setup.passed:
         raise typer.Exit(1)
-    # The demo's data and config are wf's own, so quickstart confirms the manual setup items for the
-    # newcomer; the ticks are recorded in the history with this note.
+    # The demo's data and config are wf's own, so quickstart ticks the manual setup items for the
+    # newcomer, as itself: every gate check and report says "ticked by wf quickstart", not by a person.
+    by = {"kind": "command", "name": "wf quickstart", "via": "wf quickstart (the bundled digits demo)"}
     for item in load_checklist(project, "reproducibility").items:
         if not item.auto and not item.checked:
-            tick(project, "reproducibility", item.id, True, note="ticked by wf quickstart for the bundled digits demo")
+            tick(project, "reproducibility", item.id, True, note="the bundled digits demo", by=by)
     baseline = run_with_display(project, "baseline")
     console.print(f"\nReport: {project.root / baseline.report}")
     console.print(f"Next:   cd {directory} && wf gate check baseline  ·  review the report, then "
@@ -83,13 +84,36 @@ def runs(ctx: typer.Context,
     for col in ("run", "phase", "status", "passed", "best", "epochs", "duration", "started"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        best = r["best"]
-        table.add_row(r["run_id"], r["phase"], r["status"],
-                      "—" if r["passed"] is None else mark(r["passed"]),
-                      f"{best['metric']} {best['value']:.4g} @{best['epoch']}" if best else "—",
+        table.add_row(r["run_id"] + (" ◆" if r["judged"] else ""), r["phase"], r["status"],
+                      "—" if r["passed"] is None else mark(r["passed"]), best_text(r["best"]),
                       str(r["epochs"] or "—"), f"{r['duration_s']:.0f} s" if r["duration_s"] else "—",
                       r["started_at"].replace("T", " ")[:19])
     console.print(table)
+    if any(r["judged"] for r in rows):
+        console.print("◆ the run its phase's gate judges (`wf runs select RUN` chooses another)")
+
+
+def best_text(best: dict | None) -> str:
+    """A run's best result, whatever its phase recorded: a validation metric at an epoch (training
+    runs), a trial's objective (optimization), nothing (setup, diagnostics)."""
+    if not isinstance(best, dict) or not isinstance(best.get("value"), (int, float)):
+        return "—"
+    where = f" @{best['epoch']}" if best.get("epoch") is not None else (
+        f" (trial {best['trial']})" if best.get("trial") is not None else "")
+    return f"{best.get('metric') or 'objective'} {best['value']:.4g}{where}"
+
+
+@runs_app.command("select")
+def runs_select(run: str = typer.Argument(..., help="A run id, or a unique prefix of one.")) -> None:
+    """Make an earlier run that ran to its end the one its phase's gate judges: its evidence and report
+    come back, and the choice is recorded in the history (by default a gate judges the latest run of
+    its phase that ran to its end; an interrupted or crashed run never replaces it)."""
+    from mlflow_core.workflow.engine import select_run
+    from mlflow_core.workflow.project import Project
+
+    chosen = select_run(Project.find(), run)
+    console.print(f"[green]✔[/] the {chosen.phase} gate now judges run {chosen.run_id}; "
+                  f"report rendered again. Next: wf gate check {chosen.phase}")
 
 
 @runs_app.command("diff")
@@ -114,9 +138,8 @@ def runs_diff(run_a: str = typer.Argument(..., help="A run id, or a unique prefi
     else:
         console.print(f"{result['a']} and {result['b']}: the same config.")
     for label, run_id in (("A", result["a"]), ("B", result["b"])):
-        best = result["best"][run_id]
-        console.print(f"{label} {run_id}: " + (f"best {best['metric']} {best['value']:.4g} (epoch {best['epoch']})"
-                                               if best else "no best result recorded"))
+        best = best_text(result["best"][run_id])
+        console.print(f"{label} {run_id}: " + (f"best {best}" if best != "—" else "no best result recorded"))
 
 
 def status(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
@@ -135,10 +158,18 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
     for p in info["phases"]:
         run = p["last_run"] or {}
         gate = p["gate"]
-        gate_text = gate.get("error") or f"{mark(gate['passed'])} {gate['checked']}/{gate['total']}"
+        gate_text = gate.get("error") or (f"{mark(gate['passed'])} {gate['checked']}/{gate['total']}"
+                                          + (" re-opened" if gate.get("drift") else "")
+                                          + (f" ({len(gate['waived'])} waived)" if gate.get("waived") else ""))
         table.add_row(str(p["number"]), ("▶ " if p["current"] else "") + p["name"], run.get("run_id", "—"),
                       run.get("status", "—"), gate_text, "yes" if p["can_start"] else "no")
     console.print(table)
+    for p in info["phases"]:
+        for drift in p["gate"].get("drift") or []:
+            console.print(f"[red]{p['name']} gate re-opened[/] ({drift['kind']}): {drift['detail']}")
+        for w in p["gate"].get("waived") or []:
+            console.print(f"[yellow]Waiver on record[/]: {p['name']} {w['id']} by {w['by']} at {w['time']} — "
+                          f"{w['reason']}")
     blocked = [p for p in info["phases"] if not p["can_start"] and p["blocked_because"]]
     if blocked:
         console.print(f"Why not {', '.join(p['name'] for p in blocked)}: {blocked[0]['blocked_because']}")

@@ -41,6 +41,9 @@ class DataSection(_Section):
                                "{'train': Dataset, 'val': Dataset[, 'test': Dataset]}.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="custom: passed to the callable.")
     num_classes: int | None = Field(None, ge=2, description="Inferred from the data when omitted.")
+    class_names: list[str] | None = Field(None, description="A name for each class id, in order (0, 1, …): shown in "
+                                          "reports, the confusion matrix, the model card and export/manifest.json. "
+                                          "ImageFolder data takes its folder names when omitted.")
     image_key: str = Field("image", description="npz: array key of the input.")
     label_key: str = Field("label", description="npz: array key of the label.")
     mask_key: str = Field("mask", description="npz, task segmentation: array key of the mask (H, W) of class ids.")
@@ -68,6 +71,12 @@ class DataSection(_Section):
             raise ValueError(f"data.source '{self.source}' needs data.path")
         if self.source == "custom" and not self.target:
             raise ValueError("data.source 'custom' needs data.target ('module:callable')")
+        if self.class_names is not None:
+            if len(set(self.class_names)) != len(self.class_names):
+                raise ValueError("data.class_names holds the same name twice")
+            if self.num_classes is not None and len(self.class_names) != self.num_classes:
+                raise ValueError(f"data.class_names has {len(self.class_names)} names for data.num_classes "
+                                 f"{self.num_classes}")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction leave under 10 % for training")
         return self

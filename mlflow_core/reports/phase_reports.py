@@ -18,13 +18,14 @@ def render_phase_report(project: Project, state: ProjectState, definition: Phase
                         facts: dict[str, Any], criteria: list[dict[str, Any]], project_name: str,
                         ) -> tuple[dict[str, str], Recommendation | None]:
     overrides = [e.model_dump(mode="json") for e in state.overrides()]
+    record = run_record_note(state, definition.name, run_id)
     if definition.name == "setup":
         ok = all(c["passed"] for c in criteria)
         next_step = ("Tick the manual items of `checklists/reproducibility.md` (`wf checklist show "
                      "reproducibility`), then run `wf phase baseline`." if ok else
                      "Fix the ❌ items above and run `wf phase setup` again.")
         context = {"project_name": project_name, "run_id": run_id, "recorded_at": now_iso(), "facts": facts,
-                   "criteria": criteria, "overrides": overrides, "next_step": next_step}
+                   "criteria": criteria, "overrides": overrides, "next_step": next_step, "record": record}
         return write_report(project, definition.report, "setup_report.md.j2", context), None
     if definition.name == "diagnostics":
         from mlflow_core.diagnostics.engine import write_diagnosis_report
@@ -35,12 +36,13 @@ def render_phase_report(project: Project, state: ProjectState, definition: Phase
         from mlflow_core.reports.plots import optimization_figures
         figures, note = optimization_figures(facts, project.reports_dir / "figures")
         context = {"project_name": project_name, "run_id": run_id, "f": facts, "criteria": criteria,
-                   "figures": figures, "figures_note": note, "overrides": overrides,
+                   "figures": figures, "figures_note": note, "overrides": overrides, "record": record,
                    "configured_lr": load_config(project.config_path).training.learning_rate}
         return write_report(project, definition.report, "optimization_results.md.j2", context), None
     if definition.name == "finalization":
         return write_report(project, definition.report, "final_report.md.j2",
-                            _final_context(project, state, run_id, facts, criteria, project_name, overrides)), None
+                            {**_final_context(project, state, run_id, facts, criteria, project_name, overrides),
+                             "record": record}), None
     metrics = json.loads((project.root / facts["metrics"]["path"]).read_text(encoding="utf-8"))
     rec = recommend(metrics, criteria, definition.playbooks)
     figures, note = learning_curves(metrics, project.reports_dir / "figures", definition.name)
@@ -55,9 +57,30 @@ def render_phase_report(project: Project, state: ProjectState, definition: Phase
                 "playbook_link": f"../{rec.playbook}" if rec.playbook else None}
     context = {"project_name": project_name, "m": metrics, "criteria": criteria, "rec": rec_view,
                "last": epochs[-1] if epochs else None, "figures": figures, "figures_note": note,
-               "checkpoints": checkpoints, "run_dir": facts["run_dir"], "overrides": overrides,
+               "checkpoints": checkpoints, "run_dir": facts["run_dir"], "overrides": overrides, "record": record,
                "data_wait": facts.get("data_wait_fraction")}
     return write_report(project, definition.report, "baseline_results.md.j2", context), rec
+
+
+def run_record_note(state: ProjectState, phase: str, run_id: str) -> dict[str, Any]:
+    """Which run the report describes and how it became the one its gate judges, and every waiver
+    on record (a waiver stays visible in every later report)."""
+    from mlflow_core.workflow.gates import SELECTED_BY_DEFAULT
+
+    chosen = next((e for e in reversed(state.history) if e.event == "run_selected"
+                   and getattr(e, "phase", None) == phase), None)
+    selected_by = (f"chosen with `wf runs select` by {getattr(chosen, 'by', '?')} at {chosen.time}"
+                   if chosen is not None and getattr(chosen, "run_id", None) == run_id else SELECTED_BY_DEFAULT)
+    checklists = {getattr(e, "checklist", "") for e in state.history if e.event == "checklist_waive"}
+    waivers = [{"checklist": name, "item": item, "by": getattr(e, "by", "?"), "time": e.time,
+                "reason": getattr(e, "reason", "")}
+               for name in sorted(checklists) for item, e in state.waivers(name).items()]
+    return {"phase": phase, "run_id": run_id, "selected_by": selected_by, "waivers": waivers}
+
+
+def class_namer(names: list[str] | None) -> Any:
+    """Class id → 'name (id)' when the data names its classes, else the id."""
+    return (lambda i: f"{names[int(i)]} ({i})" if 0 <= int(i) < len(names) else str(i)) if names else str
 
 
 def _final_context(project: Project, state: ProjectState, run_id: str, facts: dict[str, Any],
@@ -68,14 +91,15 @@ def _final_context(project: Project, state: ProjectState, run_id: str, facts: di
     cfg = WorkflowConfig.model_validate(facts["config"])  # the config the final runs trained
     evaluated = [r for r in facts.get("seeds", []) if "test" in r]
     first = evaluated[0] if evaluated else None
-    figures = [confusion_figure(first["test"]["confusion"], project.reports_dir / "figures")] if first else []
+    names = (facts.get("data") or {}).get("class_names")
+    figures = [confusion_figure(first["test"]["confusion"], project.reports_dir / "figures", names)] if first else []
     env_path = project.reports_dir / "environment.json"
     env = json.loads(env_path.read_text(encoding="utf-8")) if env_path.is_file() else {}
     decisions = [e.model_dump(mode="json") for e in state.history if e.event == "decision"]
     return {"project_name": project_name, "run_id": run_id, "f": facts, "criteria": criteria, "cfg": cfg,
             "first": first, "figures": [f for f in figures if f], "env": env,
             "runs": [r for r in state.runs if r.finished_at], "decisions": decisions, "overrides": overrides,
-            "limitations": limitations(facts, first)}
+            "limitations": limitations(facts, first), "class_name": class_namer(names)}
 
 
 def limitations(facts: dict[str, Any], first: dict[str, Any] | None) -> list[str]:

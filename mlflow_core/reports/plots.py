@@ -233,8 +233,10 @@ def lr_range_figure(sweep: dict[str, Any], figures_dir: Path, name: str) -> dict
     return _save(fig, plt, figures_dir, name, "LR range test")
 
 
-def confusion_figure(confusion: list[list[int]], figures_dir: Path) -> dict[str, str] | None:
-    """The test confusion matrix, rows normalised to recall, counts written in the cells."""
+def confusion_figure(confusion: list[list[int]], figures_dir: Path,
+                     class_names: list[str] | None = None) -> dict[str, str] | None:
+    """The test confusion matrix, rows normalised to recall, counts written in the cells, the axes
+    labelled with the classes' names when the data has them."""
     plt = _pyplot()
     if plt is None:
         return None
@@ -247,6 +249,9 @@ def confusion_figure(confusion: list[list[int]], figures_dir: Path) -> dict[str,
             for j, count in enumerate(row):
                 ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
                         color="white" if rates[i][j] > 0.5 else "black")
+    if class_names and len(class_names) == n and n <= 30:
+        ax.set_xticks(range(n), class_names, rotation=45 if max(map(len, class_names)) > 3 else 0, ha="right")
+        ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")

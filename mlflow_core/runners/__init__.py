@@ -138,7 +138,32 @@ def run_runner(phase: str, ctx: RunContext) -> RunOutput:
                           short_check=ctx.smoke or phase == "setup")  # setup trains only its short checks
     if plan.note:
         ctx.on_message(plan.note)
+    if cfg.data.source == "custom" and phase != "setup" and not ctx.smoke:
+        _verify_custom_data(ctx)
     return get_runner(phase)(ctx)
+
+
+def _verify_custom_data(ctx: RunContext) -> None:
+    """A custom dataset has no files to fingerprint: its items are compared with the sample setup
+    hashed (`wf gate check` cannot: it runs without torch). Another content is refused before any
+    training, naming the split."""
+    from mlflow_core.errors import DataError
+    from mlflow_core.training.data import build_data
+    from mlflow_core.training.data_checks import dataset_digests
+    from mlflow_core.workflow.evidence import read_evidence
+
+    setup = read_evidence(ctx.project, "setup")
+    recorded = ((setup.facts.get("data") or {}).get("digests") or {}) if setup and setup.intact else {}
+    if not recorded:
+        return
+    now = dataset_digests(build_data(ctx.cfg, ctx.project.root))
+    changed = [f"{split} (length {recorded[split]['length']} → {now.get(split, {}).get('length', 0)}, "
+               f"sample hash {recorded[split]['sha256'][:12]} → {str(now.get(split, {}).get('sha256'))[:12]})"
+               for split in recorded if now.get(split) != recorded[split]]
+    if changed:
+        raise DataError(f"data.target {ctx.cfg.data.target!r} returns other samples than setup verified: "
+                        + "; ".join(changed),
+                        hint="Run `wf phase setup` again to verify the data as it is now.")
 
 
 def get_runner(phase: str) -> Callable[[RunContext], RunOutput] | None:

@@ -95,7 +95,7 @@ def run_finalization(ctx: RunContext) -> RunOutput:
                                                            "evaluated_before_by": seen_before},
         "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test),
                  "num_classes": data.num_classes, "input_shape": list(data.input_shape),
-                 "normalization": data.normalization},
+                 "normalization": data.normalization, "class_names": data.class_names},
         "optimized_config_matches": _matches_optimized(ctx),
     }
     if not evaluated:
@@ -240,6 +240,9 @@ def write_bundle(ctx: RunContext, facts: dict[str, Any], export_dir: Path) -> di
     manifest = {
         "run_id": ctx.run_id, "config_sha256": ctx.config_sha256, "seeds": [r["seed"] for r in facts["seeds"]],
         "epochs": facts["epochs"], "data": facts["data"], "environment": capture_environment(ctx.project.root),
+        # what a deployed model's output index means: class id → name (ids as strings when unnamed)
+        "classes": {str(i): name for i, name in enumerate(facts["data"].get("class_names")
+                                                          or [str(i) for i in range(facts["data"]["num_classes"])])},
         "phases": [{"run_id": r.run_id, "phase": r.phase, "status": r.status, "passed": r.passed}
                    for r in state.runs if r.finished_at],
         "overrides": [e.model_dump(mode="json") for e in state.overrides()],

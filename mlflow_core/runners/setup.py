@@ -13,7 +13,7 @@ from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.reports.render import write_report
 from mlflow_core.runners import RunContext, RunOutput
 from mlflow_core.training.data import build_data
-from mlflow_core.training.data_checks import check_data
+from mlflow_core.training.data_checks import check_data, dataset_digests
 from mlflow_core.training.models import build_model, count_parameters
 from mlflow_core.training.seeding import SEEDED, seed_everything
 from mlflow_core.training.trainer import Trainer, resolve_device
@@ -44,6 +44,8 @@ def run_setup(ctx: RunContext) -> RunOutput:
     ctx.on_message("Checking the data pipeline")
     bundle = build_data(cfg, project.root)  # a missing or unreadable dataset is bad input: exit 2
     facts["data"] = check_data(bundle, cfg.training.batch_size)
+    if cfg.data.source == "custom":  # no files to hash: a fixed sample of items stands for the content
+        facts["data"]["digests"] = dataset_digests(bundle)
 
     ctx.on_message("Running the model's forward pass")
     facts["model"] = _check_model(ctx, bundle)

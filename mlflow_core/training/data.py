@@ -30,6 +30,7 @@ class DataBundle:
     source: str
     normalization: dict[str, list[float]] | None = None  # per-channel mean and std, when applied
     augmented: bool = False  # the training split carries config.augmentation (training/augment.py)
+    class_names: list[str] | None = None  # by class id: data.class_names, or ImageFolder's folder names
 
 
 NORMALIZE_SAMPLES = 2048
@@ -85,7 +86,7 @@ def _normalized(bundle: DataBundle) -> DataBundle:
     wrap = lambda ds: NormalizedDataset(ds, m, s) if ds is not None else None  # noqa: E731
     return DataBundle(wrap(bundle.train), wrap(bundle.val), wrap(bundle.test), bundle.num_classes,
                       bundle.input_shape, bundle.source + ", normalised per channel",
-                      {"mean": mean.tolist(), "std": std.tolist()})
+                      {"mean": mean.tolist(), "std": std.tolist()}, class_names=bundle.class_names)
 
 
 class NpzPatchDataset(Dataset):
@@ -210,6 +211,12 @@ def build_data(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
     for split in ("train", "val"):
         if len(getattr(bundle, split)) == 0:
             raise DataError(f"the {split} split of data source '{source}' is empty (data)")
+    names = cfg.data.class_names or bundle.class_names
+    if names is not None and len(names) != bundle.num_classes:
+        raise DataError(f"data.class_names has {len(names)} names, and the data has {bundle.num_classes} classes"
+                        if cfg.data.class_names else
+                        f"{cfg.data.path}: {len(names)} class folders, and data.num_classes is {bundle.num_classes}")
+    bundle.class_names = list(names) if names is not None else None
     if cfg.data.normalize == "per_channel":
         bundle = _normalized(bundle)
     return bundle
@@ -284,7 +291,7 @@ def _imagefolder(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
         raise DataError(f"{root}: train/ and val/ have different class folders")
     sample, _ = train[0]
     return DataBundle(train, val, test, cfg.data.num_classes or len(train.classes), tuple(sample.shape),
-                      f"ImageFolder {cfg.data.path}")
+                      f"ImageFolder {cfg.data.path}", class_names=list(train.classes))
 
 
 def import_target(target: str, project_root: Path, field: str) -> Callable[..., Any]:

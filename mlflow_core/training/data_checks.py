@@ -52,6 +52,48 @@ def _scan(dataset: Dataset, num_classes: int) -> dict[str, Any]:
             "shapes": shapes, "first_of_shape": first_of_shape, "counts": counts, "hashes": hashes, "min": lo, "max": hi}
 
 
+DIGEST_SAMPLES = 64
+
+
+def dataset_digests(bundle: DataBundle) -> dict[str, dict[str, Any]]:
+    """Per split, its length and a hash of a fixed sample of its items (inputs and targets, 64
+    evenly spaced): how a custom dataset's content is fingerprinted, since it has no files to hash."""
+    out = {}
+    for split in ("train", "val", "test"):
+        dataset = getattr(bundle, split)
+        if dataset is None:
+            continue
+        n = len(dataset)
+        digest = hashlib.sha256(str(n).encode())
+        for i in sorted({round(k * (n - 1) / max(DIGEST_SAMPLES - 1, 1)) for k in range(min(n, DIGEST_SAMPLES))}):
+            x, y = dataset[i]
+            digest.update(torch.as_tensor(x).contiguous().numpy().tobytes())
+            digest.update(torch.as_tensor(y).contiguous().numpy().tobytes())
+        out[split] = {"length": n, "sha256": digest.hexdigest()}
+    return out
+
+
+def _hashes(dataset: Dataset) -> dict[str, int]:
+    n = len(dataset)
+    indices = range(n) if n <= MAX_SCAN else torch.linspace(0, n - 1, MAX_SCAN).long().tolist()
+    out: dict[str, int] = {}
+    for i in indices:
+        x = torch.as_tensor(dataset[i][0])
+        out.setdefault(hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest(), i)
+    return out
+
+
+def _where(bundle: DataBundle, split: str, index: int) -> str:
+    """A sample as a person finds it: its file, or its index in the split."""
+    files = getattr(getattr(bundle, split), "files", None)
+    if files is not None:
+        return str(files[index])
+    samples = getattr(getattr(bundle, split), "samples", None)  # ImageFolder
+    if samples is not None:
+        return str(samples[index][0])
+    return f"{split} index {index}"
+
+
 def _first_of_each_shape(dataset: Dataset, shapes: dict[tuple[int, ...], int]) -> str:
     """'(6, 32, 32) ×159, (6, 16, 16) ×1 (first: data/…/patch_00000.npz)': what a person can act on."""
     files = getattr(dataset, "files", None)
@@ -94,10 +136,20 @@ def check_data(bundle: DataBundle, batch_size: int) -> dict[str, Any]:
         if scan["nonfinite"]:
             problems.append(f"{len(scan['nonfinite'])} {name} samples contain NaN/Inf (first: index "
                             f"{scan['nonfinite'][0]})")
-    overlap = sorted(set(train["hashes"]) & set(val["hashes"]))
-    if overlap:
-        problems.append(f"{len(overlap)} val samples also appear in train (identical content; e.g. val index "
-                        f"{val['hashes'][overlap[0]]} = train index {train['hashes'][overlap[0]]})")
+    # every pair of splits, by content: a sample in two splits inflates the held-out figures (the test
+    # split is read here only for its hashes, never scored)
+    scans = {"train": train, "val": val}
+    if bundle.test is not None and len(bundle.test):
+        scans["test"] = {"hashes": _hashes(bundle.test)}
+    overlaps = {}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        if a in scans and b in scans:
+            shared = sorted(set(scans[a]["hashes"]) & set(scans[b]["hashes"]))
+            overlaps[f"{a}_{b}"] = len(shared)
+            if shared:
+                problems.append(f"{len(shared)} {b} samples also appear in {a} (identical content; e.g. "
+                                f"{_where(bundle, b, scans[b]['hashes'][shared[0]])} = "
+                                f"{_where(bundle, a, scans[a]['hashes'][shared[0]])})")
     counts = {str(k): v for k, v in sorted(train["counts"].items())}
     present = [v for v in train["counts"].values() if v]
     imbalance = round(max(present) / min(present), 2) if present else None
@@ -116,7 +168,8 @@ def check_data(bundle: DataBundle, batch_size: int) -> dict[str, Any]:
         "input_dtype": str(inputs.dtype).replace("torch.", ""), "label_dtype": str(targets.dtype).replace("torch.", ""),
         "num_classes": bundle.num_classes, "input_min": train["min"], "input_max": train["max"],
         "class_counts_train": counts, "class_counts_val": {str(k): v for k, v in sorted(val["counts"].items())},
-        "imbalance_ratio": imbalance, "overlap_train_val": len(overlap),
+        "imbalance_ratio": imbalance, "overlap_train_val": overlaps["train_val"], "overlaps": overlaps,
+        "class_names": bundle.class_names,
         "scanned": {"train": train["scanned"], "val": val["scanned"]},
         "problems": problems, "warnings": warnings,
     }

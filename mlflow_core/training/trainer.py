@@ -65,8 +65,9 @@ from mlflow_core.training.tracking import TensorBoardTracker, require_tensorboar
 from mlflow_core.workflow.evidence import file_sha256
 
 METRICS_SCHEMA_VERSION = 1
-# the signals that stop a run with a resume checkpoint (SIGUSR1: SLURM's warning before preemption)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# the signals that stop a run with a resume checkpoint (SIGUSR1: SLURM's warning before preemption;
+# SIGHUP: the terminal or SSH session went away)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 logging.getLogger("wf").addHandler(logging.NullHandler())
 
 
@@ -1051,7 +1052,7 @@ class Trainer:
                 "data": {"source": self.data.source, "train_size": len(self.data.train),
                          "val_size": len(self.data.val), "num_classes": self.data.num_classes,
                          "input_shape": list(self.data.input_shape),
-                         "normalization": self.data.normalization},
+                         "normalization": self.data.normalization, "class_names": self.data.class_names},
                 "seed": cfg.reproducibility.seed, "seeded": SEEDED, "deterministic": cfg.reproducibility.deterministic,
                 "metric": cfg.validation.metric, "mode": cfg.validation.mode, "target": cfg.validation.target,
                 "epochs_planned": cfg.training.epochs, "batch_size": cfg.training.batch_size,

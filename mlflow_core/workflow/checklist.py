@@ -18,9 +18,15 @@ from pathlib import Path
 from mlflow_core.atomic import atomic_write_text
 from mlflow_core.errors import ChecklistError
 
-_TASK = re.compile(r"^(?P<lead>\s*[-*+]\s+\[)(?P<mark>[ xX])(?P<rest>\]\s+(?P<body>.*))$")
+_TASK = re.compile(r"^(?P<lead>\s*[-*+]\s+\[)(?P<mark>[ xX])(?P<rest>\]\s+(?P<body>.*\S.*))$")
 _META = re.compile(r"<!--\s*(?P<meta>.*?)\s*-->\s*$")
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
+# What a person meant as a task item, even when GitHub would not render it as one: a list marker (or
+# none) and a short bracket ('-[x]', '- [x]Text', '* [ x]', '1. [X]', '[x] text'), or an item's id
+# comment on a line that is not an item. Such a line is an error, never silently not an item: a
+# mistyped item would otherwise vanish from its gate.
+_TASK_LIKE = re.compile(r"^\s*(?:[-*+]|\d+[.)])?\s*\[[^\]]{0,3}\]")
+_ID_COMMENT = re.compile(r"<!--\s*id\s*:")
 
 
 @dataclass(frozen=True)
@@ -67,17 +73,30 @@ def parse_checklist_text(text: str, path: Path, name: str, known_checks: set[str
     seen: dict[str, int] = {}
     title = name
     problems: list[str] = []
+    in_code = False
     for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.lstrip().startswith(("```", "~~~")):  # an example in a code block is not an item
+            in_code = not in_code
+            continue
+        if in_code:
+            continue
         if line.startswith("# ") and title == name:
             title = line[2:].strip()
         task = _TASK.match(line)
         if not task:
+            if _TASK_LIKE.match(line) or _ID_COMMENT.search(line):
+                problems.append(f"line {lineno}: looks like a task item but is not one: {line.strip()[:80]!r}; "
+                                "write it as '- [ ] Text <!-- id: some_id -->' (a space inside the brackets "
+                                "or an x, then a space and the text)")
             continue
         body = task.group("body")
         meta_match = _META.search(body)
         meta = _parse_meta(meta_match.group("meta")) if meta_match else {}
         item_text = body[: meta_match.start()].strip() if meta_match else body.strip()
         item_id = meta.get("id")
+        if not item_text:
+            problems.append(f"line {lineno}: task item has no text before its comment")
+            continue
         if not item_id:
             problems.append(f"line {lineno}: task item has no id; add '<!-- id: some_id -->' at its end")
             continue

@@ -60,6 +60,8 @@ def run_check(name: str, ctx: CheckContext) -> CheckResult:
 
 @check("config_valid")
 def _config_valid(ctx: CheckContext) -> CheckResult:
+    """The config validates now. Whether it is still the config the gate verified is the gate's
+    fingerprint comparison (gates.py), which knows when a later gate approved another one."""
     path = ctx.project.config_path
     recorded = ctx.facts().get("config_sha256")
     try:
@@ -75,8 +77,7 @@ def _config_valid(ctx: CheckContext) -> CheckResult:
     except ConfigError as exc:
         return CheckResult(False, f"{exc.problems[0]} (and {len(exc.problems) - 1} more)"
                            if len(exc.problems) > 1 else exc.problems[0])
-    return CheckResult(False, "training_config.yaml changed since `wf phase setup` verified it; "
-                       "run `wf phase setup` again")
+    return CheckResult(True, f"valid (sha256 {current[:12]}; setup verified {str(recorded)[:12]})")
 
 
 @check("environment_documented")
@@ -112,7 +113,7 @@ def _data(ctx: CheckContext) -> CheckResult:
     if data.get("problems"):
         return CheckResult(False, "; ".join(data["problems"]))
     return CheckResult(True, f"train {data.get('train_size')}, val {data.get('val_size')}, input "
-                       f"{data.get('input_shape')}, {data.get('num_classes')} classes, no NaN/Inf, no overlap")
+                       f"{data.get('input_shape')}, {data.get('num_classes')} classes, no NaN/Inf, no sample in two splits")
 
 
 @check("model_forward_ok")
@@ -187,13 +188,16 @@ def _gpu(ctx: CheckContext) -> CheckResult:
 
 @check("decision_recorded")
 def _decision(ctx: CheckContext) -> CheckResult:
-    decision = ctx.state.decision
-    if decision is None or decision.phase != ctx.phase:
+    """A decision made in this phase on the run the gate judges (the latest one recorded there: the
+    current decision, or the one that led on from an earlier pass through this phase)."""
+    decision = ctx.state.decision_in(ctx.phase)
+    if decision is None:
         return CheckResult(False, "no decision recorded; run `wf decide finalize|diagnose|optimize`")
-    latest = ctx.state.latest_run(ctx.phase, finished=True)
-    if latest is not None and decision.after_run != latest.run_id:
-        return CheckResult(False, f"the decision was made before run {latest.run_id}; run `wf decide` again")
-    reason = f" ({decision.reason})" if decision.reason else ""
+    judged = ctx.evidence.run_id if ctx.evidence else None
+    if judged is not None and getattr(decision, "after_run", None) != judged:
+        return CheckResult(False, f"the decision was made on run {getattr(decision, 'after_run', '?')}, not on "
+                           f"run {judged} that the gate judges; run `wf decide` again")
+    reason = f" ({decision.reason})" if getattr(decision, "reason", None) else ""
     return CheckResult(True, f"{decision.choice} → {decision.next_phase}{reason}")
 
 

@@ -23,11 +23,19 @@ from mlflow_core.errors import (
     UserInputError,
     WfError,
 )
+from mlflow_core.workflow import fingerprints
 from mlflow_core.workflow.checklist import set_marks
 from mlflow_core.workflow.checks import CheckContext, run_check
 from mlflow_core.workflow.evidence import read_evidence, write_evidence
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate, load_checklist
-from mlflow_core.workflow.phases import DECISIONS, PHASE_ORDER, RESUMABLE_PHASES, PhaseDefinition, load_phase
+from mlflow_core.workflow.phases import (
+    DECISIONS,
+    PHASE_ORDER,
+    RESUMABLE_PHASES,
+    PhaseDefinition,
+    load_phase,
+    required_items,
+)
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.recommend import Recommendation
 from mlflow_core.workflow.state import (
@@ -38,6 +46,7 @@ from mlflow_core.workflow.state import (
     now_iso,
     project_lock,
     save_state,
+    who,
 )
 
 
@@ -166,6 +175,9 @@ def _run_phase(project: Project, phase: str, override_reason: str | None,
         elif verdict.gate is not None:
             state.record("gate_checked", phase=phase, gate=origin, passed=True)
 
+        # what this run verifies: read before it starts (a data folder that is gone is exit 2 here)
+        verified = _fingerprints(project, state, phase, cfg, say)
+
         # -- run record -----------------------------------------------------------------------------
         run_id = new_run_id(phase)
         run_dir = project.runs_dir / run_id
@@ -181,7 +193,25 @@ def _run_phase(project: Project, phase: str, override_reason: str | None,
         say(f"run {run_id} started")
         return _execute(project, state, definition, run, cfg, RunContext(
             project, cfg, config_sha256(project.config_path), run_id, run_dir, on_progress or (lambda _p: None), say,
-            world=world, announce=announce or (lambda _plan: None), deadline=deadline))
+            world=world, announce=announce or (lambda _plan: None), deadline=deadline), verified)
+
+
+def _fingerprints(project: Project, state: ProjectState, phase: str, cfg: Any,
+                  say: Callable[[str], None]) -> dict[str, Any]:
+    """The config, data, code and packages this run works on, as its gate will vouch for them.
+    Setup hashes every data file; later phases check the data against the latest manifest on the
+    project's path, re-hashing only what changed (the entry gate has refused drifted data already,
+    unless overridden)."""
+    reference = None
+    for earlier in reversed(state.path()):
+        evidence = read_evidence(project, earlier)
+        data = ((evidence.facts.get("fingerprints") or {}).get("data") or {}) if evidence and evidence.intact else {}
+        if data.get("manifest"):
+            reference = data["manifest"]
+            break
+    if phase == "setup" and cfg.data.source in ("npz", "imagefolder"):
+        say(f"Fingerprinting the data in {cfg.data.path} (every file hashed once)")
+    return fingerprints.capture(cfg, project.root, phase, reference_manifest=reference)
 
 
 def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
@@ -199,14 +229,15 @@ def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
     state.record("phase_resumed", phase=phase, run_id=run.run_id, checkpoint=where)
     save_state(project, state)
     say(f"run {run.run_id} resumed from {where}")
+    verified = _fingerprints(project, state, phase, cfg, say)
     ctx = RunContext(project, cfg, config_sha256(project.config_path), run.run_id, run_dir,
                      on_progress or (lambda _p: None), say, resume_from=path, resuming=True, world=world,
                      announce=announce or (lambda _plan: None), deadline=deadline)
-    return _execute(project, state, load_phase(phase, project.root), run, cfg, ctx)
+    return _execute(project, state, load_phase(phase, project.root), run, cfg, ctx, verified)
 
 
 def _execute(project: Project, state: ProjectState, definition: PhaseDefinition, run: RunRecord, cfg: Any,
-             ctx: Any) -> PhaseResult:
+             ctx: Any, verified: dict[str, Any]) -> PhaseResult:
     """Run the phase's runner under the lock the caller holds, then record what it produced."""
     from mlflow_core.runners import run_runner
 
@@ -217,6 +248,13 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     logger = logging.getLogger("wf")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    say = ctx.on_message
+
+    def say_and_log(text: str) -> None:  # the log keeps every message, whatever becomes of the terminal
+        logger.info("%s", text)
+        say(text)
+
+    ctx.on_message = say_and_log
     try:
         output = run_runner(phase, ctx)
     except BaseException as exc:
@@ -259,7 +297,9 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
         logger.removeHandler(handler)
         handler.close()
 
-    if output.partial:  # a trial or seed run stopped on a signal: nothing to report yet
+    # stopped on a signal (or a trial or seed run inside the phase did): nothing to report yet, and
+    # the run the gate judges stays the last one that ran to its end
+    if output.partial or output.status == "interrupted":
         run.status, run.finished_at, run.passed = "interrupted", now_iso(), False
         run.summary["resume"] = output.facts.get("resume")
         state.record("phase_finished", phase=phase, run_id=run_id, status=run.status)
@@ -269,15 +309,26 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     # -- evidence, report, criteria ---------------------------------------------------------------
     for event, data in output.events:
         state.record(event, **data)
+    output.facts["fingerprints"] = {**verified, "approves": _approved_configs(project, phase, output.facts)}
     result = _record_outcome(project, state, definition, run, output.facts, cfg.project.name, output.status)
     result.notes = output.notes
-    if output.status == "interrupted":
-        run.summary["resume"] = output.facts.get("resume")
     save_state(project, state)
     _sync_auto_marks(project, state, phase)
-    if output.status == "interrupted":
-        raise _stopped_by_signal(project, state, phase, run_id, output.facts)
     return result
+
+
+def _approved_configs(project: Project, phase: str, facts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Configs a gate approves besides the one its phase ran: optimization's optimized config, the
+    fix that diagnostics verified by trial runs. Training one of them next does not re-open the
+    gates before (the drift check in gates.py)."""
+    path = (facts.get("optimized_config") or {}).get("path") if phase == "optimization" else (
+        facts.get("suggested_config") if phase == "diagnostics" and facts.get("verified_fix") else None)
+    if not path or not (project.root / path).is_file():
+        return []
+    try:
+        return [fingerprints.config_fingerprint(load_config(project.root / path), phase)]
+    except UserInputError:
+        return []
 
 
 def _resume_command(phase: str) -> str:
@@ -297,7 +348,7 @@ def _stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id
     requeued, and its script runs again with `--resume`."""
     import signal
 
-    from mlflow_core.errors import RunPreemptedError, RunTerminatedError, RunTimeLimitError
+    from mlflow_core.errors import RunHangupError, RunPreemptedError, RunTerminatedError, RunTimeLimitError
     from mlflow_core.slurm import requeue_job, slurm_job_id
     from mlflow_core.training.trainer import TIME_LIMIT  # torch is loaded: a run just trained
 
@@ -311,7 +362,8 @@ def _stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id
     if signum == TIME_LIMIT:
         return RunTimeLimitError(saved, hint=resume)
     if signum != signal.SIGUSR1:
-        return (RunTerminatedError if signum == signal.SIGTERM else RunInterruptedError)(saved, hint=resume)
+        error = {signal.SIGTERM: RunTerminatedError, signal.SIGHUP: RunHangupError}.get(signum, RunInterruptedError)
+        return error(saved, hint=resume)
     job = slurm_job_id()
     if job is None:
         return RunPreemptedError(saved + " SIGUSR1 outside a SLURM job: nothing to requeue.", hint=resume)
@@ -402,11 +454,11 @@ def decide(project: Project, choice: str, reason: str | None) -> Decision:
         if target not in options:
             verbs = [v for v, p in DECISIONS.items() if p in options]
             raise UserInputError(f"{current} cannot lead to {target}; choose one of: {', '.join(verbs)}.")
-        latest = state.latest_run(current, finished=True)
-        if latest is None:
+        judged = read_evidence(project, current)  # the run the gate judges, not a later interrupted one
+        if judged is None or not judged.run_id:
             raise UserInputError(f"{current} has no finished run to decide on.", hint=f"Run `wf phase {current}`.")
         decision = Decision(phase=current, choice=choice, next_phase=target, reason=reason, time=now_iso(),
-                            after_run=latest.run_id)
+                            after_run=judged.run_id)
         state.decision = decision
         state.record("decision", **decision.model_dump(exclude={"time"}))
         save_state(project, state)
@@ -414,7 +466,70 @@ def decide(project: Project, choice: str, reason: str | None) -> Decision:
         return decision
 
 
-def tick(project: Project, checklist_name: str, item_id: str, checked: bool = True, note: str | None = None) -> None:
+UNFINISHED_STATUSES = ("running", "interrupted", "crashed", "failed_input")
+
+
+def select_run(project: Project, ref: str) -> RunRecord:
+    """`wf runs select RUN`: make an earlier run that ran to its end the one its phase's gate judges
+    (its evidence and report come back from the copy kept per run); recorded in the history."""
+    from mlflow_core.workflow.evidence import archived_evidence_path
+    from mlflow_core.workflow.runs import find_run
+
+    with project_lock(project, f"wf runs select {ref}"):
+        state = load_state(project)
+        run = find_run(project, ref, state)
+        if run.status in UNFINISHED_STATUSES:
+            raise UserInputError(f"run {run.run_id} is {run.status}: only a run that ran to its end can be the one "
+                                 f"the {run.phase} gate judges.", hint=f"`wf runs --phase {run.phase}` lists them.")
+        archived = read_evidence(project, run.phase, archived_evidence_path(project, run.run_id))
+        if archived is None:
+            raise UserInputError(f"run {run.run_id} has no evidence of its own in "
+                                 f"{project.relative(archived_evidence_path(project, run.run_id))} (wf keeps a copy "
+                                 "per run since this version).", hint=f"Run `wf phase {run.phase}` again.")
+        if not archived.intact:
+            raise UserInputError(f"{project.relative(archived_evidence_path(project, run.run_id))} was edited after "
+                                 "it was recorded; it cannot be selected.", hint=f"Run `wf phase {run.phase}` again.")
+        state.record("run_selected", phase=run.phase, run_id=run.run_id, by=who())
+        name = load_config(project.config_path).project.name
+        _record_outcome(project, state, load_phase(run.phase, project.root), run, dict(archived.facts), name,
+                        archived.facts.get("status", run.status), event="report_rendered")
+        save_state(project, state)
+        _sync_auto_marks(project, state, run.phase)
+        return run
+
+
+def waive(project: Project, checklist_name: str, item_id: str, reason: str, waived: bool = True) -> str:
+    """`wf checklist waive NAME ID --reason`: drop an item of a gate on purpose, on the record
+    (who, when, why), shown by every gate check, status and later report. Returns the phase."""
+    if waived and not reason.strip():
+        raise UserInputError("--reason is required: a waiver says why the item does not apply.")
+    with project_lock(project, f"wf checklist {'waive' if waived else 'unwaive'} {checklist_name} {item_id}"):
+        state = load_state(project)
+        phase = next((p for p in PHASE_ORDER if load_phase(p, project.root).exit_checklist == checklist_name), None)
+        if phase is None:
+            raise UserInputError(f"{checklist_name!r} gates no phase; checklists that do: "
+                                 f"{', '.join(load_phase(p, project.root).exit_checklist for p in PHASE_ORDER)}.")
+        checklist = load_checklist(project, checklist_name)
+        known = {i.id for i in checklist.items} | {r.id for r in required_items(phase, project.root)}
+        if item_id not in known:
+            raise UserInputError(f"{project.relative(checklist.path)}: no item {item_id!r} in the {phase} gate; "
+                                 f"items: {', '.join(sorted(known))}.")
+        active = state.waivers(checklist_name)
+        if not waived and item_id not in active:
+            raise UserInputError(f"{checklist_name} {item_id} is not waived.", hint=f"`wf gate check {phase}` shows "
+                                 "the waivers on record.")
+        if waived:
+            state.record("checklist_waive", checklist=checklist_name, item=item_id, reason=reason.strip(), by=who())
+        else:
+            state.record("checklist_unwaive", checklist=checklist_name, item=item_id, by=who())
+        save_state(project, state)
+        return phase
+
+
+def tick(project: Project, checklist_name: str, item_id: str, checked: bool = True, note: str | None = None,
+         by: dict[str, Any] | None = None) -> None:
+    """Tick (or untick) a manual item, recording who did: a person through `wf checklist tick`, or
+    `by`, a command acting for the user (quickstart), which every gate check then names."""
     with project_lock(project, f"wf checklist tick {checklist_name} {item_id}"):
         state = load_state(project)
         checklist = load_checklist(project, checklist_name)
@@ -431,5 +546,6 @@ def tick(project: Project, checklist_name: str, item_id: str, checked: bool = Tr
                                  hint="`wf init` copies the checklists into the project.")
         set_marks(checklist.path, {item_id: checked})
         state.record("checklist_tick" if checked else "checklist_untick", checklist=checklist_name,
-                     item=item_id, **({"note": note} if note else {}))
+                     item=item_id, by=by or {"kind": "person", "name": who(), "via": "wf checklist tick"},
+                     **({"note": note} if note else {}))
         save_state(project, state)

@@ -46,17 +46,27 @@ def evidence_path(project: Project, phase: str) -> Path:
     return project.evidence_dir / f"{safe_name(phase, 'phase')}.json"
 
 
+def archived_evidence_path(project: Project, run_id: str) -> Path:
+    return project.evidence_dir / "runs" / f"{safe_name(run_id, 'run id')}.json"
+
+
 def write_evidence(project: Project, phase: str, run_id: str | None, facts: dict[str, Any]) -> str:
+    """The phase's evidence: what its gate judges. A copy is kept per run, so that `wf runs select`
+    can make an earlier run the one the gate judges again."""
     body = {"phase": phase, "run_id": run_id, "facts": facts}
     digest = canonical_sha256(body)
-    atomic_write_json(evidence_path(project, phase), {
-        "schema_version": EVIDENCE_SCHEMA_VERSION, "recorded_at": now_iso(), **body, "sha256": digest})
+    record = {"schema_version": EVIDENCE_SCHEMA_VERSION, "recorded_at": now_iso(), **body, "sha256": digest}
+    if run_id:
+        archived_evidence_path(project, run_id).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(archived_evidence_path(project, run_id), record)
+    atomic_write_json(evidence_path(project, phase), record)
     return digest
 
 
-def read_evidence(project: Project, phase: str) -> Evidence | None:
-    """None when the phase has recorded nothing; a damaged file reads as not intact."""
-    path = evidence_path(project, phase)
+def read_evidence(project: Project, phase: str, path: Path | None = None) -> Evidence | None:
+    """None when the phase has recorded nothing; a damaged file reads as not intact. `path`: an
+    archived copy (one run's) instead of the phase's current evidence."""
+    path = path or evidence_path(project, phase)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -1,7 +1,11 @@
-"""Gates: a phase's gate is its exit checklist, verified against recorded evidence.
+"""Gates: a phase's gate is its exit checklist, verified against recorded evidence and against the
+fingerprints of what the phase verified (config, data, code, packages).
 
 `evaluate_gate` and `entry_verdict` are pure: they read files and return verdicts. The state machine
-and the CLI decide what to do with them.
+and the CLI decide what to do with them. A gate passes when every item of its checklist holds (auto
+items from evidence, manual ones ticked, required ones present or waived on the record) and nothing
+it verified has drifted since. A phase may start only when every gate on the project's path to it
+holds now, not only the one just before it.
 """
 
 from __future__ import annotations
@@ -10,12 +14,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlflow_core.content import content_path
-from mlflow_core.workflow.checklist import Checklist, parse_checklist
+from mlflow_core.workflow import fingerprints
+from mlflow_core.workflow.checklist import Checklist, ChecklistItem, parse_checklist
 from mlflow_core.workflow.checks import CHECKS, CheckContext, run_check
-from mlflow_core.workflow.evidence import read_evidence
-from mlflow_core.workflow.phases import DECISIONS, load_phase, predecessors
+from mlflow_core.workflow.evidence import Evidence, read_evidence
+from mlflow_core.workflow.phases import DECISIONS, RequiredItem, load_phase, predecessors, required_items
 from mlflow_core.workflow.project import Project
-from mlflow_core.workflow.state import ProjectState
+from mlflow_core.workflow.state import Event, ProjectState
+
+SELECTED_BY_DEFAULT = "the latest run that ran to its end"
 
 
 @dataclass(frozen=True)
@@ -23,9 +30,12 @@ class ItemVerdict:
     id: str
     text: str
     kind: str  # auto | manual
-    checked: bool  # auto: what the evidence says; manual: the tick in the file
+    checked: bool  # satisfied: auto, the evidence says so; manual, ticked; or waived on the record
     evidence: str
-    line: int
+    line: int  # 0: not in the checklist (a required item that is missing)
+    required: bool = False  # the phase definition requires it
+    ticked_by: dict[str, Any] | None = None  # who ticked it: wf (auto), a person, or a command for the user
+    waived: dict[str, Any] | None = None  # {by, time, reason} when waived with `wf checklist waive`
 
 
 @dataclass(frozen=True)
@@ -36,14 +46,27 @@ class GateVerdict:
     passed: bool
     items: list[ItemVerdict]
     overrides: list[dict[str, Any]] = field(default_factory=list)
+    run: dict[str, Any] | None = None  # the run the gate judges, and how it was selected
+    drift: list[fingerprints.Drift] = field(default_factory=list)  # what changed since the gate verified it
+    notes: list[str] = field(default_factory=list)  # what could not be compared here
+    verified_at: dict[str, Any] | None = None  # the git commit the phase ran at (provenance)
 
     @property
     def open_items(self) -> list[ItemVerdict]:
         return [i for i in self.items if not i.checked]
 
+    @property
+    def waived_items(self) -> list[ItemVerdict]:
+        return [i for i in self.items if i.waived]
+
+    def rerun(self) -> str:
+        return fingerprints.rerun_hint(self.phase)
+
     def to_json(self) -> dict[str, Any]:
         return {"phase": self.phase, "checklist": self.checklist, "path": self.path, "passed": self.passed,
-                "items": [asdict(i) for i in self.items], "overrides": self.overrides}
+                "run": self.run, "items": [asdict(i) for i in self.items], "overrides": self.overrides,
+                "drift": [d.to_json() for d in self.drift], "notes": self.notes,
+                "verified_at": self.verified_at}
 
 
 def load_checklist(project: Project, name: str) -> Checklist:
@@ -54,26 +77,144 @@ def load_checklist(project: Project, name: str) -> Checklist:
     return parse_checklist(path, name, known_checks=set(CHECKS))
 
 
-def evaluate_gate(project: Project, state: ProjectState, phase: str) -> GateVerdict:
+def evaluate_gate(project: Project, state: ProjectState, phase: str,
+                  now: fingerprints.Current | None = None) -> GateVerdict:
+    """The gate of `phase` as it stands now. `now` is the project's current config and data, shared
+    by callers that evaluate several gates so that each is read once."""
+    now = now or fingerprints.Current(project.root)
     definition = load_phase(phase, project.root)
     checklist = load_checklist(project, definition.exit_checklist)
     evidence = read_evidence(project, phase)
-    items = []
-    for item in checklist.items:
-        if item.auto:
-            result = run_check(item.auto, CheckContext(project, state, phase, evidence))
-            detail = result.detail
-            if item.checked and not result.passed:
-                detail += " (ticked in the file, but the evidence does not support it)"
-            items.append(ItemVerdict(item.id, item.text, "auto", result.passed, detail, item.line))
-        else:
-            items.append(ItemVerdict(item.id, item.text, "manual", item.checked,
-                                     "ticked by a person" if item.checked else
-                                     f"not ticked; tick it with `wf checklist tick {checklist.name} {item.id}`",
-                                     item.line))
-    overrides = [e.model_dump(mode="json") for e in state.overrides()]
+    waivers = state.waivers(checklist.name)
+    ticks = state.last_ticks(checklist.name)
+    required = {r.id: r for r in required_items(phase, project.root)}
+    ctx = CheckContext(project, state, phase, evidence)
+    items = [_item_verdict(item, required.get(item.id), ctx, checklist, waivers.get(item.id), ticks.get(item.id))
+             for item in checklist.items]
+    present = {i.id for i in checklist.items}
+    items += [_missing_item(req, checklist, waivers.get(req.id), ctx)
+              for req in required.values() if req.id not in present]
+    drift, notes, verified_at = _drift(project, state, phase, evidence, now)
     return GateVerdict(phase, checklist.name, project.relative(checklist.path),
-                       all(i.checked for i in items), items, overrides)
+                       all(i.checked for i in items) and not drift, items,
+                       [e.model_dump(mode="json") for e in state.overrides()],
+                       _selected_run(state, phase, evidence), drift, notes, verified_at)
+
+
+def _waiver(event: Event | None) -> dict[str, Any] | None:
+    if event is None:
+        return None
+    return {"by": getattr(event, "by", None), "time": event.time, "reason": getattr(event, "reason", "")}
+
+
+def _waived_text(waiver: dict[str, Any]) -> str:
+    return f"waived by {waiver['by']} at {waiver['time']}: {waiver['reason']}"
+
+
+def _item_verdict(item: ChecklistItem, req: RequiredItem | None, ctx: CheckContext, checklist: Checklist,
+                  waiver_event: Event | None, tick: Event | None) -> ItemVerdict:
+    waiver = _waiver(waiver_event)
+    where = f"{ctx.project.relative(checklist.path)}:{item.line}"
+    if req is not None and req.check != item.auto:
+        want = f"verified by wf's check `{req.check}`" if req.check else "ticked by a person"
+        has = f"`auto: {item.auto}`" if item.auto else "a manual tick"
+        detail = (f"the {ctx.phase} gate requires this item {want}; {where} makes it {has}. Restore its comment "
+                  f"(`<!-- id: {item.id}{'; auto: ' + req.check if req.check else ''} -->`) or waive it")
+        return ItemVerdict(item.id, item.text, "auto" if req.check else "manual", bool(waiver),
+                           _waived_text(waiver) + f" ({detail})" if waiver else detail, item.line, True,
+                           None, waiver)
+    if item.auto:
+        result = run_check(item.auto, ctx)
+        detail = result.detail
+        if item.checked and not result.passed:
+            detail += " (ticked in the file, but the evidence does not support it)"
+        by = {"kind": "wf", "name": f"wf phase {ctx.phase}", "via": "recorded evidence"} if result.passed else None
+        if waiver:
+            detail = f"{_waived_text(waiver)} (the check says: {detail})"
+        return ItemVerdict(item.id, item.text, "auto", result.passed or bool(waiver), detail, item.line,
+                           req is not None, by, waiver)
+    by = _ticked_by(item, tick) if item.checked else None
+    if item.checked:
+        detail = _describe_tick(by)
+    else:
+        detail = f"not ticked; tick it with `wf checklist tick {checklist.name} {item.id}`"
+    if waiver:
+        detail = f"{_waived_text(waiver)} ({detail})"
+    return ItemVerdict(item.id, item.text, "manual", item.checked or bool(waiver), detail, item.line,
+                       req is not None, by, waiver)
+
+
+def _ticked_by(item: ChecklistItem, tick: Event | None) -> dict[str, Any]:
+    """Who ticked a manual item: the wf command that recorded the tick, when the file still shows it,
+    else a person editing the file."""
+    if tick is not None and tick.event == "checklist_tick":
+        by = getattr(tick, "by", None) or {"kind": "person", "name": None}
+        return {**by, "via": by.get("via") or "wf checklist tick", "time": tick.time}
+    return {"kind": "person", "name": None, "via": "an edit of the checklist file", "time": None}
+
+
+def _describe_tick(by: dict[str, Any]) -> str:
+    if by["kind"] == "command":
+        return f"ticked by {by['name']} at {by['time']}, a command acting for you, not by a person"
+    name = f" ({by['name']})" if by.get("name") else ""
+    when = f" at {by['time']}" if by.get("time") else ""
+    return f"ticked by a person{name}, with {by['via']}{when}" if by.get("time") else \
+        f"ticked by a person{name}, by editing the checklist file"
+
+
+def _missing_item(req: RequiredItem, checklist: Checklist, waiver_event: Event | None,
+                  ctx: CheckContext) -> ItemVerdict:
+    waiver = _waiver(waiver_event)
+    kind = "auto" if req.check else "manual"
+    if waiver:
+        return ItemVerdict(req.id, req.text, kind, True, _waived_text(waiver) + " (not in the checklist)", 0, True,
+                           None, waiver)
+    line = f"- [ ] {req.text} <!-- id: {req.id}{'; auto: ' + req.check if req.check else ''} -->"
+    return ItemVerdict(req.id, req.text, kind, False,
+                       f"missing from {ctx.project.relative(checklist.path)}: the {ctx.phase} gate requires it. "
+                       f"Restore the line `{line}`, or drop it on the record with "
+                       f"`wf checklist waive {checklist.name} {req.id} --reason \"…\"`", 0, True)
+
+
+def _selected_run(state: ProjectState, phase: str, evidence: Evidence | None) -> dict[str, Any] | None:
+    """The run the gate judges (the one whose evidence is recorded) and how it came to be the one."""
+    if evidence is None or not evidence.run_id:
+        return None
+    run = state.run(evidence.run_id)
+    chosen = next((e for e in reversed(state.history) if e.event == "run_selected"
+                   and getattr(e, "phase", None) == phase), None)
+    by = (f"`wf runs select` by {getattr(chosen, 'by', '?')} at {chosen.time}"
+          if chosen is not None and getattr(chosen, "run_id", None) == evidence.run_id else SELECTED_BY_DEFAULT)
+    return {"run_id": evidence.run_id, "status": run.status if run else None, "selected_by": by}
+
+
+def _approvals(project: Project, state: ProjectState, phase: str) -> list[dict[str, Any]]:
+    """The configs that gates after `phase` on the project's path approved: a config in force that
+    one of them approved (the optimized config, a fix that diagnostics verified and a new baseline
+    trained) does not re-open `phase`'s gate."""
+    path = state.path()
+    if phase not in path:
+        return []
+    out = []
+    for later in path[path.index(phase) + 1:]:
+        evidence = read_evidence(project, later)
+        if evidence is None or not evidence.intact:
+            continue
+        fps = evidence.facts.get("fingerprints") or {}
+        out += [c for c in [fps.get("config"), *(fps.get("approves") or [])] if c]
+    return out
+
+
+def _drift(project: Project, state: ProjectState, phase: str, evidence: Evidence | None,
+           now: fingerprints.Current) -> tuple[list[fingerprints.Drift], list[str], dict[str, Any] | None]:
+    if evidence is None or not evidence.intact:
+        return [], [], None  # the checks already say that nothing (intact) was recorded
+    recorded = evidence.facts.get("fingerprints")
+    if not recorded:
+        return [], [f"{phase} was recorded by a wf without fingerprints: run `wf phase {phase}` again to have "
+                    "its config, data and code verified"], None
+    drift, notes = fingerprints.drift(recorded, phase, now, approved_later=_approvals(project, state, phase))
+    return drift, notes, (recorded.get("code") or {}).get("git")
 
 
 @dataclass(frozen=True)
@@ -88,9 +229,9 @@ class EntryVerdict:
 
 def entry_verdict(project: Project, state: ProjectState, phase: str,
                   gates: dict[str, GateVerdict] | None = None) -> EntryVerdict:
-    """May `phase` start now? A phase may start only when the gate of the phase before it passes.
-    `gates` holds verdicts already evaluated (by phase), so that callers asking about several
-    phases evaluate each gate once."""
+    """May `phase` start now? Only when every gate on the project's path to it holds now: the gate
+    of the phase before it (with the decision to come here) and every gate before that, none of
+    whose config, data or code has drifted. `gates` holds verdicts already evaluated (by phase)."""
     before = predecessors(phase, project.root)
     if not before:
         return EntryVerdict(phase, True, f"{phase} has no entry gate")
@@ -101,13 +242,35 @@ def entry_verdict(project: Project, state: ProjectState, phase: str,
         return EntryVerdict(phase, False, f"{phase} cannot follow {origin}; it follows "
                             f"{' or '.join(before)}",
                             unblock=_next_step_hint(project, state, origin), origin=origin)
-    gate = gates[origin] if gates and origin in gates else evaluate_gate(project, state, origin)
+    gates = dict(gates or {})
+    now = fingerprints.Current(project.root)
+
+    def gate_of(name: str) -> GateVerdict:
+        if name not in gates:
+            gates[name] = evaluate_gate(project, state, name, now)
+        return gates[name]
+
+    # the path to `phase`: the one to the origin (re-running a phase: to where it was entered from)
+    path = state.path()
+    if origin in path:
+        path = path[: path.index(origin) + 1]
+    else:
+        path = ["setup", origin] if origin != "setup" else ["setup"]
+    for earlier, following in zip(path, [*path[1:], phase]):
+        gate = gate_of(earlier)
+        required = load_phase(earlier, project.root).exit_items_for.get(following)
+        open_items = [i for i in gate.open_items if required is None or i.id in required]
+        which = f"the {earlier} gate" + ("" if earlier == origin else f" (on the path to {phase})")
+        if gate.drift:
+            changed = "; ".join(d.detail for d in gate.drift)
+            return EntryVerdict(phase, False, f"{which} re-opened, because {changed}; {gate.rerun()}", gate,
+                                unblock=f"wf gate check {earlier}", origin=origin)
+        if open_items:
+            left = ", ".join(i.id for i in open_items)
+            return EntryVerdict(phase, False, f"{which} is closed: {gate.path} has items left: {left}",
+                                gate, unblock=f"wf gate check {earlier}", origin=origin)
+    gate = gate_of(origin)
     required = load_phase(origin, project.root).exit_items_for.get(phase)
-    open_items = [i for i in gate.open_items if required is None or i.id in required]
-    if open_items:
-        left = ", ".join(i.id for i in open_items)
-        return EntryVerdict(phase, False, f"the {origin} gate is closed: {gate.path} has items left: {left}",
-                            gate, unblock=f"wf gate check {origin}", origin=origin)
     if len(load_phase(origin, project.root).next) > 1:
         decision = state.decision
         if decision is None or decision.phase != origin or decision.next_phase != phase:
@@ -117,7 +280,14 @@ def entry_verdict(project: Project, state: ProjectState, phase: str,
             return EntryVerdict(phase, False, f"{chosen}", gate, unblock=f"wf decide {verb} --reason \"…\"",
                                 origin=origin)
     scope = "passes" if required is None else f"passes for {phase} ({', '.join(required)})"
-    return EntryVerdict(phase, True, f"the {origin} gate {scope}", gate, origin=origin)
+    chain = "" if len(path) == 1 else f", and every gate before it on the path ({', '.join(path[:-1])}) holds"
+    return EntryVerdict(phase, True, f"the {origin} gate {scope}{chain}", gate, origin=origin)
+
+
+def chain_verdicts(project: Project, state: ProjectState) -> list[GateVerdict]:
+    """`wf gate check --all`: every gate on the project's path to where it stands now."""
+    now = fingerprints.Current(project.root)
+    return [evaluate_gate(project, state, name, now) for name in state.path() or ["setup"]]
 
 
 def _next_step_hint(project: Project, state: ProjectState, origin: str) -> str:

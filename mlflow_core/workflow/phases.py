@@ -31,6 +31,14 @@ class Criterion(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class RequiredItem(BaseModel):
+    """An item the phase's exit gate requires, whatever the project's checklist says."""
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    text: str
+    check: str | None = None  # the engine check that verifies it; None: a person ticks it
+
+
 class PhaseDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -45,6 +53,10 @@ class PhaseDefinition(BaseModel):
     playbooks: dict[str, str] = Field(default_factory=dict)
     # For some transitions only part of the exit checklist applies: {next phase: [item ids]}.
     exit_items_for: dict[str, list[str]] = Field(default_factory=dict)
+    # The gate's required items: a checklist may reword, reorder and add to them, but one that is
+    # missing (or verified by another check, or turned into a manual tick) keeps the gate closed
+    # until it is restored or waived on the record (`wf checklist waive`).
+    required_items: list[RequiredItem] = Field(default_factory=list)
 
 
 def load_phase(name: str, project_root: Path | None = None) -> PhaseDefinition:
@@ -64,6 +76,16 @@ def _load_phase_file(path: Path, _mtime: int) -> PhaseDefinition:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise UserInputError(f"{path}: {problems}") from None
+
+
+def required_items(name: str, project_root: Path | None = None) -> list[RequiredItem]:
+    """The packaged definition's required items, and any a project's own copy of the definition
+    adds: a project can require more, never less (dropping one is `wf checklist waive`, recorded)."""
+    items = {i.id: i for i in load_phase(name).required_items}
+    if project_root is not None:
+        for item in load_phase(name, project_root).required_items:
+            items.setdefault(item.id, item)
+    return list(items.values())
 
 
 def predecessors(name: str, project_root: Path | None = None) -> list[str]:

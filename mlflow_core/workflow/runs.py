@@ -9,9 +9,10 @@ import json
 from typing import Any
 
 from mlflow_core.errors import UserInputError
+from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.phases import PHASE_ORDER
 from mlflow_core.workflow.project import Project
-from mlflow_core.workflow.state import RunRecord, load_state
+from mlflow_core.workflow.state import ProjectState, RunRecord, load_state
 
 
 def run_rows(project: Project, phase: str | None = None, last: int | None = None) -> list[dict[str, Any]]:
@@ -19,19 +20,25 @@ def run_rows(project: Project, phase: str | None = None, last: int | None = None
     if phase is not None and phase not in PHASE_ORDER:
         raise UserInputError(f"--phase {phase!r}: not a phase; phases: {', '.join(PHASE_ORDER)}.")
     runs = [r for r in load_state(project).runs if phase is None or r.phase == phase]
+    judged = {}
+    for name in PHASE_ORDER:  # the run each gate judges: the one its evidence was recorded from
+        evidence = read_evidence(project, name)
+        if evidence is not None and evidence.run_id:
+            judged[name] = evidence.run_id
     rows = []
     for run in reversed(runs):
         summary = run.summary or {}
         rows.append({"run_id": run.run_id, "phase": run.phase, "status": run.status, "passed": run.passed,
                      "started_at": run.started_at, "finished_at": run.finished_at,
                      "duration_s": summary.get("duration_s"), "best": summary.get("best"),
-                     "epochs": summary.get("epochs_completed"), "dir": run.dir})
+                     "epochs": summary.get("epochs_completed"), "dir": run.dir,
+                     "judged": judged.get(run.phase) == run.run_id})
     return rows[:last] if last else rows
 
 
-def find_run(project: Project, ref: str) -> RunRecord:
+def find_run(project: Project, ref: str, state: ProjectState | None = None) -> RunRecord:
     """A run by its id or a unique prefix of it."""
-    runs = load_state(project).runs
+    runs = (state or load_state(project)).runs
     exact = [r for r in runs if r.run_id == ref]
     matches = exact or [r for r in runs if r.run_id.startswith(ref)]
     if len(matches) == 1:

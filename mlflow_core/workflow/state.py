@@ -56,7 +56,8 @@ class Event(BaseModel):
     time: str
     event: Literal["init", "phase_started", "phase_finished", "gate_checked", "gate_override",
                    "decision", "checklist_tick", "checklist_untick", "report_rendered", "diagnosis",
-                   "test_evaluated", "phase_resumed", "job_requeued"]
+                   "test_evaluated", "phase_resumed", "job_requeued", "checklist_waive", "checklist_unwaive",
+                   "run_selected"]
 
 
 class ProjectState(BaseModel):
@@ -86,6 +87,70 @@ class ProjectState(BaseModel):
 
     def overrides(self) -> list[Event]:
         return [e for e in self.history if e.event == "gate_override"]
+
+    def waivers(self, checklist: str) -> dict[str, Event]:
+        """The items of `checklist` waived now (the latest waive of each, unless unwaived since)."""
+        active: dict[str, Event] = {}
+        for e in self.history:
+            if e.event in ("checklist_waive", "checklist_unwaive") and getattr(e, "checklist", None) == checklist:
+                item = getattr(e, "item", "")
+                if e.event == "checklist_waive":
+                    active[item] = e
+                else:
+                    active.pop(item, None)
+        return active
+
+    def last_ticks(self, checklist: str) -> dict[str, Event]:
+        """The latest tick or untick recorded by a wf command for each item of `checklist`."""
+        last: dict[str, Event] = {}
+        for e in self.history:
+            if e.event in ("checklist_tick", "checklist_untick") and getattr(e, "checklist", None) == checklist:
+                last[getattr(e, "item", "")] = e
+        return last
+
+    def decision_in(self, phase: str) -> Decision | Event | None:
+        """The latest decision made in `phase`: the current decision, or the one that led on from an
+        earlier pass through it (kept in the history)."""
+        if self.decision is not None and self.decision.phase == phase:
+            return self.decision
+        return next((e for e in reversed(self.history) if e.event == "decision" and getattr(e, "phase", None) == phase),
+                    None)
+
+    def path(self) -> list[str]:
+        """The phases the project passed through to the current one, setup first: the current phase,
+        the phase it was entered from, and so on back (a phase met twice ends the walk: baseline and
+        diagnostics may alternate). Every path starts at setup."""
+        if self.current_phase is None:
+            return []
+        path = [self.current_phase]
+        while True:
+            before = self.entered_from.get(path[-1])
+            if before is None or before in path:
+                break
+            path.append(before)
+        if "setup" not in path:
+            path.append("setup")
+        return path[::-1]
+
+
+def who() -> str:
+    """The person running wf: git's user.name where it is set, else the login name."""
+    import getpass
+    import subprocess
+
+    name = os.environ.get("GIT_AUTHOR_NAME")
+    if not name:
+        try:
+            out = subprocess.run(["git", "config", "user.name"], capture_output=True, text=True, timeout=5, check=False)
+            name = out.stdout.strip() if out.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            name = None
+    if not name:
+        try:
+            name = getpass.getuser()
+        except (OSError, KeyError):
+            name = "unknown"
+    return name
 
 
 def load_state(project: Project) -> ProjectState:

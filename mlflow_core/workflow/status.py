@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlflow_core.errors import WfError
+from mlflow_core.workflow.fingerprints import Current
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate
 from mlflow_core.workflow.phases import PHASE_ORDER, RESUMABLE_PHASES, RUNNABLE_PHASES, load_phase
 from mlflow_core.workflow.project import Project
@@ -15,9 +16,10 @@ def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
     state = load_state(project)
     phases = []
     gates, errors = {}, {}
+    now = Current(project.root)  # the config parsed and the data walked once for every gate
     for name in PHASE_ORDER:
         try:
-            gates[name] = evaluate_gate(project, state, name)
+            gates[name] = evaluate_gate(project, state, name, now)
         except WfError as exc:
             errors[name] = exc.message
     for name in PHASE_ORDER:
@@ -26,7 +28,9 @@ def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
         gate = gates.get(name)
         progress = {"passed": False, "error": errors[name]} if gate is None else {
             "passed": gate.passed, "checked": sum(i.checked for i in gate.items), "total": len(gate.items),
-            "checklist": gate.path, "open": [i.id for i in gate.open_items]}
+            "checklist": gate.path, "open": [i.id for i in gate.open_items],
+            "drift": [d.to_json() for d in gate.drift], "run": gate.run,
+            "waived": [{"id": i.id, **(i.waived or {})} for i in gate.waived_items]}
         entry = entry_verdict(project, state, name, gates) if name != state.current_phase else None
         phases.append({"name": name, "number": definition.number, "title": definition.title,
                        "current": name == state.current_phase,
@@ -62,6 +66,11 @@ def suggest_next(current: str | None, phases: list[dict[str, Any]], busy: bool =
         return f"wait: run {run['run_id']} is in progress (`wf status` again later)"
     if run is None or stopped:
         return f"wf phase {current}"
+    # a gate on the path that re-opened comes first: the phases after it rest on it
+    for p in phases:
+        if p["gate"].get("drift") and p["last_run"] is not None:
+            changed = "; ".join(d["detail"] for d in p["gate"]["drift"])
+            return f"wf phase {p['name']}   (its gate re-opened: {changed})"
     gate = phase["gate"]
     if not gate.get("passed"):
         return f"wf gate check {current}   (items left: {', '.join(gate.get('open', []))})"

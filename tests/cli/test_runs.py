@@ -34,3 +34,45 @@ def test_runs_refuses_what_it_cannot_answer(wf, project_copy):
     bad_phase = wf("runs", "--phase", "tuning", cwd=project_copy)
     assert bad_phase.code == 2 and "not a phase" in bad_phase.err
     assert "No optimization runs yet" in wf("runs", "--phase", "optimization", cwd=project_copy).out
+
+
+def test_runs_and_diff_work_with_every_kind_of_run(wf, project_copy):
+    """Runs of every phase and outcome, as wf records them (an optimization's best is a trial's
+    objective, a diagnosis has none, an interrupted or crashed run has no result): listing and
+    comparing them never fails with a traceback."""
+    from mlflow_core.workflow.project import Project
+    from mlflow_core.workflow.state import RunRecord, load_state, save_state
+
+    project = Project(project_copy)
+    state = load_state(project)
+    baseline = next(r for r in state.runs if r.phase == "baseline")
+    extra = [
+        RunRecord(run_id="optimization-1", phase="optimization", status="completed", started_at="2026-01-01T00:00:00",
+                  finished_at="2026-01-01T00:10:00", dir="runs/optimization-1", passed=False,
+                  summary={"best": {"trial": 3, "value": 0.99, "params": {"training.learning_rate": 0.003}}}),
+        RunRecord(run_id="diagnostics-1", phase="diagnostics", status="completed", started_at="2026-01-01T00:11:00",
+                  finished_at="2026-01-01T00:12:00", dir="runs/diagnostics-1", passed=True, summary={}),
+        RunRecord(run_id="finalization-1", phase="finalization", status="completed",
+                  started_at="2026-01-01T00:13:00", finished_at="2026-01-01T00:20:00", dir="runs/finalization-1",
+                  passed=True, summary={"best": None}),
+        RunRecord(run_id="baseline-interrupted", phase="baseline", status="interrupted",
+                  started_at="2026-01-01T00:21:00", finished_at="2026-01-01T00:22:00", dir=baseline.dir,
+                  summary={"resume": {"step": 40}}),
+        RunRecord(run_id="baseline-crashed", phase="baseline", status="crashed", started_at="2026-01-01T00:23:00",
+                  finished_at="2026-01-01T00:23:05", dir="runs/baseline-crashed", passed=False,
+                  summary={"error": "RuntimeError: boom"}),
+        RunRecord(run_id="setup-running", phase="setup", status="running", started_at="2026-01-01T00:24:00",
+                  dir="runs/setup-running"),
+    ]
+    state.runs.extend(extra)
+    save_state(project, state)
+    (project_copy / "runs" / "optimization-1" / "trials" / "trial-0003" / "logs").mkdir(parents=True)
+    r = wf("runs", cwd=project_copy)
+    assert r.code == 0 and "objective 0.99 (trial 3)" in r.out and "crashed" in r.out, r.err
+    rows = json.loads(wf("runs", "--json", cwd=project_copy).out)
+    assert {row["phase"] for row in rows} == {"setup", "baseline", "optimization", "diagnostics", "finalization"}
+    for other in extra:
+        d = wf("runs", "diff", baseline.run_id, other.run_id, cwd=project_copy)
+        assert d.code in (0, 2) and "Traceback" not in d.err, d.err
+        if d.code == 2:
+            assert other.run_id in d.err or "recorded no training config" in d.err

@@ -52,3 +52,25 @@ def test_set_marks_touches_only_named_items(tmp_path):
 def test_missing_checklist_is_bad_input(tmp_path):
     with pytest.raises(ChecklistError, match="checklist not found"):
         parse_checklist(Path(tmp_path / "none.md"))
+
+
+@pytest.mark.parametrize("line", [
+    "- [x]Model card reviewed <!-- id: model_card_reviewed -->",  # no space after the brackets
+    "-[x] Model card reviewed <!-- id: model_card_reviewed -->",  # no space after the dash
+    "* [ x] Model card reviewed <!-- id: model_card_reviewed -->",
+    "1. [X] Model card reviewed <!-- id: model_card_reviewed -->",
+    "[x] Model card reviewed <!-- id: model_card_reviewed -->",  # no list marker
+    "Model card reviewed <!-- id: model_card_reviewed -->",  # an item's id on a line that is no item
+    "- [x] <!-- id: model_card_reviewed -->",  # no text
+], ids=["no-space-after", "no-space-before", "space-in-box", "numbered", "no-marker", "id-only", "no-text"])
+def test_a_line_that_looks_like_an_item_but_is_not_one_is_an_error(tmp_path, line):
+    """A mistyped item must not vanish from its gate: the file and the line are named."""
+    with pytest.raises(ChecklistError) as exc:
+        parse_checklist_text(f"# C\n\n{line}\n", tmp_path / "c.md", "c")
+    assert f"{tmp_path / 'c.md'}" in str(exc.value) and "line 3:" in str(exc.value)
+
+
+def test_links_and_code_blocks_are_not_items(tmp_path):
+    text = ("# C\n- [the docs](https://example.org) say so\nSee [1] and [x].\n```\n- [x]example <!-- id: a -->\n```\n"
+            "- [ ] Real <!-- id: real -->\n")
+    assert [i.id for i in parse_checklist_text(text, tmp_path / "c.md", "c").items] == ["real"]

@@ -17,6 +17,26 @@ def project(tmp_path):
     return init_project(tmp_path / "p")
 
 
+def _fake_setup(project, state):
+    """A setup gate that holds: its evidence, the environment report it names, the manual ticks."""
+    from mlflow_core.workflow.evidence import file_sha256
+
+    report = project.reports_dir / "environment.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("env")
+    state.runs.append(RunRecord(run_id="setup-1", phase="setup", status="completed", started_at="t0",
+                                finished_at="t0", dir="runs/setup-1"))
+    write_evidence(project, "setup", "setup-1", {
+        "config_sha256": file_sha256(project.config_path),
+        "environment": {"report": {"path": "reports/environment.md", "sha256": file_sha256(report)}},
+        "seeds": {"seed": 42, "seeded": ["torch"], "deterministic": True},
+        "reproducibility": {"steps": 3, "device": "cpu", "identical": True, "passed": True},
+        "data": {"problems": [], "train_size": 1, "val_size": 1}, "model": {"ok": True, "parameters": 1}})
+    path = project.checklist_path("reproducibility")
+    path.write_text(path.read_text().replace("- [ ] Data source", "- [x] Data source")
+                    .replace("- [ ] `training_config.yaml` committed", "- [x] `training_config.yaml` committed"))
+
+
 def _fake_baseline(project, state, status="completed", decision=None):
     run = RunRecord(run_id="baseline-1", phase="baseline", status=status, started_at="t", finished_at="t2",
                     dir="runs/baseline-1")
@@ -83,6 +103,7 @@ def test_baseline_gate_needs_decision_and_manual_items(project):
 
 def test_decision_picks_the_next_phase(project):
     state = load_state(project)
+    _fake_setup(project, state)  # every gate on the path must hold, not only the baseline's
     _fake_baseline(project, state, decision=("optimize", "optimization"))
     # make the gate pass apart from what the decision controls
     facts = read_evidence(project, "baseline").facts

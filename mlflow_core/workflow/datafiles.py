@@ -1,0 +1,306 @@
+"""Data manifests: what a gate verified about the data, file by file, and a quick check that it holds.
+
+`wf phase setup` hashes every file of every split (train/, val/, test/ under `data.path`) and writes a
+content-addressed manifest, `.wf/manifests/<sha256>.json`, one line per file (relative path, size,
+sha256), with each split's file count, bytes and content hash, and what the files hold: NPZ array
+keys, shapes and dtypes, or ImageFolder class names. Evidence records the manifest's digest.
+
+Later phases and `wf gate check` verify the data against it quickly: a directory walk and a stat per
+file, with a file re-hashed only when its size or mtime differs from the machine-local stat cache
+(`.wf/cache/stat.json`, git-ignored: a clone has other mtimes). A touched but unchanged file is
+re-hashed once and found equal. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow_core.atomic import atomic_write_text
+from mlflow_core.errors import StorageError, UserInputError
+
+MANIFEST_VERSION = 1
+SPLITS = ("train", "val", "test")
+FILE_SOURCES = ("npz", "imagefolder")
+_SKIPPED = (".DS_Store", "Thumbs.db", "desktop.ini")  # written by file browsers, never data
+_HASH_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class StatCache:
+    """sha256 of files by (size, mtime_ns), kept on this machine only. A file whose size and mtime
+    are unchanged is not read again; anything else is hashed and remembered."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, list[Any]] = {}
+        self.dirty = False
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(raw, dict) and raw.get("version") == 1 and isinstance(raw.get("files"), dict):
+                self.entries = raw["files"]
+        except (OSError, ValueError):
+            pass  # no cache, or a damaged one: everything is hashed again
+
+    def sha256(self, path: Path, st: os.stat_result | None = None) -> str:
+        st = st or path.stat()
+        key = str(path)
+        hit = self.entries.get(key)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit[2]
+        digest = sha256_file(path)
+        self.entries[key] = [st.st_size, st.st_mtime_ns, digest]
+        self.dirty = True
+        return digest
+
+    def save(self) -> None:
+        """Best effort: a read-only checkout (CI) simply hashes again next time."""
+        if not self.dirty:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps({"version": 1, "files": self.entries}, separators=(",", ":")))
+            self.dirty = False
+        except (OSError, StorageError):  # a cache that cannot be written only costs time
+            pass
+
+
+@dataclass
+class SplitFiles:
+    files: dict[str, tuple[int, str]]  # relative path → (size, sha256)
+    holds: dict[str, Any] = field(default_factory=dict)  # NPZ arrays or ImageFolder classes
+
+    def summary(self) -> dict[str, Any]:
+        return {"files": len(self.files), "bytes": sum(s for s, _ in self.files.values()),
+                "sha256": split_sha256(self.files), **self.holds}
+
+
+def split_sha256(files: dict[str, tuple[int, str]]) -> str:
+    digest = hashlib.sha256()
+    for rel in sorted(files):
+        digest.update(f"{rel}\0{files[rel][1]}\n".encode())
+    return digest.hexdigest()
+
+
+def _walk(folder: Path) -> Iterable[tuple[str, os.stat_result, Path]]:
+    """Every regular file under `folder`, as (relative path, stat, path), without following links
+    out of it; hidden files and file-browser litter are not data."""
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError as exc:
+            raise UserInputError(f"{current}: cannot be read ({exc.strerror}) (data.path)") from None
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name in _SKIPPED:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif entry.is_file():
+                path = Path(entry.path)
+                yield path.relative_to(folder).as_posix(), entry.stat(), path
+
+
+def scan_split(folder: Path, cache: StatCache) -> dict[str, tuple[int, str]]:
+    return {rel: (st.st_size, cache.sha256(path, st)) for rel, st, path in _walk(folder)}
+
+
+def data_root(cfg: Any, project_root: Path) -> Path | None:
+    """The folder holding the splits, for file-based sources (None for digits and custom data)."""
+    if cfg.data.source not in FILE_SOURCES or not cfg.data.path:
+        return None
+    root = (project_root / cfg.data.path).resolve()
+    return root
+
+
+def npz_arrays(path: Path) -> dict[str, dict[str, Any]]:
+    """The arrays of an .npz (key → shape and dtype) read from its headers, nothing decompressed
+    beyond them and nothing unpickled."""
+    import numpy as np
+
+    out: dict[str, dict[str, Any]] = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if not name.endswith(".npy"):
+                continue
+            with archive.open(name) as f:
+                major, _minor = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                               else np.lib.format.read_array_header_2_0)
+                shape, _fortran, dtype = read_header(f)
+            out[name[:-4]] = {"shape": list(shape), "dtype": str(dtype)}
+    return out
+
+
+def describe_split(folder: Path, files: dict[str, tuple[int, str]], source: str) -> dict[str, Any]:
+    """What a split holds: for NPZ each array's shape and dtype (and how many files differ from the
+    first), for ImageFolder the class folder names."""
+    if source == "imagefolder":
+        classes = sorted({rel.split("/", 1)[0] for rel in files if "/" in rel})
+        return {"classes": classes}
+    first, differing, unreadable = None, 0, []
+    for rel in sorted(files):
+        if not rel.endswith(".npz"):
+            continue
+        try:
+            arrays = npz_arrays(folder / rel)
+        except (OSError, ValueError, zipfile.BadZipFile):
+            unreadable.append(rel)
+            continue
+        if first is None:
+            first = arrays
+        elif arrays != first:
+            differing += 1
+    out: dict[str, Any] = {"arrays": first or {}}
+    if differing:
+        out["arrays_differ_in"] = differing
+    if unreadable:
+        out["unreadable"] = unreadable[:10]
+    return out
+
+
+@dataclass
+class DataManifest:
+    source: str
+    root: str  # data.path as configured
+    splits: dict[str, SplitFiles]
+
+    def body(self) -> dict[str, Any]:
+        return {"version": MANIFEST_VERSION, "source": self.source, "root": self.root,
+                "splits": {name: split.summary() for name, split in self.splits.items()}}
+
+    def to_text(self) -> str:
+        """JSON with one line per file, so that a change to the data reads as a small diff in git."""
+        head = json.dumps(self.body(), sort_keys=True)
+        lines = [head[:-1] + ', "files": {']
+        split_lines = []
+        for name, split in sorted(self.splits.items()):
+            rows = [f"  {json.dumps(rel)}: [{size}, {json.dumps(sha)}]"
+                    for rel, (size, sha) in sorted(split.files.items())]
+            split_lines.append(f' {json.dumps(name)}: {{\n' + ",\n".join(rows) + "\n }")
+        return "\n".join(lines) + "\n" + ",\n".join(split_lines) + "\n}}\n"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_text().encode()).hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.source, "root": self.root, "sha256": self.sha256,
+                "splits": {name: split.summary() for name, split in self.splits.items()}}
+
+
+def build_manifest(cfg: Any, project_root: Path, cache: StatCache, *, describe: bool = True) -> DataManifest | None:
+    """The manifest of the data as it is now (None for sources that are not files)."""
+    root = data_root(cfg, project_root)
+    if root is None:
+        return None
+    if not root.is_dir():
+        raise UserInputError(f"{root}: data folder not found (data.path = {cfg.data.path!r})")
+    splits = {}
+    for name in SPLITS:
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        files = scan_split(folder, cache)
+        holds = describe_split(folder, files, cfg.data.source) if describe else {}
+        splits[name] = SplitFiles(files, holds)
+    return DataManifest(cfg.data.source, str(cfg.data.path), splits)
+
+
+def manifests_dir(project_root: Path) -> Path:
+    return project_root / ".wf" / "manifests"
+
+
+def stat_cache(project_root: Path) -> StatCache:
+    return StatCache(project_root / ".wf" / "cache" / "stat.json")
+
+
+def write_manifest(project_root: Path, manifest: DataManifest) -> str:
+    """Store the manifest under its digest; returns the path relative to the project."""
+    text = manifest.to_text()
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    path = manifests_dir(project_root) / f"{digest}.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    return path.relative_to(project_root).as_posix()
+
+
+def read_manifest(project_root: Path, relative: str) -> DataManifest:
+    """A stored manifest; one that is missing, unreadable or not what its name says is exit 2."""
+    path = project_root / relative
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text)
+        if hashlib.sha256(text.encode()).hexdigest() != path.stem:
+            raise ValueError("its content does not match its name (it was edited)")
+        splits = {name: SplitFiles({rel: (int(v[0]), str(v[1])) for rel, v in files.items()},
+                                   {k: v for k, v in raw["splits"][name].items()
+                                    if k not in ("files", "bytes", "sha256")})
+                  for name, files in raw["files"].items()}
+        return DataManifest(raw["source"], raw["root"], splits)
+    except FileNotFoundError:
+        raise UserInputError(f"{relative}: the data manifest that a gate recorded is missing.",
+                             hint="Restore it from version control, or run `wf phase setup` again.") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise UserInputError(f"{relative}: cannot be read as a wf data manifest ({exc}).",
+                             hint="Restore it from version control, or run `wf phase setup` again.") from None
+
+
+def manifest_changes(recorded: DataManifest, current: DataManifest) -> dict[str, dict[str, list[str]]]:
+    """Per split: files added, removed and changed (by content) since `recorded`."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for name in sorted(set(recorded.splits) | set(current.splits)):
+        before = recorded.splits.get(name, SplitFiles({})).files
+        after = current.splits.get(name, SplitFiles({})).files
+        added = sorted(set(after) - set(before))
+        removed = sorted(set(before) - set(after))
+        changed = sorted(rel for rel in set(before) & set(after) if before[rel][1] != after[rel][1])
+        if added or removed or changed:
+            out[name] = {"added": added, "removed": removed, "changed": changed}
+    return out
+
+
+def describe_changes(changes: dict[str, dict[str, list[str]]], limit: int = 3) -> str:
+    """'train: 1 added (patch_0009.npz), 2 changed (…); test: 1 removed (…)'."""
+    parts = []
+    for split, kinds in changes.items():
+        bits = []
+        for kind in ("added", "removed", "changed"):
+            names = kinds[kind]
+            if names:
+                shown = ", ".join(names[:limit]) + (f", … {len(names) - limit} more" if len(names) > limit else "")
+                bits.append(f"{len(names)} {kind} ({shown})")
+        parts.append(f"{split}: " + ", ".join(bits))
+    return "; ".join(parts)
+
+
+def cross_split_duplicates(manifest: DataManifest, limit: int = 5) -> list[dict[str, Any]]:
+    """Files with identical content in two splits (train/val, train/test, val/test), each pair named."""
+    out = []
+    names = [n for n in SPLITS if n in manifest.splits]
+    by_hash = {n: {} for n in names}
+    for n in names:
+        for rel, (_size, sha) in sorted(manifest.splits[n].files.items()):
+            by_hash[n].setdefault(sha, rel)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = sorted(set(by_hash[a]) & set(by_hash[b]))
+            if shared:
+                out.append({"splits": [a, b], "count": len(shared),
+                            "examples": [[f"{a}/{by_hash[a][h]}", f"{b}/{by_hash[b][h]}"] for h in shared[:limit]]})
+    return out
