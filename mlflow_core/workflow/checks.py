@@ -160,7 +160,22 @@ def _best_ckpt(ctx: CheckContext) -> CheckResult:
     best = (ctx.facts().get("checkpoints") or {}).get("best")
     if not best:
         return CheckResult(False, "no best checkpoint recorded")
-    return CheckResult(True, f"{best['path']} (epoch {best.get('epoch')}, sha256 {best['sha256'][:12]})")
+    path = ctx.project.root / best["path"]
+    # checkpoints are git-ignored: where the file is (the machine that trained), it must be the one
+    # recorded; where it is not (a CI checkout), its recorded checksum is what there is to show
+    if path.is_file():
+        from mlflow_core.workflow.datafiles import stat_cache
+
+        cache = stat_cache(ctx.project.root)
+        digest = cache.sha256(path)
+        cache.save()
+        if digest != best["sha256"]:
+            return CheckResult(False, f"{best['path']} changed after the run wrote it (sha256 {digest[:12]}, "
+                               f"recorded {best['sha256'][:12]}); run `wf phase {ctx.phase}` again")
+        where = "verified"
+    else:
+        where = "not on this machine; recorded"
+    return CheckResult(True, f"{best['path']} (epoch {best.get('epoch')}, sha256 {best['sha256'][:12]} {where})")
 
 
 @check("report_generated")

@@ -25,6 +25,7 @@ runs/**/checkpoints/
 runs/**/nonfinite/
 runs/**/tensorboard/
 .wf/lock
+.wf/cache/
 .wf/optuna.db*
 export/*.pt
 export/*.pt2

@@ -142,16 +142,25 @@ def test_custom_code_is_fingerprinted(wf, tmp_path):
 
 # --- data fingerprints --------------------------------------------------------------------------
 
-@pytest.fixture
-def patches(wf, tmp_path):
-    """A set-up project on 6-band NPZ patches, with its manual setup items ticked."""
-    assert wf("init", "p", "--example", "patches", cwd=tmp_path).code == 0
-    project = tmp_path / "p"
-    r = wf("phase", "setup", cwd=project)
-    assert r.code == 0, r.out + r.err
-    for item in ("data_documented", "config_committed"):
-        assert wf("checklist", "tick", "reproducibility", item, cwd=project).code == 0
+@pytest.fixture(scope="module")
+def patches_setup(tmp_path_factory):
+    """A project on 6-band NPZ patches through setup, with its manual setup items ticked (once per
+    module; each test works on a copy)."""
+    root = tmp_path_factory.mktemp("patches")
+    subprocess.run([sys.executable, "-m", "mlflow_core", "init", "p", "--example", "patches"], cwd=root, check=True,
+                   capture_output=True)
+    project = root / "p"
+    for args in (["phase", "setup"], ["checklist", "tick", "reproducibility", "data_documented", "config_committed"]):
+        r = subprocess.run([sys.executable, "-m", "mlflow_core", *args], cwd=project, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
     return project
+
+
+@pytest.fixture
+def patches(patches_setup, tmp_path):
+    dest = tmp_path / "p"
+    shutil.copytree(patches_setup, dest)
+    return dest
 
 
 def test_data_changes_reopen_setup_per_split_and_a_touch_does_not(wf, patches):
