@@ -234,14 +234,15 @@ def try_edits(bases: dict[str, Path], edits, work: Path, harmful: bool) -> int:
     return good
 
 
-def timing(work: Path, files: int) -> None:
-    """A project whose data folder holds `files` NPZ patches (6×8×8), taken through setup and a one-epoch
-    baseline; then `wf gate check --all`, with the stat cache warm (the usual case) and cold (a fresh
-    clone: every file hashed once)."""
+def big_project(work: Path, files: int) -> Path:
+    """A project whose data folder holds `files` NPZ patches (6×8×8), through setup and a one-epoch
+    baseline (kept and reused when `work` already holds it)."""
     from mlflow_core.workflow.scaffold import write_patches
 
-    subprocess.run([*WF, "init", "big", "--example", "patches"], cwd=work, check=True, capture_output=True)
     project = work / "big"
+    if (project / ".wf" / "evidence" / "baseline.json").is_file():
+        return project
+    subprocess.run([*WF, "init", "big", "--example", "patches"], cwd=work, check=True, capture_output=True)
     shutil.rmtree(project / "data" / "patches")
     started = time.perf_counter()
     write_patches(project / "data" / "patches", size=8, train=int(files * 0.8), val=files // 10, test=files // 10)
@@ -255,24 +256,30 @@ def timing(work: Path, files: int) -> None:
         if phase == "setup":
             for item in ("data_documented", "config_committed"):
                 wf(project, "checklist", "tick", "reproducibility", item)
-    warm, cold = [], []
-    for _ in range(5):
+    return project
+
+
+def timing(work: Path, files: int) -> None:
+    """`wf gate check --all` on the big project, with this machine's caches warm (the usual case) and
+    cold (a fresh clone: every file hashed once), next to the start-up of wf's CLI alone."""
+    project = big_project(work, files)
+
+    def seconds(command: list[str]) -> float:
         started = time.perf_counter()
-        wf(project, "gate", "check", "--all", check=False)
-        warm.append(time.perf_counter() - started)
+        subprocess.run(command, cwd=project, check=False, capture_output=True)
+        return time.perf_counter() - started
+
+    check = [*WF, "gate", "check", "--all"]
+    seconds(check)  # the first check after this machine's setup fills the caches if anything is missing
+    warm = [seconds(check) for _ in range(5)]
+    cold = []
     for _ in range(2):
         shutil.rmtree(project / ".wf" / "cache", ignore_errors=True)
-        started = time.perf_counter()
-        wf(project, "gate", "check", "--all", check=False)
-        cold.append(time.perf_counter() - started)
-    baseline = []
-    for _ in range(5):
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import mlflow_core.cli"], check=True)
-        baseline.append(time.perf_counter() - started)
-    w, c, b = statistics.median(warm), statistics.median(cold), statistics.median(baseline)
-    print(f"  wf gate check --all, {files:,} data files: median {w:.2f} s with the stat cache warm "
-          f"(goal ≤ 2 s: {'met' if w <= 2 else 'NOT met'}), {c:.2f} s cold (every file hashed); importing wf's CLI "
+        cold.append(seconds(check))
+    startup = [seconds([*WF, "--version"]) for _ in range(5)]
+    w, c, b = statistics.median(warm), statistics.median(cold), statistics.median(startup)
+    print(f"  wf gate check --all, {files:,} data files: median {w:.2f} s with this machine's caches warm "
+          f"(goal ≤ 2 s: {'met' if w <= 2 else 'NOT met'}), {c:.2f} s cold (every file hashed); `wf --version` "
           f"alone takes {b:.2f} s (ratio {w / b:.1f}×)")
 
 
@@ -280,6 +287,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the 100,000-file project here and reuse it")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="wf-gates-") as tmp:
         work = Path(tmp)
@@ -293,7 +301,9 @@ def main() -> None:
         print(f"tampering caught: {caught} / {len(TAMPERING)}; harmless edits accepted: {accepted} / {len(HARMLESS)}")
         if not args.skip_timing:
             print(f"Timing on a project with {args.files:,} data files:")
-            timing(work, args.files)
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+            timing(args.keep or work, args.files)
     if caught != len(TAMPERING) or accepted != len(HARMLESS):
         sys.exit(1)
 

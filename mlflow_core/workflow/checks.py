@@ -166,7 +166,7 @@ def _best_ckpt(ctx: CheckContext) -> CheckResult:
     if path.is_file():
         from mlflow_core.workflow.datafiles import stat_cache
 
-        cache = stat_cache(ctx.project.root)
+        cache = stat_cache(ctx.project.root, "files")
         digest = cache.sha256(path)
         cache.save()
         if digest != best["sha256"]:

@@ -40,42 +40,72 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-class StatCache:
-    """sha256 of files by (size, mtime_ns), kept on this machine only. A file whose size and mtime
-    are unchanged is not read again; anything else is hashed and remembered."""
+class _JsonCache:
+    """A machine-local JSON file read on first use and written back (atomically, best effort) when
+    it changed: a read-only checkout (CI) simply does the work again next time."""
+
+    version = 2
 
     def __init__(self, path: Path):
         self.path = path
-        self.entries: dict[str, list[Any]] = {}
+        self.data: dict[str, Any] = {}
         self.dirty = False
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(raw, dict) and raw.get("version") == 1 and isinstance(raw.get("files"), dict):
-                self.entries = raw["files"]
-        except (OSError, ValueError):
-            pass  # no cache, or a damaged one: everything is hashed again
+        self._loaded = False
 
-    def sha256(self, path: Path, st: os.stat_result | None = None) -> str:
-        st = st or path.stat()
-        key = str(path)
-        hit = self.entries.get(key)
-        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-            return hit[2]
-        digest = sha256_file(path)
-        self.entries[key] = [st.st_size, st.st_mtime_ns, digest]
-        self.dirty = True
-        return digest
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(raw, dict) and raw.get("version") == self.version and isinstance(raw.get("data"), dict):
+                self.data = raw["data"]
+        except (OSError, ValueError):
+            pass  # no cache, or a damaged one: the work is done again
 
     def save(self) -> None:
-        """Best effort: a read-only checkout (CI) simply hashes again next time."""
         if not self.dirty:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path, json.dumps({"version": 1, "files": self.entries}, separators=(",", ":")))
+            atomic_write_text(self.path, json.dumps({"version": self.version, "data": self.data},
+                                                    separators=(",", ":")))
             self.dirty = False
         except (OSError, StorageError):  # a cache that cannot be written only costs time
             pass
+
+
+class StatCache(_JsonCache):
+    """sha256 of files by (size, mtime_ns), kept on this machine only. A file whose size and mtime
+    are unchanged is not read again; anything else is hashed and remembered."""
+
+    def sha256(self, path: str | Path, st: os.stat_result | None = None) -> str:
+        self._load()
+        key = os.fspath(path)
+        st = st or os.stat(key)
+        hit = self.data.get(key)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit[2]
+        digest = sha256_file(Path(key))
+        self.data[key] = [st.st_size, st.st_mtime_ns, digest]
+        self.dirty = True
+        return digest
+
+
+class ListingCache(_JsonCache):
+    """Manifest → the digest of the (path, size, mtime) listing its data had when it last matched:
+    the same listing again means the same files, and nothing but the directory needs reading. Kept
+    apart from StatCache so that this check never loads a per-file table."""
+
+    def verified(self, manifest: str, listing: str) -> bool:
+        self._load()
+        return self.data.get(manifest) == listing
+
+    def remember(self, manifest: str, listing: str) -> None:
+        self._load()
+        if self.data.get(manifest) != listing:
+            self.data[manifest] = listing
+            self.dirty = True
 
 
 @dataclass
@@ -95,10 +125,13 @@ def split_sha256(files: dict[str, tuple[int, str]]) -> str:
     return digest.hexdigest()
 
 
-def _walk(folder: Path) -> Iterable[tuple[str, os.stat_result, Path]]:
+def _walk(folder: Path) -> Iterable[tuple[str, os.stat_result, str]]:
     """Every regular file under `folder`, as (relative path, stat, path), without following links
-    out of it; hidden files and file-browser litter are not data."""
-    stack = [folder]
+    out of it; hidden files and file-browser litter are not data. Plain strings throughout: this
+    runs once per file of a data set that may hold a million."""
+    base = os.fspath(folder)
+    prefix = len(base) + 1
+    stack = [base]
     while stack:
         current = stack.pop()
         try:
@@ -109,10 +142,37 @@ def _walk(folder: Path) -> Iterable[tuple[str, os.stat_result, Path]]:
             if entry.name.startswith(".") or entry.name in _SKIPPED:
                 continue
             if entry.is_dir(follow_symlinks=False):
-                stack.append(Path(entry.path))
+                stack.append(entry.path)
             elif entry.is_file():
-                path = Path(entry.path)
-                yield path.relative_to(folder).as_posix(), entry.stat(), path
+                rel = entry.path[prefix:]
+                yield (rel if os.sep == "/" else rel.replace(os.sep, "/")), entry.stat(), entry.path
+
+
+def stat_listing(root: Path, also: Path | None = None) -> str:
+    """A digest of every data file's path, size and mtime under the split folders of `root` (and of
+    the file `also`, the manifest itself): equal digests mean nothing was added, removed, written or
+    touched. One directory walk and a stat per file, nothing read."""
+    rows: list[str] = []
+    for name in SPLITS:
+        base = os.path.join(root, name)
+        if not os.path.isdir(base):
+            continue
+        prefix, stack = len(base) + 1, [base]
+        while stack:  # _walk's loop, inlined: this is the whole cost of a gate check on a large data set
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".") or entry.name in _SKIPPED:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file():
+                        st = entry.stat()
+                        rows.append(f"{name}/{entry.path[prefix:]}\0{st.st_size}\0{st.st_mtime_ns}")
+    if also is not None:
+        st = also.stat()
+        rows.append(f"\0manifest\0{st.st_size}\0{st.st_mtime_ns}")
+    rows.sort()
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
 def scan_split(folder: Path, cache: StatCache) -> dict[str, tuple[int, str]]:
@@ -225,8 +285,13 @@ def manifests_dir(project_root: Path) -> Path:
     return project_root / ".wf" / "manifests"
 
 
-def stat_cache(project_root: Path) -> StatCache:
-    return StatCache(project_root / ".wf" / "cache" / "stat.json")
+def stat_cache(project_root: Path, name: str = "data") -> StatCache:
+    """This machine's sha256-by-stat table: `data` for the data files, `files` for wf's own outputs."""
+    return StatCache(project_root / ".wf" / "cache" / f"{name}-stat.json")
+
+
+def listing_cache(project_root: Path) -> ListingCache:
+    return ListingCache(project_root / ".wf" / "cache" / "verified-listings.json")
 
 
 def write_manifest(project_root: Path, manifest: DataManifest) -> str:
@@ -267,6 +332,8 @@ def manifest_changes(recorded: DataManifest, current: DataManifest) -> dict[str,
     for name in sorted(set(recorded.splits) | set(current.splits)):
         before = recorded.splits.get(name, SplitFiles({})).files
         after = current.splits.get(name, SplitFiles({})).files
+        if before == after:
+            continue
         added = sorted(set(after) - set(before))
         removed = sorted(set(before) - set(after))
         changed = sorted(rel for rel in set(before) & set(after) if before[rel][1] != after[rel][1])

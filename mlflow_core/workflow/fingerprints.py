@@ -170,9 +170,12 @@ def data_fingerprint(cfg: Any, project_root: Path, *, full: bool, reference: str
         # the samples are read through the training stack (setup records a hash of a fixed sample
         # of items); here, the module's source is in the code fingerprint
         return {"source": "custom", "target": cfg.data.target, "kwargs": cfg.data.kwargs}
+    if not full and reference:
+        unchanged = _unchanged_since(cfg, project_root, reference)
+        if unchanged is not None:
+            return unchanged
     cache = cache or datafiles.stat_cache(project_root)
     manifest = datafiles.build_manifest(cfg, project_root, cache, describe=full)
-    cache.save()
     assert manifest is not None
     if not full and reference:
         recorded = datafiles.read_manifest(project_root, reference)
@@ -180,8 +183,28 @@ def data_fingerprint(cfg: Any, project_root: Path, *, full: bool, reference: str
             if name in recorded.splits and split_unchanged(recorded, manifest, name):
                 split.holds = recorded.splits[name].holds
     stored = datafiles.write_manifest(project_root, manifest)
-    return {"source": source, "manifest": stored, "sha256": Path(stored).stem,
+    # the data as hashed just now is this manifest: the next gate check needs only a directory walk
+    cache.save()
+    listings = datafiles.listing_cache(project_root)
+    listings.remember(stored, datafiles.stat_listing(datafiles.data_root(cfg, project_root), also=project_root / stored))
+    listings.save()
+    return {"source": source, "root": manifest.root, "manifest": stored, "sha256": Path(stored).stem,
             "splits": manifest.summary()["splits"]}
+
+
+def _unchanged_since(cfg: Any, project_root: Path, reference: str) -> dict[str, Any] | None:
+    """The reference manifest's fingerprint when the data's directory listing is the one that last
+    matched it (nothing to hash again), else None."""
+    root, path = datafiles.data_root(cfg, project_root), project_root / reference
+    if root is None or not root.is_dir() or not path.is_file():
+        return None
+    if not datafiles.listing_cache(project_root).verified(reference, datafiles.stat_listing(root, also=path)):
+        return None
+    recorded = datafiles.read_manifest(project_root, reference)
+    if recorded.root != cfg.data.path:
+        return None
+    return {"source": recorded.source, "root": recorded.root, "manifest": reference, "sha256": path.stem,
+            "splits": {name: split.summary() for name, split in recorded.splits.items()}}
 
 
 def split_unchanged(a: datafiles.DataManifest, b: datafiles.DataManifest, name: str) -> bool:
@@ -228,19 +251,46 @@ class Current:
             self._packages = package_versions()
         return self._packages
 
-    def manifest(self, reference: str) -> tuple[datafiles.DataManifest, datafiles.DataManifest] | str:
-        """(recorded, current) for a stored manifest, or why the data cannot be compared here."""
+    def data_changes(self, reference: str) -> dict[str, dict[str, list[str]]] | str:
+        """Per split, the files added, removed and changed since the manifest `reference` was
+        recorded, or why the data cannot be compared here. When the directory listing (paths, sizes,
+        mtimes) is the one that last matched this manifest, nothing is read: a gate check on a
+        100,000-file data set is a directory walk."""
         if reference not in self._data:
-            recorded = datafiles.read_manifest(self.root, reference)
-            root = self.root / recorded.root
-            if not root.is_dir():
-                self._data[reference] = f"{recorded.root} is not on this machine: the data was not compared"
-            else:
-                self._cache = self._cache or datafiles.stat_cache(self.root)
-                current = _manifest_of(recorded, root, self._cache)
-                self._cache.save()
-                self._data[reference] = (recorded, current)
+            self._data[reference] = self._compare(reference)
         return self._data[reference]
+
+    def _compare(self, reference: str) -> dict[str, dict[str, list[str]]] | str:
+        path = self.root / reference
+        if not path.is_file():
+            datafiles.read_manifest(self.root, reference)  # says what is missing, exit 2
+        recorded_root = _manifest_root(path)
+        root = self.root / recorded_root
+        if not root.is_dir():
+            return f"{recorded_root} is not on this machine: the data was not compared"
+        listings = datafiles.listing_cache(self.root)
+        listing = datafiles.stat_listing(root, also=path)
+        if listings.verified(reference, listing):
+            return {}
+        self._cache = self._cache or datafiles.stat_cache(self.root)
+        recorded = datafiles.read_manifest(self.root, reference)
+        changes = datafiles.manifest_changes(recorded, _manifest_of(recorded, root, self._cache))
+        self._cache.save()
+        if not changes:
+            listings.remember(reference, listing)
+            listings.save()
+        return changes
+
+
+def _manifest_root(path: Path) -> str:
+    """The data folder a manifest describes, read from its first line (the header) only."""
+    with open(path, encoding="utf-8") as f:
+        head = f.readline()
+    try:
+        return json.loads(head.split(', "files": {', 1)[0] + "}")["root"]
+    except (ValueError, KeyError) as exc:
+        raise UserInputError(f"{path}: cannot be read as a wf data manifest ({exc}).",
+                             hint="Restore it from version control, or run `wf phase setup` again.") from None
 
 
 def _manifest_of(recorded: datafiles.DataManifest, root: Path, cache: datafiles.StatCache) -> datafiles.DataManifest:
@@ -312,13 +362,11 @@ def _data_drift(rec: dict[str, Any], cfg: Any, now: Current, notes: list[str]) -
     if source == "custom":
         notes.append("custom data: its samples are compared by the next `wf phase` (it needs the training stack)")
         return []
-    compared = now.manifest(rec["manifest"])
-    if isinstance(compared, str):
-        notes.append(compared)
+    changes = now.data_changes(rec["manifest"])
+    if isinstance(changes, str):
+        notes.append(changes)
         return []
-    recorded, current = compared
-    changes = datafiles.manifest_changes(recorded, current)
-    return [Drift("data", f"the data in {recorded.root} changed since it was verified: "
+    return [Drift("data", f"the data in {rec.get('root') or cfg.data.path} changed since it was verified: "
                   f"{datafiles.describe_changes(changes)}")] if changes else []
 
 

@@ -279,3 +279,63 @@ def test_a_closed_stdout_never_fails_a_run(project_copy):
     assert run["status"] in ("completed", "early_stopped", "failed_criteria") and "Traceback" not in err
     log = (project_copy / run["dir"] / "logs" / "training.log").read_text()
     assert "epoch 2/2" in log
+
+
+# --- class names travel -------------------------------------------------------------------------
+
+def test_imagefolder_class_names_reach_reports_the_confusion_matrix_and_the_export(wf, tmp_path):
+    from PIL import Image
+
+    assert wf("init", "p", cwd=tmp_path).code == 0
+    project = tmp_path / "p"
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("val", 4), ("test", 4)):
+        for name, shade in (("circle", 40), ("square", 200)):
+            folder = project / "data" / "shapes" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(shade, 20, (8, 8, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    configure(project, [("data.source", "imagefolder"), ("data.path", "data/shapes"), ("training.epochs", "2"),
+                        ("validation.target", "0.5"), ("finalization.epochs", "1"), ("finalization.seeds", "1"),
+                        ("finalization.export", "[state_dict]")])
+    assert wf("phase", "setup", cwd=project).code == 0
+    assert "circle (0): 12, square (1): 12" in (project / "reports" / "setup_report.md").read_text()
+    assert wf("checklist", "tick", "reproducibility", "data_documented", "config_committed", cwd=project).code == 0
+    assert wf("phase", "baseline", cwd=project).code in (0, 1)
+    assert "2 classes (circle, square)" in (project / "reports" / "baseline_results.md").read_text()
+    wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project)
+    assert wf("decide", "finalize", cwd=project).code == 0
+    r = wf("phase", "finalization", cwd=project)
+    assert r.code in (0, 1), r.err
+    assert json.loads((project / "export" / "manifest.json").read_text())["classes"] == {"0": "circle",
+                                                                                         "1": "square"}
+    card = (project / "reports" / "final_report.md").read_text()
+    assert "| circle (0) |" in card and "| square (1) |" in card
+    assert (project / "reports" / "figures" / "final_confusion_matrix.png").is_file()
+
+
+@pytest.mark.parametrize("names, message", [
+    ('["a", "b"]', "data.class_names has 2 names, and the data has 10 classes"),
+    ('["a", "a", "b", "c", "d", "e", "f", "g", "h", "i"]', "holds the same name twice"),
+])
+def test_class_names_that_do_not_fit_are_bad_input(wf, tmp_path, names, message):
+    assert wf("init", "p", cwd=tmp_path).code == 0
+    configure(tmp_path / "p", [("data.class_names", names)])
+    r = wf("phase", "setup", cwd=tmp_path / "p")
+    assert r.code == 2 and message in r.err, r.err
+
+
+def test_runs_select_refuses_a_run_that_did_not_run_to_its_end(wf, project_copy):
+    from mlflow_core.workflow.project import Project
+    from mlflow_core.workflow.state import RunRecord, load_state, save_state
+
+    project = Project(project_copy)
+    state = load_state(project)
+    state.runs.append(RunRecord(run_id="baseline-stopped", phase="baseline", status="interrupted", started_at="t",
+                                finished_at="t", dir="runs/baseline-stopped"))
+    save_state(project, state)
+    before = (project_copy / ".wf" / "evidence" / "baseline.json").read_bytes()
+    r = wf("runs", "select", "baseline-stopped", cwd=project_copy)
+    assert r.code == 2 and "run baseline-stopped is interrupted" in r.err
+    assert (project_copy / ".wf" / "evidence" / "baseline.json").read_bytes() == before
