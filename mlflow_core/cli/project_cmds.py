@@ -47,7 +47,8 @@ def quickstart(directory: Path = typer.Argument(Path("wf-quickstart"), help="Pro
     by = {"kind": "command", "name": "wf quickstart", "via": "wf quickstart (the bundled digits demo)"}
     for item in load_checklist(project, "reproducibility").items:
         if not item.auto and not item.checked:
-            tick(project, "reproducibility", item.id, True, note="the bundled digits demo", by=by)
+            tick(project, "reproducibility", item.id, True, note="ticked by wf quickstart for the bundled digits demo",
+                 by=by)
     baseline = run_with_display(project, "baseline")
     console.print(f"\nReport: {project.root / baseline.report}")
     console.print(f"Next:   cd {directory} && wf gate check baseline  ·  review the report, then "

@@ -312,7 +312,9 @@ def drift(recorded: dict[str, Any], phase: str, now: Current, *, approved_later:
         drifts.append(Drift("config", now._cfg_error or "the config cannot be read"))
     elif rec_config:
         values = vouched(flatten(cfg.model_dump(mode="json")), phase)
-        approved = [vouched(c.get("values") or {}, phase) for c in [rec_config, *approved_later]]
+        # the config the gate verified, those it approves for what comes next, and later gates' approvals
+        approved = [vouched(c.get("values") or {}, phase)
+                    for c in [rec_config, *(recorded.get("approves") or []), *approved_later]]
         if values not in approved:
             drifts.append(Drift("config", f"training_config.yaml changed since the gate verified it: "
                                 f"{config_changes(approved[0], values)}"))

@@ -12,9 +12,14 @@ from tests.helpers import configure
 pytest.importorskip("optuna")
 
 
+OVERRIDE = ("--override-gate", "tests: a 3-epoch comparison instead of the baseline's 15")
+
+
 @pytest.fixture
 def ready(wf, project_copy):
-    """The session's quickstart project, decided for optimization, with a small sweep."""
+    """The session's quickstart project, decided for optimization, with a small sweep. Its comparison
+    runs train 3 epochs where the baseline trained 15: the gates see a config the baseline never
+    ran, so starting the sweep takes an override (OVERRIDE), recorded as a user's would be."""
     configure(project_copy, [("optimization.n_trials", "3"), ("optimization.trial_epochs", "2"),
                           ("optimization.seeds", "2"), ("training.epochs", "3")])
     assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project_copy).code == 0
@@ -23,7 +28,7 @@ def ready(wf, project_copy):
 
 
 def test_optimization_runs_a_study_compares_over_seeds_and_continues(wf, ready):
-    r = wf("phase", "optimization", cwd=ready)
+    r = wf("phase", "optimization", *OVERRIDE, cwd=ready)
     assert r.code in (0, 1), r.err + r.out[-2000:]  # 1 when the gain is within the seed noise
     evidence = json.loads((ready / ".wf" / "evidence" / "optimization.json").read_text())["facts"]
     study = evidence["study"]
@@ -79,7 +84,7 @@ def test_the_whole_path_setup_baseline_optimization_finalization(wf, ready):
     configure(ready, [("optimization.n_trials", "2"), ("optimization.lr_find", "false"),
                       ("finalization.seeds", "2"), ("finalization.export", "[state_dict, torch_export, onnx]")])
     assert wf("phase", "finalization", cwd=ready).code == 3  # decided optimize: finalization is not next
-    assert wf("phase", "optimization", cwd=ready).code in (0, 1)
+    assert wf("phase", "optimization", *OVERRIDE, cwd=ready).code in (0, 1)
     assert wf("gate", "check", "optimization", cwd=ready).code == 1  # the review is still open ...
     r = wf("phase", "finalization", cwd=ready)  # ... but the sweep has a result: finalization may start
     assert r.code == 0, r.err + r.out[-3000:]
@@ -141,7 +146,7 @@ def test_finalization_whose_runs_all_fail_reports_it(wf, project_copy):
 
 def test_a_storage_that_cannot_be_opened_is_bad_input(wf, ready):
     configure(ready, [("optimization.storage", '"nosuchdb://host/study"')])
-    r = wf("phase", "optimization", cwd=ready)
+    r = wf("phase", "optimization", *OVERRIDE, cwd=ready)
     assert r.code == 2 and "optimization.storage 'nosuchdb://host/study': cannot open the Optuna study" in r.err
     assert "Traceback" not in r.err + r.out and not (ready / "configs" / "optimized_config.yaml").exists()
 
@@ -182,10 +187,10 @@ def test_an_interrupted_sweep_resumes_to_the_sweep_that_would_have_happened(wf, 
 
     other = tmp_path / "uninterrupted"
     shutil.copytree(ready, other)
-    assert wf("phase", "optimization", cwd=other).code in (0, 1)
+    assert wf("phase", "optimization", *OVERRIDE, cwd=other).code in (0, 1)
 
     _signal_when("runs/optimization-*/trials/trial_001/logs/steps.csv", ready, 30)
-    first = wf("phase", "optimization", cwd=ready)
+    first = wf("phase", "optimization", *OVERRIDE, cwd=ready)
     assert first.code == 143, first.err
     assert "wf phase optimization --resume" in first.err and "trial_001" in first.err
     watcher = _signal_when("runs/optimization-*/comparison/optimized_seed43/logs/steps.csv", ready, 20)
@@ -235,7 +240,7 @@ def test_an_interrupted_finalization_resumes_without_touching_the_test_split_twi
     split once, and gets the results of an uninterrupted finalization."""
     import shutil
 
-    configure(project_copy, [("finalization.seeds", "2"), ("training.epochs", "3")])
+    configure(project_copy, [("finalization.seeds", "2"), ("finalization.epochs", "3")])
     assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project_copy).code == 0
     assert wf("decide", "finalize", cwd=project_copy).code == 0
     other = tmp_path / "uninterrupted"
