@@ -1,6 +1,13 @@
 from __future__ import annotations
 
 import os
+
+# Under pytest-xdist every core runs a worker: one thread each, or the workers' thread pools fight
+# over the cores (set before anything imports torch, which reads it once). Every training a test
+# compares (in-process, in a `wf` subprocess, the session's quickstart) then runs with one thread.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
 import shutil
 from dataclasses import dataclass
 from pathlib import Path

@@ -10,6 +10,7 @@ from typing import Any
 
 from mlflow_core.errors import UserInputError
 from mlflow_core.workflow.evidence import read_evidence
+from mlflow_core.workflow.fingerprints import flatten
 from mlflow_core.workflow.phases import PHASE_ORDER
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import ProjectState, RunRecord, load_state
@@ -65,21 +66,10 @@ def run_config(project: Project, run: RunRecord) -> dict[str, Any]:
     return config
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
 def config_diff(project: Project, ref_a: str, ref_b: str) -> dict[str, Any]:
     """The dotted config keys whose values differ between two runs, with both values."""
     run_a, run_b = find_run(project, ref_a), find_run(project, ref_b)
-    a, b = _flatten(run_config(project, run_a)), _flatten(run_config(project, run_b))
+    a, b = flatten(run_config(project, run_a)), flatten(run_config(project, run_b))
     missing = object()
     changed = [{"key": key, "a": a.get(key), "b": b.get(key)} for key in sorted(set(a) | set(b))
                if a.get(key, missing) != b.get(key, missing)]

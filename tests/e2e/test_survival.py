@@ -158,15 +158,15 @@ def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
 
 @pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs Linux prlimit")
 def test_disk_refusing_a_checkpoint_mid_run_stops_resumably_and_resume_finishes_exactly(trained_project, tmp_path):
-    """A running `wf phase baseline` is limited, from outside, to files of 1 MB: its next checkpoint
-    (4.7 MB) is refused by the kernel (EFBIG). The run stops with exit 5 naming the file, the
+    """A running `wf phase baseline` is limited, from outside, to files of 256 KiB: its next checkpoint
+    (0.8 MB) is refused by the kernel (EFBIG). The run stops with exit 5 naming the file, the
     previous checkpoints are intact, and `--resume` (limit gone, as after freeing space) finishes it
     with the uninterrupted run's weights."""
     project, reference = _copy(trained_project, tmp_path)
     proc = subprocess.Popen([*WF, "phase", "baseline"], cwd=project, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     _wait_for_steps(project, reference, 60, proc)  # epoch 1's checkpoints are written
-    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (1 << 18, 1 << 18))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 5, out[-2000:] + err
     assert "checkpoints/" in err and "cannot be written" in err and "Traceback" not in err
