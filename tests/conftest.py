@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import os
 
-# Under pytest-xdist every core runs a worker: one thread each, or the workers' thread pools fight
-# over the cores (set before anything imports torch, which reads it once). Every training a test
-# compares (in-process, in a `wf` subprocess, the session's quickstart) then runs with one thread.
+# Under pytest-xdist every core runs a worker, each with torch's usual thread pool (the thread count
+# decides the order of float reductions, which the bit-identical comparisons rely on): waiting
+# threads sleep instead of spinning, so that the workers' pools do not fight over the cores. Set
+# before anything imports torch. pytest-xdist also hands its workers COLUMNS, which rich reads once,
+# when wf's consoles are made: without it they follow the `wf` fixture's COLUMNS as in a plain run.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ["MKL_NUM_THREADS"] = "1"
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
