@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,27 +124,31 @@ def split_sha256(files: dict[str, tuple[int, str]]) -> str:
     return digest.hexdigest()
 
 
-def _walk(folder: Path) -> Iterable[tuple[str, os.stat_result, str]]:
-    """Every regular file under `folder`, as (relative path, stat, path), without following links
-    out of it; hidden files and file-browser litter are not data. Plain strings throughout: this
-    runs once per file of a data set that may hold a million."""
-    base = os.fspath(folder)
-    prefix = len(base) + 1
-    stack = [base]
+def _files(folder: Path | str) -> list[os.DirEntry]:
+    """Every regular file under `folder`, without following links out of it; hidden files and
+    file-browser litter are not data. Plain scandir entries: this runs once per file of a data set
+    that may hold a million, and a gate check is little else."""
+    found: list[os.DirEntry] = []
+    stack = [os.fspath(folder)]
     while stack:
         current = stack.pop()
         try:
-            entries = list(os.scandir(current))
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".") or entry.name in _SKIPPED:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file():
+                        found.append(entry)
         except OSError as exc:
             raise UserInputError(f"{current}: cannot be read ({exc.strerror}) (data.path)") from None
-        for entry in entries:
-            if entry.name.startswith(".") or entry.name in _SKIPPED:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
-            elif entry.is_file():
-                rel = entry.path[prefix:]
-                yield (rel if os.sep == "/" else rel.replace(os.sep, "/")), entry.stat(), entry.path
+    return found
+
+
+def _relative(entry: os.DirEntry, prefix: int) -> str:
+    rel = entry.path[prefix:]
+    return rel if os.sep == "/" else rel.replace(os.sep, "/")
 
 
 def stat_listing(root: Path, also: Path | None = None) -> str:
@@ -155,19 +158,11 @@ def stat_listing(root: Path, also: Path | None = None) -> str:
     rows: list[str] = []
     for name in SPLITS:
         base = os.path.join(root, name)
-        if not os.path.isdir(base):
-            continue
-        prefix, stack = len(base) + 1, [base]
-        while stack:  # _walk's loop, inlined: this is the whole cost of a gate check on a large data set
-            with os.scandir(stack.pop()) as entries:
-                for entry in entries:
-                    if entry.name.startswith(".") or entry.name in _SKIPPED:
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    elif entry.is_file():
-                        st = entry.stat()
-                        rows.append(f"{name}/{entry.path[prefix:]}\0{st.st_size}\0{st.st_mtime_ns}")
+        if os.path.isdir(base):
+            prefix = len(base) + 1
+            for entry in _files(base):
+                st = entry.stat()
+                rows.append(f"{name}/{_relative(entry, prefix)}\0{st.st_size}\0{st.st_mtime_ns}")
     if also is not None:
         st = also.stat()
         rows.append(f"\0manifest\0{st.st_size}\0{st.st_mtime_ns}")
@@ -176,7 +171,12 @@ def stat_listing(root: Path, also: Path | None = None) -> str:
 
 
 def scan_split(folder: Path, cache: StatCache) -> dict[str, tuple[int, str]]:
-    return {rel: (st.st_size, cache.sha256(path, st)) for rel, st, path in _walk(folder)}
+    prefix = len(os.fspath(folder)) + 1
+    out = {}
+    for entry in _files(folder):
+        st = entry.stat()
+        out[_relative(entry, prefix)] = (st.st_size, cache.sha256(entry.path, st))
+    return out
 
 
 def data_root(cfg: Any, project_root: Path) -> Path | None:
