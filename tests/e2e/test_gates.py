@@ -339,3 +339,8 @@ def test_runs_select_refuses_a_run_that_did_not_run_to_its_end(wf, project_copy)
     r = wf("runs", "select", "baseline-stopped", cwd=project_copy)
     assert r.code == 2 and "run baseline-stopped is interrupted" in r.err
     assert (project_copy / ".wf" / "evidence" / "baseline.json").read_bytes() == before
+
+
+def test_gate_check_takes_a_phase_or_all_not_both(wf, project_copy):
+    r = wf("gate", "check", "setup", "--all", cwd=project_copy)
+    assert r.code == 2 and "give a phase or --all, not both" in r.err
