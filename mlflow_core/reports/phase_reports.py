@@ -65,17 +65,13 @@ def render_phase_report(project: Project, state: ProjectState, definition: Phase
 def run_record_note(state: ProjectState, phase: str, run_id: str) -> dict[str, Any]:
     """Which run the report describes and how it became the one its gate judges, and every waiver
     on record (a waiver stays visible in every later report)."""
-    from mlflow_core.workflow.gates import SELECTED_BY_DEFAULT
+    from mlflow_core.workflow.gates import selected_by
 
-    chosen = next((e for e in reversed(state.history) if e.event == "run_selected"
-                   and getattr(e, "phase", None) == phase), None)
-    selected_by = (f"chosen with `wf runs select` by {getattr(chosen, 'by', '?')} at {chosen.time}"
-                   if chosen is not None and getattr(chosen, "run_id", None) == run_id else SELECTED_BY_DEFAULT)
     checklists = {getattr(e, "checklist", "") for e in state.history if e.event == "checklist_waive"}
     waivers = [{"checklist": name, "item": item, "by": getattr(e, "by", "?"), "time": e.time,
                 "reason": getattr(e, "reason", "")}
                for name in sorted(checklists) for item, e in state.waivers(name).items()]
-    return {"phase": phase, "run_id": run_id, "selected_by": selected_by, "waivers": waivers}
+    return {"phase": phase, "run_id": run_id, "selected_by": selected_by(state, phase, run_id), "waivers": waivers}
 
 
 def class_namer(names: list[str] | None) -> Any:

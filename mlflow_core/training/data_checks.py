@@ -16,9 +16,14 @@ from mlflow_core.training.data import DataBundle
 MAX_SCAN = 50_000  # samples per split scanned for NaN/Inf, labels and hashes; larger splits are sampled
 
 
+def _scanned(n: int) -> Any:
+    """The indices of a split of `n` samples that are scanned: all, or MAX_SCAN evenly spaced."""
+    return range(n) if n <= MAX_SCAN else torch.linspace(0, n - 1, MAX_SCAN).long().tolist()
+
+
 def _scan(dataset: Dataset, num_classes: int) -> dict[str, Any]:
     n = len(dataset)
-    indices = range(n) if n <= MAX_SCAN else torch.linspace(0, n - 1, MAX_SCAN).long().tolist()
+    indices = _scanned(n)
     nonfinite, bad_labels, shapes, masks = [], [], Counter(), False
     first_of_shape: dict[tuple[int, ...], int] = {}
     counts: Counter[int] = Counter()
@@ -74,10 +79,8 @@ def dataset_digests(bundle: DataBundle) -> dict[str, dict[str, Any]]:
 
 
 def _hashes(dataset: Dataset) -> dict[str, int]:
-    n = len(dataset)
-    indices = range(n) if n <= MAX_SCAN else torch.linspace(0, n - 1, MAX_SCAN).long().tolist()
     out: dict[str, int] = {}
-    for i in indices:
+    for i in _scanned(len(dataset)):
         x = torch.as_tensor(dataset[i][0])
         out.setdefault(hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest(), i)
     return out

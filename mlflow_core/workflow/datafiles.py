@@ -239,9 +239,12 @@ class DataManifest:
     root: str  # data.path as configured
     splits: dict[str, SplitFiles]
 
+    def split_summaries(self) -> dict[str, dict[str, Any]]:
+        return {name: split.summary() for name, split in self.splits.items()}
+
     def body(self) -> dict[str, Any]:
         return {"version": MANIFEST_VERSION, "source": self.source, "root": self.root,
-                "splits": {name: split.summary() for name, split in self.splits.items()}}
+                "splits": self.split_summaries()}
 
     def to_text(self) -> str:
         """JSON with one line per file, so that a change to the data reads as a small diff in git."""
@@ -257,10 +260,6 @@ class DataManifest:
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.to_text().encode()).hexdigest()
-
-    def summary(self) -> dict[str, Any]:
-        return {"source": self.source, "root": self.root, "sha256": self.sha256,
-                "splits": {name: split.summary() for name, split in self.splits.items()}}
 
 
 def build_manifest(cfg: Any, project_root: Path, cache: StatCache, *, describe: bool = True) -> DataManifest | None:
@@ -355,19 +354,3 @@ def describe_changes(changes: dict[str, dict[str, list[str]]], limit: int = 3) -
         parts.append(f"{split}: " + ", ".join(bits))
     return "; ".join(parts)
 
-
-def cross_split_duplicates(manifest: DataManifest, limit: int = 5) -> list[dict[str, Any]]:
-    """Files with identical content in two splits (train/val, train/test, val/test), each pair named."""
-    out = []
-    names = [n for n in SPLITS if n in manifest.splits]
-    by_hash = {n: {} for n in names}
-    for n in names:
-        for rel, (_size, sha) in sorted(manifest.splits[n].files.items()):
-            by_hash[n].setdefault(sha, rel)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            shared = sorted(set(by_hash[a]) & set(by_hash[b]))
-            if shared:
-                out.append({"splits": [a, b], "count": len(shared),
-                            "examples": [[f"{a}/{by_hash[a][h]}", f"{b}/{by_hash[b][h]}"] for h in shared[:limit]]})
-    return out

@@ -156,8 +156,7 @@ def _digits_file() -> Path | None:
     return path if path.is_file() else None
 
 
-def data_fingerprint(cfg: Any, project_root: Path, *, full: bool, reference: str | None = None,
-                     cache: datafiles.StatCache | None = None) -> dict[str, Any]:
+def data_fingerprint(cfg: Any, project_root: Path, *, full: bool, reference: str | None = None) -> dict[str, Any]:
     """The data as it is now. `full` (setup): every file hashed and described, the manifest stored.
     Otherwise a quick check against the `reference` manifest: only files whose stat changed are
     hashed again, and a new manifest is stored only when the data differs."""
@@ -174,13 +173,13 @@ def data_fingerprint(cfg: Any, project_root: Path, *, full: bool, reference: str
         unchanged = _unchanged_since(cfg, project_root, reference)
         if unchanged is not None:
             return unchanged
-    cache = cache or datafiles.stat_cache(project_root)
+    cache = datafiles.stat_cache(project_root)
     manifest = datafiles.build_manifest(cfg, project_root, cache, describe=full)
     assert manifest is not None
     if not full and reference:
         recorded = datafiles.read_manifest(project_root, reference)
         for name, split in manifest.splits.items():  # what the files hold is read at setup only
-            if name in recorded.splits and split_unchanged(recorded, manifest, name):
+            if name in recorded.splits and recorded.splits[name].files == split.files:
                 split.holds = recorded.splits[name].holds
     stored = datafiles.write_manifest(project_root, manifest)
     # the data as hashed just now is this manifest: the next gate check needs only a directory walk
@@ -189,7 +188,7 @@ def data_fingerprint(cfg: Any, project_root: Path, *, full: bool, reference: str
     listings.remember(stored, datafiles.stat_listing(datafiles.data_root(cfg, project_root), also=project_root / stored))
     listings.save()
     return {"source": source, "root": manifest.root, "manifest": stored, "sha256": Path(stored).stem,
-            "splits": manifest.summary()["splits"]}
+            "splits": manifest.split_summaries()}
 
 
 def _unchanged_since(cfg: Any, project_root: Path, reference: str) -> dict[str, Any] | None:
@@ -204,11 +203,7 @@ def _unchanged_since(cfg: Any, project_root: Path, reference: str) -> dict[str, 
     if recorded.root != cfg.data.path:
         return None
     return {"source": recorded.source, "root": recorded.root, "manifest": reference, "sha256": path.stem,
-            "splits": {name: split.summary() for name, split in recorded.splits.items()}}
-
-
-def split_unchanged(a: datafiles.DataManifest, b: datafiles.DataManifest, name: str) -> bool:
-    return a.splits[name].files == b.splits[name].files
+            "splits": recorded.split_summaries()}
 
 
 def capture(cfg: Any, project_root: Path, phase: str, *, reference_manifest: str | None = None) -> dict[str, Any]:
@@ -245,6 +240,11 @@ class Current:
             except UserInputError as exc:
                 self._cfg_error = exc.message
         return self._cfg
+
+    @property
+    def cfg_error(self) -> str:
+        """Why the config cannot be read, once `cfg` has been asked for and is None."""
+        return self._cfg_error or "the config cannot be read"
 
     def packages(self) -> dict[str, str | None]:
         if self._packages is None:
@@ -309,7 +309,7 @@ def drift(recorded: dict[str, Any], phase: str, now: Current, *, approved_later:
     cfg = now.cfg
     rec_config = recorded.get("config") or {}
     if cfg is None:
-        drifts.append(Drift("config", now._cfg_error or "the config cannot be read"))
+        drifts.append(Drift("config", now.cfg_error))
     elif rec_config:
         values = vouched(flatten(cfg.model_dump(mode="json")), phase)
         # the config the gate verified, those it approves for what comes next, and later gates' approvals

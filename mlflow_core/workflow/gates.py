@@ -181,11 +181,17 @@ def _selected_run(state: ProjectState, phase: str, evidence: Evidence | None) ->
     if evidence is None or not evidence.run_id:
         return None
     run = state.run(evidence.run_id)
+    return {"run_id": evidence.run_id, "status": run.status if run else None,
+            "selected_by": selected_by(state, phase, evidence.run_id)}
+
+
+def selected_by(state: ProjectState, phase: str, run_id: str) -> str:
+    """How `run_id` came to be the run the gate of `phase` judges."""
     chosen = next((e for e in reversed(state.history) if e.event == "run_selected"
                    and getattr(e, "phase", None) == phase), None)
-    by = (f"`wf runs select` by {getattr(chosen, 'by', '?')} at {chosen.time}"
-          if chosen is not None and getattr(chosen, "run_id", None) == evidence.run_id else SELECTED_BY_DEFAULT)
-    return {"run_id": evidence.run_id, "status": run.status if run else None, "selected_by": by}
+    if chosen is not None and getattr(chosen, "run_id", None) == run_id:
+        return f"chosen with `wf runs select` by {getattr(chosen, 'by', '?')} at {chosen.time}"
+    return SELECTED_BY_DEFAULT
 
 
 def _approvals(project: Project, state: ProjectState, phase: str) -> list[dict[str, Any]]:
