@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> None:
 
         world = world_from_env()
         rank = f"(rank {world.rank}) " if world is not None else ""
-        err_console.print(f"[bold red]error:[/] {rank}{exc.message}", markup=True, highlight=False, soft_wrap=True)
+        from rich.markup import escape  # a message quotes what people wrote: `- [x]Text` is not markup
+
+        err_console.print(f"[bold red]error:[/] {rank}{escape(exc.message)}", markup=True, highlight=False,
+                          soft_wrap=True)
         if exc.hint:
             err_console.print(exc.hint, markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -77,7 +78,7 @@ def gate_table(verdict: Any) -> Table:
     for item in verdict.items:
         sign = "[yellow]~[/]" if item.waived else mark(item.checked)
         kind = item.kind + (" (required)" if item.required and item.line == 0 else "")
-        table.add_row(sign, item.id, kind, item.text, item.evidence)
+        table.add_row(sign, item.id, kind, escape(item.text), escape(item.evidence))
     return table
 
 
@@ -85,15 +86,16 @@ def print_gate(verdict: Any) -> None:
     """A gate's table, what drifted since it passed, waivers and overrides on record, and its verdict."""
     console.print(gate_table(verdict))
     for drift in verdict.drift:
-        console.print(f"[red]changed since the gate verified it[/] ({drift.kind}): {drift.detail}")
+        console.print(f"[red]changed since the gate verified it[/] ({drift.kind}): {escape(drift.detail)}")
     for note in verdict.notes:
-        console.print(f"[dim]not compared here: {note}[/]")
+        console.print(f"[dim]not compared here: {escape(note)}[/]")
     for item in verdict.waived_items:
         w = item.waived
-        console.print(f"[yellow]waiver on record[/]: {item.id} waived by {w['by']} at {w['time']} — {w['reason']}")
+        console.print(f"[yellow]waiver on record[/]: {item.id} waived by {escape(str(w['by']))} at {w['time']} — "
+                      f"{escape(w['reason'])}")
     for o in verdict.overrides:
         console.print(f"[yellow]override on record[/]: {o['time']} {o['phase']} entered with the "
-                      f"{o['gate']} gate closed — {o['reason']}")
+                      f"{o['gate']} gate closed — {escape(o['reason'])}")
     left = len(verdict.open_items)
     if verdict.passed:
         status = "[green]passes[/]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mlflow_core.cli.output import console, mark, print_json
@@ -159,7 +160,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
     for p in info["phases"]:
         run = p["last_run"] or {}
         gate = p["gate"]
-        gate_text = gate.get("error") or (f"{mark(gate['passed'])} {gate['checked']}/{gate['total']}"
+        gate_text = escape(gate["error"]) if gate.get("error") else (f"{mark(gate['passed'])} {gate['checked']}/{gate['total']}"
                                           + (" re-opened" if gate.get("drift") else "")
                                           + (f" ({len(gate['waived'])} waived)" if gate.get("waived") else ""))
         table.add_row(str(p["number"]), ("▶ " if p["current"] else "") + p["name"], run.get("run_id", "—"),
@@ -167,19 +168,19 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
     console.print(table)
     for p in info["phases"]:
         for drift in p["gate"].get("drift") or []:
-            console.print(f"[red]{p['name']} gate re-opened[/] ({drift['kind']}): {drift['detail']}")
+            console.print(f"[red]{p['name']} gate re-opened[/] ({drift['kind']}): {escape(drift['detail'])}")
         for w in p["gate"].get("waived") or []:
             console.print(f"[yellow]Waiver on record[/]: {p['name']} {w['id']} by {w['by']} at {w['time']} — "
-                          f"{w['reason']}")
+                          f"{escape(w['reason'])}")
     blocked = [p for p in info["phases"] if not p["can_start"] and p["blocked_because"]]
     if blocked:
-        console.print(f"Why not {', '.join(p['name'] for p in blocked)}: {blocked[0]['blocked_because']}")
+        console.print(f"Why not {', '.join(p['name'] for p in blocked)}: {escape(blocked[0]['blocked_because'])}")
     if info["decision"]:
         d = info["decision"]
         console.print(f"Decision: {d['choice']} → {d['next_phase']} ({d['time']}){': ' + d['reason'] if d['reason'] else ''}")
     for o in info["overrides"]:
         console.print(f"[yellow]Override on record[/]: {o['time']} {o['phase']} — {o['reason']}")
-    console.print(f"Next: {info['next']}")
+    console.print(f"Next: {escape(info['next'])}")
 
 
 def decide(choice: str = typer.Argument(..., help="finalize, diagnose, optimize (or rebaseline after diagnostics)."),

@@ -344,3 +344,11 @@ def test_runs_select_refuses_a_run_that_did_not_run_to_its_end(wf, project_copy)
 def test_gate_check_takes_a_phase_or_all_not_both(wf, project_copy):
     r = wf("gate", "check", "setup", "--all", cwd=project_copy)
     assert r.code == 2 and "give a phase or --all, not both" in r.err
+
+
+def test_a_message_quoting_a_checklist_line_shows_it_as_written(wf, project_copy):
+    """`[x]` in a quoted line is text, not rich markup."""
+    path = project_copy / "checklists" / "pre_release.md"
+    path.write_text(path.read_text().replace("- [ ] Model card reviewed", "- [x]Model card reviewed"))
+    assert "'- [x]Model card reviewed" in wf("gate", "check", "finalization", cwd=project_copy).err
+    assert "- [x]Model card" in wf("status", cwd=project_copy).out.replace("│", "").replace("\n", "")
