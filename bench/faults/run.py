@@ -190,8 +190,8 @@ def first_nonfinite_step(project: Path) -> int | None:
     from mlflow_core.config import load_config
     from mlflow_core.training.data import build_data, make_loader
     from mlflow_core.training.models import build_model
+    from mlflow_core.training.optim import build_optimizer
     from mlflow_core.training.seeding import seed_everything
-    from mlflow_core.training.trainer import build_optimizer
 
     cfg = load_config(project / "training_config.yaml")
     seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="wf")
     except WfError as exc:
-        from mlflow_core.distributed import world_from_env
+        from mlflow_core.world import world_from_env
 
         world = world_from_env()
         rank = f"(rank {world.rank}) " if world is not None else ""

@@ -117,7 +117,7 @@ def run_with_display(project, name: str, override_reason: str | None = None, res
                      deadline: float | None = None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mlflow_core.workflow.engine import run_phase
+    from mlflow_core.orchestration.engine import run_phase
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
@@ -157,9 +157,10 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
     """Run a phase (or, with --smoke, check that it runs). Exit 0 success · 1 failed its success criteria · 2 bad input · 3 entry gate closed ·
     5 a write was refused (disk full, read-only) · 6 a data-parallel run lost a process ·
     124 stopped at --time-limit · 130/138/143 stopped by SIGINT/SIGUSR1/SIGTERM (resumable with --resume)."""
-    from mlflow_core.distributed import DISTRIBUTED_PHASES, world_from_env
     from mlflow_core.errors import UserInputError
+    from mlflow_core.workflow.phases import DISTRIBUTED_PHASES
     from mlflow_core.workflow.project import Project
+    from mlflow_core.world import world_from_env
 
     if smoke and (resume or override_gate is not None or time_limit is not None):
         raise UserInputError("--smoke runs outside the phase's record: it takes neither --resume, "
@@ -167,7 +168,7 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
     deadline = _deadline(time_limit)  # from now: a bad value is exit 2 before anything starts
     world = world_from_env()
     if world is not None and not world.is_writer:  # a DDP rank other than 0: it follows rank 0's lead
-        from mlflow_core.distributed import follow
+        from mlflow_core.orchestration.launch import follow
         raise typer.Exit(follow(Project.find(), world))
     if nproc_per_node > 1:
         if world is not None:
@@ -175,8 +176,8 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
         if name not in DISTRIBUTED_PHASES:
             raise UserInputError(f"`wf phase {name}` runs in one process; data-parallel phases: "
                                  f"{', '.join(DISTRIBUTED_PHASES)}.")
-        from mlflow_core.distributed import launch_local
-        from mlflow_core.workflow.engine import missing_training_stack
+        from mlflow_core.orchestration.engine import missing_training_stack
+        from mlflow_core.orchestration.launch import launch_local
         if missing_training_stack():
             raise UserInputError("--nproc-per-node needs the training stack (torch).",
                                  hint="Install it with `pip install 'wf[train]'`.")
@@ -195,7 +196,7 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
 def smoke_with_display(project, name: str) -> bool:
     from rich.table import Table
 
-    from mlflow_core.workflow.smoke import smoke_phase
+    from mlflow_core.orchestration.smoke import smoke_phase
 
     console.rule(f"wf phase {name} --smoke")
     result = smoke_phase(project, name, on_message=lambda text: console.print(f"· {text}", highlight=False))
@@ -213,7 +214,7 @@ def smoke_with_display(project, name: str) -> bool:
 
 def report(name: str = typer.Argument(..., help="Phase whose report to render again.")) -> None:
     """Render a phase's report again from its recorded evidence and run files (no training, no torch)."""
-    from mlflow_core.workflow.engine import rerender_report
+    from mlflow_core.orchestration.engine import rerender_report
     from mlflow_core.workflow.project import Project
 
     result = rerender_report(Project.find(), name)

@@ -34,7 +34,7 @@ def init(directory: Path = typer.Argument(..., help="Project directory (created 
 def quickstart(directory: Path = typer.Argument(Path("wf-quickstart"), help="Project directory to create.")) -> None:
     """init (digits) + setup + baseline in one go: a verified, reviewable baseline in under a minute."""
     from mlflow_core.cli.phase_cmds import run_with_display
-    from mlflow_core.workflow.engine import tick
+    from mlflow_core.orchestration.engine import tick
     from mlflow_core.workflow.gates import load_checklist
     from mlflow_core.workflow.scaffold import init_project
 
@@ -110,7 +110,7 @@ def runs_select(run: str = typer.Argument(..., help="A run id, or a unique prefi
     """Make an earlier run that ran to its end the one its phase's gate judges: its evidence and report
     come back, and the choice is recorded in the history (by default a gate judges the latest run of
     its phase that ran to its end; an interrupted or crashed run never replaces it)."""
-    from mlflow_core.workflow.engine import select_run
+    from mlflow_core.orchestration.engine import select_run
     from mlflow_core.workflow.project import Project
 
     chosen = select_run(Project.find(), run)
@@ -186,7 +186,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
 def decide(choice: str = typer.Argument(..., help="finalize, diagnose, optimize (or rebaseline after diagnostics)."),
            reason: str = typer.Option(None, "--reason", "-r", help="Why; recorded in the history and reports.")) -> None:
     """Record the decision point of seed 003: deploy the baseline, or improve it."""
-    from mlflow_core.workflow.engine import decide as record_decision
+    from mlflow_core.orchestration.engine import decide as record_decision
     from mlflow_core.workflow.project import Project
 
     decision = record_decision(Project.find(), choice, reason)

@@ -27,8 +27,8 @@ def slurm(phase: str = typer.Argument(..., help="The phase the job runs (baselin
     """Write slurm/PHASE.sbatch: srun launching wf (torchrun across nodes), SLURM's USR1 warning 90 s
     before the end, requeue through wf's handler, `--resume` on restart, one log per job."""
     from mlflow_core.errors import UserInputError
-    from mlflow_core.slurm import SlurmJob, write_sbatch
-    from mlflow_core.slurm import submit as sbatch
+    from mlflow_core.orchestration.slurm import SlurmJob, write_sbatch
+    from mlflow_core.orchestration.slurm import submit as sbatch
     from mlflow_core.workflow.phases import PHASE_ORDER
     from mlflow_core.workflow.project import Project
 

@@ -17,7 +17,7 @@ def lr_find(start_lr: float = typer.Option(1e-7, "--start-lr", min=1e-12, help="
             as_json: bool = typer.Option(False, "--json", help="Print the sweep as JSON.")) -> None:
     """LR range test: grow the learning rate exponentially from a fresh model and suggest one."""
     from mlflow_core.errors import UserInputError
-    from mlflow_core.training.lr_finder import find_lr
+    from mlflow_core.orchestration.lr_find import find_lr
     from mlflow_core.workflow.project import Project
 
     if not start_lr < end_lr:

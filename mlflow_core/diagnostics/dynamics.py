@@ -149,7 +149,7 @@ def gradient_norms(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
 def single_batch_overfit(cfg: WorkflowConfig, project_root: Path, data: DataBundle, *, steps: int = 100,
                          learning_rate: float | None = None) -> dict[str, Any]:
     """Train a fresh model on one batch; it should drive that batch's loss below a tenth of its start."""
-    from mlflow_core.training.trainer import build_optimizer
+    from mlflow_core.training.optim import build_optimizer
 
     model = fresh_model(cfg, project_root, data)
     inputs, targets = probe_batches(cfg, data, samples=min(cfg.training.batch_size, 64))[0]
@@ -217,7 +217,7 @@ def shuffled_label_control(cfg: WorkflowConfig, project_root: Path, data: DataBu
 
 def throughput(cfg: WorkflowConfig, project_root: Path, data: DataBundle, *, batches: int = 20) -> dict[str, Any]:
     """Seconds per batch for the data loader alone, and per optimizer step for the model alone."""
-    from mlflow_core.training.trainer import build_optimizer, resolve_device
+    from mlflow_core.training.optim import build_optimizer, resolve_device
 
     device = resolve_device(cfg.training.device)
     loader = make_loader(data.train, cfg, train=True, device=device, seed=cfg.reproducibility.seed)

@@ -3,7 +3,6 @@ a suggested config. Never edits the user's config."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -13,6 +12,7 @@ from mlflow_core.diagnostics import DIAGNOSTICS, Diagnosis
 from mlflow_core.diagnostics.dynamics_detectors import DYNAMICS_DETECTORS
 from mlflow_core.diagnostics.evidence_detectors import EVIDENCE_DETECTORS, DiagnoseContext
 from mlflow_core.errors import UserInputError
+from mlflow_core.reports.diagnosis import read_run_metrics, write_diagnosis_report
 from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.project import Project, safe_name
 from mlflow_core.workflow.state import RunRecord, load_state, project_lock, save_state
@@ -65,7 +65,7 @@ def run_diagnosis(project: Project, name: str, run: RunRecord, fix: bool = False
     say = on_message or (lambda _m: None)
     _check_name(name)
     run_dir = project.inside(run.dir)
-    metrics = _metrics(run_dir)
+    metrics = read_run_metrics(run_dir)
     ctx = DiagnoseContext(project.root, run, run_dir, metrics, _setup_facts(project), DETECTORS)
     if name == "auto":
         diagnosis = _diagnose_auto(project, ctx, fix, say)
@@ -84,14 +84,6 @@ def _check_name(name: str) -> None:
     if name not in DIAGNOSTICS and name != "auto":
         raise UserInputError(f"unknown diagnostic {name!r}; diagnostics: auto, {', '.join(DIAGNOSTICS)}.",
                              hint="`wf diagnose auto` runs them all.")
-
-
-def _metrics(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "logs" / "metrics.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserInputError(f"{path}: cannot be read ({exc}).") from None
 
 
 def _setup_facts(project: Project) -> dict[str, Any]:
@@ -241,21 +233,3 @@ def _write_suggested(project: Project, name: str, run_id: str, candidate: dict[s
               f"# verified by a {steps}-step trial run. Review it, then copy it over training_config.yaml.\n")
     path = write_config_variant(project, candidate["set"], header, project.root / "configs" / f"suggested_{name}.yaml")
     return project.relative(path)
-
-
-def write_diagnosis_report(project: Project, diagnosis: dict[str, Any], run_dir: Path) -> dict[str, str]:
-    """Render `reports/diagnosis_<name>.md` from a diagnosis (its JSON form) and the run's files."""
-    from mlflow_core.reports.plots import diagnosis_figures
-    from mlflow_core.reports.render import write_report
-
-    figures, note = diagnosis_figures(diagnosis, run_dir, project.reports_dir / "figures")
-    name = diagnosis["diagnostic"]
-    # the probes of the diagnostics that found something (or of the one asked for), for the evidence section
-    wanted = {f["diagnostic"] for f in diagnosis["findings"]} | ({name} if name != "auto" else set())
-    probes = {k: (diagnosis["probes"] if name == k else diagnosis["probes"].get(k) or {})
-              for k in ("vanishing_gradients", "dead_relu", "convergence_stall", "resource_inefficiency")
-              if k in wanted}
-    context = {"d": diagnosis, "metrics": _metrics(run_dir), "figures": figures, "figures_note": note,
-               "dyn": probes,
-               "playbook_link": f"../diagnostics/{diagnosis['diagnostic']}.md"}
-    return write_report(project, f"diagnosis_{diagnosis['diagnostic']}.md", "diagnosis.md.j2", context)

@@ -24,8 +24,8 @@ from torch.utils._pytree import tree_flatten
 
 from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.training.models import build_model
+from mlflow_core.training.optim import build_optimizer
 from mlflow_core.training.seeding import seed_everything
-from mlflow_core.training.trainer import build_optimizer
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:

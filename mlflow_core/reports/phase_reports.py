@@ -4,48 +4,81 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from mlflow_core.reports.plots import learning_curves
 from mlflow_core.reports.render import write_report
-from mlflow_core.workflow.phases import PhaseDefinition
+from mlflow_core.workflow.phases import PHASES, PhaseDefinition
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.recommend import Recommendation, recommend
 from mlflow_core.workflow.state import ProjectState, now_iso
 
 
+@dataclass
+class ReportInput:
+    """What every phase's report renderer gets: the run, its facts and its criteria."""
+    project: Project
+    state: ProjectState
+    definition: PhaseDefinition
+    run_id: str
+    facts: dict[str, Any]
+    criteria: list[dict[str, Any]]
+    project_name: str
+    overrides: list[dict[str, Any]]
+    record: dict[str, Any]
+
+
 def render_phase_report(project: Project, state: ProjectState, definition: PhaseDefinition, run_id: str,
                         facts: dict[str, Any], criteria: list[dict[str, Any]], project_name: str,
                         ) -> tuple[dict[str, str], Recommendation | None]:
-    overrides = [e.model_dump(mode="json") for e in state.overrides()]
-    record = run_record_note(state, definition.name, run_id)
-    if definition.name == "setup":
-        ok = all(c["passed"] for c in criteria)
-        next_step = ("Tick the manual items of `checklists/reproducibility.md` (`wf checklist show "
-                     "reproducibility`), then run `wf phase baseline`." if ok else
-                     "Fix the ❌ items above and run `wf phase setup` again.")
-        context = {"project_name": project_name, "run_id": run_id, "recorded_at": now_iso(), "facts": facts,
-                   "criteria": criteria, "overrides": overrides, "next_step": next_step, "record": record}
-        return write_report(project, definition.report, "setup_report.md.j2", context), None
-    if definition.name == "diagnostics":
-        from mlflow_core.diagnostics.engine import write_diagnosis_report
-        run = state.run(facts["diagnosed_run"])
-        return write_diagnosis_report(project, facts["diagnosis"], project.inside(run.dir)), None
-    if definition.name == "optimization":
-        from mlflow_core.config.loader import load_config
-        from mlflow_core.reports.plots import optimization_figures
-        figures, note = optimization_figures(facts, project.reports_dir / "figures")
-        context = {"project_name": project_name, "run_id": run_id, "f": facts, "criteria": criteria,
-                   "figures": figures, "figures_note": note, "overrides": overrides, "record": record,
-                   "configured_lr": load_config(project.config_path).training.learning_rate}
-        return write_report(project, definition.report, "optimization_results.md.j2", context), None
-    if definition.name == "finalization":
-        return write_report(project, definition.report, "final_report.md.j2",
-                            {**_final_context(project, state, run_id, facts, criteria, project_name, overrides),
-                             "record": record}), None
-    metrics = json.loads((project.root / facts["metrics"]["path"]).read_text(encoding="utf-8"))
-    rec = recommend(metrics, criteria, definition.playbooks)
-    figures, note = learning_curves(metrics, project.reports_dir / "figures", definition.name)
+    """The phase's report, by its renderer in the phase registry (workflow/phases.py)."""
+    given = ReportInput(project, state, definition, run_id, facts, criteria, project_name,
+                        [e.model_dump(mode="json") for e in state.overrides()],
+                        run_record_note(state, definition.name, run_id))
+    return PHASES[definition.name].render()(given)
+
+
+def render_setup(r: ReportInput) -> tuple[dict[str, str], None]:
+    ok = all(c["passed"] for c in r.criteria)
+    next_step = ("Tick the manual items of `checklists/reproducibility.md` (`wf checklist show "
+                 "reproducibility`), then run `wf phase baseline`." if ok else
+                 "Fix the ❌ items above and run `wf phase setup` again.")
+    context = {"project_name": r.project_name, "run_id": r.run_id, "recorded_at": now_iso(), "facts": r.facts,
+               "criteria": r.criteria, "overrides": r.overrides, "next_step": next_step, "record": r.record}
+    return write_report(r.project, r.definition.report, "setup_report.md.j2", context), None
+
+
+def render_diagnostics(r: ReportInput) -> tuple[dict[str, str], None]:
+    from mlflow_core.reports.diagnosis import write_diagnosis_report
+
+    run = r.state.run(r.facts["diagnosed_run"])
+    return write_diagnosis_report(r.project, r.facts["diagnosis"], r.project.inside(run.dir)), None
+
+
+def render_optimization(r: ReportInput) -> tuple[dict[str, str], None]:
+    from mlflow_core.config.loader import load_config
+    from mlflow_core.reports.plots import optimization_figures
+
+    figures, note = optimization_figures(r.facts, r.project.reports_dir / "figures")
+    context = {"project_name": r.project_name, "run_id": r.run_id, "f": r.facts, "criteria": r.criteria,
+               "figures": figures, "figures_note": note, "overrides": r.overrides, "record": r.record,
+               "configured_lr": load_config(r.project.config_path).training.learning_rate}
+    return write_report(r.project, r.definition.report, "optimization_results.md.j2", context), None
+
+
+def render_finalization(r: ReportInput) -> tuple[dict[str, str], None]:
+    context = {**_final_context(r.project, r.state, r.run_id, r.facts, r.criteria, r.project_name, r.overrides),
+               "record": r.record}
+    return write_report(r.project, r.definition.report, "final_report.md.j2", context), None
+
+
+def render_training(r: ReportInput) -> tuple[dict[str, str], Recommendation]:
+    """A training phase's results (the baseline's): criteria, learning curves, checkpoints and the
+    recommended next step."""
+    metrics = json.loads((r.project.root / r.facts["metrics"]["path"]).read_text(encoding="utf-8"))
+    rec = recommend(metrics, r.criteria, r.definition.playbooks)
+    figures, note = learning_curves(metrics, r.project.reports_dir / "figures", r.definition.name)
     checkpoints = [(n, metrics["checkpoints"][n]) for n in ("best", "last") if metrics["checkpoints"].get(n)]
     checkpoints += [(f"epoch {c['epoch']}", c) for c in metrics["checkpoints"]["periodic"]]
     checkpoints += [(f"top {rank}: {metrics['best']['metric']} {c['value']:.4g}", c)
@@ -55,11 +88,11 @@ def render_phase_report(project: Project, state: ProjectState, definition: Phase
                 "reason": rec.reason, "playbook": rec.playbook,
                 # reports/ sits one level below the project root, where diagnostics/ lives
                 "playbook_link": f"../{rec.playbook}" if rec.playbook else None}
-    context = {"project_name": project_name, "m": metrics, "criteria": criteria, "rec": rec_view,
+    context = {"project_name": r.project_name, "m": metrics, "criteria": r.criteria, "rec": rec_view,
                "last": epochs[-1] if epochs else None, "figures": figures, "figures_note": note,
-               "checkpoints": checkpoints, "run_dir": facts["run_dir"], "overrides": overrides, "record": record,
-               "data_wait": facts.get("data_wait_fraction")}
-    return write_report(project, definition.report, "baseline_results.md.j2", context), rec
+               "checkpoints": checkpoints, "run_dir": r.facts["run_dir"], "overrides": r.overrides,
+               "record": r.record, "data_wait": r.facts.get("data_wait_fraction")}
+    return write_report(r.project, r.definition.report, "baseline_results.md.j2", context), rec
 
 
 def run_record_note(state: ProjectState, phase: str, run_id: str) -> dict[str, Any]:

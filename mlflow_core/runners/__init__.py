@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow_core.workflow.phases import RUNNABLE_PHASES  # noqa: F401  (re-exported)
+from mlflow_core.workflow.phases import PHASES
 from mlflow_core.workflow.project import Project
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def run_runner(phase: str, ctx: RunContext) -> RunOutput:
         ctx.on_message(plan.note)
     if cfg.data.source == "custom" and phase != "setup" and not ctx.smoke:
         _verify_custom_data(ctx)
-    return get_runner(phase)(ctx)
+    return PHASES[phase].run()(ctx)
 
 
 def _verify_custom_data(ctx: RunContext) -> None:
@@ -164,23 +164,3 @@ def _verify_custom_data(ctx: RunContext) -> None:
         raise DataError(f"data.target {ctx.cfg.data.target!r} returns other samples than setup verified: "
                         + "; ".join(changed),
                         hint="Run `wf phase setup` again to verify the data as it is now.")
-
-
-def get_runner(phase: str) -> Callable[[RunContext], RunOutput] | None:
-    if phase == "setup":
-        from mlflow_core.runners.setup import run_setup
-        return run_setup
-    if phase == "baseline":
-        from mlflow_core.runners.baseline import run_baseline
-        return run_baseline
-    if phase == "diagnostics":
-        from mlflow_core.runners.diagnostics import run_diagnostics
-        return run_diagnostics
-    if phase == "optimization":
-        from mlflow_core.runners.optimization import run_optimization
-        return run_optimization
-    if phase == "finalization":
-        from mlflow_core.runners.finalization import run_finalization
-        return run_finalization
-    return None
-

@@ -29,7 +29,7 @@ def lr_range_test(cfg: WorkflowConfig, project_root: Path, data: DataBundle, *, 
                   diverge_factor: float = 4.0, device: torch.device | None = None) -> dict[str, Any]:
     if not (0 < start_lr < end_lr) or steps < 10:
         raise ValueError("lr_range_test needs 0 < start_lr < end_lr and at least 10 steps")
-    from mlflow_core.training.trainer import build_optimizer, resolve_device
+    from mlflow_core.training.optim import build_optimizer, resolve_device
 
     device = device or resolve_device(cfg.training.device)
     seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)
@@ -91,20 +91,3 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> dict[str, Any]:
             "rule": "steepest descent of the smoothed loss against log(lr)",
             "min_loss_lr": lrs[min_index], "min_loss": smoothed[min_index],
             "min_loss_lr_div10": lrs[min_index] / 10}
-
-
-def find_lr(project: Any, *, start_lr: float, end_lr: float, steps: int) -> dict[str, Any]:
-    """`wf lr-find`: the range test on the project's config and data, with its picture in reports/figures/."""
-    from mlflow_core.config.loader import load_config
-    from mlflow_core.reports.plots import lr_range_figure
-    from mlflow_core.training.data import build_data
-    from mlflow_core.workflow.state import project_lock
-
-    with project_lock(project, "wf lr-find"):
-        cfg = load_config(project.config_path)
-        result = lr_range_test(cfg, project.root, build_data(cfg, project.root), start_lr=start_lr, end_lr=end_lr,
-                               steps=steps)
-        result["configured_lr"] = cfg.training.learning_rate
-        figure = lr_range_figure(result, project.reports_dir / "figures", "lr_find.png")
-        result["figure"] = f"reports/{figure['file']}" if figure else None
-        return result

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -12,11 +15,49 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mlflow_core.content import content_path
 from mlflow_core.errors import UserInputError
 
-PHASE_ORDER = ("setup", "baseline", "diagnostics", "optimization", "finalization")
-# The phases whose runner ships in this release (mlflow_core/runners); the others are defined as content.
-RUNNABLE_PHASES = ("setup", "baseline", "diagnostics", "optimization", "finalization")
-# setup and diagnostics hold no training state worth continuing: running them again is their resume
-RESUMABLE_PHASES = ("baseline", "optimization", "finalization")
+
+@dataclass(frozen=True)
+class PhaseKind:
+    """What the engine knows about a phase besides its definition (phases/<name>.yaml, which people
+    read and may edit): the functions that run it and render its report, named as "module:function"
+    and imported only when needed (runners import torch; `wf status` must not), and whether it can
+    be resumed, trained data-parallel, or smoke-tested. A new phase is a runner, a definition and
+    one line in PHASES."""
+    name: str
+    runner: str
+    report: str
+    resumable: bool = False  # it holds training state worth continuing; otherwise running it again is its resume
+    distributed: bool = False  # its training runs are data-parallel under a DDP launcher
+    smokable: bool = False  # it trains, so `--smoke` can check that its config runs
+
+    def run(self) -> Callable[..., Any]:
+        return _resolve(self.runner)
+
+    def render(self) -> Callable[..., Any]:
+        return _resolve(self.report)
+
+
+def _resolve(dotted: str) -> Callable[..., Any]:
+    module, _, name = dotted.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+_REPORTS = "mlflow_core.reports.phase_reports"
+# the phases in their order
+PHASES: dict[str, PhaseKind] = {kind.name: kind for kind in (
+    PhaseKind("setup", "mlflow_core.runners.setup:run_setup", f"{_REPORTS}:render_setup", smokable=True),
+    PhaseKind("baseline", "mlflow_core.runners.baseline:run_baseline", f"{_REPORTS}:render_training",
+              resumable=True, distributed=True, smokable=True),
+    PhaseKind("diagnostics", "mlflow_core.runners.diagnostics:run_diagnostics", f"{_REPORTS}:render_diagnostics"),
+    PhaseKind("optimization", "mlflow_core.runners.optimization:run_optimization", f"{_REPORTS}:render_optimization",
+              resumable=True, distributed=True, smokable=True),
+    PhaseKind("finalization", "mlflow_core.runners.finalization:run_finalization", f"{_REPORTS}:render_finalization",
+              resumable=True, distributed=True, smokable=True),
+)}
+PHASE_ORDER = tuple(PHASES)
+RESUMABLE_PHASES = tuple(k.name for k in PHASES.values() if k.resumable)
+DISTRIBUTED_PHASES = tuple(k.name for k in PHASES.values() if k.distributed)
+SMOKABLE_PHASES = tuple(k.name for k in PHASES.values() if k.smokable)
 
 # `wf decide VERB` names the phase to go to next.
 DECISIONS = {"finalize": "finalization", "diagnose": "diagnostics", "optimize": "optimization",

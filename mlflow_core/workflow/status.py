@@ -7,7 +7,7 @@ from typing import Any
 from mlflow_core.errors import WfError
 from mlflow_core.workflow.fingerprints import Current
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate
-from mlflow_core.workflow.phases import PHASE_ORDER, RESUMABLE_PHASES, RUNNABLE_PHASES, load_phase
+from mlflow_core.workflow.phases import PHASE_ORDER, RESUMABLE_PHASES, load_phase
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import load_state, project_locked
 
@@ -76,6 +76,5 @@ def suggest_next(current: str | None, phases: list[dict[str, Any]], busy: bool =
         return f"wf gate check {current}   (items left: {', '.join(gate.get('open', []))})"
     for p in phases:
         if p["name"] != current and p["can_start"] and p["name"] != "setup":
-            later = "" if p["name"] in RUNNABLE_PHASES else "   (its runner is not in this release of wf)"
-            return f"wf phase {p['name']}{later}"
+            return f"wf phase {p['name']}"
     return f"wf gate check {current}"

@@ -18,7 +18,7 @@ import pytest
 
 
 def test_sbatch_script_for_two_nodes(wf, tmp_path):
-    from mlflow_core.slurm import SlurmJob, sbatch_script
+    from mlflow_core.orchestration.slurm import SlurmJob, sbatch_script
 
     assert wf("init", "p", cwd=tmp_path).code == 0
     r = wf("slurm", "baseline", "--nodes", "2", "--gpus-per-node", "4", "--partition", "gpu", "--time",

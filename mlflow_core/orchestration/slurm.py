@@ -64,8 +64,8 @@ class SlurmJob:
 
 
 def check_job(job: SlurmJob) -> None:
-    from mlflow_core.distributed import DISTRIBUTED_PHASES
     from mlflow_core.errors import UserInputError
+    from mlflow_core.workflow.phases import DISTRIBUTED_PHASES
 
     for option, value, pattern, what in (("--partition", job.partition, _NAME, "letters, digits and _.,+-"),
                                          ("--account", job.account, _NAME, "letters, digits and _.,+-"),

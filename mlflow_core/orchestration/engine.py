@@ -116,10 +116,12 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
               on_message: Callable[[str], None] | None = None, resume: bool = False,
               deadline: float | None = None) -> PhaseResult:
     """Run a phase: the gate, the run record, the runner, evidence, report. Under a DDP launcher
-    this is rank 0, which leads the other ranks (distributed.follow) through the training.
+    this is rank 0, which leads the other ranks (launch.follow) through the training.
     `deadline` (time.monotonic()): training stops at the first step past it, resumably, as on a
     signal (`wf phase NAME --time-limit`)."""
-    from mlflow_core.distributed import DISTRIBUTED_PHASES, leading, world_from_env
+    from mlflow_core.orchestration.launch import leading
+    from mlflow_core.workflow.phases import DISTRIBUTED_PHASES
+    from mlflow_core.world import world_from_env
 
     world = world_from_env()
     if world is None:
@@ -135,15 +137,12 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
 def _run_phase(project: Project, phase: str, override_reason: str | None,
                on_progress: Callable[[Any], None] | None, on_message: Callable[[str], None] | None,
                resume: bool, world: Any = None, announce: Any = None, deadline: float | None = None) -> PhaseResult:
-    from mlflow_core.runners import RUNNABLE_PHASES, RunContext
+    from mlflow_core.runners import RunContext
 
     say = on_message or (lambda _m: None)
     with project_lock(project, f"wf phase {phase}"):
         state = load_state(project)
         definition = load_phase(phase, project.root)
-        if phase not in RUNNABLE_PHASES:
-            raise UserInputError(f"`wf phase {phase}` is not available in this version of wf; "
-                                 f"runnable phases: {', '.join(RUNNABLE_PHASES)}.")
         cfg = load_config(project.config_path)  # bad config: exit 2 before anything is written
         missing = missing_training_stack()
         if missing:
@@ -334,7 +333,7 @@ def _approved_configs(project: Project, phase: str, facts: dict[str, Any]) -> li
 def _resume_command(phase: str) -> str:
     """How to continue an interrupted run of `phase`: under DDP, with as many processes (a resume
     restores each rank's RNG and data position, so it refuses another count)."""
-    from mlflow_core.distributed import world_from_env
+    from mlflow_core.world import world_from_env
 
     world = world_from_env()
     command = f"`wf phase {phase} --resume`"
@@ -349,7 +348,7 @@ def _stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id
     import signal
 
     from mlflow_core.errors import RunHangupError, RunPreemptedError, RunTerminatedError, RunTimeLimitError
-    from mlflow_core.slurm import requeue_job, slurm_job_id
+    from mlflow_core.orchestration.slurm import requeue_job, slurm_job_id
     from mlflow_core.training.trainer import TIME_LIMIT  # torch is loaded: a run just trained
 
     signum = facts.get("interrupted_by")

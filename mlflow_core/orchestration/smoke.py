@@ -16,9 +16,9 @@ from typing import Any
 from mlflow_core.config.loader import config_sha256, load_config
 from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.errors import UserInputError
+from mlflow_core.workflow.phases import SMOKABLE_PHASES
 from mlflow_core.workflow.project import Project
 
-SMOKABLE_PHASES = ("setup", "baseline", "optimization", "finalization")
 PASSING = ("completed", "early_stopped", "pruned")
 
 
@@ -42,8 +42,10 @@ def smoke_config(cfg: WorkflowConfig) -> WorkflowConfig:
 
 def smoke_phase(project: Project, phase: str, *, on_progress: Callable[[Any], None] | None = None,
                 on_message: Callable[[str], None] | None = None) -> SmokeResult:
-    """Under a DDP launcher this is rank 0; the other ranks follow it (distributed.follow)."""
-    from mlflow_core.distributed import DISTRIBUTED_PHASES, leading, world_from_env
+    """Under a DDP launcher this is rank 0; the other ranks follow it (launch.follow)."""
+    from mlflow_core.orchestration.launch import leading
+    from mlflow_core.workflow.phases import DISTRIBUTED_PHASES
+    from mlflow_core.world import world_from_env
 
     world = world_from_env()
     if world is None:
@@ -57,8 +59,8 @@ def smoke_phase(project: Project, phase: str, *, on_progress: Callable[[Any], No
 
 def _smoke_phase(project: Project, phase: str, on_progress: Callable[[Any], None] | None,
                  on_message: Callable[[str], None] | None, world: Any = None, announce: Any = None) -> SmokeResult:
+    from mlflow_core.orchestration.engine import missing_training_stack
     from mlflow_core.runners import RunContext, run_runner
-    from mlflow_core.workflow.engine import missing_training_stack
 
     if phase not in SMOKABLE_PHASES:
         raise UserInputError(f"`wf phase {phase} --smoke` is not available: {phase} analyses a recorded run "

@@ -1,12 +1,13 @@
-"""Data-parallel training across processes (DDP), one machine or many.
+"""Starting and following multi-process (DDP) runs, one machine or many.
 
 A wf command runs as N processes when a launcher sets the usual environment (RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR, MASTER_PORT): `torchrun … -m mlflow_core phase baseline`, SLURM's `srun`
 around torchrun (`wf slurm`), or `wf phase baseline --nproc-per-node N`, which starts the processes
-of one machine itself (below). Rank 0 is the wf command a person would run: it takes the project
-lock, checks the gate, records the run and writes every file. The other ranks follow: they wait for
-rank 0's plan (run id, resume checkpoint, smoke limits), train their share of each batch and write
-nothing. Reading the environment needs no torch; everything else imports it lazily.
+of one machine itself (`launch_local`). Rank 0 is the wf command a person would run: it takes the
+project lock, checks the gate, records the run and writes every file (`leading`). The other ranks
+follow: they wait for rank 0's plan (run id, resume checkpoint, smoke limits), train their share of
+each batch and write nothing (`follow`). The process group itself is training/parallel.py's; this
+module imports torch only inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -19,105 +20,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from mlflow_core.errors import WfError
-
-
-@dataclass(frozen=True)
-class World:
-    rank: int
-    world_size: int
-    local_rank: int
-
-    @property
-    def is_writer(self) -> bool:
-        return self.rank == 0
-
-
-def world_from_env() -> World | None:
-    """The process's place in a multi-process run, or None when it runs alone."""
-    try:
-        size = int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return None
-    if size <= 1:
-        return None
-    return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-# --- the process group ----------------------------------------------------------------------------
-
-COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that died leaves the others waiting at most this long
-
-
-# the phases that train: each of their runs (a baseline, a trial, a comparison run, a final seed) is
-# data-parallel; what is not training (the study, evaluation, exports) happens on rank 0 alone
-DISTRIBUTED_PHASES = ("baseline", "optimization", "finalization")
-
-
-def init_process_group(world: World, device: str = "auto") -> str:
-    """NCCL when training on GPUs (each rank on its LOCAL_RANK device), gloo on CPUs. Every rank
-    must pass the same `device` (training.device). Returns the backend."""
-    import torch
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return dist.get_backend()
-    backend = "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
-    if backend == "nccl" and torch.cuda.device_count() <= world.local_rank:
-        from mlflow_core.errors import UserInputError
-        raise UserInputError(f"rank {world.rank} needs GPU {world.local_rank}, and this machine has "
-                             f"{torch.cuda.device_count()}: use at most that many processes per node.")
-    if backend == "nccl":
-        torch.cuda.set_device(world.local_rank)
-    dist.init_process_group(backend, rank=world.rank, world_size=world.world_size, timeout=COLLECTIVE_TIMEOUT)
-    return backend
-
-
-def destroy_process_group(clean: bool = True) -> None:
-    """`clean`: every rank got here normally, so they first wait for each other; tearing down
-    while another rank still talks makes gloo abort that process. After an error, no waiting."""
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        if clean:
-            dist.barrier()
-        dist.destroy_process_group()
-
-
-def abandon_process_group() -> None:
-    """Leave the process group at once, after an error in the middle of a training run: the other
-    ranks are inside a collective this rank will never join. Tearing down ends their wait within
-    moments (gloo: the connection closes; under NCCL the launcher stops them), instead of after
-    COLLECTIVE_TIMEOUT; leading() and follow() then send and wait for nothing more."""
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def is_collective_failure(exc: BaseException) -> bool:
-    """An error from a collective whose peer is gone: NCCL raises DistBackendError (a DistError);
-    gloo a plain RuntimeError from its transport."""
-    import torch.distributed as dist
-
-    if isinstance(exc, getattr(dist, "DistError", ())):
-        return True
-    return isinstance(exc, RuntimeError) and "/gloo/" in str(exc)
-
-
-def broadcast_plan(plan: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Rank 0 sends what the followers need to train with it (None: the command stopped before
-    training, e.g. a closed gate; the followers then exit quietly); the others receive it."""
-    import torch.distributed as dist
-
-    box = [plan]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
+from mlflow_core.world import World
 
 # --- a launcher for one machine -------------------------------------------------------------------
 
@@ -204,12 +110,13 @@ class Announcer:
         self.closed = False
 
     def __call__(self, plan: dict[str, Any]) -> None:
+        from mlflow_core.training.parallel import broadcast_plan
         broadcast_plan(plan)
 
     def close(self) -> None:
-        import torch.distributed as dist
+        from mlflow_core.training.parallel import broadcast_plan, in_process_group
 
-        if not self.closed and dist.is_initialized():  # not after abandon_process_group: nobody listens
+        if not self.closed and in_process_group():  # not after abandon_process_group: nobody listens
             self.closed = True
             broadcast_plan(None)
 
@@ -217,6 +124,8 @@ class Announcer:
 @contextlib.contextmanager
 def leading(world: World, config_path: Any) -> Iterator[Announcer]:
     """Rank 0's command inside the process group: whatever happens, the followers hear a plan."""
+    from mlflow_core.training.parallel import destroy_process_group, init_process_group
+
     init_process_group(world, configured_device(config_path))
     announcer = Announcer()
     clean = False
@@ -238,6 +147,7 @@ def follow(project: Any, world: World) -> int:
     from pathlib import Path
 
     from mlflow_core.config.schema import WorkflowConfig
+    from mlflow_core.training.parallel import broadcast_plan, destroy_process_group, init_process_group
     from mlflow_core.training.trainer import Trainer
 
     init_process_group(world, configured_device(project.config_path))

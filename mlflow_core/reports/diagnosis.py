@@ -1,0 +1,37 @@
+"""`reports/diagnosis_<name>.md`: a diagnosis (its JSON form, as evidence records it) with the run's
+curves and the evidence each finding rests on. No torch: `wf report diagnostics` renders it again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mlflow_core.errors import UserInputError
+from mlflow_core.reports.plots import diagnosis_figures
+from mlflow_core.reports.render import write_report
+from mlflow_core.workflow.project import Project
+
+
+def read_run_metrics(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "logs" / "metrics.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"{path}: cannot be read ({exc}).") from None
+
+
+def write_diagnosis_report(project: Project, diagnosis: dict[str, Any], run_dir: Path) -> dict[str, str]:
+    """Render `reports/diagnosis_<name>.md` from a diagnosis (its JSON form) and the run's files."""
+    figures, note = diagnosis_figures(diagnosis, run_dir, project.reports_dir / "figures")
+    name = diagnosis["diagnostic"]
+    # the probes of the diagnostics that found something (or of the one asked for), for the evidence section
+    wanted = {f["diagnostic"] for f in diagnosis["findings"]} | ({name} if name != "auto" else set())
+    probes = {k: (diagnosis["probes"] if name == k else diagnosis["probes"].get(k) or {})
+              for k in ("vanishing_gradients", "dead_relu", "convergence_stall", "resource_inefficiency")
+              if k in wanted}
+    context = {"d": diagnosis, "metrics": read_run_metrics(run_dir), "figures": figures, "figures_note": note,
+               "dyn": probes,
+               "playbook_link": f"../diagnostics/{diagnosis['diagnostic']}.md"}
+    return write_report(project, f"diagnosis_{diagnosis['diagnostic']}.md", "diagnosis.md.j2", context)
+

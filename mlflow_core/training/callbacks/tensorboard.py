@@ -1,0 +1,43 @@
+"""TensorBoard events (`monitoring.tensorboard: true`): step curves per check window, epoch figures,
+and at the end the hyperparameters with the run's results. A resumed run shows each step once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow_core.training.callbacks.base import Callback
+from mlflow_core.training.tracking import TensorBoardTracker, run_hparams
+
+
+class TensorBoard(Callback):
+    def __init__(self) -> None:
+        self.tracker: TensorBoardTracker | None = None
+
+    @classmethod
+    def configured(cls, t: Any) -> TensorBoard | None:
+        return cls() if t.cfg.monitoring.tensorboard and t.run_dir else None
+
+    def on_fit_start(self, t, s) -> None:
+        self.tracker = TensorBoardTracker(t.run_dir, t.log, resumed_at=s.global_step if s.resume else None)
+
+    def on_window_end(self, t, s, window) -> None:
+        self.tracker.steps(window.steps, window.losses, window.grad_norms, window.lr,
+                           t.gpu_sampler.latest() if t.gpu_sampler else None)
+
+    def on_epoch_end(self, t, s, record) -> None:
+        self.tracker.epoch(record, s.global_step - 1)
+
+    def on_fit_end(self, t, s) -> None:
+        if self.tracker is not None:
+            self.tracker.close(run_hparams(t.cfg), tracked_results(s.metrics))
+
+
+def tracked_results(metrics: dict[str, Any]) -> dict[str, float]:
+    """The run's results next to its hyperparameters: the best value of the validation metric and
+    the last epoch's validation figures."""
+    results: dict[str, float] = {}
+    if metrics.get("best"):
+        results[f"best_{metrics['best']['metric']}"] = metrics["best"]["value"]
+    last = metrics["epochs"][-1] if metrics["epochs"] else {}
+    results.update({k: v for k, v in last.items() if k.startswith("val_") and isinstance(v, float)})
+    return results
