@@ -1,4 +1,4 @@
-"""On a CUDA machine: run setup and baseline through the real CLI on Lab 6-style NPZ patches and
+"""On a CUDA machine: run setup and baseline through the real CLI on 6-band Sentinel-2 NPZ patches and
 report NVML utilization, samples/s and data-wait; then check that a NaN is caught at its exact step
 through the windowed (sync-free) read-back path.
 
@@ -50,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp())
 
-    # -- Lab 6-style baseline on the GPU ------------------------------------------------------------
+    # -- Sentinel-2 patch baseline on the GPU ------------------------------------------------------------
     lab = init_project(base / "lab", "patches").root
     shutil.rmtree(lab / "data" / "patches")
     write_patches(lab / "data" / "patches", size=args.size, classes=8, train=args.train, val=args.train // 8)

@@ -7,7 +7,7 @@ so the difference is the trainer's bookkeeping: loss checks, gradient norms, det
     python bench/trainer_overhead.py [--epochs 3] [--repeats 5] [--device cpu|cuda] [--model simple_cnn]
                                      [--data digits|patches --size 64]
 
-`--data patches` (the default) is seed 000's workload shape. `--data digits` (8×8 images, 45
+`--data patches` (the default) is the 6-band Sentinel-2 patch workload's shape. `--data digits` (8×8 images, 45
 steps an epoch) is the worst case: a step is so small that the
 trainer's per-step gradient-norm check (one pass over the gradients) is about 1 % of it.
 The patches are 6-band, generated in memory as `wf init --example patches` writes them to disk,
@@ -42,7 +42,7 @@ checkpointing: {{save_best: false, save_last: false, checkpoint_every_n_epochs: 
 
 
 def patch_data(size: int, train: int = 320, val: int = 64, bands: int = 6, classes: int = 4) -> DataBundle:
-    """Lab 6-shaped patches in memory: each class a spectral signature under noise and texture."""
+    """Sentinel-2-shaped patches in memory: each class a spectral signature under noise and texture."""
     from torch.utils.data import TensorDataset
 
     g = torch.Generator().manual_seed(0)
@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--data", choices=("digits", "patches"), default="patches",
-                    help="patches: seed 000's workload shape (default); digits: the worst case, 8×8 images")
+                    help="patches: the 6-band Sentinel-2 patch workload's shape (default); digits: the worst case, 8×8 images")
     ap.add_argument("--size", type=int, default=64, help="patches: height and width")
     args = ap.parse_args()
     if args.threads:

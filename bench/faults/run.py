@@ -44,7 +44,7 @@ class Case:
     what: str = ""
 
 
-# --- dataset faults on Lab 6-style NPZ patches --------------------------------------------------------
+# --- dataset faults on 6-band Sentinel-2 NPZ patches --------------------------------------------------------
 
 def _patches(project: Path) -> list[Path]:
     return sorted((project / "data" / "patches" / "train").glob("*.npz"))

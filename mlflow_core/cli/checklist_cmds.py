@@ -10,8 +10,8 @@ app = typer.Typer(help="Show checklists and tick their manual items.", no_args_i
 
 
 def _phase_of(project, checklist: str) -> str | None:
-    from mlflow_core.workflow.phases import PHASE_ORDER, load_phase
-    return next((p for p in PHASE_ORDER if load_phase(p, project.root).exit_checklist == checklist), None)
+    from mlflow_core.workflow.phases import phase_gated_by
+    return phase_gated_by(checklist, project.root)
 
 
 @app.command("list")

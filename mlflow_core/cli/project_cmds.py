@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
 def init(directory: Path = typer.Argument(..., help="Project directory (created if missing)."),
          example: str = typer.Option("digits", "--example", "-e",
                                      help="digits: scikit-learn's handwritten digits (offline); "
-                                     "patches: Lab 6-style 6-band NPZ patches written to data/patches.")) -> None:
+                                     "patches: 6-band Sentinel-2 NPZ patches written to data/patches.")) -> None:
     """Scaffold a project: training_config.yaml, checklists/, .wf/state.json and a .gitignore."""
     from mlflow_core.workflow.scaffold import init_project
 
@@ -185,7 +185,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
 
 def decide(choice: str = typer.Argument(..., help="finalize, diagnose, optimize (or rebaseline after diagnostics)."),
            reason: str = typer.Option(None, "--reason", "-r", help="Why; recorded in the history and reports.")) -> None:
-    """Record the decision point of seed 003: deploy the baseline, or improve it."""
+    """Record the decision after the baseline: deploy the baseline, or improve it."""
     from mlflow_core.orchestration.engine import decide as record_decision
     from mlflow_core.workflow.project import Project
 

@@ -1,7 +1,7 @@
-"""The training config schema (`training_config.yaml`), seed 003's keys first.
+"""The training config schema (`training_config.yaml`), the Phase 2 keys first.
 
 Every model forbids unknown keys so that a misspelling is an error, not a silently ignored setting.
-Defaults are seed 003's conservative baseline choices.
+Defaults are the conservative choices of a first baseline.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class DataSection(_Section):
     mask_key: str = Field("mask", description="npz, task segmentation: array key of the mask (H, W) of class ids.")
     sampling: Literal["uniform", "class_balanced", "pixel_balanced"] = Field(
         "uniform", description="Training sample order: uniform shuffling; class_balanced (classification: each "
-        "sample drawn with weight 1 / its class's frequency); pixel_balanced (segmentation, seed 004: each "
+        "sample drawn with weight 1 / its class's frequency); pixel_balanced (segmentation: each "
         "sample weighted by how rare its pixels' classes are), with replacement. Under DDP the ranks share "
         "one weighted draw per epoch, each rank its part.")
     image_size: int | None = Field(None, ge=8, description="imagefolder: resize to this square size.")
@@ -175,7 +175,7 @@ class AugmentationSection(_Section):
                                 "batch gets one of the two at random.")
     mix_probability: float = Field(1.0, ge=0.0, le=1.0, description="Share of batches that are mixed.")
     mix_off_last_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Switch mixing off for this last "
-                                         "share of the epochs (seed 001: clean labels to finish).")
+                                         "share of the epochs (clean labels to finish, as ImageNet recipes do).")
 
     @field_validator("crop_scale")
     @classmethod
@@ -227,7 +227,7 @@ class TrainingSection(_Section):
 
 
 class StageSection(_Section):
-    """One stage of a staged curriculum (seed 001): its settings replace the run's while it lasts."""
+    """One stage of a staged curriculum: its settings replace the run's while it lasts."""
     epochs: int = Field(..., ge=1, description="Epochs of this stage.")
     image_size: int | None = Field(None, ge=8, description="Training images resized to this square size "
                                    "(validation stays at full size).")
@@ -256,7 +256,7 @@ class CheckpointingSection(_Section):
     save_best: bool = Field(True, description="Best validation metric.")
     keep_best: int = Field(1, ge=1, le=100, description="N > 1: also keep the checkpoints of the N best "
                            "epochs by the validation metric (checkpoints/top/epoch_NNN.pt; one that falls out "
-                           "of the N best is deleted; seed 000's 'save best N models'). 1: best_model.pt alone.")
+                           "of the N best is deleted; 'save the best N models'). 1: best_model.pt alone.")
     save_last: bool = Field(True, description="For resumption.")
     checkpoint_every_n_epochs: int = Field(5, ge=0, description="Periodic checkpoints; 0 = none.")
     resume_every_n_steps: int = Field(200, ge=0, description="Also write checkpoints/resume.pt every this "
@@ -369,7 +369,7 @@ class FinalizationSection(_Section):
     ensemble: bool = Field(True, description="With several final models (seeds, folds): also score their averaged "
                            "class probabilities on the test split.")
     tta: list[Literal["hflip", "vflip"]] = Field(
-        [], description="Test-time augmentation (seed 004): each model's test predictions average the class "
+        [], description="Test-time augmentation: each model's test predictions average the class "
         "probabilities of the image and its flips (a predicted mask is flipped back first); the report gives "
         "the scores without it too. Image data only.")
     export: list[Literal["state_dict", "torch_export", "onnx"]] = Field(
@@ -381,7 +381,7 @@ class FinalizationSection(_Section):
 
 
 class WorkflowConfig(_Section):
-    """A wf training config. Seed 003's keys: training, early_stopping, checkpointing, validation."""
+    """A wf training config. The Phase 2 keys: training, early_stopping, checkpointing, validation."""
 
     schema_version: Literal[1] = 1
     project: ProjectSection = Field(default_factory=ProjectSection)

@@ -130,22 +130,6 @@ def dead_units(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]
     return layers
 
 
-def gradient_norms(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, Any]]:
-    """Per weight layer: gradient norm and RMS gradient of the mean loss over the batches."""
-    model.train()
-    model.zero_grad(set_to_none=True)
-    criterion = nn.CrossEntropyLoss()
-    for inputs, targets in batches:
-        (criterion(model(inputs), targets) / len(batches)).backward()
-    out = []
-    for name, p in model.named_parameters():
-        if p.ndim >= 2 and p.grad is not None:
-            g = float(p.grad.norm())
-            out.append({"name": name, "grad_norm": g, "grad_rms": g / math.sqrt(p.numel()),
-                        "weight_norm": float(p.detach().norm())})
-    return out
-
-
 def single_batch_overfit(cfg: WorkflowConfig, project_root: Path, data: DataBundle, *, steps: int = 100,
                          learning_rate: float | None = None) -> dict[str, Any]:
     """Train a fresh model on one batch; it should drive that batch's loss below a tenth of its start."""

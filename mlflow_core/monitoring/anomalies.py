@@ -19,7 +19,9 @@ class Verdict(str, Enum):
 
 
 @dataclass(frozen=True)
-class Finding:
+class StepAlarm:
+    """What a step detector raises while training runs (a diagnosis's evidence-weighing `Finding` is
+    mlflow_core.diagnostics')."""
     verdict: Verdict
     step: int
     reason: str
@@ -42,7 +44,7 @@ class StallDetector:
         self.best_step = 0
         self.flagged = False
 
-    def update(self, step: int, loss: float) -> Finding | None:
+    def update(self, step: int, loss: float) -> StepAlarm | None:
         if not math.isfinite(loss):
             return None
         if loss < self.best * (1 - self.min_delta) or self.best == math.inf:
@@ -50,7 +52,7 @@ class StallDetector:
             return None
         if not self.flagged and step - self.best_step >= self.window:
             self.flagged = True
-            return Finding(Verdict.STALLED, step, f"training loss has not improved on {self.best:.4g} "
+            return StepAlarm(Verdict.STALLED, step, f"training loss has not improved on {self.best:.4g} "
                            f"by {self.min_delta:.1%} for {step - self.best_step} steps")
         return None
 
@@ -72,14 +74,14 @@ class GradExplosionDetector:
         self.factor, self.history, self.warmup = factor, history, warmup
         self.norms: deque[float] = deque(maxlen=history)
 
-    def update(self, step: int, grad_norm: float) -> Finding | None:
+    def update(self, step: int, grad_norm: float) -> StepAlarm | None:
         finding = None
         if not math.isfinite(grad_norm):
-            return Finding(Verdict.NONFINITE, step, f"gradient norm is {grad_norm}")
+            return StepAlarm(Verdict.NONFINITE, step, f"gradient norm is {grad_norm}")
         if len(self.norms) >= self.warmup:
             median = statistics.median(self.norms)
             if median > 0 and grad_norm > self.factor * median and grad_norm > 2 * max(self.norms):
-                finding = Finding(Verdict.EXPLODING, step, f"gradient norm {grad_norm:.4g} is "
+                finding = StepAlarm(Verdict.EXPLODING, step, f"gradient norm {grad_norm:.4g} is "
                                   f"{grad_norm / median:.1f}× the running median {median:.4g}")
         self.norms.append(grad_norm)
         return finding

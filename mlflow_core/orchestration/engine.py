@@ -34,6 +34,7 @@ from mlflow_core.workflow.phases import (
     RESUMABLE_PHASES,
     PhaseDefinition,
     load_phase,
+    phase_gated_by,
     required_items,
 )
 from mlflow_core.workflow.project import Project
@@ -42,6 +43,7 @@ from mlflow_core.workflow.state import (
     Decision,
     ProjectState,
     RunRecord,
+    changing_state,
     load_state,
     now_iso,
     project_lock,
@@ -502,9 +504,9 @@ def waive(project: Project, checklist_name: str, item_id: str, reason: str, waiv
     (who, when, why), shown by every gate check, status and later report. Returns the phase."""
     if waived and not reason.strip():
         raise UserInputError("--reason is required: a waiver says why the item does not apply.")
-    with project_lock(project, f"wf checklist {'waive' if waived else 'unwaive'} {checklist_name} {item_id}"):
-        state = load_state(project)
-        phase = next((p for p in PHASE_ORDER if load_phase(p, project.root).exit_checklist == checklist_name), None)
+    command = f"wf checklist {'waive' if waived else 'unwaive'} {checklist_name} {item_id}"
+    with changing_state(project, command) as state:
+        phase = phase_gated_by(checklist_name, project.root)
         if phase is None:
             raise UserInputError(f"{checklist_name!r} gates no phase; checklists that do: "
                                  f"{', '.join(load_phase(p, project.root).exit_checklist for p in PHASE_ORDER)}.")
@@ -521,21 +523,18 @@ def waive(project: Project, checklist_name: str, item_id: str, reason: str, waiv
             state.record("checklist_waive", checklist=checklist_name, item=item_id, reason=reason.strip(), by=who())
         else:
             state.record("checklist_unwaive", checklist=checklist_name, item=item_id, by=who())
-        save_state(project, state)
-        return phase
+    return phase
 
 
 def tick(project: Project, checklist_name: str, item_id: str, checked: bool = True, note: str | None = None,
          by: dict[str, Any] | None = None) -> None:
     """Tick (or untick) a manual item, recording who did: a person through `wf checklist tick`, or
     `by`, a command acting for the user (quickstart), which every gate check then names."""
-    with project_lock(project, f"wf checklist tick {checklist_name} {item_id}"):
-        state = load_state(project)
+    with changing_state(project, f"wf checklist tick {checklist_name} {item_id}") as state:
         checklist = load_checklist(project, checklist_name)
         item = checklist.item(item_id)
         if item.auto:
-            phase = next((p for p in PHASE_ORDER if load_phase(p, project.root).exit_checklist == checklist_name),
-                         None)
+            phase = phase_gated_by(checklist_name, project.root)
             raise ChecklistError(f"{checklist.path}: line {item.line}: {item_id!r} is verified by wf from recorded "
                                  "evidence and cannot be ticked by hand.",
                                  hint=(f"`wf phase {phase}` records it; `wf gate check {phase}` shows what it found."
@@ -547,4 +546,3 @@ def tick(project: Project, checklist_name: str, item_id: str, checked: bool = Tr
         state.record("checklist_tick" if checked else "checklist_untick", checklist=checklist_name,
                      item=item_id, by=by or {"kind": "person", "name": who(), "via": "wf checklist tick"},
                      **({"note": note} if note else {}))
-        save_state(project, state)

@@ -1,4 +1,4 @@
-"""Phase 2 (seed 003): run the shared trainer on the config and summarise the run as evidence."""
+"""Phase 2, the baseline: run the shared trainer on the config and summarise the run as evidence."""
 
 from __future__ import annotations
 

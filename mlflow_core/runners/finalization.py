@@ -50,7 +50,7 @@ def run_finalization(ctx: RunContext) -> RunOutput:
     device = resolve_device(cfg.training.device)
     score = segmentation_metrics if cfg.task == "segmentation" else classification_metrics
     seeds = [cfg.reproducibility.seed + i for i in range(fin.seeds)]
-    # the members: one per seed, or with cross-validation one per fold and seed (seed 004's 5 × 3)
+    # the members: one per seed, or with cross-validation one per fold and seed (e.g. 5 folds × 3 seeds)
     folds, crossval = fin.folds, None
     if folds:
         _, samples, stratified, fold_val = split_folds(cfg, root, folds)

@@ -1,5 +1,5 @@
 """Training-split augmentation with torchvision transforms v2: per-sample crops and flips, and
-per-batch MixUp / CutMix with their switch-off for the last epochs (seed 001).
+per-batch MixUp / CutMix with their switch-off for the last epochs.
 
 Every random draw comes from torch's generators (the global one, or a worker's, seeded from the
 loader's generator), so an augmented run is as reproducible, and as exactly resumable, as a plain one.

@@ -1,4 +1,4 @@
-"""Staged curriculum (seed 001's progressive resizing and hybrid schedule): the run is a sequence of
+"""Staged curriculum (progressive resizing and hybrid schedules of ImageNet recipes): the run is a sequence of
 stages, each with its own image size, batch size, share of the training data, learning-rate scale,
 frozen layers and mixing switch. The trainer asks which stage an epoch belongs to and rebuilds what
 changes at each transition; validation always sees the full-size validation split, so the best

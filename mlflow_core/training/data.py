@@ -374,7 +374,7 @@ def dataset_targets(dataset: Dataset) -> list[Any]:
 def balanced_sample_weights(dataset: Dataset, num_classes: int, mode: str) -> torch.Tensor:
     """Sampling weights over the training split. class_balanced: 1 / the frequency of the sample's
     class. pixel_balanced (segmentation): the mean, over the sample's pixels, of 1 / the frequency of
-    the pixel's class, so that images holding rare classes come up more often (seed 004)."""
+    the pixel's class, so that images holding rare classes come up more often."""
     targets = dataset_targets(dataset)
     if mode == "class_balanced":
         labels = torch.tensor([int(t) for t in targets])

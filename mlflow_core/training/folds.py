@@ -1,4 +1,4 @@
-"""k-fold cross-validation and ensembles (seed 004: 5 folds × 3 seeds, averaged predictions).
+"""k-fold cross-validation and ensembles (e.g. 5 folds × 3 seeds, averaged predictions, as Kaggle workflows do).
 
 The folds split the training and validation samples together (the test split stays apart);
 classification folds are stratified, so that each fold's validation part has the classes in their

@@ -1,5 +1,5 @@
 """Losses of the shared trainer: cross-entropy (label smoothing, class weights), focal, and focal +
-soft Dice for segmentation (seed 004). Each takes logits (B, C[, H, W]) and targets that are class
+soft Dice for segmentation. Each takes logits (B, C[, H, W]) and targets that are class
 indices (B[, H, W]) or, after MixUp/CutMix, class probabilities (B, C)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Models: a configurable simple CNN (seed 000's 4–5 conv blocks, any band count), torchvision
+"""Models: a configurable simple CNN (the 4–5 conv blocks of a lab's Sentinel-2 CNN, any band count), torchvision
 classifiers with the first convolution adapted to `in_channels`, or a user's own module."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TensorBoard event files for a run (`monitoring.tensorboard: true`, seed 000's experiment tracking).
+"""TensorBoard event files for a run (`monitoring.tensorboard: true`, experiment tracking as labs use it).
 
 Written by the process that writes the run's files (rank 0 under DDP) to `runs/<run>/tensorboard/`,
 with torch's SummaryWriter: per step the loss, gradient norm and learning rate (from the values each

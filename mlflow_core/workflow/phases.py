@@ -131,3 +131,8 @@ def required_items(name: str, project_root: Path | None = None) -> list[Required
 
 def predecessors(name: str, project_root: Path | None = None) -> list[str]:
     return [p for p in PHASE_ORDER if name in load_phase(p, project_root).next]
+
+
+def phase_gated_by(checklist_name: str, project_root: Path) -> str | None:
+    """The phase whose exit gate is the checklist `checklist_name`, if any."""
+    return next((p for p in PHASE_ORDER if load_phase(p, project_root).exit_checklist == checklist_name), None)

@@ -1,4 +1,4 @@
-"""Seed 003's decision point as a pure function: acceptable → finalization; insufficient →
+"""The decision after the baseline as a pure function: acceptable → finalization; insufficient →
 diagnostics; failure → diagnostics, naming the playbook."""
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ export/*.onnx
 data/
 """
 
-# Example settings applied on top of templates/configs/baseline_template.yaml (seed 003's values).
+# Example settings applied on top of templates/configs/baseline_template.yaml (a first baseline's values).
 EXAMPLE_SETTINGS = {
     # 1,797 8x8 images: a GPU would sit idle (and fail the 60 % utilization criterion), so the demo
     # trains on the CPU; real data keeps `auto`.
@@ -108,7 +108,7 @@ def render_config(project_name: str, example: str) -> str:
 
 def write_patches(root: Path, *, bands: int = 6, size: int = 32, classes: int = 4, train: int = 160,
                   val: int = 48, test: int = 48, seed: int = 0) -> None:
-    """Lab 6-style Sentinel-2 stand-in: one .npz per patch (image (bands, H, W) float32, label int),
+    """6-band Sentinel-2 stand-in: one .npz per patch (image (bands, H, W) float32, label int),
     in train/, val/ and test/ folders (test is for finalization only). Each class has its own
     spectral signature under noise and texture."""
     rng = np.random.default_rng(seed)

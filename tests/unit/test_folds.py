@@ -1,4 +1,4 @@
-"""k-fold cross-validation and ensembles of the final models (seed 004: folds × seeds, averaged
+"""k-fold cross-validation and ensembles of the final models (folds × seeds, averaged
 predictions)."""
 
 from __future__ import annotations

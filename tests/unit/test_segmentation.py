@@ -1,4 +1,4 @@
-"""Segmentation as a task (seed 004): NPZ masks, a U-Net, focal + Dice loss, pixel-balanced
+"""Segmentation as a task: NPZ masks, a U-Net, focal + Dice loss, pixel-balanced
 sampling, IoU and MCC; checked on generated tiles whose masks a U-Net can learn."""
 
 from __future__ import annotations

@@ -181,11 +181,11 @@ class Monitor(Callback):
             if tolerant and not math.isfinite(norm):
                 self.skipped_steps += 1  # the scaler skipped this step; not a gradient explosion
                 continue
-            for finding in (self.stall.update(step, step_loss), self.explosion.update(step, norm)):
-                if finding is not None and finding.verdict.value != "nonfinite":
-                    t.anomalies.append({"kind": finding.verdict.value, "step": finding.step, "epoch": s.epoch,
-                                        "message": finding.reason})
-                    t.log.warning("step %d: %s", finding.step, finding.reason)
+            for alarm in (self.stall.update(step, step_loss), self.explosion.update(step, norm)):
+                if alarm is not None and alarm.verdict.value != "nonfinite":
+                    t.anomalies.append({"kind": alarm.verdict.value, "step": alarm.step, "epoch": s.epoch,
+                                        "message": alarm.reason})
+                    t.log.warning("step %d: %s", alarm.step, alarm.reason)
         elapsed = time.perf_counter() - self.window_t0
         rate = len(steps) * t.cfg.training.batch_size / elapsed if elapsed > 0 else None
         per_step = (time.perf_counter() - s.started) / max(s.global_step, 1)

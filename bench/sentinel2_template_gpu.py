@@ -1,8 +1,8 @@
-"""The Lab 6 template (seed 000: 5-conv CNN, 6-band 224×224 NPZ patches) on the GPU: the template as
+"""The Sentinel-2 patch template ( 5-conv CNN, 6-band 224×224 NPZ patches) on the GPU: the template as
 written (bf16 autocast, channels_last, TF32) against the same run in plain fp32, measured in the same
 process: samples/s, NVML utilization (median over the run) and data wait, and their ratios.
 
-    python bench/lab6_template_gpu.py [--train 4096] [--epochs 3] [--workers 8] [--batch 64] [--device cuda]
+    python bench/sentinel2_template_gpu.py [--train 4096] [--epochs 3] [--workers 8] [--batch 64] [--device cuda]
 
 Issue 6's goal: median utilization >= 90 % with AMP and channels_last. `--device cpu` checks that
 the script runs on a machine without a GPU (utilization is then not measured).
@@ -21,7 +21,7 @@ from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.training.trainer import Trainer
 from mlflow_core.workflow.scaffold import write_patches
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "configs" / "lab6_sentinel_cnn.yaml"
+TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "configs" / "sentinel2_patch_cnn.yaml"
 
 
 def measure(cfg, root: Path, label: str) -> dict:
@@ -54,7 +54,7 @@ def main() -> None:
     plain = with_changes(template, {"training.precision": "fp32", "training.channels_last": False,
                                     "training.tf32": False})
     rows = [measure(plain, root, "plain fp32"), measure(template, root, "template (bf16, channels_last, TF32)")]
-    print(f"Lab 6 template, {args.train} patches 6×224×224, batch {args.batch}, {args.workers} workers, "
+    print(f"Sentinel-2 patch template, {args.train} patches 6×224×224, batch {args.batch}, {args.workers} workers, "
           f"{args.epochs} epochs on {args.device}")
     for r in rows:
         util = f"{r['gpu_median']:.0f} % median ({r['gpu_mean']:.0f} % mean)" if r["gpu_median"] is not None else r["gpu"]
