@@ -5,16 +5,15 @@ from __future__ import annotations
 import typer
 
 from mlflow_core.cli.output import console, print_json
+from mlflow_core.diagnostics.registry import REGISTRY  # torch-free: names and summaries for --help
 
 
 def register(app: typer.Typer) -> None:
     app.command()(diagnose)
 
 
-def diagnose(name: str = typer.Argument(..., help="auto (all of them), nan_loss, exploding_gradients, "
-                                          "vanishing_gradients, dead_relu, convergence_stall, overfitting, "
-                                          "underfitting, resource_inefficiency, class_imbalance, data_leakage, "
-                                          "bad_initialization or input_scaling."),
+def diagnose(name: str = typer.Argument(..., help="auto (all of them), " + ", ".join(
+                 f"{d.name} ({d.summary})" for d in REGISTRY.values()) + "."),
              run: str = typer.Option(None, "--run", help="Run id (default: the latest run with metrics)."),
              as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
              fix: bool = typer.Option(False, "--fix", help="Try the playbook's fixes as short trial runs and write "

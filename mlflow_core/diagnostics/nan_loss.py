@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mlflow_core.diagnostics import Finding
+from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding, TrialPlan
+from mlflow_core.diagnostics.context import DiagnoseContext
+from mlflow_core.errors import UserInputError
 
 UPDATE_RATIO_HIGH = 0.1  # a healthy first update changes a layer by about 1e-3..1e-2 of its norm
 WEIGHT_GROWTH_HIGH = 10.0  # the last good weights are this many times their initial norm
@@ -116,3 +118,46 @@ def candidate_fixes(findings: list[Finding], lr: float) -> list[dict[str, Any]]:
     for k in range(1, 6):
         fixes.append({"label": f"learning rate ÷ {10 ** k}", "set": {"training.learning_rate": lr / 10 ** k}})
     return fixes
+
+
+def nan_loss(ctx: DiagnoseContext) -> Diagnosis:
+    """Replay the failing step from the last good state the trainer saved, measure the first update's
+    scale, and rank the causes."""
+    from mlflow_core.config.schema import WorkflowConfig
+    from mlflow_core.diagnostics.probes import replay_nonfinite, update_scale
+    from mlflow_core.training.checkpoint import load_checkpoint
+
+    run, metrics = ctx.run, ctx.metrics
+    nonfinite = metrics.get("nonfinite")
+    if not nonfinite:
+        return Diagnosis("nan_loss", run.run_id, [], probes={
+            "note": f"no sign of a NaN loss in run {run.run_id}: all {metrics.get('steps', '?')} steps finite"})
+    if not nonfinite.get("dump"):
+        raise UserInputError(f"run {run.run_id} recorded a non-finite loss but saved no last good state to replay "
+                             "(monitoring.nan_action: warn?).", hint="Run `wf phase baseline` again with nan_action: stop.")
+    dump = load_checkpoint(ctx.run_dir / nonfinite["dump"])
+    cfg = WorkflowConfig.model_validate(dump["config"])  # the run's own resolved config
+    data_info = metrics["data"]
+    shape = tuple(data_info["input_shape"])
+    ctx.say(f"Replaying step {nonfinite['step']} of {run.run_id} from its last good state")
+    replay = replay_nonfinite(dump, cfg, ctx.project_root, data_info["num_classes"], shape)
+    scale = update_scale(dump, cfg, ctx.project_root, data_info["num_classes"], shape)
+    findings = rank_causes(nonfinite, replay, scale)
+    return Diagnosis("nan_loss", run.run_id, findings, probes={"replay": replay, "update_scale": scale})
+
+
+def _fixes(diagnosis: Diagnosis, ctx: DiagnoseContext) -> list[dict[str, Any]]:
+    return candidate_fixes(diagnosis.findings, ctx.run_config().training.learning_rate)
+
+
+def _trial_steps(ctx: DiagnoseContext) -> int:
+    """Past the failing step several times over: a fix must carry the run beyond where it broke."""
+    return min(max(4 * (ctx.metrics["nonfinite"]["step"] + 1), 60), 400)
+
+
+DIAGNOSTIC = Diagnostic(
+    "nan_loss", "a non-finite loss, replayed from its last good state", nan_loss, fixes=_fixes,
+    trial=TrialPlan(steps=_trial_steps),
+    # run by `auto` only on a run that failed on NaN; then its replay of the actual failure, not static
+    # evidence, decides which fixes are tried
+    applies=lambda ctx: bool(ctx.metrics.get("nonfinite")), claims_fixes=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 from mlflow_core.errors import UserInputError
 from mlflow_core.reports.plots import diagnosis_figures
-from mlflow_core.reports.render import write_report
+from mlflow_core.reports.render import has_template, write_report
 from mlflow_core.workflow.project import Project
 
 
@@ -25,11 +25,12 @@ def write_diagnosis_report(project: Project, diagnosis: dict[str, Any], run_dir:
     """Render `reports/diagnosis_<name>.md` from a diagnosis (its JSON form) and the run's files."""
     figures, note = diagnosis_figures(diagnosis, run_dir, project.reports_dir / "figures")
     name = diagnosis["diagnostic"]
-    # the probes of the diagnostics that found something (or of the one asked for), for the evidence section
+    # the probes of the diagnostics that found something (or of the one asked for), each shown by its
+    # own section template, templates/reports/diagnostics/<name>.md.j2, where it has one
     wanted = {f["diagnostic"] for f in diagnosis["findings"]} | ({name} if name != "auto" else set())
-    probes = {k: (diagnosis["probes"] if name == k else diagnosis["probes"].get(k) or {})
-              for k in ("vanishing_gradients", "dead_relu", "convergence_stall", "resource_inefficiency")
-              if k in wanted}
+    recorded = {name: diagnosis["probes"]} if name != "auto" else diagnosis["probes"]
+    probes = {k: recorded.get(k) or {} for k in recorded
+              if k in wanted and has_template(project.root, f"diagnostics/{k}.md.j2")}
     context = {"d": diagnosis, "metrics": read_run_metrics(run_dir), "figures": figures, "figures_note": note,
                "dyn": probes,
                "playbook_link": f"../diagnostics/{diagnosis['diagnostic']}.md"}

@@ -49,6 +49,15 @@ def environment(project_root: Path | None) -> jinja2.Environment:
     return env
 
 
+def has_template(project_root: Path | None, template: str) -> bool:
+    """Whether the packaged templates (or the project's own) hold `template`."""
+    try:
+        environment(project_root).get_template(template)
+    except jinja2.TemplateNotFound:
+        return False
+    return True
+
+
 def render(project_root: Path | None, template: str, context: dict[str, Any]) -> str:
     try:
         return environment(project_root).get_template(template).render(**context)

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_core.diagnostics.dynamics_detectors import stall_symptoms, underfitting, vanishing_gradients
-from mlflow_core.diagnostics.evidence_detectors import DiagnoseContext
+from mlflow_core.diagnostics.context import DiagnoseContext
+from mlflow_core.diagnostics.convergence_stall import stall_symptoms
+from mlflow_core.diagnostics.underfitting import underfitting
+from mlflow_core.diagnostics.vanishing_gradients import vanishing_gradients
 from mlflow_core.workflow.state import RunRecord
 
 RUN = RunRecord(run_id="r1", phase="baseline", status="completed", started_at="t", dir="runs/r1")

@@ -4,16 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_core.diagnostics.evidence_detectors import (
-    DiagnoseContext,
-    bad_initialization,
-    class_imbalance,
-    data_leakage,
-    exploding_gradients,
-    input_scaling,
-    overfitting,
-    resource_inefficiency,
-)
+from mlflow_core.diagnostics.bad_initialization import bad_initialization
+from mlflow_core.diagnostics.class_imbalance import class_imbalance
+from mlflow_core.diagnostics.context import DiagnoseContext
+from mlflow_core.diagnostics.data_leakage import data_leakage
+from mlflow_core.diagnostics.exploding_gradients import exploding_gradients
+from mlflow_core.diagnostics.input_scaling import input_scaling
+from mlflow_core.diagnostics.overfitting import overfitting
+from mlflow_core.diagnostics.resource_inefficiency import resource_inefficiency
 from mlflow_core.workflow.state import RunRecord
 
 RUN = RunRecord(run_id="r1", phase="baseline", status="completed", started_at="t", dir="runs/r1")

@@ -1,0 +1,75 @@
+"""What a diagnostic is and what it returns. A diagnostic is one module (diagnostics/<name>.py, torch-free
+at import) that declares a `Diagnostic`, plus its playbook (diagnostics/<name>.md, content) and, where
+its probes deserve a section of the report, templates/reports/diagnostics/<name>.md.j2. Detectors
+return findings; they never act: the engine runs fix trials and writes the report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow_core.diagnostics.context import DiagnoseContext
+
+
+@dataclass(frozen=True)
+class Finding:
+    diagnostic: str
+    cause: str  # a cause id documented in the playbook
+    confidence: float  # 0..1
+    evidence: dict[str, Any]
+    fix: str
+    explanation: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Diagnosis:
+    diagnostic: str
+    run_id: str
+    findings: list[Finding]
+    probes: dict[str, Any] = field(default_factory=dict)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    suggested_config: str | None = None
+    report: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"diagnostic": self.diagnostic, "run": self.run_id,
+                "findings": [f.to_json() for f in self.findings], "probes": self.probes,
+                "trials": self.trials, "suggested_config": self.suggested_config, "report": self.report}
+
+
+def default_trial_steps(ctx: DiagnoseContext) -> int:
+    """As long as the run itself, within 100–300 steps."""
+    return min(max(ctx.metrics.get("steps") or 0, 100), 300)
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """How a short trial run judges a fix (diagnostics/trials.py): the symptom is gone when every loss is
+    finite and the loss fell, by at least `min_drop`; `judge` (built per run) must also pass on the
+    trained model; with `reference`, the unchanged config trains as long, and the fix must train at
+    least as well."""
+    min_drop: float = 0.0
+    judge: Callable[[DiagnoseContext], Callable[[Any], tuple[bool, dict[str, Any]]]] | None = None
+    reference: bool = False
+    steps: Callable[[DiagnoseContext], int] = default_trial_steps
+
+
+def _always(_ctx: DiagnoseContext) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    name: str
+    summary: str  # what it finds, in a few words (`wf diagnose --help`)
+    detect: Callable[[DiagnoseContext], Diagnosis]
+    # the config changes a short trial can verify for the diagnosis, least invasive first
+    fixes: Callable[[Diagnosis, DiagnoseContext], list[dict[str, Any]]] | None = None
+    trial: TrialPlan = field(default_factory=TrialPlan)
+    applies: Callable[[DiagnoseContext], bool] = _always  # whether `wf diagnose auto` runs it on this run
+    claims_fixes: bool = False  # when it applies, `auto --fix` tries its fixes, not the strongest finding's

@@ -1,0 +1,96 @@
+"""What a diagnostic reads: the run, its recorded evidence, setup's data facts, and probes and other
+diagnostics' results computed once and shared."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlflow_core.diagnostics.base import Diagnosis
+
+if TYPE_CHECKING:
+    from mlflow_core.workflow.state import RunRecord
+
+
+@dataclass
+class DiagnoseContext:
+    project_root: Path
+    run: RunRecord
+    run_dir: Path
+    metrics: dict[str, Any]
+    setup_facts: dict[str, Any]  # .wf/evidence/setup.json facts ({} if setup never ran)
+    detectors: dict[str, Callable[[DiagnoseContext], Diagnosis]] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)  # probes and results shared by detectors
+    say: Callable[[str], None] = field(default=lambda _m: None)  # progress messages for the person waiting
+
+    def result(self, name: str) -> Diagnosis:
+        """Another detector's diagnosis of this run, computed once."""
+        key = f"diagnosis:{name}"
+        if key not in self.cache:
+            self.cache[key] = self.detectors[name](self)
+        return self.cache[key]
+
+    def run_config(self) -> Any:
+        """The run's own resolved config (as it trained), not today's training_config.yaml."""
+        if "config" not in self.cache:
+            from mlflow_core.config.schema import WorkflowConfig
+            raw = self.metrics.get("config")
+            if raw is None:
+                from mlflow_core.config.loader import load_config
+                self.cache["config"] = load_config(self.project_root / "training_config.yaml")
+            else:
+                self.cache["config"] = WorkflowConfig.model_validate(raw)
+        return self.cache["config"]
+
+    def data(self) -> Any:
+        if "data" not in self.cache:
+            from mlflow_core.training.augment import with_augmentation
+            from mlflow_core.training.data import build_data
+            self.cache["data"] = with_augmentation(build_data(self.run_config(), self.project_root),
+                                                   self.run_config().augmentation)
+        return self.cache["data"]
+
+    def step_losses(self, finite: bool = True) -> list[float]:
+        """The per-step training losses of logs/steps.csv (read once), finite ones only by default."""
+        if "step_losses" not in self.cache:
+            import csv
+            losses: list[float] = []
+            try:
+                with (self.run_dir / "logs" / "steps.csv").open(encoding="utf-8") as f:
+                    for row in csv.DictReader(f):
+                        try:
+                            losses.append(float(row["loss"]))
+                        except (KeyError, TypeError, ValueError):
+                            continue
+            except OSError:
+                pass
+            self.cache["step_losses"] = losses
+        losses = self.cache["step_losses"]
+        return [v for v in losses if math.isfinite(v)] if finite else losses
+
+
+def needs_setup_data(detector: Callable[[DiagnoseContext, dict[str, Any]], Diagnosis]
+                     ) -> Callable[[DiagnoseContext], Diagnosis]:
+    """For detectors that read setup's data facts: without them, no finding and what to run."""
+    name = detector.__name__
+
+    @functools.wraps(detector)
+    def wrapped(ctx: DiagnoseContext) -> Diagnosis:
+        data = ctx.setup_facts.get("data")
+        if not (isinstance(data, dict) and "train_size" in data):
+            return Diagnosis(name, ctx.run.run_id, [], probes={
+                "note": "no data facts recorded: run `wf phase setup`, which scans the data, then diagnose again"})
+        return detector(ctx, data)
+    return wrapped
+
+
+def fmt_value(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def number_or_none(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None

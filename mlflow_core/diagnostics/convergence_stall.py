@@ -1,0 +1,133 @@
+"""convergence_stall: a training loss that does not fall or validation at chance, explained by an LR
+range test, a single-batch overfit and a shuffled-label control; a fix must make the loss fall 5 %.
+Playbook and thresholds: diagnostics/convergence_stall.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding, TrialPlan
+from mlflow_core.diagnostics.context import DiagnoseContext, fmt_value, number_or_none
+from mlflow_core.diagnostics.fixes import learning_rate_fixes
+
+STALL_MIN_DROP = 0.05  # the last tenth of the step losses must be 5 % below the first tenth
+CHANCE_MARGIN = 0.1  # val accuracy within 10 % of the way from chance to perfect is "at chance"
+LR_OFF_FACTOR = 30.0  # configured LR this far from the range test's suggestion
+LR_TEST_MIN_DESCENT = 0.1  # the range test's loss must fall 10 % for its suggestion to count
+LABEL_SIGNAL_MARGIN = 0.05  # real labels must beat permuted labels by this much val accuracy
+
+
+def stall_symptoms(ctx: DiagnoseContext) -> dict[str, Any]:
+    """Is the training loss flat, or the validation accuracy at chance? (No torch.)"""
+    losses = ctx.step_losses()
+    out: dict[str, Any] = {"steps": len(losses), "flat": False, "at_chance": False}
+    if len(losses) >= 20:
+        k = max(1, len(losses) // 10)
+        first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+        drop = (first - last) / first if first > 0 else 0.0
+        out.update(first_tenth_loss=first, last_tenth_loss=last, relative_drop=round(drop, 4),
+                   flat=drop < STALL_MIN_DROP)
+    classes = (ctx.metrics.get("data") or {}).get("num_classes")
+    accs = [e["val_accuracy"] for e in ctx.metrics.get("epochs") or [] if number_or_none(e.get("val_accuracy")) is not None]
+    if classes and accs:
+        chance = 1 / classes
+        out.update(final_val_accuracy=accs[-1], chance_accuracy=round(chance, 4),
+                   at_chance=max(accs) < chance + CHANCE_MARGIN * (1 - chance))
+    return out
+
+
+def convergence_stall(ctx: DiagnoseContext) -> Diagnosis:
+    symptoms = stall_symptoms(ctx)
+    probes: dict[str, Any] = {"symptoms": symptoms}
+    if ctx.metrics.get("nonfinite"):
+        probes["note"] = "the run ended on a non-finite loss: see `wf diagnose nan_loss`"
+        return Diagnosis("convergence_stall", ctx.run.run_id, [], probes=probes)
+    if not (symptoms["flat"] or symptoms["at_chance"]):
+        probes["note"] = "the training loss fell and validation accuracy is above chance: no stall"
+        return Diagnosis("convergence_stall", ctx.run.run_id, [], probes=probes)
+    what = []
+    if symptoms["flat"]:
+        what.append(f"the training loss fell only {symptoms['relative_drop']:.1%} from the first to the last tenth "
+                    f"of {symptoms['steps']} steps (threshold {STALL_MIN_DROP:.0%})")
+    if symptoms["at_chance"]:
+        what.append(f"validation accuracy peaked at {max(0.0, symptoms['final_val_accuracy']):.3f}, at chance "
+                    f"({symptoms['chance_accuracy']:.3f} for {round(1 / symptoms['chance_accuracy'])} classes)")
+    symptom_text = "; ".join(what)
+    evidence = {k: v for k, v in symptoms.items() if k != "steps"}
+    findings: list[Finding] = []
+    for name, cause in (("vanishing_gradients", "vanishing_gradients"), ("dead_relu", "dead_units")):
+        other = ctx.result(name)
+        if other.findings and other.findings[0].cause != "no_gradient":
+            top = other.findings[0]
+            findings.append(Finding("convergence_stall", cause, round(top.confidence - 0.2, 2),
+                                    {**evidence, name: top.evidence}, top.fix,
+                                    f"{symptom_text}; {name.replace('_', ' ')}: {top.explanation}"))
+    if findings:
+        return Diagnosis("convergence_stall", ctx.run.run_id, findings, probes=probes)
+
+    from mlflow_core.diagnostics.dynamics import shuffled_label_control, single_batch_overfit
+    from mlflow_core.training.lr_finder import lr_range_test
+
+    cfg, data = ctx.run_config(), ctx.data()
+    lr = cfg.training.learning_rate
+    sweep = lr_range_test(cfg, ctx.project_root, data, steps=100)
+    probes["lr_range_test"] = sweep
+    smoothed = sweep["smoothed"]
+    descent = (1 - min(smoothed) / smoothed[0]) if smoothed and smoothed[0] > 0 else 0.0
+    suggested = sweep.get("suggested_lr") if descent >= LR_TEST_MIN_DESCENT else None
+    probes["lr_range_descent"] = round(descent, 4)
+    lr_evidence = {**evidence, "learning_rate": lr, "suggested_lr": suggested, "lr_range_descent": descent,
+                   "rule": sweep["rule"]}
+    if suggested and lr < suggested / LR_OFF_FACTOR:
+        findings.append(Finding(
+            "convergence_stall", "lr_too_low", 0.85, lr_evidence,
+            f"Raise training.learning_rate towards {suggested:.2g} (the range test's suggestion); "
+            "`wf diagnose convergence_stall --fix` verifies it by a trial run.",
+            f"{symptom_text}; the LR range test's loss falls fastest at lr {suggested:.2g}, "
+            f"{suggested / lr:.3g}× the configured {lr:g} (threshold {LR_OFF_FACTOR:g}×)"))
+    elif suggested and lr > suggested * LR_OFF_FACTOR:
+        findings.append(Finding(
+            "convergence_stall", "lr_too_high", 0.8, lr_evidence,
+            f"Lower training.learning_rate towards {suggested:.2g}; `wf diagnose convergence_stall --fix` verifies "
+            "it by a trial run.",
+            f"{symptom_text}; the LR range test's loss falls fastest at lr {suggested:.2g}, "
+            f"{lr / suggested:.3g}× below the configured {lr:g}: the updates overshoot"))
+    else:
+        overfit = single_batch_overfit(cfg, ctx.project_root, data)
+        probes["single_batch_overfit"] = overfit
+        if not overfit["fitted"]:
+            findings.append(Finding(
+                "convergence_stall", "model_cannot_fit", 0.75, {**evidence, "single_batch": overfit},
+                "Give the model the capacity to fit its data (more channels or layers), then check its forward "
+                "(a detached graph, a wrong output size, frozen weights) and the loss.",
+                f"{symptom_text}; the model cannot even fit one batch of {overfit['batch']} samples in "
+                f"{overfit['steps']} steps (loss {overfit['first_loss']:.3g} → {fmt_value(overfit['last_loss'])}, "
+                f"batch accuracy {overfit['batch_accuracy']:.2f})"))
+        else:
+            steps = min(max(ctx.metrics.get("steps") or 0, 100), 300)
+            control = shuffled_label_control(cfg, ctx.project_root, data, steps=steps)
+            probes["shuffled_label_control"] = control
+            if control["accuracy_margin"] < LABEL_SIGNAL_MARGIN:
+                findings.append(Finding(
+                    "convergence_stall", "labels_uninformative", 0.8,
+                    {**evidence, "real_val_accuracy": control["real"]["val_accuracy"],
+                     "shuffled_val_accuracy": control["shuffled"]["val_accuracy"], "steps": steps,
+                     "single_batch": overfit},
+                    "Check the labels: how they are read, their mapping to inputs (file order, sorting, joins), "
+                    "and that the same mapping holds in train and val. A model cannot learn what the labels do "
+                    "not carry.",
+                    f"{symptom_text}; the model can memorise one batch, yet a {steps}-step control on permuted "
+                    f"labels reaches val accuracy {control['shuffled']['val_accuracy']:.3f} and the real labels "
+                    f"{control['real']['val_accuracy']:.3f}: the labels carry no signal this model can learn"))
+            else:
+                findings.append(Finding(
+                    "convergence_stall", "slow_progress", 0.4, {**evidence, "single_batch": overfit},
+                    "Train longer or with a warm-up and a schedule; compare learning rates with an LR range test.",
+                    f"{symptom_text}; the model can fit one batch and the labels carry signal (control: real "
+                    f"{control['real']['val_accuracy']:.3f} against permuted {control['shuffled']['val_accuracy']:.3f}), "
+                    "so the run is slow rather than broken"))
+    return Diagnosis("convergence_stall", ctx.run.run_id, findings, probes=probes)
+
+
+DIAGNOSTIC = Diagnostic("convergence_stall", "a loss that does not fall, or accuracy at chance", convergence_stall,
+                        fixes=learning_rate_fixes, trial=TrialPlan(min_drop=STALL_MIN_DROP))

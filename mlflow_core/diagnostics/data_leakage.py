@@ -1,0 +1,28 @@
+"""data_leakage: validation samples byte-identical to training samples, from setup's content hashes.
+Playbook and thresholds: diagnostics/data_leakage.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
+from mlflow_core.diagnostics.context import DiagnoseContext, needs_setup_data
+
+
+@needs_setup_data
+def data_leakage(ctx: DiagnoseContext, data: dict[str, Any]) -> Diagnosis:
+    overlap, val = data.get("overlap_train_val", 0), max(data.get("val_size", 0), 1)
+    findings = []
+    if overlap:
+        share = overlap / val
+        findings.append(Finding(
+            "data_leakage", "train_val_overlap", 0.95 if share >= 0.01 else 0.7,
+            {"identical_samples": overlap, "val_size": val, "share_of_val": round(share, 4)},
+            "Remove the duplicated samples from val (or train) and split again: validation figures are "
+            "optimistic while they overlap.",
+            f"{overlap} validation samples ({share:.1%}) are byte-identical to training samples"))
+    return Diagnosis("data_leakage", ctx.run.run_id, findings,
+                     probes={"overlap_train_val": overlap, "scanned": data.get("scanned")})
+
+
+DIAGNOSTIC = Diagnostic("data_leakage", "validation samples identical to training samples", data_leakage)
