@@ -5,7 +5,6 @@ mark changes, so CI and users can check that a config still runs at any time, ev
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.errors import UserInputError
 from mlflow_core.workflow.phases import SMOKABLE_PHASES
 from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.records import load_run_metrics
 
 PASSING = ("completed", "early_stopped", "pruned")
 
@@ -90,10 +90,10 @@ def _smoke_phase(project: Project, phase: str, on_progress: Callable[[Any], None
 def _runs(run_dir: Path) -> list[dict[str, Any]]:
     out = []
     for path in sorted(run_dir.rglob("logs/metrics.json")):
-        m = json.loads(path.read_text(encoding="utf-8"))
-        last = (m.get("epochs") or [{}])[-1]
+        m = load_run_metrics(path)
+        last = m.epochs[-1] if m.epochs else None
         out.append({"run": str(path.parent.parent.relative_to(run_dir)) if path.parent.parent != run_dir else ".",
-                    "status": m.get("status"), "steps": m.get("steps"), "train_loss": last.get("train_loss"),
-                    "val_loss": last.get("val_loss"), "stop_reason": m.get("stop_reason"),
-                    "precision": (m.get("precision") or {}).get("mode", "")})
+                    "status": m.status, "steps": m.steps, "train_loss": last.train_loss if last else None,
+                    "val_loss": last.val_loss if last else None, "stop_reason": m.stop_reason,
+                    "precision": m.precision.mode if m.precision else ""})
     return out

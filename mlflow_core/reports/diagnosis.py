@@ -3,22 +3,18 @@ curves and the evidence each finding rests on. No torch: `wf report diagnostics`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from mlflow_core.errors import UserInputError
 from mlflow_core.reports.plots import diagnosis_figures
 from mlflow_core.reports.render import has_template, write_report
 from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.records import load_run_metrics
 
 
 def read_run_metrics(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "logs" / "metrics.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserInputError(f"{path}: cannot be read ({exc}).") from None
+    """The run's metrics.json, checked against RunMetrics, in its JSON form (what templates read)."""
+    return load_run_metrics(run_dir / "logs" / "metrics.json").to_json()
 
 
 def write_diagnosis_report(project: Project, diagnosis: dict[str, Any], run_dir: Path) -> dict[str, str]:

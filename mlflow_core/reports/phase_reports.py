@@ -12,6 +12,7 @@ from mlflow_core.reports.render import write_report
 from mlflow_core.workflow.phases import PHASES, PhaseDefinition
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.recommend import Recommendation, recommend
+from mlflow_core.workflow.records import load_run_metrics
 from mlflow_core.workflow.state import ProjectState, now_iso
 
 
@@ -76,7 +77,7 @@ def render_finalization(r: ReportInput) -> tuple[dict[str, str], None]:
 def render_training(r: ReportInput) -> tuple[dict[str, str], Recommendation]:
     """A training phase's results (the baseline's): criteria, learning curves, checkpoints and the
     recommended next step."""
-    metrics = json.loads((r.project.root / r.facts["metrics"]["path"]).read_text(encoding="utf-8"))
+    metrics = load_run_metrics(r.project.root / r.facts["metrics"]["path"]).to_json()
     rec = recommend(metrics, r.criteria, r.definition.playbooks)
     figures, note = learning_curves(metrics, r.project.reports_dir / "figures", r.definition.name)
     checkpoints = [(n, metrics["checkpoints"][n]) for n in ("best", "last") if metrics["checkpoints"].get(n)]

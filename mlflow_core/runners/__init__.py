@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlflow_core.errors import UserInputError
 from mlflow_core.workflow.phases import PHASES
 from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.records import load_run_metrics
 
 if TYPE_CHECKING:
     from mlflow_core.config.schema import WorkflowConfig
@@ -82,16 +84,14 @@ def fit_or_continue(ctx: RunContext, cfg: WorkflowConfig, run_dir: Path, run_id:
     """Train `cfg` in `run_dir` with the shared trainer, stopping on signals with a resume checkpoint.
     When the phase is resumed, a run that already finished there is loaded instead of trained again
     and one that was interrupted continues from its resume.pt, so the phase ends as it would have."""
-    import json
-
     from mlflow_core.training.trainer import Trainer
 
     resume_from = None
     metrics_path = run_dir / "logs" / "metrics.json"
     if ctx.resuming and metrics_path.is_file():
         try:
-            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            metrics = load_run_metrics(metrics_path).to_json()
+        except UserInputError:  # torn or edited: train the run again rather than trust it
             metrics = {}
         if metrics.get("status") in FINISHED_RUN_STATUSES and metrics.get("config") == cfg.model_dump(mode="json"):
             finished = _load_finished(cfg, ctx, run_dir, metrics, trainer_options.get("data"))

@@ -7,7 +7,10 @@ from typing import Any
 
 from torch import nn
 
-METRICS_SCHEMA_VERSION = 1
+from mlflow_core.workflow.records import METRICS_SCHEMA_VERSION
+
+__all__ = ["METRICS_SCHEMA_VERSION", "architecture_summary", "finite_or_str"]
+
 
 ACTIVATIONS = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish",
                "Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid", "Hardswish", "Softplus", "Softsign", "LogSigmoid")

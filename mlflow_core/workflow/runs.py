@@ -5,7 +5,6 @@ its `logs/metrics.json`. Nothing here imports torch."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from mlflow_core.errors import UserInputError
@@ -13,6 +12,7 @@ from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.fingerprints import flatten
 from mlflow_core.workflow.phases import PHASE_ORDER
 from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.records import load_run_metrics
 from mlflow_core.workflow.state import ProjectState, RunRecord, load_state
 
 
@@ -57,13 +57,7 @@ def run_config(project: Project, run: RunRecord) -> dict[str, Any]:
     if not path.is_file():
         raise UserInputError(f"{project.relative(path)}: not found; run {run.run_id} ({run.phase}) recorded no "
                              "training config of its own.", hint="Compare baseline runs, which each record one.")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8")).get("config")
-    except (OSError, ValueError) as exc:
-        raise UserInputError(f"{project.relative(path)}: cannot be read as JSON ({exc}).") from None
-    if not isinstance(config, dict):
-        raise UserInputError(f"{project.relative(path)}: holds no 'config' object.")
-    return config
+    return load_run_metrics(path).config
 
 
 def config_diff(project: Project, ref_a: str, ref_b: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 from mlflow_core.atomic import atomic_write_json
 from mlflow_core.errors import StorageError
 from mlflow_core.training.callbacks.base import Callback
+from mlflow_core.workflow.records import validated_metrics
 
 
 class MetricsFile(Callback):
@@ -35,4 +36,5 @@ class MetricsFile(Callback):
         s.metrics["status"] = status
         s.metrics["duration_s"] = round(time.perf_counter() - s.started, 3)
         if t.run_dir:
-            atomic_write_json(t.run_dir / "logs" / "metrics.json", s.metrics)
+            # through the RunMetrics model: a key the schema does not declare fails here, not in a reader
+            atomic_write_json(t.run_dir / "logs" / "metrics.json", validated_metrics(s.metrics))
