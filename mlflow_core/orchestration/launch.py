@@ -148,7 +148,7 @@ def follow(project: Any, world: World) -> int:
 
     from mlflow_core.config.schema import WorkflowConfig
     from mlflow_core.training.parallel import broadcast_plan, destroy_process_group, init_process_group
-    from mlflow_core.training.trainer import Trainer
+    from mlflow_core.training.trainer import recorded_trainer
 
     init_process_group(world, configured_device(project.config_path))
     clean = False
@@ -164,9 +164,9 @@ def follow(project: Any, world: World) -> int:
             if plan.get("data_spec"):  # a fold of cross-validation: built here as rank 0 built it
                 from mlflow_core.training.folds import fold_data
                 data = fold_data(cfg, project.root, **plan["data_spec"])
-            Trainer(cfg, project.root, Path(plan["run_dir"]), run_id=plan["run_id"], phase=plan["phase"],
-                    resume_from=resume, stop_on_signals=True, world=world, gpu_sampler=sampler, data=data,
-                    **plan["limits"]).fit()
+            recorded_trainer(cfg, project.root, Path(plan["run_dir"]), run_id=plan["run_id"], phase=plan["phase"],
+                             world=world, resume_from=resume, limits=plan["limits"], gpu_sampler=sampler,
+                             data=data).fit()
         clean = True
         return 0
     finally:

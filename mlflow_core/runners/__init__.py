@@ -43,6 +43,17 @@ class RunContext:
                            "config": cfg.model_dump(mode="json"), "limits": self.trainer_limits(),
                            "data_spec": data_spec})
 
+    def make_trainer(self, phase: str, cfg: WorkflowConfig, run_dir: Path, run_id: str, *,
+                     resume_from: Path | None = None, data_spec: dict[str, Any] | None = None, **options: Any) -> Any:
+        """The shared trainer for one training run of this phase, the other ranks told to start the same
+        one under DDP (see recorded_trainer)."""
+        from mlflow_core.training.trainer import recorded_trainer
+
+        self.announce_run(phase, cfg, run_dir, run_id, resume_from, data_spec)
+        return recorded_trainer(cfg, self.project.root, run_dir, run_id=run_id, phase=phase, world=self.world,
+                                resume_from=resume_from, deadline=self.deadline, limits=self.trainer_limits(),
+                                **options)
+
     def trainer_limits(self) -> dict[str, Any]:
         """What every trainer of this phase runs with: `--smoke` caps each epoch at two steps."""
         return ({"limit_train_steps": SMOKE_STEPS, "limit_val_batches": SMOKE_STEPS, "short_check": True}
@@ -84,8 +95,6 @@ def fit_or_continue(ctx: RunContext, cfg: WorkflowConfig, run_dir: Path, run_id:
     """Train `cfg` in `run_dir` with the shared trainer, stopping on signals with a resume checkpoint.
     When the phase is resumed, a run that already finished there is loaded instead of trained again
     and one that was interrupted continues from its resume.pt, so the phase ends as it would have."""
-    from mlflow_core.training.trainer import Trainer
-
     resume_from = None
     metrics_path = run_dir / "logs" / "metrics.json"
     if ctx.resuming and metrics_path.is_file():
@@ -99,9 +108,9 @@ def fit_or_continue(ctx: RunContext, cfg: WorkflowConfig, run_dir: Path, run_id:
                 return finished
         if (run_dir / "checkpoints" / "resume.pt").is_file():
             resume_from = run_dir / "checkpoints" / "resume.pt"
-    ctx.announce_run(trainer_options.get("phase", ""), cfg, run_dir, run_id, resume_from, data_spec)
-    trainer = Trainer(cfg, ctx.project.root, run_dir, run_id=run_id, resume_from=resume_from, stop_on_signals=True,
-                      world=ctx.world, deadline=ctx.deadline, **ctx.trainer_limits(), **trainer_options)
+    phase = trainer_options.pop("phase", "")
+    trainer = ctx.make_trainer(phase, cfg, run_dir, run_id, resume_from=resume_from, data_spec=data_spec,
+                               **trainer_options)
     result = trainer.fit()
     if result.status == "interrupted":
         raise SubRunInterrupted(trainer.signal_received, result.metrics.get("resume"), run_dir)

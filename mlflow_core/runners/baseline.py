@@ -6,16 +6,13 @@ from typing import Any
 
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.runners import RunContext, RunOutput
-from mlflow_core.training.trainer import Trainer
 
 
 def run_baseline(ctx: RunContext) -> RunOutput:
     mon = ctx.cfg.monitoring
     sampler = GpuSampler(mon.gpu_sample_interval_s, mon.gpu_utilization_target)
-    ctx.announce_run("baseline", ctx.cfg, ctx.run_dir, ctx.run_id, ctx.resume_from)
-    trainer = Trainer(ctx.cfg, ctx.project.root, ctx.run_dir, run_id=ctx.run_id, phase="baseline",
-                      on_progress=ctx.on_progress, gpu_sampler=sampler, resume_from=ctx.resume_from,
-                      stop_on_signals=True, world=ctx.world, deadline=ctx.deadline, **ctx.trainer_limits())
+    trainer = ctx.make_trainer("baseline", ctx.cfg, ctx.run_dir, ctx.run_id, resume_from=ctx.resume_from,
+                               on_progress=ctx.on_progress, gpu_sampler=sampler)
     result = trainer.fit()
     facts = training_facts(ctx, result.metrics)
     if result.status == "interrupted":

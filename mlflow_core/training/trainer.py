@@ -44,7 +44,7 @@ from mlflow_core.training.step import EpochTally, OptimizerStep
 from mlflow_core.training.tracking import require_tensorboard
 from mlflow_core.world import World
 
-__all__ = ["TIME_LIMIT", "ProgressEvent", "TrainResult", "Trainer", "resolve_device"]
+__all__ = ["TIME_LIMIT", "ProgressEvent", "TrainResult", "Trainer", "recorded_trainer", "resolve_device"]
 logging.getLogger("wf").addHandler(logging.NullHandler())
 
 
@@ -55,6 +55,16 @@ class TrainResult:
     model: nn.Module
     run_dir: Path | None
     anomalies: list[dict[str, Any]] = field(default_factory=list)
+
+
+def recorded_trainer(cfg: WorkflowConfig, project_root: Path, run_dir: Path, *, run_id: str, phase: str,
+                     world: World | None, resume_from: Path | None = None, deadline: float | None = None,
+                     limits: dict[str, Any] | None = None, **options: Any) -> Trainer:
+    """The trainer of a training run a phase records (rank 0's, or a follower's under DDP): files in
+    `run_dir`, a resume point on SIGTERM/SIGINT/SIGUSR1/SIGHUP or at `deadline`, the phase's `--smoke`
+    limits. `options`: on_progress, gpu_sampler, data."""
+    return Trainer(cfg, project_root, run_dir, run_id=run_id, phase=phase, resume_from=resume_from,
+                   stop_on_signals=True, world=world, deadline=deadline, **(limits or {}), **options)
 
 
 class Trainer:
