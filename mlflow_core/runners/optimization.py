@@ -129,6 +129,8 @@ def seeded_per_draw(optuna: Any, cfg: WorkflowConfig) -> Any:
 
 
 def run_optimization(ctx: RunContext) -> RunOutput:
+    """An LR range test, an Optuna study whose trials are runs of the shared trainer, the best trial
+    and the baseline compared over seeds, and the optimized config."""
     try:
         import optuna
     except ImportError:
@@ -137,65 +139,100 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     from mlflow_core.training.data import build_data
 
     cfg, opt, say = ctx.cfg, ctx.cfg.optimization, ctx.on_message
-    root = ctx.project.root
     maximize = cfg.validation.mode == "max"
-    metric = cfg.validation.metric
-    data = build_data(cfg, root)
-    facts: dict[str, Any] = {"run_dir": ctx.project.relative(ctx.run_dir), "metric": metric,
+    data = build_data(cfg, ctx.project.root)
+    facts: dict[str, Any] = {"run_dir": ctx.project.relative(ctx.run_dir), "metric": cfg.validation.metric,
                              "direction": "maximize" if maximize else "minimize"}
-
-    # 1. the study, opened first so that a bad storage URL costs nothing ---------------------------
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = storage_url(ctx)
-    shown_url = "sqlite:///.wf/optuna.db" if opt.storage is None else redacted(url)  # reports are committed
-    name = study_name(cfg)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=opt.pruner_warmup_epochs)
-              if opt.pruner == "median" else optuna.pruners.NopPruner())
-    try:
-        study = optuna.create_study(study_name=name, storage=url, load_if_exists=True,
-                                    sampler=seeded_per_draw(optuna, cfg),
-                                    pruner=pruner, direction="maximize" if maximize else "minimize")
-    except Exception as exc:  # a bad URL, an unreachable server, a missing driver
-        raise UserInputError(f"optimization.storage {shown_url!r}: cannot open the Optuna study ({exc}).") from None
-
-    # 2. LR range test --------------------------------------------------------------------------------
+    study, shown_url = _open_study(optuna, ctx)  # first, so that a bad storage URL costs nothing
     if opt.lr_find:
-        from mlflow_core.training.lr_finder import lr_range_test
-        say("LR range test")
-        sweep = lr_range_test(cfg, root, data, steps=10 if ctx.smoke else 100)
-        facts["lr_range_test"] = {k: sweep[k] for k in ("lrs", "smoothed", "suggested_lr", "rule", "stop_reason",
-                                                         "min_loss_lr")}
-        if sweep.get("suggested_lr"):
-            say(f"LR range test suggests {sweep['suggested_lr']:.3g} ({sweep['rule']}); configured "
-                f"{cfg.training.learning_rate:g}")
+        facts["lr_range_test"] = _lr_range_test(ctx, data)
 
     _requeue_abandoned_trials(optuna, study, ctx)
     finished = [t for t in study.trials if _counts_as_finished(t)]
     remaining = max(opt.n_trials - len(finished), 0)
     if finished:
-        say(f"Study {name}: {len(finished)} trials already finished; {remaining} to go")
+        say(f"Study {study.study_name}: {len(finished)} trials already finished; {remaining} to go")
     trial_epochs = opt.trial_epochs or cfg.training.epochs
-    rebuild = any(key.startswith("data.") for key in opt.search_space)
+    if remaining:
+        try:
+            study.optimize(TrialObjective(optuna, ctx, study, data, trial_epochs), n_trials=remaining,
+                           timeout=opt.timeout_s, catch=())
+        except SubRunInterrupted as stop:
+            return stop.output(ctx)
+    trials = [_trial_row(t) for t in study.trials]
+    facts["study"] = {"name": study.study_name, "storage": shown_url, "n_trials": opt.n_trials, "sampler": opt.sampler,
+                      "pruner": opt.pruner, "trial_epochs": trial_epochs,
+                      "counts": {s: sum(1 for t in trials if t["state"] == s) for s in
+                                 ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+                      "search_space": {k: v.model_dump(mode="json", exclude_none=True)
+                                       for k, v in opt.search_space.items()}}
+    facts["trials"] = trials
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        facts["comparison"] = None
+        return RunOutput("completed", facts, notes=["No trial completed: nothing to compare with the baseline."])
+    best = study.best_trial
+    facts["best"] = {"trial": best.number, "value": best.value, "params": best.params}
+    facts["importance"] = _importance(optuna, study)
+    try:
+        facts["comparison"] = _compare_over_seeds(ctx, best.params, data)
+    except SubRunInterrupted as stop:
+        return stop.output(ctx)
+    path = write_optimized_config(ctx, best.params, best.number, best.value, facts["comparison"],
+                                  ctx.run_dir / "optimized_config.yaml" if ctx.smoke else None)
+    facts["optimized_config"] = {"path": ctx.project.relative(path), "sha256": file_sha256(path)}
+    return RunOutput("completed", facts)
 
-    def objective(trial: Any) -> float:
-        changes = {key: suggest(trial, key, spec) for key, spec in opt.search_space.items()}
+
+def _open_study(optuna: Any, ctx: RunContext) -> tuple[Any, str]:
+    """The study in its storage (created, or continued), and the storage as reports may show it."""
+    cfg, opt = ctx.cfg, ctx.cfg.optimization
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage_url(ctx)
+    shown_url = "sqlite:///.wf/optuna.db" if opt.storage is None else redacted(url)  # reports are committed
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=opt.pruner_warmup_epochs)
+              if opt.pruner == "median" else optuna.pruners.NopPruner())
+    try:
+        study = optuna.create_study(study_name=study_name(cfg), storage=url, load_if_exists=True,
+                                    sampler=seeded_per_draw(optuna, cfg), pruner=pruner,
+                                    direction="maximize" if cfg.validation.mode == "max" else "minimize")
+    except Exception as exc:  # a bad URL, an unreachable server, a missing driver
+        raise UserInputError(f"optimization.storage {shown_url!r}: cannot open the Optuna study ({exc}).") from None
+    return study, shown_url
+
+
+def _lr_range_test(ctx: RunContext, data: Any) -> dict[str, Any]:
+    from mlflow_core.training.lr_finder import lr_range_test
+
+    cfg, say = ctx.cfg, ctx.on_message
+    say("LR range test")
+    sweep = lr_range_test(cfg, ctx.project.root, data, steps=10 if ctx.smoke else 100)
+    if sweep.get("suggested_lr"):
+        say(f"LR range test suggests {sweep['suggested_lr']:.3g} ({sweep['rule']}); configured "
+            f"{cfg.training.learning_rate:g}")
+    return {k: sweep[k] for k in ("lrs", "smoothed", "suggested_lr", "rule", "stop_reason", "min_loss_lr")}
+
+
+class TrialObjective:
+    """One Optuna trial: a run of the shared trainer with the trial's values, reporting each epoch's
+    validation metric to the pruner. An interrupted trial is recorded as failed (Optuna's only way to
+    end it) and enqueued again with its values, so that `--resume` continues it from its checkpoint."""
+
+    def __init__(self, optuna: Any, ctx: RunContext, study: Any, data: Any, trial_epochs: int):
+        self.optuna, self.ctx, self.study, self.data, self.trial_epochs = optuna, ctx, study, data, trial_epochs
+        self.rebuild = any(key.startswith("data.") for key in ctx.cfg.optimization.search_space)
+
+    def __call__(self, trial: Any) -> float:
+        ctx, study = self.ctx, self.study
+        changes = {key: suggest(trial, key, spec) for key, spec in ctx.cfg.optimization.search_space.items()}
         # best and last checkpoints only: periodic ones for every trial would fill the disk
-        trial_cfg = with_changes(cfg, {**changes, "training.epochs": trial_epochs,
-                                  "checkpointing.checkpoint_every_n_epochs": 0})
-        trial_dir = ctx.run_dir / "trials" / f"trial_{trial.number:03d}"
-        continues = trial.user_attrs.get("continues")  # an interrupted trial, enqueued again with its params
-        if continues and ctx.resuming and (ctx.project.root / continues).parent == trial_dir.parent:
-            trial_dir = ctx.project.root / continues  # same run: pick it up from its resume checkpoint
-            # the epochs it reported before the interruption, so that the pruner sees the full curve
-            before = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"
-                      and t.user_attrs.get("run_dir") == continues]  # the latest, if stopped more than once
-            for epoch, value in sorted((before[-1].intermediate_values if before else {}).items()):
-                trial.report(value, epoch)
+        trial_cfg = with_changes(ctx.cfg, {**changes, "training.epochs": self.trial_epochs,
+                                           "checkpointing.checkpoint_every_n_epochs": 0})
+        trial_dir = self._trial_dir(trial)
         trial.set_user_attr("run_dir", ctx.project.relative(trial_dir))
         trial.set_user_attr("owner", _owner(ctx))
         shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
                           for k, v in changes.items())
-        say(f"Trial {trial.number}: {shown}")
+        ctx.on_message(f"Trial {trial.number}: {shown}")
 
         def report(epoch: int, value: float) -> bool:
             if not math.isfinite(value):
@@ -206,10 +243,8 @@ def run_optimization(ctx: RunContext) -> RunOutput:
         t0 = time.perf_counter()
         try:
             result = fit_or_continue(ctx, trial_cfg, trial_dir, f"{ctx.run_id}/{trial_dir.name}",
-                                     phase="optimization", data=None if rebuild else data, on_epoch=report)
+                                     phase="optimization", data=None if self.rebuild else self.data, on_epoch=report)
         except SubRunInterrupted:
-            # this trial is recorded as failed (Optuna's only way to end it) and enqueued again with
-            # the same values, so that `--resume` continues it from its checkpoint
             trial.set_user_attr("status", "interrupted")
             study.enqueue_trial(changes, user_attrs={"continues": ctx.project.relative(trial_dir)})
             raise
@@ -218,54 +253,44 @@ def run_optimization(ctx: RunContext) -> RunOutput:
         trial.set_user_attr("epochs", len(result.metrics["epochs"]))
         trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 2))
         if result.status == "pruned":
-            raise optuna.TrialPruned(result.metrics.get("stop_reason"))
+            raise self.optuna.TrialPruned(result.metrics.get("stop_reason"))
         if best is None or not math.isfinite(best):
             return math.nan  # Optuna records the trial as failed (a NaN run, say), and carries on
         return float(best)
 
-    if remaining:
-        try:
-            study.optimize(objective, n_trials=remaining, timeout=opt.timeout_s, catch=())
-        except SubRunInterrupted as stop:
-            return stop.output(ctx)
-    trials = [_trial_row(t) for t in study.trials]
-    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    facts["study"] = {"name": name, "storage": shown_url, "n_trials": opt.n_trials, "sampler": opt.sampler,
-                      "pruner": opt.pruner, "trial_epochs": trial_epochs,
-                      "counts": {s: sum(1 for t in trials if t["state"] == s) for s in
-                                 ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
-                      "search_space": {k: v.model_dump(mode="json", exclude_none=True)
-                                       for k, v in opt.search_space.items()}}
-    facts["trials"] = trials
-    if not completed:
-        facts["comparison"] = None
-        return RunOutput("completed", facts, notes=["No trial completed: nothing to compare with the baseline."])
-    best = study.best_trial
-    facts["best"] = {"trial": best.number, "value": best.value, "params": best.params}
-    facts["importance"] = _importance(optuna, study)
+    def _trial_dir(self, trial: Any) -> Path:
+        """trials/trial_NNN; for an interrupted trial enqueued again, its own directory, with the epochs
+        it reported before the interruption reported again, so that the pruner sees the full curve."""
+        ctx = self.ctx
+        trial_dir = ctx.run_dir / "trials" / f"trial_{trial.number:03d}"
+        continues = trial.user_attrs.get("continues")
+        if continues and ctx.resuming and (ctx.project.root / continues).parent == trial_dir.parent:
+            trial_dir = ctx.project.root / continues  # same run: pick it up from its resume checkpoint
+            before = [t for t in self.study.get_trials(deepcopy=False) if t.state.name == "FAIL"
+                      and t.user_attrs.get("run_dir") == continues]  # the latest, if stopped more than once
+            for epoch, value in sorted((before[-1].intermediate_values if before else {}).items()):
+                trial.report(value, epoch)
+        return trial_dir
 
-    # 3. fair comparison over seeds ---------------------------------------------------------------------
+
+def _compare_over_seeds(ctx: RunContext, params: dict[str, Any], data: Any) -> dict[str, Any]:
+    """The baseline config and the best trial's, each trained with `optimization.seeds` seeds, compared
+    by a one-sided Welch t-test on the best validation metric."""
+    cfg, opt = ctx.cfg, ctx.cfg.optimization
+    rebuild = any(key.startswith("data.") for key in opt.search_space)
     seeds = [cfg.reproducibility.seed + i for i in range(opt.seeds)]
     runs: dict[str, list[float]] = {"baseline": [], "optimized": []}
-    for label, changes in (("baseline", {}), ("optimized", best.params)):
+    for label, changes in (("baseline", {}), ("optimized", params)):
         for seed in seeds:
-            say(f"Comparison: {label} config, seed {seed}")
+            ctx.on_message(f"Comparison: {label} config, seed {seed}")
             run_cfg = with_changes(cfg, {**changes, "reproducibility.seed": seed})
             run_dir = ctx.run_dir / "comparison" / f"{label}_seed{seed}"
-            try:
-                result = fit_or_continue(ctx, run_cfg, run_dir, f"{ctx.run_id}/{label}_seed{seed}",
-                                         phase="optimization", data=None if rebuild and changes else data)
-            except SubRunInterrupted as stop:
-                return stop.output(ctx)
+            result = fit_or_continue(ctx, run_cfg, run_dir, f"{ctx.run_id}/{label}_seed{seed}",
+                                     phase="optimization", data=None if rebuild and changes else data)
             value = (result.metrics.get("best") or {}).get("value")
             runs[label].append(float(value) if value is not None else math.nan)
-    facts["comparison"] = compare(runs["baseline"], runs["optimized"], seeds, maximize, opt.significance, metric)
-
-    # 4. the optimized config ---------------------------------------------------------------------------
-    path = write_optimized_config(ctx, best.params, best.number, best.value, facts["comparison"],
-                                  ctx.run_dir / "optimized_config.yaml" if ctx.smoke else None)
-    facts["optimized_config"] = {"path": ctx.project.relative(path), "sha256": file_sha256(path)}
-    return RunOutput("completed", facts)
+    return compare(runs["baseline"], runs["optimized"], seeds, cfg.validation.mode == "max", opt.significance,
+                   cfg.validation.metric)
 
 
 def _owner(ctx: RunContext) -> str:
