@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from mlflow_core.errors import StorageError
+
 
 def _fsync_dir(directory: Path) -> None:
     try:
@@ -49,7 +51,6 @@ _NEW_FILE_MODE = 0o666 & ~_current_umask()
 
 def storage_error(path: str | os.PathLike, exc: OSError) -> Exception:
     """A StorageError naming the file and the reason, for the OSErrors of STORAGE_ERRNOS."""
-    from mlflow_core.errors import StorageError
 
     if exc.errno not in STORAGE_ERRNOS:
         return exc

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlflow_core.errors import UserInputError
+
 CONTENT_KINDS = ("phases", "checklists", "diagnostics", "templates")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -35,7 +37,6 @@ def content_path(kind: str, relative: str, project_root: Path | None = None) -> 
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    from mlflow_core.errors import UserInputError
 
     noun = {"checklists": "checklist", "phases": "phase definition", "templates": "template",
             "diagnostics": "playbook"}[kind]

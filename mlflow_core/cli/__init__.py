@@ -1,7 +1,8 @@
 """The `wf` command line: a thin layer that parses, calls one core function and renders with rich.
 
 Never imports torch at module level: `status`, `gate`, `checklist`, `config` and `report` must stay
-fast (a test guards this).
+fast (a test guards this). That is why every command module imports the core inside its commands:
+`wf --help` and `wf status` load only what they run, and the one command that trains pays for torch.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlflow_core.config.loader import load_config
+from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.diagnostics.base import Diagnosis
 
 if TYPE_CHECKING:
@@ -37,10 +39,8 @@ class DiagnoseContext:
     def run_config(self) -> Any:
         """The run's own resolved config (as it trained), not today's training_config.yaml."""
         if "config" not in self.cache:
-            from mlflow_core.config.schema import WorkflowConfig
             raw = self.metrics.get("config")
             if raw is None:
-                from mlflow_core.config.loader import load_config
                 self.cache["config"] = load_config(self.project_root / "training_config.yaml")
             else:
                 self.cache["config"] = WorkflowConfig.model_validate(raw)
@@ -48,6 +48,7 @@ class DiagnoseContext:
 
     def data(self) -> Any:
         if "data" not in self.cache:
+            # torch: only probes need the data; the registry stays torch-free
             from mlflow_core.training.augment import with_augmentation
             from mlflow_core.training.data import build_data
             self.cache["data"] = with_augmentation(build_data(self.run_config(), self.project_root),

@@ -65,7 +65,10 @@ def convergence_stall(ctx: DiagnoseContext) -> Diagnosis:
     if findings:
         return Diagnosis("convergence_stall", ctx.run.run_id, findings, probes=probes)
 
+    # torch, for the probes: `wf diagnose --help` imports this module
     from mlflow_core.diagnostics.dynamics import shuffled_label_control, single_batch_overfit
+
+    # torch, for the probes: `wf diagnose --help` imports this module
     from mlflow_core.training.lr_finder import lr_range_test
 
     cfg, data = ctx.run_config(), ctx.data()

@@ -14,6 +14,7 @@ DEAD_FRACTION, DEAD_FRACTION_SEVERE = 0.5, 0.7  # a ReLU layer's share of units 
 
 
 def dead_relu(ctx: DiagnoseContext) -> Diagnosis:
+    # torch, for the probes: `wf diagnose --help` imports this module
     from mlflow_core.diagnostics.dynamics import dead_units, fresh_model, probe_batches, run_model
 
     cfg, data = ctx.run_config(), ctx.data()
@@ -55,6 +56,7 @@ def dead_relu(ctx: DiagnoseContext) -> Diagnosis:
 
 def dead_unit_judge(ctx: DiagnoseContext) -> Any:
     """A dead-ReLU trial passes when no layer of the trained model is more than half dead."""
+    # torch, for the probes: `wf diagnose --help` imports this module
     from mlflow_core.diagnostics.dynamics import dead_units, probe_batches
 
     batches = probe_batches(ctx.run_config(), ctx.data())

@@ -28,7 +28,9 @@ from mlflow_core.errors import UserInputError
 from mlflow_core.training.checkpoint import load_checkpoint
 from mlflow_core.training.data import DataBundle, dataset_targets, make_loader
 from mlflow_core.training.models import build_model
+from mlflow_core.training.optim import build_optimizer, resolve_device
 from mlflow_core.training.seeding import seed_everything
+from mlflow_core.training.trainer import Trainer
 
 PROBE_SAMPLES = 256  # training samples the activation probes look at
 MIN_UNITS = 4  # layers narrower than this are not judged
@@ -133,7 +135,6 @@ def dead_units(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]
 def single_batch_overfit(cfg: WorkflowConfig, project_root: Path, data: DataBundle, *, steps: int = 100,
                          learning_rate: float | None = None) -> dict[str, Any]:
     """Train a fresh model on one batch; it should drive that batch's loss below a tenth of its start."""
-    from mlflow_core.training.optim import build_optimizer
 
     model = fresh_model(cfg, project_root, data)
     inputs, targets = probe_batches(cfg, data, samples=min(cfg.training.batch_size, 64))[0]
@@ -177,7 +178,6 @@ class _RelabeledDataset(Dataset):
 def shuffled_label_control(cfg: WorkflowConfig, project_root: Path, data: DataBundle, *, steps: int,
                            learning_rate: float | None = None) -> dict[str, Any]:
     """The same short run twice, on the real labels and on a fixed permutation of them."""
-    from mlflow_core.training.trainer import Trainer
 
     if learning_rate is not None:
         cfg = with_changes(cfg, {"training.learning_rate": learning_rate})
@@ -201,7 +201,6 @@ def shuffled_label_control(cfg: WorkflowConfig, project_root: Path, data: DataBu
 
 def throughput(cfg: WorkflowConfig, project_root: Path, data: DataBundle, *, batches: int = 20) -> dict[str, Any]:
     """Seconds per batch for the data loader alone, and per optimizer step for the model alone."""
-    from mlflow_core.training.optim import build_optimizer, resolve_device
 
     device = resolve_device(cfg.training.device)
     loader = make_loader(data.train, cfg, train=True, device=device, seed=cfg.reproducibility.seed)

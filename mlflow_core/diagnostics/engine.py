@@ -14,6 +14,7 @@ from mlflow_core.errors import UserInputError
 from mlflow_core.reports.diagnosis import read_run_metrics, write_diagnosis_report
 from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.project import Project, safe_name
+from mlflow_core.workflow.scaffold import write_config_variant
 from mlflow_core.workflow.state import RunRecord, load_state, project_lock, save_state
 
 
@@ -106,6 +107,7 @@ def _diagnose_auto(project: Project, ctx: DiagnoseContext, fix: bool) -> Diagnos
 def _try_fixes(project: Project, ctx: DiagnoseContext, diagnosis: Diagnosis) -> None:
     """Short trials of the diagnosis's fixes, judged as its diagnostic's TrialPlan says; the first
     that removes the symptom wins and is written as a suggested config."""
+    # torch, for a trial: `wf diagnose` without --fix never loads it
     from mlflow_core.diagnostics.trials import run_trial
 
     diagnostic = REGISTRY[diagnosis.diagnostic]
@@ -141,7 +143,6 @@ def _try_fixes(project: Project, ctx: DiagnoseContext, diagnosis: Diagnosis) -> 
 
 
 def _write_suggested(project: Project, name: str, run_id: str, candidate: dict[str, Any], steps: int) -> str:
-    from mlflow_core.workflow.scaffold import write_config_variant
 
     values = ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in candidate["set"].items())
     header = (f"# Suggested by `wf diagnose {name} --fix` on {date.today()} for run {run_id}:\n"

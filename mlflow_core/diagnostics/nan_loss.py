@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding, TrialPlan
 from mlflow_core.diagnostics.context import DiagnoseContext
 from mlflow_core.errors import UserInputError
@@ -123,8 +124,10 @@ def candidate_fixes(findings: list[Finding], lr: float) -> list[dict[str, Any]]:
 def nan_loss(ctx: DiagnoseContext) -> Diagnosis:
     """Replay the failing step from the last good state the trainer saved, measure the first update's
     scale, and rank the causes."""
-    from mlflow_core.config.schema import WorkflowConfig
+    # torch, for the replay: `wf diagnose --help` imports this module
     from mlflow_core.diagnostics.probes import replay_nonfinite, update_scale
+
+    # torch, for the replay: `wf diagnose --help` imports this module
     from mlflow_core.training.checkpoint import load_checkpoint
 
     run, metrics = ctx.run, ctx.metrics

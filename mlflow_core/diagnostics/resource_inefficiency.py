@@ -8,6 +8,7 @@ from typing import Any
 
 from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
 from mlflow_core.diagnostics.context import DiagnoseContext
+from mlflow_core.errors import WfError
 
 DATA_WAIT_HIGH = 0.20  # share of training time spent waiting for the loader, with the GPU under-used
 CPU_DATA_WAIT_HIGH = 0.30  # on the CPU the model step is slow, so a loader this slow is the bottleneck
@@ -64,8 +65,8 @@ def resource_inefficiency(ctx: DiagnoseContext) -> Diagnosis:
 
 def _throughput_probe(ctx: DiagnoseContext) -> dict[str, Any] | None:
     """Loader-only against model-only time per batch (imports torch); None where it cannot run."""
-    from mlflow_core.errors import WfError
     try:
+        # torch, for the probe: `wf diagnose --help` imports this module
         from mlflow_core.diagnostics.dynamics import throughput
         return throughput(ctx.run_config(), ctx.project_root, ctx.data())
     except (ImportError, WfError):  # no torch, or the data is gone since the run

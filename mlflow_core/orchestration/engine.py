@@ -17,19 +17,29 @@ from mlflow_core.config.loader import config_sha256, load_config
 from mlflow_core.errors import (
     ChecklistError,
     GateClosedError,
+    PhaseFailedError,
     RankLostError,
+    RunHangupError,
     RunInterruptedError,
+    RunPreemptedError,
+    RunTerminatedError,
+    RunTimeLimitError,
     StorageError,
     UserInputError,
     WfError,
 )
+from mlflow_core.orchestration.launch import leading
+from mlflow_core.orchestration.slurm import requeue_job, slurm_job_id
+from mlflow_core.reports.phase_reports import render_phase_report
+from mlflow_core.runners import RunContext, run_runner
 from mlflow_core.workflow import fingerprints
 from mlflow_core.workflow.checklist import set_marks
 from mlflow_core.workflow.checks import CheckContext, run_check
-from mlflow_core.workflow.evidence import read_evidence, write_evidence
+from mlflow_core.workflow.evidence import archived_evidence_path, read_evidence, write_evidence
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate, load_checklist
 from mlflow_core.workflow.phases import (
     DECISIONS,
+    DISTRIBUTED_PHASES,
     PHASE_ORDER,
     RESUMABLE_PHASES,
     PhaseDefinition,
@@ -39,6 +49,7 @@ from mlflow_core.workflow.phases import (
 )
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.recommend import Recommendation
+from mlflow_core.workflow.runs import find_run
 from mlflow_core.workflow.state import (
     Decision,
     ProjectState,
@@ -50,6 +61,7 @@ from mlflow_core.workflow.state import (
     save_state,
     who,
 )
+from mlflow_core.world import world_from_env
 
 
 @dataclass
@@ -121,9 +133,6 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
     this is rank 0, which leads the other ranks (launch.follow) through the training.
     `deadline` (time.monotonic()): training stops at the first step past it, resumably, as on a
     signal (`wf phase NAME --time-limit`)."""
-    from mlflow_core.orchestration.launch import leading
-    from mlflow_core.workflow.phases import DISTRIBUTED_PHASES
-    from mlflow_core.world import world_from_env
 
     world = world_from_env()
     if world is None:
@@ -139,7 +148,6 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
 def _run_phase(project: Project, phase: str, override_reason: str | None,
                on_progress: Callable[[Any], None] | None, on_message: Callable[[str], None] | None,
                resume: bool, world: Any = None, announce: Any = None, deadline: float | None = None) -> PhaseResult:
-    from mlflow_core.runners import RunContext
 
     say = on_message or (lambda _m: None)
     with project_lock(project, f"wf phase {phase}"):
@@ -219,7 +227,6 @@ def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
                   on_progress: Callable[[Any], None] | None, say: Callable[[str], None], world: Any = None,
                   announce: Any = None, deadline: float | None = None) -> PhaseResult:
     """Continue the interrupted run where it stopped: same run id, directory and record."""
-    from mlflow_core.runners import RunContext
 
     run, path = _resumable_run(project, state, phase)
     remove_stale_temp_files(project.inside(run.dir), recursive=True)  # a kill -9 mid-write leaves these
@@ -240,7 +247,6 @@ def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
 def _execute(project: Project, state: ProjectState, definition: PhaseDefinition, run: RunRecord, cfg: Any,
              ctx: Any, verified: dict[str, Any]) -> PhaseResult:
     """Run the phase's runner under the lock the caller holds, then record what it produced."""
-    from mlflow_core.runners import run_runner
 
     phase, run_id, run_dir = definition.name, run.run_id, ctx.run_dir
     # -- run ------------------------------------------------------------------------------------
@@ -291,7 +297,6 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
         if isinstance(exc, WfError):
             raise
         logger.exception("phase %s crashed", phase)
-        from mlflow_core.errors import PhaseFailedError
         raise PhaseFailedError(f"{phase} crashed: {type(exc).__name__}: {exc}",
                                hint=f"The traceback is in {project.relative(run_dir)}/logs/training.log.") from exc
     finally:
@@ -335,7 +340,6 @@ def _approved_configs(project: Project, phase: str, facts: dict[str, Any]) -> li
 def _resume_command(phase: str) -> str:
     """How to continue an interrupted run of `phase`: under DDP, with as many processes (a resume
     restores each rank's RNG and data position, so it refuses another count)."""
-    from mlflow_core.world import world_from_env
 
     world = world_from_env()
     command = f"`wf phase {phase} --resume`"
@@ -349,8 +353,6 @@ def _stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id
     requeued, and its script runs again with `--resume`."""
     import signal
 
-    from mlflow_core.errors import RunHangupError, RunPreemptedError, RunTerminatedError, RunTimeLimitError
-    from mlflow_core.orchestration.slurm import requeue_job, slurm_job_id
     from mlflow_core.training.trainer import TIME_LIMIT  # torch is loaded: a run just trained
 
     signum = facts.get("interrupted_by")
@@ -383,7 +385,6 @@ def _stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id
 def _record_outcome(project: Project, state: ProjectState, definition: PhaseDefinition, run: RunRecord,
                     facts: dict[str, Any], project_name: str, status: str,
                     event: str = "phase_finished") -> PhaseResult:
-    from mlflow_core.reports.phase_reports import render_phase_report
 
     phase = definition.name
     facts.pop("report", None)
@@ -473,8 +474,6 @@ UNFINISHED_STATUSES = ("running", "interrupted", "crashed", "failed_input")
 def select_run(project: Project, ref: str) -> RunRecord:
     """`wf runs select RUN`: make an earlier run that ran to its end the one its phase's gate judges
     (its evidence and report come back from the copy kept per run); recorded in the history."""
-    from mlflow_core.workflow.evidence import archived_evidence_path
-    from mlflow_core.workflow.runs import find_run
 
     with project_lock(project, f"wf runs select {ref}"):
         state = load_state(project)

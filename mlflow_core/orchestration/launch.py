@@ -22,7 +22,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from mlflow_core.config.loader import load_config
+from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.errors import WfError
+from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.world import World
 
 # --- a launcher for one machine -------------------------------------------------------------------
@@ -93,8 +96,6 @@ def launch_local(args: list[str], nproc: int, *, grace_s: float = 30.0) -> int:
 def configured_device(config_path: Any) -> str:
     """training.device of the project's config, read the same way by every rank (a config that
     does not load: "auto"; rank 0 reports the problem, the followers just wait for its verdict)."""
-    from mlflow_core.config.loader import load_config
-    from mlflow_core.errors import WfError
 
     try:
         return load_config(config_path).training.device
@@ -110,10 +111,12 @@ class Announcer:
         self.closed = False
 
     def __call__(self, plan: dict[str, Any]) -> None:
+        # torch: only the ranks of a DDP run need it
         from mlflow_core.training.parallel import broadcast_plan
         broadcast_plan(plan)
 
     def close(self) -> None:
+        # torch: only the ranks of a DDP run need it
         from mlflow_core.training.parallel import broadcast_plan, in_process_group
 
         if not self.closed and in_process_group():  # not after abandon_process_group: nobody listens
@@ -124,6 +127,7 @@ class Announcer:
 @contextlib.contextmanager
 def leading(world: World, config_path: Any) -> Iterator[Announcer]:
     """Rank 0's command inside the process group: whatever happens, the followers hear a plan."""
+    # torch: only the ranks of a DDP run need it
     from mlflow_core.training.parallel import destroy_process_group, init_process_group
 
     init_process_group(world, configured_device(config_path))
@@ -146,7 +150,7 @@ def follow(project: Any, world: World) -> int:
     """A rank other than 0: for each of rank 0's plans, train its share of that run; write nothing."""
     from pathlib import Path
 
-    from mlflow_core.config.schema import WorkflowConfig
+    # torch: only the ranks of a DDP run need it
     from mlflow_core.training.parallel import broadcast_plan, destroy_process_group, init_process_group
     from mlflow_core.training.trainer import recorded_trainer
 
@@ -158,10 +162,10 @@ def follow(project: Any, world: World) -> int:
             resume = Path(plan["resume_from"]) if plan.get("resume_from") else None
             sampler = None
             if world.local_rank == 0:  # each node's first rank samples that node's GPUs for the report
-                from mlflow_core.monitoring.nvml import GpuSampler
                 sampler = GpuSampler(cfg.monitoring.gpu_sample_interval_s, cfg.monitoring.gpu_utilization_target)
             data = None
             if plan.get("data_spec"):  # a fold of cross-validation: built here as rank 0 built it
+                # torch: only the ranks of a DDP run need it
                 from mlflow_core.training.folds import fold_data
                 data = fold_data(cfg, project.root, **plan["data_spec"])
             recorded_trainer(cfg, project.root, Path(plan["run_dir"]), run_id=plan["run_id"], phase=plan["phase"],

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow_core.atomic import atomic_write_text
+from mlflow_core.config.loader import load_config
+from mlflow_core.errors import UserInputError
+from mlflow_core.workflow.phases import DISTRIBUTED_PHASES
+
 
 def slurm_job_id() -> str | None:
     """The job this process runs in, if any (SLURM_JOB_ID, as sbatch sets it)."""
@@ -64,8 +69,6 @@ class SlurmJob:
 
 
 def check_job(job: SlurmJob) -> None:
-    from mlflow_core.errors import UserInputError
-    from mlflow_core.workflow.phases import DISTRIBUTED_PHASES
 
     for option, value, pattern, what in (("--partition", job.partition, _NAME, "letters, digits and _.,+-"),
                                          ("--account", job.account, _NAME, "letters, digits and _.,+-"),
@@ -99,7 +102,6 @@ def sbatch_script(job: SlurmJob, project_root: Path, python: str, project_name: 
         if value is not None:
             directives.append(f"--{option}={value}")
     if any(c.isspace() or c in "#\"'" for c in str(root)):
-        from mlflow_core.errors import UserInputError
         raise UserInputError(f"{root}: the job's log path goes on an #SBATCH line, which takes no spaces, quotes "
                              "or '#'; move the project to a path without them.")
     wf = f"{q(python)} -m mlflow_core phase {q(job.phase)}"
@@ -133,8 +135,6 @@ def sbatch_script(job: SlurmJob, project_root: Path, python: str, project_name: 
 def write_sbatch(project: Any, job: SlurmJob, python: str | None = None) -> Path:
     import sys
 
-    from mlflow_core.atomic import atomic_write_text
-    from mlflow_core.config.loader import load_config
 
     name = load_config(project.config_path).project.name
     text = sbatch_script(job, project.root, python or sys.executable, name)
@@ -147,7 +147,6 @@ def write_sbatch(project: Any, job: SlurmJob, python: str | None = None) -> Path
 
 def submit(path: Path) -> str:
     """`sbatch PATH`; its output (the job id). SLURM absent: a clear error."""
-    from mlflow_core.errors import UserInputError
 
     sbatch = shutil.which("sbatch")
     if sbatch is None:

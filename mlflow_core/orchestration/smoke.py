@@ -15,9 +15,13 @@ from typing import Any
 from mlflow_core.config.loader import config_sha256, load_config
 from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.errors import UserInputError
-from mlflow_core.workflow.phases import SMOKABLE_PHASES
+from mlflow_core.orchestration.engine import missing_training_stack
+from mlflow_core.orchestration.launch import leading
+from mlflow_core.runners import RunContext, run_runner
+from mlflow_core.workflow.phases import DISTRIBUTED_PHASES, SMOKABLE_PHASES
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.records import load_run_metrics
+from mlflow_core.world import world_from_env
 
 PASSING = ("completed", "early_stopped", "pruned")
 
@@ -43,9 +47,6 @@ def smoke_config(cfg: WorkflowConfig) -> WorkflowConfig:
 def smoke_phase(project: Project, phase: str, *, on_progress: Callable[[Any], None] | None = None,
                 on_message: Callable[[str], None] | None = None) -> SmokeResult:
     """Under a DDP launcher this is rank 0; the other ranks follow it (launch.follow)."""
-    from mlflow_core.orchestration.launch import leading
-    from mlflow_core.workflow.phases import DISTRIBUTED_PHASES
-    from mlflow_core.world import world_from_env
 
     world = world_from_env()
     if world is None:
@@ -59,8 +60,6 @@ def smoke_phase(project: Project, phase: str, *, on_progress: Callable[[Any], No
 
 def _smoke_phase(project: Project, phase: str, on_progress: Callable[[Any], None] | None,
                  on_message: Callable[[str], None] | None, world: Any = None, announce: Any = None) -> SmokeResult:
-    from mlflow_core.orchestration.engine import missing_training_stack
-    from mlflow_core.runners import RunContext, run_runner
 
     if phase not in SMOKABLE_PHASES:
         raise UserInputError(f"`wf phase {phase} --smoke` is not available: {phase} analyses a recorded run "

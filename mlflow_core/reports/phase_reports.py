@@ -7,8 +7,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mlflow_core.reports.plots import learning_curves
+from mlflow_core.config.loader import load_config
+from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.reports.diagnosis import write_diagnosis_report
+from mlflow_core.reports.plots import confusion_figure, learning_curves, optimization_figures
 from mlflow_core.reports.render import write_report
+from mlflow_core.workflow.gates import selected_by
 from mlflow_core.workflow.phases import PHASES, PhaseDefinition
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.recommend import Recommendation, recommend
@@ -51,15 +55,12 @@ def render_setup(r: ReportInput) -> tuple[dict[str, str], None]:
 
 
 def render_diagnostics(r: ReportInput) -> tuple[dict[str, str], None]:
-    from mlflow_core.reports.diagnosis import write_diagnosis_report
 
     run = r.state.run(r.facts["diagnosed_run"])
     return write_diagnosis_report(r.project, r.facts["diagnosis"], r.project.inside(run.dir)), None
 
 
 def render_optimization(r: ReportInput) -> tuple[dict[str, str], None]:
-    from mlflow_core.config.loader import load_config
-    from mlflow_core.reports.plots import optimization_figures
 
     figures, note = optimization_figures(r.facts, r.project.reports_dir / "figures")
     context = {"project_name": r.project_name, "run_id": r.run_id, "f": r.facts, "criteria": r.criteria,
@@ -99,7 +100,6 @@ def render_training(r: ReportInput) -> tuple[dict[str, str], Recommendation]:
 def run_record_note(state: ProjectState, phase: str, run_id: str) -> dict[str, Any]:
     """Which run the report describes and how it became the one its gate judges, and every waiver
     on record (a waiver stays visible in every later report)."""
-    from mlflow_core.workflow.gates import selected_by
 
     checklists = {getattr(e, "checklist", "") for e in state.history if e.event == "checklist_waive"}
     waivers = [{"checklist": name, "item": item, "by": getattr(e, "by", "?"), "time": e.time,
@@ -115,8 +115,6 @@ def class_namer(names: list[str] | None) -> Any:
 
 def _final_context(project: Project, state: ProjectState, run_id: str, facts: dict[str, Any],
                    criteria: list[dict[str, Any]], project_name: str, overrides: list[dict[str, Any]]) -> dict[str, Any]:
-    from mlflow_core.config.schema import WorkflowConfig
-    from mlflow_core.reports.plots import confusion_figure
 
     cfg = WorkflowConfig.model_validate(facts["config"])  # the config the final runs trained
     evaluated = [r for r in facts.get("seeds", []) if "test" in r]

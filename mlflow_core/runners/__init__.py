@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow_core.errors import UserInputError
+from mlflow_core.errors import DataError, UserInputError
+from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.phases import PHASES
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.records import load_run_metrics
@@ -47,6 +48,7 @@ class RunContext:
                      resume_from: Path | None = None, data_spec: dict[str, Any] | None = None, **options: Any) -> Any:
         """The shared trainer for one training run of this phase, the other ranks told to start the same
         one under DDP (see recorded_trainer)."""
+        # torch: the engine imports this package, and `wf status` the engine
         from mlflow_core.training.trainer import recorded_trainer
 
         self.announce_run(phase, cfg, run_dir, run_id, resume_from, data_spec)
@@ -119,6 +121,7 @@ def fit_or_continue(ctx: RunContext, cfg: WorkflowConfig, run_dir: Path, run_id:
 
 def _load_finished(cfg: WorkflowConfig, ctx: RunContext, run_dir: Path, metrics: dict[str, Any], data: Any) -> Any:
     """A finished run's result rebuilt from its files: metrics.json and its last checkpoint."""
+    # torch: the engine imports this package, and `wf status` the engine
     from mlflow_core.training.checkpoint import load_checkpoint
     from mlflow_core.training.data import build_data
     from mlflow_core.training.models import build_model
@@ -130,6 +133,7 @@ def _load_finished(cfg: WorkflowConfig, ctx: RunContext, run_dir: Path, metrics:
     data = data or build_data(cfg, ctx.project.root)
     model = build_model(cfg.model, data.num_classes, data.input_shape, ctx.project.root)
     model.load_state_dict(load_checkpoint(run_dir / last["path"])["model"])
+    # torch: the engine imports this package, and `wf status` the engine
     from mlflow_core.training.trainer import resolve_device
     model.to(resolve_device(cfg.training.device))
     ctx.on_message(f"{ctx.project.relative(run_dir)}: finished before the interruption; reused")
@@ -139,6 +143,7 @@ def _load_finished(cfg: WorkflowConfig, ctx: RunContext, run_dir: Path, metrics:
 def run_runner(phase: str, ctx: RunContext) -> RunOutput:
     """Run `phase`'s runner, first saying what precision its training will use when that is not
     simply the configured one (a CPU that only emulates fp16/bf16; see training/precision.py)."""
+    # torch: the engine imports this package, and `wf status` the engine
     from mlflow_core.training.precision import plan_precision
     from mlflow_core.training.trainer import resolve_device
 
@@ -156,10 +161,9 @@ def _verify_custom_data(ctx: RunContext) -> None:
     """A custom dataset has no files to fingerprint: its items are compared with the sample setup
     hashed (`wf gate check` cannot: it runs without torch). Another content is refused before any
     training, naming the split."""
-    from mlflow_core.errors import DataError
+    # torch: the engine imports this package, and `wf status` the engine
     from mlflow_core.training.data import build_data
     from mlflow_core.training.data_checks import dataset_digests
-    from mlflow_core.workflow.evidence import read_evidence
 
     setup = read_evidence(ctx.project, "setup")
     recorded = ((setup.facts.get("data") or {}).get("digests") or {}) if setup and setup.intact else {}

@@ -6,6 +6,7 @@ from typing import Any
 
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.runners import RunContext, RunOutput
+from mlflow_core.workflow.evidence import file_sha256
 
 
 def run_baseline(ctx: RunContext) -> RunOutput:
@@ -22,7 +23,6 @@ def run_baseline(ctx: RunContext) -> RunOutput:
 
 def training_facts(ctx: RunContext, m: dict[str, Any]) -> dict[str, Any]:
     """The small, committable summary of a training run that gates are verified from."""
-    from mlflow_core.workflow.evidence import file_sha256
 
     rel = ctx.project.relative(ctx.run_dir)
     epochs = m["epochs"]

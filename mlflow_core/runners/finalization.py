@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from mlflow_core.atomic import atomic_write_bytes, atomic_write_text
+from mlflow_core.config.loader import load_config
 from mlflow_core.config.schema import WorkflowConfig, with_changes
+from mlflow_core.environment import capture_environment
 from mlflow_core.errors import DataError, UserInputError
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
 from mlflow_core.training.augment import with_augmentation
@@ -27,12 +29,12 @@ from mlflow_core.training.data import DataBundle, build_data
 from mlflow_core.training.evaluation import classification_metrics, predict_with_tta, segmentation_metrics
 from mlflow_core.training.folds import ensemble_log_probabilities, fold_data, split_folds
 from mlflow_core.training.models import build_model
+from mlflow_core.training.trainer import resolve_device
 from mlflow_core.workflow.evidence import file_sha256
 from mlflow_core.workflow.state import load_state
 
 
 def run_finalization(ctx: RunContext) -> RunOutput:
-    from mlflow_core.training.trainer import resolve_device
 
     cfg, say, root = ctx.cfg, ctx.on_message, ctx.project.root
     fin = cfg.finalization
@@ -139,7 +141,6 @@ def _matches_optimized(ctx: RunContext) -> bool | None:
     path = ctx.project.root / "configs" / "optimized_config.yaml"
     if not path.is_file():
         return None
-    from mlflow_core.config.loader import load_config
     try:
         optimized = load_config(path).model_dump(mode="json")
     except Exception:  # edited into something invalid: it cannot match
@@ -227,7 +228,6 @@ def write_bundle(ctx: RunContext, facts: dict[str, Any], export_dir: Path) -> di
     """export/: the resolved config and a manifest with what reproduces the run and every checksum."""
     import yaml
 
-    from mlflow_core.environment import capture_environment
 
     config_path = export_dir / "config.yaml"
     atomic_write_text(config_path, yaml.safe_dump(ctx.cfg.model_dump(mode="json"), sort_keys=False))

@@ -26,7 +26,10 @@ from typing import Any
 from mlflow_core.config.schema import SearchParameter, WorkflowConfig, with_changes
 from mlflow_core.errors import UserInputError
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
+from mlflow_core.training.data import build_data
+from mlflow_core.training.lr_finder import lr_range_test
 from mlflow_core.workflow.evidence import file_sha256
+from mlflow_core.workflow.scaffold import write_config_variant
 
 
 def study_name(cfg: WorkflowConfig) -> str:
@@ -136,7 +139,6 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     except ImportError:
         raise UserInputError("`wf phase optimization` needs Optuna, which is not installed.",
                              hint="Install it with `pip install 'wf[tune]'` (the README's dev install includes it).") from None
-    from mlflow_core.training.data import build_data
 
     cfg, opt, say = ctx.cfg, ctx.cfg.optimization, ctx.on_message
     maximize = cfg.validation.mode == "max"
@@ -201,7 +203,6 @@ def _open_study(optuna: Any, ctx: RunContext) -> tuple[Any, str]:
 
 
 def _lr_range_test(ctx: RunContext, data: Any) -> dict[str, Any]:
-    from mlflow_core.training.lr_finder import lr_range_test
 
     cfg, say = ctx.cfg, ctx.on_message
     say("LR range test")
@@ -386,7 +387,6 @@ def compare(baseline: list[float], optimized: list[float], seeds: list[int], max
 def write_optimized_config(ctx: RunContext, params: dict[str, Any], trial: int, value: float,
                            comparison: dict[str, Any], path: Path | None = None) -> Path:
     """training_config.yaml with the best trial's values, comments kept where the keys exist."""
-    from mlflow_core.workflow.scaffold import write_config_variant
 
     values = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in params.items())
     header = (f"# Written by `wf phase optimization` on {date.today()}, run {ctx.run_id}:\n"

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from mlflow_core.training.data import DataBundle, target_reader
+from mlflow_core.errors import UserInputError
+from mlflow_core.training.augment import with_augmentation
+from mlflow_core.training.data import DataBundle, build_data, target_reader
 
 
 def pooled(bundle: DataBundle) -> Dataset:
@@ -35,7 +37,6 @@ def kfold_indices(n: int, folds: int, seed: int, labels: list[int] | None = None
     """The validation indices of each fold: disjoint, covering 0..n−1, sizes within one of each
     other (within a class, when stratified by `labels`)."""
     if folds > n:
-        from mlflow_core.errors import UserInputError
         raise UserInputError(f"finalization.folds {folds} is more than the {n} samples to split.")
     generator = torch.Generator().manual_seed(seed)
     groups = [list(range(n))] if labels is None else [
@@ -72,7 +73,6 @@ def split_folds(cfg: Any, project_root: Path, folds: int) -> tuple[DataBundle, D
     """The project's data unaugmented, its pooled train and val samples, whether the folds are
     stratified, and each fold's validation indices. Kept for the process: the ranks of a
     data-parallel run, and the members of one finalization, split once."""
-    from mlflow_core.training.data import build_data
 
     key = (json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True), cfg.task, str(project_root), folds)
     if key not in _SPLITS:
@@ -86,7 +86,6 @@ def split_folds(cfg: Any, project_root: Path, folds: int) -> tuple[DataBundle, D
 
 def fold_data(cfg: Any, project_root: Path, folds: int, fold: int) -> DataBundle:
     """Fold `fold` of `folds`, augmented as configured: the same on every rank (each builds it)."""
-    from mlflow_core.training.augment import with_augmentation
 
     raw, samples, _, validation = split_folds(cfg, project_root, folds)
     return with_augmentation(fold_bundle(raw, samples, validation[fold]), cfg.augmentation)

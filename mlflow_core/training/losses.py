@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.errors import UserInputError
 
 
 class FocalLoss(nn.Module):
@@ -65,7 +66,6 @@ def build_loss(cfg: WorkflowConfig, num_classes: int) -> nn.Module:
     spec = cfg.training.loss
     weight = torch.tensor(spec.class_weights, dtype=torch.float32) if spec.class_weights else None
     if weight is not None and len(weight) != num_classes:
-        from mlflow_core.errors import UserInputError
         raise UserInputError(f"training.loss.class_weights has {len(weight)} weights and the data has "
                              f"{num_classes} classes.")
     if spec.name == "cross_entropy":

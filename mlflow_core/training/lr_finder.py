@@ -19,6 +19,7 @@ from torch import nn
 from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.training.data import DataBundle, make_loader
 from mlflow_core.training.models import build_model
+from mlflow_core.training.optim import build_optimizer, resolve_device
 from mlflow_core.training.seeding import seed_everything
 
 SKIP_START_FRACTION = 0.1  # the first points of the sweep are too noisy to rank
@@ -29,7 +30,6 @@ def lr_range_test(cfg: WorkflowConfig, project_root: Path, data: DataBundle, *, 
                   diverge_factor: float = 4.0, device: torch.device | None = None) -> dict[str, Any]:
     if not (0 < start_lr < end_lr) or steps < 10:
         raise ValueError("lr_range_test needs 0 < start_lr < end_lr and at least 10 steps")
-    from mlflow_core.training.optim import build_optimizer, resolve_device
 
     device = device or resolve_device(cfg.training.device)
     seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)

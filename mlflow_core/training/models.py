@@ -11,6 +11,7 @@ from torch import nn
 
 from mlflow_core.config.schema import ModelSection
 from mlflow_core.errors import UserInputError
+from mlflow_core.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from mlflow_core.training.data import import_target
 
 
@@ -94,7 +95,6 @@ def count_parameters(model: nn.Module) -> int:
 def load_initial_weights(model: nn.Module, path: Path, shown: str) -> dict[str, Any]:
     """Fine-tuning: copy every tensor of `path` (a wf checkpoint or a plain state dict) whose name and
     shape fit `model`; the rest of the model keeps its fresh initialisation (a new classifier, say)."""
-    from mlflow_core.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 
     if not path.is_file():
         raise UserInputError(f"model.init_from: {shown} does not exist.")

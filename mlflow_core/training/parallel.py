@@ -21,6 +21,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mlflow_core.errors import UserInputError
+from mlflow_core.training.data import DistributedWeightedSampler
+from mlflow_core.training.seeding import seed_everything
 from mlflow_core.world import World
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that died leaves the others waiting at most this long
@@ -164,7 +166,6 @@ class DataParallel(SingleProcess):
         return seed + self.rank
 
     def seed_rank(self, seed: int, deterministic: bool) -> None:
-        from mlflow_core.training.seeding import seed_everything
         seed_everything(self.rank_seed(seed), deterministic)
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
@@ -210,7 +211,6 @@ class DataParallel(SingleProcess):
     def train_sampler(self, dataset: Dataset, weights: Any, seed: int, generator: torch.Generator) -> Any:
         """The same permutation, or weighted draw, on every rank through seed and set_epoch; each rank its share."""
         if weights is not None:
-            from mlflow_core.training.data import DistributedWeightedSampler
             return DistributedWeightedSampler(weights, self.world_size, self.rank, seed)
         from torch.utils.data import DistributedSampler
         return DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed)

@@ -26,6 +26,7 @@ from mlflow_core.training.callbacks.interruption import Interruption
 from mlflow_core.training.callbacks.mixing import Mixing
 from mlflow_core.training.callbacks.monitor import Monitor
 from mlflow_core.training.data import DataBundle, balanced_sample_weights, build_data, make_loader
+from mlflow_core.training.evaluation import iou_per_class, macro_f1, matthews_corrcoef
 from mlflow_core.training.fit_state import FitState
 from mlflow_core.training.losses import build_loss
 from mlflow_core.training.models import build_model, count_parameters, freeze_parameters, load_initial_weights
@@ -321,7 +322,6 @@ class Trainer:
         macro F1, Matthews' correlation, and for segmentation the classes' mean IoU, all from one pass that
         accumulates a confusion matrix on the device."""
         loss, confusion = self._validation_pass(model or self.model)
-        from mlflow_core.training.evaluation import iou_per_class, macro_f1, matthews_corrcoef
 
         c = confusion.double().cpu()
         figures = {"val_loss": finite_or_str(loss), "val_accuracy": round(float(c.diagonal().sum() / c.sum()), 6),

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow_core.config.loader import load_config
 from mlflow_core.errors import ConfigError
+from mlflow_core.workflow.datafiles import stat_cache
 from mlflow_core.workflow.evidence import Evidence, file_sha256
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import ProjectState
@@ -70,7 +72,6 @@ def _config_valid(ctx: CheckContext) -> CheckResult:
         return CheckResult(False, f"{path.name} cannot be read ({exc.strerror})")
     if recorded == current:  # the very bytes setup validated: no need to build the schema again
         return CheckResult(True, f"valid; sha256 {recorded[:12]} verified by setup")
-    from mlflow_core.config.loader import load_config
 
     try:
         load_config(path)
@@ -164,7 +165,6 @@ def _best_ckpt(ctx: CheckContext) -> CheckResult:
     # checkpoints are git-ignored: where the file is (the machine that trained), it must be the one
     # recorded; where it is not (a CI checkout), its recorded checksum is what there is to show
     if path.is_file():
-        from mlflow_core.workflow.datafiles import stat_cache
 
         cache = stat_cache(ctx.project.root, "files")
         digest = cache.sha256(path)

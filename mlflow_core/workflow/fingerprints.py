@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mlflow_core.config.loader import CONFIG_FILENAME, load_config
 from mlflow_core.errors import ConfigError, UserInputError
 from mlflow_core.workflow import datafiles
 
@@ -231,7 +232,6 @@ class Current:
     @property
     def cfg(self) -> Any:
         if self._cfg is None and self._cfg_error is None:
-            from mlflow_core.config.loader import CONFIG_FILENAME, load_config
 
             try:
                 self._cfg = load_config(self.root / CONFIG_FILENAME)

@@ -11,6 +11,7 @@ import numpy as np
 
 from mlflow_core.atomic import atomic_write_bytes, atomic_write_text
 from mlflow_core.config.loader import CONFIG_FILENAME, load_config_text
+from mlflow_core.config.schema import set_dotted
 from mlflow_core.content import packaged_root
 from mlflow_core.errors import UserInputError
 from mlflow_core.workflow.project import WF_DIR, Project
@@ -78,7 +79,6 @@ def write_config_variant(project: Project, changes: dict[str, Any], header: str,
 
     import yaml
 
-    from mlflow_core.config.schema import set_dotted
 
     original = project.config_path.read_text(encoding="utf-8")
     text = original
