@@ -205,5 +205,7 @@ def load_run_metrics(path: Path) -> RunMetrics:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        phase = raw.get("phase") if isinstance(raw, dict) else None
+        again = f"`wf phase {phase}`" if isinstance(phase, str) and phase.isidentifier() else "the phase"
         raise UserInputError(f"{path}: field {where}: {first['msg']} (the trainer writes this file; was it edited?)",
-                             hint="Run the phase again to write it anew.") from None
+                             hint=f"Run {again} again to write it anew.") from None
