@@ -1,5 +1,6 @@
-"""Phase runners: the torch side of each phase. The engine (workflow/engine.py) imports them lazily,
-so that commands which do not train never import torch."""
+"""Phase runners: the torch side of each phase, one module per phase, found through the phase
+registry (workflow/phases.py) only when the phase runs, so that commands which do not train never
+import torch. This package itself stays torch-free: the engine imports it at start-up."""
 
 from __future__ import annotations
 
