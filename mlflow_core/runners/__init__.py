@@ -126,6 +126,7 @@ def _load_finished(cfg: WorkflowConfig, ctx: RunContext, run_dir: Path, metrics:
     from mlflow_core.training.checkpoint import load_checkpoint
     from mlflow_core.training.data import build_data
     from mlflow_core.training.models import build_model
+    from mlflow_core.training.optim import resolve_device
     from mlflow_core.training.trainer import TrainResult
 
     last = (metrics.get("checkpoints") or {}).get("last")
@@ -134,8 +135,6 @@ def _load_finished(cfg: WorkflowConfig, ctx: RunContext, run_dir: Path, metrics:
     data = data or build_data(cfg, ctx.project.root)
     model = build_model(cfg.model, data.num_classes, data.input_shape, ctx.project.root)
     model.load_state_dict(load_checkpoint(run_dir / last["path"])["model"])
-    # torch: the engine imports this package, and `wf status` the engine
-    from mlflow_core.training.trainer import resolve_device
     model.to(resolve_device(cfg.training.device))
     ctx.on_message(f"{ctx.project.relative(run_dir)}: finished before the interruption; reused")
     return TrainResult(metrics["status"], metrics, model, run_dir, metrics.get("anomalies") or [])
@@ -145,8 +144,8 @@ def run_runner(phase: str, ctx: RunContext) -> RunOutput:
     """Run `phase`'s runner, first saying what precision its training will use when that is not
     simply the configured one (a CPU that only emulates fp16/bf16; see training/precision.py)."""
     # torch: the engine imports this package, and `wf status` the engine
+    from mlflow_core.training.optim import resolve_device
     from mlflow_core.training.precision import plan_precision
-    from mlflow_core.training.trainer import resolve_device
 
     cfg = ctx.cfg
     plan = plan_precision(cfg.training.precision, resolve_device(cfg.training.device).type,

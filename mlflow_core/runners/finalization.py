@@ -29,7 +29,7 @@ from mlflow_core.training.data import DataBundle, build_data
 from mlflow_core.training.evaluation import classification_metrics, predict_with_tta, segmentation_metrics
 from mlflow_core.training.folds import ensemble_log_probabilities, fold_data, split_folds
 from mlflow_core.training.models import build_model
-from mlflow_core.training.trainer import resolve_device
+from mlflow_core.training.optim import resolve_device
 from mlflow_core.workflow.evidence import file_sha256
 from mlflow_core.workflow.state import load_state
 

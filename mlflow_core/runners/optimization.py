@@ -213,6 +213,11 @@ def _lr_range_test(ctx: RunContext, data: Any) -> dict[str, Any]:
     return {k: sweep[k] for k in ("lrs", "smoothed", "suggested_lr", "rule", "stop_reason", "min_loss_lr")}
 
 
+def searches_data(cfg: WorkflowConfig) -> bool:
+    """Whether the search space changes the data section: then each run builds its own data."""
+    return any(key.startswith("data.") for key in cfg.optimization.search_space)
+
+
 class TrialObjective:
     """One Optuna trial: a run of the shared trainer with the trial's values, reporting each epoch's
     validation metric to the pruner. An interrupted trial is recorded as failed (Optuna's only way to
@@ -220,7 +225,7 @@ class TrialObjective:
 
     def __init__(self, optuna: Any, ctx: RunContext, study: Any, data: Any, trial_epochs: int):
         self.optuna, self.ctx, self.study, self.data, self.trial_epochs = optuna, ctx, study, data, trial_epochs
-        self.rebuild = any(key.startswith("data.") for key in ctx.cfg.optimization.search_space)
+        self.rebuild = searches_data(ctx.cfg)
 
     def __call__(self, trial: Any) -> float:
         ctx, study = self.ctx, self.study
@@ -278,7 +283,7 @@ def _compare_over_seeds(ctx: RunContext, params: dict[str, Any], data: Any) -> d
     """The baseline config and the best trial's, each trained with `optimization.seeds` seeds, compared
     by a one-sided Welch t-test on the best validation metric."""
     cfg, opt = ctx.cfg, ctx.cfg.optimization
-    rebuild = any(key.startswith("data.") for key in opt.search_space)
+    rebuild = searches_data(cfg)
     seeds = [cfg.reproducibility.seed + i for i in range(opt.seeds)]
     runs: dict[str, list[float]] = {"baseline": [], "optimized": []}
     for label, changes in (("baseline", {}), ("optimized", params)):

@@ -15,8 +15,9 @@ from mlflow_core.runners import RunContext, RunOutput
 from mlflow_core.training.data import build_data
 from mlflow_core.training.data_checks import check_data, dataset_digests
 from mlflow_core.training.models import build_model, count_parameters
+from mlflow_core.training.optim import resolve_device
 from mlflow_core.training.seeding import SEEDED, seed_everything
-from mlflow_core.training.trainer import Trainer, resolve_device
+from mlflow_core.training.trainer import Trainer
 from mlflow_core.workflow.state import now_iso
 
 

@@ -45,7 +45,7 @@ from mlflow_core.training.step import EpochTally, OptimizerStep
 from mlflow_core.training.tracking import require_tensorboard
 from mlflow_core.world import World
 
-__all__ = ["TIME_LIMIT", "ProgressEvent", "TrainResult", "Trainer", "recorded_trainer", "resolve_device"]
+__all__ = ["TIME_LIMIT", "ProgressEvent", "TrainResult", "Trainer", "recorded_trainer"]
 logging.getLogger("wf").addHandler(logging.NullHandler())
 
 
