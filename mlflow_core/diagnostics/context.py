@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow_core.config.loader import load_config
 from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.diagnostics.base import Diagnosis
+from mlflow_core.workflow.facts import DataCheck
 
 if TYPE_CHECKING:
     from mlflow_core.workflow.state import RunRecord
@@ -24,7 +25,7 @@ class DiagnoseContext:
     run: RunRecord
     run_dir: Path
     metrics: dict[str, Any]
-    setup_facts: dict[str, Any]  # .wf/evidence/setup.json facts ({} if setup never ran)
+    setup_data: DataCheck | None  # setup's data facts (.wf/evidence/setup.json); None if setup never ran
     detectors: dict[str, Callable[[DiagnoseContext], Diagnosis]] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)  # probes and results shared by detectors
     say: Callable[[str], None] = field(default=lambda _m: None)  # progress messages for the person waiting
@@ -74,15 +75,15 @@ class DiagnoseContext:
         return [v for v in losses if math.isfinite(v)] if finite else losses
 
 
-def needs_setup_data(detector: Callable[[DiagnoseContext, dict[str, Any]], Diagnosis]
+def needs_setup_data(detector: Callable[[DiagnoseContext, DataCheck], Diagnosis]
                      ) -> Callable[[DiagnoseContext], Diagnosis]:
     """For detectors that read setup's data facts: without them, no finding and what to run."""
     name = detector.__name__
 
     @functools.wraps(detector)
     def wrapped(ctx: DiagnoseContext) -> Diagnosis:
-        data = ctx.setup_facts.get("data")
-        if not (isinstance(data, dict) and "train_size" in data):
+        data = ctx.setup_data
+        if data is None:
             return Diagnosis(name, ctx.run.run_id, [], probes={
                 "note": "no data facts recorded: run `wf phase setup`, which scans the data, then diagnose again"})
         return detector(ctx, data)

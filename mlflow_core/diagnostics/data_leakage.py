@@ -3,15 +3,14 @@ Playbook and thresholds: diagnostics/data_leakage.md."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
 from mlflow_core.diagnostics.context import DiagnoseContext, needs_setup_data
+from mlflow_core.workflow.facts import DataCheck
 
 
 @needs_setup_data
-def data_leakage(ctx: DiagnoseContext, data: dict[str, Any]) -> Diagnosis:
-    overlap, val = data.get("overlap_train_val", 0), max(data.get("val_size", 0), 1)
+def data_leakage(ctx: DiagnoseContext, data: DataCheck) -> Diagnosis:
+    overlap, val = data.overlap_train_val, max(data.val_size, 1)
     findings = []
     if overlap:
         share = overlap / val
@@ -22,7 +21,7 @@ def data_leakage(ctx: DiagnoseContext, data: dict[str, Any]) -> Diagnosis:
             "optimistic while they overlap.",
             f"{overlap} validation samples ({share:.1%}) are byte-identical to training samples"))
     return Diagnosis("data_leakage", ctx.run.run_id, findings,
-                     probes={"overlap_train_val": overlap, "scanned": data.get("scanned")})
+                     probes={"overlap_train_val": overlap, "scanned": data.scanned})
 
 
 DIAGNOSTIC = Diagnostic("data_leakage", "validation samples identical to training samples", data_leakage)

@@ -13,6 +13,7 @@ from mlflow_core.diagnostics.registry import REGISTRY
 from mlflow_core.errors import UserInputError
 from mlflow_core.reports.diagnosis import read_run_metrics, write_diagnosis_report
 from mlflow_core.workflow.evidence import read_evidence
+from mlflow_core.workflow.facts import DataCheck
 from mlflow_core.workflow.project import Project, safe_name
 from mlflow_core.workflow.scaffold import write_config_variant
 from mlflow_core.workflow.state import RunRecord, load_state, project_lock, save_state
@@ -60,7 +61,7 @@ def run_diagnosis(project: Project, name: str, run: RunRecord, fix: bool = False
     say = on_message or (lambda _m: None)
     _check_name(name)
     run_dir = project.inside(run.dir)
-    ctx = DiagnoseContext(project.root, run, run_dir, read_run_metrics(run_dir), _setup_facts(project),
+    ctx = DiagnoseContext(project.root, run, run_dir, read_run_metrics(run_dir), _setup_data(project),
                           {n: d.detect for n, d in REGISTRY.items()}, say=say)
     if name == "auto":
         diagnosis = _diagnose_auto(project, ctx, fix)
@@ -79,9 +80,9 @@ def _check_name(name: str) -> None:
                              hint="`wf diagnose auto` runs them all.")
 
 
-def _setup_facts(project: Project) -> dict[str, Any]:
+def _setup_data(project: Project) -> DataCheck | None:
     evidence = read_evidence(project, "setup")
-    return evidence.facts if evidence is not None and evidence.intact else {}
+    return evidence.facts.data if evidence is not None and evidence.intact else None
 
 
 def _diagnose_auto(project: Project, ctx: DiagnoseContext, fix: bool) -> Diagnosis:

@@ -9,13 +9,14 @@ from typing import Any
 
 from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding, TrialPlan
 from mlflow_core.diagnostics.context import DiagnoseContext, needs_setup_data
+from mlflow_core.workflow.facts import DataCheck
 
 INPUT_ABS_LIMIT, INPUT_SPAN_LIMIT = 10.0, 20.0  # normalised inputs sit within about ±10
 
 
 @needs_setup_data
-def input_scaling(ctx: DiagnoseContext, data: dict[str, Any]) -> Diagnosis:
-    lo, hi = data.get("input_min"), data.get("input_max")
+def input_scaling(ctx: DiagnoseContext, data: DataCheck) -> Diagnosis:
+    lo, hi = data.input_min, data.input_max
     findings = []
     if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and math.isfinite(lo) and math.isfinite(hi):
         span, peak = hi - lo, max(abs(lo), abs(hi))

@@ -31,11 +31,12 @@ from mlflow_core.errors import (
 from mlflow_core.orchestration.launch import leading
 from mlflow_core.orchestration.slurm import requeue_job, slurm_job_id
 from mlflow_core.reports.phase_reports import render_phase_report
-from mlflow_core.runners import RunContext, run_runner
+from mlflow_core.runners import Interruption, RunContext, run_runner
 from mlflow_core.workflow import fingerprints
 from mlflow_core.workflow.checklist import set_marks
 from mlflow_core.workflow.checks import CheckContext, run_check
 from mlflow_core.workflow.evidence import archived_evidence_path, read_evidence, write_evidence
+from mlflow_core.workflow.facts import DiagnosticsFacts, FileRef, Fingerprints, OptimizationFacts, PhaseFacts
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate, load_checklist
 from mlflow_core.workflow.phases import (
     DECISIONS,
@@ -214,7 +215,8 @@ def _fingerprints(project: Project, state: ProjectState, phase: str, cfg: Any,
     reference = None
     for earlier in reversed(state.path()):
         evidence = read_evidence(project, earlier)
-        data = ((evidence.facts.get("fingerprints") or {}).get("data") or {}) if evidence and evidence.intact else {}
+        fps = evidence.facts.fingerprints if evidence and evidence.intact else None
+        data = (fps.data if fps else None) or {}
         if data.get("manifest"):
             reference = data["manifest"]
             break
@@ -307,15 +309,16 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     # the run the gate judges stays the last one that ran to its end
     if output.partial or output.status == "interrupted":
         run.status, run.finished_at, run.passed = "interrupted", now_iso(), False
-        run.summary["resume"] = output.facts.get("resume")
+        stop = output.interruption or Interruption(None, None)
+        run.summary["resume"] = stop.resume
         state.record("phase_finished", phase=phase, run_id=run_id, status=run.status)
         save_state(project, state)
-        raise _stopped_by_signal(project, state, phase, run_id, output.facts)
+        raise _stopped_by_signal(project, state, phase, run_id, stop)
 
     # -- evidence, report, criteria ---------------------------------------------------------------
     for event, data in output.events:
         state.record(event, **data)
-    output.facts["fingerprints"] = {**verified, "approves": _approved_configs(project, phase, output.facts)}
+    output.facts.fingerprints = Fingerprints(**verified, approves=_approved_configs(project, phase, output.facts))
     result = _record_outcome(project, state, definition, run, output.facts, cfg.project.name, output.status)
     result.notes = output.notes
     save_state(project, state)
@@ -323,12 +326,15 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     return result
 
 
-def _approved_configs(project: Project, phase: str, facts: dict[str, Any]) -> list[dict[str, Any]]:
+def _approved_configs(project: Project, phase: str, facts: PhaseFacts) -> list[dict[str, Any]]:
     """Configs a gate approves besides the one its phase ran: optimization's optimized config, the
     fix that diagnostics verified by trial runs. Training one of them next does not re-open the
     gates before (the drift check in gates.py)."""
-    path = (facts.get("optimized_config") or {}).get("path") if phase == "optimization" else (
-        facts.get("suggested_config") if phase == "diagnostics" and facts.get("verified_fix") else None)
+    path = None
+    if isinstance(facts, OptimizationFacts) and facts.optimized_config:
+        path = facts.optimized_config.path
+    elif isinstance(facts, DiagnosticsFacts) and facts.verified_fix:
+        path = facts.suggested_config
     if not path or not (project.root / path).is_file():
         return []
     try:
@@ -347,7 +353,7 @@ def _resume_command(phase: str) -> str:
 
 
 def _stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id: str,
-                       facts: dict[str, Any]) -> RunInterruptedError:
+                       stop: Interruption) -> RunInterruptedError:
     """The error a signal-stopped run exits with (130 SIGINT, 143 SIGTERM, 138 SIGUSR1; 124 for
     --time-limit). SIGUSR1 is SLURM's warning before preemption: with everything saved, the job is
     requeued, and its script runs again with `--resume`."""
@@ -355,8 +361,8 @@ def _stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id
 
     from mlflow_core.training.trainer import TIME_LIMIT  # torch is loaded: a run just trained
 
-    signum = facts.get("interrupted_by")
-    resume = facts.get("resume") or {}
+    signum = stop.signum
+    resume = stop.resume or {}
     within = f" of {resume['run_dir']}" if resume.get("run_dir") else ""
     cause = "at its time limit" if signum == TIME_LIMIT else "on a signal"
     saved = (f"{phase} stopped {cause}; run {run_id} is recorded as interrupted and saved at step "
@@ -383,25 +389,26 @@ def _stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id
 
 
 def _record_outcome(project: Project, state: ProjectState, definition: PhaseDefinition, run: RunRecord,
-                    facts: dict[str, Any], project_name: str, status: str,
+                    facts: PhaseFacts, project_name: str, status: str,
                     event: str = "phase_finished") -> PhaseResult:
 
     phase = definition.name
-    facts.pop("report", None)
+    facts.report = None
     run.summary["evidence_sha256"] = write_evidence(project, phase, run.run_id, facts)
     criteria = evaluate_criteria(project, state, definition)
     report_name = f"reports/{definition.report}"
     shown = [dict(c, passed=True, detail=f"{report_name} (this report)") if c["check"] == "report_generated" else c
              for c in criteria]
     report, rec = render_phase_report(project, state, definition, run.run_id, facts, shown, project_name)
-    facts["report"] = report
+    facts.report = FileRef(**report)
     run.summary["evidence_sha256"] = write_evidence(project, phase, run.run_id, facts)
     criteria = evaluate_criteria(project, state, definition)
     passed = all(c["passed"] for c in criteria) and status in ("completed", "early_stopped")
     run.status = status if passed or status != "completed" else "failed_criteria"
     run.finished_at = run.finished_at or now_iso()
     run.passed = passed
-    run.summary.update({k: facts.get(k) for k in ("best", "epochs_completed", "duration_s") if k in facts})
+    shown_facts = facts.to_json()
+    run.summary.update({k: shown_facts[k] for k in ("best", "epochs_completed", "duration_s") if k in shown_facts})
     run.summary["report"] = report["path"]
     state.record(event, phase=phase, run_id=run.run_id, status=run.status, passed=passed)
     return PhaseResult(phase, run.run_id, run.status, passed, criteria, report["path"], rec)
@@ -426,15 +433,15 @@ def rerender_report(project: Project, phase: str) -> PhaseResult:
         if evidence is None:
             raise UserInputError(f"{phase} has recorded no run yet; run `wf phase {phase}` first.")
         if not evidence.intact:
-            raise UserInputError(f".wf/evidence/{phase}.json was edited after it was recorded; "
+            raise UserInputError(f".wf/evidence/{phase}.json {evidence.why_not_intact()}; "
                                  f"run `wf phase {phase}` again.")
         run = state.run(evidence.run_id or "")
         if run is None:
             raise UserInputError(f"run {evidence.run_id} of {phase} is not in .wf/state.json; "
                                  f"run `wf phase {phase}` again.")
         name = load_config(project.config_path).project.name
-        result = _record_outcome(project, state, definition, run, dict(evidence.facts), name,
-                                 evidence.facts.get("status", run.status), event="report_rendered")
+        result = _record_outcome(project, state, definition, run, evidence.facts, name,
+                                 getattr(evidence.facts, "status", run.status), event="report_rendered")
         save_state(project, state)
         _sync_auto_marks(project, state, phase)
         return result
@@ -487,12 +494,13 @@ def select_run(project: Project, ref: str) -> RunRecord:
                                  f"{project.relative(archived_evidence_path(project, run.run_id))} (wf keeps a copy "
                                  "per run since this version).", hint=f"Run `wf phase {run.phase}` again.")
         if not archived.intact:
-            raise UserInputError(f"{project.relative(archived_evidence_path(project, run.run_id))} was edited after "
-                                 "it was recorded; it cannot be selected.", hint=f"Run `wf phase {run.phase}` again.")
+            raise UserInputError(f"{project.relative(archived_evidence_path(project, run.run_id))} "
+                                 f"{archived.why_not_intact()}; it cannot be selected.",
+                                 hint=f"Run `wf phase {run.phase}` again.")
         state.record("run_selected", phase=run.phase, run_id=run.run_id, by=who())
         name = load_config(project.config_path).project.name
-        _record_outcome(project, state, load_phase(run.phase, project.root), run, dict(archived.facts), name,
-                        archived.facts.get("status", run.status), event="report_rendered")
+        _record_outcome(project, state, load_phase(run.phase, project.root), run, archived.facts, name,
+                        getattr(archived.facts, "status", run.status), event="report_rendered")
         save_state(project, state)
         _sync_auto_marks(project, state, run.phase)
         return run

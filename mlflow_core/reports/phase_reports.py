@@ -12,6 +12,7 @@ from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.reports.diagnosis import write_diagnosis_report
 from mlflow_core.reports.plots import confusion_figure, learning_curves, optimization_figures
 from mlflow_core.reports.render import write_report
+from mlflow_core.workflow.facts import FinalizationFacts, PhaseFacts
 from mlflow_core.workflow.gates import selected_by
 from mlflow_core.workflow.phases import PHASES, PhaseDefinition
 from mlflow_core.workflow.project import Project
@@ -27,7 +28,7 @@ class ReportInput:
     state: ProjectState
     definition: PhaseDefinition
     run_id: str
-    facts: dict[str, Any]
+    facts: Any  # the phase's PhaseFacts model (workflow/facts.py)
     criteria: list[dict[str, Any]]
     project_name: str
     overrides: list[dict[str, Any]]
@@ -35,7 +36,7 @@ class ReportInput:
 
 
 def render_phase_report(project: Project, state: ProjectState, definition: PhaseDefinition, run_id: str,
-                        facts: dict[str, Any], criteria: list[dict[str, Any]], project_name: str,
+                        facts: PhaseFacts, criteria: list[dict[str, Any]], project_name: str,
                         ) -> tuple[dict[str, str], Recommendation | None]:
     """The phase's report, by its renderer in the phase registry (workflow/phases.py)."""
     given = ReportInput(project, state, definition, run_id, facts, criteria, project_name,
@@ -49,21 +50,21 @@ def render_setup(r: ReportInput) -> tuple[dict[str, str], None]:
     next_step = ("Tick the manual items of `checklists/reproducibility.md` (`wf checklist show "
                  "reproducibility`), then run `wf phase baseline`." if ok else
                  "Fix the ❌ items above and run `wf phase setup` again.")
-    context = {"project_name": r.project_name, "run_id": r.run_id, "recorded_at": now_iso(), "facts": r.facts,
+    context = {"project_name": r.project_name, "run_id": r.run_id, "recorded_at": now_iso(), "facts": r.facts.to_json(),
                "criteria": r.criteria, "overrides": r.overrides, "next_step": next_step, "record": r.record}
     return write_report(r.project, r.definition.report, "setup_report.md.j2", context), None
 
 
 def render_diagnostics(r: ReportInput) -> tuple[dict[str, str], None]:
 
-    run = r.state.run(r.facts["diagnosed_run"])
-    return write_diagnosis_report(r.project, r.facts["diagnosis"], r.project.inside(run.dir)), None
+    run = r.state.run(r.facts.diagnosed_run)
+    return write_diagnosis_report(r.project, r.facts.to_json()["diagnosis"], r.project.inside(run.dir)), None
 
 
 def render_optimization(r: ReportInput) -> tuple[dict[str, str], None]:
 
     figures, note = optimization_figures(r.facts, r.project.reports_dir / "figures")
-    context = {"project_name": r.project_name, "run_id": r.run_id, "f": r.facts, "criteria": r.criteria,
+    context = {"project_name": r.project_name, "run_id": r.run_id, "f": r.facts.to_json(), "criteria": r.criteria,
                "figures": figures, "figures_note": note, "overrides": r.overrides, "record": r.record,
                "configured_lr": load_config(r.project.config_path).training.learning_rate}
     return write_report(r.project, r.definition.report, "optimization_results.md.j2", context), None
@@ -78,7 +79,7 @@ def render_finalization(r: ReportInput) -> tuple[dict[str, str], None]:
 def render_training(r: ReportInput) -> tuple[dict[str, str], Recommendation]:
     """A training phase's results (the baseline's): criteria, learning curves, checkpoints and the
     recommended next step."""
-    metrics = load_run_metrics(r.project.root / r.facts["metrics"]["path"]).to_json()
+    metrics = load_run_metrics(r.project.root / r.facts.metrics.path).to_json()
     rec = recommend(metrics, r.criteria, r.definition.playbooks)
     figures, note = learning_curves(metrics, r.project.reports_dir / "figures", r.definition.name)
     checkpoints = [(n, metrics["checkpoints"][n]) for n in ("best", "last") if metrics["checkpoints"].get(n)]
@@ -92,8 +93,8 @@ def render_training(r: ReportInput) -> tuple[dict[str, str], Recommendation]:
                 "playbook_link": f"../{rec.playbook}" if rec.playbook else None}
     context = {"project_name": r.project_name, "m": metrics, "criteria": r.criteria, "rec": rec_view,
                "last": epochs[-1] if epochs else None, "figures": figures, "figures_note": note,
-               "checkpoints": checkpoints, "run_dir": r.facts["run_dir"], "overrides": r.overrides,
-               "record": r.record, "data_wait": r.facts.get("data_wait_fraction")}
+               "checkpoints": checkpoints, "run_dir": r.facts.run_dir, "overrides": r.overrides,
+               "record": r.record, "data_wait": r.facts.data_wait_fraction}
     return write_report(r.project, r.definition.report, "baseline_results.md.j2", context), rec
 
 
@@ -113,34 +114,34 @@ def class_namer(names: list[str] | None) -> Any:
     return (lambda i: f"{names[int(i)]} ({i})" if 0 <= int(i) < len(names) else str(i)) if names else str
 
 
-def _final_context(project: Project, state: ProjectState, run_id: str, facts: dict[str, Any],
+def _final_context(project: Project, state: ProjectState, run_id: str, facts: FinalizationFacts,
                    criteria: list[dict[str, Any]], project_name: str, overrides: list[dict[str, Any]]) -> dict[str, Any]:
 
-    cfg = WorkflowConfig.model_validate(facts["config"])  # the config the final runs trained
-    evaluated = [r for r in facts.get("seeds", []) if "test" in r]
-    first = evaluated[0] if evaluated else None
-    names = (facts.get("data") or {}).get("class_names")
+    cfg = WorkflowConfig.model_validate(facts.config)  # the config the final runs trained
+    evaluated = facts.evaluated()
+    first = evaluated[0].model_dump(mode="json", exclude_unset=True) if evaluated else None
+    names = facts.data.class_names
     figures = [confusion_figure(first["test"]["confusion"], project.reports_dir / "figures", names)] if first else []
     env_path = project.reports_dir / "environment.json"
     env = json.loads(env_path.read_text(encoding="utf-8")) if env_path.is_file() else {}
     decisions = [e.model_dump(mode="json") for e in state.history if e.event == "decision"]
-    return {"project_name": project_name, "run_id": run_id, "f": facts, "criteria": criteria, "cfg": cfg,
+    return {"project_name": project_name, "run_id": run_id, "f": facts.to_json(), "criteria": criteria, "cfg": cfg,
             "first": first, "figures": [f for f in figures if f], "env": env,
             "runs": [r for r in state.runs if r.finished_at], "decisions": decisions, "overrides": overrides,
             "limitations": limitations(facts, first), "class_name": class_namer(names)}
 
 
-def limitations(facts: dict[str, Any], first: dict[str, Any] | None) -> list[str]:
+def limitations(facts: FinalizationFacts, first: dict[str, Any] | None) -> list[str]:
     """What a reader of the model card must know, derived from the evidence."""
     out = []
-    seeds = len([r for r in facts.get("seeds", []) if "test" in r])
-    if seeds < 2:
+    if len(facts.evaluated()) < 2:
         out.append("One seed only: the spread of the test metrics over seeds is unknown "
                    "(finalization.seeds ≥ 3 measures it).")
-    samples = (facts.get("test_split") or {}).get("samples", 0)
+    samples = facts.test_split.samples
     if samples and samples < 1000:
-        acc = ((facts.get("summary") or {}).get("accuracy") or {}).get("mean")
-        if acc is not None:
+        accuracy = (facts.summary or {}).get("accuracy")
+        if accuracy is not None:
+            acc = accuracy.mean
             half = 1.96 * (acc * (1 - acc) / samples) ** 0.5
             out.append(f"The test split has {samples} samples: the accuracy's 95 % binomial interval is about "
                        f"±{half:.3f}.")
@@ -152,9 +153,9 @@ def limitations(facts: dict[str, Any], first: dict[str, Any] | None) -> list[str
         if first["test"].get("ece", 0) > 0.05:
             out.append(f"Calibration: expected calibration error {first['test']['ece']:.3f}; confidences are not "
                        "probabilities to rely on without recalibration (e.g. temperature scaling).")
-    if (facts.get("test_split") or {}).get("evaluated_before_by"):
+    if facts.test_split.evaluated_before_by:
         out.append("The test split had been evaluated before this run: it no longer measures unseen performance.")
-    if not any(e.get("verified") for e in facts.get("exports", [])):
+    if not any(e.verified for e in facts.exports):
         out.append("No export could be verified.")
     out.append("The data's provenance, intended use and out-of-distribution behaviour are for the team to state: "
                "wf only knows what the runs recorded.")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_core.atomic import atomic_write_bytes
+from mlflow_core.workflow.facts import OptimizationFacts
 
 NO_MATPLOTLIB = "matplotlib is not installed (pip install 'wf[train]'); no pictures"
 
@@ -182,17 +183,17 @@ def _dynamics_figures(diagnosis: dict[str, Any], figures_dir: Path, plt: Any) ->
     return out
 
 
-def optimization_figures(facts: dict[str, Any], figures_dir: Path) -> tuple[list[dict[str, str]], str | None]:
+def optimization_figures(facts: OptimizationFacts, figures_dir: Path) -> tuple[list[dict[str, str]], str | None]:
     """The sweep's history (each trial's value and the best so far) and the LR range test."""
     plt = _pyplot()
     if plt is None:
         return [], NO_MATPLOTLIB
     out = []
-    trials = [t for t in facts.get("trials") or [] if t.get("value") is not None]
+    trials = [t for t in facts.trials if t.value is not None]
     if trials:
-        maximize = facts.get("direction") == "maximize"
+        maximize = facts.direction == "maximize"
         fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=100)
-        xs, ys = [t["number"] for t in trials], [t["value"] for t in trials]
+        xs, ys = [t.number for t in trials], [t.value for t in trials]
         ax.plot(xs, ys, "o", label="completed trial")
         best, running = None, []
         for y in ys:
@@ -200,13 +201,14 @@ def optimization_figures(facts: dict[str, Any], figures_dir: Path) -> tuple[list
             running.append(best)
         ax.step(xs, running, where="post", label="best so far")
         ax.set_xlabel("trial")
-        ax.set_ylabel(facts.get("metric", "metric"))
+        ax.set_ylabel(facts.metric)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
         out.append(_save(fig, plt, figures_dir, "optimization_history.png", "Optimization history"))
-    sweep = facts.get("lr_range_test") or {}
-    figure = lr_range_figure(sweep, figures_dir, "optimization_lr_range.png") if sweep.get("lrs") else None
+    sweep = facts.lr_range_test
+    figure = (lr_range_figure(sweep.model_dump(), figures_dir, "optimization_lr_range.png")
+              if sweep and sweep.lrs else None)
     out += [figure] if figure else []
     return out, None if out else "no completed trial to plot"
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow_core.errors import DataError, UserInputError
 from mlflow_core.workflow.evidence import read_evidence
+from mlflow_core.workflow.facts import PhaseFacts
 from mlflow_core.workflow.phases import PHASES
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.records import load_run_metrics
@@ -66,14 +67,23 @@ class RunContext:
 SMOKE_STEPS = 2
 
 
+@dataclass(frozen=True)
+class Interruption:
+    """Why and where a phase's training stopped before its end: the signal (or TIME_LIMIT) and the
+    resume checkpoint (CheckpointRef's JSON form, with the run directory it is in)."""
+    signum: int | None
+    resume: dict[str, Any] | None
+
+
 @dataclass
 class RunOutput:
-    status: str  # completed, early_stopped, failed_nan, failed_checks
-    facts: dict[str, Any]
+    status: str  # completed, early_stopped, failed_nan, failed_checks, interrupted
+    facts: PhaseFacts | None  # the phase's facts model (phases.py); None when interrupted
     metrics: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # recorded in the history
     partial: bool = False  # stopped before the phase had a result: no evidence and no report
+    interruption: Interruption | None = None  # stopped on a signal or at its time limit
 
 
 class SubRunInterrupted(Exception):
@@ -86,8 +96,7 @@ class SubRunInterrupted(Exception):
 
     def output(self, ctx: RunContext) -> RunOutput:
         resume = dict(self.resume or {}, run_dir=ctx.project.relative(self.run_dir))
-        return RunOutput("interrupted", {"run_dir": ctx.project.relative(ctx.run_dir),
-                                         "interrupted_by": self.signum, "resume": resume}, partial=True)
+        return RunOutput("interrupted", None, partial=True, interruption=Interruption(self.signum, resume))
 
 
 FINISHED_RUN_STATUSES = ("completed", "early_stopped", "pruned", "failed_nan")
@@ -166,7 +175,7 @@ def _verify_custom_data(ctx: RunContext) -> None:
     from mlflow_core.training.data_checks import dataset_digests
 
     setup = read_evidence(ctx.project, "setup")
-    recorded = ((setup.facts.get("data") or {}).get("digests") or {}) if setup and setup.intact else {}
+    recorded = (setup.facts.data.digests or {}) if setup and setup.intact else {}
     if not recorded:
         return
     now = dataset_digests(build_data(ctx.cfg, ctx.project.root))

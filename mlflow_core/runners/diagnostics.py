@@ -5,6 +5,7 @@ from __future__ import annotations
 from mlflow_core.diagnostics.engine import run_diagnosis, verified_fix
 from mlflow_core.errors import UserInputError
 from mlflow_core.runners import RunContext, RunOutput
+from mlflow_core.workflow.facts import DiagnosticsFacts
 from mlflow_core.workflow.state import load_state
 
 
@@ -15,6 +16,6 @@ def run_diagnostics(ctx: RunContext) -> RunOutput:
         raise UserInputError("no finished baseline run to diagnose.", hint="Run `wf phase baseline`.")
     ctx.on_message(f"Diagnosing {run.run_id}: every available diagnostic, with fix trials")
     diagnosis = run_diagnosis(ctx.project, "auto", run, fix=True, on_message=ctx.on_message)
-    facts = {"diagnosed_run": run.run_id, "diagnosis": diagnosis.to_json(),
-             "verified_fix": verified_fix(diagnosis), "suggested_config": diagnosis.suggested_config}
+    facts = DiagnosticsFacts(diagnosed_run=run.run_id, diagnosis=diagnosis.to_json(),
+                             verified_fix=verified_fix(diagnosis), suggested_config=diagnosis.suggested_config)
     return RunOutput("completed", facts)

@@ -31,6 +31,7 @@ from mlflow_core.training.folds import ensemble_log_probabilities, fold_data, sp
 from mlflow_core.training.models import build_model
 from mlflow_core.training.optim import resolve_device
 from mlflow_core.workflow.evidence import file_sha256
+from mlflow_core.workflow.facts import FinalizationFacts
 from mlflow_core.workflow.state import load_state
 
 
@@ -101,7 +102,8 @@ def run_finalization(ctx: RunContext) -> RunOutput:
         "optimized_config_matches": _matches_optimized(ctx),
     }
     if not evaluated:
-        return RunOutput("failed_checks", facts, notes=["No final run completed: nothing was evaluated or exported."])
+        return RunOutput("failed_checks", FinalizationFacts.model_validate(facts),
+                         notes=["No final run completed: nothing was evaluated or exported."])
     facts["summary"] = summarize([r["test"] for r in evaluated])
     if fin.tta:
         facts["tta"] = {"views": ["identity", *fin.tta],
@@ -122,7 +124,7 @@ def run_finalization(ctx: RunContext) -> RunOutput:
     facts["exports"] = export_model(model.to(device).eval(), cfg, data, export_dir, batch, fin.export,
                                     fin.export_tolerance, ctx)
     facts["bundle"] = write_bundle(ctx, facts, export_dir)
-    return RunOutput("completed", facts, events=[("test_evaluated", {"run_id": ctx.run_id, "samples": len(data.test),
+    return RunOutput("completed", FinalizationFacts.model_validate(facts), events=[("test_evaluated", {"run_id": ctx.run_id, "samples": len(data.test),
                                                                      "seeds": [r["seed"] for r in evaluated]})])
 
 

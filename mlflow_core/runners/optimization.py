@@ -29,6 +29,7 @@ from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or
 from mlflow_core.training.data import build_data
 from mlflow_core.training.lr_finder import lr_range_test
 from mlflow_core.workflow.evidence import file_sha256
+from mlflow_core.workflow.facts import OptimizationFacts
 from mlflow_core.workflow.scaffold import write_config_variant
 
 
@@ -171,7 +172,8 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     facts["trials"] = trials
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         facts["comparison"] = None
-        return RunOutput("completed", facts, notes=["No trial completed: nothing to compare with the baseline."])
+        return RunOutput("completed", OptimizationFacts.model_validate(facts),
+                         notes=["No trial completed: nothing to compare with the baseline."])
     best = study.best_trial
     facts["best"] = {"trial": best.number, "value": best.value, "params": best.params}
     facts["importance"] = _importance(optuna, study)
@@ -182,7 +184,7 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     path = write_optimized_config(ctx, best.params, best.number, best.value, facts["comparison"],
                                   ctx.run_dir / "optimized_config.yaml" if ctx.smoke else None)
     facts["optimized_config"] = {"path": ctx.project.relative(path), "sha256": file_sha256(path)}
-    return RunOutput("completed", facts)
+    return RunOutput("completed", OptimizationFacts.model_validate(facts))
 
 
 def _open_study(optuna: Any, ctx: RunContext) -> tuple[Any, str]:

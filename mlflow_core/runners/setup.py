@@ -18,6 +18,7 @@ from mlflow_core.training.models import build_model, count_parameters
 from mlflow_core.training.optim import resolve_device
 from mlflow_core.training.seeding import SEEDED, seed_everything
 from mlflow_core.training.trainer import Trainer
+from mlflow_core.workflow.facts import SetupFacts
 from mlflow_core.workflow.state import now_iso
 
 
@@ -28,7 +29,7 @@ def run_setup(ctx: RunContext) -> RunOutput:
     ctx.on_message("Documenting the environment")
     env = capture_environment(project.root, GpuSampler())
     if ctx.smoke:  # a smoke run writes nothing into the project
-        report = {"path": None}
+        report = None
     else:
         atomic_write_json(project.reports_dir / "environment.json", env)
         report = write_report(project, "environment.md", "environment.md.j2",
@@ -54,8 +55,9 @@ def run_setup(ctx: RunContext) -> RunOutput:
     ctx.on_message(f"Verifying reproducibility: {cfg.reproducibility.verify_steps} steps, twice")
     facts["reproducibility"] = _verify_reproducibility(ctx, bundle)
 
-    ok = not facts["data"]["problems"] and facts["model"]["ok"] and facts["reproducibility"]["passed"]
-    return RunOutput("completed" if ok else "failed_checks", facts)
+    checked = SetupFacts.model_validate(facts)
+    ok = not checked.data.problems and checked.model.ok and checked.reproducibility.passed
+    return RunOutput("completed" if ok else "failed_checks", checked)
 
 
 def _check_model(ctx: RunContext, bundle) -> dict[str, Any]:

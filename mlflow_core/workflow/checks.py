@@ -12,6 +12,7 @@ from mlflow_core.config.loader import load_config
 from mlflow_core.errors import ConfigError
 from mlflow_core.workflow.datafiles import stat_cache
 from mlflow_core.workflow.evidence import Evidence, file_sha256
+from mlflow_core.workflow.facts import FileRef
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import ProjectState
 
@@ -30,8 +31,10 @@ class CheckContext:
     evidence: Evidence | None
     params: dict[str, Any] = field(default_factory=dict)
 
-    def facts(self) -> dict[str, Any]:
-        return self.evidence.facts if self.evidence else {}
+    @property
+    def facts(self) -> Any:
+        """The phase's facts model (workflow/facts.py): run_check reads them only when intact."""
+        return self.evidence.facts if self.evidence else None
 
 
 CheckFn = Callable[[CheckContext], CheckResult]
@@ -49,8 +52,8 @@ def run_check(name: str, ctx: CheckContext) -> CheckResult:
     if ctx.evidence is None:
         return CheckResult(False, f"no evidence recorded yet; run `wf phase {ctx.phase}`")
     if not ctx.evidence.intact:
-        return CheckResult(False, f".wf/evidence/{ctx.phase}.json was edited after it was recorded "
-                           f"(its hash does not match); run `wf phase {ctx.phase}` again")
+        return CheckResult(False, f".wf/evidence/{ctx.phase}.json {ctx.evidence.why_not_intact()}; "
+                           f"run `wf phase {ctx.phase}` again")
     run = ctx.state.run(ctx.evidence.run_id) if ctx.evidence.run_id else None
     if run is not None and run.summary.get("evidence_sha256") not in (None, ctx.evidence.sha256):
         return CheckResult(False, f"evidence does not match run {run.run_id} in state.json; "
@@ -65,7 +68,7 @@ def _config_valid(ctx: CheckContext) -> CheckResult:
     """The config validates now. Whether it is still the config the gate verified is the gate's
     fingerprint comparison (gates.py), which knows when a later gate approved another one."""
     path = ctx.project.config_path
-    recorded = ctx.facts().get("config_sha256")
+    recorded = ctx.facts.config_sha256
     try:
         current = file_sha256(path)
     except OSError as exc:
@@ -83,65 +86,56 @@ def _config_valid(ctx: CheckContext) -> CheckResult:
 
 @check("environment_documented")
 def _environment(ctx: CheckContext) -> CheckResult:
-    env = ctx.facts().get("environment") or {}
-    return _artifact_present(ctx, env.get("report"), "environment report")
+    return _artifact_present(ctx, ctx.facts.environment.report, "environment report")
 
 
 @check("seeds_fixed")
 def _seeds(ctx: CheckContext) -> CheckResult:
-    seeds = ctx.facts().get("seeds") or {}
-    if seeds.get("seed") is None:
-        return CheckResult(False, "no seed recorded")
-    return CheckResult(True, f"seed {seeds['seed']} applied to {', '.join(seeds.get('seeded', []))}; "
-                       f"deterministic={seeds.get('deterministic')}")
+    seeds = ctx.facts.seeds
+    return CheckResult(True, f"seed {seeds.seed} applied to {', '.join(seeds.seeded)}; "
+                       f"deterministic={seeds.deterministic}")
 
 
 @check("reproducibility_verified")
 def _reproducible(ctx: CheckContext) -> CheckResult:
-    rep = ctx.facts().get("reproducibility") or {}
-    if not rep:
-        return CheckResult(False, "not verified")
-    detail = (f"{rep.get('steps')} steps twice on {rep.get('device')}: "
-              f"{'bit-identical' if rep.get('identical') else 'max |Δw| = {:.3g}'.format(rep.get('max_abs_diff', float('nan')))}")
-    return CheckResult(bool(rep.get("passed")), detail)
+    rep = ctx.facts.reproducibility
+    difference = "bit-identical" if rep.identical else f"max |Δw| = {rep.max_abs_diff:.3g}"
+    return CheckResult(rep.passed, f"{rep.steps} steps twice on {rep.device}: {difference}")
 
 
 @check("data_pipeline_ok")
 def _data(ctx: CheckContext) -> CheckResult:
-    data = ctx.facts().get("data") or {}
-    if not data:
-        return CheckResult(False, "data pipeline not checked")
-    if data.get("problems"):
-        return CheckResult(False, "; ".join(data["problems"]))
-    return CheckResult(True, f"train {data.get('train_size')}, val {data.get('val_size')}, input "
-                       f"{data.get('input_shape')}, {data.get('num_classes')} classes, no NaN/Inf, no sample in two splits")
+    data = ctx.facts.data
+    if data.problems:
+        return CheckResult(False, "; ".join(data.problems))
+    return CheckResult(True, f"train {data.train_size}, val {data.val_size}, input "
+                       f"{data.input_shape}, {data.num_classes} classes, no NaN/Inf, no sample in two splits")
 
 
 @check("model_forward_ok")
 def _model(ctx: CheckContext) -> CheckResult:
-    model = ctx.facts().get("model") or {}
-    if not model.get("ok"):
-        return CheckResult(False, model.get("error", "model forward pass not run"))
-    return CheckResult(True, f"{model.get('name')}: {model.get('parameters'):,} parameters, "
-                       f"output {model.get('output_shape')}")
+    model = ctx.facts.model
+    if not model.ok:
+        return CheckResult(False, model.error or "model forward pass failed")
+    return CheckResult(True, f"{model.name}: {model.parameters:,} parameters, output {model.output_shape}")
 
 
 # --- baseline and later training phases -----------------------------------------------------------
 
 @check("run_completed")
 def _completed(ctx: CheckContext) -> CheckResult:
-    status = ctx.facts().get("status")
+    status = ctx.facts.status
     ok = status in ("completed", "early_stopped")
     return CheckResult(ok, f"run {ctx.evidence.run_id if ctx.evidence else '?'} status: {status}")
 
 
 @check("loss_decreased")
 def _loss_decreased(ctx: CheckContext) -> CheckResult:
-    f = ctx.facts()
-    first, best = f.get("first_epoch_train_loss"), f.get("best_train_loss")
+    f = ctx.facts
+    first, best = f.first_epoch_train_loss, f.best_train_loss
     if first is None or best is None:
         return CheckResult(False, "fewer than one finished epoch recorded")
-    if f.get("epochs_completed", 0) < 2:
+    if f.epochs_completed < 2:
         return CheckResult(False, "needs at least two epochs to compare")
     ok = best < first
     return CheckResult(ok, f"train loss {first:.4g} (epoch 1) → best {best:.4g}")
@@ -149,19 +143,19 @@ def _loss_decreased(ctx: CheckContext) -> CheckResult:
 
 @check("no_nan_loss")
 def _no_nan(ctx: CheckContext) -> CheckResult:
-    nan = ctx.facts().get("nonfinite")
+    nan = ctx.facts.nonfinite
     if nan:
-        return CheckResult(False, f"non-finite loss at step {nan.get('step')} (epoch {nan.get('epoch')}); "
+        return CheckResult(False, f"non-finite {nan.what} at step {nan.step} (epoch {nan.epoch}); "
                            "see diagnostics/nan_loss.md")
-    return CheckResult(True, f"all {ctx.facts().get('steps', '?')} steps finite")
+    return CheckResult(True, f"all {ctx.facts.steps} steps finite")
 
 
 @check("best_checkpoint_saved")
 def _best_ckpt(ctx: CheckContext) -> CheckResult:
-    best = (ctx.facts().get("checkpoints") or {}).get("best")
+    best = ctx.facts.checkpoints.best
     if not best:
         return CheckResult(False, "no best checkpoint recorded")
-    path = ctx.project.root / best["path"]
+    path = ctx.project.root / best.path
     # checkpoints are git-ignored: where the file is (the machine that trained), it must be the one
     # recorded; where it is not (a CI checkout), its recorded checksum is what there is to show
     if path.is_file():
@@ -169,35 +163,35 @@ def _best_ckpt(ctx: CheckContext) -> CheckResult:
         cache = stat_cache(ctx.project.root, "files")
         digest = cache.sha256(path)
         cache.save()
-        if digest != best["sha256"]:
-            return CheckResult(False, f"{best['path']} changed after the run wrote it (sha256 {digest[:12]}, "
-                               f"recorded {best['sha256'][:12]}); run `wf phase {ctx.phase}` again")
+        if digest != best.sha256:
+            return CheckResult(False, f"{best.path} changed after the run wrote it (sha256 {digest[:12]}, "
+                               f"recorded {best.sha256[:12]}); run `wf phase {ctx.phase}` again")
         where = "verified"
     else:
         where = "not on this machine; recorded"
-    return CheckResult(True, f"{best['path']} (epoch {best.get('epoch')}, sha256 {best['sha256'][:12]} {where})")
+    return CheckResult(True, f"{best.path} (epoch {best.epoch}, sha256 {best.sha256[:12]} {where})")
 
 
 @check("report_generated")
 def _report(ctx: CheckContext) -> CheckResult:
-    return _artifact_present(ctx, ctx.facts().get("report"), "report")
+    return _artifact_present(ctx, ctx.facts.report, "report")
 
 
 @check("gpu_utilization")
 def _gpu(ctx: CheckContext) -> CheckResult:
-    gpu = ctx.facts().get("gpu") or {}
+    gpu = ctx.facts.gpu
     target = float(ctx.params.get("min_percent", 60))
     if not gpu:
         return CheckResult(False, "GPU utilization was not recorded")
-    if not gpu.get("available"):
-        return CheckResult(True, f"no GPU present ({gpu.get('reason', 'unknown')}); not applicable")
-    if str(ctx.facts().get("device", "cuda")).startswith("cpu"):
+    if not gpu.available:
+        return CheckResult(True, f"no GPU present ({gpu.reason or 'unknown'}); not applicable")
+    if ctx.facts.device.startswith("cpu"):
         return CheckResult(True, "trained on the CPU (training.device); not applicable")
-    median = gpu.get("p50")
+    median = gpu.p50
     if median is None:
         return CheckResult(False, "no utilization samples recorded")
     ok = median > target
-    return CheckResult(ok, f"median {median:.0f} % (mean {gpu.get('mean', 0):.0f} %), target > {target:.0f} %"
+    return CheckResult(ok, f"median {median:.0f} % (mean {gpu.mean or 0:.0f} %), target > {target:.0f} %"
                        + ("" if ok else "; see diagnostics/resource_inefficiency.md"))
 
 
@@ -222,79 +216,73 @@ ROOT_CAUSE_CONFIDENCE = 0.7  # the top finding must be at least this likely to c
 CONFIG_FIXABLE = {"lr_too_high", "amp_overflow", "lr_too_low", "died_in_training", "unnormalized_inputs"}  # a trial can verify
 
 
-def _top_finding(ctx: CheckContext) -> dict[str, Any] | None:
-    findings = (ctx.facts().get("diagnosis") or {}).get("findings") or []
-    return findings[0] if findings else None
-
-
 @check("root_cause_identified")
 def _root_cause(ctx: CheckContext) -> CheckResult:
-    top = _top_finding(ctx)
+    top = ctx.facts.top_finding()
     if top is None:
-        return CheckResult(False, f"no finding in run {ctx.facts().get('diagnosed_run')}: nothing to diagnose")
-    ok = top["confidence"] >= ROOT_CAUSE_CONFIDENCE
-    return CheckResult(ok, f"`{top['cause']}` ({top['diagnostic']}, confidence {top['confidence']:.2f}"
+        return CheckResult(False, f"no finding in run {ctx.facts.diagnosed_run}: nothing to diagnose")
+    ok = top.confidence >= ROOT_CAUSE_CONFIDENCE
+    return CheckResult(ok, f"`{top.cause}` ({top.diagnostic}, confidence {top.confidence:.2f}"
                        + ("" if ok else f", below {ROOT_CAUSE_CONFIDENCE}") + ")")
 
 
 @check("fix_verified")
 def _fix_verified(ctx: CheckContext) -> CheckResult:
-    fix = ctx.facts().get("verified_fix")
+    fix = ctx.facts.verified_fix
     if fix:
-        return CheckResult(True, f"a trial run verified: {fix} ({ctx.facts().get('suggested_config')})")
-    top = _top_finding(ctx)
-    if top is not None and top["cause"] not in CONFIG_FIXABLE:
-        return CheckResult(True, f"`{top['cause']}` is fixed in the data or the code, not by a config trial; "
+        return CheckResult(True, f"a trial run verified: {fix} ({ctx.facts.suggested_config})")
+    top = ctx.facts.top_finding()
+    if top is not None and top.cause not in CONFIG_FIXABLE:
+        return CheckResult(True, f"`{top.cause}` is fixed in the data or the code, not by a config trial; "
                            "confirm it with the manual item fix_applied")
     return CheckResult(False, "no trial removed the symptom; see the report's fix trials")
 
 
-def _artifact_present(ctx: CheckContext, record: dict[str, Any] | None, what: str) -> CheckResult:
+def _artifact_present(ctx: CheckContext, record: FileRef | None, what: str) -> CheckResult:
     if not record:
         return CheckResult(False, f"no {what} recorded")
-    path = ctx.project.root / record["path"]
+    path = ctx.project.root / record.path
     if not path.is_file():
-        return CheckResult(False, f"{record['path']} is missing; run `wf report {ctx.phase}` to render it again")
-    if file_sha256(path) != record["sha256"]:
-        return CheckResult(False, f"{record['path']} was edited after wf wrote it; "
+        return CheckResult(False, f"{record.path} is missing; run `wf report {ctx.phase}` to render it again")
+    if file_sha256(path) != record.sha256:
+        return CheckResult(False, f"{record.path} was edited after wf wrote it; "
                            f"run `wf report {ctx.phase}` to render it again")
-    return CheckResult(True, f"{record['path']} (sha256 {record['sha256'][:12]})")
+    return CheckResult(True, f"{record.path} (sha256 {record.sha256[:12]})")
 
 
 # --- optimization -----------------------------------------------------------------------------------
 
 @check("trials_completed")
 def _trials_completed(ctx: CheckContext) -> CheckResult:
-    counts = (ctx.facts().get("study") or {}).get("counts") or {}
-    done = counts.get("COMPLETE", 0)
-    return CheckResult(done > 0, f"{done} completed, {counts.get('PRUNED', 0)} pruned, {counts.get('FAIL', 0)} failed "
-                       f"in study {(ctx.facts().get('study') or {}).get('name')}")
+    study = ctx.facts.study
+    done = study.counts.get("COMPLETE", 0)
+    return CheckResult(done > 0, f"{done} completed, {study.counts.get('PRUNED', 0)} pruned, "
+                       f"{study.counts.get('FAIL', 0)} failed in study {study.name}")
 
 
 @check("improvement_significant")
 def _improvement(ctx: CheckContext) -> CheckResult:
-    comparison = ctx.facts().get("comparison")
+    comparison = ctx.facts.comparison
     if not comparison:
         return CheckResult(False, "no comparison with the baseline was recorded (no trial completed)")
-    return CheckResult(bool(comparison.get("significant")), comparison.get("verdict", ""))
+    return CheckResult(comparison.significant, comparison.verdict)
 
 
 @check("optimized_config_written")
 def _optimized_config(ctx: CheckContext) -> CheckResult:
-    return _artifact_present(ctx, ctx.facts().get("optimized_config"), "optimized config")
+    return _artifact_present(ctx, ctx.facts.optimized_config, "optimized config")
 
 
 # --- finalization -----------------------------------------------------------------------------------
 
 @check("test_evaluated_once")
 def _test_once(ctx: CheckContext) -> CheckResult:
-    facts = ctx.facts()
-    summary = facts.get("summary") or {}
-    if "accuracy" not in summary:
+    facts = ctx.facts
+    accuracy = (facts.summary or {}).get("accuracy")
+    if accuracy is None:
         return CheckResult(False, "no final run was evaluated on the test split")
-    before = (facts.get("test_split") or {}).get("evaluated_before_by") or []
-    accuracy = summary["accuracy"]
-    shown = f"test accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} over {len(accuracy['values'])} final model(s)"
+    before = facts.test_split.evaluated_before_by
+    shown = f"test accuracy {accuracy.mean:.4f} ± {accuracy.std:.4f} over {len(accuracy.values)} final model(s)"
     if before:
         return CheckResult(False, f"{shown}, but the test split was already evaluated by {', '.join(map(str, before))}: "
                            "choices made after seeing it are not held out")
@@ -303,15 +291,15 @@ def _test_once(ctx: CheckContext) -> CheckResult:
 
 @check("export_verified")
 def _export_verified(ctx: CheckContext) -> CheckResult:
-    exports = ctx.facts().get("exports") or []
+    exports = ctx.facts.exports
     if not exports:
         return CheckResult(False, "nothing was exported")
-    failed = [e for e in exports if not e.get("verified")]
+    failed = [(e.kind, e.detail) for e in exports if not e.verified]
     for e in exports:
-        if e.get("path") and e.get("verified"):
-            path = ctx.project.root / e["path"]
-            if not path.is_file() or file_sha256(path) != e["sha256"]:
-                failed.append({**e, "detail": "changed or missing since it was verified"})
+        if e.path and e.verified:
+            path = ctx.project.root / e.path
+            if not path.is_file() or file_sha256(path) != e.sha256:
+                failed.append((e.kind, "changed or missing since it was verified"))
     if failed:
-        return CheckResult(False, "; ".join(f"{e['kind']}: {e['detail']}" for e in failed))
-    return CheckResult(True, ", ".join(f"{e['kind']} ({e.get('max_abs_diff', 0):.2g})" for e in exports))
+        return CheckResult(False, "; ".join(f"{kind}: {detail}" for kind, detail in failed))
+    return CheckResult(True, ", ".join(f"{e.kind} ({e.max_abs_diff or 0:.2g})" for e in exports))

@@ -1,7 +1,8 @@
 """Evidence: the small, committed facts a phase recorded, from which gates are verified.
 
 `.wf/evidence/<phase>.json` carries a sha256 of its own facts, and the run record in state.json
-carries the same hash, so a hand edit of either is noticed by `wf gate check`.
+carries the same hash, so a hand edit of either is noticed by `wf gate check`. The facts are written
+from, and read into, the phase's model (facts.py; which model: the phase registry, phases.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from mlflow_core.atomic import atomic_write_json
+from mlflow_core.workflow.facts import PhaseFacts, facts_problem
+from mlflow_core.workflow.phases import PHASES
 from mlflow_core.workflow.project import Project, safe_name
 from mlflow_core.workflow.state import now_iso
 
@@ -37,9 +42,13 @@ class Evidence:
     phase: str
     run_id: str | None
     recorded_at: str
-    facts: dict[str, Any]
+    facts: Any  # the phase's PhaseFacts model; None unless intact
     sha256: str
-    intact: bool  # the stored hash matches the facts
+    intact: bool  # the stored hash matches the facts, and they are the phase's model
+    problem: str = ""  # why not intact
+
+    def why_not_intact(self) -> str:
+        return self.problem or "was edited after it was recorded (its hash does not match)"
 
 
 def evidence_path(project: Project, phase: str) -> Path:
@@ -50,10 +59,12 @@ def archived_evidence_path(project: Project, run_id: str) -> Path:
     return project.evidence_dir / "runs" / f"{safe_name(run_id, 'run id')}.json"
 
 
-def write_evidence(project: Project, phase: str, run_id: str | None, facts: dict[str, Any]) -> str:
+def write_evidence(project: Project, phase: str, run_id: str | None, facts: PhaseFacts) -> str:
     """The phase's evidence: what its gate judges. A copy is kept per run, so that `wf runs select`
     can make an earlier run the one the gate judges again."""
-    body = {"phase": phase, "run_id": run_id, "facts": facts}
+    if not isinstance(facts, PHASES[phase].facts):
+        raise TypeError(f"{phase} records {PHASES[phase].facts.__name__}, not {type(facts).__name__}")
+    body = {"phase": phase, "run_id": run_id, "facts": facts.to_json()}
     digest = canonical_sha256(body)
     record = {"schema_version": EVIDENCE_SCHEMA_VERSION, "recorded_at": now_iso(), **body, "sha256": digest}
     if run_id:
@@ -64,18 +75,24 @@ def write_evidence(project: Project, phase: str, run_id: str | None, facts: dict
 
 
 def read_evidence(project: Project, phase: str, path: Path | None = None) -> Evidence | None:
-    """None when the phase has recorded nothing; a damaged file reads as not intact. `path`: an
-    archived copy (one run's) instead of the phase's current evidence."""
+    """None when the phase has recorded nothing; a damaged file reads as not intact, saying why.
+    `path`: an archived copy (one run's) instead of the phase's current evidence."""
     path = path or evidence_path(project, phase)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        return Evidence(phase, None, "", {}, "", intact=False)
+    except (OSError, ValueError) as exc:
+        return Evidence(phase, None, "", None, "", intact=False, problem=f"cannot be read ({exc})")
     if not isinstance(raw, dict) or not isinstance(raw.get("facts"), dict):
-        return Evidence(phase, None, "", {}, "", intact=False)
+        return Evidence(phase, None, "", None, "", intact=False, problem="holds no facts")
     body = {"phase": raw.get("phase"), "run_id": raw.get("run_id"), "facts": raw["facts"]}
-    stored = str(raw.get("sha256", ""))
-    return Evidence(phase, raw.get("run_id"), str(raw.get("recorded_at", "")), raw["facts"], stored,
-                    intact=stored == canonical_sha256(body) and raw.get("phase") == phase)
+    stored, run_id, recorded_at = str(raw.get("sha256", "")), raw.get("run_id"), str(raw.get("recorded_at", ""))
+    if stored != canonical_sha256(body) or raw.get("phase") != phase:
+        return Evidence(phase, run_id, recorded_at, None, stored, intact=False)
+    try:
+        facts = PHASES[phase].facts.model_validate(raw["facts"])
+    except ValidationError as exc:  # intact, but not what this wf records: another version wrote it
+        return Evidence(phase, run_id, recorded_at, None, stored, intact=False,
+                        problem=f"does not hold what this wf records ({facts_problem(exc)})")
+    return Evidence(phase, run_id, recorded_at, facts, stored, intact=True)

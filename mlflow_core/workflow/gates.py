@@ -206,8 +206,8 @@ def _approvals(project: Project, state: ProjectState, phase: str) -> list[dict[s
         evidence = read_evidence(project, later)
         if evidence is None or not evidence.intact:
             continue
-        fps = evidence.facts.get("fingerprints") or {}
-        out += [c for c in [fps.get("config"), *(fps.get("approves") or [])] if c]
+        if evidence.facts.fingerprints:
+            out += evidence.facts.fingerprints.approved_configs()
     return out
 
 
@@ -215,12 +215,13 @@ def _drift(project: Project, state: ProjectState, phase: str, evidence: Evidence
            now: fingerprints.Current) -> tuple[list[fingerprints.Drift], list[str], dict[str, Any] | None]:
     if evidence is None or not evidence.intact:
         return [], [], None  # the checks already say that nothing (intact) was recorded
-    recorded = evidence.facts.get("fingerprints")
+    recorded = evidence.facts.fingerprints
     if not recorded:
         return [], [f"{phase} was recorded by a wf without fingerprints: run `wf phase {phase}` again to have "
                     "its config, data and code verified"], None
-    drift, notes = fingerprints.drift(recorded, phase, now, approved_later=_approvals(project, state, phase))
-    return drift, notes, (recorded.get("code") or {}).get("git")
+    drift, notes = fingerprints.drift(recorded.model_dump(mode="json"), phase, now,
+                                      approved_later=_approvals(project, state, phase))
+    return drift, notes, recorded.code.get("git")
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlflow_core.content import content_path
 from mlflow_core.errors import UserInputError
+from mlflow_core.workflow.facts import (
+    DiagnosticsFacts,
+    FinalizationFacts,
+    OptimizationFacts,
+    PhaseFacts,
+    SetupFacts,
+    TrainingFacts,
+)
 
 
 @dataclass(frozen=True)
 class PhaseKind:
     """What the engine knows about a phase besides its definition (phases/<name>.yaml, which people
     read and may edit): the functions that run it and render its report, named as "module:function"
-    and imported only when needed (runners import torch; `wf status` must not), and whether it can
-    be resumed, trained data-parallel, or smoke-tested. A new phase is a runner, a definition and
-    one line in PHASES."""
+    and imported only when needed (runners import torch; `wf status` must not), the model of the
+    facts it records as evidence (facts.py), and whether it can be resumed, trained data-parallel,
+    or smoke-tested. A new phase is a runner, a facts model, a definition and one line in PHASES."""
     name: str
     runner: str
     report: str
+    facts: type[PhaseFacts]
     resumable: bool = False  # it holds training state worth continuing; otherwise running it again is its resume
     distributed: bool = False  # its training runs are data-parallel under a DDP launcher
     smokable: bool = False  # it trains, so `--smoke` can check that its config runs
@@ -45,14 +54,16 @@ def _resolve(dotted: str) -> Callable[..., Any]:
 _REPORTS = "mlflow_core.reports.phase_reports"
 # the phases in their order
 PHASES: dict[str, PhaseKind] = {kind.name: kind for kind in (
-    PhaseKind("setup", "mlflow_core.runners.setup:run_setup", f"{_REPORTS}:render_setup", smokable=True),
+    PhaseKind("setup", "mlflow_core.runners.setup:run_setup", f"{_REPORTS}:render_setup", SetupFacts,
+              smokable=True),
     PhaseKind("baseline", "mlflow_core.runners.baseline:run_baseline", f"{_REPORTS}:render_training",
-              resumable=True, distributed=True, smokable=True),
-    PhaseKind("diagnostics", "mlflow_core.runners.diagnostics:run_diagnostics", f"{_REPORTS}:render_diagnostics"),
+              TrainingFacts, resumable=True, distributed=True, smokable=True),
+    PhaseKind("diagnostics", "mlflow_core.runners.diagnostics:run_diagnostics", f"{_REPORTS}:render_diagnostics",
+              DiagnosticsFacts),
     PhaseKind("optimization", "mlflow_core.runners.optimization:run_optimization", f"{_REPORTS}:render_optimization",
-              resumable=True, distributed=True, smokable=True),
+              OptimizationFacts, resumable=True, distributed=True, smokable=True),
     PhaseKind("finalization", "mlflow_core.runners.finalization:run_finalization", f"{_REPORTS}:render_finalization",
-              resumable=True, distributed=True, smokable=True),
+              FinalizationFacts, resumable=True, distributed=True, smokable=True),
 )}
 PHASE_ORDER = tuple(PHASES)
 RESUMABLE_PHASES = tuple(k.name for k in PHASES.values() if k.resumable)

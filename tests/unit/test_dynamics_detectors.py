@@ -15,7 +15,7 @@ RUN = RunRecord(run_id="r1", phase="baseline", status="completed", started_at="t
 
 
 def ctx(metrics, run_dir=Path("."), losses=None):
-    c = DiagnoseContext(Path("."), RUN, run_dir, metrics, {})
+    c = DiagnoseContext(Path("."), RUN, run_dir, metrics, None)
     if losses is not None:
         c.cache["step_losses"] = losses
     return c

@@ -6,6 +6,7 @@ import pytest
 
 from mlflow_core.errors import ProjectBusyError, StateError
 from mlflow_core.workflow.evidence import read_evidence, write_evidence
+from mlflow_core.workflow.facts import FileRef, SetupFacts, TrainingFacts
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.scaffold import init_project
@@ -26,12 +27,21 @@ def _fake_setup(project, state):
     report.write_text("env")
     state.runs.append(RunRecord(run_id="setup-1", phase="setup", status="completed", started_at="t0",
                                 finished_at="t0", dir="runs/setup-1"))
-    write_evidence(project, "setup", "setup-1", {
-        "config_sha256": file_sha256(project.config_path),
-        "environment": {"report": {"path": "reports/environment.md", "sha256": file_sha256(report)}},
+    write_evidence(project, "setup", "setup-1", SetupFacts.model_validate({
+        "config_sha256": file_sha256(project.config_path), "config_valid": True,
+        "environment": {"report": {"path": "reports/environment.md", "sha256": file_sha256(report)},
+                        "summary": "Python 3.11"},
         "seeds": {"seed": 42, "seeded": ["torch"], "deterministic": True},
-        "reproducibility": {"steps": 3, "device": "cpu", "identical": True, "passed": True},
-        "data": {"problems": [], "train_size": 1, "val_size": 1}, "model": {"ok": True, "parameters": 1}})
+        "reproducibility": {"steps": 3, "device": "cpu", "identical": True, "passed": True, "max_abs_diff": 0.0,
+                            "precision": {"mode": "fp32", "requested": "fp32", "cpu_native": None,
+                                          "cpu_slowdown": None, "note": None, "grad_scaler": False,
+                                          "skipped_steps": 0, "final_scale": None}},
+        "data": {"source": "test", "train_size": 1, "val_size": 1, "test_size": 0, "input_shape": [1],
+                 "batch_shape": [1, 1], "input_dtype": "float32", "label_dtype": "int64", "num_classes": 2,
+                 "input_min": 0.0, "input_max": 1.0, "class_counts_train": {"0": 1}, "class_counts_val": {"1": 1},
+                 "imbalance_ratio": None, "overlap_train_val": 0, "overlaps": {}, "class_names": None,
+                 "scanned": {"train": 1, "val": 1}, "problems": [], "warnings": []},
+        "model": {"ok": True, "name": "m", "parameters": 1}}))
     path = project.checklist_path("reproducibility")
     path.write_text(path.read_text().replace("- [ ] Data source", "- [x] Data source")
                     .replace("- [ ] `training_config.yaml` committed", "- [x] `training_config.yaml` committed"))
@@ -43,14 +53,24 @@ def _fake_baseline(project, state, status="completed", decision=None):
     state.runs.append(run)
     state.current_phase = "baseline"
     state.entered_from["baseline"] = "setup"
-    write_evidence(project, "baseline", "baseline-1", {
-        "status": status, "epochs_completed": 3, "first_epoch_train_loss": 2.0, "best_train_loss": 0.5,
-        "nonfinite": None, "steps": 30, "checkpoints": {"best": {"path": "x.pt", "sha256": "ab" * 32, "epoch": 2}},
-        "gpu": {"available": False, "reason": "none"}})
+    write_evidence(project, "baseline", "baseline-1", _training_facts(
+        status=status, epochs_completed=3, first_epoch_train_loss=2.0, best_train_loss=0.5, nonfinite=None,
+        steps=30, checkpoints={"best": {"path": "x.pt", "sha256": "ab" * 32, "epoch": 2, "step": 20}},
+        gpu={"available": False, "reason": "none"}))
     if decision:
         state.decision = Decision(phase="baseline", choice=decision[0], next_phase=decision[1], time="t3",
                                   after_run="baseline-1")
     return run
+
+
+def _training_facts(**facts):
+    """A baseline's evidence: `facts` over what a short CPU run records."""
+    return TrainingFacts.model_validate({
+        "run_dir": "runs/baseline-1", "device": "cpu", "status": "completed", "stop_reason": None,
+        "epochs_completed": 3, "steps": 30, "duration_s": 1.0, "first_epoch_train_loss": 2.0, "best_train_loss": 0.5,
+        "best": None, "target": None, "nonfinite": None, "anomalies": [], "checkpoints": {}, "gpu": None,
+        "data_wait_fraction": None, "metrics": {"path": "runs/baseline-1/logs/metrics.json", "sha256": "cd" * 32},
+        **facts})
 
 
 def test_state_round_trip_and_history(project):
@@ -111,7 +131,7 @@ def test_decision_picks_the_next_phase(project):
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("r")
     from mlflow_core.workflow.evidence import file_sha256
-    facts["report"] = {"path": "reports/baseline_results.md", "sha256": file_sha256(report)}
+    facts.report = FileRef(path="reports/baseline_results.md", sha256=file_sha256(report))
     write_evidence(project, "baseline", "baseline-1", facts)
     text = project.checklist_path("post_baseline").read_text().replace("- [ ] Learning", "- [x] Learning")
     project.checklist_path("post_baseline").write_text(text)
@@ -162,7 +182,7 @@ def test_project_paths_cannot_escape(project):
 ])
 def test_gpu_utilization_check(project, device, gpu, passed, fragment):
     from mlflow_core.workflow.checks import CheckContext, run_check
-    write_evidence(project, "baseline", None, {"device": device, "gpu": gpu})
+    write_evidence(project, "baseline", None, _training_facts(device=device, gpu=gpu))
     ctx = CheckContext(project, load_state(project), "baseline", read_evidence(project, "baseline"),
                        {"min_percent": 60})
     result = run_check("gpu_utilization", ctx)

@@ -1,0 +1,72 @@
+"""Phase facts are written from, and read into, the phase's model (workflow/facts.py)."""
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from mlflow_core.workflow.checks import CheckContext, run_check
+from mlflow_core.workflow.evidence import canonical_sha256, read_evidence, write_evidence
+from mlflow_core.workflow.facts import SetupFacts, TrainingFacts
+from mlflow_core.workflow.scaffold import init_project
+from mlflow_core.workflow.state import load_state
+
+BASELINE = {
+    "run_dir": "runs/b1", "device": "cpu", "status": "completed", "stop_reason": None, "epochs_completed": 2,
+    "steps": 20, "duration_s": 1.5, "first_epoch_train_loss": 2.0, "best_train_loss": 0.5,
+    "best": {"metric": "val_accuracy", "value": 0.9, "epoch": 2}, "target": None, "nonfinite": None,
+    "anomalies": [], "checkpoints": {"best": {"path": "runs/b1/checkpoints/best_model.pt", "epoch": 2, "step": 20,
+                                              "sha256": "ab" * 32}},
+    "gpu": {"available": False, "reason": "no NVIDIA driver"}, "data_wait_fraction": 0.1,
+    "metrics": {"path": "runs/b1/logs/metrics.json", "sha256": "cd" * 32},
+}
+
+
+@pytest.fixture
+def project(tmp_path):
+    return init_project(tmp_path / "p")
+
+
+def test_a_key_the_model_does_not_declare_fails_where_it_is_written():
+    with pytest.raises(ValidationError, match="gpu_utilisation"):
+        TrainingFacts.model_validate({**BASELINE, "gpu_utilisation": 80})
+    with pytest.raises(ValidationError, match="epochs_completed"):
+        TrainingFacts.model_validate({**BASELINE, "epochs_completed": "two"})
+
+
+def test_a_phase_records_its_own_model_only(project):
+    with pytest.raises(TypeError, match="setup records SetupFacts, not TrainingFacts"):
+        write_evidence(project, "setup", "s1", TrainingFacts.model_validate(BASELINE))
+
+
+def test_facts_round_trip_with_absent_keys_left_absent(project):
+    write_evidence(project, "baseline", "b1", TrainingFacts.model_validate(BASELINE))
+    evidence = read_evidence(project, "baseline")
+    assert evidence.intact and isinstance(evidence.facts, TrainingFacts)
+    assert evidence.facts.checkpoints.best.epoch == 2 and evidence.facts.gpu.reason == "no NVIDIA driver"
+    stored = json.loads((project.evidence_dir / "baseline.json").read_text())["facts"]
+    assert evidence.facts.to_json() == stored
+    assert "report" not in stored and "fingerprints" not in stored  # never set: not written as null
+
+
+def test_intact_evidence_another_wf_wrote_names_the_field_and_the_command(project):
+    """A file whose hash matches but whose facts are not this wf's model (a newer or older wf wrote
+    it): the checks fail naming the field, and the command that records it anew."""
+    write_evidence(project, "baseline", "b1", TrainingFacts.model_validate(BASELINE))
+    path = project.evidence_dir / "baseline.json"
+    raw = json.loads(path.read_text())
+    raw["facts"]["steps"] = "twenty"
+    raw["sha256"] = canonical_sha256({"phase": raw["phase"], "run_id": raw["run_id"], "facts": raw["facts"]})
+    path.write_text(json.dumps(raw))
+    evidence = read_evidence(project, "baseline")
+    assert not evidence.intact and evidence.facts is None
+    result = run_check("no_nan_loss", CheckContext(project, load_state(project), "baseline", evidence))
+    assert not result.passed
+    assert "field facts.steps" in result.detail and "`wf phase baseline`" in result.detail
+    assert "edited after it was recorded" not in result.detail  # its hash is fine: it is another version's file
+
+
+def test_every_phase_names_a_facts_model():
+    from mlflow_core.workflow.phases import PHASES
+    assert PHASES["setup"].facts is SetupFacts and PHASES["baseline"].facts is TrainingFacts
+    assert all(kind.facts.__name__.endswith("Facts") for kind in PHASES.values())
