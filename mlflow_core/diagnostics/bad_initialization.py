@@ -12,7 +12,7 @@ INIT_LOSS_FACTOR = 2.0  # a first loss above this many times ln(num_classes) mea
 
 
 def bad_initialization(ctx: DiagnoseContext) -> Diagnosis:
-    classes = (ctx.metrics.get("data") or {}).get("num_classes")
+    classes = ctx.metrics.data.num_classes
     losses = ctx.step_losses(finite=False)
     first = losses[0] if losses else None
     probes = {"first_loss": first, "ln_num_classes": math.log(classes) if classes else None}

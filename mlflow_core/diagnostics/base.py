@@ -44,7 +44,7 @@ class Diagnosis:
 
 def default_trial_steps(ctx: DiagnoseContext) -> int:
     """As long as the run itself, within 100–300 steps."""
-    return min(max(ctx.metrics.get("steps") or 0, 100), 300)
+    return min(max(ctx.metrics.steps, 100), 300)
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow_core.config.loader import load_config
 from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.diagnostics.base import Diagnosis
 from mlflow_core.workflow.facts import DataCheck
+from mlflow_core.workflow.records import RunMetrics
 
 if TYPE_CHECKING:
     from mlflow_core.workflow.state import RunRecord
@@ -24,7 +24,7 @@ class DiagnoseContext:
     project_root: Path
     run: RunRecord
     run_dir: Path
-    metrics: dict[str, Any]
+    metrics: RunMetrics  # the run's logs/metrics.json
     setup_data: DataCheck | None  # setup's data facts (.wf/evidence/setup.json); None if setup never ran
     detectors: dict[str, Callable[[DiagnoseContext], Diagnosis]] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)  # probes and results shared by detectors
@@ -40,11 +40,7 @@ class DiagnoseContext:
     def run_config(self) -> Any:
         """The run's own resolved config (as it trained), not today's training_config.yaml."""
         if "config" not in self.cache:
-            raw = self.metrics.get("config")
-            if raw is None:
-                self.cache["config"] = load_config(self.project_root / "training_config.yaml")
-            else:
-                self.cache["config"] = WorkflowConfig.model_validate(raw)
+            self.cache["config"] = WorkflowConfig.model_validate(self.metrics.config)
         return self.cache["config"]
 
     def data(self) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding, TrialPlan
+from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding, TrialPlan, default_trial_steps
 from mlflow_core.diagnostics.context import DiagnoseContext, fmt_value, number_or_none
 from mlflow_core.diagnostics.fixes import learning_rate_fixes
 
@@ -27,8 +27,8 @@ def stall_symptoms(ctx: DiagnoseContext) -> dict[str, Any]:
         drop = (first - last) / first if first > 0 else 0.0
         out.update(first_tenth_loss=first, last_tenth_loss=last, relative_drop=round(drop, 4),
                    flat=drop < STALL_MIN_DROP)
-    classes = (ctx.metrics.get("data") or {}).get("num_classes")
-    accs = [e["val_accuracy"] for e in ctx.metrics.get("epochs") or [] if number_or_none(e.get("val_accuracy")) is not None]
+    classes = ctx.metrics.data.num_classes
+    accs = [e.val_accuracy for e in ctx.metrics.epochs if number_or_none(e.val_accuracy) is not None]
     if classes and accs:
         chance = 1 / classes
         out.update(final_val_accuracy=accs[-1], chance_accuracy=round(chance, 4),
@@ -39,7 +39,7 @@ def stall_symptoms(ctx: DiagnoseContext) -> dict[str, Any]:
 def convergence_stall(ctx: DiagnoseContext) -> Diagnosis:
     symptoms = stall_symptoms(ctx)
     probes: dict[str, Any] = {"symptoms": symptoms}
-    if ctx.metrics.get("nonfinite"):
+    if ctx.metrics.nonfinite:
         probes["note"] = "the run ended on a non-finite loss: see `wf diagnose nan_loss`"
         return Diagnosis("convergence_stall", ctx.run.run_id, [], probes=probes)
     if not (symptoms["flat"] or symptoms["at_chance"]):
@@ -107,7 +107,7 @@ def convergence_stall(ctx: DiagnoseContext) -> Diagnosis:
                 f"{overfit['steps']} steps (loss {overfit['first_loss']:.3g} → {fmt_value(overfit['last_loss'])}, "
                 f"batch accuracy {overfit['batch_accuracy']:.2f})"))
         else:
-            steps = min(max(ctx.metrics.get("steps") or 0, 100), 300)
+            steps = default_trial_steps(ctx)
             control = shuffled_label_control(cfg, ctx.project_root, data, steps=steps)
             probes["shuffled_label_control"] = control
             if control["accuracy_margin"] < LABEL_SIGNAL_MARGIN:

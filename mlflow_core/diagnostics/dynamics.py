@@ -31,26 +31,27 @@ from mlflow_core.training.models import build_model
 from mlflow_core.training.optim import build_optimizer, resolve_device
 from mlflow_core.training.seeding import seed_everything
 from mlflow_core.training.trainer import Trainer
+from mlflow_core.workflow.records import RunMetrics
 
 PROBE_SAMPLES = 256  # training samples the activation probes look at
 MIN_UNITS = 4  # layers narrower than this are not judged
 
 
 def run_model(cfg: WorkflowConfig, project_root: Path, data: DataBundle, run_dir: Path,
-              metrics: dict[str, Any]) -> tuple[nn.Module, str]:
+              metrics: RunMetrics) -> tuple[nn.Module, str]:
     """The run's model with its last saved weights (last, else best), or at initialisation."""
     seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)
     model = build_model(cfg.model, data.num_classes, data.input_shape, project_root)
     for name in ("last", "best"):
-        entry = (metrics.get("checkpoints") or {}).get(name)
-        if entry and (run_dir / entry["path"]).is_file():
-            path = run_dir / entry["path"]
+        entry = getattr(metrics.checkpoints, name)
+        if entry and (run_dir / entry.path).is_file():
+            path = run_dir / entry.path
             try:
                 model.load_state_dict(load_checkpoint(path)["model"])
             except (RuntimeError, KeyError, TypeError) as exc:
                 raise UserInputError(f"{path}: does not fit the model of this run's config "
                                      f"({cfg.model.name}): {str(exc).splitlines()[0][:300]}") from None
-            return model, f"{entry['path']} (epoch {entry.get('epoch')})"
+            return model, f"{entry.path} (epoch {entry.epoch})"
     return model, "initialisation (the run saved no checkpoint)"
 
 

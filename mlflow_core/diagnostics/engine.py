@@ -11,10 +11,11 @@ from mlflow_core.diagnostics.base import Diagnosis
 from mlflow_core.diagnostics.context import DiagnoseContext
 from mlflow_core.diagnostics.registry import REGISTRY
 from mlflow_core.errors import UserInputError
-from mlflow_core.reports.diagnosis import read_run_metrics, write_diagnosis_report
+from mlflow_core.reports.diagnosis import write_diagnosis_report
 from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.facts import DataCheck
 from mlflow_core.workflow.project import Project, safe_name
+from mlflow_core.workflow.records import load_run_metrics
 from mlflow_core.workflow.scaffold import write_config_variant
 from mlflow_core.workflow.state import RunRecord, load_state, project_lock, save_state
 
@@ -61,7 +62,8 @@ def run_diagnosis(project: Project, name: str, run: RunRecord, fix: bool = False
     say = on_message or (lambda _m: None)
     _check_name(name)
     run_dir = project.inside(run.dir)
-    ctx = DiagnoseContext(project.root, run, run_dir, read_run_metrics(run_dir), _setup_data(project),
+    ctx = DiagnoseContext(project.root, run, run_dir, load_run_metrics(run_dir / "logs" / "metrics.json"),
+                          _setup_data(project),
                           {n: d.detect for n, d in REGISTRY.items()}, say=say)
     if name == "auto":
         diagnosis = _diagnose_auto(project, ctx, fix)

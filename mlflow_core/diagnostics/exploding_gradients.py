@@ -8,7 +8,7 @@ from mlflow_core.diagnostics.context import DiagnoseContext
 
 
 def exploding_gradients(ctx: DiagnoseContext) -> Diagnosis:
-    spikes = [a for a in ctx.metrics.get("anomalies") or [] if a.get("kind") == "exploding"]
+    spikes = [a.model_dump(mode="json") for a in ctx.metrics.anomalies or [] if a.kind == "exploding"]
     findings = []
     if spikes:
         findings.append(Finding(

@@ -131,21 +131,20 @@ def nan_loss(ctx: DiagnoseContext) -> Diagnosis:
     from mlflow_core.training.checkpoint import load_checkpoint
 
     run, metrics = ctx.run, ctx.metrics
-    nonfinite = metrics.get("nonfinite")
+    nonfinite = metrics.nonfinite
     if not nonfinite:
         return Diagnosis("nan_loss", run.run_id, [], probes={
-            "note": f"no sign of a NaN loss in run {run.run_id}: all {metrics.get('steps', '?')} steps finite"})
-    if not nonfinite.get("dump"):
+            "note": f"no sign of a NaN loss in run {run.run_id}: all {metrics.steps} steps finite"})
+    if not nonfinite.dump:
         raise UserInputError(f"run {run.run_id} recorded a non-finite loss but saved no last good state to replay "
                              "(monitoring.nan_action: warn?).", hint="Run `wf phase baseline` again with nan_action: stop.")
-    dump = load_checkpoint(ctx.run_dir / nonfinite["dump"])
+    dump = load_checkpoint(ctx.run_dir / nonfinite.dump)
     cfg = WorkflowConfig.model_validate(dump["config"])  # the run's own resolved config
-    data_info = metrics["data"]
-    shape = tuple(data_info["input_shape"])
-    ctx.say(f"Replaying step {nonfinite['step']} of {run.run_id} from its last good state")
-    replay = replay_nonfinite(dump, cfg, ctx.project_root, data_info["num_classes"], shape)
-    scale = update_scale(dump, cfg, ctx.project_root, data_info["num_classes"], shape)
-    findings = rank_causes(nonfinite, replay, scale)
+    shape, classes = tuple(metrics.data.input_shape), metrics.data.num_classes
+    ctx.say(f"Replaying step {nonfinite.step} of {run.run_id} from its last good state")
+    replay = replay_nonfinite(dump, cfg, ctx.project_root, classes, shape)
+    scale = update_scale(dump, cfg, ctx.project_root, classes, shape)
+    findings = rank_causes(nonfinite.model_dump(mode="json"), replay, scale)
     return Diagnosis("nan_loss", run.run_id, findings, probes={"replay": replay, "update_scale": scale})
 
 
@@ -155,7 +154,7 @@ def _fixes(diagnosis: Diagnosis, ctx: DiagnoseContext) -> list[dict[str, Any]]:
 
 def _trial_steps(ctx: DiagnoseContext) -> int:
     """Past the failing step several times over: a fix must carry the run beyond where it broke."""
-    return min(max(4 * (ctx.metrics["nonfinite"]["step"] + 1), 60), 400)
+    return min(max(4 * (ctx.metrics.nonfinite.step + 1), 60), 400)
 
 
 DIAGNOSTIC = Diagnostic(
@@ -163,4 +162,4 @@ DIAGNOSTIC = Diagnostic(
     trial=TrialPlan(steps=_trial_steps),
     # run by `auto` only on a run that failed on NaN; then its replay of the actual failure, not static
     # evidence, decides which fixes are tried
-    applies=lambda ctx: bool(ctx.metrics.get("nonfinite")), claims_fixes=True)
+    applies=lambda ctx: ctx.metrics.nonfinite is not None, claims_fixes=True)

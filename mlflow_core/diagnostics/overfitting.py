@@ -12,7 +12,8 @@ OVERFIT_VAL_RISE, OVERFIT_ACC_GAP = 0.10, 0.05  # val loss 10 % above its best; 
 
 
 def overfitting(ctx: DiagnoseContext) -> Diagnosis:
-    epochs = [e for e in ctx.metrics.get("epochs", []) if isinstance(e.get("val_loss"), (int, float))]
+    # the epochs' JSON form: the figures compared here, and quoted in the evidence as recorded
+    epochs = [e.model_dump(mode="json") for e in ctx.metrics.epochs if isinstance(e.val_loss, (int, float))]
     findings = []
     probes: dict[str, Any] = {"validated_epochs": len(epochs)}
     if len(epochs) >= 3:

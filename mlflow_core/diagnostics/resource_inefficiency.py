@@ -17,15 +17,13 @@ SMALL_BATCH = 128  # below this, a GPU is rarely kept busy by a small model
 
 def resource_inefficiency(ctx: DiagnoseContext) -> Diagnosis:
     m = ctx.metrics
-    gpu = m.get("gpu") or {}
-    epochs = m.get("epochs") or []
-    total = sum(e.get("duration_s") or 0 for e in epochs)
-    wait = (sum((e.get("data_wait_fraction") or 0) * (e.get("duration_s") or 0) for e in epochs) / total
-            if total else None)
-    probes = {"device": m.get("device"), "gpu_p50": gpu.get("p50"), "gpu_mean": gpu.get("mean"),
-              "data_wait_fraction": wait, "batch_size": m.get("batch_size"), "num_workers": m.get("num_workers")}
+    gpu = m.gpu or {}  # the NVML sampler's summary (monitoring/nvml.py)
+    total = sum(e.duration_s for e in m.epochs)
+    wait = sum((e.data_wait_fraction or 0) * e.duration_s for e in m.epochs) / total if total else None
+    probes = {"device": m.device, "gpu_p50": gpu.get("p50"), "gpu_mean": gpu.get("mean"),
+              "data_wait_fraction": wait, "batch_size": m.batch_size, "num_workers": m.num_workers}
     target = gpu.get("target_percent", 60)
-    if not gpu.get("available") or str(m.get("device", "")).startswith("cpu") or gpu.get("p50") is None:
+    if not gpu.get("available") or m.device.startswith("cpu") or gpu.get("p50") is None:
         findings = []
         if wait is not None and wait > CPU_DATA_WAIT_HIGH:
             loader = _throughput_probe(ctx)
@@ -52,14 +50,14 @@ def resource_inefficiency(ctx: DiagnoseContext) -> Diagnosis:
                                     "Raise data.num_workers, keep pin_memory on, and store inputs in a format that "
                                     "is cheap to decode (uncompressed arrays, or one file per shard).",
                                     f"{low}, and {wait:.0%} of training time waits for the data loader"))
-        elif (m.get("batch_size") or SMALL_BATCH) < SMALL_BATCH:
+        elif (m.batch_size or SMALL_BATCH) < SMALL_BATCH:
             findings.append(Finding("resource_inefficiency", "batch_too_small", 0.7, evidence,
                                     "Double training.batch_size until memory runs short (scale the learning rate "
-                                    "with it).", f"{low} with batch size {m.get('batch_size')}"))
+                                    "with it).", f"{low} with batch size {m.batch_size}"))
         else:
             findings.append(Finding("resource_inefficiency", "model_too_small", 0.6, evidence,
                                     "A larger model or batch uses the GPU better; or train this one on a smaller GPU.",
-                                    f"{low} although the loader keeps up and the batch is {m.get('batch_size')}"))
+                                    f"{low} although the loader keeps up and the batch is {m.batch_size}"))
     return Diagnosis("resource_inefficiency", ctx.run.run_id, findings, probes=probes)
 
 

@@ -29,13 +29,13 @@ def run_trial(cfg: WorkflowConfig, project_root: Path, data: DataBundle | None, 
     losses = trainer.step_losses
     k = max(1, len(losses) // 10)
     first, last = (sum(losses[:k]) / k, sum(losses[-k:]) / k) if losses else (math.nan, math.nan)
-    finite = result.metrics.get("nonfinite") is None and all(math.isfinite(v) for v in losses)
+    finite = result.record.nonfinite is None and all(math.isfinite(v) for v in losses)
     initial = losses[0] if losses else math.nan
     judged: dict[str, Any] = {}
     passed = True
     if judge is not None:
         passed, judged = judge(result.model)
-    return {**judged, "steps": len(losses), "nonfinite_step": (result.metrics.get("nonfinite") or {}).get("step"),
+    return {**judged, "steps": len(losses), "nonfinite_step": result.record.nonfinite.step if result.record.nonfinite else None,
             "initial_loss": initial if math.isfinite(initial) else str(initial),
             "first_loss": first if math.isfinite(first) else str(first),
             "last_loss": last if math.isfinite(last) else str(last),

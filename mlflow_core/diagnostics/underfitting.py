@@ -17,9 +17,9 @@ HEAVY_WEIGHT_DECAY, HEAVY_DROPOUT = 0.05, 0.5
 
 def underfitting(ctx: DiagnoseContext) -> Diagnosis:
     m = ctx.metrics
-    epochs = [e for e in m.get("epochs") or [] if number_or_none(e.get("train_accuracy")) is not None]
+    epochs = [e for e in m.epochs if number_or_none(e.train_accuracy) is not None]
     probes: dict[str, Any] = {"epochs": len(epochs)}
-    if m.get("nonfinite") or not epochs:
+    if m.nonfinite or not epochs:
         probes["note"] = "no completed epoch to judge" if not epochs else "the run ended on a non-finite loss"
         return Diagnosis("underfitting", ctx.run.run_id, [], probes=probes)
     symptoms = stall_symptoms(ctx)
@@ -27,15 +27,15 @@ def underfitting(ctx: DiagnoseContext) -> Diagnosis:
         probes["note"] = "the model did not learn at all: see `wf diagnose convergence_stall`"
         return Diagnosis("underfitting", ctx.run.run_id, [], probes=probes)
     last = epochs[-1]
-    train_acc, val_acc = last["train_accuracy"], number_or_none(last.get("val_accuracy"))
+    train_acc, val_acc = last.train_accuracy, number_or_none(last.val_accuracy)
     gap = train_acc - val_acc if val_acc is not None else 0.0
-    best, target = m.get("best") or {}, m.get("target")
-    metric = m.get("metric", "val_loss")
-    train_loss = number_or_none(last.get("train_loss"))
+    best = m.best.model_dump() if m.best else {}
+    target, metric = m.target, m.metric
+    train_loss = number_or_none(last.train_loss)
     # the training side of the metric, where training measures it (F1, MCC and IoU are validation-only)
     counterpart = {"val_accuracy": ("accuracy", train_acc), "val_loss": ("loss", train_loss)}.get(metric)
     if target is not None and number_or_none(best.get("value")) is not None and counterpart is not None:
-        maximize = m.get("mode") == "max"
+        maximize = m.mode == "max"
         missed = best["value"] < target if maximize else best["value"] > target
         # high bias: the model misses the target on its own training data too
         train_name, train_value = counterpart
@@ -51,17 +51,16 @@ def underfitting(ctx: DiagnoseContext) -> Diagnosis:
                   train_missed_target=train_missed)
     if not (missed and train_missed):
         return Diagnosis("underfitting", ctx.run.run_id, [], probes=probes)
-    cfg = m.get("config") or {}
-    training, model = cfg.get("training") or {}, cfg.get("model") or {}
-    losses = [number_or_none(e.get("train_loss")) for e in epochs]
+    training, model = m.config.get("training") or {}, m.config.get("model") or {}  # the run's resolved config
+    losses = [number_or_none(e.train_loss) for e in epochs]
     k = min(3, len(losses) // 2)
     recent, before = losses[-k:] if k else [], losses[-2 * k:-k] if k else []
     trend = ((sum(before) - sum(recent)) / sum(before) if k and None not in recent + before and sum(before) > 0
              else None)
     still_falling = len(losses) == 1 or (trend is not None and trend > STILL_FALLING)
-    early_stopped = m.get("status") == "early_stopped"
+    early_stopped = m.status == "early_stopped"
     evidence = {"train_accuracy": train_acc, "val_accuracy": val_acc, "target": target, "best": best,
-                "epochs": len(epochs), "parameters": m.get("parameters"),
+                "epochs": len(epochs), "parameters": m.parameters,
                 "last_train_losses": losses[-3:], "train_loss_trend": trend, "weight_decay": training.get("weight_decay"),
                 "dropout": model.get("dropout")}
     why = f"{yardstick} (train − val accuracy {gap:+.3f}): high bias"
@@ -81,7 +80,7 @@ def underfitting(ctx: DiagnoseContext) -> Diagnosis:
             "underfitting", "capacity_too_low", 0.7, evidence,
             "Use a larger model (more channels or layers, e.g. model.channels or resnet18) and train until the "
             "training loss stops falling.",
-            f"{why}; the training loss has levelled off with {m.get('parameters')} parameters"))
+            f"{why}; the training loss has levelled off with {m.parameters} parameters"))
     return Diagnosis("underfitting", ctx.run.run_id, findings, probes=probes)
 
 

@@ -16,8 +16,8 @@ SATURATING = {"Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid", "Softsign", "LogSigm
 
 
 def vanishing_gradients(ctx: DiagnoseContext) -> Diagnosis:
-    layers = ctx.metrics.get("layers") or {}
-    names, numel, records = layers.get("names") or [], layers.get("numel") or [], layers.get("records") or []
+    layers = ctx.metrics.layers
+    names, numel, records = layers.names, layers.numel, layers.records
     probes: dict[str, Any] = {"weight_layers": len(names), "records": len(records)}
     if len(names) < 3 or not records:
         probes["note"] = ("the run recorded no per-layer gradient norms, or the model has fewer than 3 weight "
@@ -26,7 +26,7 @@ def vanishing_gradients(ctx: DiagnoseContext) -> Diagnosis:
     early = max(1, len(names) // 3)
     ratios, early_rms, zero = [], [], 0
     for record in records:
-        grads = [number_or_none(g) for g in record["grad_norm"]]
+        grads = [number_or_none(g) for g in record.grad_norm]
         if any(g is None for g in grads):
             continue
         rms = sum(g / math.sqrt(n) for g, n in zip(grads[:early], numel[:early])) / early
@@ -38,13 +38,13 @@ def vanishing_gradients(ctx: DiagnoseContext) -> Diagnosis:
             ratios.append(grads[0] / grads[-1])
     ratio = statistics.median(ratios) if ratios else None
     rms = statistics.median(early_rms) if early_rms else None
-    per_layer = records[-1]["grad_norm"]
+    per_layer = records[-1].grad_norm
     probes.update(first_last_ratio=ratio, early_grad_rms=rms, zero_gradient_records=zero,
                   layers=[{"name": n, "grad_norm": g} for n, g in zip(names, per_layer)],
-                  at_step=records[-1]["step"])
+                  at_step=records[-1].step)
     findings = []
-    arch = ctx.metrics.get("architecture") or {}
-    saturating = sorted(SATURATING & set(arch.get("activations") or {}))
+    arch = ctx.metrics.architecture
+    saturating = sorted(SATURATING & set(arch.activations))
     if zero and zero >= len(records) / 2:
         findings.append(Finding(
             "vanishing_gradients", "no_gradient", 0.5, {"zero_gradient_records": zero, "records": len(records)},
@@ -55,7 +55,7 @@ def vanishing_gradients(ctx: DiagnoseContext) -> Diagnosis:
     elif (ratio is not None and ratio < VANISH_RATIO) or (rms is not None and rms < VANISH_RMS):
         severe = (ratio is not None and ratio < VANISH_RATIO / 100) or (rms is not None and rms < VANISH_RMS / 100)
         evidence = {"first_last_ratio": ratio, "early_grad_rms": rms, "first_layer": names[0], "last_layer": names[-1],
-                    "activations": arch.get("activations"), "normalization": arch.get("normalization")}
+                    "activations": arch.activations, "normalization": arch.normalization}
         why = (f"the gradient norm of the first layer ({names[0]}) is {ratio:.2g}× the last layer's ({names[-1]})"
                if ratio is not None else f"the early layers' RMS gradient is {rms:.2g}")
         if saturating:

@@ -31,7 +31,7 @@ from mlflow_core.errors import (
 from mlflow_core.orchestration.launch import leading
 from mlflow_core.orchestration.slurm import requeue_job, slurm_job_id
 from mlflow_core.reports.phase_reports import render_phase_report
-from mlflow_core.runners import Interruption, RunContext, run_runner
+from mlflow_core.runners import RunContext, StopPoint, run_runner
 from mlflow_core.workflow import fingerprints
 from mlflow_core.workflow.checklist import set_marks
 from mlflow_core.workflow.checks import CheckContext, run_check
@@ -309,7 +309,7 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     # the run the gate judges stays the last one that ran to its end
     if output.partial or output.status == "interrupted":
         run.status, run.finished_at, run.passed = "interrupted", now_iso(), False
-        stop = output.interruption or Interruption(None, None)
+        stop = output.stopped or StopPoint(None, None)
         run.summary["resume"] = stop.resume
         state.record("phase_finished", phase=phase, run_id=run_id, status=run.status)
         save_state(project, state)
@@ -353,7 +353,7 @@ def _resume_command(phase: str) -> str:
 
 
 def _stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id: str,
-                       stop: Interruption) -> RunInterruptedError:
+                       stop: StopPoint) -> RunInterruptedError:
     """The error a signal-stopped run exits with (130 SIGINT, 143 SIGTERM, 138 SIGUSR1; 124 for
     --time-limit). SIGUSR1 is SLURM's warning before preemption: with everything saved, the job is
     requeued, and its script runs again with `--resume`."""

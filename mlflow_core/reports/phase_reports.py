@@ -79,8 +79,9 @@ def render_finalization(r: ReportInput) -> tuple[dict[str, str], None]:
 def render_training(r: ReportInput) -> tuple[dict[str, str], Recommendation]:
     """A training phase's results (the baseline's): criteria, learning curves, checkpoints and the
     recommended next step."""
-    metrics = load_run_metrics(r.project.root / r.facts.metrics.path).to_json()
-    rec = recommend(metrics, r.criteria, r.definition.playbooks)
+    recorded = load_run_metrics(r.project.root / r.facts.metrics.path)
+    rec = recommend(recorded, r.criteria, r.definition.playbooks)
+    metrics = recorded.to_json()  # what the template and the plots read
     figures, note = learning_curves(metrics, r.project.reports_dir / "figures", r.definition.name)
     checkpoints = [(n, metrics["checkpoints"][n]) for n in ("best", "last") if metrics["checkpoints"].get(n)]
     checkpoints += [(f"epoch {c['epoch']}", c) for c in metrics["checkpoints"]["periodic"]]

@@ -14,7 +14,7 @@ from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.facts import PhaseFacts
 from mlflow_core.workflow.phases import PHASES
 from mlflow_core.workflow.project import Project
-from mlflow_core.workflow.records import load_run_metrics
+from mlflow_core.workflow.records import RunMetrics, load_run_metrics
 
 if TYPE_CHECKING:
     from mlflow_core.config.schema import WorkflowConfig
@@ -68,7 +68,7 @@ SMOKE_STEPS = 2
 
 
 @dataclass(frozen=True)
-class Interruption:
+class StopPoint:
     """Why and where a phase's training stopped before its end: the signal (or TIME_LIMIT) and the
     resume checkpoint (CheckpointRef's JSON form, with the run directory it is in)."""
     signum: int | None
@@ -83,7 +83,7 @@ class RunOutput:
     notes: list[str] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # recorded in the history
     partial: bool = False  # stopped before the phase had a result: no evidence and no report
-    interruption: Interruption | None = None  # stopped on a signal or at its time limit
+    stopped: StopPoint | None = None  # stopped on a signal or at its time limit
 
 
 class SubRunInterrupted(Exception):
@@ -96,7 +96,7 @@ class SubRunInterrupted(Exception):
 
     def output(self, ctx: RunContext) -> RunOutput:
         resume = dict(self.resume or {}, run_dir=ctx.project.relative(self.run_dir))
-        return RunOutput("interrupted", None, partial=True, interruption=Interruption(self.signum, resume))
+        return RunOutput("interrupted", None, partial=True, stopped=StopPoint(self.signum, resume))
 
 
 FINISHED_RUN_STATUSES = ("completed", "early_stopped", "pruned", "failed_nan")
@@ -111,11 +111,12 @@ def fit_or_continue(ctx: RunContext, cfg: WorkflowConfig, run_dir: Path, run_id:
     metrics_path = run_dir / "logs" / "metrics.json"
     if ctx.resuming and metrics_path.is_file():
         try:
-            metrics = load_run_metrics(metrics_path).to_json()
+            recorded = load_run_metrics(metrics_path)
         except UserInputError:  # torn or edited: train the run again rather than trust it
-            metrics = {}
-        if metrics.get("status") in FINISHED_RUN_STATUSES and metrics.get("config") == cfg.model_dump(mode="json"):
-            finished = _load_finished(cfg, ctx, run_dir, metrics, trainer_options.get("data"))
+            recorded = None
+        if (recorded is not None and recorded.status in FINISHED_RUN_STATUSES
+                and recorded.config == cfg.model_dump(mode="json")):
+            finished = _load_finished(cfg, ctx, run_dir, recorded, trainer_options.get("data"))
             if finished is not None:
                 return finished
         if (run_dir / "checkpoints" / "resume.pt").is_file():
@@ -129,7 +130,7 @@ def fit_or_continue(ctx: RunContext, cfg: WorkflowConfig, run_dir: Path, run_id:
     return result
 
 
-def _load_finished(cfg: WorkflowConfig, ctx: RunContext, run_dir: Path, metrics: dict[str, Any], data: Any) -> Any:
+def _load_finished(cfg: WorkflowConfig, ctx: RunContext, run_dir: Path, recorded: RunMetrics, data: Any) -> Any:
     """A finished run's result rebuilt from its files: metrics.json and its last checkpoint."""
     # torch: the engine imports this package, and `wf status` the engine
     from mlflow_core.training.checkpoint import load_checkpoint
@@ -138,15 +139,16 @@ def _load_finished(cfg: WorkflowConfig, ctx: RunContext, run_dir: Path, metrics:
     from mlflow_core.training.optim import resolve_device
     from mlflow_core.training.trainer import TrainResult
 
-    last = (metrics.get("checkpoints") or {}).get("last")
-    if not last or not (run_dir / last["path"]).is_file():
+    last = recorded.checkpoints.last
+    if not last or not (run_dir / last.path).is_file():
         return None  # nothing to load the weights from: train it again (same config, same result)
     data = data or build_data(cfg, ctx.project.root)
     model = build_model(cfg.model, data.num_classes, data.input_shape, ctx.project.root)
-    model.load_state_dict(load_checkpoint(run_dir / last["path"])["model"])
+    model.load_state_dict(load_checkpoint(run_dir / last.path)["model"])
     model.to(resolve_device(cfg.training.device))
     ctx.on_message(f"{ctx.project.relative(run_dir)}: finished before the interruption; reused")
-    return TrainResult(metrics["status"], metrics, model, run_dir, metrics.get("anomalies") or [])
+    metrics = recorded.to_json()
+    return TrainResult(recorded.status, metrics, model, run_dir, metrics.get("anomalies") or [])
 
 
 def run_runner(phase: str, ctx: RunContext) -> RunOutput:

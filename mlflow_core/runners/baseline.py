@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from mlflow_core.monitoring.nvml import GpuSampler
-from mlflow_core.runners import Interruption, RunContext, RunOutput
+from mlflow_core.runners import RunContext, RunOutput, StopPoint
 from mlflow_core.workflow.evidence import file_sha256
-from mlflow_core.workflow.facts import TrainingFacts
+from mlflow_core.workflow.facts import CheckpointFacts, FileRef, GpuSummary, TrainingFacts
+from mlflow_core.workflow.records import CheckpointRef, RunMetrics
 
 
 def run_baseline(ctx: RunContext) -> RunOutput:
@@ -18,33 +17,30 @@ def run_baseline(ctx: RunContext) -> RunOutput:
     result = trainer.fit()
     if result.status == "interrupted":
         return RunOutput(result.status, None, result.metrics,
-                         interruption=Interruption(trainer.signal_received, result.metrics.get("resume")))
-    return RunOutput(result.status, training_facts(ctx, result.metrics), result.metrics)
+                         stopped=StopPoint(trainer.signal_received, result.metrics.get("resume")))
+    return RunOutput(result.status, training_facts(ctx, result.record), result.metrics)
 
 
-def training_facts(ctx: RunContext, m: dict[str, Any]) -> TrainingFacts:
+def training_facts(ctx: RunContext, m: RunMetrics) -> TrainingFacts:
     """The small, committable summary of a training run that gates are verified from."""
 
     rel = ctx.project.relative(ctx.run_dir)
-    epochs = m["epochs"]
-    losses = [e["train_loss"] for e in epochs if isinstance(e.get("train_loss"), float)]
-    checkpoints = {}
-    for name in ("best", "last"):
-        c = m["checkpoints"].get(name)
-        if c:
-            checkpoints[name] = {**c, "path": f"{rel}/{c['path']}"}
-    for kind in ("periodic", "top"):
-        checkpoints[kind] = [{**c, "path": f"{rel}/{c['path']}"} for c in m["checkpoints"].get(kind, [])]
-    durations = [e["duration_s"] for e in epochs]
-    waits = [e["data_wait_fraction"] * e["duration_s"] for e in epochs if e.get("data_wait_fraction") is not None]
-    return TrainingFacts.model_validate({
-        "run_dir": rel, "device": m["device"], "status": m["status"], "stop_reason": m.get("stop_reason"),
-        "epochs_completed": len(epochs), "steps": m["steps"], "duration_s": m["duration_s"],
-        "first_epoch_train_loss": losses[0] if losses else None,
-        "best_train_loss": min(losses) if losses else None,
-        "best": m["best"], "target": m["target"], "nonfinite": m["nonfinite"],
-        "anomalies": m["anomalies"], "checkpoints": checkpoints,
-        "gpu": {k: v for k, v in m["gpu"].items() if k != "devices"},
-        "data_wait_fraction": round(sum(waits) / sum(durations), 4) if durations and sum(durations) else None,
-        "metrics": {"path": f"{rel}/logs/metrics.json", "sha256": file_sha256(ctx.run_dir / "logs" / "metrics.json")},
-    })
+    losses = [e.train_loss for e in m.epochs if isinstance(e.train_loss, float)]
+
+    def in_project(c: CheckpointRef) -> CheckpointRef:  # the run names its files inside its directory
+        return c.model_copy(update={"path": f"{rel}/{c.path}"})
+
+    saved = m.checkpoints
+    checkpoints = CheckpointFacts(periodic=[in_project(c) for c in saved.periodic], top=[in_project(c) for c in saved.top],
+                                  **{name: in_project(c) for name, c in (("best", saved.best), ("last", saved.last)) if c})
+    duration = sum(e.duration_s for e in m.epochs)
+    waited = sum(e.data_wait_fraction * e.duration_s for e in m.epochs if e.data_wait_fraction is not None)
+    return TrainingFacts(
+        run_dir=rel, device=m.device, status=m.status, stop_reason=m.stop_reason, epochs_completed=len(m.epochs),
+        steps=m.steps, duration_s=m.duration_s, first_epoch_train_loss=losses[0] if losses else None,
+        best_train_loss=min(losses) if losses else None, best=m.best, target=m.target, nonfinite=m.nonfinite,
+        anomalies=m.anomalies, checkpoints=checkpoints,
+        gpu=GpuSummary(**{k: v for k, v in (m.gpu or {}).items() if k != "devices"}) if m.gpu else None,
+        data_wait_fraction=round(waited / duration, 4) if duration else None,
+        metrics=FileRef(path=f"{rel}/logs/metrics.json", sha256=file_sha256(ctx.run_dir / "logs" / "metrics.json")),
+    )

@@ -76,12 +76,12 @@ def run_finalization(ctx: RunContext) -> RunOutput:
             return stop.output(ctx)
         entry = {"seed": seed, **({"fold": fold} if fold is not None else {}), "status": trained.status}
         if trained.status not in ("completed", "early_stopped"):
-            results.append({**entry, "stop_reason": trained.metrics.get("stop_reason")})
+            results.append({**entry, "stop_reason": trained.record.stop_reason})
             continue
         model = trained.model
-        best = (trained.metrics["checkpoints"] or {}).get("best")
+        best = trained.record.checkpoints.best
         if best:  # evaluate the checkpoint that validation chose, not the last epoch's weights
-            model.load_state_dict(load_checkpoint(run_dir / best["path"])["model"])
+            model.load_state_dict(load_checkpoint(run_dir / best.path)["model"])
         say(f"Evaluating {name.replace('_', ' ')} on the test split ({len(data.test)} samples)")
         plain, augmented, targets = predict_with_tta(model, data.test, run_cfg, device, fin.tta)
         logits = augmented if augmented is not None else plain

@@ -256,12 +256,13 @@ class TrialObjective:
             trial.set_user_attr("status", "interrupted")
             study.enqueue_trial(changes, user_attrs={"continues": ctx.project.relative(trial_dir)})
             raise
-        best = (result.metrics.get("best") or {}).get("value")
+        record = result.record
+        best = record.best.value if record.best else None
         trial.set_user_attr("status", result.status)
-        trial.set_user_attr("epochs", len(result.metrics["epochs"]))
+        trial.set_user_attr("epochs", len(record.epochs))
         trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 2))
         if result.status == "pruned":
-            raise self.optuna.TrialPruned(result.metrics.get("stop_reason"))
+            raise self.optuna.TrialPruned(record.stop_reason)
         if best is None or not math.isfinite(best):
             return math.nan  # Optuna records the trial as failed (a NaN run, say), and carries on
         return float(best)
@@ -295,7 +296,7 @@ def _compare_over_seeds(ctx: RunContext, params: dict[str, Any], data: Any) -> d
             run_dir = ctx.run_dir / "comparison" / f"{label}_seed{seed}"
             result = fit_or_continue(ctx, run_cfg, run_dir, f"{ctx.run_id}/{label}_seed{seed}",
                                      phase="optimization", data=None if rebuild and changes else data)
-            value = (result.metrics.get("best") or {}).get("value")
+            value = result.record.best.value if result.record.best else None
             runs[label].append(float(value) if value is not None else math.nan)
     return compare(runs["baseline"], runs["optimized"], seeds, cfg.validation.mode == "max", opt.significance,
                    cfg.validation.metric)

@@ -5,6 +5,7 @@ training/loop.py."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from mlflow_core.training.records import METRICS_SCHEMA_VERSION, architecture_su
 from mlflow_core.training.seeding import SEEDED, make_generator, seed_everything
 from mlflow_core.training.step import EpochTally, OptimizerStep
 from mlflow_core.training.tracking import require_tensorboard
+from mlflow_core.workflow.records import RunMetrics
 from mlflow_core.world import World
 
 __all__ = ["TIME_LIMIT", "ProgressEvent", "TrainResult", "Trainer", "recorded_trainer"]
@@ -52,10 +54,15 @@ logging.getLogger("wf").addHandler(logging.NullHandler())
 @dataclass
 class TrainResult:
     status: str  # completed, early_stopped, pruned, failed_nan, interrupted, crashed
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # the run's record in its JSON form, as logs/metrics.json holds it
     model: nn.Module
     run_dir: Path | None
     anomalies: list[dict[str, Any]] = field(default_factory=list)
+
+    @functools.cached_property
+    def record(self) -> RunMetrics:
+        """The run's record, typed: what code that acts on the result reads."""
+        return RunMetrics.model_validate(self.metrics)
 
 
 def recorded_trainer(cfg: WorkflowConfig, project_root: Path, run_dir: Path, *, run_id: str, phase: str,

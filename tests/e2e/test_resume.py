@@ -75,7 +75,8 @@ def test_sigterm_to_wf_phase_then_resume(trained_project, tmp_path):
     assert "wf phase baseline --resume" in err
     state = json.loads((project / ".wf" / "state.json").read_text())
     run = state["runs"][-1]
-    assert run["status"] == "interrupted" and run["summary"]["resume"]["step"] > 60
+    # steps.csv is flushed ten steps at a time: the signal can land on the very step the 60th row was written
+    assert run["status"] == "interrupted" and run["summary"]["resume"]["step"] >= 60
     r = subprocess.run([sys.executable, "-m", "mlflow_core", "phase", "baseline", "--resume"], cwd=project,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr

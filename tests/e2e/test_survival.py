@@ -85,7 +85,8 @@ def test_sigusr1_under_slurm_saves_requeues_the_job_and_the_requeued_run_resumes
     assert "SLURM job 4242 is requeued" in err
     state = _state(project)
     run = state["runs"][-1]
-    assert run["status"] == "interrupted" and run["summary"]["resume"]["step"] > 60
+    # steps.csv is flushed ten steps at a time: the signal can land on the very step the 60th row was written
+    assert run["status"] == "interrupted" and run["summary"]["resume"]["step"] >= 60
     requeued = [e for e in state["history"] if e["event"] == "job_requeued"]
     assert requeued and requeued[-1]["job_id"] == "4242" and requeued[-1]["requeued"] is True
     _resume(project)  # what the requeued job's script runs (SLURM_RESTART_COUNT > 0)

@@ -10,12 +10,13 @@ from mlflow_core.diagnostics.convergence_stall import stall_symptoms
 from mlflow_core.diagnostics.underfitting import underfitting
 from mlflow_core.diagnostics.vanishing_gradients import vanishing_gradients
 from mlflow_core.workflow.state import RunRecord
+from tests.helpers import run_metrics
 
 RUN = RunRecord(run_id="r1", phase="baseline", status="completed", started_at="t", dir="runs/r1")
 
 
 def ctx(metrics, run_dir=Path("."), losses=None):
-    c = DiagnoseContext(Path("."), RUN, run_dir, metrics, None)
+    c = DiagnoseContext(Path("."), RUN, run_dir, run_metrics(**metrics), None)
     if losses is not None:
         c.cache["step_losses"] = losses
     return c

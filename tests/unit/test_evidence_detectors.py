@@ -14,6 +14,7 @@ from mlflow_core.diagnostics.overfitting import overfitting
 from mlflow_core.diagnostics.resource_inefficiency import resource_inefficiency
 from mlflow_core.workflow.facts import DataCheck
 from mlflow_core.workflow.state import RunRecord
+from tests.helpers import run_metrics
 
 RUN = RunRecord(run_id="r1", phase="baseline", status="completed", started_at="t", dir="runs/r1")
 DATA = {"train_size": 1000, "val_size": 200, "num_classes": 3, "overlap_train_val": 0, "imbalance_ratio": 1.2,
@@ -25,7 +26,7 @@ SCANNED = {"source": "test", "test_size": 0, "input_shape": [1, 8, 8], "batch_sh
 
 
 def ctx(data=None, epochs=None):
-    return DiagnoseContext(Path("."), RUN, Path("."), {"epochs": epochs or []},
+    return DiagnoseContext(Path("."), RUN, Path("."), run_metrics(epochs=epochs or []),
                            DataCheck(**{**SCANNED, **DATA, **(data or {})}) if data is not None else None)
 
 
@@ -80,7 +81,7 @@ def gpu_ctx(p50, wait, batch, device="cuda:0", available=True):
     metrics = {"device": device, "batch_size": batch, "num_workers": 2,
                "gpu": {"available": available, "p50": p50, "mean": p50, "target_percent": 60},
                "epochs": [{"duration_s": 10.0, "data_wait_fraction": wait}]}
-    return DiagnoseContext(Path("."), RUN, Path("."), metrics, None)
+    return DiagnoseContext(Path("."), RUN, Path("."), run_metrics(**metrics), None)
 
 
 @pytest.mark.parametrize("p50, wait, batch, device, available, expected", [
@@ -98,7 +99,7 @@ def test_resource_inefficiency(p50, wait, batch, device, available, expected):
 def test_bad_initialization(tmp_path, first_loss, expected):
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "steps.csv").write_text(f"step,epoch,loss,grad_norm,lr\n0,1,{first_loss},1.0,0.001\n")
-    c = DiagnoseContext(tmp_path, RUN, tmp_path, {"data": {"num_classes": 10}}, None)
+    c = DiagnoseContext(tmp_path, RUN, tmp_path, run_metrics(data={"num_classes": 10}), None)
     assert causes(bad_initialization(c)) == expected
 
 
@@ -106,6 +107,6 @@ def test_bad_initialization(tmp_path, first_loss, expected):
 def test_exploding_gradients(n, expected):
     anomalies = [{"kind": "exploding", "step": 10 * i, "message": "spike"} for i in range(n)]
     anomalies.append({"kind": "stalled", "step": 999, "message": "flat"})
-    c = DiagnoseContext(Path("."), RUN, Path("."), {"anomalies": anomalies}, None)
+    c = DiagnoseContext(Path("."), RUN, Path("."), run_metrics(anomalies=anomalies), None)
     found = causes(exploding_gradients(c))
     assert [(cause, round(conf, 2)) for cause, conf in found] == expected
