@@ -54,13 +54,19 @@ def show(name: str = typer.Argument(..., help="Checklist name, e.g. reproducibil
 
 @app.command()
 def tick(name: str = typer.Argument(..., help="Checklist name."),
-         ids: list[str] = typer.Argument(..., help="Item id(s) to tick."),
+         ids: list[str] = typer.Argument(None, help="Item id(s) to tick."),
          note: str = typer.Option(None, "--note", help="Recorded in the history with the tick.")) -> None:
     """Tick manual items (auto items are verified by wf from evidence)."""
+    from mlflow_core.errors import UserInputError
     from mlflow_core.orchestration.engine import tick as tick_item
+    from mlflow_core.workflow.gates import load_checklist
     from mlflow_core.workflow.project import Project
 
     project = Project.find()
+    if not ids:  # `wf checklist tick ITEM`: an unknown checklist name says which checklist holds ITEM
+        manual = [i.id for i in load_checklist(project, name).items if not i.auto]
+        raise UserInputError(f"name the items of {name} to tick; its manual items: {', '.join(manual) or 'none'}.",
+                             hint=f"`wf checklist tick {name} ID [ID ...]`")
     for item_id in ids:
         tick_item(project, name, item_id, True, note)
         console.print(f"[green]✔[/] {name}: {item_id}")

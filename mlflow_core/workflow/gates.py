@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mlflow_core.content import content_path
+from mlflow_core.content import packaged_root
+from mlflow_core.errors import ChecklistError
 from mlflow_core.workflow import fingerprints
 from mlflow_core.workflow.checklist import Checklist, ChecklistItem, parse_checklist
 from mlflow_core.workflow.checks import CHECKS, CheckContext, run_check
@@ -73,8 +74,29 @@ def load_checklist(project: Project, name: str) -> Checklist:
     """The project's copy of checklist `name` (the packaged one if the project has none)."""
     path = project.checklist_path(name)
     if not path.is_file():
-        path = content_path("checklists", f"{name}.md")
+        path = packaged_root() / "checklists" / f"{name}.md"
+        if not path.is_file():
+            raise _unknown_checklist(project, name)
     return parse_checklist(path, name, known_checks=set(CHECKS))
+
+
+def _unknown_checklist(project: Project, name: str) -> ChecklistError:
+    """No checklist `name`: the ones there are, and the command meant when `name` is an item's id
+    (`wf checklist tick data_documented` for `wf checklist tick reproducibility data_documented`)."""
+    import difflib
+
+    names = sorted({p.stem for d in (project.checklists_dir, packaged_root() / "checklists")
+                    for p in d.glob("*.md")})
+    holders = [n for n in names if any(i.id == name for i in load_checklist(project, n).items)]
+    close = difflib.get_close_matches(name, names, n=1)
+    if holders:
+        hint = f"{name} is an item of {holders[0]}: `wf checklist tick {holders[0]} {name}`."
+    elif close:
+        hint = f"Did you mean {close[0]}? `wf checklist show {close[0]}` lists its items."
+    else:
+        hint = "`wf checklist show NAME` lists a checklist's items."
+    return ChecklistError(f"checklist not found: {name!r} (the checklists in "
+                          f"{project.relative(project.checklists_dir)}/ are: {', '.join(names)}).", hint=hint)
 
 
 def evaluate_gate(project: Project, state: ProjectState, phase: str,

@@ -33,6 +33,10 @@ def test_misspelled_key_in_config(wf, project):
     (["checklist", "tick", "reproducibility", "no_such_item"], "no item with id 'no_such_item'"),
     (["checklist", "show", "../../etc/passwd"], "not a valid name"),
     (["checklist", "show", "nonexistent"], "checklist not found"),
+    (["checklist", "show", "post_baselin"], "Did you mean post_baseline?"),
+    # an item's id where the checklist's name goes: the command that was meant
+    (["checklist", "tick", "data_documented"], "`wf checklist tick reproducibility data_documented`"),
+    (["checklist", "tick", "reproducibility"], "its manual items: data_documented, config_committed"),
     (["gate", "check", "nonsense"], "unknown phase 'nonsense'"),
     (["decide", "finalize"], "nothing to decide yet"),
     (["decide", "maybe"], "unknown decision 'maybe'"),
