@@ -15,6 +15,8 @@ Exit codes of `wf` (documented in the README and in `wf --help`):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class WfError(Exception):
     """Base of every error wf expects; the message is for a person and names what to do next."""
@@ -121,3 +123,11 @@ class RunPreemptedError(RunInterruptedError):
     """SIGUSR1, SLURM's warning before preemption (`--signal=USR1@90`): saved, requeued, exit 138."""
 
     exit_code = 138
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' Did you mean 'x'?' for the closest of `choices` to a mistyped `word`, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -49,13 +49,20 @@ class _Display:
         self.plain_every_s = None if progress.console.is_terminal else _plain_progress_interval()
         self.plain_last: float | None = None
 
-    def message(self, text: str) -> None:
-        if not self.started:  # the rule appears once the entry gate has let the phase start
+    def start(self) -> None:
+        """The display (its rule, then the live bar) appears once the entry gate has let the phase
+        start: a refusal before it is the error alone."""
+        if not self.started:
             self.progress.console.rule(f"wf phase {self.phase}")
+            self.progress.start()
             self.started = True
+
+    def message(self, text: str) -> None:
+        self.start()
         self.progress.console.print(f"· {text}")
 
     def update(self, p) -> None:
+        self.start()
         total = p.epochs * p.steps_per_epoch
         if self.task is None:
             self.task = self.progress.add_task("training", total=total, info="")
@@ -121,11 +128,14 @@ def run_with_display(project, name: str, override_reason: str | None = None, res
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
-    with Progress(*columns, console=console, transient=False) as progress:
-        display = _Display(progress, name)
+    display = _Display(Progress(*columns, console=console, transient=False), name)
+    try:
         result = run_phase(project, name, override_reason=override_reason,
                            on_progress=display.update, on_message=display.message, resume=resume,
                            deadline=deadline)
+    finally:
+        if display.started:
+            display.progress.stop()
     for c in result.criteria:
         console.print(f"{mark(c['passed'])} {c['text']}: {c['detail']}", highlight=False)
     rec = result.recommendation
@@ -155,12 +165,15 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
                                          "9 hours or an allocation's end. Exit 124; continue with --resume."),
           ) -> None:
     """Run a phase (or, with --smoke, check that it runs). Exit 0 success · 1 failed its success criteria · 2 bad input · 3 entry gate closed ·
-    5 a write was refused (disk full, read-only) · 6 a data-parallel run lost a process ·
-    124 stopped at --time-limit · 130/138/143 stopped by SIGINT/SIGUSR1/SIGTERM (resumable with --resume)."""
+    4 another wf command holds the project · 5 a write was refused (disk full, read-only) · 6 a data-parallel run lost
+    a process · 124 stopped at --time-limit · 129/130/138/143 stopped by SIGHUP/SIGINT/SIGUSR1/SIGTERM (resumable
+    with --resume)."""
     from mlflow_core.errors import UserInputError
-    from mlflow_core.workflow.phases import DISTRIBUTED_PHASES
+    from mlflow_core.workflow.phases import DISTRIBUTED_PHASES, load_phase
     from mlflow_core.workflow.project import Project
     from mlflow_core.world import world_from_env
+
+    load_phase(name)  # an unknown name is exit 2 before any display starts
 
     if smoke and (resume or override_gate is not None or time_limit is not None):
         raise UserInputError("--smoke runs outside the phase's record: it takes neither --resume, "

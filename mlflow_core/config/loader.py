@@ -31,6 +31,22 @@ def load_config(path: str | Path) -> WorkflowConfig:
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+class _UniqueKeysLoader(_SafeLoader):  # type: ignore[misc, valid-type]
+    """A safe loader that refuses a key given twice in one mapping: YAML would keep the later value
+    without a word, and a reviewer reading the first one would approve a config that does not run."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in first_line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r}, also on line {first_line[key_node.value]}: "
+                        "YAML would keep only the later value; keep one", key_node.start_mark)
+                first_line[key_node.value] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def load_config_text(text: str, source: str) -> WorkflowConfig:
     raw = _parse_yaml(text, source)
     try:
@@ -50,14 +66,16 @@ def config_sha256(path: str | Path) -> str:
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
         # A safe loader refuses python/object tags: a config stays data.
-        raw = yaml.load(text, Loader=_SafeLoader)
+        raw = yaml.load(text, Loader=_UniqueKeysLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(source, [f"{where}not valid YAML ({problem})"]) from None
-    if raw is None:
-        raw = {}
+    if raw is None:  # every default would silently become the config: a run nobody chose
+        raise ConfigError(source, ["the file is empty (no sections)"],
+                          hint="`wf init DIR` writes a complete config to start from; `wf config schema` prints "
+                          "every key.")
     if not isinstance(raw, dict):
         raise ConfigError(source, [f"the top level must be a mapping of sections, got {type(raw).__name__}"])
     return raw

@@ -10,7 +10,7 @@ from typing import Any
 from mlflow_core.diagnostics.base import Diagnosis
 from mlflow_core.diagnostics.context import DiagnoseContext
 from mlflow_core.diagnostics.registry import REGISTRY
-from mlflow_core.errors import UserInputError
+from mlflow_core.errors import UserInputError, did_you_mean
 from mlflow_core.reports.diagnosis import write_diagnosis_report
 from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.facts import DataCheck
@@ -78,7 +78,8 @@ def run_diagnosis(project: Project, name: str, run: RunRecord, fix: bool = False
 
 def _check_name(name: str) -> None:
     if name not in REGISTRY and name != "auto":
-        raise UserInputError(f"unknown diagnostic {name!r}; diagnostics: auto, {', '.join(REGISTRY)}.",
+        raise UserInputError(f"unknown diagnostic {name!r}; diagnostics: auto, {', '.join(REGISTRY)}."
+                             + did_you_mean(name, ["auto", *REGISTRY]),
                              hint="`wf diagnose auto` runs them all.")
 
 

@@ -27,6 +27,7 @@ from mlflow_core.errors import (
     StorageError,
     UserInputError,
     WfError,
+    did_you_mean,
 )
 from mlflow_core.orchestration.launch import leading
 from mlflow_core.orchestration.slurm import requeue_job, slurm_job_id
@@ -449,7 +450,8 @@ def rerender_report(project: Project, phase: str) -> PhaseResult:
 
 def decide(project: Project, choice: str, reason: str | None) -> Decision:
     if choice not in DECISIONS:
-        raise UserInputError(f"unknown decision {choice!r}; choose one of: {', '.join(DECISIONS)}.")
+        raise UserInputError(f"unknown decision {choice!r}; choose one of: {', '.join(DECISIONS)}."
+                             + did_you_mean(choice, DECISIONS))
     with project_lock(project, f"wf decide {choice}"):
         state = load_state(project)
         current = state.current_phase

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlflow_core.content import packaged_root
-from mlflow_core.errors import ChecklistError
+from mlflow_core.errors import ChecklistError, did_you_mean
 from mlflow_core.workflow import fingerprints
 from mlflow_core.workflow.checklist import Checklist, ChecklistItem, parse_checklist
 from mlflow_core.workflow.checks import CHECKS, CheckContext, run_check
@@ -83,16 +83,13 @@ def load_checklist(project: Project, name: str) -> Checklist:
 def _unknown_checklist(project: Project, name: str) -> ChecklistError:
     """No checklist `name`: the ones there are, and the command meant when `name` is an item's id
     (`wf checklist tick data_documented` for `wf checklist tick reproducibility data_documented`)."""
-    import difflib
-
     names = sorted({p.stem for d in (project.checklists_dir, packaged_root() / "checklists")
                     for p in d.glob("*.md")})
     holders = [n for n in names if any(i.id == name for i in load_checklist(project, n).items)]
-    close = difflib.get_close_matches(name, names, n=1)
     if holders:
         hint = f"{name} is an item of {holders[0]}: `wf checklist tick {holders[0]} {name}`."
-    elif close:
-        hint = f"Did you mean {close[0]}? `wf checklist show {close[0]}` lists its items."
+    elif did_you_mean(name, names):
+        hint = f"{did_you_mean(name, names).strip()} `wf checklist show NAME` lists its items."
     else:
         hint = "`wf checklist show NAME` lists a checklist's items."
     return ChecklistError(f"checklist not found: {name!r} (the checklists in "

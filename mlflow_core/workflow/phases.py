@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlflow_core.content import content_path
-from mlflow_core.errors import UserInputError
+from mlflow_core.errors import UserInputError, did_you_mean
 from mlflow_core.workflow.facts import (
     DiagnosticsFacts,
     FinalizationFacts,
@@ -113,7 +113,8 @@ class PhaseDefinition(BaseModel):
 
 def load_phase(name: str, project_root: Path | None = None) -> PhaseDefinition:
     if name not in PHASE_ORDER:
-        raise UserInputError(f"unknown phase {name!r}; phases are: {', '.join(PHASE_ORDER)}.")
+        raise UserInputError(f"unknown phase {name!r}; phases are: {', '.join(PHASE_ORDER)}."
+                             + did_you_mean(name, PHASE_ORDER))
     path = content_path("phases", f"{name}.yaml", project_root)
     return _load_phase_file(path, path.stat().st_mtime_ns)
 

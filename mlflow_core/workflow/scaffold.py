@@ -141,6 +141,11 @@ def init_project(directory: Path, example: str = "digits") -> Project:
     if (directory / WF_DIR / "state.json").exists():
         raise UserInputError(f"{directory} is already a wf project; nothing was changed.",
                              hint="Run `wf status` there.")
+    enclosing = next((d for d in directory.parents if (d / WF_DIR / "state.json").is_file()), None)
+    if enclosing is not None:  # its commands would find the inner project, its files the outer one's git
+        raise UserInputError(f"{directory} is inside the wf project {enclosing}; a project inside another is "
+                             "not created (nothing was changed).",
+                             hint=f"Choose a directory outside {enclosing}, e.g. `wf init {enclosing.parent / directory.name}`.")
     for existing in (directory / CONFIG_FILENAME, directory / "checklists"):
         if existing.exists():
             raise UserInputError(f"{existing} already exists; nothing was changed.",

@@ -33,7 +33,7 @@ def test_misspelled_key_in_config(wf, project):
     (["checklist", "tick", "reproducibility", "no_such_item"], "no item with id 'no_such_item'"),
     (["checklist", "show", "../../etc/passwd"], "not a valid name"),
     (["checklist", "show", "nonexistent"], "checklist not found"),
-    (["checklist", "show", "post_baselin"], "Did you mean post_baseline?"),
+    (["checklist", "show", "post_baselin"], "Did you mean 'post_baseline'?"),
     # an item's id where the checklist's name goes: the command that was meant
     (["checklist", "tick", "data_documented"], "`wf checklist tick reproducibility data_documented`"),
     (["checklist", "tick", "reproducibility"], "its manual items: data_documented, config_committed"),
@@ -42,6 +42,10 @@ def test_misspelled_key_in_config(wf, project):
     (["decide", "maybe"], "unknown decision 'maybe'"),
     (["phase", "nonsense"], "unknown phase 'nonsense'"),
     (["diagnose", "astrology"], "unknown diagnostic 'astrology'"),
+    (["phase", "basline"], "unknown phase 'basline'; phases are: setup, baseline, diagnostics, optimization, "
+                           "finalization. Did you mean 'baseline'?"),
+    (["decide", "finalise"], "Did you mean 'finalize'?"),
+    (["diagnose", "nan_los"], "Did you mean 'nan_loss'?"),
     (["diagnose", "dead_relu"], "no training run is recorded yet"),
     (["diagnose", "nan_loss"], "no training run is recorded yet"),
     (["diagnose", "nan_loss", "--run", "../../etc"], "is not a valid name"),
@@ -85,6 +89,34 @@ def test_outside_a_project(wf, tmp_path):
     assert r.code == 2 and "not inside a wf project" in r.err and "wf init" in r.err
 
 
+def test_a_refused_phase_prints_the_error_alone(wf, project):
+    """The progress display starts once the phase does: a refusal is the error, not a blank line first."""
+    for args in (["phase", "basline"], ["phase", "baseline"]):
+        r = wf(*args, cwd=project)
+        assert r.code in (2, 3) and r.out == "" and r.err.startswith("error: ")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("", "the file is empty (no sections)"),
+    ("# only a comment\n", "the file is empty (no sections)"),
+    (None, "line 124, column 1: not valid YAML (duplicate key 'training', also on line 37"),
+])
+def test_empty_config_and_duplicate_keys_are_refused(wf, project, text, fragment):
+    config = project / "training_config.yaml"
+    text = config.read_text() + "training:\n  epochs: 3\n" if text is None else text
+    config.write_text(text)
+    r = wf("config", "validate", cwd=project)
+    assert r.code == 2 and "training_config.yaml" in r.err and fragment in r.err
+    _no_traceback(r)
+    assert config.read_text() == text
+
+
+def test_init_inside_a_project_is_refused(wf, project):
+    r = wf("init", "nested", cwd=project / "checklists")
+    assert r.code == 2 and f"is inside the wf project {project.resolve()}" in r.err
+    assert not (project / "checklists" / "nested").exists()
+
+
 def test_init_never_overwrites(wf, project):
     r = wf("init", str(project), cwd=project.parent)
     assert r.code == 2 and "already a wf project" in r.err
@@ -109,6 +141,8 @@ def test_gate_check_exit_codes_and_junit(wf, project, tmp_path):
 def test_help_documents_exit_codes(wf):
     r = wf("--help")
     assert r.code == 0 and "3 the entry gate is closed" in r.out
+    r = wf("phase", "--help")
+    assert r.code == 0 and "4 another wf command holds the project" in " ".join(r.out.split())
 
 
 @pytest.mark.parametrize("text, seconds", [("8h30m", 30600), ("45m", 2700), ("90s", 90), ("1h", 3600),
