@@ -24,7 +24,7 @@ def load_config(path: str | Path) -> WorkflowConfig:
                           hint="Create one with `wf init DIR` or name another with --config.") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"cannot be read: {exc}"]) from None
-    return load_config_text(text, str(path))
+    return load_config_text(text, str(path), empty_is_error=True)
 
 
 # libyaml's loader when PyYAML was built with it (the wheels are): same safety, several times faster.
@@ -47,8 +47,16 @@ class _UniqueKeysLoader(_SafeLoader):  # type: ignore[misc, valid-type]
         return super().construct_mapping(node, deep)
 
 
-def load_config_text(text: str, source: str) -> WorkflowConfig:
+def load_config_text(text: str, source: str, empty_is_error: bool = False) -> WorkflowConfig:
+    """`text` validated; empty text is every default (for code), or with `empty_is_error` (a config
+    file, which would silently become a run nobody chose) exit 2."""
     raw = _parse_yaml(text, source)
+    if raw is None:
+        if empty_is_error:
+            raise ConfigError(source, ["the file is empty (no sections)"],
+                              hint="`wf init DIR` writes a complete config to start from; `wf config schema` "
+                              "prints every key.")
+        raw = {}
     try:
         return WorkflowConfig.model_validate(raw)
     except ValidationError as exc:
@@ -63,7 +71,7 @@ def config_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+def _parse_yaml(text: str, source: str) -> dict[str, Any] | None:
     try:
         # A safe loader refuses python/object tags: a config stays data.
         raw = yaml.load(text, Loader=_UniqueKeysLoader)
@@ -72,11 +80,7 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(source, [f"{where}not valid YAML ({problem})"]) from None
-    if raw is None:  # every default would silently become the config: a run nobody chose
-        raise ConfigError(source, ["the file is empty (no sections)"],
-                          hint="`wf init DIR` writes a complete config to start from; `wf config schema` prints "
-                          "every key.")
-    if not isinstance(raw, dict):
+    if raw is not None and not isinstance(raw, dict):
         raise ConfigError(source, [f"the top level must be a mapping of sections, got {type(raw).__name__}"])
     return raw
 
@@ -87,6 +91,8 @@ def _describe(err: dict[str, Any], line: int) -> str:
     where = f"line {line}: " if line else ""
     if err["type"] == "extra_forbidden":
         return f"{where}{field}: unknown key{_suggestion(loc)}"
+    if err["type"] == "model_type" and not isinstance(err.get("input"), dict):
+        return f"{where}{field}: {_section_expected(loc, err.get('input'))}"
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
@@ -95,14 +101,33 @@ def _describe(err: dict[str, Any], line: int) -> str:
     return f"{where}{field}: {msg}"
 
 
-def _suggestion(loc: tuple[Any, ...]) -> str:
+def _section_expected(loc: tuple[Any, ...], given: Any) -> str:
+    """`scheduler: cosine` where a section goes: what to write instead (pydantic says "a valid
+    dictionary or instance of SchedulerSection", a class name the user never sees)."""
+    model = _model_at(loc)
+    keys = list(model.model_fields) if model else []
+    example = (f"`{loc[-1]}: {{name: {given}}}`" if "name" in keys and isinstance(given, str)
+               else f"`{loc[-1]}: {{{keys[0]}: ...}}`" if keys else "its keys indented below it")
+    return (f"a section with keys below it is expected, got {given!r}; write e.g. {example}"
+            + (f" (keys: {', '.join(keys)})" if keys else ""))
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config section model at `loc`, None where `loc` leaves the sections."""
     model: type[BaseModel] = WorkflowConfig
-    for part in loc[:-1]:
+    for part in loc:
         fld = model.model_fields.get(str(part))
         ann = getattr(fld, "annotation", None) if fld else None
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return ""
+            return None
         model = ann
+    return model
+
+
+def _suggestion(loc: tuple[Any, ...]) -> str:
+    model = _model_at(loc[:-1])
+    if model is None:
+        return ""
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(model.model_fields)}"
 

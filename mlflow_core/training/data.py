@@ -316,14 +316,24 @@ def _custom(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
     factory = import_target(cfg.data.target, project_root, "data.target")
     result = factory(**cfg.data.kwargs)
     if not isinstance(result, dict) or not {"train", "val"} <= set(result):
+        got = (f"a dict with keys {', '.join(map(repr, result)) or 'none'}" if isinstance(result, dict)
+               else f"a {type(result).__name__}")
         raise DataError(f"data.target {cfg.data.target!r} must return a dict with 'train' and 'val' "
-                        f"datasets (got {type(result).__name__})")
+                        f"datasets, and optionally 'test' (it returned {got})")
     sample, _ = result["train"][0]
-    num_classes = cfg.data.num_classes
-    if num_classes is None:
-        raise DataError("data.num_classes is required with data.source 'custom'")
+    num_classes = cfg.data.num_classes or _classes_in(result["train"], result["val"])
     return DataBundle(result["train"], result["val"], result.get("test"), num_classes,
                       tuple(torch.as_tensor(sample).shape), f"custom {cfg.data.target}")
+
+
+def _classes_in(*splits: Dataset) -> int:
+    """data.num_classes left null: one more than the largest label (or mask value) in the splits, as
+    for ImageFolder's class folders. Labels are 0-based class indices; setup checks that they are."""
+    largest = max((int(torch.as_tensor(t).max()) for split in splits for t in dataset_targets(split)), default=-1)
+    if largest < 0:
+        raise DataError("data.num_classes is null and the data holds no non-negative label to count the classes "
+                        "from: set data.num_classes")
+    return largest + 1
 
 
 def make_loader(dataset: Dataset, cfg: WorkflowConfig, *, train: bool, device: torch.device,

@@ -116,7 +116,9 @@ def check_data(bundle: DataBundle, batch_size: int) -> dict[str, Any]:
             dataset = getattr(bundle, name)
             shapes = {shape: (count, scan["first_of_shape"][shape]) for shape, count in scan["shapes"].items()}
             raise DataError(f"{bundle.source}: {name} samples have {len(shapes)} different shapes: "
-                            f"{_first_of_each_shape(dataset, shapes)}; every sample must have the same shape")
+                            f"{_first_of_each_shape(dataset, shapes)}; every sample must have the same shape"
+                            + ("; set data.image_size (e.g. 224) to resize every image to one square size"
+                               if bundle.source.startswith("ImageFolder") else ""))
         if scan["bad_labels"]:  # cross-entropy would index out of range: this data cannot train at all
             index, label = scan["bad_labels"][0]
             files = getattr(getattr(bundle, name), "files", None)

@@ -99,16 +99,30 @@ def test_a_refused_phase_prints_the_error_alone(wf, project):
 @pytest.mark.parametrize("text, fragment", [
     ("", "the file is empty (no sections)"),
     ("# only a comment\n", "the file is empty (no sections)"),
-    (None, "line 124, column 1: not valid YAML (duplicate key 'training', also on line 37"),
+    (None, "line {appended}, column 1: not valid YAML (duplicate key 'training', also on line {first}"),
 ])
 def test_empty_config_and_duplicate_keys_are_refused(wf, project, text, fragment):
     config = project / "training_config.yaml"
-    text = config.read_text() + "training:\n  epochs: 3\n" if text is None else text
+    if text is None:  # a second training section appended: the later one would silently win
+        lines = config.read_text().splitlines()
+        fragment = fragment.format(appended=len(lines) + 1, first=lines.index("training:") + 1)
+        text = config.read_text() + "training:\n  epochs: 3\n"
     config.write_text(text)
     r = wf("config", "validate", cwd=project)
     assert r.code == 2 and "training_config.yaml" in r.err and fragment in r.err
     _no_traceback(r)
     assert config.read_text() == text
+
+
+def test_a_scalar_where_a_section_goes_says_what_to_write(wf, project):
+    config = project / "training_config.yaml"
+    lines = config.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  scheduler:"))
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("    "))
+    config.write_text("\n".join([*lines[:start], "  scheduler: cosine", *lines[end:]]) + "\n")
+    r = wf("config", "validate", cwd=project)
+    assert r.code == 2 and "training.scheduler: a section with keys below it is expected, got 'cosine'; " \
+        "write e.g. `scheduler: {name: cosine}`" in r.err
 
 
 def test_init_inside_a_project_is_refused(wf, project):

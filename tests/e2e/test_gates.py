@@ -312,6 +312,7 @@ def test_imagefolder_class_names_reach_reports_the_confusion_matrix_and_the_expo
                                                                                          "1": "square"}
     card = (project / "reports" / "final_report.md").read_text()
     assert "| circle (0) |" in card and "| square (1) |" in card
+    assert "\nPython 3." in card and " · torch " in card  # the environment line says what each version is of
     assert (project / "reports" / "figures" / "final_confusion_matrix.png").is_file()
 
 

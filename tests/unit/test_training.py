@@ -69,6 +69,20 @@ def test_imagefolder(tmp_path):
     assert x.dtype == torch.float32 and x.min() >= 0.0 and x.max() <= 1.0
 
 
+def test_imagefolder_of_several_sizes_names_image_size(tmp_path):
+    from PIL import Image
+
+    from mlflow_core.training.data_checks import check_data
+    for split in ("train", "val"):
+        for cls, size in (("cat", (20, 24)), ("dog", (30, 30))):
+            folder = tmp_path / "imgs" / split / cls
+            folder.mkdir(parents=True)
+            Image.fromarray(np.zeros((*size, 3), dtype=np.uint8)).save(folder / "0.png")
+    data = build_data(cfg("data: {source: imagefolder, path: imgs}"), tmp_path)
+    with pytest.raises(DataError, match=r"every sample must have the same shape; set data\.image_size"):
+        check_data(data, batch_size=2)
+
+
 USER_CODE = '''
 import torch
 from torch import nn
@@ -100,6 +114,27 @@ training: {epochs: 2, batch_size: 16}
     result = Trainer(c, tmp_path, tmp_path / "run", run_id="r").fit()
     assert result.status == "completed" and len(result.metrics["epochs"]) == 2
     assert result.model.net[1].out_features == 16
+
+
+EXTRA_DATA = """
+def three(n=30):
+    x = torch.zeros(n, 3, 8, 8)
+    y = torch.arange(n) % 3
+    return {"train": TensorDataset(x, y), "val": TensorDataset(x[:6], y[:6])}
+
+def misnamed():
+    return {"training": [], "validation": []}
+"""
+
+
+def test_custom_data_counts_its_classes_when_num_classes_is_null(tmp_path):
+    """The template's promise, "inferred from the data when null": one more than the largest label."""
+    (tmp_path / "my_classes.py").write_text(USER_CODE + EXTRA_DATA)
+    data = build_data(cfg('data: {source: custom, target: "my_classes:three"}'), tmp_path)
+    assert data.num_classes == 3
+    assert build_data(cfg('data: {source: custom, target: "my_classes:three", num_classes: 5}'), tmp_path).num_classes == 5
+    with pytest.raises(DataError, match=r"it returned a dict with keys 'training', 'validation'"):
+        build_data(cfg('data: {source: custom, target: "my_classes:misnamed"}'), tmp_path)
 
 
 def test_custom_target_that_does_not_import(tmp_path):
