@@ -22,7 +22,7 @@ from mlflow_core.cli import (
     slurm_cmds,
     tune_cmds,
 )
-from mlflow_core.cli.output import err_console
+from mlflow_core.cli.output import err_console, widen_when_not_a_terminal
 from mlflow_core.errors import WfError
 
 EPILOG = ("Exit codes: 0 success · 1 a phase failed its success criteria, or a gate does not pass · "
@@ -59,6 +59,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the one place where errors become messages and exit codes. Usage errors are
     click's (exit 2); everything wf expects is a WfError carrying its exit code."""
+    widen_when_not_a_terminal()
     try:
         app(args=argv, prog_name="wf")
     except WfError as exc:

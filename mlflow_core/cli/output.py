@@ -57,6 +57,16 @@ class _TolerantStream:
 console = Console(file=_TolerantStream("stdout"), highlight=False)
 err_console = Console(file=_TolerantStream("stderr"), highlight=False)
 
+# Output to a file or pipe (a SLURM log, CI) has no width: rich would wrap it at 80 columns, cells of
+# `wf runs` over five lines and the last progress line cut short. COLUMNS, where set, still decides.
+UNWRAPPED_WIDTH = 200
+
+
+def widen_when_not_a_terminal() -> None:
+    for c in (console, err_console):
+        if not c.is_terminal and not os.environ.get("COLUMNS"):
+            c.width = UNWRAPPED_WIDTH
+
 
 def print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))

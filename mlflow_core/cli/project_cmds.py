@@ -189,6 +189,10 @@ def decide(choice: str = typer.Argument(..., help="finalize, diagnose, optimize 
     from mlflow_core.orchestration.engine import decide as record_decision
     from mlflow_core.workflow.project import Project
 
-    decision = record_decision(Project.find(), choice, reason)
-    console.print(f"[green]✔[/] decision recorded: {decision.choice} → {decision.next_phase}")
+    decision, repeated = record_decision(Project.find(), choice, reason)
+    if repeated:
+        console.print(f"[green]✔[/] already decided at {decision.time} on run {decision.after_run}: "
+                      f"{decision.choice} → {decision.next_phase} (nothing new recorded)")
+    else:
+        console.print(f"[green]✔[/] decision recorded: {decision.choice} → {decision.next_phase}")
     console.print(f"Next: wf phase {decision.next_phase}")

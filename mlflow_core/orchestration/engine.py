@@ -448,7 +448,9 @@ def rerender_report(project: Project, phase: str) -> PhaseResult:
         return result
 
 
-def decide(project: Project, choice: str, reason: str | None) -> Decision:
+def decide(project: Project, choice: str, reason: str | None) -> tuple[Decision, bool]:
+    """Record the decision in the current phase; (the decision, whether it was already on record:
+    the same choice on the same run, with no other reason, is the decision made before, not a new one)."""
     if choice not in DECISIONS:
         raise UserInputError(f"unknown decision {choice!r}; choose one of: {', '.join(DECISIONS)}."
                              + did_you_mean(choice, DECISIONS))
@@ -468,13 +470,17 @@ def decide(project: Project, choice: str, reason: str | None) -> Decision:
         judged = read_evidence(project, current)  # the run the gate judges, not a later interrupted one
         if judged is None or not judged.run_id:
             raise UserInputError(f"{current} has no finished run to decide on.", hint=f"Run `wf phase {current}`.")
+        before = state.decision
+        if (before is not None and (before.phase, before.choice, before.after_run) == (current, choice, judged.run_id)
+                and reason in (None, before.reason)):
+            return before, True
         decision = Decision(phase=current, choice=choice, next_phase=target, reason=reason, time=now_iso(),
                             after_run=judged.run_id)
         state.decision = decision
         state.record("decision", **decision.model_dump(exclude={"time"}))
         save_state(project, state)
         _sync_auto_marks(project, state, current)
-        return decision
+        return decision, False
 
 
 UNFINISHED_STATUSES = ("running", "interrupted", "crashed", "failed_input")

@@ -83,10 +83,11 @@ def render_training(r: ReportInput) -> tuple[dict[str, str], Recommendation]:
     rec = recommend(recorded, r.criteria, r.definition.playbooks)
     metrics = recorded.to_json()  # what the template and the plots read
     figures, note = learning_curves(metrics, r.project.reports_dir / "figures", r.definition.name)
-    checkpoints = [(n, metrics["checkpoints"][n]) for n in ("best", "last") if metrics["checkpoints"].get(n)]
-    checkpoints += [(f"epoch {c['epoch']}", c) for c in metrics["checkpoints"]["periodic"]]
-    checkpoints += [(f"top {rank}: {metrics['best']['metric']} {c['value']:.4g}", c)
-                    for rank, c in enumerate(metrics["checkpoints"].get("top", []), 1)]
+    saved = recorded.checkpoints
+    named = [(n, c) for n, c in (("best", saved.best), ("last", saved.last)) if c]
+    named += [(f"epoch {c.epoch}", c) for c in saved.periodic]
+    named += [(f"top {rank}: {recorded.metric} {c.value:.4g}", c) for rank, c in enumerate(saved.top, 1)]
+    checkpoints = [(name, c.model_dump(mode="json", exclude_unset=True)) for name, c in named]
     epochs = metrics["epochs"]
     rec_view = {"verdict": rec.verdict, "next_phase": rec.next_phase, "command": rec.command,
                 "reason": rec.reason, "playbook": rec.playbook,

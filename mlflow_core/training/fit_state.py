@@ -33,6 +33,7 @@ class FitState:
     validated_value: float | None = None  # the epoch's validation metric, when it was validated
     resume: dict[str, Any] | None = None  # the resume checkpoint this run continues
     started: float = field(default_factory=time.perf_counter)
+    started_at_step: int = 0  # global_step when this process started training: past 0 on a resume
     epoch_started: float = 0.0
 
     def stop(self, status: str, reason: str) -> None:

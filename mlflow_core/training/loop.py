@@ -37,7 +37,7 @@ def _fit(t: Trainer, max_steps: int | None) -> FitState:
     s = t.start(max_steps)  # build the run; continue from a resume point
     try:
         t.callbacks.on_fit_start(t, s)
-        s.started = time.perf_counter()
+        s.started, s.started_at_step = time.perf_counter(), s.global_step
         t.log.info("run %s: %s on %s, %d train / %d val samples, %d steps per epoch%s", t.run_id, t.cfg.model.name,
                    t.device, len(t.data.train), len(t.data.val), s.steps_per_epoch,
                    f", resumed at epoch {s.first_epoch} step {s.global_step}" if s.resume else "")

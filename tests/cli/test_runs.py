@@ -76,3 +76,19 @@ def test_runs_and_diff_work_with_every_kind_of_run(wf, project_copy):
         assert d.code in (0, 2) and "Traceback" not in d.err, d.err
         if d.code == 2:
             assert other.run_id in d.err or "recorded no training config" in d.err
+
+
+def test_output_to_a_file_or_pipe_is_not_wrapped_at_80_columns(monkeypatch):
+    """A SLURM log or CI has no terminal width: rich would wrap every table cell and progress line
+    at 80 columns. COLUMNS, where set, still decides."""
+    from mlflow_core.cli import output
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(output.console, "_width", None)
+    assert not output.console.is_terminal  # pytest captures stdout
+    output.widen_when_not_a_terminal()
+    assert output.console.width == output.UNWRAPPED_WIDTH == 200
+    monkeypatch.setattr(output.console, "_width", None)
+    monkeypatch.setenv("COLUMNS", "120")
+    output.widen_when_not_a_terminal()
+    assert output.console.width == 120

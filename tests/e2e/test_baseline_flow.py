@@ -67,6 +67,10 @@ def test_gate_closes_until_decision_then_opens(wf, project_copy):
     assert set(verdict["items"][0]) >= {"id", "text", "kind", "checked", "evidence"}
     assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project_copy).code == 0
     assert wf("decide", "optimize", "--reason", "want more", cwd=project_copy).code == 0
+    again = wf("decide", "optimize", cwd=project_copy)  # the same decision on the same run: not a second one
+    assert again.code == 0 and "already decided at" in again.out and "nothing new recorded" in again.out
+    history = json.loads((project_copy / ".wf" / "state.json").read_text())["history"]
+    assert [e["reason"] for e in history if e["event"] == "decision"] == ["want more"]
     assert wf("gate", "check", "baseline", cwd=project_copy).code == 0
     status = json.loads(wf("status", "--json", cwd=project_copy).out)
     assert status["decision"]["next_phase"] == "optimization"

@@ -188,7 +188,8 @@ class Monitor(Callback):
                     t.log.warning("step %d: %s", alarm.step, alarm.reason)
         elapsed = time.perf_counter() - self.window_t0
         rate = len(steps) * t.cfg.training.batch_size / elapsed if elapsed > 0 else None
-        per_step = (time.perf_counter() - s.started) / max(s.global_step, 1)
+        # the steps this process took: after a resume, the ones before it took no time here
+        per_step = (time.perf_counter() - s.started) / max(s.global_step - s.started_at_step, 1)
         t.on_progress(ProgressEvent("train", s.epoch, s.epochs, step_in_epoch, s.steps_per_epoch, s.global_step,
                                     loss=losses[-1], samples_per_s=rate,
                                     eta_s=per_step * (t.curriculum.total_steps - s.global_step),
