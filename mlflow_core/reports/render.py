@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from mlflow_core.atomic import atomic_write_text
-from mlflow_core.content import content_dirs
+from mlflow_core.content import content_dirs, packaged_root
 from mlflow_core.errors import UserInputError
 from mlflow_core.workflow.evidence import file_sha256
 from mlflow_core.workflow.project import Project
@@ -69,6 +70,27 @@ def render(project_root: Path | None, template: str, context: dict[str, Any]) ->
 
 def write_report(project: Project, filename: str, template: str, context: dict[str, Any]) -> dict[str, str]:
     text = render(project.root, template, context)
+    if not text.endswith("\n"):
+        text += "\n"
     path = project.reports_dir / filename
+    copy_cited_playbooks(project, text)
     atomic_write_text(path, text)
     return {"path": project.relative(path), "sha256": file_sha256(path)}
+
+
+PLAYBOOK_LINK = re.compile(r"\(\.\./diagnostics/([a-z0-9_]+)\.md\)")
+
+
+def copy_cited_playbooks(project: Project, text: str) -> list[str]:
+    """The playbooks a report links to (`../diagnostics/NAME.md`), copied into the project's
+    diagnostics/ where it has none, so that the link works in the pull request; a project's own
+    (edited) playbook is never replaced."""
+    copied = []
+    for name in sorted(set(PLAYBOOK_LINK.findall(text))):
+        packaged = packaged_root() / "diagnostics" / f"{name}.md"
+        target = project.root / "diagnostics" / f"{name}.md"
+        if packaged.is_file() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(target, packaged.read_text(encoding="utf-8"))
+            copied.append(name)
+    return copied

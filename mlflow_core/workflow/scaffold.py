@@ -20,8 +20,8 @@ from mlflow_core.workflow.state import ProjectState, save_state
 EXAMPLES = ("digits", "patches")
 
 GITIGNORE = """\
-# wf: heavy or machine-local outputs. Commit .wf/state.json, .wf/evidence/, reports/, checklists/ and
-# export/manifest.json (the checksums of the exported files).
+# wf: heavy or machine-local outputs. Commit .wf/state.json, .wf/evidence/, reports/, checklists/,
+# diagnostics/ (the playbooks the reports link to) and export/manifest.json (the exports' checksums).
 runs/**/checkpoints/
 runs/**/nonfinite/
 runs/**/tensorboard/

@@ -94,3 +94,19 @@ def test_the_gate_knows_every_cause_a_fix_trial_can_verify():
     from mlflow_core.workflow.checks import CONFIG_FIXABLE
 
     assert set(LR_TRIALS) | {"unnormalized_inputs", "amp_overflow"} == CONFIG_FIXABLE
+
+
+def test_a_report_brings_the_playbooks_it_links_to_into_the_project(tmp_path):
+    """`[nan_loss](../diagnostics/nan_loss.md)` must work in the project's pull request: the cited
+    playbook is copied where the project has none, and a project's own edited copy is kept."""
+    from mlflow_core.reports.render import copy_cited_playbooks
+    from mlflow_core.workflow.scaffold import init_project
+
+    project = init_project(tmp_path / "p")
+    own = project.root / "diagnostics" / "overfitting.md"
+    own.parent.mkdir()
+    own.write_text("our own thresholds\n")
+    text = "See [nan_loss](../diagnostics/nan_loss.md) and [o](../diagnostics/overfitting.md), not diagnostics/x.md."
+    assert copy_cited_playbooks(project, text) == ["nan_loss"]
+    assert (project.root / "diagnostics" / "nan_loss.md").read_text().startswith("#")
+    assert own.read_text() == "our own thresholds\n"

@@ -245,7 +245,7 @@ def test_recipe_fine_tuning_loads_fitting_weights_and_freezes_layers(tmp_path):
 
 
 def test_recipe_fine_tuning_keeps_a_new_classifier_fresh(tmp_path):
-    source = Trainer(config(model=", channels: [8, 16]"), tmp_path, tmp_path / "source").fit(max_steps=3)
+    source = Trainer(config(), tmp_path, tmp_path / "source").fit(max_steps=3)
     assert source.status in ("completed", "early_stopped")
     torch.save({"features.0.weight": torch.zeros(8, 1, 3, 3), "classifier.weight": torch.zeros(3, 16)},
                tmp_path / "plain.pt")  # a plain state dict whose classifier has 3 classes, not 10
