@@ -122,7 +122,8 @@ def runs_select(run: str = typer.Argument(..., help="A run id, or a unique prefi
 def runs_diff(run_a: str = typer.Argument(..., help="A run id, or a unique prefix of one."),
               run_b: str = typer.Argument(..., help="Another."),
               as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
-    """The config keys whose values differ between two training runs, and each run's best result."""
+    """The config keys whose values differ between two training runs, and each run's best result. A
+    run is its id (or a unique prefix), or RUN/PATH for a trial, comparison or final run inside it."""
     from mlflow_core.workflow.project import Project
     from mlflow_core.workflow.runs import config_diff
 
@@ -141,7 +142,9 @@ def runs_diff(run_a: str = typer.Argument(..., help="A run id, or a unique prefi
         console.print(f"{result['a']} and {result['b']}: the same config.")
     for label, run_id in (("A", result["a"]), ("B", result["b"])):
         best = best_text(result["best"][run_id])
-        console.print(f"{label} {run_id}: " + (f"best {best}" if best != "—" else "no best result recorded"))
+        status = result["status"][run_id]
+        console.print(f"{label} {run_id}: " + (f"best {best}" if best != "—" else "no best result recorded")
+                      + ("" if status in ("completed", "early_stopped") else f" ({status})"))
 
 
 def status(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:

@@ -12,7 +12,7 @@ from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.fingerprints import flatten
 from mlflow_core.workflow.phases import PHASE_ORDER
 from mlflow_core.workflow.project import Project
-from mlflow_core.workflow.records import load_run_metrics
+from mlflow_core.workflow.records import RunMetrics, load_run_metrics
 from mlflow_core.workflow.state import ProjectState, RunRecord, load_state
 
 
@@ -51,21 +51,62 @@ def find_run(project: Project, ref: str, state: ProjectState | None = None) -> R
                          f"{' …' if len(matches) > 5 else ''}); give more of the id.")
 
 
-def run_config(project: Project, run: RunRecord) -> dict[str, Any]:
-    """The resolved config a training run used, as recorded in its logs/metrics.json."""
-    path = project.inside(run.dir) / "logs" / "metrics.json"
-    if not path.is_file():
-        raise UserInputError(f"{project.relative(path)}: not found; run {run.run_id} ({run.phase}) recorded no "
-                             "training config of its own.", hint="Compare baseline runs, which each record one.")
-    return load_run_metrics(path).config
+def training_runs(project: Project, run: RunRecord) -> list[str]:
+    """The training runs a phase run holds besides its own (an optimization's trials and comparison
+    runs, a finalization's seeds and folds), as paths inside its directory."""
+    run_dir = project.inside(run.dir)
+    return sorted(str(p.parent.parent.relative_to(run_dir)) for p in run_dir.glob("*/**/logs/metrics.json"))
+
+
+def training_record(project: Project, ref: str) -> tuple[str, RunRecord, RunMetrics]:
+    """The training run `ref` names, with its metrics.json record: a run id (or a unique prefix), or
+    RUN/PATH for one of the training runs a phase run holds (`optimization-…/trials/trial_003`,
+    `finalization-…/seed_42`). A phase run that holds exactly one stands for it."""
+    run_ref, _, sub = ref.partition("/")
+    run = find_run(project, run_ref)
+    run_dir = project.inside(run.dir)
+    held = training_runs(project, run)
+    if sub:
+        target = (run_dir / sub).resolve()
+        if run_dir.resolve() not in target.parents:
+            raise UserInputError(f"{ref}: not inside the directory of run {run.run_id}.")
+        if not (target / "logs" / "metrics.json").is_file():
+            raise UserInputError(f"{ref}: not a training run of {run.run_id} (no logs/metrics.json there).",
+                                 hint=_held_hint(run, held))
+        return f"{run.run_id}/{sub.strip('/')}", run, load_run_metrics(target / "logs" / "metrics.json")
+    if (run_dir / "logs" / "metrics.json").is_file():
+        return run.run_id, run, load_run_metrics(run_dir / "logs" / "metrics.json")
+    if len(held) == 1:
+        return f"{run.run_id}/{held[0]}", run, load_run_metrics(run_dir / held[0] / "logs" / "metrics.json")
+    if held:
+        raise UserInputError(f"run {run.run_id} ({run.phase}) holds {len(held)} training runs; name one as "
+                             f"{run.run_id}/PATH.", hint=_held_hint(run, held))
+    raise UserInputError(f"{project.relative(run_dir / 'logs' / 'metrics.json')}: not found; run {run.run_id} "
+                         f"({run.phase}) recorded no training config of its own.",
+                         hint="Compare training runs: baseline runs, or an optimization's or finalization's own.")
+
+
+def _held_hint(run: RunRecord, held: list[str]) -> str:
+    if not held:
+        return f"Run {run.run_id} holds no training runs."
+    shown = ", ".join(f"{run.run_id}/{h}" for h in held[:6])
+    return f"Its training runs: {shown}{' …' if len(held) > 6 else ''}."
 
 
 def config_diff(project: Project, ref_a: str, ref_b: str) -> dict[str, Any]:
-    """The dotted config keys whose values differ between two runs, with both values."""
-    run_a, run_b = find_run(project, ref_a), find_run(project, ref_b)
-    a, b = flatten(run_config(project, run_a)), flatten(run_config(project, run_b))
+    """The dotted config keys whose values differ between two training runs, with both values, and
+    each run's best result and status (an interrupted run has no final result)."""
+    (label_a, run_a, rec_a), (label_b, run_b, rec_b) = training_record(project, ref_a), training_record(project, ref_b)
+    a, b = flatten(rec_a.config), flatten(rec_b.config)
     missing = object()
     changed = [{"key": key, "a": a.get(key), "b": b.get(key)} for key in sorted(set(a) | set(b))
                if a.get(key, missing) != b.get(key, missing)]
-    return {"a": run_a.run_id, "b": run_b.run_id, "changed": changed,
-            "best": {run_a.run_id: (run_a.summary or {}).get("best"), run_b.run_id: (run_b.summary or {}).get("best")}}
+
+    def best(label: str, run: RunRecord, record: RunMetrics) -> Any:
+        if label == run.run_id:  # the phase run itself: its best as `wf runs` shows it
+            return (run.summary or {}).get("best")
+        return record.best.model_dump(mode="json") if record.best else None
+
+    return {"a": label_a, "b": label_b, "changed": changed,
+            "best": {label_a: best(label_a, run_a, rec_a), label_b: best(label_b, run_b, rec_b)},
+            "status": {label_a: rec_a.status, label_b: rec_b.status}}

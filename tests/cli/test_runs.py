@@ -92,3 +92,40 @@ def test_output_to_a_file_or_pipe_is_not_wrapped_at_80_columns(monkeypatch):
     monkeypatch.setenv("COLUMNS", "120")
     output.widen_when_not_a_terminal()
     assert output.console.width == 120
+
+
+def test_diff_across_phases_reaches_the_training_runs_a_phase_run_holds(wf, project_copy):
+    """A finalization (or an optimization) trains runs of its own inside its directory: `wf runs
+    diff` compares the baseline with one of them, names them when there are several, and says when
+    one was interrupted."""
+    from mlflow_core.workflow.project import Project
+    from mlflow_core.workflow.state import RunRecord, load_state, save_state
+
+    project = Project(project_copy)
+    state = load_state(project)
+    baseline = next(r for r in state.runs if r.phase == "baseline")
+    state.runs.append(RunRecord(run_id="finalization-1", phase="finalization", status="interrupted",
+                                started_at="2026-01-01T00:13:00", finished_at="2026-01-01T00:20:00",
+                                dir="runs/finalization-1", summary={}))
+    save_state(project, state)
+    record = json.loads((project_copy / baseline.dir / "logs" / "metrics.json").read_text())
+    record["config"]["training"]["epochs"] = 30
+    record["status"] = "interrupted"
+    seed_run = project_copy / "runs" / "finalization-1" / "seed_42" / "logs"
+    seed_run.mkdir(parents=True)
+    (seed_run / "metrics.json").write_text(json.dumps(record))
+
+    one = wf("runs", "diff", baseline.run_id, "finalization-1", cwd=project_copy)  # the one run it holds
+    assert one.code == 0, one.err
+    assert "finalization-1/seed_42" in one.out and "training.epochs" in one.out and "(interrupted)" in one.out
+    named = json.loads(wf("runs", "diff", baseline.run_id, "finalization-1/seed_42", "--json", cwd=project_copy).out)
+    assert named["changed"] == [{"key": "training.epochs", "a": 15, "b": 30}]
+    assert named["status"]["finalization-1/seed_42"] == "interrupted"
+
+    (project_copy / "runs" / "finalization-1" / "seed_43" / "logs").mkdir(parents=True)
+    (project_copy / "runs" / "finalization-1" / "seed_43" / "logs" / "metrics.json").write_text(json.dumps(record))
+    several = wf("runs", "diff", baseline.run_id, "finalization-1", cwd=project_copy)
+    assert several.code == 2 and "holds 2 training runs; name one as finalization-1/PATH" in several.err
+    assert "finalization-1/seed_42, finalization-1/seed_43" in several.err
+    outside = wf("runs", "diff", baseline.run_id, "finalization-1/../../etc", cwd=project_copy)
+    assert outside.code == 2 and "not inside the directory of run finalization-1" in outside.err
