@@ -66,6 +66,8 @@ class _Display:
         total = p.epochs * p.steps_per_epoch
         if self.task is None:
             self.task = self.progress.add_task("training", total=total, info="")
+        elif p.global_step < self.progress.tasks[0].completed or total != self.progress.tasks[0].total:
+            self.progress.reset(self.task, total=total)  # the next run of the phase (a trial, a seed) began
         if p.stage == "val":
             val = f"val loss {p.loss:.4g}" if isinstance(p.loss, float) else ""
             acc = f" acc {p.metric:.2%}" if isinstance(p.metric, float) else ""

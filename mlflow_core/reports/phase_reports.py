@@ -12,6 +12,7 @@ from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.reports.diagnosis import write_diagnosis_report
 from mlflow_core.reports.plots import confusion_figure, learning_curves, optimization_figures
 from mlflow_core.reports.render import write_report
+from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.facts import FinalizationFacts, PhaseFacts
 from mlflow_core.workflow.gates import selected_by
 from mlflow_core.workflow.phases import PHASES, PhaseDefinition
@@ -130,10 +131,29 @@ def _final_context(project: Project, state: ProjectState, run_id: str, facts: Fi
     return {"project_name": project_name, "run_id": run_id, "f": facts.to_json(), "criteria": criteria, "cfg": cfg,
             "first": first, "figures": [f for f in figures if f], "env": env,
             "runs": [r for r in state.runs if r.finished_at], "decisions": decisions, "overrides": overrides,
-            "limitations": limitations(facts, first), "class_name": class_namer(names)}
+            "limitations": limitations(facts, first, _finalized_below_target(project, state, cfg)),
+            "class_name": class_namer(names)}
 
 
-def limitations(facts: FinalizationFacts, first: dict[str, Any] | None) -> list[str]:
+def _finalized_below_target(project: Project, state: ProjectState, cfg: WorkflowConfig) -> str | None:
+    """Said on the model card when the baseline missed validation.target and the decision after it
+    was to finalize anyway: a reader must not take the target as met."""
+    decision = state.decision_in("baseline")
+    evidence = read_evidence(project, "baseline")
+    if decision is None or decision.choice != "finalize" or evidence is None or not evidence.intact:
+        return None
+    best, target = evidence.facts.best, evidence.facts.target
+    if best is None or target is None:
+        return None
+    met = best.value >= target if cfg.validation.mode == "max" else best.value <= target
+    if met:
+        return None
+    reason = getattr(decision, "reason", None)
+    return (f"The baseline missed its target ({best.metric} {best.value:.4g}, validation.target {target:g}), and "
+            f"the decision after it was to finalize anyway" + (f": “{reason}”." if reason else "."))
+
+
+def limitations(facts: FinalizationFacts, first: dict[str, Any] | None, baseline_note: str | None = None) -> list[str]:
     """What a reader of the model card must know, derived from the evidence."""
     out = []
     if len(facts.evaluated()) < 2:
@@ -155,6 +175,8 @@ def limitations(facts: FinalizationFacts, first: dict[str, Any] | None) -> list[
         if first["test"].get("ece", 0) > 0.05:
             out.append(f"Calibration: expected calibration error {first['test']['ece']:.3f}; confidences are not "
                        "probabilities to rely on without recalibration (e.g. temperature scaling).")
+    if baseline_note:
+        out.append(baseline_note)
     if facts.test_split.evaluated_before_by:
         out.append("The test split had been evaluated before this run: it no longer measures unseen performance.")
     if not any(e.verified for e in facts.exports):

@@ -41,19 +41,24 @@ def learning_curves(metrics: dict[str, Any], figures_dir: Path, prefix: str) -> 
     if not epochs:
         return [], "no finished epoch to plot"
     xs = [e["epoch"] for e in epochs]
+    # (file, title, y-axis label, scale of the values, series); accuracy in %, as the report's tables
     panels = [
-        ("loss", "Loss", [("train", "train_loss"), ("validation", "val_loss")]),
-        ("accuracy", "Accuracy", [("train", "train_accuracy"), ("validation", "val_accuracy")]),
-        ("lr", "Learning rate", [("lr", "lr")]),
+        ("loss", "Loss", "loss (the training objective)", 1.0, [("train", "train_loss"), ("validation", "val_loss")]),
+        ("accuracy", "Accuracy", "accuracy (%)", 100.0, [("train", "train_accuracy"), ("validation", "val_accuracy")]),
+        ("lr", "Learning rate", "learning rate (log scale)", 1.0, [("lr", "lr")]),
     ]
+    if len({e.get("lr") for e in epochs}) <= 1:  # a constant LR is a flat line: said in words instead
+        panels.pop()
+        (figures_dir / f"{prefix}_lr.png").unlink(missing_ok=True)  # an earlier render's, now wrong
     out = []
-    for slug, title, series in panels:
+    for slug, title, ylabel, scale, series in panels:
         fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
         for label, key in series:
-            pts = [(x, _num(e.get(key))) for x, e in zip(xs, epochs) if key in e]
+            pts = [(x, _num(e.get(key)) * scale) for x, e in zip(xs, epochs) if key in e]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=label)
         ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
         best = metrics.get("best")

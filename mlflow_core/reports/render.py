@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,19 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def _plus_minus(mean: Any, std: Any) -> str:
+    """`mean ± std` with the std to two significant digits and the mean to the same decimal place
+    (0.9958 ± 0.0020, not 0.9958 ± 0.001969 or 1 ± 0): no digit shown that the spread makes noise."""
+    if not isinstance(mean, (int, float)) or not math.isfinite(mean):
+        return _fmt(mean)
+    if not isinstance(std, (int, float)) or not math.isfinite(std):
+        return f"{_fmt(float(mean))} ± —"
+    if std == 0:
+        return f"{mean:.4f} ± 0"
+    decimals = max(0, 1 - math.floor(math.log10(abs(std))))
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
 def _pct(value: Any) -> str:
@@ -46,7 +60,7 @@ def environment(project_root: Path | None) -> jinja2.Environment:
     dirs = [str(d / "reports") for d in content_dirs("templates", project_root)]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(dirs), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(fmt=_fmt, pct=_pct, mark=_mark, duration=_duration)
+    env.filters.update(fmt=_fmt, pct=_pct, mark=_mark, duration=_duration, pm=_plus_minus)
     return env
 
 

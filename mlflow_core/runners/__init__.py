@@ -122,6 +122,7 @@ def fit_or_continue(ctx: RunContext, cfg: WorkflowConfig, run_dir: Path, run_id:
         if (run_dir / "checkpoints" / "resume.pt").is_file():
             resume_from = run_dir / "checkpoints" / "resume.pt"
     phase = trainer_options.pop("phase", "")
+    trainer_options.setdefault("on_progress", ctx.on_progress)  # every trial, comparison and final run shows it
     trainer = ctx.make_trainer(phase, cfg, run_dir, run_id, resume_from=resume_from, data_spec=data_spec,
                                **trainer_options)
     result = trainer.fit()

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import re
 import socket
 import statistics
 import time
@@ -157,11 +159,15 @@ def run_optimization(ctx: RunContext) -> RunOutput:
         say(f"Study {study.study_name}: {len(finished)} trials already finished; {remaining} to go")
     trial_epochs = opt.trial_epochs or cfg.training.epochs
     if remaining:
+        optimize_log, quiet = logging.getLogger("optuna.study._optimize"), QuietAboutInterruptions()
+        optimize_log.addFilter(quiet)
         try:
             study.optimize(TrialObjective(optuna, ctx, study, data, trial_epochs), n_trials=remaining,
                            timeout=opt.timeout_s, catch=())
         except SubRunInterrupted as stop:
             return stop.output(ctx)
+        finally:
+            optimize_log.removeFilter(quiet)
     trials = [_trial_row(t) for t in study.trials]
     facts["study"] = {"name": study.study_name, "storage": shown_url, "n_trials": opt.n_trials, "sampler": opt.sampler,
                       "pruner": opt.pruner, "trial_epochs": trial_epochs,
@@ -215,6 +221,23 @@ def _lr_range_test(ctx: RunContext, data: Any) -> dict[str, Any]:
     return {k: sweep[k] for k in ("lrs", "smoothed", "suggested_lr", "rule", "stop_reason", "min_loss_lr")}
 
 
+class QuietAboutInterruptions(logging.Filter):
+    """Optuna logs "Trial N failed … Traceback … SubRunInterrupted", then "Trial N failed with value
+    None", when a signal stops a trial: that is wf's own stop, said once by wf with the command that
+    resumes it. Any other failure is logged as Optuna logs it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        trial = re.match(r"Trial (\d+) failed", record.getMessage())
+        if record.exc_info and isinstance(record.exc_info[1], SubRunInterrupted):
+            self.stopped.add(trial.group(1) if trial else "")
+            return False
+        return not (trial and trial.group(1) in self.stopped)
+
+
 def searches_data(cfg: WorkflowConfig) -> bool:
     """Whether the search space changes the data section: then each run builds its own data."""
     return any(key.startswith("data.") for key in cfg.optimization.search_space)
@@ -240,7 +263,8 @@ class TrialObjective:
         trial.set_user_attr("owner", _owner(ctx))
         shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
                           for k, v in changes.items())
-        ctx.on_message(f"Trial {trial.number}: {shown}")
+        budget = ctx.cfg.optimization.n_trials  # trial numbers count on over a resumed or shared study
+        ctx.on_message(f"Trial {trial.number} ({min(trial.number + 1, budget)}/{budget}): {shown}")
 
         def report(epoch: int, value: float) -> bool:
             if not math.isfinite(value):
@@ -261,11 +285,25 @@ class TrialObjective:
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("epochs", len(record.epochs))
         trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 2))
+        metric, epochs = ctx.cfg.validation.metric, len(record.epochs)
         if result.status == "pruned":
+            ctx.on_message(f"Trial {trial.number}: pruned after epoch {epochs} ({record.stop_reason})")
             raise self.optuna.TrialPruned(record.stop_reason)
         if best is None or not math.isfinite(best):
+            ctx.on_message(f"Trial {trial.number}: failed ({result.status}; no finite {metric})")
             return math.nan  # Optuna records the trial as failed (a NaN run, say), and carries on
+        ctx.on_message(f"Trial {trial.number}: {metric} {best:.4g} after {epochs} epochs"
+                       + self._versus_best(best))
         return float(best)
+
+    def _versus_best(self, value: float) -> str:
+        """How the trial compares with the best completed one before it."""
+        try:
+            best = self.study.best_value
+        except ValueError:  # no trial completed yet
+            return " (the first completed)"
+        better = value > best if self.study.direction.name == "MAXIMIZE" else value < best
+        return " (a new best)" if better else f" (best so far {best:.4g})"
 
     def _trial_dir(self, trial: Any) -> Path:
         """trials/trial_NNN; for an interrupted trial enqueued again, its own directory, with the epochs

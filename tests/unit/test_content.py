@@ -110,3 +110,11 @@ def test_a_report_brings_the_playbooks_it_links_to_into_the_project(tmp_path):
     assert copy_cited_playbooks(project, text) == ["nan_loss"]
     assert (project.root / "diagnostics" / "nan_loss.md").read_text().startswith("#")
     assert own.read_text() == "our own thresholds\n"
+
+
+@pytest.mark.parametrize("mean, std, shown", [(0.99583, 0.001969, "0.9958 ± 0.0020"), (1.0, 0.0, "1.0000 ± 0"),
+                                              (1234.5, 12.3, "1234 ± 12"), (0.5, 0.25, "0.50 ± 0.25"),
+                                              (None, None, "—")])
+def test_plus_minus_shows_the_digits_the_spread_allows(mean, std, shown):
+    from mlflow_core.reports.render import _plus_minus
+    assert _plus_minus(mean, std) == shown

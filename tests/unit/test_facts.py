@@ -70,3 +70,21 @@ def test_every_phase_names_a_facts_model():
     from mlflow_core.workflow.phases import PHASES
     assert PHASES["setup"].facts is SetupFacts and PHASES["baseline"].facts is TrainingFacts
     assert all(kind.facts.__name__.endswith("Facts") for kind in PHASES.values())
+
+
+@pytest.mark.parametrize("target, choice, said", [(0.97, "finalize", True), (0.85, "finalize", False),
+                                                  (0.97, "optimize", False)])
+def test_the_model_card_says_when_a_baseline_below_its_target_was_finalized(project, target, choice, said):
+    from mlflow_core.config.schema import WorkflowConfig
+    from mlflow_core.reports.phase_reports import _finalized_below_target
+    from mlflow_core.workflow.state import Decision, save_state
+
+    write_evidence(project, "baseline", "b1", TrainingFacts.model_validate({**BASELINE, "target": target}))
+    state = load_state(project)
+    state.decision = Decision(phase="baseline", choice=choice, next_phase="finalization", time="t",
+                              after_run="b1", reason="good enough for the demo")
+    save_state(project, state)
+    cfg = WorkflowConfig.model_validate({"validation": {"metric": "val_accuracy"}})  # mode: max, derived
+    note = _finalized_below_target(project, load_state(project), cfg)
+    assert (note == "The baseline missed its target (val_accuracy 0.9, validation.target 0.97), and the decision "
+            "after it was to finalize anyway: “good enough for the demo”.") if said else note is None

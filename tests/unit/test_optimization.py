@@ -53,3 +53,36 @@ def test_parameter_importance_ranks_the_parameter_that_matters_and_declines_with
     few = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     few.optimize(objective, n_trials=2)
     assert _importance(optuna, few) is None  # no ranking (and no warning) from two trials
+
+
+def test_optuna_says_nothing_of_a_trial_that_a_signal_stopped(caplog):
+    """Ctrl-C in a trial: wf says it stopped and how to resume; Optuna's "Trial N failed …
+    Traceback … SubRunInterrupted" is not shown before it. Other failures are still logged."""
+    import logging
+    from pathlib import Path
+
+    optuna = pytest.importorskip("optuna")
+    from mlflow_core.runners import SubRunInterrupted
+    from mlflow_core.runners.optimization import QuietAboutInterruptions
+
+    log, quiet = logging.getLogger("optuna.study._optimize"), QuietAboutInterruptions()
+    log.addFilter(quiet)
+    optuna.logging.enable_propagation()
+    try:
+        study = optuna.create_study()
+
+        def stopped(trial):
+            raise SubRunInterrupted(2, None, Path("runs/x/trials/trial_000"))
+
+        def broken(trial):
+            raise ValueError("a real failure")
+
+        with caplog.at_level(logging.WARNING), pytest.raises(SubRunInterrupted):
+            study.optimize(stopped, n_trials=1)
+        assert not [r for r in caplog.records if "failed" in r.getMessage()]
+        with caplog.at_level(logging.WARNING), pytest.raises(ValueError):
+            study.optimize(broken, n_trials=1)
+        assert any("a real failure" in r.getMessage() for r in caplog.records)
+    finally:
+        optuna.logging.disable_propagation()
+        log.removeFilter(quiet)
