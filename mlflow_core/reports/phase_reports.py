@@ -64,10 +64,11 @@ def render_diagnostics(r: ReportInput) -> tuple[dict[str, str], None]:
 
 def render_optimization(r: ReportInput) -> tuple[dict[str, str], None]:
 
-    figures, note = optimization_figures(r.facts, r.project.reports_dir / "figures")
+    configured_lr = load_config(r.project.config_path).training.learning_rate
+    figures, note = optimization_figures(r.facts, r.project.reports_dir / "figures", configured_lr)
     context = {"project_name": r.project_name, "run_id": r.run_id, "f": r.facts.to_json(), "criteria": r.criteria,
                "figures": figures, "figures_note": note, "overrides": r.overrides, "record": r.record,
-               "configured_lr": load_config(r.project.config_path).training.learning_rate}
+               "configured_lr": configured_lr}
     return write_report(r.project, r.definition.report, "optimization_results.md.j2", context), None
 
 

@@ -188,31 +188,42 @@ def _dynamics_figures(diagnosis: dict[str, Any], figures_dir: Path, plt: Any) ->
     return out
 
 
-def optimization_figures(facts: OptimizationFacts, figures_dir: Path) -> tuple[list[dict[str, str]], str | None]:
-    """The sweep's history (each trial's value and the best so far) and the LR range test."""
+def optimization_figures(facts: OptimizationFacts, figures_dir: Path,
+                         configured_lr: float | None = None) -> tuple[list[dict[str, str]], str | None]:
+    """The sweep's history (each trial's value and the best so far) and the LR range test, with the
+    configured learning rate marked on it."""
     plt = _pyplot()
     if plt is None:
         return [], NO_MATPLOTLIB
     out = []
     trials = [t for t in facts.trials if t.value is not None]
     if trials:
+        from matplotlib.ticker import MaxNLocator
+
         maximize = facts.direction == "maximize"
         fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=100)
-        xs, ys = [t.number for t in trials], [t.value for t in trials]
-        ax.plot(xs, ys, "o", label="completed trial")
+        completed = [t for t in trials if t.state == "COMPLETE"]
+        pruned = [t for t in trials if t.state == "PRUNED"]
+        ax.plot([t.number for t in completed], [t.value for t in completed], "o", label="completed trial")
+        if pruned:  # the value where the pruner stopped it, not a finished trial's
+            ax.plot([t.number for t in pruned], [t.value for t in pruned], "x", color="grey",
+                    label="pruned trial (at the epoch it was stopped)")
         best, running = None, []
-        for y in ys:
-            best = y if best is None or (y > best if maximize else y < best) else best
+        for t in completed:
+            best = t.value if best is None or (t.value > best if maximize else t.value < best) else best
             running.append(best)
-        ax.step(xs, running, where="post", label="best so far")
+        if completed:
+            ax.step([t.number for t in completed], running, where="post", label="best so far")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("trial")
-        ax.set_ylabel(facts.metric)
+        ax.set_ylabel(f"{facts.metric} (best epoch)")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
         out.append(_save(fig, plt, figures_dir, "optimization_history.png", "Optimization history"))
     sweep = facts.lr_range_test
-    figure = (lr_range_figure(sweep.model_dump(), figures_dir, "optimization_lr_range.png")
+    figure = (lr_range_figure({**sweep.model_dump(), "configured_lr": configured_lr}, figures_dir,
+                              "optimization_lr_range.png")
               if sweep and sweep.lrs else None)
     out += [figure] if figure else []
     return out, None if out else "no completed trial to plot"

@@ -287,7 +287,10 @@ class TrialObjective:
         trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 2))
         metric, epochs = ctx.cfg.validation.metric, len(record.epochs)
         if result.status == "pruned":
-            ctx.on_message(f"Trial {trial.number}: pruned after epoch {epochs} ({record.stop_reason})")
+            last = record.epochs[-1].model_dump().get(metric) if record.epochs else None
+            shown = f"{metric} {last:.4g}" if isinstance(last, float) else f"no {metric}"
+            ctx.on_message(f"Trial {trial.number}: pruned after epoch {epochs} ({shown} then; the pruner judged "
+                           "it unlikely to beat the earlier trials)")
             raise self.optuna.TrialPruned(record.stop_reason)
         if best is None or not math.isfinite(best):
             ctx.on_message(f"Trial {trial.number}: failed ({result.status}; no finite {metric})")

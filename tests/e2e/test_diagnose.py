@@ -125,7 +125,12 @@ def test_auto_on_a_healthy_run_finds_nothing(wf, project_copy):
     r = wf("diagnose", "auto", "--json", cwd=project_copy)
     assert r.code == 0, r.err
     assert json.loads(r.out)["findings"] == []
-    assert (project_copy / "reports" / "diagnosis_auto.md").read_text().count("No finding") == 1
+    report = (project_copy / "reports" / "diagnosis_auto.md").read_text()
+    assert report.count("No finding") == 1
+    # what was measured, not only that nothing fired
+    assert "| Diagnostic | Measure | Value |" in report and "| overfitting | validated_epochs | " in report
+    assert "| data_leakage | overlap_train_val | 0 |" in report
+    assert "| class_imbalance | class_counts_train | (10 values) |" in report  # not one row per class
 
 
 def test_auto_ranks_a_leak(wf, tmp_path):
