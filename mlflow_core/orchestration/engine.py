@@ -4,6 +4,7 @@ and `wf report`: every command that changes a project goes through here, under t
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mlflow_core.atomic import remove_stale_temp_files
+from mlflow_core.atomic import atomic_write_json, remove_stale_temp_files
 from mlflow_core.config.loader import config_sha256, load_config
 from mlflow_core.errors import (
     ChecklistError,
@@ -109,6 +110,29 @@ def evaluate_criteria(project: Project, state: ProjectState, definition: PhaseDe
 
 
 
+STARTED_CONFIG = "logs/started_config.json"  # in the run directory: the resolved config the run started with
+
+
+def _refuse_a_changed_config(project: Project, run: RunRecord, cfg: Any) -> None:
+    """A resumed run continues the config it started with: a sweep resumed with fewer trials, or a
+    final training with other seeds, would be neither the run that started nor a new one."""
+    path = project.inside(run.dir) / STARTED_CONFIG
+    try:
+        started = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a run started by an earlier wf: nothing to compare with
+        return
+    before, now = fingerprints.flatten(started), fingerprints.flatten(cfg.model_dump(mode="json"))
+    missing = object()
+    changed = [f"{key} {before.get(key)!r} → {now.get(key)!r}" for key in sorted(set(before) | set(now))
+               if before.get(key, missing) != now.get(key, missing)]
+    if changed:
+        raise UserInputError(f"{project.relative(project.config_path)} changed since run {run.run_id} started: "
+                             f"{'; '.join(changed[:8])}{' …' if len(changed) > 8 else ''}. A resumed run continues "
+                             "the config it started with.",
+                             hint=f"Restore those values and run `wf phase {run.phase} --resume`, or start a new "
+                             f"run with the new config: `wf phase {run.phase}`.")
+
+
 def _resumable_run(project: Project, state: ProjectState, phase: str) -> tuple[RunRecord, Path | None]:
     """The latest run of `phase`, if it was interrupted, and the baseline's resume checkpoint. The
     other phases' runners find their trials' and seeds' own checkpoints in the run directory."""
@@ -193,6 +217,7 @@ def _run_phase(project: Project, phase: str, override_reason: str | None,
         run_id = new_run_id(phase)
         run_dir = project.runs_dir / run_id
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / STARTED_CONFIG, cfg.model_dump(mode="json"))  # what --resume must continue
         state.current_phase = phase
         state.entered_from[phase] = origin
         run = RunRecord(run_id=run_id, phase=phase, status="running", started_at=now_iso(),
@@ -232,6 +257,7 @@ def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
     """Continue the interrupted run where it stopped: same run id, directory and record."""
 
     run, path = _resumable_run(project, state, phase)
+    _refuse_a_changed_config(project, run, cfg)
     remove_stale_temp_files(project.inside(run.dir), recursive=True)  # a kill -9 mid-write leaves these
     run.status, run.finished_at, run.passed = "running", None, None
     state.current_phase = phase

@@ -193,6 +193,14 @@ def test_an_interrupted_sweep_resumes_to_the_sweep_that_would_have_happened(wf, 
     first = wf("phase", "optimization", *OVERRIDE, cwd=ready)
     assert first.code == 143, first.err
     assert "wf phase optimization --resume" in first.err and "trial_001" in first.err
+    # a resumed sweep continues the config it started with: a changed budget is refused, named
+    config = ready / "training_config.yaml"
+    started = config.read_text()
+    configure(ready, [("optimization.n_trials", "2")])
+    changed = wf("phase", "optimization", "--resume", cwd=ready)
+    assert changed.code == 2 and "optimization.n_trials 3 → 2" in changed.err
+    assert "continues the config it started with" in changed.err and "Traceback" not in changed.err
+    config.write_text(started)
     watcher = _signal_when("runs/optimization-*/comparison/optimized_seed43/logs/steps.csv", ready, 20)
     second = wf("phase", "optimization", "--resume", cwd=ready)
     assert second.code == 143, second.err
