@@ -24,17 +24,21 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _plus_minus(mean: Any, std: Any) -> str:
+def _plus_minus(mean: Any, std: Any, percent: bool = False) -> str:
     """`mean ± std` with the std to two significant digits and the mean to the same decimal place
-    (0.9958 ± 0.0020, not 0.9958 ± 0.001969 or 1 ± 0): no digit shown that the spread makes noise."""
+    (0.9958 ± 0.0020, not 0.9958 ± 0.001969 or 1 ± 0): no digit shown that the spread makes noise.
+    `percent`: a fraction shown in % (accuracies, as everywhere in the reports)."""
     if not isinstance(mean, (int, float)) or not math.isfinite(mean):
         return _fmt(mean)
+    scale, unit = (100.0, " %") if percent else (1.0, "")
+    mean = mean * scale
     if not isinstance(std, (int, float)) or not math.isfinite(std):
-        return f"{_fmt(float(mean))} ± —"
+        return f"{_fmt(float(mean))} ± —{unit}"
+    std = std * scale
     if std == 0:
-        return f"{mean:.4f} ± 0"
+        return f"{mean:.{2 if percent else 4}f} ± 0{unit}"
     decimals = max(0, 1 - math.floor(math.log10(abs(std))))
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}{unit}"
 
 
 def _pct(value: Any) -> str:

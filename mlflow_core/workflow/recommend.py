@@ -46,6 +46,25 @@ def recommend(metrics: RunMetrics, criteria: list[dict[str, Any]], playbooks: di
     if ok:
         return Recommendation("acceptable", "finalization", "wf decide finalize",
                               f"best {metrics.metric} {value:.4g} meets the target {target}")
+    book, why = _where_a_miss_points(metrics)
     return Recommendation("insufficient", "diagnostics", "wf decide diagnose",
                           f"best {metrics.metric} {value if value is None else format(value, '.4g')} "
-                          f"misses the target {target}", "diagnostics/convergence_stall.md")
+                          f"misses the target {target}{why}", f"diagnostics/{book}.md")
+
+
+GENERALIZATION_GAP = 0.05  # train accuracy above validation accuracy by more: what is fitted does not generalize
+
+
+def _where_a_miss_points(metrics: RunMetrics) -> tuple[str, str]:
+    """The playbook for a run that learns but misses its target, from the last validated epoch: a
+    generalization gap (overfitting: more data, augmentation, regularisation), the training data not
+    fitted either (underfitting: capacity, epochs), or, without accuracies to compare, a stall."""
+    validated = [e for e in metrics.epochs if isinstance(e.val_accuracy, float)]
+    if not validated:
+        return "convergence_stall", ""
+    train, val = validated[-1].train_accuracy, validated[-1].val_accuracy
+    if train - val > GENERALIZATION_GAP:
+        return "overfitting", (f": the model fits its training data (train accuracy {train:.1%}) far better than "
+                               f"validation ({val:.1%}), a generalization gap")
+    return "underfitting", (f": train accuracy {train:.1%} is as short as validation's ({val:.1%}), the training "
+                            "data is not fitted either")

@@ -88,3 +88,18 @@ def test_the_model_card_says_when_a_baseline_below_its_target_was_finalized(proj
     note = _finalized_below_target(project, load_state(project), cfg)
     assert (note == "The baseline missed its target (val_accuracy 0.9, validation.target 0.97), and the decision "
             "after it was to finalize anyway: “good enough for the demo”.") if said else note is None
+
+
+@pytest.mark.parametrize("train, val, playbook", [(0.99, 0.80, "overfitting"), (0.81, 0.80, "underfitting")])
+def test_a_missed_target_points_to_the_playbook_the_evidence_names(train, val, playbook):
+    """A baseline that learns but misses its target: a generalization gap is not a stall."""
+    from mlflow_core.workflow.recommend import recommend
+    from tests.helpers import run_metrics
+
+    metrics = run_metrics(metric="val_accuracy", mode="max", target=0.97,
+                          best={"metric": "val_accuracy", "value": val, "epoch": 2},
+                          epochs=[{"train_accuracy": 0.6, "val_accuracy": 0.6},
+                                  {"train_accuracy": train, "val_accuracy": val}])
+    rec = recommend(metrics, [{"id": "loss_decreased", "passed": True}], {})
+    assert rec.verdict == "insufficient" and rec.playbook == f"diagnostics/{playbook}.md"
+    assert f"train accuracy {train:.1%}" in rec.reason
