@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,15 +86,20 @@ def check_job(job: SlurmJob) -> None:
                              hint="Use --nodes 1 --gpus-per-node 1 for this phase.")
 
 
-def sbatch_script(job: SlurmJob, project_root: Path, python: str, project_name: str) -> str:
+OPTIONS_MARK = "# wf slurm options: "  # the script's own options, read back by the next `wf slurm`
+
+
+def sbatch_script(job: SlurmJob, project_name: str) -> str:
     """The batch script: SLURM's warning (USR1, 90 s before the end) reaches every wf process, rank
-    0 saves and runs `scontrol requeue`, and the requeued job (SLURM_RESTART_COUNT > 0) resumes."""
+    0 saves and runs `scontrol requeue`, and the requeued job (SLURM_RESTART_COUNT > 0) resumes. It
+    names no path of this machine: it runs from the directory it is submitted from (the project's
+    root, wherever the project was copied) with the Python of the environment active at `sbatch`."""
     check_job(job)
     q = shlex.quote
-    root = project_root.resolve()
     name = job.job_name or f"wf-{job.phase}"
+    # relative to the submit directory, which sbatch makes the job's working directory
     directives = [f"--job-name={name}", f"--nodes={job.nodes}", "--ntasks-per-node=1",
-                  f"--output={root / 'slurm' / 'logs'}/%x-%j.out", f"--signal=USR1@{PREEMPTION_WARNING_S}",
+                  "--output=slurm/logs/%x-%j.out", f"--signal=USR1@{PREEMPTION_WARNING_S}",
                   "--requeue", "--open-mode=append"]
     if job.gpus_per_node:
         directives.append(f"--gpus-per-node={job.gpus_per_node}")
@@ -101,12 +107,9 @@ def sbatch_script(job: SlurmJob, project_root: Path, python: str, project_name: 
                           ("account", job.account), ("time", job.time), ("mem", job.mem)):
         if value is not None:
             directives.append(f"--{option}={value}")
-    if any(c.isspace() or c in "#\"'" for c in str(root)):
-        raise UserInputError(f"{root}: the job's log path goes on an #SBATCH line, which takes no spaces, quotes "
-                             "or '#'; move the project to a path without them.")
-    wf = f"{q(python)} -m mlflow_core phase {q(job.phase)}"
+    wf = f'"$py" -m mlflow_core phase {q(job.phase)}'
     if job.processes > 1:
-        launch = (f"{q(python)} -m torch.distributed.run --nnodes=\"$SLURM_NNODES\" "
+        launch = (f'"$py" -m torch.distributed.run --nnodes="$SLURM_NNODES" '
                   f"--nproc-per-node={max(job.gpus_per_node, 1)} --rdzv-backend=c10d "
                   f"--rdzv-endpoint=\"$head:{RDZV_PORT}\" --rdzv-id=\"$SLURM_JOB_ID\" "
                   f"-m mlflow_core phase {q(job.phase)}")
@@ -116,12 +119,24 @@ def sbatch_script(job: SlurmJob, project_root: Path, python: str, project_name: 
     else:
         launch, head = wf, ""
     lines = ["#!/bin/bash",
-             f"# Written by `wf slurm {job.phase}` for project {project_name!r}. `wf slurm` writes it again;",
-             "# edit the options there. Submit with `sbatch` (or `wf slurm ... --submit`).",
+             f"# Written by `wf slurm {job.phase}` for project {project_name!r}. `wf slurm` writes it again,",
+             "# keeping these options unless told otherwise. Submit it from the project's root with",
+             f"# `sbatch slurm/{job.phase}.sbatch` (or `wf slurm {job.phase} --submit`), the environment that has",
+             "# wf installed active (SLURM passes it on), or WF_PYTHON set to its python.",
+             OPTIONS_MARK + json.dumps(asdict(job), sort_keys=True),
              *(f"#SBATCH {d}" for d in directives),
              "",
              "set -euo pipefail",
-             f"cd {q(str(root))}",
+             'cd "${SLURM_SUBMIT_DIR:-$PWD}"',
+             "if [ ! -f .wf/state.json ]; then",
+             f'  echo "wf: $PWD is not a wf project\'s root: submit with sbatch slurm/{job.phase}.sbatch from the folder '
+             'that holds training_config.yaml" >&2; exit 2',
+             "fi",
+             'py="${WF_PYTHON:-python3}"',
+             'if ! "$py" -c "import mlflow_core" 2>/dev/null; then',
+             '  echo "wf: $py cannot import wf: activate the environment it is installed in (pip install -e .) '
+             'before sbatch, or set WF_PYTHON to its python" >&2; exit 2',
+             "fi",
              "# a requeued job (preempted, or `scontrol requeue` after SLURM's warning) continues its run",
              'resume=""',
              'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then resume="--resume"; fi',
@@ -132,17 +147,31 @@ def sbatch_script(job: SlurmJob, project_root: Path, python: str, project_name: 
     return "\n".join(lines)
 
 
-def write_sbatch(project: Any, job: SlurmJob, python: str | None = None) -> Path:
-    import sys
+def previous_options(path: Path) -> dict[str, Any]:
+    """The options of the script `wf slurm` wrote at `path` before ({} when there is none, or it was
+    written by hand or by an earlier wf)."""
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith(OPTIONS_MARK):
+                options = json.loads(line[len(OPTIONS_MARK):])
+                return {k: v for k, v in options.items() if k in SlurmJob.__dataclass_fields__ and k != "phase"}
+    except (OSError, ValueError):
+        pass
+    return {}
 
 
+def write_sbatch(project: Any, job: SlurmJob) -> Path:
     name = load_config(project.config_path).project.name
-    text = sbatch_script(job, project.root, python or sys.executable, name)
+    text = sbatch_script(job, name)
     (project.root / "slurm" / "logs").mkdir(parents=True, exist_ok=True)  # sbatch opens --output there
-    path = project.root / "slurm" / f"{job.phase}.sbatch"
+    path = sbatch_path(project, job.phase)
     atomic_write_text(path, text)
     path.chmod(0o755)
     return path
+
+
+def sbatch_path(project: Any, phase: str) -> Path:
+    return project.root / "slurm" / f"{phase}.sbatch"
 
 
 def submit(path: Path) -> str:
@@ -153,7 +182,9 @@ def submit(path: Path) -> str:
         raise UserInputError(f"sbatch is not on PATH: SLURM is not available on this machine; {path} is written.",
                              hint="Copy the project to the cluster and run `sbatch` there, or run `wf slurm` on a "
                                   "login node with --submit.")
-    done = subprocess.run([sbatch, str(path)], capture_output=True, text=True, timeout=60, check=False)
+    # from the project's root: the job runs where it was submitted (the script's `cd`, its log path)
+    done = subprocess.run([sbatch, str(path)], capture_output=True, text=True, timeout=60, check=False,
+                          cwd=path.parent.parent)
     if done.returncode != 0:
         raise UserInputError(f"sbatch refused {path}: {(done.stderr or done.stdout).strip()}")
     return done.stdout.strip()

@@ -30,16 +30,26 @@ def test_sbatch_script_for_two_nodes(wf, tmp_path):
     for line in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --signal=USR1@90", "#SBATCH --requeue",
                  "#SBATCH --partition=gpu", "#SBATCH --account=lab6", "#SBATCH --time=1-12:00:00",
                  "#SBATCH --mem=64G", "#SBATCH --cpus-per-task=16", "#SBATCH --open-mode=append",
-                 f"#SBATCH --output={(tmp_path / 'p').resolve()}/slurm/logs/%x-%j.out"):
+                 "#SBATCH --output=slurm/logs/%x-%j.out"):
         assert line in text, line
     assert "--rdzv-backend=c10d" in text and '--rdzv-endpoint="$head:29500"' in text and "--nproc-per-node=4" in text
     assert "TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in text
     assert 'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then resume="--resume"; fi' in text
     assert (tmp_path / "p" / "slurm" / "logs").is_dir()
-    # every string that reaches a shell line is quoted
-    odd = sbatch_script(SlurmJob("baseline"), tmp_path / "p", "/opt/my env/bin/python", "p")
-    assert "'/opt/my env/bin/python' -m mlflow_core phase baseline $resume" in odd
-    assert "torch.distributed.run" not in odd  # one process: srun runs wf itself
+    # the script names no path of this machine: the project can be copied to the cluster and submitted there
+    assert str(tmp_path) not in text and sys.executable not in text
+    assert 'cd "${SLURM_SUBMIT_DIR:-$PWD}"' in text and 'py="${WF_PYTHON:-python3}"' in text
+    one = sbatch_script(SlurmJob("baseline"), "p")
+    assert '"$py" -m mlflow_core phase baseline $resume' in one
+    assert "torch.distributed.run" not in one  # one process: srun runs wf itself
+
+    # written again without options, the script keeps the ones given before, and says so
+    again = wf("slurm", "baseline", "--time", "2:00:00", cwd=tmp_path / "p")
+    assert again.code == 0 and "Kept from the script written before: --nodes 2 --gpus-per-node 4" in again.out
+    text = path.read_text()
+    assert "#SBATCH --partition=gpu" in text and "#SBATCH --time=2:00:00" in text and "#SBATCH --nodes=2" in text
+    assert wf("slurm", "baseline", "--reset", cwd=tmp_path / "p").code == 0
+    assert "--partition" not in path.read_text() and "#SBATCH --nodes=1" in path.read_text()
 
 
 @pytest.mark.parametrize("option, value", [("--partition", "gpu\n#SBATCH --wrap=rm -rf ~"),
@@ -64,7 +74,7 @@ def test_several_gpus_need_a_data_parallel_phase_and_submit_needs_slurm(wf, tmp_
 def test_submit_calls_sbatch_with_the_script(wf, tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'sbatch.args'}\n"
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'sbatch.args'}\npwd > {tmp_path / 'sbatch.cwd'}\n"
                                     "echo 'Submitted batch job 1234'\n")
     (bin_dir / "sbatch").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -72,6 +82,22 @@ def test_submit_calls_sbatch_with_the_script(wf, tmp_path, monkeypatch):
     r = wf("slurm", "baseline", "--submit", cwd=tmp_path / "p")
     assert r.code == 0 and "Submitted batch job 1234" in r.out
     assert (tmp_path / "sbatch.args").read_text().strip() == str(tmp_path / "p" / "slurm" / "baseline.sbatch")
+    # submitted from the project's root, wherever wf ran: the job runs where it is submitted
+    assert Path((tmp_path / "sbatch.cwd").read_text().strip()).resolve() == (tmp_path / "p").resolve()
+
+
+def test_the_script_says_what_is_wrong_where_it_runs(wf, tmp_path):
+    """Submitted from elsewhere than the project's root, or without the environment that has wf: one
+    line saying what to do, exit 2, before anything starts."""
+    assert wf("init", "p", cwd=tmp_path).code == 0
+    assert wf("slurm", "baseline", "--gpus-per-node", "0", cwd=tmp_path / "p").code == 0
+    script = str(tmp_path / "p" / "slurm" / "baseline.sbatch")
+    elsewhere = subprocess.run(["bash", script], cwd=tmp_path, capture_output=True, text=True,
+                               env={**os.environ, "SLURM_SUBMIT_DIR": str(tmp_path)})
+    assert elsewhere.returncode == 2 and "is not a wf project's root" in elsewhere.stderr
+    no_wf = subprocess.run(["bash", script], cwd=tmp_path / "p", capture_output=True, text=True,
+                           env={**os.environ, "WF_PYTHON": "/bin/false"})
+    assert no_wf.returncode == 2 and "/bin/false cannot import wf" in no_wf.stderr
 
 
 def _children(pid: int) -> list[int]:
@@ -103,7 +129,8 @@ def test_slurm_lifecycle_usr1_requeue_then_resume(trained_project, tmp_path):
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "77",
-           "SLURM_JOB_NODELIST": "node1", "SLURM_RESTART_COUNT": "0"}
+           "SLURM_JOB_NODELIST": "node1", "SLURM_RESTART_COUNT": "0",
+           "WF_PYTHON": sys.executable}  # the environment's python, as an activated environment gives
     job = subprocess.Popen(["bash", "slurm/baseline.sbatch"], cwd=project, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
