@@ -321,8 +321,12 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
             raise RankLostError(f"{phase} stopped: {exc.message}",
                                 hint=f"Run {run_id} is recorded as interrupted; see the other rank's message, "
                                 f"then continue with {again}.") from None
-        if isinstance(exc, KeyboardInterrupt):
-            raise RunInterruptedError(f"{phase} interrupted; run {run_id} is recorded as interrupted.") from None
+        if isinstance(exc, KeyboardInterrupt):  # outside a training run's own handler (an LR range test, a scan)
+            saved = (project.inside(run.dir) / "checkpoints" / "resume.pt").is_file()
+            again = (_resume_command(phase) if phase in RESUMABLE_PHASES and (phase != "baseline" or saved)
+                     else f"`wf phase {phase}`")
+            raise RunInterruptedError(f"{phase} interrupted; run {run_id} is recorded as interrupted.",
+                                      hint=f"Continue with {again}.") from None
         if isinstance(exc, WfError):
             raise
         logger.exception("phase %s crashed", phase)

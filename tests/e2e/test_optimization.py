@@ -269,3 +269,19 @@ def test_an_interrupted_finalization_resumes_without_touching_the_test_split_twi
     assert facts[0]["test_split"]["evaluated_before_by"] == []
     state = json.loads((project_copy / ".wf" / "state.json").read_text())
     assert [e["event"] for e in state["history"]].count("test_evaluated") == 1
+
+
+def test_ctrl_c_in_the_lr_range_test_names_the_command_that_continues(wf, ready, monkeypatch):
+    """Ctrl-C lands outside a training run's own handler (here the LR range test): exit 130, the run
+    recorded as interrupted, and the command that continues it."""
+    import mlflow_core.runners.optimization as optimization
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(optimization, "lr_range_test", interrupted)
+    r = wf("phase", "optimization", *OVERRIDE, cwd=ready)
+    assert r.code == 130 and "optimization interrupted" in r.err
+    assert "Continue with `wf phase optimization --resume`." in r.err
+    run = json.loads((ready / ".wf" / "state.json").read_text())["runs"][-1]
+    assert run["phase"] == "optimization" and run["status"] == "interrupted"
