@@ -121,14 +121,11 @@ def _refuse_a_changed_config(project: Project, run: RunRecord, cfg: Any) -> None
         started = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # a run started by an earlier wf: nothing to compare with
         return
-    before, now = fingerprints.flatten(started), fingerprints.flatten(cfg.model_dump(mode="json"))
-    missing = object()
-    changed = [f"{key} {before.get(key)!r} → {now.get(key)!r}" for key in sorted(set(before) | set(now))
-               if before.get(key, missing) != now.get(key, missing)]
+    changed = fingerprints.config_changes(fingerprints.flatten(started),
+                                          fingerprints.flatten(cfg.model_dump(mode="json")), limit=8)
     if changed:
         raise UserInputError(f"{project.relative(project.config_path)} changed since run {run.run_id} started: "
-                             f"{'; '.join(changed[:8])}{' …' if len(changed) > 8 else ''}. A resumed run continues "
-                             "the config it started with.",
+                             f"{changed}. A resumed run continues the config it started with.",
                              hint=f"Restore those values and run `wf phase {run.phase} --resume`, or start a new "
                              f"run with the new config: `wf phase {run.phase}`.")
 

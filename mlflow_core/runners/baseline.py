@@ -5,8 +5,8 @@ from __future__ import annotations
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.runners import RunContext, RunOutput, StopPoint
 from mlflow_core.workflow.evidence import file_sha256
-from mlflow_core.workflow.facts import CheckpointFacts, FileRef, GpuSummary, TrainingFacts
-from mlflow_core.workflow.records import CheckpointRef, RunMetrics
+from mlflow_core.workflow.facts import FileRef, GpuSummary, TrainingFacts
+from mlflow_core.workflow.records import CheckpointRef, Checkpoints, RunMetrics
 
 
 def run_baseline(ctx: RunContext) -> RunOutput:
@@ -31,7 +31,7 @@ def training_facts(ctx: RunContext, m: RunMetrics) -> TrainingFacts:
         return c.model_copy(update={"path": f"{rel}/{c.path}"})
 
     saved = m.checkpoints
-    checkpoints = CheckpointFacts(periodic=[in_project(c) for c in saved.periodic], top=[in_project(c) for c in saved.top],
+    checkpoints = Checkpoints(periodic=[in_project(c) for c in saved.periodic], top=[in_project(c) for c in saved.top],
                                   **{name: in_project(c) for name, c in (("best", saved.best), ("last", saved.last)) if c})
     duration = sum(e.duration_s for e in m.epochs)
     waited = sum(e.data_wait_fraction * e.duration_s for e in m.epochs if e.data_wait_fraction is not None)

@@ -16,9 +16,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from mlflow_core.atomic import atomic_write_json
-from mlflow_core.workflow.facts import PhaseFacts, facts_problem
+from mlflow_core.workflow.facts import PhaseFacts
 from mlflow_core.workflow.phases import PHASES
 from mlflow_core.workflow.project import Project, safe_name
+from mlflow_core.workflow.records import first_problem
 from mlflow_core.workflow.state import now_iso
 
 EVIDENCE_SCHEMA_VERSION = 1
@@ -94,5 +95,5 @@ def read_evidence(project: Project, phase: str, path: Path | None = None) -> Evi
         facts = PHASES[phase].facts.model_validate(raw["facts"])
     except ValidationError as exc:  # intact, but not what this wf records: another version wrote it
         return Evidence(phase, run_id, recorded_at, None, stored, intact=False,
-                        problem=f"does not hold what this wf records ({facts_problem(exc)})")
+                        problem=f"does not hold what this wf records ({first_problem(exc, 'facts')})")
     return Evidence(phase, run_id, recorded_at, facts, stored, intact=True)

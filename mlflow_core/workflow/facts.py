@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from mlflow_core.workflow.records import (
     Anomaly,
     BestValue,
-    CheckpointRef,
+    Checkpoints,
     NonFiniteEvent,
     PrecisionRecord,
     RunStatus,
@@ -131,15 +131,6 @@ class SetupFacts(PhaseFacts):
 
 # --- baseline: a training run -----------------------------------------------------------------------
 
-class CheckpointFacts(_Facts):
-    """The run's checkpoints, their paths relative to the project (records.Checkpoints has them
-    relative to the run directory)."""
-    best: CheckpointRef | None = None
-    last: CheckpointRef | None = None
-    periodic: list[CheckpointRef] = []
-    top: list[CheckpointRef] = []
-
-
 class GpuSummary(BaseModel):
     """The NVML sampler's summary (monitoring/nvml.py): `available` and why not, or the utilization
     percentiles and memory it measured (extra figures are kept as they come)."""
@@ -164,7 +155,7 @@ class TrainingFacts(PhaseFacts):
     target: float | None
     nonfinite: NonFiniteEvent | None
     anomalies: list[Anomaly] | None
-    checkpoints: CheckpointFacts
+    checkpoints: Checkpoints  # their paths relative to the project, not to the run directory
     gpu: GpuSummary | None
     data_wait_fraction: float | None
     metrics: FileRef
@@ -344,10 +335,3 @@ class FinalizationFacts(PhaseFacts):
 
     def evaluated(self) -> list[MemberRun]:
         return [r for r in self.seeds if r.test is not None]
-
-
-def facts_problem(exc: ValidationError) -> str:
-    """The first problem of a facts file that does not validate, as `field a.b: message`."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    return f"field facts.{where}: {first['msg']}"

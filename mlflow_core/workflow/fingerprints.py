@@ -68,10 +68,15 @@ def config_fingerprint(cfg: Any, phase: str) -> dict[str, Any]:
     return {"sha256": config_sha256(vouched(values, phase)), "values": values}
 
 
+def changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The keys of two flat (dotted) configs whose values differ, or that only one of them has."""
+    missing = object()
+    return [k for k in sorted(set(before) | set(after)) if before.get(k, missing) != after.get(k, missing)]
+
+
 def config_changes(before: dict[str, Any], after: dict[str, Any], limit: int = 6) -> str:
     """'training.learning_rate 0.001 → 0.01, model.dropout 0.0 → 0.2'."""
-    missing = object()
-    keys = [k for k in sorted(set(before) | set(after)) if before.get(k, missing) != after.get(k, missing)]
+    keys = changed_keys(before, after)
     shown = [f"{k} {json.dumps(before.get(k))} → {json.dumps(after.get(k))}" for k in keys[:limit]]
     more = f", … {len(keys) - limit} more" if len(keys) > limit else ""
     return ", ".join(shown) + more

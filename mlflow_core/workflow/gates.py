@@ -86,10 +86,11 @@ def _unknown_checklist(project: Project, name: str) -> ChecklistError:
     names = sorted({p.stem for d in (project.checklists_dir, packaged_root() / "checklists")
                     for p in d.glob("*.md")})
     holders = [n for n in names if any(i.id == name for i in load_checklist(project, n).items)]
+    suggestion = did_you_mean(name, names)
     if holders:
         hint = f"{name} is an item of {holders[0]}: `wf checklist tick {holders[0]} {name}`."
-    elif did_you_mean(name, names):
-        hint = f"{did_you_mean(name, names).strip()} `wf checklist show NAME` lists its items."
+    elif suggestion:
+        hint = f"{suggestion.strip()} `wf checklist show NAME` lists its items."
     else:
         hint = "`wf checklist show NAME` lists a checklist's items."
     return ChecklistError(f"checklist not found: {name!r} (the checklists in "

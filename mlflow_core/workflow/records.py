@@ -194,6 +194,14 @@ def validated_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return RunMetrics.model_validate(metrics).to_json()
 
 
+def first_problem(exc: ValidationError, within: str = "") -> str:
+    """The first problem of a record that does not validate, as `field a.b: message` (`within`: the
+    path of the record in its file, e.g. "facts")."""
+    first = exc.errors()[0]
+    where = ".".join([within, *(str(p) for p in first["loc"])] if within else [str(p) for p in first["loc"]])
+    return f"field {where or '(top level)'}: {first['msg']}"
+
+
 def load_run_metrics(path: Path) -> RunMetrics:
     """A run's metrics.json; a file that is not one is exit 2 naming the file and the field."""
     try:
@@ -203,9 +211,7 @@ def load_run_metrics(path: Path) -> RunMetrics:
     try:
         return RunMetrics.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         phase = raw.get("phase") if isinstance(raw, dict) else None
         again = f"`wf phase {phase}`" if isinstance(phase, str) and phase.isidentifier() else "the phase"
-        raise UserInputError(f"{path}: field {where}: {first['msg']} (the trainer writes this file; was it edited?)",
+        raise UserInputError(f"{path}: {first_problem(exc)} (the trainer writes this file; was it edited?)",
                              hint=f"Run {again} again to write it anew.") from None

@@ -9,7 +9,7 @@ from typing import Any
 
 from mlflow_core.errors import UserInputError
 from mlflow_core.workflow.evidence import read_evidence
-from mlflow_core.workflow.fingerprints import flatten
+from mlflow_core.workflow.fingerprints import changed_keys, flatten
 from mlflow_core.workflow.phases import PHASE_ORDER
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.records import RunMetrics, load_run_metrics
@@ -98,9 +98,7 @@ def config_diff(project: Project, ref_a: str, ref_b: str) -> dict[str, Any]:
     each run's best result and status (an interrupted run has no final result)."""
     (label_a, run_a, rec_a), (label_b, run_b, rec_b) = training_record(project, ref_a), training_record(project, ref_b)
     a, b = flatten(rec_a.config), flatten(rec_b.config)
-    missing = object()
-    changed = [{"key": key, "a": a.get(key), "b": b.get(key)} for key in sorted(set(a) | set(b))
-               if a.get(key, missing) != b.get(key, missing)]
+    changed = [{"key": key, "a": a.get(key), "b": b.get(key)} for key in changed_keys(a, b)]
 
     def best(label: str, run: RunRecord, record: RunMetrics) -> Any:
         if label == run.run_id:  # the phase run itself: its best as `wf runs` shows it
