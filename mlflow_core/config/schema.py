@@ -345,8 +345,15 @@ class OptimizationSection(_Section):
     sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="grid needs every parameter "
                                                        "categorical or stepped.")
     pruner: Literal["median", "none"] = Field("median", description="median: stop a trial whose validation "
-                                              "metric is worse than the median of earlier trials at that epoch.")
-    pruner_warmup_epochs: int = Field(2, ge=0, description="Epochs a trial runs before it may be pruned.")
+                                              "metric is worse, beyond the noise, than the median of the completed "
+                                              "trials at that epoch.")
+    pruner_warmup_epochs: int | None = Field(None, ge=1, description="A trial may be pruned at the end of this "
+                                             "epoch, not before (default: half the epochs of a trial, rounded up).")
+    pruner_startup_trials: int | None = Field(None, ge=1, description="Trials that must complete before any is "
+                                              "pruned (default: a third of n_trials, at least 2).")
+    pruner_min_delta: float | None = Field(None, ge=0.0, description="How much worse than the median a trial must "
+                                           "be to be pruned (default: the sampling noise of an accuracy-like metric "
+                                           "on the validation set; 0 for a loss).")
     storage: str | None = Field(None, description="An Optuna RDB URL (postgresql://…, mysql://…) shared by "
                                 "several machines; default sqlite:///.wf/optuna.db in the project.")
     study_name: str | None = Field(None, description="Default: the project name and a hash of the search "

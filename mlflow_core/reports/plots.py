@@ -202,21 +202,22 @@ def optimization_figures(facts: OptimizationFacts, figures_dir: Path,
 
         maximize = facts.direction == "maximize"
         fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=100)
+        scale = 100.0 if facts.metric.endswith("accuracy") else 1.0  # accuracies in %, as the tables
         completed = [t for t in trials if t.state == "COMPLETE"]
         pruned = [t for t in trials if t.state == "PRUNED"]
-        ax.plot([t.number for t in completed], [t.value for t in completed], "o", label="completed trial")
+        ax.plot([t.number for t in completed], [t.value * scale for t in completed], "o", label="completed trial")
         if pruned:  # the value where the pruner stopped it, not a finished trial's
-            ax.plot([t.number for t in pruned], [t.value for t in pruned], "x", color="grey",
-                    label="pruned trial (at the epoch it was stopped)")
+            ax.plot([t.number for t in pruned], [t.value * scale for t in pruned], "x", color="grey",
+                    label="pruned trial (its value when stopped)")
         best, running = None, []
         for t in completed:
             best = t.value if best is None or (t.value > best if maximize else t.value < best) else best
-            running.append(best)
+            running.append(best * scale)
         if completed:
             ax.step([t.number for t in completed], running, where="post", label="best so far")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("trial")
-        ax.set_ylabel(f"{facts.metric} (best epoch)")
+        ax.set_ylabel(f"{facts.metric}{' (%)' if scale == 100.0 else ''}, best epoch")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()

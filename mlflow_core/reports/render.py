@@ -45,6 +45,21 @@ def _pct(value: Any) -> str:
     return "—" if value is None else f"{value * 100:.1f} %"
 
 
+def shows_percent(metric: str) -> bool:
+    """Accuracies are shown in % everywhere (tables, plots, messages); losses, F1, MCC and IoU as they are."""
+    return metric.endswith("accuracy")
+
+
+def metric_value(value: Any, metric: str) -> str:
+    """A value of `metric` as every report shows it."""
+    return _pct(value) if shows_percent(metric) and isinstance(value, (int, float)) else _fmt(value)
+
+
+def metric_difference(difference: float, metric: str) -> str:
+    """A signed difference of two values of `metric` (accuracies in percentage points)."""
+    return f"{difference * 100:+.2f} points" if shows_percent(metric) else f"{difference:+.4g}"
+
+
 def _mark(passed: bool) -> str:
     return "✅" if passed else "❌"
 
@@ -64,7 +79,8 @@ def environment(project_root: Path | None) -> jinja2.Environment:
     dirs = [str(d / "reports") for d in content_dirs("templates", project_root)]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(dirs), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(fmt=_fmt, pct=_pct, mark=_mark, duration=_duration, pm=_plus_minus)
+    env.filters.update(fmt=_fmt, pct=_pct, mark=_mark, duration=_duration, pm=_plus_minus, metric=metric_value)
+    env.tests.update(percent=shows_percent)
     return env
 
 

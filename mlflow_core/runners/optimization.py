@@ -27,7 +27,9 @@ from typing import Any
 
 from mlflow_core.config.schema import SearchParameter, WorkflowConfig, with_changes
 from mlflow_core.errors import UserInputError
+from mlflow_core.reports.render import metric_difference
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
+from mlflow_core.runners.pruning import Verdict, build_pruner, pruned_at, pruning_rule
 from mlflow_core.training.data import build_data
 from mlflow_core.training.lr_finder import lr_range_test
 from mlflow_core.workflow.evidence import file_sha256
@@ -148,7 +150,10 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     data = build_data(cfg, ctx.project.root)
     facts: dict[str, Any] = {"run_dir": ctx.project.relative(ctx.run_dir), "metric": cfg.validation.metric,
                              "direction": "maximize" if maximize else "minimize"}
-    study, shown_url = _open_study(optuna, ctx)  # first, so that a bad storage URL costs nothing
+    trial_epochs = opt.trial_epochs or cfg.training.epochs
+    rule = pruning_rule(opt, trial_epochs, cfg.validation.metric, len(data.val), maximize)
+    pruner = build_pruner(optuna, rule) if opt.pruner == "median" else optuna.pruners.NopPruner()
+    study, shown_url = _open_study(optuna, ctx, pruner)  # first, so that a bad storage URL costs nothing
     if opt.lr_find:
         facts["lr_range_test"] = _lr_range_test(ctx, data)
 
@@ -157,12 +162,13 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     remaining = max(opt.n_trials - len(finished), 0)
     if finished:
         say(f"Study {study.study_name}: {len(finished)} trials already finished; {remaining} to go")
-    trial_epochs = opt.trial_epochs or cfg.training.epochs
     if remaining:
+        if opt.pruner == "median":
+            say(f"Pruning: {rule.describe()}")
         optimize_log, quiet = logging.getLogger("optuna.study._optimize"), QuietAboutInterruptions()
         optimize_log.addFilter(quiet)
         try:
-            study.optimize(TrialObjective(optuna, ctx, study, data, trial_epochs), n_trials=remaining,
+            study.optimize(TrialObjective(optuna, ctx, study, data, trial_epochs, pruner), n_trials=remaining,
                            timeout=opt.timeout_s, catch=())
         except SubRunInterrupted as stop:
             return stop.output(ctx)
@@ -171,6 +177,8 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     trials = [_trial_row(t) for t in study.trials]
     facts["study"] = {"name": study.study_name, "storage": shown_url, "n_trials": opt.n_trials, "sampler": opt.sampler,
                       "pruner": opt.pruner, "trial_epochs": trial_epochs,
+                      "pruning": ({**rule.to_json(), "pruned_after_epoch": pruned_at(trials)}
+                                  if opt.pruner == "median" else None),
                       "counts": {s: sum(1 for t in trials if t["state"] == s) for s in
                                  ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
                       "search_space": {k: v.model_dump(mode="json", exclude_none=True)
@@ -193,14 +201,12 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     return RunOutput("completed", OptimizationFacts.model_validate(facts))
 
 
-def _open_study(optuna: Any, ctx: RunContext) -> tuple[Any, str]:
+def _open_study(optuna: Any, ctx: RunContext, pruner: Any) -> tuple[Any, str]:
     """The study in its storage (created, or continued), and the storage as reports may show it."""
     cfg, opt = ctx.cfg, ctx.cfg.optimization
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(ctx)
     shown_url = "sqlite:///.wf/optuna.db" if opt.storage is None else redacted(url)  # reports are committed
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=opt.pruner_warmup_epochs)
-              if opt.pruner == "median" else optuna.pruners.NopPruner())
     try:
         study = optuna.create_study(study_name=study_name(cfg), storage=url, load_if_exists=True,
                                     sampler=seeded_per_draw(optuna, cfg), pruner=pruner,
@@ -248,8 +254,9 @@ class TrialObjective:
     validation metric to the pruner. An interrupted trial is recorded as failed (Optuna's only way to
     end it) and enqueued again with its values, so that `--resume` continues it from its checkpoint."""
 
-    def __init__(self, optuna: Any, ctx: RunContext, study: Any, data: Any, trial_epochs: int):
+    def __init__(self, optuna: Any, ctx: RunContext, study: Any, data: Any, trial_epochs: int, pruner: Any):
         self.optuna, self.ctx, self.study, self.data, self.trial_epochs = optuna, ctx, study, data, trial_epochs
+        self.verdicts: dict[int, Verdict] = getattr(pruner, "verdicts", {})
         self.rebuild = searches_data(ctx.cfg)
 
     def __call__(self, trial: Any) -> float:
@@ -287,10 +294,11 @@ class TrialObjective:
         trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 2))
         metric, epochs = ctx.cfg.validation.metric, len(record.epochs)
         if result.status == "pruned":
-            last = record.epochs[-1].model_dump().get(metric) if record.epochs else None
-            shown = f"{metric} {last:.4g}" if isinstance(last, float) else f"no {metric}"
-            ctx.on_message(f"Trial {trial.number}: pruned after epoch {epochs} ({shown} then; the pruner judged "
-                           "it unlikely to beat the earlier trials)")
+            verdict = self.verdicts.get(trial.number)
+            why = (f"best {metric} {verdict.best:.4g} against the median {verdict.median:.4g} of {verdict.completed} "
+                   f"completed trials at that epoch, worse by more than {verdict.margin:.2g}" if verdict else
+                   "judged by the pruner unlikely to beat the completed trials")
+            ctx.on_message(f"Trial {trial.number}: pruned after epoch {epochs} ({why})")
             raise self.optuna.TrialPruned(record.stop_reason)
         if best is None or not math.isfinite(best):
             ctx.on_message(f"Trial {trial.number}: failed ({result.status}; no finite {metric})")
@@ -427,9 +435,10 @@ def compare(baseline: list[float], optimized: list[float], seeds: list[int], max
                                       alternative="greater" if maximize else "less").pvalue)
     out["p_value"] = p
     out["significant"] = bool(gain > 0 and p < alpha)
-    out["verdict"] = (f"the optimized config is better by {gain:.4g} {metric} (p = {p:.3g} < {alpha})"
+    shown_gain = metric_difference(gain, metric)  # positive: better, in either direction
+    out["verdict"] = (f"the optimized config is better by {shown_gain.lstrip('+')} of {metric} (p = {p:.3g} < {alpha})"
                       if out["significant"] else
-                      f"no improvement beyond the seed noise ({gain:+.4g} {metric}, p = {p:.3g}, needs < {alpha})")
+                      f"no improvement beyond the seed noise ({shown_gain} of {metric}, p = {p:.3g}, needs < {alpha})")
     return out
 
 

@@ -205,6 +205,14 @@ class LrRangeTest(_Facts):
     min_loss_lr: float | None
 
 
+class PruningFacts(_Facts):
+    warmup_epochs: int
+    startup_trials: int
+    min_delta: float | None
+    rule: str  # the rule in a sentence, as the sweep applied it
+    pruned_after_epoch: dict[str, int]  # epoch → trials pruned after it
+
+
 class StudyFacts(_Facts):
     name: str
     storage: str
@@ -212,6 +220,7 @@ class StudyFacts(_Facts):
     sampler: str
     pruner: str
     trial_epochs: int
+    pruning: PruningFacts | None = None  # the median pruner's rule and what it pruned
     counts: dict[str, int]
     search_space: dict[str, dict[str, Any]]
 
