@@ -37,8 +37,8 @@ class SlowDataset(Dataset):
 
 
 def digits(train: int = 1400, label_noise: float = 0.0, random_labels: bool = False, delay_s: float = 0.0,
-           outliers: float = 0.0, outlier_scale: float = 30.0, scale: float = 1.0):
-    """Train on the first `train` digits, validate on the last 397.
+           outliers: float = 0.0, outlier_scale: float = 30.0, scale: float = 1.0, val: int = 397):
+    """Train on the first `train` digits, validate on `val` of the last 397.
     label_noise: that share of training labels replaced at random (annotation errors);
     random_labels: every label random (a broken join between images and labels);
     delay_s: per-sample loading time;
@@ -47,7 +47,7 @@ def digits(train: int = 1400, label_noise: float = 0.0, random_labels: bool = Fa
     x, y = _digits()
     x = x * scale
     g = torch.Generator().manual_seed(1)
-    xt, yt, xv, yv = x[:train], y[:train].clone(), x[1400:], y[1400:].clone()
+    xt, yt, xv, yv = x[:train], y[:train].clone(), x[1400:1400 + val], y[1400:1400 + val].clone()
     if random_labels:
         yt = torch.randint(0, 10, yt.shape, generator=g)
         yv = torch.randint(0, 10, yv.shape, generator=g)

@@ -42,6 +42,7 @@ class Case:
     example: str = "digits"
     data: Callable[[Path], None] | None = None  # breaks the dataset files of a patches project
     what: str = ""
+    also: tuple[str, str] | None = None  # a second fault that must be among the findings, after the first
 
 
 # --- dataset faults on 6-band Sentinel-2 NPZ patches --------------------------------------------------------
@@ -80,6 +81,32 @@ def skew_classes(project: Path) -> None:
             label = int(z["label"])
         if label != 0 and (i // 4) % 15:
             path.unlink()
+
+
+def _keep_share_of_others(project: Path, keep_every: int, of: int) -> None:
+    """Keep every class-0 training patch and `keep_every` in `of` of the others (by file order)."""
+    for i, path in enumerate(_patches(project)):
+        with np.load(path) as z:
+            label = int(z["label"])
+        if label != 0 and i % of >= keep_every:
+            path.unlink()
+
+
+def skew_at_threshold(project: Path) -> None:
+    """One class about 3.5× each other: just past the ratio (3) at which wf calls a skew, with
+    hundreds of patches, far beyond what chance gives a balanced source of that size."""
+    _keep_share_of_others(project, 2, 7)
+
+
+def skew_below_threshold(project: Path) -> None:
+    """One class about 2.3× each other: a real but mild skew, below the ratio wf calls one."""
+    _keep_share_of_others(project, 3, 7)
+
+
+def skew_then_poison(project: Path) -> None:
+    """Two faults at once: the classes skewed (one 15× the others) and NaN pixels in one patch."""
+    skew_classes(project)
+    poison_nan(project)
 
 
 def leak_val(project: Path) -> None:
@@ -152,6 +179,19 @@ FAULTS = [
     Case("dataloader_bound", ("resource_inefficiency", "dataloader_bound"),
          {**CUSTOM_DIGITS, "data.kwargs": {"delay_s": 0.002}, "training.epochs": 2},
          what="2 ms to load each sample, no workers"),
+    # --- faults that are not one clean effect -------------------------------------------------------
+    # Two at once: the non-finite loss comes first, because it stops training: no other symptom of
+    # the run (its curves, its gap) can be judged until it trains, and its fix (clean the patch)
+    # is needed whatever the skew. The skew is real too, and must be listed after it.
+    Case("two_faults_nan_and_skew", ("nan_loss", "nonfinite_inputs"), example="patches", data=skew_then_poison,
+         also=("class_imbalance", "skewed_classes"), what="NaN pixels in one patch and one class 15× the others"),
+    Case("skew_at_threshold", ("class_imbalance", "skewed_classes"), example="patches", data=skew_at_threshold,
+         what="one class about 3.5× the others: just past the ratio of 3"),
+    # A small dataset: 60 training images (6 per class) memorised in 30 epochs
+    Case("small_dataset", ("overfitting", "overfitting"),
+         {**CUSTOM_DIGITS, "data.kwargs": {"train": 60}, "training.epochs": 30, "early_stopping.enabled": False,
+          "validation.metric": "val_loss", "validation.target": None},
+         what="60 training images (6 per class), 30 epochs"),
 ]
 
 HEALTHY = [
@@ -164,6 +204,12 @@ HEALTHY = [
     Case("healthy_small_adamw", None, {"model.channels": [16, 32], "training.optimizer": "adamw",
                                        "training.weight_decay": 0.01, "training.scheduler": {"name": "plateau"}},
          what="a two-block CNN, AdamW, plateau schedule"),
+    Case("healthy_class_noise", None, {**CUSTOM_DIGITS, "data.kwargs": {"label_noise": 0.3}},
+         what="30 % of the training labels replaced at random (annotation noise), clean validation labels"),
+    Case("healthy_small_val", None, {**CUSTOM_DIGITS, "data.kwargs": {"val": 40}},
+         what="the digits run validated on 40 images: accuracies move 2.5 points per image"),
+    Case("healthy_mild_skew", None, example="patches", data=skew_below_threshold,
+         what="one class about 2.3× the others: below the ratio wf calls a skew"),
 ]
 
 
@@ -247,8 +293,11 @@ def run_case(case: Case, root: Path, fix: bool = True) -> dict[str, Any]:
         out.update(diagnose_exit=code, error=err.strip()[-500:], top=None, findings=[])
         return out
     findings = json.loads(stdout)["findings"]
-    out["findings"] = [(f["diagnostic"], f["cause"], f["confidence"]) for f in findings]
+    out["findings"] = [(f["diagnostic"], f["cause"], f["confidence"], f.get("strength")) for f in findings]
     out["top"] = (findings[0]["diagnostic"], findings[0]["cause"]) if findings else None
+    if case.also:
+        out["also"] = list(case.also)
+        out["also_found"] = any((f["diagnostic"], f["cause"]) == case.also for f in findings[1:])
     if fix and findings:
         code, stdout, err, fix_s = wf("diagnose", findings[0]["diagnostic"], "--fix", "--json", cwd=project)
         fixed = json.loads(stdout) if code == 0 else {}
@@ -309,6 +358,9 @@ def report(results: list[dict[str, Any]]) -> None:
     times = [r["run_s"] + r["diagnose_s"] for r in faults]
     print(f"\nTop-1 diagnosis right: {len(right)}/{len(faults)} ({len(right) / max(len(faults), 1):.0%}); "
           f"cause right: {len(cause)}/{len(faults)}")
+    for r in (r for r in faults if "also" in r):
+        print(f"Second fault of {r['case']}: {tuple(r['also'])} "
+              f"{'listed after the first' if r['also_found'] else 'NOT listed after the first'}")
     print(f"False alarms on healthy runs: {len(alarms)}/{len(healthy)}"
           + "".join(f"\n  {r['case']}: {r['findings']}" for r in alarms))
     print(f"NaN detection lag in steps (wf's stop − the first non-finite loss or gradient in a plain loop): "

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from mlflow_core.diagnostics.context import DiagnoseContext
 
 
+PROBE_SAMPLES = 256  # training samples the activation probes (diagnostics/dynamics.py) look at
+
+
 @dataclass(frozen=True)
 class Finding:
     diagnostic: str
@@ -21,9 +24,17 @@ class Finding:
     evidence: dict[str, Any]
     fix: str
     explanation: str = ""
+    # the effect in units of its sampling noise (workflow/noise.py); None: observed directly, no noise
+    strength: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def evidence_rank(finding: Finding) -> tuple[float, float]:
+    """Sort key, strongest evidence first: confidence (for estimates already weighed by their noise),
+    then strength, a direct observation counting as the strongest."""
+    return (-finding.confidence, -(finding.strength if finding.strength is not None else float("inf")))
 
 
 @dataclass
@@ -35,11 +46,14 @@ class Diagnosis:
     trials: list[dict[str, Any]] = field(default_factory=list)
     suggested_config: str | None = None
     report: str | None = None
+    # the smallest effect the detector can see in this run's data, in a sentence ({diagnostic: …} for auto)
+    sensitivity: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"diagnostic": self.diagnostic, "run": self.run_id,
                 "findings": [f.to_json() for f in self.findings], "probes": self.probes,
-                "trials": self.trials, "suggested_config": self.suggested_config, "report": self.report}
+                "trials": self.trials, "suggested_config": self.suggested_config, "report": self.report,
+                "sensitivity": self.sensitivity}
 
 
 def default_trial_steps(ctx: DiagnoseContext) -> int:
@@ -73,3 +87,6 @@ class Diagnostic:
     trial: TrialPlan = field(default_factory=TrialPlan)
     applies: Callable[[DiagnoseContext], bool] = _always  # whether `wf diagnose auto` runs it on this run
     claims_fixes: bool = False  # when it applies, `auto --fix` tries its fixes, not the strongest finding's
+    # the smallest effect it can see, where that does not depend on the run's data (a detector whose
+    # sensitivity does, e.g. on the number of validation samples, sets Diagnosis.sensitivity itself)
+    sees: str = ""

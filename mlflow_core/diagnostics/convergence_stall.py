@@ -4,11 +4,13 @@ Playbook and thresholds: diagnostics/convergence_stall.md."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding, TrialPlan, default_trial_steps
 from mlflow_core.diagnostics.context import DiagnoseContext, fmt_value, number_or_none
 from mlflow_core.diagnostics.fixes import learning_rate_fixes
+from mlflow_core.workflow.noise import Z, beyond_chance, proportion_noise
 
 STALL_MIN_DROP = 0.05  # the last tenth of the step losses must be 5 % below the first tenth
 CHANCE_MARGIN = 0.1  # val accuracy within 10 % of the way from chance to perfect is "at chance"
@@ -31,20 +33,35 @@ def stall_symptoms(ctx: DiagnoseContext) -> dict[str, Any]:
     accs = [e.val_accuracy for e in ctx.metrics.epochs if number_or_none(e.val_accuracy) is not None]
     if classes and accs:
         chance = 1 / classes
-        out.update(final_val_accuracy=accs[-1], chance_accuracy=round(chance, 4),
-                   at_chance=max(accs) < chance + CHANCE_MARGIN * (1 - chance))
+        # "above chance" must stand out of the noise of an accuracy at chance on this many samples
+        weighed = beyond_chance(max(accs), classes, ctx.metrics.data.val_size)
+        margin = max(CHANCE_MARGIN * (1 - chance), weighed.smallest)
+        out.update(final_val_accuracy=accs[-1], chance_accuracy=round(chance, 4), chance_margin=round(margin, 4),
+                   at_chance=max(accs) < chance + margin)
     return out
+
+
+def _sensitivity(ctx: DiagnoseContext, symptoms: dict[str, Any]) -> dict[str, str]:
+    parts = [f"a training loss that falls less than {STALL_MIN_DROP:.0%} from the first to the last tenth of "
+             f"its {symptoms['steps']} steps" if symptoms["steps"] >= 20 else
+             "no flat loss: fewer than 20 steps recorded"]
+    if "chance_margin" in symptoms:
+        parts.append(f"a best validation accuracy within {symptoms['chance_margin']:.1%} of chance "
+                     f"({symptoms['chance_accuracy']:.1%}; {Z:g} standard errors of an accuracy at chance on "
+                     f"{ctx.metrics.data.val_size} validation samples, or {CHANCE_MARGIN:.0%} of the way to perfect)")
+    return {"convergence_stall": "; ".join(parts)}
 
 
 def convergence_stall(ctx: DiagnoseContext) -> Diagnosis:
     symptoms = stall_symptoms(ctx)
     probes: dict[str, Any] = {"symptoms": symptoms}
+    sensitivity = _sensitivity(ctx, symptoms)
     if ctx.metrics.nonfinite:
         probes["note"] = "the run ended on a non-finite loss: see `wf diagnose nan_loss`"
-        return Diagnosis("convergence_stall", ctx.run.run_id, [], probes=probes)
+        return Diagnosis("convergence_stall", ctx.run.run_id, [], probes=probes, sensitivity=sensitivity)
     if not (symptoms["flat"] or symptoms["at_chance"]):
         probes["note"] = "the training loss fell and validation accuracy is above chance: no stall"
-        return Diagnosis("convergence_stall", ctx.run.run_id, [], probes=probes)
+        return Diagnosis("convergence_stall", ctx.run.run_id, [], probes=probes, sensitivity=sensitivity)
     what = []
     if symptoms["flat"]:
         what.append(f"the training loss fell only {symptoms['relative_drop']:.1%} from the first to the last tenth "
@@ -63,7 +80,7 @@ def convergence_stall(ctx: DiagnoseContext) -> Diagnosis:
                                     {**evidence, name: top.evidence}, top.fix,
                                     f"{symptom_text}; {name.replace('_', ' ')}: {top.explanation}"))
     if findings:
-        return Diagnosis("convergence_stall", ctx.run.run_id, findings, probes=probes)
+        return Diagnosis("convergence_stall", ctx.run.run_id, findings, probes=probes, sensitivity=sensitivity)
 
     # torch, for the probes: `wf diagnose --help` imports this module
     from mlflow_core.diagnostics.dynamics import shuffled_label_control, single_batch_overfit
@@ -110,7 +127,13 @@ def convergence_stall(ctx: DiagnoseContext) -> Diagnosis:
             steps = default_trial_steps(ctx)
             control = shuffled_label_control(cfg, ctx.project_root, data, steps=steps)
             probes["shuffled_label_control"] = control
-            if control["accuracy_margin"] < LABEL_SIGNAL_MARGIN:
+            # real labels must beat permuted ones by more than the noise of two accuracies on the val set
+            n_val = ctx.metrics.data.val_size
+            signal_floor = max(LABEL_SIGNAL_MARGIN, Z * math.hypot(
+                proportion_noise(control["real"]["val_accuracy"], n_val),
+                proportion_noise(control["shuffled"]["val_accuracy"], n_val)))
+            probes["label_signal_floor"] = round(signal_floor, 4)
+            if control["accuracy_margin"] < signal_floor:
                 findings.append(Finding(
                     "convergence_stall", "labels_uninformative", 0.8,
                     {**evidence, "real_val_accuracy": control["real"]["val_accuracy"],
@@ -129,7 +152,7 @@ def convergence_stall(ctx: DiagnoseContext) -> Diagnosis:
                     f"{symptom_text}; the model can fit one batch and the labels carry signal (control: real "
                     f"{control['real']['val_accuracy']:.3f} against permuted {control['shuffled']['val_accuracy']:.3f}), "
                     "so the run is slow rather than broken"))
-    return Diagnosis("convergence_stall", ctx.run.run_id, findings, probes=probes)
+    return Diagnosis("convergence_stall", ctx.run.run_id, findings, probes=probes, sensitivity=sensitivity)
 
 
 DIAGNOSTIC = Diagnostic("convergence_stall", "a loss that does not fall, or accuracy at chance", convergence_stall,

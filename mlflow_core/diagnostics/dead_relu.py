@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding, TrialPlan
+from mlflow_core.diagnostics.base import PROBE_SAMPLES, Diagnosis, Diagnostic, Finding, TrialPlan
 from mlflow_core.diagnostics.context import DiagnoseContext
 from mlflow_core.diagnostics.fixes import learning_rate_fixes
 
@@ -69,4 +69,7 @@ def dead_unit_judge(ctx: DiagnoseContext) -> Any:
 
 
 DIAGNOSTIC = Diagnostic("dead_relu", "ReLU units that never fire", dead_relu, fixes=learning_rate_fixes,
+                        sees=f"a ReLU layer with {DEAD_FRACTION:.0%} of its units silent on {PROBE_SAMPLES} training "
+                        "samples (a unit active on fewer than 1 input in "
+                        f"{round(1 / (1 - 0.05 ** (1 / PROBE_SAMPLES)))} looks silent there 5 % of the time)",
                         trial=TrialPlan(judge=dead_unit_judge))

@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import Dataset
 
 from mlflow_core.config.schema import WorkflowConfig, with_changes
+from mlflow_core.diagnostics.base import PROBE_SAMPLES
 from mlflow_core.errors import UserInputError
 from mlflow_core.training.checkpoint import load_checkpoint
 from mlflow_core.training.data import DataBundle, dataset_targets, make_loader
@@ -33,7 +34,6 @@ from mlflow_core.training.seeding import seed_everything
 from mlflow_core.training.trainer import Trainer
 from mlflow_core.workflow.records import RunMetrics
 
-PROBE_SAMPLES = 256  # training samples the activation probes look at
 MIN_UNITS = 4  # layers narrower than this are not judged
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
-from mlflow_core.diagnostics.base import Diagnosis
+from mlflow_core.diagnostics.base import Diagnosis, evidence_rank
 from mlflow_core.diagnostics.context import DiagnoseContext
 from mlflow_core.diagnostics.registry import REGISTRY
 from mlflow_core.errors import UserInputError, did_you_mean
@@ -69,7 +69,7 @@ def run_diagnosis(project: Project, name: str, run: RunRecord, fix: bool = False
         diagnosis = _diagnose_auto(project, ctx, fix)
     else:
         say(f"Diagnosing {name} on run {run.run_id}")
-        diagnosis = ctx.result(name)
+        diagnosis = _sized(ctx.result(name))
         if fix and diagnosis.findings:
             _try_fixes(project, ctx, diagnosis)
     diagnosis.report = write_diagnosis_report(project, diagnosis.to_json(), run_dir)["path"]
@@ -93,19 +93,28 @@ def _diagnose_auto(project: Project, ctx: DiagnoseContext, fix: bool) -> Diagnos
     `fix`, the fixes of the strongest finding are tried (or of a diagnostic that claims them)."""
     applied = [d for d in REGISTRY.values() if d.applies(ctx)]
     ctx.say(f"Diagnosing run {ctx.run.run_id}: {', '.join(d.name for d in applied)}")
-    parts = [ctx.result(d.name) for d in applied]
+    parts = [_sized(ctx.result(d.name)) for d in applied]
     if fix:
         claimed = [p for p in parts if REGISTRY[p.diagnostic].claims_fixes]
-        top = max((p for p in claimed or parts if p.findings), key=lambda p: p.findings[0].confidence, default=None)
+        top = min((p for p in claimed or parts if p.findings), key=lambda p: evidence_rank(p.findings[0]), default=None)
         if top is not None:
             _try_fixes(project, ctx, top)
     auto = Diagnosis("auto", ctx.run.run_id,
-                     sorted((f for p in parts for f in p.findings), key=lambda f: -f.confidence),
-                     probes={p.diagnostic: p.probes for p in parts})
+                     sorted((f for p in parts for f in p.findings), key=evidence_rank),
+                     probes={p.diagnostic: p.probes for p in parts},
+                     sensitivity={k: v for p in parts for k, v in p.sensitivity.items()})
     for part in parts:
         auto.trials += part.trials
         auto.suggested_config = auto.suggested_config or part.suggested_config
     return auto
+
+
+def _sized(diagnosis: Diagnosis) -> Diagnosis:
+    """The diagnosis with the smallest effect its detector can see, where the detector did not
+    word it for the run's data itself."""
+    if not diagnosis.sensitivity and REGISTRY[diagnosis.diagnostic].sees:
+        diagnosis.sensitivity = {diagnosis.diagnostic: REGISTRY[diagnosis.diagnostic].sees}
+    return diagnosis
 
 
 def _try_fixes(project: Project, ctx: DiagnoseContext, diagnosis: Diagnosis) -> None:

@@ -20,4 +20,5 @@ def exploding_gradients(ctx: DiagnoseContext) -> Diagnosis:
     return Diagnosis("exploding_gradients", ctx.run.run_id, findings, probes={"spikes": len(spikes)})
 
 
-DIAGNOSTIC = Diagnostic("exploding_gradients", "gradient-norm spikes during training", exploding_gradients)
+DIAGNOSTIC = Diagnostic("exploding_gradients", "gradient-norm spikes during training", exploding_gradients,
+                        sees="one gradient norm above monitoring.explode_factor × its running median (every step is checked)")

@@ -159,6 +159,7 @@ def _trial_steps(ctx: DiagnoseContext) -> int:
 
 DIAGNOSTIC = Diagnostic(
     "nan_loss", "a non-finite loss, replayed from its last good state", nan_loss, fixes=_fixes,
+    sees="one non-finite loss or gradient norm (every step is checked)",
     trial=TrialPlan(steps=_trial_steps),
     # run by `auto` only on a run that failed on NaN; then its replay of the actual failure, not static
     # evidence, decides which fixes are tried

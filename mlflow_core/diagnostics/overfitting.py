@@ -1,4 +1,5 @@
-"""overfitting: validation loss rising above its best while the training loss keeps falling.
+"""overfitting: validation loss rising above its best while the training loss keeps falling, and a
+train–val accuracy gap that the validation set's sampling noise does not explain.
 Playbook and thresholds: diagnostics/overfitting.md."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from typing import Any
 
 from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
 from mlflow_core.diagnostics.context import DiagnoseContext
+from mlflow_core.workflow.noise import Z, accuracy_gap, weighed_confidence
 
 OVERFIT_VAL_RISE, OVERFIT_ACC_GAP = 0.10, 0.05  # val loss 10 % above its best; train-val accuracy gap
 
@@ -14,25 +16,39 @@ OVERFIT_VAL_RISE, OVERFIT_ACC_GAP = 0.10, 0.05  # val loss 10 % above its best; 
 def overfitting(ctx: DiagnoseContext) -> Diagnosis:
     # the epochs' JSON form: the figures compared here, and quoted in the evidence as recorded
     epochs = [e.model_dump(mode="json") for e in ctx.metrics.epochs if isinstance(e.val_loss, (int, float))]
+    data = ctx.metrics.data
     findings = []
     probes: dict[str, Any] = {"validated_epochs": len(epochs)}
+    sensitivity = {}
     if len(epochs) >= 3:
         best = min(epochs, key=lambda e: e["val_loss"])
         last = epochs[-1]
         rise = last["val_loss"] / best["val_loss"] - 1 if best["val_loss"] > 0 else 0.0
-        gap = last.get("train_accuracy", 0) - last.get("val_accuracy", 0)
+        gap = accuracy_gap(last.get("train_accuracy", 0.0), data.train_size, last.get("val_accuracy") or 0.0,
+                           data.val_size, floor=OVERFIT_ACC_GAP)
         train_fell = isinstance(last.get("train_loss"), (int, float)) and last["train_loss"] < best["train_loss"]
-        probes.update(best_val_epoch=best["epoch"], val_loss_rise=round(rise, 4), accuracy_gap=round(gap, 4))
-        if rise > OVERFIT_VAL_RISE and train_fell and gap > OVERFIT_ACC_GAP and last["epoch"] > best["epoch"]:
+        probes.update(best_val_epoch=best["epoch"], val_loss_rise=round(rise, 4),
+                      accuracy_gap=round(gap.effect, 4),
+                      accuracy_gap_noise=round(gap.noise, 4), gap_strength=gap.strength)
+        sensitivity["overfitting"] = (
+            f"a train − val accuracy gap of {gap.smallest:.1%} ({data.val_size} validation and {data.train_size} "
+            f"training samples: {Z:g} standard errors of the gap is {Z * gap.noise:.1%}, and wf's floor is "
+            f"{OVERFIT_ACC_GAP:.0%}), with the validation loss {OVERFIT_VAL_RISE:.0%} above its best")
+        if rise > OVERFIT_VAL_RISE and train_fell and gap.stands_out and last["epoch"] > best["epoch"]:
             findings.append(Finding(
-                "overfitting", "overfitting", 0.85 if rise > 3 * OVERFIT_VAL_RISE else 0.7,
+                "overfitting", "overfitting", weighed_confidence(0.85 if rise > 3 * OVERFIT_VAL_RISE else 0.7, gap.strength),
                 {"best_val_epoch": best["epoch"], "best_val_loss": best["val_loss"], "last_val_loss": last["val_loss"],
-                 "train_accuracy": last.get("train_accuracy"), "val_accuracy": last.get("val_accuracy")},
+                 "train_accuracy": last.get("train_accuracy"), "val_accuracy": last.get("val_accuracy"),
+                 "val_size": data.val_size},
                 "Keep the best checkpoint (early stopping on val_loss), add regularisation (weight decay, dropout, "
                 "augmentation) or more data.",
                 f"validation loss rose {rise:.0%} above its best (epoch {best['epoch']}) while training loss kept "
-                f"falling; train accuracy exceeds val accuracy by {gap:.1%}"))
-    return Diagnosis("overfitting", ctx.run.run_id, findings, probes=probes)
+                f"falling; train accuracy exceeds val accuracy by {gap.effect:.1%}, {gap.strength:g} standard errors "
+                f"of {data.val_size} validation samples", gap.strength))
+    else:
+        sensitivity["overfitting"] = "nothing: at least 3 validated epochs are needed to see a trend"
+    return Diagnosis("overfitting", ctx.run.run_id, findings, probes=probes, sensitivity=sensitivity)
 
 
-DIAGNOSTIC = Diagnostic("overfitting", "validation loss rising while training loss falls", overfitting)
+DIAGNOSTIC = Diagnostic("overfitting", "validation loss rising while training loss falls", overfitting,
+                        sees="a train − val accuracy gap beyond the noise of the validation set, with a rising validation loss")

@@ -9,6 +9,7 @@ from typing import Any
 from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
 from mlflow_core.diagnostics.context import DiagnoseContext, fmt_value, number_or_none
 from mlflow_core.diagnostics.convergence_stall import stall_symptoms
+from mlflow_core.workflow.noise import Weighed, Z, proportion_noise, weighed_confidence
 
 UNDERFIT_TRAIN_ACCURACY = 0.6  # without a target: final train accuracy below this is underfitting
 STILL_FALLING = 0.05  # the last 3 epochs' train loss 5 % below the 3 before: training was cut short
@@ -34,23 +35,36 @@ def underfitting(ctx: DiagnoseContext) -> Diagnosis:
     train_loss = number_or_none(last.train_loss)
     # the training side of the metric, where training measures it (F1, MCC and IoU are validation-only)
     counterpart = {"val_accuracy": ("accuracy", train_acc), "val_loss": ("loss", train_loss)}.get(metric)
+    train_noise = proportion_noise(train_acc, m.data.train_size)
     if target is not None and number_or_none(best.get("value")) is not None and counterpart is not None:
         maximize = m.mode == "max"
         missed = best["value"] < target if maximize else best["value"] > target
-        # high bias: the model misses the target on its own training data too
+        # high bias: the model misses the target on its own training data too, beyond the noise of
+        # an accuracy measured on the training samples (a loss is compared as it is)
         train_name, train_value = counterpart
-        train_missed = train_value is not None and (train_value < target if maximize else train_value > target)
+        shortfall = (None if train_value is None else (target - train_value) if maximize else (train_value - target))
+        noise = train_noise if train_name == "accuracy" else 0.0
+        weighed = Weighed(shortfall if shortfall is not None else 0.0, noise, Z * noise)
+        train_missed = shortfall is not None and shortfall > 0 and weighed.stands_out
         yardstick = (f"the best {metric} {best['value']:.4g} misses validation.target {target:g}, and the training "
                      f"{train_name} {fmt_value(train_value)} misses it too")
+        sees = (f"a training {train_name} short of the target by {weighed.smallest:.2%} ({Z:g} standard errors of "
+                f"{m.data.train_size} training samples)" if train_name == "accuracy" else
+                "a training loss above the target at all (a loss has no sampling-noise formula)")
     else:
-        missed = train_missed = train_acc < UNDERFIT_TRAIN_ACCURACY
+        weighed = Weighed(UNDERFIT_TRAIN_ACCURACY - train_acc, train_noise, Z * train_noise)
+        missed = train_missed = weighed.effect > 0 and weighed.stands_out
         why_not = ("no validation.target set" if target is None else
                    f"training does not measure {metric}, so the target is not compared")
         yardstick = f"the final train accuracy {train_acc:.3f} is below {UNDERFIT_TRAIN_ACCURACY} ({why_not})"
+        sees = (f"a final train accuracy {weighed.smallest:.2%} below {UNDERFIT_TRAIN_ACCURACY:.0%} ({Z:g} standard "
+                f"errors of {m.data.train_size} training samples; {why_not})")
     probes.update(train_accuracy=train_acc, val_accuracy=val_acc, accuracy_gap=round(gap, 4), missed_target=missed,
                   train_missed_target=train_missed)
+    sensitivity = {"underfitting": sees}
     if not (missed and train_missed):
-        return Diagnosis("underfitting", ctx.run.run_id, [], probes=probes)
+        return Diagnosis("underfitting", ctx.run.run_id, [], probes=probes, sensitivity=sensitivity)
+    strength = weighed.strength if weighed.noise > 0 else None
     training, model = m.config.get("training") or {}, m.config.get("model") or {}  # the run's resolved config
     losses = [number_or_none(e.train_loss) for e in epochs]
     k = min(3, len(losses) // 2)
@@ -67,21 +81,27 @@ def underfitting(ctx: DiagnoseContext) -> Diagnosis:
     findings = []
     if still_falling and not early_stopped:
         findings.append(Finding(
-            "underfitting", "too_few_epochs", 0.75, evidence,
+            "underfitting", "too_few_epochs", _confidence(0.75, strength), evidence,
             "Train longer (training.epochs) or with a higher learning rate: the loss was still falling.",
-            f"{why}; the training loss was still falling when the run ended after {len(epochs)} epochs"))
+            f"{why}; the training loss was still falling when the run ended after {len(epochs)} epochs", strength))
     elif (training.get("weight_decay") or 0) >= HEAVY_WEIGHT_DECAY or (model.get("dropout") or 0) >= HEAVY_DROPOUT:
         findings.append(Finding(
-            "underfitting", "over_regularized", 0.7, evidence,
+            "underfitting", "over_regularized", _confidence(0.7, strength), evidence,
             "Lower training.weight_decay and model.dropout: the regulariser holds the model back.",
-            f"{why}; weight decay {training.get('weight_decay')} and dropout {model.get('dropout')} are heavy"))
+            f"{why}; weight decay {training.get('weight_decay')} and dropout {model.get('dropout')} are heavy",
+            strength))
     else:
         findings.append(Finding(
-            "underfitting", "capacity_too_low", 0.7, evidence,
+            "underfitting", "capacity_too_low", _confidence(0.7, strength), evidence,
             "Use a larger model (more channels or layers, e.g. model.channels or resnet18) and train until the "
             "training loss stops falling.",
-            f"{why}; the training loss has levelled off with {m.parameters} parameters"))
-    return Diagnosis("underfitting", ctx.run.run_id, findings, probes=probes)
+            f"{why}; the training loss has levelled off with {m.parameters} parameters", strength))
+    return Diagnosis("underfitting", ctx.run.run_id, findings, probes=probes, sensitivity=sensitivity)
 
 
-DIAGNOSTIC = Diagnostic("underfitting", "the training data not fitted either", underfitting)
+def _confidence(base: float, strength: float | None) -> float:
+    return base if strength is None else weighed_confidence(base, strength)
+
+
+DIAGNOSTIC = Diagnostic("underfitting", "the training data not fitted either", underfitting,
+                        sees="a training accuracy short of the target by more than the noise of the training samples")

@@ -170,6 +170,7 @@ class FindingRecord(_Facts):
     evidence: dict[str, Any]
     fix: str
     explanation: str = ""
+    strength: float | None = None  # the effect in units of its sampling noise; None: observed directly
 
 
 class DiagnosisRecord(_Facts):
@@ -182,6 +183,7 @@ class DiagnosisRecord(_Facts):
     trials: list[dict[str, Any]]
     suggested_config: str | None
     report: str | None
+    sensitivity: dict[str, str] = {}  # diagnostic → the smallest effect it can see in this run's data
 
 
 class DiagnosticsFacts(PhaseFacts):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mlflow_core.workflow.noise import accuracy_gap
 from mlflow_core.workflow.records import RunMetrics
 
 
@@ -63,8 +64,11 @@ def _where_a_miss_points(metrics: RunMetrics) -> tuple[str, str]:
     if not validated:
         return "convergence_stall", ""
     train, val = validated[-1].train_accuracy, validated[-1].val_accuracy
-    if train - val > GENERALIZATION_GAP:
+    gap = accuracy_gap(train, metrics.data.train_size, val, metrics.data.val_size, floor=GENERALIZATION_GAP)
+    if gap.stands_out:
         return "overfitting", (f": the model fits its training data (train accuracy {train:.1%}) far better than "
-                               f"validation ({val:.1%}), a generalization gap")
+                               f"validation ({val:.1%}), a generalization gap of {gap.strength:g} standard errors")
+    within = (f"; their gap of {gap.effect:.1%} is within the noise of {metrics.data.val_size} validation samples"
+              if gap.effect > GENERALIZATION_GAP else "")
     return "underfitting", (f": train accuracy {train:.1%} is as short as validation's ({val:.1%}), the training "
-                            "data is not fitted either")
+                            f"data is not fitted either{within}")

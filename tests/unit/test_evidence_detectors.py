@@ -45,6 +45,8 @@ def test_data_leakage(overlap, expected):
     ({"0": 600, "1": 200, "2": 200}, 3.0, [("skewed_classes", 0.6)]),
     ({"0": 900, "1": 90, "2": 10}, 90.0, [("skewed_classes", 0.9)]),
     ({"0": 900, "1": 100}, 9.0, [("missing_classes", 0.95)]),
+    # 10 samples over 3 classes: 6/2/2 is what chance gives a balanced source, not a skew
+    ({"0": 6, "1": 2, "2": 2}, 3.0, []),
 ])
 def test_class_imbalance(counts, ratio, expected):
     assert causes(class_imbalance(ctx({"class_counts_train": counts, "imbalance_ratio": ratio}))) == expected
@@ -63,7 +65,7 @@ def _epochs(val_losses, train_losses, train_acc, val_acc):
 
 @pytest.mark.parametrize("val, train, tacc, vacc, expected", [
     ([1.0, 0.8, 0.6, 0.5], [1.0, 0.7, 0.5, 0.4], 0.9, 0.88, []),                           # still improving
-    ([1.0, 0.5, 0.6, 0.8], [1.0, 0.5, 0.2, 0.05], 0.99, 0.80, [("overfitting", 0.85)]),   # classic
+    ([1.0, 0.5, 0.6, 0.8], [1.0, 0.5, 0.2, 0.05], 0.99, 0.70, [("overfitting", 0.85)]),   # classic
     ([1.0, 0.5, 0.53, 0.54], [1.0, 0.5, 0.3, 0.2], 0.95, 0.85, []),                        # rise below 10 %
     ([1.0, 0.5, 0.6, 0.6], [1.0, 0.5, 0.4, 0.35], 0.86, 0.84, []),                         # no accuracy gap
     ([1.0, 0.5], [1.0, 0.4], 0.99, 0.5, []),                                               # too few epochs
@@ -110,3 +112,31 @@ def test_exploding_gradients(n, expected):
     c = DiagnoseContext(Path("."), RUN, Path("."), run_metrics(anomalies=anomalies), None)
     found = causes(exploding_gradients(c))
     assert [(cause, round(conf, 2)) for cause, conf in found] == expected
+
+
+def _overfit(val_size, val_acc):
+    m = run_metrics(epochs=_epochs([1.0, 0.5, 0.6, 0.8], [1.0, 0.5, 0.2, 0.05], 0.99, val_acc),
+                    data={"train_size": 1000, "val_size": val_size})
+    return overfitting(DiagnoseContext(Path("."), RUN, Path("."), m, None))
+
+
+def test_an_accuracy_gap_that_the_validation_noise_explains_is_not_overfitting():
+    """A 10-point gap on 20 validation samples is within two standard errors (14 points); on 2,000
+    it is not. The finding's strength says how far out of the noise it stands, and the diagnosis
+    says the smallest gap it could have seen."""
+    small = _overfit(20, 0.89)
+    assert small.findings == []
+    assert "gap of 14.0%" in small.sensitivity["overfitting"] and "20 validation" in small.sensitivity["overfitting"]
+    large = _overfit(2000, 0.89)
+    (finding,) = large.findings
+    assert finding.strength is not None and finding.strength > 10
+    assert "standard errors of 2000 validation samples" in finding.explanation
+
+
+def test_a_finding_barely_out_of_the_noise_ranks_below_a_strong_one():
+    from mlflow_core.diagnostics.base import Finding, evidence_rank
+
+    weak = Finding("overfitting", "overfitting", 0.7, {}, "", "", strength=2.1)
+    strong = Finding("class_imbalance", "skewed_classes", 0.7, {}, "", "", strength=9.0)
+    observed = Finding("nan_loss", "lr_too_high", 0.7, {}, "", "")
+    assert sorted([weak, strong, observed], key=evidence_rank) == [observed, strong, weak]

@@ -90,7 +90,10 @@ def test_the_model_card_says_when_a_baseline_below_its_target_was_finalized(proj
             "after it was to finalize anyway: “good enough for the demo”.") if said else note is None
 
 
-@pytest.mark.parametrize("train, val, playbook", [(0.99, 0.80, "overfitting"), (0.81, 0.80, "underfitting")])
+@pytest.mark.parametrize("train, val, playbook", [
+    (0.99, 0.80, "overfitting"), (0.81, 0.80, "underfitting"),
+    (0.90, 0.80, "underfitting"),  # a 10-point gap on 20 validation samples is within their noise
+])
 def test_a_missed_target_points_to_the_playbook_the_evidence_names(train, val, playbook):
     """A baseline that learns but misses its target: a generalization gap is not a stall."""
     from mlflow_core.workflow.recommend import recommend
@@ -103,3 +106,5 @@ def test_a_missed_target_points_to_the_playbook_the_evidence_names(train, val, p
     rec = recommend(metrics, [{"id": "loss_decreased", "passed": True}], {})
     assert rec.verdict == "insufficient" and rec.playbook == f"diagnostics/{playbook}.md"
     assert f"train accuracy {train:.1%}" in rec.reason
+    if train - val > 0.05 and playbook == "underfitting":
+        assert "within the noise of 20 validation samples" in rec.reason

@@ -1,0 +1,95 @@
+"""How much of a measured effect sampling noise explains: for the detectors that judge estimates,
+and for the recommendation after the baseline.
+
+A detector that compares accuracies measured on a few hundred validation samples, or class counts
+of a few samples per class, sees differences that chance alone produces. Each such detector asks
+here how large its effect must be to stand out of the noise of the data at hand (`smallest`), fires
+only above it, and records the effect in units of its noise (`strength`, a z-score), by which
+`wf diagnose auto` ranks findings (`weighed_confidence`). Findings observed directly (a non-finite
+loss, identical files) carry no strength: no sampling noise is involved.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+Z = 2.0  # an effect counts when it exceeds two standard errors of its noise (about 2.3 % by chance, one-sided)
+
+
+@dataclass(frozen=True)
+class Weighed:
+    """An effect, the noise it is measured against, and the smallest effect that would count."""
+    effect: float
+    noise: float
+    smallest: float  # the smallest effect that stands out of this noise (Z noise, or a detector's floor)
+
+    @property
+    def strength(self) -> float:
+        """The effect in units of its noise (a z-score), rounded for the report."""
+        return round(self.effect / self.noise, 1) if self.noise > 0 else math.inf
+
+    @property
+    def stands_out(self) -> bool:
+        return self.effect >= self.smallest
+
+
+def weighed_confidence(base: float, strength: float) -> float:
+    """A detector's confidence in a cause, times the one-sided probability that chance alone would
+    not produce an effect this strong (Φ(strength)): a finding barely out of the noise ranks below
+    one that stands far out of it."""
+    return round(base * 0.5 * (1 + math.erf(strength / math.sqrt(2))), 2)
+
+
+def proportion_noise(p: float, n: int) -> float:
+    """The standard error of a proportion p measured on n samples, never below one sample (1/n)."""
+    if n <= 0:
+        return math.inf
+    p = min(max(p, 0.0), 1.0)
+    return max(math.sqrt(p * (1 - p) / n), 1.0 / n)
+
+
+def accuracy_gap(train: float, n_train: int, val: float, n_val: int, floor: float = 0.0) -> Weighed:
+    """train − val accuracy against the noise of the difference of the two measurements."""
+    noise = math.hypot(proportion_noise(train, n_train), proportion_noise(val, n_val))
+    return Weighed(train - val, noise, max(floor, Z * noise))
+
+
+def beyond_chance(accuracy: float, classes: int, n_val: int) -> Weighed:
+    """A validation accuracy above the chance level 1/classes, against the noise of an accuracy at
+    chance on n_val samples: how far above chance the model must be to show it learned anything."""
+    chance = 1.0 / classes
+    noise = proportion_noise(chance, n_val)
+    return Weighed(accuracy - chance, noise, Z * noise)
+
+
+CHANCE_QUANTILE = 0.99  # a class ratio counts as skew when a balanced source reaches it less than 1 % of the time
+
+
+@lru_cache(maxsize=64)
+def chance_class_ratio(samples: int, classes: int, draws: int = 4000) -> float:
+    """The largest/smallest class-count ratio that `samples` labels drawn from `classes` equally
+    likely classes exceed 1 % of the time (simulated, seeded: the same answer every time). inf when
+    chance alone empties a class that often: then no ratio can show a skew."""
+    import numpy as np
+
+    if classes < 2 or samples < classes:
+        return math.inf
+    counts = np.random.default_rng(0).multinomial(samples, [1.0 / classes] * classes, size=draws)
+    smallest = counts.min(axis=1)
+    if (smallest == 0).mean() > 1 - CHANCE_QUANTILE:
+        return math.inf
+    ratios = counts.max(axis=1) / np.maximum(smallest, 1)
+    return float(np.quantile(ratios, CHANCE_QUANTILE))
+
+
+def class_count_strength(counts: list[int]) -> float:
+    """How far the counts are from equal, as a z-score of Pearson's chi-square statistic against a
+    uniform distribution ((X² − df) / √(2·df), its normal approximation)."""
+    n, k = sum(counts), len(counts)
+    if k < 2 or n == 0:
+        return 0.0
+    expected = n / k
+    chi2 = sum((c - expected) ** 2 / expected for c in counts)
+    return round((chi2 - (k - 1)) / math.sqrt(2 * (k - 1)), 1)
