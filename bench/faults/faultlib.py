@@ -37,13 +37,17 @@ class SlowDataset(Dataset):
 
 
 def digits(train: int = 1400, label_noise: float = 0.0, random_labels: bool = False, delay_s: float = 0.0,
-           outliers: float = 0.0, outlier_scale: float = 30.0, scale: float = 1.0, val: int = 397):
+           outliers: float = 0.0, outlier_scale: float = 30.0, scale: float = 1.0, val: int = 397,
+           skew: float = 1.0, nan_images: int = 0):
     """Train on the first `train` digits, validate on `val` of the last 397.
     label_noise: that share of training labels replaced at random (annotation errors);
     random_labels: every label random (a broken join between images and labels);
     delay_s: per-sample loading time;
     outliers: that share of training images multiplied by `outlier_scale` (sensor glitches);
-    scale: every image multiplied by it (raw sensor counts instead of 0..1)."""
+    scale: every image multiplied by it (raw sensor counts instead of 0..1);
+    val: validation images (of the 397 held out);
+    skew: keep every training image of class 0 and one in `skew` of the others;
+    nan_images: that many training images with NaN pixels (a corrupt export)."""
     x, y = _digits()
     x = x * scale
     g = torch.Generator().manual_seed(1)
@@ -58,6 +62,18 @@ def digits(train: int = 1400, label_noise: float = 0.0, random_labels: bool = Fa
         glitch = torch.rand(len(yt), generator=g) < outliers
         xt = xt.clone()
         xt[glitch] *= outlier_scale
+    if skew > 1.0:
+        quota = {c: round(int((yt == 0).sum()) / skew) for c in range(1, 10)}  # each other class: 1/skew of class 0
+        seen: dict[int, int] = {}
+        kept = []
+        for i, label in enumerate(yt.tolist()):
+            seen[label] = seen.get(label, 0) + 1
+            if label == 0 or seen[label] <= quota[label]:
+                kept.append(i)
+        xt, yt = xt[kept], yt[kept]
+    if nan_images:
+        xt = xt.clone()
+        xt[len(xt) // 2: len(xt) // 2 + nan_images, :, :2, :2] = float("nan")
     train_set = SlowDataset(xt, yt, delay_s) if delay_s else TensorDataset(xt, yt)
     return {"train": train_set, "val": TensorDataset(xv, yv)}
 

@@ -9,11 +9,12 @@ from typing import Any
 from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
 from mlflow_core.diagnostics.context import DiagnoseContext, fmt_value, number_or_none
 from mlflow_core.diagnostics.convergence_stall import stall_symptoms
-from mlflow_core.workflow.noise import Weighed, Z, proportion_noise, weighed_confidence
+from mlflow_core.workflow.noise import Weighed, Z, accuracy_gap, proportion_noise, weighed_confidence
 
 UNDERFIT_TRAIN_ACCURACY = 0.6  # without a target: final train accuracy below this is underfitting
 STILL_FALLING = 0.05  # the last 3 epochs' train loss 5 % below the 3 before: training was cut short
 HEAVY_WEIGHT_DECAY, HEAVY_DROPOUT = 0.05, 0.5
+TRAIN_BELOW_VAL = 0.05  # validation accuracy this far above training's: training is harder, not the model weak
 
 
 def underfitting(ctx: DiagnoseContext) -> Diagnosis:
@@ -65,6 +66,20 @@ def underfitting(ctx: DiagnoseContext) -> Diagnosis:
     if not (missed and train_missed):
         return Diagnosis("underfitting", ctx.run.run_id, [], probes=probes, sensitivity=sensitivity)
     strength = weighed.strength if weighed.noise > 0 else None
+    if val_acc is not None and accuracy_gap(val_acc, m.data.val_size, train_acc, m.data.train_size,
+                                            floor=TRAIN_BELOW_VAL).stands_out:
+        training_cfg, model_cfg = m.config.get("training") or {}, m.config.get("model") or {}
+        augmentation = m.config.get("augmentation") or {}
+        heavy = ((training_cfg.get("weight_decay") or 0) >= HEAVY_WEIGHT_DECAY
+                 or (model_cfg.get("dropout") or 0) >= HEAVY_DROPOUT)
+        mixing = (augmentation.get("mixup_alpha") or 0) > 0 or (augmentation.get("cutmix_alpha") or 0) > 0
+        if not heavy and not mixing:
+            # training harder than validation: not a model short of capacity
+            probes["note"] = (f"validation accuracy {val_acc:.1%} is above training accuracy {train_acc:.1%} "
+                              "beyond their noise, without heavy regularisation or mixing: the training labels are "
+                              "noisier than the validation labels (annotation noise) or the training inputs harder; "
+                              "that is not high bias")
+            return Diagnosis("underfitting", ctx.run.run_id, [], probes=probes, sensitivity=sensitivity)
     training, model = m.config.get("training") or {}, m.config.get("model") or {}  # the run's resolved config
     losses = [number_or_none(e.train_loss) for e in epochs]
     k = min(3, len(losses) // 2)

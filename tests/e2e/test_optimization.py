@@ -2,6 +2,7 @@
 study that continues after a restart."""
 
 import json
+import re
 
 import pytest
 
@@ -46,6 +47,12 @@ def test_optimization_runs_a_study_compares_over_seeds_and_continues(wf, ready):
     report = (ready / "reports" / "optimization_results.md").read_text()
     assert "## Against the baseline" in report and "figures/optimization_history.png" in report
     assert "LR range test" in report
+    # 3 trials of 2 epochs: pruning waits for 2 completed trials and judges from epoch 1 (half of 2)
+    assert study["pruning"]["startup_trials"] == 2 and study["pruning"]["warmup_epochs"] == 1
+    assert ("Pruning: a trial is pruned from epoch 1 on, once 2 trials have completed, when its best val_accuracy "
+            "so far is worse than their median at the same epoch by more than the sampling noise of") in report
+    assert "Pruning: a trial is pruned from epoch 1 on" in r.out  # said before the first trial
+    assert re.search(r"\| complete \| \d{1,3}\.\d % \|", report)  # accuracies in %, as in every report
     gate = json.loads(wf("gate", "check", "optimization", "--json", cwd=ready).out)
     checked = {i["id"]: i["checked"] for i in gate["items"]}
     assert checked["trials_completed"] and checked["optimized_config_written"] and checked["report_generated"]

@@ -195,3 +195,16 @@ def test_throughput_probe_measures_both_sides(digits):
     cfg, data = digits
     out = throughput(cfg, Path("."), data, batches=5)
     assert out["loader_s_per_batch"] > 0 and out["model_s_per_step"] > 0 and out["loader_to_model"] > 0
+
+
+@pytest.mark.parametrize("dropout, expected", [(0.0, []), (0.5, ["over_regularized"])])
+def test_training_harder_than_validation_is_not_a_model_short_of_capacity(dropout, expected):
+    """Training labels with annotation noise: train accuracy 75 % under a clean validation's 87 %.
+    A larger model does not fix that, so underfitting does not claim it, and says why; with heavy
+    dropout the same gap is the regulariser's, which it names."""
+    metrics = _underfit_metrics(LEVEL, 0.75, 0.87, 0.87, dropout=dropout, train_size=1400)
+    metrics["data"]["val_size"] = 397
+    diagnosis = underfitting(ctx(metrics, losses=[2.3 - 0.05 * i for i in range(30)]))
+    assert causes(diagnosis) == expected
+    if not expected:
+        assert "training labels are noisier than the validation labels" in diagnosis.probes["note"]

@@ -140,3 +140,16 @@ def test_a_finding_barely_out_of_the_noise_ranks_below_a_strong_one():
     strong = Finding("class_imbalance", "skewed_classes", 0.7, {}, "", "", strength=9.0)
     observed = Finding("nan_loss", "lr_too_high", 0.7, {}, "", "")
     assert sorted([weak, strong, observed], key=evidence_rank) == [observed, strong, weak]
+
+
+@pytest.mark.parametrize("train_size, cause", [(60, "too_little_data"), (5000, "generalization_gap")])
+def test_a_fitted_model_far_behind_on_validation_is_a_generalization_gap_before_its_val_loss_rises(train_size, cause):
+    """A small dataset memorised: train accuracy 100 %, validation 77 % and its loss still falling.
+    Not the classic rising-loss overfit, but a gap 8 standard errors wide; with 6 samples per class
+    the remedy named is data."""
+    falling = [2.3, 2.0, 1.6, 1.3, 1.1, 0.95]
+    epochs = _epochs(falling, [2.0, 1.0, 0.5, 0.3, 0.2, 0.13], 1.0, 0.77)
+    m = run_metrics(epochs=epochs, data={"train_size": train_size, "val_size": 397, "num_classes": 10})
+    (finding,) = overfitting(DiagnoseContext(Path("."), RUN, Path("."), m, None)).findings
+    assert finding.cause == cause and finding.strength > 8
+    assert ("6 training samples per class" in finding.explanation) == (cause == "too_little_data")
