@@ -28,7 +28,8 @@ def diagnose(name: str = typer.Argument(..., help="auto (all of them), " + ", ".
         print_json(d.to_json())
         return
     if not d.findings:
-        console.print(f"No finding for {name} in run {d.run_id}. {d.probes.get('note', '')}")
+        console.print(f"No finding for {name} in run {d.run_id}. {d.probes.get('note', '')}".rstrip())
+        console.print("The report lists what was measured and the smallest effect each diagnostic could see.")
     for f in d.findings:
         console.print(f"[bold]{f.cause}[/] ({f.confidence:.2f}): {f.explanation}")
     for t in d.trials:

@@ -36,7 +36,10 @@ def underfitting(ctx: DiagnoseContext) -> Diagnosis:
     train_loss = number_or_none(last.train_loss)
     # the training side of the metric, where training measures it (F1, MCC and IoU are validation-only)
     counterpart = {"val_accuracy": ("accuracy", train_acc), "val_loss": ("loss", train_loss)}.get(metric)
-    train_noise = proportion_noise(train_acc, m.data.train_size)
+    # the noise of a training accuracy at the level it is compared with (the test's null hypothesis)
+    def train_noise(level: float) -> float:
+        return proportion_noise(level, m.data.train_size)
+
     if target is not None and number_or_none(best.get("value")) is not None and counterpart is not None:
         maximize = m.mode == "max"
         missed = best["value"] < target if maximize else best["value"] > target
@@ -44,7 +47,7 @@ def underfitting(ctx: DiagnoseContext) -> Diagnosis:
         # an accuracy measured on the training samples (a loss is compared as it is)
         train_name, train_value = counterpart
         shortfall = (None if train_value is None else (target - train_value) if maximize else (train_value - target))
-        noise = train_noise if train_name == "accuracy" else 0.0
+        noise = train_noise(target) if train_name == "accuracy" else 0.0
         weighed = Weighed(shortfall if shortfall is not None else 0.0, noise, Z * noise)
         train_missed = shortfall is not None and shortfall > 0 and weighed.stands_out
         yardstick = (f"the best {metric} {best['value']:.4g} misses validation.target {target:g}, and the training "
@@ -53,7 +56,8 @@ def underfitting(ctx: DiagnoseContext) -> Diagnosis:
                 f"{m.data.train_size} training samples)" if train_name == "accuracy" else
                 "a training loss above the target at all (a loss has no sampling-noise formula)")
     else:
-        weighed = Weighed(UNDERFIT_TRAIN_ACCURACY - train_acc, train_noise, Z * train_noise)
+        noise = train_noise(UNDERFIT_TRAIN_ACCURACY)
+        weighed = Weighed(UNDERFIT_TRAIN_ACCURACY - train_acc, noise, Z * noise)
         missed = train_missed = weighed.effect > 0 and weighed.stands_out
         why_not = ("no validation.target set" if target is None else
                    f"training does not measure {metric}, so the target is not compared")
