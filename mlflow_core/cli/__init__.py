@@ -15,6 +15,7 @@ from mlflow_core import __version__
 from mlflow_core.cli import (
     checklist_cmds,
     config_cmds,
+    data_cmds,
     diagnose_cmds,
     gate_cmds,
     phase_cmds,
@@ -37,6 +38,7 @@ app = typer.Typer(name="wf", help="Phase-gated, reproducible, reviewable PyTorch
 app.add_typer(config_cmds.app, name="config")
 app.add_typer(gate_cmds.app, name="gate")
 app.add_typer(checklist_cmds.app, name="checklist")
+app.add_typer(data_cmds.app, name="data")
 project_cmds.register(app)
 phase_cmds.register(app)
 diagnose_cmds.register(app)

@@ -57,6 +57,11 @@ class DataSection(_Section):
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="digits: held-out share for test.")
     split_seed: int = Field(0, description="digits: seed of the stratified split (kept apart from "
                             "the training seed so that changing one never changes the other).")
+    pack: Literal["auto", "on", "off"] = Field(
+        "auto", description="npz: read each split from a packed, memory-mapped copy (.wf/cache/packs/, built from "
+        "the files by `wf data pack` or `wf phase setup`): one gather per batch instead of one archive per sample. "
+        "auto: use a pack that matches the files, else the files; on: build or rebuild it when missing or stale; "
+        "off: always the files.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     pin_memory: bool | Literal["auto"] = Field("auto", description="auto: on when training on CUDA.")
     normalize: Literal["none", "per_channel"] = Field(
@@ -64,6 +69,12 @@ class DataSection(_Section):
         "both measured on (up to 2,048 evenly spaced) training samples; applied to every split.")
 
     _check_target = field_validator("target")(lambda cls, v: _check_target(v))
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack_on_off(cls, value: Any) -> Any:
+        """YAML reads a bare on/off as true/false: take them as the words people wrote."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _source_needs(self) -> DataSection:

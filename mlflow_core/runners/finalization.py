@@ -25,7 +25,7 @@ from mlflow_core.errors import DataError, UserInputError
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
 from mlflow_core.training.augment import with_augmentation
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
-from mlflow_core.training.data import DataBundle, build_data
+from mlflow_core.training.data import DataBundle, build_data, collate_batches
 from mlflow_core.training.evaluation import classification_metrics, predict_with_tta, segmentation_metrics
 from mlflow_core.training.folds import ensemble_log_probabilities, fold_data, split_folds
 from mlflow_core.training.models import build_model
@@ -120,7 +120,8 @@ def run_finalization(ctx: RunContext) -> RunOutput:
     seed, model = models[0]  # the shipped model: the first seed's
     facts["exported_seed"] = seed
     export_dir = ctx.run_dir / "export" if ctx.smoke else ctx.project.root / "export"
-    batch = next(iter(torch.utils.data.DataLoader(data.test, batch_size=min(8, len(data.test)))))[0].to(device)
+    batch = next(iter(torch.utils.data.DataLoader(data.test, batch_size=min(8, len(data.test)),
+                                                  collate_fn=collate_batches)))[0].to(device)
     facts["exports"] = export_model(model.to(device).eval(), cfg, data, export_dir, batch, fin.export,
                                     fin.export_tolerance, ctx)
     facts["bundle"] = write_bundle(ctx, facts, export_dir)

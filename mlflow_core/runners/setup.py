@@ -19,6 +19,7 @@ from mlflow_core.training.optim import resolve_device
 from mlflow_core.training.seeding import SEEDED, seed_everything
 from mlflow_core.training.trainer import Trainer
 from mlflow_core.workflow.facts import SetupFacts
+from mlflow_core.workflow.packs import pack_project_data
 from mlflow_core.workflow.state import now_iso
 
 
@@ -43,6 +44,9 @@ def run_setup(ctx: RunContext) -> RunOutput:
     facts["seeds"] = {"seed": cfg.reproducibility.seed, "deterministic": cfg.reproducibility.deterministic,
                       "seeded": SEEDED}
 
+    if cfg.data.source == "npz" and cfg.data.pack != "off" and not ctx.smoke:
+        ctx.on_message("Packing the data (one memory-mapped array per split; data.pack)")
+        facts["data_pack"] = pack_project_data(cfg, project.root, ctx.on_message)
     ctx.on_message("Checking the data pipeline")
     bundle = build_data(cfg, project.root)  # a missing or unreadable dataset is bad input: exit 2
     facts["data"] = check_data(bundle, cfg.training.batch_size)

@@ -39,7 +39,9 @@ class TransformedDataset(Dataset):
         return self.transform(torch.as_tensor(inputs)), label
 
     def __getattr__(self, name: str) -> Any:
-        if name == "base":  # not set yet (unpickling in a worker): no recursion
+        # not set yet (unpickling in a worker): no recursion; dunders (the DataLoader's __getitems__)
+        # are never the base's, which would skip the augmentation
+        if name == "base" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.base, name)
 

@@ -4,6 +4,7 @@ own callable. Every source yields `(input_tensor, int_label)` items."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import zipfile
 from collections.abc import Callable
@@ -51,10 +52,99 @@ class NormalizedDataset(Dataset):
         inputs, label = self.base[index]
         return (torch.as_tensor(inputs) - self.mean) / self.std, label
 
+    def __getitems__(self, indices: list[int]) -> Any:
+        """A batch: normalised in one operation when the base gathers batches (a pack), the same
+        arithmetic per element as one sample at a time."""
+        gathered = self.base.__getitems__(indices) if callable(getattr(self.base, "__getitems__", None)) else None
+        if isinstance(gathered, GatheredBatch):
+            return GatheredBatch(((gathered[0] - self.mean) / self.std, gathered[1]))
+        return [self[i] for i in indices] if gathered is None else [
+            ((torch.as_tensor(x) - self.mean) / self.std, y) for x, y in gathered]
+
     def __getattr__(self, name: str) -> Any:
-        if name == "base":  # not set yet (unpickling in a worker): no recursion
+        # not set yet (unpickling in a worker): no recursion; dunders (the DataLoader's __getitems__)
+        # are this wrapper's own, never the base's, which would skip the normalisation
+        if name == "base" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.base, name)
+
+
+class GatheredBatch(tuple):
+    """(inputs, targets) of a whole batch, gathered at once by a dataset's `__getitems__`: the
+    loader's collate passes it through (collate_batches)."""
+
+
+def collate_batches(data: Any) -> Any:
+    """The DataLoader's collate: a gathered batch as it is, per-sample items stacked as always."""
+    from torch.utils.data import default_collate
+
+    return tuple(data) if isinstance(data, GatheredBatch) else default_collate(data)
+
+
+class PackedDataset(Dataset):
+    """A split's pack (workflow/packs.py): samples read from two memory-mapped arrays. A batch is
+    one gather (`__getitems__`, which the DataLoader calls with the batch's indices): no file opened,
+    nothing decompressed, no Python per sample. Items equal NpzPatchDataset's (NpzMaskDataset's),
+    converted to float32 as stored, so the batches and the weights are the same on either path."""
+
+    def __init__(self, pack: Any, segmentation: bool = False):
+        self.pack, self.segmentation = pack, segmentation
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None  # opened per process (DataLoader workers)
+
+    def __len__(self) -> int:
+        return self.pack.samples
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None}  # a worker maps the files itself
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = (np.load(self.pack.images, mmap_mode="r", allow_pickle=False),
+                            np.load(self.pack.targets, mmap_mode="r", allow_pickle=False))
+        return self._arrays
+
+    def _still_whole(self) -> None:
+        """A pack truncated under a running job would fault on its next page (SIGBUS, no message):
+        one stat per batch turns that into a DataError naming the file."""
+        images, targets = self.arrays()
+        for path, array in ((self.pack.images, images), (self.pack.targets, targets)):
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue  # deleted: the open mapping keeps its pages (POSIX), the run can finish
+            if size < array.offset + array.nbytes:
+                raise DataError(f"{path}: the data pack was truncated while in use ({size} of "
+                                f"{array.offset + array.nbytes} bytes); rebuild it with `wf data pack`, then "
+                                "continue with --resume")
+
+    def _targets(self, raw: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(raw, dtype=np.int64))  # a copy: never a view of the read-only map
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        images, targets = self.arrays()
+        image = torch.from_numpy(np.array(images[index], dtype=np.float32))
+        return (image, self._targets(targets[index])) if self.segmentation else (image, int(targets[index]))
+
+    def __getitems__(self, indices: list[int]) -> GatheredBatch:
+        self._still_whole()
+        images, targets = self.arrays()
+        order = np.asarray(indices, dtype=np.int64)
+        batch = torch.from_numpy(images[order].astype(np.float32, copy=False))
+        return GatheredBatch((batch, self._targets(targets[order])))
+
+    def target(self, index: int) -> Any:
+        _, targets = self.arrays()
+        return self._targets(targets[index]) if self.segmentation else int(targets[index])
+
+    def label(self, index: int) -> int:
+        if self.segmentation:
+            raise TypeError("segmentation samples have masks, not labels")
+        return int(self.arrays()[1][index])
+
+    def labels(self) -> list[int]:
+        if self.segmentation:
+            raise TypeError("segmentation samples have masks, not labels")
+        return [int(v) for v in self.arrays()[1]]
 
 
 def channel_statistics(dataset: Dataset, samples: int = NORMALIZE_SAMPLES) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,14 +352,39 @@ def _resolve_dir(cfg: WorkflowConfig, project_root: Path) -> Path:
 
 def _npz(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
     root = _resolve_dir(cfg, project_root)
-    dataset, target_key = ((NpzMaskDataset, cfg.data.mask_key) if cfg.task == "segmentation"
+    segmentation = cfg.task == "segmentation"
+    dataset, target_key = ((NpzMaskDataset, cfg.data.mask_key) if segmentation
                            else (NpzPatchDataset, cfg.data.label_key))
-    splits = {s: dataset(root / s, cfg.data.image_key, target_key) for s in ("train", "val")}
-    test = dataset(root / "test", cfg.data.image_key, target_key) if (root / "test").is_dir() else None
+    names = ("train", "val", "test") if (root / "test").is_dir() else ("train", "val")
+    splits: dict[str, Dataset] = {s: dataset(root / s, cfg.data.image_key, target_key) for s in names}
+    packed = _packed_splits(cfg, project_root, root, names, target_key) if cfg.data.pack != "off" else {}
+    splits.update({s: PackedDataset(pack, segmentation) for s, pack in packed.items()})
     sample, _ = splits["train"][0]
-    num_classes = cfg.data.num_classes or (max(max(d.labels()) for d in splits.values()) + 1)
-    return DataBundle(splits["train"], splits["val"], test, num_classes, tuple(sample.shape),
-                      f"NPZ patches in {cfg.data.path}")
+    num_classes = cfg.data.num_classes or (max(max(splits[s].labels()) for s in ("train", "val")) + 1)
+    how = f", packed ({', '.join(packed)})" if packed else ""
+    return DataBundle(splits["train"], splits["val"], splits.get("test"), num_classes, tuple(sample.shape),
+                      f"NPZ patches in {cfg.data.path}{how}")
+
+
+def _packed_splits(cfg: WorkflowConfig, project_root: Path, root: Path, names: tuple[str, ...],
+                   target_key: str) -> dict[str, Any]:
+    """The splits whose pack matches their files (data.pack auto), or every split, packed now where
+    its pack is missing or stale (data.pack on)."""
+    from mlflow_core.workflow.datafiles import stat_cache
+    from mlflow_core.workflow.packs import build_pack, find_pack, npz_files, pack_key
+
+    cache, found = stat_cache(project_root), {}
+    for split in names:
+        if cfg.data.pack == "on":
+            found[split], _ = build_pack(project_root, root / split, split, cache, image_key=cfg.data.image_key,
+                                         target_key=target_key, segmentation=cfg.task == "segmentation")
+            continue
+        pack = find_pack(project_root, split, pack_key(npz_files(root / split), cache, cfg.data.image_key,
+                                                       target_key))
+        if pack is not None:
+            found[split] = pack
+    cache.save()
+    return found
 
 
 def _imagefolder(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
@@ -346,7 +461,7 @@ def make_loader(dataset: Dataset, cfg: WorkflowConfig, *, train: bool, device: t
     return DataLoader(dataset, batch_size=batch_size or cfg.training.batch_size, shuffle=train and sampler is None,
                       sampler=sampler, drop_last=False, num_workers=workers, pin_memory=bool(pin),
                       worker_init_fn=seed_worker, generator=generator or make_generator(seed),
-                      persistent_workers=workers > 0)
+                      persistent_workers=workers > 0, collate_fn=collate_batches)
 
 
 def target_reader(dataset: Dataset) -> Callable[[int], Any]:

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mlflow_core.errors import DataError
-from mlflow_core.training.data import DataBundle
+from mlflow_core.training.data import DataBundle, collate_batches
 
 MAX_SCAN = 50_000  # samples per split scanned for NaN/Inf, labels and hashes; larger splits are sampled
 
@@ -131,7 +131,8 @@ def check_data(bundle: DataBundle, batch_size: int) -> dict[str, Any]:
                             f"({len(scan['bad_labels'])} {name} labels out of range; the classes are counted "
                             "from the labels unless data.num_classes says otherwise); labels must be 0-based "
                             "class indices")
-    loader = DataLoader(bundle.train, batch_size=min(batch_size, len(bundle.train)), shuffle=False)
+    loader = DataLoader(bundle.train, batch_size=min(batch_size, len(bundle.train)), shuffle=False,
+                        collate_fn=collate_batches)
     inputs, targets = next(iter(loader))
     if inputs.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         problems.append(f"inputs are {inputs.dtype}, expected a floating dtype")

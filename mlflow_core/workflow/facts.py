@@ -125,6 +125,7 @@ class SetupFacts(PhaseFacts):
     environment: EnvironmentFacts
     seeds: SeedFacts
     data: DataCheck
+    data_pack: dict[str, dict[str, Any]] | None = None  # split → its pack (workflow/packs.py), when packed
     model: ModelCheck
     reproducibility: ReproducibilityCheck
 

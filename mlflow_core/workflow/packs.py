@@ -1,0 +1,260 @@
+"""Packed data: each split of an NPZ folder as two uncompressed `.npy` arrays that `numpy.load(...,
+mmap_mode="r")` opens, so that a batch is one gather from memory-mapped pages instead of one zip
+archive opened, decompressed and copied per sample.
+
+A pack is a cache derived from the source files, which stay the truth. It lives under
+`.wf/cache/packs/<split>-<key>/` (machine-local, git-ignored), where the key is a digest of the
+source files' names and contents (their sha256, from the same stat cache the data manifests use), the
+array keys read and the pack format: a pack whose source drifted has another key, so it is never
+used for the wrong files; `wf data pack` builds the new one and removes the stale one.
+
+A pack is written into a temporary folder, each file fsynced, and renamed into place: a pack that
+exists is complete. Each sample is stored as the NPZ holds it (its dtype: uint8, uint16 digital
+numbers, float32), channels first, as `NpzPatchDataset` reads it. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow_core.atomic import STORAGE_ERRNOS, storage_error
+from mlflow_core.errors import DataError, StorageError
+from mlflow_core.workflow.datafiles import StatCache
+
+PACK_FORMAT = 1
+MANIFEST = "pack.json"
+
+
+def packs_dir(project_root: Path) -> Path:
+    return project_root / ".wf" / "cache" / "packs"
+
+
+def npz_files(folder: Path) -> list[Path]:
+    """The samples of a split, in the order the per-file dataset reads them."""
+    return sorted(folder.glob("*.npz"))
+
+
+def channels_first(image: Any) -> Any:
+    """An NPZ image as the trainer reads it: (C, H, W); (H, W) gets one channel, (H, W, C) with
+    few channels is moved. (NpzPatchDataset applies the same rule.)"""
+    import numpy as np
+
+    if image.ndim == 2:
+        image = image[None]
+    if image.ndim == 3 and image.shape[-1] < image.shape[0] and image.shape[-1] <= 32:
+        image = np.moveaxis(image, -1, 0)
+    return image
+
+
+def pack_key(files: list[Path], cache: StatCache, image_key: str, target_key: str) -> str:
+    """The digest a split's pack is named by: what it was built from, and how."""
+    digest = hashlib.sha256(f"wf-pack {PACK_FORMAT} {image_key} {target_key}\n".encode())
+    for path in files:
+        digest.update(f"{path.name}\0{cache.sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Pack:
+    """A split's pack on disk, as its manifest describes it."""
+    folder: Path
+    split: str
+    samples: int
+    image_shape: tuple[int, ...]
+    image_dtype: str
+    target_shape: tuple[int, ...]
+    target_dtype: str
+    key: str
+
+    @property
+    def images(self) -> Path:
+        return self.folder / "images.npy"
+
+    @property
+    def targets(self) -> Path:
+        return self.folder / "targets.npy"
+
+    def nbytes(self) -> int:
+        return sum(p.stat().st_size for p in (self.images, self.targets))
+
+    @classmethod
+    def read(cls, folder: Path) -> Pack:
+        """The pack in `folder`; DataError when its manifest or arrays are not what it says."""
+        import numpy as np
+
+        try:
+            raw = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+            pack = cls(folder, raw["split"], int(raw["samples"]), tuple(raw["image_shape"]), raw["image_dtype"],
+                       tuple(raw["target_shape"]), raw["target_dtype"], raw["key"])
+            if raw.get("format") != PACK_FORMAT:
+                raise ValueError(f"format {raw.get('format')}, this wf reads {PACK_FORMAT}")
+            for path, shape, dtype in ((pack.images, pack.image_shape, pack.image_dtype),
+                                       (pack.targets, pack.target_shape, pack.target_dtype)):
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+                if array.shape != (pack.samples, *shape) or str(array.dtype) != dtype:
+                    raise ValueError(f"{path.name} holds {array.shape} {array.dtype}")
+                expected = array.offset + array.nbytes
+                if path.stat().st_size < expected:
+                    raise ValueError(f"{path.name} is truncated ({path.stat().st_size} of {expected} bytes)")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{folder}: not a usable data pack ({exc}); build it again with `wf data pack`") from None
+        return pack
+
+
+def find_pack(project_root: Path, split: str, key: str) -> Pack | None:
+    folder = packs_dir(project_root) / f"{split}-{key[:16]}"
+    if not (folder / MANIFEST).is_file():
+        return None
+    pack = Pack.read(folder)
+    return pack if pack.key == key else None
+
+
+def _read_sample(path: Path, image_key: str, target_key: str, segmentation: bool = False) -> tuple[Any, Any]:
+    """The sample as the per-file datasets read it: the image channels first, the label a scalar,
+    a mask (H, W) of class ids (a singleton channel dropped)."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            image, target = npz[image_key], npz[target_key]
+    except KeyError as exc:
+        raise DataError(f"{path}: missing array {exc} (data.image_key / data.label_key / data.mask_key)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: cannot be read as .npz ({exc})") from None
+    image = channels_first(image)
+    if image.ndim != 3:
+        raise DataError(f"{path}: image must have 2 or 3 dimensions, has shape {image.shape}")
+    if not segmentation:
+        if target.size != 1:
+            raise DataError(f"{path}: label must be a single integer, has shape {np.shape(target)}")
+        return image, target.reshape(())
+    if target.ndim == 3 and 1 in (target.shape[0], target.shape[-1]):
+        target = target.reshape(target.shape[1:] if target.shape[0] == 1 else target.shape[:-1])
+    if target.shape != image.shape[1:]:
+        raise DataError(f"{path}: mask has shape {target.shape}, the image's height and width are "
+                        f"{image.shape[1:]}; a mask holds one class id per pixel")
+    if not np.issubdtype(target.dtype, np.integer) and not np.array_equal(target, np.round(target)):
+        raise DataError(f"{path}: mask holds non-integer values ({target.dtype}); it must hold class ids")
+    return image, target
+
+
+def build_pack(project_root: Path, folder: Path, split: str, cache: StatCache, *, image_key: str,
+               target_key: str, segmentation: bool = False,
+               on_progress: Callable[[int, int], None] | None = None) -> tuple[Pack, bool]:
+    """The split's pack, built unless a current one exists; (pack, built). Every sample must share
+    the first one's shape and dtype (a pack is one array); the message names the first that does not."""
+    import numpy as np
+
+    files = npz_files(folder)
+    if not files:
+        raise DataError(f"{folder}: no .npz files found (data.path)")
+    key = pack_key(files, cache, image_key, target_key)
+    cache.save()
+    existing = find_pack(project_root, split, key)
+    if existing is not None:
+        return existing, False
+    root = packs_dir(project_root)
+    final = root / f"{split}-{key[:16]}"
+    tmp = root / f".{final.name}.{os.getpid()}.tmp"
+    first_image, first_target = _read_sample(files[0], image_key, target_key, segmentation)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=first_image.dtype,
+                                           shape=(len(files), *first_image.shape))
+        targets = np.lib.format.open_memmap(tmp / "targets.npy", mode="w+", dtype=first_target.dtype,
+                                            shape=(len(files), *first_target.shape))
+        for i, path in enumerate(files):
+            image, target = ((first_image, first_target) if i == 0 else
+                             _read_sample(path, image_key, target_key, segmentation))
+            if image.shape != first_image.shape or image.dtype != first_image.dtype:
+                raise DataError(f"{path}: image {image.shape} {image.dtype}, where {files[0].name} has "
+                                f"{first_image.shape} {first_image.dtype}: a pack holds samples of one shape and "
+                                "dtype (resize or convert them, or set data.pack: off)")
+            if target.shape != first_target.shape:
+                raise DataError(f"{path}: {target_key} has shape {target.shape}, where {files[0].name}'s has "
+                                f"{first_target.shape}")
+            images[i] = image
+            targets[i] = target
+            if on_progress and (i + 1) % 256 == 0:
+                on_progress(i + 1, len(files))
+        for array in (images, targets):
+            array.flush()
+        del images, targets
+        manifest = {"format": PACK_FORMAT, "split": split, "key": key, "samples": len(files),
+                    "image_shape": list(first_image.shape), "image_dtype": str(first_image.dtype),
+                    "target_shape": list(first_target.shape), "target_dtype": str(first_target.dtype),
+                    "source": str(folder), "image_key": image_key, "target_key": target_key,
+                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        for name in ("images.npy", "targets.npy", MANIFEST):
+            fd = os.open(tmp / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in STORAGE_ERRNOS:
+            raise StorageError(f"{final}: the data pack cannot be written: {STORAGE_ERRNOS[exc.errno]}; the source "
+                               "files are untouched and no partial pack is left.",
+                               hint="Free space and run `wf data pack` again, or set data.pack: off.") from None
+        raise storage_error(final, exc) from None
+    except BaseException:  # bad data, Ctrl-C: no partial pack stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for stale in root.glob(f"{split}-*"):  # the packs of earlier versions of this split's files
+        if stale != final and (stale / MANIFEST).is_file():
+            try:
+                if json.loads((stale / MANIFEST).read_text()).get("source") == str(folder):
+                    shutil.rmtree(stale, ignore_errors=True)
+            except (OSError, ValueError):
+                pass
+    return Pack.read(final), True
+
+
+def pack_project_data(cfg: Any, project_root: Path, on_message: Callable[[str], None] | None = None
+                      ) -> dict[str, dict[str, Any]]:
+    """Pack every split of the project's NPZ data (train, val, and test when present); what each
+    pack holds, for the command's table and setup's evidence. DataError for other sources."""
+    from mlflow_core.workflow.datafiles import stat_cache
+
+    if cfg.data.source != "npz":
+        raise DataError(f"data.source {cfg.data.source!r}: only NPZ folders are packed (data.source: npz); "
+                        "digits and custom data are read from memory or your own code, and ImageFolder images "
+                        "are decoded by workers")
+    root = (project_root / cfg.data.path).resolve()
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found (data.path = {cfg.data.path!r})")
+    say = on_message or (lambda _m: None)
+    segmentation = cfg.task == "segmentation"
+    target_key = cfg.data.mask_key if segmentation else cfg.data.label_key
+    cache, out = stat_cache(project_root), {}
+    for split in ("train", "val", "test"):
+        if not (root / split).is_dir():
+            continue
+        t0 = time.perf_counter()
+        pack, built = build_pack(project_root, root / split, split, cache, image_key=cfg.data.image_key,
+                                 target_key=target_key, segmentation=segmentation,
+                                 on_progress=lambda done, total, s=split: say(f"{s}: {done}/{total} samples"))
+        seconds = time.perf_counter() - t0
+        out[split] = {"samples": pack.samples, "image_shape": list(pack.image_shape), "dtype": pack.image_dtype,
+                      "bytes": pack.nbytes(), "built": built, "seconds": round(seconds, 2),
+                      "folder": pack.folder.relative_to(project_root).as_posix(), "key": pack.key}
+        say(f"{split}: {'packed' if built else 'already packed'}, {pack.samples} samples {pack.image_dtype} "
+            f"{'×'.join(map(str, pack.image_shape))}, {pack.nbytes() / 2**20:.1f} MiB"
+            + (f" in {seconds:.1f} s" if built else ""))
+    cache.save()
+    return out
