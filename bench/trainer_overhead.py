@@ -5,7 +5,7 @@ final weights are identical (goal: identical). Both loops validate every epoch a
 so the difference is the trainer's bookkeeping: loss checks, gradient norms, detectors, timing.
 
     python bench/trainer_overhead.py [--epochs 3] [--repeats 5] [--device cpu|cuda] [--model simple_cnn]
-                                     [--data digits|patches --size 64]
+                                     [--data digits|patches|packed --size 64]
 
 `--data patches` (the default) is the 6-band Sentinel-2 patch workload's shape. `--data digits` (8×8 images, 45
 steps an epoch) is the worst case: a step is so small that the
@@ -56,6 +56,23 @@ def patch_data(size: int, train: int = 320, val: int = 64, bands: int = 6, class
 
     return DataBundle(split(train), split(val), None, classes, (bands, size, size),
                       f"generated {bands}-band {size}×{size} patches")
+
+
+def packed_data(size: int, root: Path, train: int = 320, val: int = 64) -> DataBundle:
+    """The same workload on disk as `wf init --example patches` writes it (one .npz per patch), read
+    through its packs as `data.pack` does: one memory-mapped gather per batch, in both loops."""
+    from mlflow_core.training.data import PackedDataset
+    from mlflow_core.workflow.datafiles import StatCache
+    from mlflow_core.workflow.packs import build_pack
+    from mlflow_core.workflow.scaffold import write_patches
+
+    folder = root / "data" / "patches"
+    write_patches(folder, size=size, train=train, val=val, test=0)
+    cache = StatCache(root / "stat.json")
+    packs = {s: build_pack(root, folder / s, s, cache, image_key="image", target_key="label")[0]
+             for s in ("train", "val")}
+    return DataBundle(PackedDataset(packs["train"]), PackedDataset(packs["val"]), None, 4, (6, size, size),
+                      f"packed 6-band {size}×{size} patches ({train} train)")
 
 
 def sync(device: torch.device) -> None:
@@ -110,15 +127,17 @@ def main() -> None:
     ap.add_argument("--model", default="simple_cnn")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    ap.add_argument("--data", choices=("digits", "patches"), default="patches",
-                    help="patches: the 6-band Sentinel-2 patch workload's shape (default); digits: the worst case, 8×8 images")
+    ap.add_argument("--data", choices=("digits", "patches", "packed"), default="patches",
+                    help="patches: the 6-band Sentinel-2 patch workload's shape (default); packed: the same patches "
+                    "written as .npz files and read through their pack; digits: the worst case, 8×8 images")
     ap.add_argument("--size", type=int, default=64, help="patches: height and width")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp())
     cfg = config(args.epochs, args.device, args.model, args.batch)
-    data = build_data(cfg, root) if args.data == "digits" else patch_data(args.size)
+    data = (build_data(cfg, root) if args.data == "digits" else packed_data(args.size, root) if args.data == "packed"
+            else patch_data(args.size))
     hand_loop(cfg, root, data)  # warm-up: allocator, kernels, thread pools
     ratios, hand_times, wf_times = [], [], []
     identical = True

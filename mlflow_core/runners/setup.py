@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from mlflow_core.errors import DataError
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.reports.render import write_report
 from mlflow_core.runners import RunContext, RunOutput
-from mlflow_core.training.data import build_data
+from mlflow_core.training.data import NpzMaskDataset, NpzPatchDataset, PackedDataset, build_data, make_loader
 from mlflow_core.training.data_checks import check_data, dataset_digests
 from mlflow_core.training.models import build_model, count_parameters
 from mlflow_core.training.optim import resolve_device
@@ -59,6 +60,10 @@ def run_setup(ctx: RunContext) -> RunOutput:
     ctx.on_message(f"Verifying reproducibility: {cfg.reproducibility.verify_steps} steps, twice")
     facts["reproducibility"] = _verify_reproducibility(ctx, bundle)
 
+    if facts["model"]["ok"]:
+        ctx.on_message("Measuring the loader alone against the model alone")
+        facts["throughput"] = measure_throughput(ctx, bundle)
+
     checked = SetupFacts.model_validate(facts)
     ok = not checked.data.problems and checked.model.ok and checked.reproducibility.passed
     return RunOutput("completed" if ok else "failed_checks", checked)
@@ -103,3 +108,73 @@ def _verify_reproducibility(ctx: RunContext, bundle) -> dict[str, Any]:
     passed = identical or (device.startswith("cuda") and max_diff <= 1e-5)
     return {"steps": steps, "device": device, "identical": identical, "max_abs_diff": max_diff, "passed": passed,
             "precision": result.metrics["precision"]}
+
+
+THROUGHPUT_SECONDS, THROUGHPUT_BATCHES = 1.5, 8  # each side: whichever comes first, after a warm-up batch
+
+
+def _innermost(dataset: Any) -> Any:
+    while "base" in vars(dataset):  # NormalizedDataset, AugmentedDataset
+        dataset = vars(dataset)["base"]
+    return dataset
+
+
+def _rate(batches: Any, run: Any = None) -> float:
+    """Samples/s over up to THROUGHPUT_BATCHES batches or THROUGHPUT_SECONDS, the first not counted."""
+    iterator = iter(batches)
+    first = next(iterator, None)
+    if first is None:
+        return 0.0
+    if run:
+        run(first)
+    seen, t0 = 0, time.perf_counter()
+    for i, batch in enumerate(iterator):
+        if run:
+            run(batch)
+        seen += batch[0].shape[0]
+        if i + 1 >= THROUGHPUT_BATCHES or time.perf_counter() - t0 > THROUGHPUT_SECONDS:
+            break
+    return seen / max(time.perf_counter() - t0, 1e-9)
+
+
+def measure_throughput(ctx: RunContext, bundle: Any) -> dict[str, Any]:
+    """The training loader alone (the path the run will read: its files, or their pack, and for NPZ
+    data the other path too) against the model alone (forward and backward on one batch on the
+    training device): which of the two bounds the run, said with what to do about it."""
+    from itertools import repeat
+
+    cfg, root = ctx.cfg, ctx.project.root
+    device = resolve_device(cfg.training.device)
+    seed = cfg.reproducibility.seed
+    in_use = _innermost(bundle.train)
+    packed = isinstance(in_use, PackedDataset)
+    path = "packed" if packed else {"npz": "files", "imagefolder": "files", "digits": "memory"}.get(cfg.data.source,
+                                                                                                   "custom")
+    loaders = {path: bundle.train}
+    if cfg.data.source == "npz" and packed:  # what the files alone would give
+        folder = (root / cfg.data.path).resolve() / "train"
+        loaders["files"] = (NpzMaskDataset(folder, cfg.data.image_key, cfg.data.mask_key) if cfg.task == "segmentation"
+                            else NpzPatchDataset(folder, cfg.data.image_key, cfg.data.label_key))
+    rates = {name: round(_rate(make_loader(ds, cfg, train=True, device=device, seed=seed)), 1)
+             for name, ds in loaders.items()}
+    model = build_model(cfg.model, bundle.num_classes, bundle.input_shape, root).to(device).train()
+    x, y = next(iter(make_loader(bundle.train, cfg, train=True, device=device, seed=seed)))
+    x, y = x.to(device), y.to(device)
+
+    def step(_batch: Any) -> None:
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    model_rate = round(_rate(repeat((x, y), THROUGHPUT_BATCHES + 1), step), 1)
+    loader_rate = rates[path]
+    bound = "data" if loader_rate < model_rate else "model"
+    if bound == "model":
+        advice = "the loader keeps up with the model: the data path is not what limits this run"
+    elif cfg.data.source == "npz" and not packed:
+        advice = "the loader is slower than the model: pack the data (`wf data pack`, data.pack: auto or on)"
+    else:
+        advice = ("the loader is slower than the model: raise data.num_workers"
+                  + (", or pack the data (data.source: npz)" if cfg.data.source != "npz" else ""))
+    return {"device": str(device), "batch_size": cfg.training.batch_size, "loader": rates, "path": path,
+            "model": model_rate, "bound": bound, "advice": advice}

@@ -119,6 +119,17 @@ class ReproducibilityCheck(_Facts):
     precision: PrecisionRecord
 
 
+class ThroughputCheck(_Facts):
+    """The loader alone against the model alone, in samples/s, at setup."""
+    device: str
+    batch_size: int
+    loader: dict[str, float]  # path → samples/s
+    path: Literal["packed", "files", "memory", "custom"]  # the path the run reads
+    model: float
+    bound: Literal["data", "model"]
+    advice: str
+
+
 class SetupFacts(PhaseFacts):
     config_sha256: str
     config_valid: bool
@@ -128,6 +139,8 @@ class SetupFacts(PhaseFacts):
     data_pack: dict[str, dict[str, Any]] | None = None  # split → its pack (workflow/packs.py), when packed
     model: ModelCheck
     reproducibility: ReproducibilityCheck
+    throughput: ThroughputCheck | None = None
+
 
 
 # --- baseline: a training run -----------------------------------------------------------------------
