@@ -11,8 +11,9 @@ app = typer.Typer(help="Prepare the project's data for fast reading.", no_args_i
 
 @app.command()
 def pack(as_json: bool = typer.Option(False, "--json", help="Print what each split's pack holds as JSON.")) -> None:
-    """Pack each split of an NPZ folder (train, val, test) into uncompressed memory-mapped arrays under
-    .wf/cache/packs/: training then gathers a batch at once instead of opening one archive per sample.
+    """Pack each split of an NPZ folder or ImageFolder (train, val, test) into uncompressed memory-mapped
+    arrays under .wf/cache/packs/: training then gathers a batch at once instead of opening one archive
+    or decoding one image per sample (ImageFolder images are stored decoded, at data.image_size).
     The files stay the truth: a pack is named by their content and rebuilt when they change.
     `wf phase setup` packs too when data.pack is auto or on."""
     from mlflow_core.config import load_config
@@ -24,7 +25,11 @@ def pack(as_json: bool = typer.Option(False, "--json", help="Print what each spl
     cfg = load_config(project.config_path)
     say = (lambda _m: None) if as_json else (lambda m: console.print(f"· {m}"))
     with project_lock(project, "wf data pack"):
-        packs = pack_project_data(cfg, project.root, say)
+        if cfg.data.source == "imagefolder":  # images are decoded by torchvision: only then is torch loaded
+            from mlflow_core.training.data import pack_data
+            packs = pack_data(cfg, project.root, say)
+        else:
+            packs = pack_project_data(cfg, project.root, say)
     if as_json:
         print_json(packs)
         return

@@ -120,17 +120,25 @@ class PackedDataset(Dataset):
     def _targets(self, raw: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.array(raw, dtype=np.int64))  # a copy: never a view of the read-only map
 
+    def _floats(self, pixels: np.ndarray) -> torch.Tensor:
+        """float32 as the per-file path gives it: as stored, or (ImageFolder) uint8 scaled to [0, 1] by
+        the very transform the per-file path applies (torchvision's to_dtype), element by element."""
+        if not self.pack.scaled:
+            return torch.from_numpy(np.array(pixels, dtype=np.float32))
+        from torchvision.transforms.v2 import functional
+
+        return functional.to_dtype(torch.from_numpy(np.array(pixels)), torch.float32, scale=True)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         images, targets = self.arrays()
-        image = torch.from_numpy(np.array(images[index], dtype=np.float32))
+        image = self._floats(images[index])
         return (image, self._targets(targets[index])) if self.segmentation else (image, int(targets[index]))
 
     def __getitems__(self, indices: list[int]) -> GatheredBatch:
         self._still_whole()
         images, targets = self.arrays()
         order = np.asarray(indices, dtype=np.int64)
-        batch = torch.from_numpy(images[order].astype(np.float32, copy=False))
-        return GatheredBatch((batch, self._targets(targets[order])))
+        return GatheredBatch((self._floats(images[order]), self._targets(targets[order])))
 
     def target(self, index: int) -> Any:
         _, targets = self.arrays()
@@ -387,26 +395,108 @@ def _packed_splits(cfg: WorkflowConfig, project_root: Path, root: Path, names: t
     return found
 
 
-def _imagefolder(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
+def _pixels(cfg: WorkflowConfig) -> Any:
+    """An ImageFolder image as uint8 pixels (C, H, W), resized to data.image_size: what a pack stores."""
+    from torchvision.transforms import v2
+
+    steps: list[Any] = [v2.ToImage()]
+    if cfg.data.image_size:
+        steps.append(v2.Resize((cfg.data.image_size, cfg.data.image_size), antialias=True))
+    return v2.Compose(steps)
+
+
+def _image_folders(cfg: WorkflowConfig, root: Path, transform: Any) -> dict[str, Any]:
     from torchvision import datasets
+
+    names = ("train", "val", "test") if (root / "test").is_dir() else ("train", "val")
+    try:
+        splits = {s: datasets.ImageFolder(str(root / s), transform=transform) for s in names}
+    except (FileNotFoundError, OSError) as exc:
+        raise DataError(f"{root}: not an ImageFolder layout with train/ and val/ class folders ({exc})") from None
+    if splits["train"].classes != splits["val"].classes:
+        raise DataError(f"{root}: train/ and val/ have different class folders")
+    return splits
+
+
+def _imagefolder(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
     from torchvision.transforms import v2
 
     root = _resolve_dir(cfg, project_root)
-    steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    if cfg.data.image_size:
-        steps.insert(1, v2.Resize((cfg.data.image_size, cfg.data.image_size), antialias=True))
-    transform = v2.Compose(steps)
-    try:
-        train = datasets.ImageFolder(str(root / "train"), transform=transform)
-        val = datasets.ImageFolder(str(root / "val"), transform=transform)
-        test = datasets.ImageFolder(str(root / "test"), transform=transform) if (root / "test").is_dir() else None
-    except (FileNotFoundError, OSError) as exc:
-        raise DataError(f"{root}: not an ImageFolder layout with train/ and val/ class folders ({exc})") from None
-    if train.classes != val.classes:
-        raise DataError(f"{root}: train/ and val/ have different class folders")
-    sample, _ = train[0]
-    return DataBundle(train, val, test, cfg.data.num_classes or len(train.classes), tuple(sample.shape),
-                      f"ImageFolder {cfg.data.path}", class_names=list(train.classes))
+    transform = v2.Compose([_pixels(cfg), v2.ToDtype(torch.float32, scale=True)])
+    splits: dict[str, Dataset] = _image_folders(cfg, root, transform)
+    classes = list(splits["train"].classes)  # type: ignore[attr-defined]
+    packed = {}
+    if cfg.data.pack != "off":
+        packed = {s: p for s, (p, _) in imagefolder_packs(cfg, project_root, build=cfg.data.pack == "on").items()
+                  if p is not None}
+    splits.update({s: PackedDataset(pack) for s, pack in packed.items()})
+    sample, _ = splits["train"][0]
+    how = f", packed ({', '.join(packed)})" if packed else ""
+    return DataBundle(splits["train"], splits["val"], splits.get("test"), cfg.data.num_classes or len(classes),
+                      tuple(sample.shape), f"ImageFolder {cfg.data.path}{how}", class_names=classes)
+
+
+def files_dataset(cfg: WorkflowConfig, project_root: Path, split: str) -> Dataset:
+    """A split read from its files, whatever data.pack says (setup compares the two paths)."""
+    root = _resolve_dir(cfg, project_root)
+    if cfg.data.source == "imagefolder":
+        from torchvision.transforms import v2
+
+        return _image_folders(cfg, root, v2.Compose([_pixels(cfg), v2.ToDtype(torch.float32, scale=True)]))[split]
+    if cfg.task == "segmentation":
+        return NpzMaskDataset(root / split, cfg.data.image_key, cfg.data.mask_key)
+    return NpzPatchDataset(root / split, cfg.data.image_key, cfg.data.label_key)
+
+
+def imagefolder_packs(cfg: WorkflowConfig, project_root: Path, *, build: bool,
+                      on_message: Callable[[str], None] | None = None) -> dict[str, tuple[Any, bool]]:
+    """Each ImageFolder split's current pack, (pack, built): built where missing or stale when `build`,
+    else None there. The key covers every image's bytes and class, data.image_size and the format."""
+    import hashlib
+    import time
+
+    from mlflow_core.workflow.datafiles import stat_cache
+    from mlflow_core.workflow.packs import PACK_FORMAT, find_pack, write_pack
+
+    root = _resolve_dir(cfg, project_root)
+    cache, out = stat_cache(project_root), {}
+    for split, folder in _image_folders(cfg, root, _pixels(cfg)).items():
+        digest = hashlib.sha256(f"wf-pack {PACK_FORMAT} imagefolder {cfg.data.image_size}\n".encode())
+        for path, label in folder.samples:
+            digest.update(f"{Path(path).relative_to(root / split).as_posix()}\0{label}\0{cache.sha256(path)}\n".encode())
+        key = digest.hexdigest()
+        pack = find_pack(project_root, split, key)
+        built = False
+        if pack is None and build:
+            t0 = time.perf_counter()
+
+            def read(i: int, folder: Any = folder) -> tuple[np.ndarray, np.ndarray]:
+                image, label = folder[i]
+                return image.numpy(), np.asarray(label, dtype=np.int64)
+            names = [Path(p).relative_to(root / split).as_posix() for p, _ in folder.samples]
+            pack = write_pack(project_root, split, key, root / split, names, read,
+                              {"source_kind": "imagefolder", "image_size": cfg.data.image_size},
+                              (lambda done, total, s=split: on_message(f"{s}: {done}/{total} images"))
+                              if on_message else None, scaled=True)
+            built = True
+            if on_message:
+                on_message(f"{split}: packed in {time.perf_counter() - t0:.1f} s")
+        out[split] = (pack, built)
+    cache.save()
+    return out
+
+
+def pack_data(cfg: WorkflowConfig, project_root: Path, on_message: Callable[[str], None] | None = None
+              ) -> dict[str, dict[str, Any]]:
+    """`wf data pack` for any source (setup's packing): NPZ through workflow/packs.py (no torch),
+    ImageFolder decoded once here."""
+    from mlflow_core.workflow.packs import describe, pack_project_data
+
+    if cfg.data.source != "imagefolder":
+        return pack_project_data(cfg, project_root, on_message)
+    say = on_message or (lambda _m: None)
+    return {split: describe(project_root, pack, built, 0.0, say)
+            for split, (pack, built) in imagefolder_packs(cfg, project_root, build=True, on_message=on_message).items()}
 
 
 def import_target(target: str, project_root: Path, field: str) -> Callable[..., Any]:

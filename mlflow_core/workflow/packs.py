@@ -74,6 +74,7 @@ class Pack:
     target_shape: tuple[int, ...]
     target_dtype: str
     key: str
+    scaled: bool = False  # images stored as uint8 pixels that read as value / 255 (ImageFolder)
 
     @property
     def images(self) -> Path:
@@ -94,7 +95,7 @@ class Pack:
         try:
             raw = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
             pack = cls(folder, raw["split"], int(raw["samples"]), tuple(raw["image_shape"]), raw["image_dtype"],
-                       tuple(raw["target_shape"]), raw["target_dtype"], raw["key"])
+                       tuple(raw["target_shape"]), raw["target_dtype"], raw["key"], bool(raw.get("scaled", False)))
             if raw.get("format") != PACK_FORMAT:
                 raise ValueError(f"format {raw.get('format')}, this wf reads {PACK_FORMAT}")
             for path, shape, dtype in ((pack.images, pack.image_shape, pack.image_dtype),
@@ -150,10 +151,7 @@ def _read_sample(path: Path, image_key: str, target_key: str, segmentation: bool
 def build_pack(project_root: Path, folder: Path, split: str, cache: StatCache, *, image_key: str,
                target_key: str, segmentation: bool = False,
                on_progress: Callable[[int, int], None] | None = None) -> tuple[Pack, bool]:
-    """The split's pack, built unless a current one exists; (pack, built). Every sample must share
-    the first one's shape and dtype (a pack is one array); the message names the first that does not."""
-    import numpy as np
-
+    """The NPZ split's pack, built unless a current one exists; (pack, built)."""
     files = npz_files(folder)
     if not files:
         raise DataError(f"{folder}: no .npz files found (data.path)")
@@ -162,39 +160,53 @@ def build_pack(project_root: Path, folder: Path, split: str, cache: StatCache, *
     existing = find_pack(project_root, split, key)
     if existing is not None:
         return existing, False
+    return write_pack(project_root, split, key, folder, [p.name for p in files],
+                      lambda i: _read_sample(files[i], image_key, target_key, segmentation),
+                      {"image_key": image_key, "target_key": target_key}, on_progress), True
+
+
+def write_pack(project_root: Path, split: str, key: str, source: Path, names: list[str],
+               read: Callable[[int], tuple[Any, Any]], meta: dict[str, Any],
+               on_progress: Callable[[int, int], None] | None = None, scaled: bool = False) -> Pack:
+    """Write sample i = read(i) for every name into a new pack; every sample must share the first
+    one's shape and dtype (a pack is one array): the message names the first that does not. Written
+    into a temporary folder, fsynced and renamed: a pack that exists is complete, and a failure
+    (bad data, a full disk, Ctrl-C) leaves none. The split's earlier packs are removed after."""
+    import numpy as np
+
     root = packs_dir(project_root)
     final = root / f"{split}-{key[:16]}"
     tmp = root / f".{final.name}.{os.getpid()}.tmp"
-    first_image, first_target = _read_sample(files[0], image_key, target_key, segmentation)
+    first_image, first_target = read(0)
     try:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=first_image.dtype,
-                                           shape=(len(files), *first_image.shape))
+                                           shape=(len(names), *first_image.shape))
         targets = np.lib.format.open_memmap(tmp / "targets.npy", mode="w+", dtype=first_target.dtype,
-                                            shape=(len(files), *first_target.shape))
-        for i, path in enumerate(files):
-            image, target = ((first_image, first_target) if i == 0 else
-                             _read_sample(path, image_key, target_key, segmentation))
+                                            shape=(len(names), *first_target.shape))
+        for i, name in enumerate(names):
+            image, target = (first_image, first_target) if i == 0 else read(i)
             if image.shape != first_image.shape or image.dtype != first_image.dtype:
-                raise DataError(f"{path}: image {image.shape} {image.dtype}, where {files[0].name} has "
+                raise DataError(f"{source / name}: image {image.shape} {image.dtype}, where {names[0]} has "
                                 f"{first_image.shape} {first_image.dtype}: a pack holds samples of one shape and "
-                                "dtype (resize or convert them, or set data.pack: off)")
+                                "dtype (resize or convert them — for ImageFolder, data.image_size — or set "
+                                "data.pack: off)")
             if target.shape != first_target.shape:
-                raise DataError(f"{path}: {target_key} has shape {target.shape}, where {files[0].name}'s has "
+                raise DataError(f"{source / name}: its target has shape {target.shape}, where {names[0]}'s has "
                                 f"{first_target.shape}")
             images[i] = image
             targets[i] = target
             if on_progress and (i + 1) % 256 == 0:
-                on_progress(i + 1, len(files))
+                on_progress(i + 1, len(names))
         for array in (images, targets):
             array.flush()
         del images, targets
-        manifest = {"format": PACK_FORMAT, "split": split, "key": key, "samples": len(files),
+        manifest = {"format": PACK_FORMAT, "split": split, "key": key, "samples": len(names),
                     "image_shape": list(first_image.shape), "image_dtype": str(first_image.dtype),
                     "target_shape": list(first_target.shape), "target_dtype": str(first_target.dtype),
-                    "source": str(folder), "image_key": image_key, "target_key": target_key,
+                    "scaled": scaled, "source": str(source), **meta,
                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         for name in ("images.npy", "targets.npy", MANIFEST):
@@ -218,11 +230,11 @@ def build_pack(project_root: Path, folder: Path, split: str, cache: StatCache, *
     for stale in root.glob(f"{split}-*"):  # the packs of earlier versions of this split's files
         if stale != final and (stale / MANIFEST).is_file():
             try:
-                if json.loads((stale / MANIFEST).read_text()).get("source") == str(folder):
+                if json.loads((stale / MANIFEST).read_text()).get("source") == str(source):
                     shutil.rmtree(stale, ignore_errors=True)
             except (OSError, ValueError):
                 pass
-    return Pack.read(final), True
+    return Pack.read(final)
 
 
 def pack_project_data(cfg: Any, project_root: Path, on_message: Callable[[str], None] | None = None
@@ -232,9 +244,8 @@ def pack_project_data(cfg: Any, project_root: Path, on_message: Callable[[str], 
     from mlflow_core.workflow.datafiles import stat_cache
 
     if cfg.data.source != "npz":
-        raise DataError(f"data.source {cfg.data.source!r}: only NPZ folders are packed (data.source: npz); "
-                        "digits and custom data are read from memory or your own code, and ImageFolder images "
-                        "are decoded by workers")
+        raise DataError(f"data.source {cfg.data.source!r}: only NPZ folders and ImageFolder images are packed; "
+                        "digits are in memory already, and custom data is read by your own code")
     root = (project_root / cfg.data.path).resolve()
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found (data.path = {cfg.data.path!r})")
@@ -249,12 +260,16 @@ def pack_project_data(cfg: Any, project_root: Path, on_message: Callable[[str], 
         pack, built = build_pack(project_root, root / split, split, cache, image_key=cfg.data.image_key,
                                  target_key=target_key, segmentation=segmentation,
                                  on_progress=lambda done, total, s=split: say(f"{s}: {done}/{total} samples"))
-        seconds = time.perf_counter() - t0
-        out[split] = {"samples": pack.samples, "image_shape": list(pack.image_shape), "dtype": pack.image_dtype,
-                      "bytes": pack.nbytes(), "built": built, "seconds": round(seconds, 2),
-                      "folder": pack.folder.relative_to(project_root).as_posix(), "key": pack.key}
-        say(f"{split}: {'packed' if built else 'already packed'}, {pack.samples} samples {pack.image_dtype} "
-            f"{'×'.join(map(str, pack.image_shape))}, {pack.nbytes() / 2**20:.1f} MiB"
-            + (f" in {seconds:.1f} s" if built else ""))
+        out[split] = describe(project_root, pack, built, time.perf_counter() - t0, say)
     cache.save()
     return out
+
+
+def describe(project_root: Path, pack: Pack, built: bool, seconds: float,
+             say: Callable[[str], None]) -> dict[str, Any]:
+    """A split's pack for setup's evidence and the command's output (said in one line)."""
+    say(f"{pack.split}: {'packed' if built else 'already packed'}, {pack.samples} samples {pack.image_dtype} "
+        f"{'×'.join(map(str, pack.image_shape))}, {pack.nbytes() / 2**20:.1f} MiB" + (f" in {seconds:.1f} s" if built else ""))
+    return {"samples": pack.samples, "image_shape": list(pack.image_shape), "dtype": pack.image_dtype,
+            "bytes": pack.nbytes(), "built": built, "seconds": round(seconds, 2),
+            "folder": pack.folder.relative_to(project_root).as_posix(), "key": pack.key}

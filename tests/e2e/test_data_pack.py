@@ -55,6 +55,13 @@ def test_wf_data_pack_then_setup_records_the_packs_and_a_changed_file_is_read_fr
     assert wf("phase", "setup", cwd=root).code == 0
     facts = json.loads((root / ".wf" / "evidence" / "setup.json").read_text())["facts"]
     assert set(facts["data_pack"]) == {"train", "val", "test"} and facts["data_pack"]["train"]["built"] is False
+    # the loader alone, on the run's path and on the files, against the model alone
+    throughput = facts["throughput"]
+    assert throughput["path"] == "packed" and set(throughput["loader"]) == {"packed", "files"}
+    assert throughput["loader"]["packed"] > throughput["loader"]["files"] > 0 and throughput["model"] > 0
+    report = (root / "reports" / "setup_report.md").read_text()
+    assert "| loader alone, packed arrays (the run's) |" in report and "| loader alone, one file per sample |" in report
+    assert ("**Model-bound**" in report) == (throughput["bound"] == "model")
 
     import numpy as np
 
@@ -75,4 +82,4 @@ def test_packing_data_that_is_not_npz_says_what_is_packed(wf, tmp_path):
 
     root = init_project(tmp_path / "p").root  # digits
     r = wf("data", "pack", cwd=root)
-    assert r.code == 2 and "data.source 'digits': only NPZ folders are packed (data.source: npz)" in r.err
+    assert r.code == 2 and "data.source 'digits': only NPZ folders and ImageFolder images are packed" in r.err

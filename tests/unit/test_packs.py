@@ -129,3 +129,37 @@ def test_a_full_disk_while_packing_is_exit_5_and_leaves_the_data_and_no_partial_
     assert [p.name for p in packs_dir(root).iterdir() if p.name.startswith(".")] == []
     assert not list(packs_dir(root).glob("train-*"))
     assert sorted((p.name, p.stat().st_size) for p in (root / "data" / "patches" / "train").iterdir()) == before
+
+
+def _image_folder(root, sizes=(12, 16)):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 4)):
+        for c in ("cloud", "water"):
+            folder = root / split / c
+            folder.mkdir(parents=True)
+            for i in range(n):
+                size = sizes[i % len(sizes)]
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_imagefolder_images_are_packed_decoded_at_image_size_and_read_as_the_files_read(tmp_path):
+    from mlflow_core.config import load_config_text
+    from mlflow_core.training.data import build_data, files_dataset, pack_data
+
+    _image_folder(tmp_path / "data" / "shapes")
+    cfg = load_config_text("data: {source: imagefolder, path: data/shapes, image_size: 10}\n", "t")
+    packs = pack_data(cfg, tmp_path)
+    assert packs["train"]["samples"] == 12 and packs["train"]["dtype"] == "uint8"
+    assert packs["train"]["image_shape"] == [3, 10, 10]
+    bundle = build_data(cfg, tmp_path)
+    assert bundle.source.endswith("packed (train, val)") and bundle.class_names == ["cloud", "water"]
+    files = files_dataset(cfg, tmp_path, "train")
+    batch = bundle.train.__getitems__(list(range(12)))
+    for i in range(12):
+        assert torch.equal(files[i][0], bundle.train[i][0]) and files[i][1] == bundle.train[i][1]
+        assert torch.equal(batch[0][i], files[i][0])
+    # images of two sizes without data.image_size: one pack cannot hold them, and says what to set
+    with pytest.raises(DataError, match=r"where cloud/0\.png has .*data\.image_size"):
+        pack_data(load_config_text("data: {source: imagefolder, path: data/shapes}\n", "t"), tmp_path)
