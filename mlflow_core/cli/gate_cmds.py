@@ -19,6 +19,10 @@ def check(phase: str = typer.Argument(None, help="Phase whose gate to check (def
                                          "stands (setup → … → the current phase): what CI should run."),
           as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
           junit: Path = typer.Option(None, "--junit", help="Also write a JUnit XML report here (for CI)."),
+          markdown: bool = typer.Option(False, "--markdown", help="Print the verdict as a markdown summary "
+                                        "(for CI: >> \"$GITHUB_STEP_SUMMARY\")."),
+          warn_only: bool = typer.Option(False, "--warn-only", help="Report what does not hold (JUnit: skipped, "
+                                         "not failed) and exit 0: for a team adopting the gates."),
           ) -> None:
     """Exit 0 when the gate (with --all: every gate on the path) passes and 1 when it does not. A gate
     passes when each of its items holds and nothing it verified (config, data, code, packages) has
@@ -30,6 +34,8 @@ def check(phase: str = typer.Argument(None, help="Phase whose gate to check (def
 
     if check_all and phase:
         raise UserInputError("give a phase or --all, not both")
+    if as_json and markdown:
+        raise UserInputError("give --json or --markdown, not both")
     project = Project.find()
     state = load_state(project)
     verdicts = (chain_verdicts(project, state) if check_all
@@ -38,8 +44,10 @@ def check(phase: str = typer.Argument(None, help="Phase whose gate to check (def
     if junit is not None:
         if junit.is_dir():
             raise UserInputError(f"--junit {junit}: is a directory; give a file name")
-        atomic_write_text(junit, junit_xml(verdicts))
-    if as_json:
+        atomic_write_text(junit, junit_xml(verdicts, warn_only))
+    if markdown:
+        print(markdown_summary(verdicts, warn_only), end="")
+    elif as_json:
         print_json({"passed": passed, "gates": [v.to_json() for v in verdicts]} if check_all else verdicts[0].to_json())
     else:
         for verdict in verdicts:
@@ -48,10 +56,37 @@ def check(phase: str = typer.Argument(None, help="Phase whose gate to check (def
             closed = [v.phase for v in verdicts if not v.passed]
             console.print(f"Every gate on the path ({' → '.join(v.phase for v in verdicts)}) "
                           + ("[green]holds[/]." if passed else f"[red]does not hold[/]: {', '.join(closed)}."))
-    raise typer.Exit(0 if passed else 1)
+        if warn_only and not passed:
+            console.print("[yellow]--warn-only[/]: exit 0 although a gate does not hold.")
+    raise typer.Exit(0 if passed or warn_only else 1)
 
 
-def junit_xml(verdicts) -> str:
+def markdown_summary(verdicts, warn_only: bool = False) -> str:
+    """The gates as a markdown summary for a CI job's page: a line per gate, then what does not hold."""
+    lines = ["## wf gates", "", "| Gate | Verdict | Items | Changed since verified |", "|---|---|---|---|"]
+    for v in verdicts:
+        done = sum(i.checked for i in v.items)
+        verdict = "✅ passes" if v.passed else ("⚠️ re-opened" if v.drift else "❌ closed")
+        lines.append(f"| `{v.phase}` | {verdict} | {done}/{len(v.items)} | {len(v.drift) or '—'} |")
+    for v in verdicts:
+        if v.passed:
+            continue
+        lines += ["", f"### `{v.phase}`: what does not hold"]
+        lines += [f"- `{i.id}` {i.text}: {i.evidence}" for i in v.open_items]
+        lines += [f"- changed since verified ({d.kind}): {d.detail}" for d in v.drift]
+        if v.drift:
+            lines.append(f"- to verify again: {v.rerun()}")
+    for v in verdicts:
+        lines += [f"- waiver on record in `{v.phase}`: `{i.id}` by {i.waived['by']} — {i.waived['reason']}"
+                  for i in v.waived_items]
+        lines += [f"- override on record: {o['phase']} entered with the {o['gate']} gate closed — {o['reason']}"
+                  for o in v.overrides]
+    if warn_only and not all(v.passed for v in verdicts):
+        lines += ["", "_Reported with `--warn-only`: the job passes although a gate does not hold._"]
+    return "\n".join(lines) + "\n"
+
+
+def junit_xml(verdicts, warn_only: bool = False) -> str:
     from xml.sax.saxutils import escape, quoteattr  # only for --junit: keeps `gate check` fast
 
     suites = []
@@ -61,6 +96,8 @@ def junit_xml(verdicts) -> str:
             name = quoteattr(f"{item.id}: {item.text}")
             if item.waived:
                 body = f'<skipped message={quoteattr(item.evidence)}/>'
+            elif not item.checked and warn_only:
+                body = f'<skipped message={quoteattr("warn-only: " + item.evidence)}/>'
             elif not item.checked:
                 body = f'<failure message={quoteattr(item.evidence)}>{escape(item.evidence)}</failure>'
             else:
@@ -68,10 +105,13 @@ def junit_xml(verdicts) -> str:
             cases.append(f'    <testcase classname="wf.gate.{verdict.phase}" name={name}>{body}</testcase>')
         for drift in verdict.drift:
             message = quoteattr(drift.detail)
+            body = (f'<skipped message={quoteattr("warn-only: " + drift.detail)}/>' if warn_only else
+                    f'<failure message={message}>{escape(drift.detail)}</failure>')
             cases.append(f'    <testcase classname="wf.gate.{verdict.phase}" name="unchanged {drift.kind}">'
-                         f'<failure message={message}>{escape(drift.detail)}</failure></testcase>')
-        failures = sum(not i.checked for i in verdict.items) + len(verdict.drift)
-        skipped = sum(bool(i.waived) for i in verdict.items)
+                         f'{body}</testcase>')
+        failing = sum(not i.checked for i in verdict.items) + len(verdict.drift)
+        failures = 0 if warn_only else failing
+        skipped = sum(bool(i.waived) for i in verdict.items) + (failing if warn_only else 0)
         suites.append(f'  <testsuite name="wf gate {verdict.phase}" tests="{len(cases)}" failures="{failures}" '
                       f'skipped="{skipped}">\n' + "\n".join(cases) + "\n  </testsuite>")
     return '<?xml version="1.0" encoding="utf-8"?>\n<testsuites>\n' + "\n".join(suites) + "\n</testsuites>\n"

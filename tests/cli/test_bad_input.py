@@ -152,6 +152,23 @@ def test_gate_check_exit_codes_and_junit(wf, project, tmp_path):
     assert 'tests="8" failures="8"' in xml and "<failure" in xml
 
 
+def test_gate_check_warn_only_reports_what_does_not_hold_and_exits_0(wf, project, tmp_path):
+    """For a team adopting the gates: the same findings, as JUnit skips and a markdown summary, exit 0."""
+    r = wf("gate", "check", "setup", "--warn-only", "--junit", str(tmp_path / "gate.xml"), cwd=project)
+    assert r.code == 0 and "--warn-only: exit 0 although a gate does not hold." in r.out
+    assert "The setup gate is closed (8 items left)." in r.out
+    xml = (tmp_path / "gate.xml").read_text()
+    assert 'tests="8" failures="0" skipped="8"' in xml and "<failure" not in xml and 'message="warn-only: ' in xml
+    md = wf("gate", "check", "--all", "--markdown", "--warn-only", cwd=project)
+    assert md.code == 0
+    assert md.out.startswith("## wf gates\n\n| Gate | Verdict | Items | Changed since verified |")
+    assert "| `setup` | ❌ closed | 0/8 | — |" in md.out and "### `setup`: what does not hold" in md.out
+    assert "_Reported with `--warn-only`: the job passes although a gate does not hold._" in md.out
+    assert wf("gate", "check", "--all", "--markdown", cwd=project).code == 1
+    both = wf("gate", "check", "--json", "--markdown", cwd=project)
+    assert both.code == 2 and "give --json or --markdown, not both" in both.err
+
+
 def test_help_documents_exit_codes(wf):
     r = wf("--help")
     assert r.code == 0 and "3 the entry gate is closed" in r.out
