@@ -14,6 +14,7 @@ import typer
 from mlflow_core import __version__
 from mlflow_core.cli import (
     checklist_cmds,
+    ci_cmds,
     config_cmds,
     data_cmds,
     diagnose_cmds,
@@ -39,6 +40,7 @@ app.add_typer(config_cmds.app, name="config")
 app.add_typer(gate_cmds.app, name="gate")
 app.add_typer(checklist_cmds.app, name="checklist")
 app.add_typer(data_cmds.app, name="data")
+app.add_typer(ci_cmds.app, name="ci")
 project_cmds.register(app)
 phase_cmds.register(app)
 diagnose_cmds.register(app)
