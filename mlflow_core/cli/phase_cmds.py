@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import typer
 
@@ -227,10 +228,31 @@ def smoke_with_display(project, name: str) -> bool:
     return result.passed
 
 
-def report(name: str = typer.Argument(..., help="Phase whose report to render again.")) -> None:
-    """Render a phase's report again from its recorded evidence and run files (no training, no torch)."""
-    from mlflow_core.orchestration.engine import rerender_report
+def report(name: str = typer.Argument(..., help="A phase, whose report to render again; `summary`, a markdown "
+                                       "digest of the project for a pull request (printed); or `comment`, that digest "
+                                       "posted as one pull-request comment, updated in place (needs GitHub's `gh`)."),
+           output: Path = typer.Option(None, "--output", "-o", help="summary: write it to this file instead.")) -> None:
+    """Render a phase's report again from its recorded evidence and run files (no training, no torch);
+    or summarise the whole project for review."""
     from mlflow_core.workflow.project import Project
 
-    result = rerender_report(Project.find(), name)
+    project = Project.find()
+    if name in ("summary", "comment"):
+        from mlflow_core.reports.summary import post_comment, project_summary
+
+        if name == "comment":
+            console.print(f"[green]✔[/] {post_comment(project)}")
+            return
+        text = project_summary(project)
+        if output is not None:
+            from mlflow_core.atomic import atomic_write_text
+
+            atomic_write_text(output, text)
+            console.print(f"[green]✔[/] {output} ({len(text.encode()):,} bytes)")
+        else:
+            print(text, end="")
+        return
+    from mlflow_core.orchestration.engine import rerender_report
+
+    result = rerender_report(project, name)
     console.print(f"[green]✔[/] {result.report}")
