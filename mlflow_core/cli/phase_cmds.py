@@ -166,6 +166,10 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
                                          help="Stop training resumably this long after the command starts "
                                          "(8h30m, 45m, 2:30:00), 60 s early to save: for a Kaggle session's "
                                          "9 hours or an allocation's end. Exit 124; continue with --resume."),
+          worker: bool = typer.Option(False, "--worker", help="optimization: run trials of the project's study "
+                                      "only, next to other workers on this or other machines (a shared "
+                                      "optimization.storage), until it holds n_trials; then `wf phase "
+                                      "optimization` once compares and reports. Records nothing itself."),
           ) -> None:
     """Run a phase (or, with --smoke, check that it runs). Exit 0 success · 1 failed its success criteria · 2 bad input · 3 entry gate closed ·
     4 another wf command holds the project · 5 a write was refused (disk full, read-only) · 6 a data-parallel run lost
@@ -181,7 +185,15 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
     if smoke and (resume or override_gate is not None or time_limit is not None):
         raise UserInputError("--smoke runs outside the phase's record: it takes neither --resume, "
                              "--override-gate nor --time-limit.")
+    if worker and (name != "optimization" or smoke or resume or nproc_per_node > 1):
+        raise UserInputError("--worker runs trials of `wf phase optimization` only, without --smoke, --resume or "
+                             "--nproc-per-node.")
     deadline = _deadline(time_limit)  # from now: a bad value is exit 2 before anything starts
+    if worker:
+        from mlflow_core.orchestration.engine import run_sweep_worker
+
+        raise typer.Exit(run_sweep_worker(Project.find(), override_gate, None,
+                                          lambda m: console.print(f"· {m}", highlight=False), deadline))
     world = world_from_env()
     if world is not None and not world.is_writer:  # a DDP rank other than 0: it follows rank 0's lead
         from mlflow_core.orchestration.launch import follow

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -166,6 +169,42 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
                                  f"{', '.join(DISTRIBUTED_PHASES)}.")
         return _run_phase(project, phase, override_reason, on_progress, on_message, resume, world, announce,
                           deadline)
+
+
+def run_sweep_worker(project: Project, override_reason: str | None = None,
+                     on_progress: Callable[[Any], None] | None = None,
+                     on_message: Callable[[str], None] | None = None, deadline: float | None = None) -> int:
+    """`wf phase optimization --worker`: trials of the project's study, and nothing else. It takes no
+    project lock and records nothing in .wf/ (the final `wf phase optimization`, run once, records
+    the phase); it checks the entry gate as that run will. The exit code: 0, or 128 + the signal."""
+    from mlflow_core.runners import SubRunInterrupted
+    from mlflow_core.runners.optimization import run_worker
+
+    say = on_message or (lambda _m: None)
+    cfg = load_config(project.config_path)
+    missing = missing_training_stack()
+    if missing:
+        raise UserInputError(f"`wf phase optimization --worker` needs the training stack, and {', '.join(missing)} "
+                             "is not installed.", hint="Install it with `pip install 'wf[train]'`.")
+    verdict = entry_verdict(project, load_state(project), "optimization")
+    if not verdict.allowed:
+        if override_reason is None or not override_reason.strip():
+            raise GateClosedError(f"cannot start an optimization worker: {verdict.reason}.",
+                                  hint=f"Run `{verdict.unblock}` to see what is left, or give the worker "
+                                  "`--override-gate \"reason\"` too (the final `wf phase optimization` records it).")
+        say(f"Gate closed, overridden for this worker: {verdict.reason}")
+    run_id = f"optimization-worker-{socket.gethostname()}-{os.getpid()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    ctx = RunContext(project, cfg, config_sha256(project.config_path), run_id, project.runs_dir / run_id,
+                     on_progress or (lambda _p: None), say, deadline=deadline)
+    try:
+        ran, held = run_worker(ctx)
+    except SubRunInterrupted as stop:
+        say("Worker stopped by a signal; its trial is enqueued again for any worker or `wf phase optimization`")
+        return 128 + (stop.signum or 2)
+    say(f"Worker ran {ran} trial(s); the study holds {held} of {cfg.optimization.n_trials}. "
+        + ("Run `wf phase optimization` once to compare the best with the baseline and write the report."
+           if held >= cfg.optimization.n_trials else "Other workers are still running trials."))
+    return 0
 
 
 def _run_phase(project: Project, phase: str, override_reason: str | None,

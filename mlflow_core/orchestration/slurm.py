@@ -8,7 +8,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ class SlurmJob:
     time: str | None = None
     mem: str | None = None
     job_name: str | None = None
+    workers: int = 0  # optimization: a job array of this many `--worker` tasks (the final step: FINAL_SUFFIX)
 
     @property
     def processes(self) -> int:
@@ -80,6 +81,11 @@ def check_job(job: SlurmJob) -> None:
             raise UserInputError(f"{option} {value!r}: not a SLURM value here ({what}).")
     if job.nodes < 1 or job.gpus_per_node < 0:
         raise UserInputError("--nodes must be at least 1 and --gpus-per-node at least 0.")
+    if job.workers and (job.phase != "optimization" or job.processes > 1):
+        raise UserInputError("--workers runs trials of `wf phase optimization` in a job array, one process per "
+                             "task: give it with `wf slurm optimization`, without several nodes or GPUs.")
+    if job.workers < 0 or job.workers > 1000:
+        raise UserInputError(f"--workers {job.workers}: between 1 and 1000 array tasks.")
     if job.processes > 1 and job.phase not in DISTRIBUTED_PHASES:
         raise UserInputError(f"`wf phase {job.phase}` runs in one process; several nodes or GPUs suit the "
                              f"data-parallel phases: {', '.join(DISTRIBUTED_PHASES)}.",
@@ -103,6 +109,10 @@ def sbatch_script(job: SlurmJob, project_name: str) -> str:
                   "--requeue", "--open-mode=append"]
     if job.gpus_per_node:
         directives.append(f"--gpus-per-node={job.gpus_per_node}")
+    if job.workers:  # a job array: its own name, one log per task
+        directives = [f"--job-name={name}-workers" if d.startswith("--job-name=") else
+                      "--output=slurm/logs/%x-%A_%a.out" if d.startswith("--output=") else d for d in directives]
+        directives.append(f"--array=1-{job.workers}")
     for option, value in (("cpus-per-task", job.cpus_per_task), ("partition", job.partition),
                           ("account", job.account), ("time", job.time), ("mem", job.mem)):
         if value is not None:
@@ -116,6 +126,8 @@ def sbatch_script(job: SlurmJob, project_name: str) -> str:
         head = ('head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)  # the rendezvous host\n'
                 "# torchrun passes SLURM's USR1 on to the wf processes (by default it would die of it)\n"
                 "export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1\n")
+    elif job.workers:  # trials only; a requeued or restarted task simply claims trials again
+        launch, head = f"{wf} --worker", ""
     else:
         launch, head = wf, ""
     lines = ["#!/bin/bash",
@@ -142,9 +154,20 @@ def sbatch_script(job: SlurmJob, project_name: str) -> str:
              'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then resume="--resume"; fi',
              'echo "wf: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST, restart ${SLURM_RESTART_COUNT:-0}"',
              *([head.rstrip("\n")] if head else []),
-             f"srun --kill-on-bad-exit=1 {launch} $resume",
+             f"srun --kill-on-bad-exit=1 {launch}" + ("" if job.workers else " $resume"),
              ""]
+    if job.workers:
+        lines[1:5] = [f"# Written by `wf slurm optimization --workers {job.workers}` for project {project_name!r}: "
+                      f"{job.workers} array tasks,",
+                      "# each `wf phase optimization --worker` on the project's study, then "
+                      f"slurm/optimization{FINAL_SUFFIX}.sbatch",
+                      "# (submitted with --dependency=afterany on this array) compares and reports once. Submit both "
+                      "with",
+                      "# `wf slurm optimization --workers N --submit` from the project's root, its environment active."]
     return "\n".join(lines)
+
+
+FINAL_SUFFIX = "-final"  # slurm/optimization-final.sbatch: the step after a job array of workers
 
 
 def previous_options(path: Path) -> dict[str, Any]:
@@ -174,8 +197,21 @@ def sbatch_path(project: Any, phase: str) -> Path:
     return project.root / "slurm" / f"{phase}.sbatch"
 
 
-def submit(path: Path) -> str:
-    """`sbatch PATH`; its output (the job id). SLURM absent: a clear error."""
+def write_worker_scripts(project: Any, job: SlurmJob) -> tuple[Path, Path]:
+    """The job array of workers (slurm/optimization.sbatch) and the final step that follows it
+    (slurm/optimization-final.sbatch: the plain phase, which runs no trial the workers ran)."""
+    workers = write_sbatch(project, job)
+    final = replace(job, workers=0, job_name=f"{job.job_name or 'wf-optimization'}{FINAL_SUFFIX}")
+    path = project.root / "slurm" / f"optimization{FINAL_SUFFIX}.sbatch"
+    atomic_write_text(path, sbatch_script(final, load_config(project.config_path).project.name)
+                      .replace("slurm/optimization.sbatch", f"slurm/optimization{FINAL_SUFFIX}.sbatch"))
+    path.chmod(0o755)
+    return workers, path
+
+
+def submit(path: Path, after: str | None = None) -> str:
+    """`sbatch PATH` (with `after`, a job id: once that job has ended, however it ended); its output
+    (the job id). SLURM absent: a clear error."""
 
     sbatch = shutil.which("sbatch")
     if sbatch is None:
@@ -183,8 +219,9 @@ def submit(path: Path) -> str:
                              hint="Copy the project to the cluster and run `sbatch` there, or run `wf slurm` on a "
                                   "login node with --submit.")
     # from the project's root: the job runs where it was submitted (the script's `cd`, its log path)
-    done = subprocess.run([sbatch, str(path)], capture_output=True, text=True, timeout=60, check=False,
-                          cwd=path.parent.parent)
+    dependency = [f"--dependency=afterany:{after}"] if after else []
+    done = subprocess.run([sbatch, "--parsable", *dependency, str(path)], capture_output=True, text=True,
+                          timeout=60, check=False, cwd=path.parent.parent)
     if done.returncode != 0:
         raise UserInputError(f"sbatch refused {path}: {(done.stderr or done.stdout).strip()}")
     return done.stdout.strip()

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
-import re
-import socket
 import statistics
 import time
 from datetime import date
@@ -30,6 +27,14 @@ from mlflow_core.errors import UserInputError
 from mlflow_core.reports.render import metric_difference
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
 from mlflow_core.runners.pruning import Verdict, build_pruner, pruned_at, pruning_rule
+from mlflow_core.runners.trial_slots import (
+    claim_lock,
+    holds_a_slot,
+    lock_file_for,
+    open_storage,
+    owner_is_gone,
+    owner_tag,
+)
 from mlflow_core.training.data import build_data
 from mlflow_core.training.lr_finder import lr_range_test
 from mlflow_core.workflow.evidence import file_sha256
@@ -158,22 +163,18 @@ def run_optimization(ctx: RunContext) -> RunOutput:
         facts["lr_range_test"] = _lr_range_test(ctx, data)
 
     _requeue_abandoned_trials(optuna, study, ctx)
-    finished = [t for t in study.trials if _counts_as_finished(t)]
-    remaining = max(opt.n_trials - len(finished), 0)
-    if finished:
-        say(f"Study {study.study_name}: {len(finished)} trials already finished; {remaining} to go")
-    if remaining:
-        if opt.pruner == "median":
-            say(f"Pruning: {rule.describe()}")
-        optimize_log, quiet = logging.getLogger("optuna.study._optimize"), QuietAboutInterruptions()
-        optimize_log.addFilter(quiet)
-        try:
-            study.optimize(TrialObjective(optuna, ctx, study, data, trial_epochs, pruner), n_trials=remaining,
-                           timeout=opt.timeout_s, catch=())
-        except SubRunInterrupted as stop:
-            return stop.output(ctx)
-        finally:
-            optimize_log.removeFilter(quiet)
+    held = sum(holds_a_slot(t) for t in study.get_trials(deepcopy=False))
+    if held:
+        say(f"Study {study.study_name}: {min(held, opt.n_trials)} of {opt.n_trials} trials run or running")
+    objective = TrialObjective(optuna, ctx, study, data, trial_epochs, pruner)
+    try:
+        if held < opt.n_trials:
+            if opt.pruner == "median":
+                say(f"Pruning: {rule.describe()}")
+            run_trials(optuna, ctx, study, objective)
+        _wait_for_other_workers(optuna, study, ctx, objective)
+    except SubRunInterrupted as stop:
+        return stop.output(ctx)
     trials = [_trial_row(t) for t in study.trials]
     facts["study"] = {"name": study.study_name, "storage": shown_url, "n_trials": opt.n_trials, "sampler": opt.sampler,
                       "pruner": opt.pruner, "trial_epochs": trial_epochs,
@@ -201,6 +202,27 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     return RunOutput("completed", OptimizationFacts.model_validate(facts))
 
 
+def run_worker(ctx: RunContext) -> tuple[int, int]:
+    """`wf phase optimization --worker`: trials only, against the project's study, until it holds
+    optimization.n_trials; no LR range test, no comparison, no evidence (the final `wf phase
+    optimization` writes those once). (trials this worker ran, trials the study holds)."""
+    try:
+        import optuna
+    except ImportError:
+        raise UserInputError("`wf phase optimization --worker` needs Optuna, which is not installed.",
+                             hint="Install it with `pip install 'wf[tune]'`.") from None
+    cfg, opt = ctx.cfg, ctx.cfg.optimization
+    data = None if searches_data(cfg) else build_data(cfg, ctx.project.root)
+    trial_epochs = opt.trial_epochs or cfg.training.epochs
+    val_size = len(data.val) if data is not None else len(build_data(cfg, ctx.project.root).val)
+    rule = pruning_rule(opt, trial_epochs, cfg.validation.metric, val_size, cfg.validation.mode == "max")
+    pruner = build_pruner(optuna, rule) if opt.pruner == "median" else optuna.pruners.NopPruner()
+    study, _ = _open_study(optuna, ctx, pruner)
+    _requeue_abandoned_trials(optuna, study, ctx)
+    ran = run_trials(optuna, ctx, study, TrialObjective(optuna, ctx, study, data, trial_epochs, pruner))
+    return ran, sum(holds_a_slot(t) for t in study.get_trials(deepcopy=False))
+
+
 def _open_study(optuna: Any, ctx: RunContext, pruner: Any) -> tuple[Any, str]:
     """The study in its storage (created, or continued), and the storage as reports may show it."""
     cfg, opt = ctx.cfg, ctx.cfg.optimization
@@ -208,9 +230,14 @@ def _open_study(optuna: Any, ctx: RunContext, pruner: Any) -> tuple[Any, str]:
     url = storage_url(ctx)
     shown_url = "sqlite:///.wf/optuna.db" if opt.storage is None else redacted(url)  # reports are committed
     try:
-        study = optuna.create_study(study_name=study_name(cfg), storage=url, load_if_exists=True,
-                                    sampler=seeded_per_draw(optuna, cfg), pruner=pruner,
-                                    direction="maximize" if cfg.validation.mode == "max" else "minimize")
+        # under the claim lock: workers starting together on a fresh database would each create its tables
+        with claim_lock(url, study_name(cfg), lock_file_for(url, ctx.project.root)):
+            storage = open_storage(optuna, url, ctx.project.root)
+            study = optuna.create_study(study_name=study_name(cfg), storage=storage, load_if_exists=True,
+                                        sampler=seeded_per_draw(optuna, cfg), pruner=pruner,
+                                        direction="maximize" if cfg.validation.mode == "max" else "minimize")
+    except UserInputError:
+        raise
     except Exception as exc:  # a bad URL, an unreachable server, a missing driver
         raise UserInputError(f"optimization.storage {shown_url!r}: cannot open the Optuna study ({exc}).") from None
     return study, shown_url
@@ -225,23 +252,6 @@ def _lr_range_test(ctx: RunContext, data: Any) -> dict[str, Any]:
         say(f"LR range test suggests {sweep['suggested_lr']:.3g} ({sweep['rule']}); configured "
             f"{cfg.training.learning_rate:g}")
     return {k: sweep[k] for k in ("lrs", "smoothed", "suggested_lr", "rule", "stop_reason", "min_loss_lr")}
-
-
-class QuietAboutInterruptions(logging.Filter):
-    """Optuna logs "Trial N failed … Traceback … SubRunInterrupted", then "Trial N failed with value
-    None", when a signal stops a trial: that is wf's own stop, said once by wf with the command that
-    resumes it. Any other failure is logged as Optuna logs it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stopped: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        trial = re.match(r"Trial (\d+) failed", record.getMessage())
-        if record.exc_info and isinstance(record.exc_info[1], SubRunInterrupted):
-            self.stopped.add(trial.group(1) if trial else "")
-            return False
-        return not (trial and trial.group(1) in self.stopped)
 
 
 def searches_data(cfg: WorkflowConfig) -> bool:
@@ -267,7 +277,7 @@ class TrialObjective:
                                            "checkpointing.checkpoint_every_n_epochs": 0})
         trial_dir = self._trial_dir(trial)
         trial.set_user_attr("run_dir", ctx.project.relative(trial_dir))
-        trial.set_user_attr("owner", _owner(ctx))
+        trial.set_user_attr("owner", owner_tag(ctx.project.root))
         shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
                           for k, v in changes.items())
         budget = ctx.cfg.optimization.n_trials  # trial numbers count on over a resumed or shared study
@@ -351,31 +361,69 @@ def _compare_over_seeds(ctx: RunContext, params: dict[str, Any], data: Any) -> d
                    cfg.validation.metric)
 
 
-def _owner(ctx: RunContext) -> str:
-    """Which project on which machine runs a trial: a shared study may hold other machines' trials."""
-    return f"{socket.gethostname()}:{ctx.project.root.resolve()}"
-
-
-def _counts_as_finished(trial: Any) -> bool:
-    """Complete, pruned, or failed on its own (a NaN run); not interrupted, which is enqueued again."""
-    if not trial.state.is_finished():
-        return False
-    return trial.state.name != "FAIL" or trial.user_attrs.get("status") not in (None, "interrupted")
-
-
 def _requeue_abandoned_trials(optuna: Any, study: Any, ctx: RunContext) -> None:
-    """Trials of this project still marked running were killed (kill -9, power loss): we hold the
-    project lock, so no process of ours runs them. Each is ended as failed and enqueued again with
-    its values, and continues from its own checkpoint under `--resume`."""
+    """Trials of this project still marked running whose process is gone were killed (kill -9,
+    power loss). Each is ended as failed and enqueued again with its values, and continues from its
+    own checkpoint under `--resume`. Trials of live workers, and of other machines, are left alone."""
     waiting = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False,
                                                                           states=(optuna.trial.TrialState.WAITING,))}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial.user_attrs.get("owner") != _owner(ctx):
+        if not owner_is_gone(trial.user_attrs.get("owner"), ctx.project.root):
             continue
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         if json.dumps(trial.params, sort_keys=True) not in waiting:
             study.enqueue_trial(trial.params, user_attrs={"continues": trial.user_attrs.get("run_dir")})
         ctx.on_message(f"Trial {trial.number} was left running by a killed process: enqueued again")
+
+
+def run_trials(optuna: Any, ctx: RunContext, study: Any, objective: TrialObjective) -> int:
+    """Trials of the study, one claimed at a time (trial_slots.py), until it holds
+    optimization.n_trials of them or optimization.timeout_s has passed; how many this process ran."""
+    opt, ran, started = ctx.cfg.optimization, 0, time.monotonic()
+    url = storage_url(ctx)
+    lock = lock_file_for(url, ctx.project.root)
+    while opt.timeout_s is None or time.monotonic() - started < opt.timeout_s:
+        with claim_lock(url, study.study_name, lock):
+            if sum(holds_a_slot(t) for t in study.get_trials(deepcopy=False)) >= opt.n_trials:
+                break
+            trial = study.ask()
+        ran += 1
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        except BaseException:  # interrupted (enqueued again by the objective), or a crash: said by wf
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        if math.isfinite(value):
+            study.tell(trial, value)
+        else:  # a NaN run: failed, and said so by the objective
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return ran
+
+
+WAIT_FOR_WORKERS_S = 10.0  # how often the final step looks again at trials other workers are running
+
+
+def _wait_for_other_workers(optuna: Any, study: Any, ctx: RunContext, objective: TrialObjective) -> None:
+    """The comparison waits for the trials other workers are still running: it compares the best of
+    all of them. Trials of a dead process of this machine are enqueued again, not waited for."""
+    said: set[int] = set()
+    while True:
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if not running:
+            return
+        _requeue_abandoned_trials(optuna, study, ctx)
+        for t in running:
+            if t.number not in said:
+                said.add(t.number)
+                owner = (t.user_attrs.get("owner") or "another process").split(":")[0]
+                ctx.on_message(f"Waiting for trial {t.number}, running on {owner}")
+        if any(t.state.name == "WAITING" for t in study.get_trials(deepcopy=False)):
+            run_trials(optuna, ctx, study, objective)  # a dead worker's trial, continued here
+            continue
+        time.sleep(WAIT_FOR_WORKERS_S)
 
 
 def _trial_row(t: Any) -> dict[str, Any]:

@@ -81,9 +81,37 @@ def test_submit_calls_sbatch_with_the_script(wf, tmp_path, monkeypatch):
     assert wf("init", "p", cwd=tmp_path).code == 0
     r = wf("slurm", "baseline", "--submit", cwd=tmp_path / "p")
     assert r.code == 0 and "Submitted batch job 1234" in r.out
-    assert (tmp_path / "sbatch.args").read_text().strip() == str(tmp_path / "p" / "slurm" / "baseline.sbatch")
+    assert (tmp_path / "sbatch.args").read_text().strip() == f"--parsable {tmp_path / 'p' / 'slurm' / 'baseline.sbatch'}"
     # submitted from the project's root, wherever wf ran: the job runs where it is submitted
     assert Path((tmp_path / "sbatch.cwd").read_text().strip()).resolve() == (tmp_path / "p").resolve()
+
+
+def test_a_sweep_as_a_job_array_of_workers_then_one_final_step(wf, tmp_path, monkeypatch):
+    """`--workers 4`: an array of 4 `--worker` tasks, and the final step submitted after it ends."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'sbatch.args'}\n"
+                                    "case \"$*\" in *dependency*) echo '901';; *) echo '900';; esac\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert wf("init", "p", cwd=tmp_path).code == 0
+    project = tmp_path / "p"
+    r = wf("slurm", "optimization", "--workers", "4", "--time", "2:00:00", cwd=project)
+    assert r.code == 0, r.err
+    assert "SQLite does not lock reliably" in " ".join(r.out.split())  # the default storage, across nodes
+    array = (project / "slurm" / "optimization.sbatch").read_text()
+    assert "#SBATCH --array=1-4" in array and "#SBATCH --time=2:00:00" in array
+    assert 'srun --kill-on-bad-exit=1 "$py" -m mlflow_core phase optimization --worker\n' in array
+    assert "%A_%a.out" in array and "$resume" not in array.split("srun")[-1]
+    final = (project / "slurm" / "optimization-final.sbatch").read_text()
+    assert "--array" not in final and "--worker" not in final and "phase optimization $resume" in final
+    r = wf("slurm", "optimization", "--submit", cwd=project)  # --workers 4 kept from the script before
+    assert r.code == 0 and "Submitted the workers as job 900 and the final step as job 901 (after 900 ends)" in r.out
+    calls = (tmp_path / "sbatch.args").read_text().splitlines()
+    assert calls[0].endswith("slurm/optimization.sbatch")
+    assert calls[1].startswith("--parsable --dependency=afterany:900 ") and calls[1].endswith("optimization-final.sbatch")
+    bad = wf("slurm", "baseline", "--workers", "2", cwd=project)
+    assert bad.code == 2 and "--workers runs trials of `wf phase optimization`" in bad.err
 
 
 def test_the_script_says_what_is_wrong_where_it_runs(wf, tmp_path):
