@@ -316,6 +316,12 @@ class MonitoringSection(_Section):
                               "per-step loss, gradient norm, LR and GPU use, per-epoch metrics, and the "
                               "hyperparameters with the run's results (`tensorboard --logdir runs`). Needs "
                               "pip install 'wf[tensorboard]'.")
+    wandb: bool = Field(False, description="Also log each run to Weights & Biases: the resolved config, per-step "
+                        "loss, gradient norm and LR per monitoring window, epoch metrics, wf's own GPU figures, and "
+                        "the results. Offline (runs/<run>/wandb/, uploaded later with `wandb sync`) unless "
+                        "WANDB_MODE says otherwise; a missing key or network never stops a run. Needs "
+                        "pip install 'wf[wandb]'.")
+    wandb_project: str | None = Field(None, description="The W&B project (default: project.name).")
 
 
 class SearchParameter(_Section):

@@ -26,7 +26,7 @@ from mlflow_core.config.schema import SearchParameter, WorkflowConfig, with_chan
 from mlflow_core.errors import UserInputError
 from mlflow_core.reports.render import metric_difference
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
-from mlflow_core.runners.pruning import Verdict, build_pruner, pruned_at, pruning_rule
+from mlflow_core.runners.pruning import PruningRule, Verdict, build_pruner, pruned_at, pruning_rule
 from mlflow_core.runners.trial_slots import (
     claim_lock,
     holds_a_slot,
@@ -155,10 +155,8 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     data = build_data(cfg, ctx.project.root)
     facts: dict[str, Any] = {"run_dir": ctx.project.relative(ctx.run_dir), "metric": cfg.validation.metric,
                              "direction": "maximize" if maximize else "minimize"}
-    trial_epochs = opt.trial_epochs or cfg.training.epochs
-    rule = pruning_rule(opt, trial_epochs, cfg.validation.metric, len(data.val), maximize)
-    pruner = build_pruner(optuna, rule) if opt.pruner == "median" else optuna.pruners.NopPruner()
-    study, shown_url = _open_study(optuna, ctx, pruner)  # first, so that a bad storage URL costs nothing
+    study, shown_url, rule, objective = _sweep(optuna, ctx, data)  # first: a bad storage URL costs nothing
+    trial_epochs = objective.trial_epochs
     if opt.lr_find:
         facts["lr_range_test"] = _lr_range_test(ctx, data)
 
@@ -166,7 +164,6 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     held = sum(holds_a_slot(t) for t in study.get_trials(deepcopy=False))
     if held:
         say(f"Study {study.study_name}: {min(held, opt.n_trials)} of {opt.n_trials} trials run or running")
-    objective = TrialObjective(optuna, ctx, study, data, trial_epochs, pruner)
     try:
         if held < opt.n_trials:
             if opt.pruner == "median":
@@ -211,16 +208,21 @@ def run_worker(ctx: RunContext) -> tuple[int, int]:
     except ImportError:
         raise UserInputError("`wf phase optimization --worker` needs Optuna, which is not installed.",
                              hint="Install it with `pip install 'wf[tune]'`.") from None
-    cfg, opt = ctx.cfg, ctx.cfg.optimization
-    data = None if searches_data(cfg) else build_data(cfg, ctx.project.root)
-    trial_epochs = opt.trial_epochs or cfg.training.epochs
-    val_size = len(data.val) if data is not None else len(build_data(cfg, ctx.project.root).val)
-    rule = pruning_rule(opt, trial_epochs, cfg.validation.metric, val_size, cfg.validation.mode == "max")
-    pruner = build_pruner(optuna, rule) if opt.pruner == "median" else optuna.pruners.NopPruner()
-    study, _ = _open_study(optuna, ctx, pruner)
+    study, _, _, objective = _sweep(optuna, ctx, build_data(ctx.cfg, ctx.project.root))
     _requeue_abandoned_trials(optuna, study, ctx)
-    ran = run_trials(optuna, ctx, study, TrialObjective(optuna, ctx, study, data, trial_epochs, pruner))
+    ran = run_trials(optuna, ctx, study, objective)
     return ran, sum(holds_a_slot(t) for t in study.get_trials(deepcopy=False))
+
+
+def _sweep(optuna: Any, ctx: RunContext, data: Any) -> tuple[Any, str, PruningRule, TrialObjective]:
+    """The study (opened or created), the storage as reports show it, the pruning rule, and the
+    objective that runs a trial: what the final step and every worker share."""
+    cfg, opt = ctx.cfg, ctx.cfg.optimization
+    trial_epochs = opt.trial_epochs or cfg.training.epochs
+    rule = pruning_rule(opt, trial_epochs, cfg.validation.metric, len(data.val), cfg.validation.mode == "max")
+    pruner = build_pruner(optuna, rule) if opt.pruner == "median" else optuna.pruners.NopPruner()
+    study, shown_url = _open_study(optuna, ctx, pruner)
+    return study, shown_url, rule, TrialObjective(optuna, ctx, study, data, trial_epochs, pruner)
 
 
 def _open_study(optuna: Any, ctx: RunContext, pruner: Any) -> tuple[Any, str]:

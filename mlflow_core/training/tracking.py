@@ -98,3 +98,85 @@ def run_hparams(cfg: Any) -> dict[str, Any]:
             "batch_size": t.batch_size, "weight_decay": t.weight_decay, "epochs": t.epochs,
             "scheduler": t.scheduler.name, "precision": t.precision, "seed": cfg.reproducibility.seed,
             "label_smoothing": t.label_smoothing, "loss": t.loss.name}
+
+
+WANDB_DIR = "wandb"
+
+
+def require_wandb() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise UserInputError("monitoring.wandb is on and the wandb package is not installed.",
+                             hint="Install it with `pip install 'wf[wandb]'`, or set monitoring.wandb: false.")
+
+
+class WandbTracker:
+    """One W&B run per wf run, named and identified by the wf run id (a resumed run continues it).
+    Offline unless WANDB_MODE says otherwise: the files go to runs/<run>/wandb/ and `wandb sync`
+    uploads them. W&B's own system metrics are off (they read every GPU of a shared node): wf's GPU
+    figures are logged instead. Like TensorBoard's events these are for looking at: a failure (no
+    key, no network, a full disk) is logged once and ends the tracking, never the run."""
+
+    def __init__(self, run_dir: Path, run_id: str, project: str, config: dict[str, Any], log: logging.Logger,
+                 *, resumed: bool):
+        require_wandb()
+        import os
+
+        self.log, self.run, self.directory = log, None, run_dir / WANDB_DIR
+        self.offline = os.environ.get("WANDB_MODE", "offline") in ("offline", "dryrun")
+        try:
+            import wandb
+
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.run = wandb.init(
+                project=project, name=run_id, id=_wandb_id(run_id), resume="allow" if resumed else None,
+                dir=str(run_dir), config=config, mode="offline" if self.offline else os.environ["WANDB_MODE"],
+                settings=wandb.Settings(x_disable_stats=True, console="off", silent=True, disable_git=True,
+                                        x_save_requirements=False))
+        except Exception as exc:  # wandb raises many types (auth, network, usage): tracking stops, the run goes on
+            log.warning("Weights & Biases is not logging this run: %s", exc)
+
+    def steps(self, steps: list[int], losses: list[float], norms: list[float], lr: float,
+              gpu: dict[str, float] | None) -> None:
+        def write() -> None:
+            for step, loss, norm in zip(steps, losses, norms):
+                row = {"train/loss": loss, "train/grad_norm": norm}
+                if step == steps[-1]:
+                    row["train/lr"] = lr
+                    if gpu is not None:
+                        row.update({"gpu/utilization_percent": gpu["utilization"],
+                                    "gpu/memory_used_mib": gpu["memory_used_mib"]})
+                self.run.log(row, step=step)
+        self._guarded(write)
+
+    def epoch(self, record: dict[str, Any], last_step: int) -> None:
+        figures = {f"epoch/{k}": v for k, v in record.items()
+                   if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._guarded(lambda: self.run.log({**figures, "epoch/epoch": record["epoch"]}, step=last_step))
+
+    def close(self, results: dict[str, float], failed: bool) -> str | None:
+        """Finish the W&B run; the command that uploads it when it was logged offline."""
+        if self.run is None:
+            return None
+        self._guarded(lambda: self.run.summary.update(results))
+        sync = f"wandb sync {self.run.dir.rsplit('/files', 1)[0]}" if self.offline and self.run else None
+        self._guarded(lambda: self.run.finish(exit_code=1 if failed else 0))
+        self.run = None
+        return sync
+
+    def _guarded(self, write: Any) -> None:
+        if self.run is None:
+            return
+        try:
+            write()
+        except Exception as exc:  # as at init: tracking ends, the run goes on
+            self.log.warning("Weights & Biases stopped logging this run: %s", exc)
+            self.run = None
+
+
+def _wandb_id(run_id: str) -> str:
+    """W&B run ids allow letters, digits, - and _ (up to 128)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_-]", "-", run_id)[:128]

@@ -43,7 +43,7 @@ from mlflow_core.training.precision import plan_precision
 from mlflow_core.training.records import METRICS_SCHEMA_VERSION, architecture_summary, finite_or_str
 from mlflow_core.training.seeding import SEEDED, make_generator, seed_everything
 from mlflow_core.training.step import EpochTally, OptimizerStep
-from mlflow_core.training.tracking import require_tensorboard
+from mlflow_core.training.tracking import require_tensorboard, require_wandb
 from mlflow_core.workflow.records import RunMetrics
 from mlflow_core.world import World
 
@@ -136,6 +136,8 @@ class Trainer:
         torch.backends.cudnn.allow_tf32 = t.tf32
         if cfg.monitoring.tensorboard:  # every rank, and setup's short runs, say so before training
             require_tensorboard()
+        if cfg.monitoring.wandb:
+            require_wandb()
         self.data = with_augmentation(self.data or build_data(cfg, self.project_root), cfg.augmentation)
         seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)  # data building may draw
         self.model = build_model(cfg.model, self.data.num_classes, self.data.input_shape, self.project_root)

@@ -25,6 +25,7 @@ GITIGNORE = """\
 runs/**/checkpoints/
 runs/**/nonfinite/
 runs/**/tensorboard/
+runs/**/wandb/
 .wf/lock
 .wf/cache/
 .wf/optuna.db*

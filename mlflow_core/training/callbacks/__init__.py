@@ -20,7 +20,7 @@ from mlflow_core.training.callbacks.metrics_file import MetricsFile
 from mlflow_core.training.callbacks.mixing import Mixing
 from mlflow_core.training.callbacks.monitor import Monitor, ProgressEvent
 from mlflow_core.training.callbacks.resume import ResumePoints, restore
-from mlflow_core.training.callbacks.tensorboard import TensorBoard
+from mlflow_core.training.callbacks.tensorboard import TensorBoard, WeightsAndBiases
 
 __all__ = ["STOP_SIGNALS", "TIME_LIMIT", "Callback", "Callbacks", "ProgressEvent", "Window", "callbacks_for",
            "restore"]
@@ -38,6 +38,7 @@ def callbacks_for(t: Any, *, windowed: bool) -> Callbacks:
         EarlyStopping(t.cfg, t.on_epoch),
         Checkpoints(t.cfg),
         MetricsFile(),
+        WeightsAndBiases.configured(t),  # after metrics.json: it reports the run's final status
         ResumePoints(t),
     ]
     return Callbacks([p for p in parts if p is not None])

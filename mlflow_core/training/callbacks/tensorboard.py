@@ -1,12 +1,14 @@
-"""TensorBoard events (`monitoring.tensorboard: true`): step curves per check window, epoch figures,
-and at the end the hyperparameters with the run's results. A resumed run shows each step once."""
+"""Experiment trackers, fed from the values each monitoring window reads back anyway (no extra
+device sync): TensorBoard events (`monitoring.tensorboard: true`: step curves, epoch figures, and at
+the end the hyperparameters with the run's results; a resumed run shows each step once) and
+Weights & Biases (`monitoring.wandb: true`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from mlflow_core.training.callbacks.base import Callback
-from mlflow_core.training.tracking import TensorBoardTracker, run_hparams
+from mlflow_core.training.tracking import TensorBoardTracker, WandbTracker, run_hparams
 
 
 class TensorBoard(Callback):
@@ -41,3 +43,32 @@ def tracked_results(metrics: dict[str, Any]) -> dict[str, float]:
     last = metrics["epochs"][-1] if metrics["epochs"] else {}
     results.update({k: v for k, v in last.items() if k.startswith("val_") and isinstance(v, float)})
     return results
+
+
+class WeightsAndBiases(Callback):
+    def __init__(self) -> None:
+        self.tracker: WandbTracker | None = None
+
+    @classmethod
+    def configured(cls, t: Any) -> WeightsAndBiases | None:
+        return cls() if t.cfg.monitoring.wandb and t.run_dir else None
+
+    def on_fit_start(self, t, s) -> None:
+        project = t.cfg.monitoring.wandb_project or t.cfg.project.name
+        self.tracker = WandbTracker(t.run_dir, t.run_id or t.run_dir.name, project, t.cfg.model_dump(mode="json"),
+                                    t.log, resumed=bool(s.resume))
+
+    def on_window_end(self, t, s, window) -> None:
+        self.tracker.steps(window.steps, window.losses, window.grad_norms, window.lr,
+                           t.gpu_sampler.latest() if t.gpu_sampler else None)
+
+    def on_epoch_end(self, t, s, record) -> None:
+        self.tracker.epoch(record, s.global_step - 1)
+
+    def on_fit_end(self, t, s) -> None:
+        if self.tracker is None:
+            return
+        sync = self.tracker.close(tracked_results(s.metrics), failed=s.metrics.get("status") not in
+                                  ("completed", "early_stopped", "pruned"))
+        if sync:
+            t.log.info("Weights & Biases logged offline; upload with: %s", sync)

@@ -1,0 +1,64 @@
+"""Weights & Biases (`monitoring.wandb`), offline: what a run logs, found in the run's W&B log (its
+protobuf records hold the keys and JSON values as written; this wandb has no Python reader for them)."""
+
+import json
+
+import pytest
+
+pytest.importorskip("wandb")
+
+
+def _cfg(extra=""):
+    from mlflow_core.config import load_config_text
+
+    return load_config_text("project: {name: wbtest}\ntraining: {device: cpu, epochs: 2}\n"
+                            "model: {channels: [8, 16]}\nearly_stopping: {enabled: false}\n"
+                            f"monitoring: {{wandb: true, check_every_n_steps: 5{extra}}}\n", "t")
+
+
+def test_an_offline_run_logs_config_steps_epochs_and_results(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from mlflow_core.training.trainer import Trainer
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is wf's default, without a key or network
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    with caplog.at_level(logging.INFO):
+        result = Trainer(_cfg(), tmp_path, tmp_path / "run", run_id="baseline-1").fit()
+    assert result.status == "completed"
+    (record,) = (tmp_path / "run" / "wandb").glob("offline-run-*-baseline-1/run-baseline-1.wandb")
+    data = record.read_bytes()
+    best = result.metrics["best"]
+    for key in (b"learning_rate", b"train/loss", b"train/grad_norm", b"train/lr", b"epoch/val_accuracy",
+                f"best_{best['metric']}".encode()):
+        assert key in data, key
+    assert json.dumps(best["value"]).encode() in data  # the result, as logged
+    assert b"gpu/utilization_percent" not in data  # no GPU here: nothing invented
+    sync = [r.getMessage() for r in caplog.records if "upload with: wandb sync " in r.getMessage()]
+    assert sync and str(tmp_path / "run" / "wandb" / "offline-run-") in sync[0]
+
+
+def test_wandb_that_cannot_start_never_stops_the_run(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from mlflow_core.training.trainer import Trainer
+
+    monkeypatch.setenv("WANDB_MODE", "online")  # no key, no network: W&B refuses to start
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    with caplog.at_level(logging.WARNING):
+        result = Trainer(_cfg(), tmp_path, tmp_path / "run", run_id="baseline-2").fit()
+    assert result.status == "completed"
+    assert any("Weights & Biases is not logging this run" in r.getMessage() for r in caplog.records)
+
+
+def test_wandb_asked_for_but_not_installed_is_bad_input(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['wandb'] = None\nimport importlib.util\n"
+            "importlib.util.find_spec = lambda name, *a: None if name == 'wandb' else __import__('importlib.machinery')\n"
+            "from mlflow_core.training.tracking import require_wandb\nfrom mlflow_core.errors import UserInputError\n"
+            "try:\n    require_wandb()\nexcept UserInputError as e:\n    print(e.message, e.hint)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "monitoring.wandb is on and the wandb package is not installed" in out.stdout
+    assert "pip install 'wf[wandb]'" in out.stdout
