@@ -52,22 +52,27 @@ class DiagnoseContext:
                                                    self.run_config().augmentation)
         return self.cache["data"]
 
-    def step_losses(self, finite: bool = True) -> list[float]:
-        """The per-step training losses of logs/steps.csv (read once), finite ones only by default."""
-        if "step_losses" not in self.cache:
+    def steps(self) -> list[dict[str, float]]:
+        """The rows of logs/steps.csv (read once): step, epoch, loss, grad_norm, lr as numbers; rows
+        that do not parse are left out."""
+        if "steps" not in self.cache:
             import csv
-            losses: list[float] = []
+            rows: list[dict[str, float]] = []
             try:
                 with (self.run_dir / "logs" / "steps.csv").open(encoding="utf-8") as f:
                     for row in csv.DictReader(f):
                         try:
-                            losses.append(float(row["loss"]))
-                        except (KeyError, TypeError, ValueError):
+                            rows.append({k: float(v) for k, v in row.items() if k is not None})
+                        except (TypeError, ValueError):
                             continue
             except OSError:
                 pass
-            self.cache["step_losses"] = losses
-        losses = self.cache["step_losses"]
+            self.cache["steps"] = rows
+        return self.cache["steps"]
+
+    def step_losses(self, finite: bool = True) -> list[float]:
+        """The per-step training losses of logs/steps.csv, finite ones only by default."""
+        losses = [r["loss"] for r in self.steps() if "loss" in r]
         return [v for v in losses if math.isfinite(v)] if finite else losses
 
 

@@ -18,7 +18,7 @@ RUN = RunRecord(run_id="r1", phase="baseline", status="completed", started_at="t
 def ctx(metrics, run_dir=Path("."), losses=None):
     c = DiagnoseContext(Path("."), RUN, run_dir, run_metrics(**metrics), None)
     if losses is not None:
-        c.cache["step_losses"] = losses
+        c.cache["steps"] = [{"step": i, "epoch": 1, "loss": v, "grad_norm": 1.0} for i, v in enumerate(losses)]
     return c
 
 

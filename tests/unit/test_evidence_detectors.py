@@ -114,6 +114,24 @@ def test_exploding_gradients(n, expected):
     assert [(cause, round(conf, 2)) for cause, conf in found] == expected
 
 
+@pytest.mark.parametrize("late_norm, expected", [(2.5, []), (50.0, ["gradient_spikes"])])
+def test_a_spike_over_a_converged_models_tiny_gradients_is_not_an_explosion(tmp_path, late_norm, expected):
+    """Late in a healthy SGD run the running median is 0.03 and one hard batch gives 2.5: 80× the
+    median, yet below the first epoch's gradients (median 2.0). 50 is far above both."""
+    (tmp_path / "logs").mkdir()
+    rows = [f"{i},1,1.0,{2.0 + 0.01 * i},0.05" for i in range(40)]
+    rows += [f"{i},5,0.01,0.03,0.05" for i in range(40, 500)] + [f"500,5,0.2,{late_norm},0.05"]
+    (tmp_path / "logs" / "steps.csv").write_text("step,epoch,loss,grad_norm,lr\n" + "\n".join(rows) + "\n")
+    anomalies = [{"kind": "exploding", "step": 500, "epoch": 5,
+                  "message": f"gradient norm {late_norm} is {late_norm / 0.03:.0f}× the running median 0.03"}]
+    c = DiagnoseContext(tmp_path, RUN, tmp_path, run_metrics(anomalies=anomalies), None)
+    diagnosis = exploding_gradients(c)
+    assert [f.cause for f in diagnosis.findings] == expected
+    assert diagnosis.probes["first_epoch_median_grad_norm"] == pytest.approx(2.195)
+    if not expected:
+        assert "not above the first epoch's gradients" in diagnosis.probes["note"]
+
+
 def _overfit(val_size, val_acc):
     m = run_metrics(epochs=_epochs([1.0, 0.5, 0.6, 0.8], [1.0, 0.5, 0.2, 0.05], 0.99, val_acc),
                     data={"train_size": 1000, "val_size": val_size})
