@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
-from mlflow_core.diagnostics.context import DiagnoseContext, fmt_value, number_or_none
+from mlflow_core.diagnostics.context import DiagnoseContext, number_or_none
 from mlflow_core.diagnostics.convergence_stall import stall_symptoms
 from mlflow_core.workflow.noise import Weighed, Z, accuracy_gap, proportion_noise, weighed_confidence
+from mlflow_core.workflow.units import metric_value
 
 UNDERFIT_TRAIN_ACCURACY = 0.6  # without a target: final train accuracy below this is underfitting
 STILL_FALLING = 0.05  # the last 3 epochs' train loss 5 % below the 3 before: training was cut short
@@ -50,8 +51,9 @@ def underfitting(ctx: DiagnoseContext) -> Diagnosis:
         noise = train_noise(target) if train_name == "accuracy" else 0.0
         weighed = Weighed(shortfall if shortfall is not None else 0.0, noise, Z * noise)
         train_missed = shortfall is not None and shortfall > 0 and weighed.stands_out
-        yardstick = (f"the best {metric} {best['value']:.4g} misses validation.target {target:g}, and the training "
-                     f"{train_name} {fmt_value(train_value)} misses it too")
+        yardstick = (f"the best {metric} {metric_value(best['value'], metric)} misses validation.target "
+                     f"{metric_value(target, metric)}, and the training {train_name} "
+                     f"{metric_value(train_value, metric)} misses it too")
         sees = (f"a training {train_name} short of the target by {weighed.smallest:.2%} ({Z:g} standard errors of "
                 f"{m.data.train_size} training samples)" if train_name == "accuracy" else
                 "a training loss above the target at all (a loss has no sampling-noise formula)")

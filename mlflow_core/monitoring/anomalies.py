@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from mlflow_core.workflow.units import metric_value
+
 
 class Verdict(str, Enum):
     OK = "ok"
@@ -96,8 +98,9 @@ class GradExplosionDetector:
 class EarlyStopping:
     """Lightning-style: `update` returns (improved, should_stop, reason)."""
 
-    def __init__(self, mode: str, patience: int, min_delta: float, enabled: bool = True):
+    def __init__(self, mode: str, patience: int, min_delta: float, enabled: bool = True, metric: str = ""):
         self.mode, self.patience, self.min_delta, self.enabled = mode, patience, min_delta, enabled
+        self.metric = metric  # for the message: an accuracy is shown in %
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.wait = 0
@@ -115,8 +118,8 @@ class EarlyStopping:
             return True, False, "improved"
         self.wait += 1
         if self.enabled and self.wait >= self.patience:
-            return False, True, (f"no improvement beyond {self.min_delta} for {self.wait} validations "
-                                 f"(best {self.best:.4g} at epoch {self.best_epoch})")
+            return False, True, (f"no improvement beyond {self.min_delta:g} for {self.wait} validations "
+                                 f"(best {metric_value(self.best, self.metric)} at epoch {self.best_epoch})")
         return False, False, f"no improvement for {self.wait} validation(s)"
 
     def state_dict(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.recommend import Recommendation, recommend
 from mlflow_core.workflow.records import load_run_metrics
 from mlflow_core.workflow.state import ProjectState, now_iso
+from mlflow_core.workflow.units import metric_value
 
 
 @dataclass
@@ -150,7 +151,8 @@ def _finalized_below_target(project: Project, state: ProjectState, cfg: Workflow
     if met:
         return None
     reason = getattr(decision, "reason", None)
-    return (f"The baseline missed its target ({best.metric} {best.value:.4g}, validation.target {target:g}), and "
+    return (f"The baseline missed its target ({best.metric} {metric_value(best.value, best.metric)}, "
+            f"validation.target {metric_value(target, best.metric)}), and "
             f"the decision after it was to finalize anyway" + (f": “{reason}”." if reason else "."))
 
 

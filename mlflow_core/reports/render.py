@@ -14,50 +14,24 @@ from mlflow_core.content import content_dirs, packaged_root
 from mlflow_core.errors import UserInputError
 from mlflow_core.workflow.evidence import file_sha256
 from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.units import metric_value, percent, plain, shows_percent
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def _plus_minus(mean: Any, std: Any, percent: bool = False) -> str:
+def plus_minus(mean: Any, std: Any, percent: bool = False) -> str:
     """`mean ± std` with the std to two significant digits and the mean to the same decimal place
     (0.9958 ± 0.0020, not 0.9958 ± 0.001969 or 1 ± 0): no digit shown that the spread makes noise.
     `percent`: a fraction shown in % (accuracies, as everywhere in the reports)."""
     if not isinstance(mean, (int, float)) or not math.isfinite(mean):
-        return _fmt(mean)
+        return plain(mean)
     scale, unit = (100.0, " %") if percent else (1.0, "")
     mean = mean * scale
     if not isinstance(std, (int, float)) or not math.isfinite(std):
-        return f"{_fmt(float(mean))} ± —{unit}"
+        return f"{plain(float(mean))} ± —{unit}"
     std = std * scale
     if std == 0:
         return f"{mean:.{2 if percent else 4}f} ± 0{unit}"
     decimals = max(0, 1 - math.floor(math.log10(abs(std))))
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}{unit}"
-
-
-def _pct(value: Any) -> str:
-    return "—" if value is None else f"{value * 100:.1f} %"
-
-
-def shows_percent(metric: str) -> bool:
-    """Accuracies are shown in % everywhere (tables, plots, messages); losses, F1, MCC and IoU as they are."""
-    return metric.endswith("accuracy")
-
-
-def metric_value(value: Any, metric: str) -> str:
-    """A value of `metric` as every report shows it."""
-    return _pct(value) if shows_percent(metric) and isinstance(value, (int, float)) else _fmt(value)
-
-
-def metric_difference(difference: float, metric: str) -> str:
-    """A signed difference of two values of `metric` (accuracies in percentage points)."""
-    return f"{difference * 100:+.2f} points" if shows_percent(metric) else f"{difference:+.4g}"
 
 
 def _mark(passed: bool) -> str:
@@ -79,7 +53,7 @@ def environment(project_root: Path | None) -> jinja2.Environment:
     dirs = [str(d / "reports") for d in content_dirs("templates", project_root)]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(dirs), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(fmt=_fmt, pct=_pct, mark=_mark, duration=_duration, pm=_plus_minus, metric=metric_value)
+    env.filters.update(fmt=plain, pct=percent, mark=_mark, duration=_duration, pm=plus_minus, metric=metric_value)
     env.tests.update(percent=shows_percent)
     return env
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from mlflow_core.config import load_config
 from mlflow_core.errors import UserInputError
-from mlflow_core.reports.render import _plus_minus, metric_value, shows_percent
+from mlflow_core.reports.render import plus_minus
 from mlflow_core.workflow.ci import repository_root
 from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.facts import FinalizationFacts, OptimizationFacts, SetupFacts, TrainingFacts
@@ -24,6 +24,7 @@ from mlflow_core.workflow.gates import chain_verdicts
 from mlflow_core.workflow.phases import PHASE_ORDER, load_phase
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import load_state
+from mlflow_core.workflow.units import metric_value, shows_percent
 
 SUMMARY_LIMIT = 64_000  # bytes: GitHub refuses comments over 65,536 characters
 MARKER = "<!-- wf report summary -->"  # finds the comment to update (`wf report comment`)
@@ -111,8 +112,8 @@ def _figures(facts: Any) -> str:
         if c is None:
             return "no trial completed"
         percent = shows_percent(c.metric)
-        return (f"{c.metric}: baseline {_plus_minus(c.baseline_mean, c.baseline_std, percent)}, optimized "
-                f"{_plus_minus(c.optimized_mean, c.optimized_std, percent)} over seeds {c.seeds}; "
+        return (f"{c.metric}: baseline {plus_minus(c.baseline_mean, c.baseline_std, percent)}, optimized "
+                f"{plus_minus(c.optimized_mean, c.optimized_std, percent)} over seeds {c.seeds}; "
                 f"{'**better**' if c.significant else 'not better'} (p = {c.p_value:.3g})"
                 if c.p_value is not None else c.verdict)
     if isinstance(facts, FinalizationFacts) and facts.summary:
@@ -121,7 +122,7 @@ def _figures(facts: Any) -> str:
                            ("mean_iou", "mean IoU")):
             spread = facts.summary.get(key)
             if spread is not None:
-                shown.append(f"{label} **{_plus_minus(spread.mean, spread.std, key == 'accuracy')}**")
+                shown.append(f"{label} **{plus_minus(spread.mean, spread.std, key == 'accuracy')}**")
         return ", ".join(shown) + f" over {len(facts.evaluated())} model(s)"
     status = getattr(facts, "status", None)
     return f"recorded{f' ({status})' if status else ''}"

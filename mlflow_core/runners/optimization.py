@@ -24,7 +24,6 @@ from typing import Any
 
 from mlflow_core.config.schema import SearchParameter, WorkflowConfig, with_changes
 from mlflow_core.errors import UserInputError
-from mlflow_core.reports.render import metric_difference
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
 from mlflow_core.runners.pruning import PruningRule, Verdict, build_pruner, pruned_at, pruning_rule
 from mlflow_core.runners.trial_slots import (
@@ -40,6 +39,7 @@ from mlflow_core.training.lr_finder import lr_range_test
 from mlflow_core.workflow.evidence import file_sha256
 from mlflow_core.workflow.facts import OptimizationFacts
 from mlflow_core.workflow.scaffold import write_config_variant
+from mlflow_core.workflow.units import metric_difference
 
 
 def study_name(cfg: WorkflowConfig) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from mlflow_core.workflow.noise import accuracy_gap
 from mlflow_core.workflow.records import RunMetrics
+from mlflow_core.workflow.units import metric_value
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,12 @@ def recommend(metrics: RunMetrics, criteria: list[dict[str, Any]], playbooks: di
     ok = value is not None and (value >= target if metrics.mode == "max" else value <= target)
     if ok:
         return Recommendation("acceptable", "finalization", "wf decide finalize",
-                              f"best {metrics.metric} {value:.4g} meets the target {target}")
+                              f"best {metrics.metric} {metric_value(value, metrics.metric)} meets the target "
+                              f"{metric_value(target, metrics.metric)}")
     book, why = _where_a_miss_points(metrics)
     return Recommendation("insufficient", "diagnostics", "wf decide diagnose",
-                          f"best {metrics.metric} {value if value is None else format(value, '.4g')} "
-                          f"misses the target {target}{why}", f"diagnostics/{book}.md")
+                          f"best {metrics.metric} {metric_value(value, metrics.metric)} "
+                          f"misses the target {metric_value(target, metrics.metric)}{why}", f"diagnostics/{book}.md")
 
 
 GENERALIZATION_GAP = 0.05  # train accuracy above validation accuracy by more: what is fitted does not generalize

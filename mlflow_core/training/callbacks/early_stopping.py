@@ -17,7 +17,7 @@ class EarlyStopping(Callback):
     def __init__(self, cfg: Any, on_epoch: Callable[[int, float], bool] | None):
         self.metric = cfg.validation.metric
         self.patience = Patience(cfg.validation.mode, cfg.early_stopping.patience, cfg.early_stopping.min_delta,
-                                 cfg.early_stopping.enabled)
+                                 cfg.early_stopping.enabled, self.metric)
         self.on_epoch = on_epoch  # (epoch, validation metric) -> stop now? e.g. an Optuna pruner
 
     def on_validation_end(self, t, s, record) -> None:
