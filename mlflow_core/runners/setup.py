@@ -52,7 +52,13 @@ def run_setup(ctx: RunContext) -> RunOutput:
 
     if cfg.data.source in ("npz", "imagefolder") and cfg.data.pack != "off" and not ctx.smoke:
         ctx.on_message("Packing the data (one memory-mapped array per split; data.pack)")
-        facts["data_pack"] = pack_data(cfg, project.root, ctx.on_message)
+        try:
+            facts["data_pack"] = pack_data(cfg, project.root, ctx.on_message)
+        except DataError as exc:
+            if cfg.data.pack == "on":
+                raise
+            # auto: the files are read as they are, and the data checks below say what is wrong with them
+            ctx.on_message(f"Not packed ({exc.message}); the files are read one by one")
     ctx.on_message("Checking the data pipeline")
     bundle = build_data(cfg, project.root)  # a missing or unreadable dataset is bad input: exit 2
     facts["data"] = check_data(bundle, cfg.training.batch_size)

@@ -3,6 +3,7 @@ own callable. Every source yields `(input_tensor, int_label)` items."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -93,6 +94,11 @@ class PackedDataset(Dataset):
 
     def __len__(self) -> int:
         return self.pack.samples
+
+    @functools.cached_property
+    def files(self) -> list[Path]:
+        """The sample's source files (setup's data checks name the file a problem is in)."""
+        return self.pack.source_files()
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arrays": None}  # a worker maps the files itself

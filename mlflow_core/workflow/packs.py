@@ -84,6 +84,11 @@ class Pack:
     def targets(self) -> Path:
         return self.folder / "targets.npy"
 
+    def source_files(self) -> list[Path]:
+        """Each sample's source file, in pack order: what a message about a sample names."""
+        raw = json.loads((self.folder / MANIFEST).read_text(encoding="utf-8"))
+        return [Path(raw["source"]) / name for name in raw.get("names", [])]
+
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in (self.images, self.targets))
 
@@ -206,7 +211,7 @@ def write_pack(project_root: Path, split: str, key: str, source: Path, names: li
         manifest = {"format": PACK_FORMAT, "split": split, "key": key, "samples": len(names),
                     "image_shape": list(first_image.shape), "image_dtype": str(first_image.dtype),
                     "target_shape": list(first_target.shape), "target_dtype": str(first_target.dtype),
-                    "scaled": scaled, "source": str(source), **meta,
+                    "scaled": scaled, "source": str(source), "names": names, **meta,
                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         for name in ("images.npy", "targets.npy", MANIFEST):

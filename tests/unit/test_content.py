@@ -116,8 +116,8 @@ def test_a_report_brings_the_playbooks_it_links_to_into_the_project(tmp_path):
                                               (1234.5, 12.3, "1234 ± 12"), (0.5, 0.25, "0.50 ± 0.25"),
                                               (None, None, "—")])
 def test_plus_minus_shows_the_digits_the_spread_allows(mean, std, shown):
-    from mlflow_core.reports.render import _plus_minus
-    assert _plus_minus(mean, std) == shown
+    from mlflow_core.reports.render import plus_minus
+    assert plus_minus(mean, std) == shown
 
 
 def test_accuracy_spreads_are_in_percent_like_every_accuracy_in_the_reports():
