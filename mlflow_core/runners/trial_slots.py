@@ -110,9 +110,14 @@ def open_storage(optuna: Any, url: str, project_root: Path) -> Any:
 
 
 def lock_file_for(url: str, project_root: Path) -> Path:
-    """The file lock's path: next to a journal file, else in the project's .wf/."""
+    """The file lock's path: next to a journal or SQLite file, else (a database server that is not
+    PostgreSQL) in the project's .wf/."""
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:").removeprefix("//"))
+        path = path if path.is_absolute() else project_root / path
+        return path.with_name(path.name + ".claim.lock")
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
         path = path if path.is_absolute() else project_root / path
         return path.with_name(path.name + ".claim.lock")
     return project_root / ".wf" / "optuna.claim.lock"

@@ -223,30 +223,37 @@ def test_an_interrupted_sweep_resumes_to_the_sweep_that_would_have_happened(wf, 
 
 
 def test_trials_left_running_by_a_killed_process_are_enqueued_again(tmp_path):
-    """kill -9 leaves a trial RUNNING in the study. The next run (holding the project lock) ends
-    this project's such trials as failed and enqueues each again with its values and directory;
-    another machine's running trial in a shared study is left alone."""
+    """kill -9 leaves a trial RUNNING in the study. The next run ends this project's such trials
+    whose process is gone as failed and enqueues each again with its values and directory; a live
+    worker's trial, and another machine's in a shared study, are left alone."""
+    import socket
+    import subprocess
+
     import optuna
 
     from mlflow_core.runners import RunContext
-    from mlflow_core.runners.optimization import _owner, _requeue_abandoned_trials, draw_index
+    from mlflow_core.runners.optimization import _requeue_abandoned_trials, draw_index
+    from mlflow_core.runners.trial_slots import owner_tag
     from mlflow_core.workflow.project import Project
 
     project = Project(tmp_path)
     ctx = RunContext(project, None, "", "optimization-x", tmp_path / "runs" / "optimization-x")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid whose process has ended
     study = optuna.create_study()
-    ours, theirs = study.ask(), study.ask()
-    for trial, owner in ((ours, _owner(ctx)), (theirs, "elsewhere:/p")):
+    killed, live, theirs = study.ask(), study.ask(), study.ask()
+    for trial, owner in ((killed, f"{socket.gethostname()}:{tmp_path.resolve()}:{gone.pid}"),
+                         (live, owner_tag(tmp_path)), (theirs, "elsewhere:/p:123")):
         trial.suggest_float("training.learning_rate", 1e-4, 1e-1, log=True)
         trial.set_user_attr("owner", owner)
         trial.set_user_attr("run_dir", f"runs/optimization-x/trials/trial_{trial.number:03d}")
     _requeue_abandoned_trials(optuna, study, ctx)
     states = {t.number: t.state.name for t in study.trials}
-    assert states == {0: "FAIL", 1: "RUNNING", 2: "WAITING"}
-    waiting = study.trials[2]
+    assert states == {0: "FAIL", 1: "RUNNING", 2: "RUNNING", 3: "WAITING"}
+    waiting = study.trials[3]
     assert waiting.system_attrs["fixed_params"] == study.trials[0].params
     assert waiting.user_attrs["continues"] == "runs/optimization-x/trials/trial_000"
-    assert draw_index(study, 2) == 1  # the killed trial is no draw of its own: its continuation is
+    assert draw_index(study, 3) == 2  # the killed trial is no draw of its own: its continuation is
 
 
 def test_an_interrupted_finalization_resumes_without_touching_the_test_split_twice(wf, project_copy, tmp_path):

@@ -121,6 +121,6 @@ def test_plus_minus_shows_the_digits_the_spread_allows(mean, std, shown):
 
 
 def test_accuracy_spreads_are_in_percent_like_every_accuracy_in_the_reports():
-    from mlflow_core.reports.render import _plus_minus
-    assert _plus_minus(0.99583, 0.001969, True) == "99.58 ± 0.20 %"
-    assert _plus_minus(0.9832, 0.0, True) == "98.32 ± 0 %"
+    from mlflow_core.reports.render import plus_minus
+    assert plus_minus(0.99583, 0.001969, True) == "99.58 ± 0.20 %"
+    assert plus_minus(0.9832, 0.0, True) == "98.32 ± 0 %"

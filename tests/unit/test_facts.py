@@ -86,7 +86,7 @@ def test_the_model_card_says_when_a_baseline_below_its_target_was_finalized(proj
     save_state(project, state)
     cfg = WorkflowConfig.model_validate({"validation": {"metric": "val_accuracy"}})  # mode: max, derived
     note = _finalized_below_target(project, load_state(project), cfg)
-    assert (note == "The baseline missed its target (val_accuracy 0.9, validation.target 0.97), and the decision "
+    assert (note == "The baseline missed its target (val_accuracy 90.0 %, validation.target 97.0 %), and the decision "
             "after it was to finalize anyway: “good enough for the demo”.") if said else note is None
 
 

@@ -146,7 +146,8 @@ def test_a_journal_file_holds_a_study_for_workers_on_a_shared_file_system(tmp_pa
     again = optuna.load_study(study_name="s", storage=open_storage(optuna, "journal:.wf/optuna.journal", tmp_path))
     assert len(again.trials) == 2 and (tmp_path / ".wf" / "optuna.journal").is_file()
     assert lock_file_for("journal:.wf/optuna.journal", tmp_path) == tmp_path / ".wf" / "optuna.journal.claim.lock"
-    assert lock_file_for("sqlite:///x.db", tmp_path) == tmp_path / ".wf" / "optuna.claim.lock"
+    assert lock_file_for(f"sqlite:///{tmp_path}/.wf/optuna.db", tmp_path) == tmp_path / ".wf" / "optuna.db.claim.lock"
+    assert lock_file_for("mysql://db/x", tmp_path) == tmp_path / ".wf" / "optuna.claim.lock"
 
 
 def test_postgresql_without_its_driver_names_the_extra_that_brings_it(tmp_path):

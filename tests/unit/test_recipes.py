@@ -394,3 +394,23 @@ def test_recipe_keep_best_keeps_the_n_best_epochs_across_a_resume(tmp_path):
     for entry in top:
         assert load_checkpoint(run / entry["path"])["epoch"] == entry["epoch"]
     assert done.metrics["checkpoints"]["best"]["epoch"] == best_two[0]
+
+
+def test_a_curriculum_stage_on_part_of_the_data_trains_at_its_own_image_size():
+    """A stage with a data fraction is a Subset resized by a wrapper; the DataLoader gathers a batch
+    through `__getitems__` when the dataset has one, and a wrapper that passed that dunder on to its
+    Subset returned the un-resized images (8×8 where the stage asks 12×12). Found through the weight
+    digests when wrappers stopped passing dunders on."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mlflow_core.config.schema import WorkflowConfig
+    from mlflow_core.training.curriculum import stage_train_data
+    from mlflow_core.training.data import collate_batches
+
+    cfg = WorkflowConfig.model_validate({"training": {"epochs": 1}, "curriculum": {"stages": [
+        {"epochs": 1, "image_size": 12, "data_fraction": 0.5}]}})
+    train = TensorDataset(torch.rand(40, 1, 8, 8), torch.arange(40) % 4)
+    data = stage_train_data(train, cfg.curriculum.stages[0], 0, (1, 8, 8))
+    x, _ = next(iter(DataLoader(data, batch_size=4, collate_fn=collate_batches)))
+    assert tuple(x.shape) == (4, 1, 12, 12)
