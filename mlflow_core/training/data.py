@@ -129,8 +129,9 @@ class PackedDataset(Dataset):
     def _floats(self, pixels: np.ndarray) -> torch.Tensor:
         """float32 as the per-file path gives it: as stored, or (ImageFolder) uint8 scaled to [0, 1] by
         the very transform the per-file path applies (torchvision's to_dtype), element by element."""
-        if not self.pack.scaled:
-            return torch.from_numpy(np.array(pixels, dtype=np.float32))
+        if not self.pack.scaled:  # a copy of a map's view; a gathered batch is a fresh array already
+            copy = not pixels.flags.writeable or pixels.dtype != np.float32
+            return torch.from_numpy(np.array(pixels, dtype=np.float32, copy=True) if copy else pixels)
         from torchvision.transforms.v2 import functional
 
         return functional.to_dtype(torch.from_numpy(np.array(pixels)), torch.float32, scale=True)
@@ -553,11 +554,27 @@ def make_loader(dataset: Dataset, cfg: WorkflowConfig, *, train: bool, device: t
     """`sampler`: a DistributedSampler under DDP (it shuffles; the generator then only seeds workers).
     `batch_size`: a curriculum stage's (default training.batch_size)."""
     pin = cfg.data.pin_memory if cfg.data.pin_memory != "auto" else device.type == "cuda"
-    workers = cfg.data.num_workers
+    # a packed split is gathered a batch at a time in this process: a worker would only add the copy of
+    # every batch through shared memory (3–9× slower on the loader benchmark, bench/README.md)
+    workers = 0 if gathers_batches(dataset) else cfg.data.num_workers
     return DataLoader(dataset, batch_size=batch_size or cfg.training.batch_size, shuffle=train and sampler is None,
                       sampler=sampler, drop_last=False, num_workers=workers, pin_memory=bool(pin),
                       worker_init_fn=seed_worker, generator=generator or make_generator(seed),
                       persistent_workers=workers > 0, collate_fn=collate_batches)
+
+
+def gathers_batches(dataset: Dataset) -> bool:
+    """Whether every layer of `dataset` reads a whole batch at once (a pack, normalised or a subset
+    of one): then no per-sample work is left for worker processes."""
+    while True:
+        if isinstance(dataset, PackedDataset):
+            return True
+        if isinstance(dataset, NormalizedDataset):
+            dataset = vars(dataset)["base"]
+        elif isinstance(dataset, Subset):
+            dataset = dataset.dataset
+        else:
+            return False
 
 
 def target_reader(dataset: Dataset) -> Callable[[int], Any]:

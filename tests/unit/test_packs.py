@@ -163,3 +163,20 @@ def test_imagefolder_images_are_packed_decoded_at_image_size_and_read_as_the_fil
     # images of two sizes without data.image_size: one pack cannot hold them, and says what to set
     with pytest.raises(DataError, match=r"where cloud/0\.png has .*data\.image_size"):
         pack_data(load_config_text("data: {source: imagefolder, path: data/shapes}\n", "t"), tmp_path)
+
+
+def test_a_packed_split_is_gathered_in_the_training_process(tmp_path):
+    """Workers would only copy every gathered batch through shared memory: the loader takes none for
+    a pack (normalised or not), and keeps data.num_workers for per-sample data."""
+    from mlflow_core.config import load_config_text
+    from mlflow_core.training.data import make_loader
+
+    folder = tmp_path / "data" / "train"
+    _write(folder)
+    packed = PackedDataset(_pack(tmp_path, folder)[0])
+    cfg = load_config_text("data: {num_workers: 2}\n", "t")
+    cpu = torch.device("cpu")
+    assert make_loader(packed, cfg, train=True, device=cpu, seed=0).num_workers == 0
+    normalized = NormalizedDataset(packed, torch.zeros(6, 1, 1), torch.ones(6, 1, 1))
+    assert make_loader(normalized, cfg, train=True, device=cpu, seed=0).num_workers == 0
+    assert make_loader(NpzPatchDataset(folder), cfg, train=True, device=cpu, seed=0).num_workers == 2
