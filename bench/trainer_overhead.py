@@ -7,11 +7,11 @@ so the difference is the trainer's bookkeeping: loss checks, gradient norms, det
     python bench/trainer_overhead.py [--epochs 3] [--repeats 5] [--device cpu|cuda] [--model simple_cnn]
                                      [--data digits|patches|packed --size 64]
 
-`--data patches` (the default) is the 6-band Sentinel-2 patch workload's shape. `--data digits` (8×8 images, 45
-steps an epoch) is the worst case: a step is so small that the
-trainer's per-step gradient-norm check (one pass over the gradients) is about 1 % of it.
-The patches are 6-band, generated in memory as `wf init --example patches` writes them to disk,
-so that disk reads do not dilute the ratio.
+`--data packed` (the default) is the 6-band Sentinel-2 patch workload as a project holds it: .npz
+files, as `wf init --example patches` writes them, read through their pack (`wf data pack`) by both
+loops. `--data patches` is the same patches generated in memory, so that no reading at all dilutes
+the ratio. `--data digits` (8×8 images, 45 steps an epoch) is the worst case: a step is so small that
+the trainer's per-step gradient-norm check (one pass over the gradients) is about 1 % of it.
 """
 
 from __future__ import annotations
@@ -127,9 +127,10 @@ def main() -> None:
     ap.add_argument("--model", default="simple_cnn")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    ap.add_argument("--data", choices=("digits", "patches", "packed"), default="patches",
-                    help="patches: the 6-band Sentinel-2 patch workload's shape (default); packed: the same patches "
-                    "written as .npz files and read through their pack; digits: the worst case, 8×8 images")
+    ap.add_argument("--data", choices=("digits", "patches", "packed"), default="packed",
+                    help="packed (default): the 6-band Sentinel-2 patch workload written as .npz files and read "
+                    "through their pack, as `data.pack` reads it; patches: the same patches in memory; digits: the "
+                    "worst case, 8×8 images")
     ap.add_argument("--size", type=int, default=64, help="patches: height and width")
     args = ap.parse_args()
     if args.threads:

@@ -121,7 +121,7 @@ def _verify_reproducibility(ctx: RunContext, bundle) -> dict[str, Any]:
             "precision": result.metrics["precision"]}
 
 
-THROUGHPUT_SECONDS, THROUGHPUT_BATCHES = 0.25, 3 # each side: whichever comes first, after a warm-up batch
+THROUGHPUT_SECONDS, THROUGHPUT_BATCHES = 0.25, 3  # each side: whichever comes first, after a warm-up batch
 
 
 def _innermost(dataset: Any) -> Any:
