@@ -21,17 +21,6 @@ from mlflow_core.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Files whose tests stay on one worker (pyproject: --dist loadgroup): a module-scoped fixture that
-# trains or runs setup is built once, and data-parallel runs (three processes each) do not run two
-# at a time on a 2-core machine. Every other test goes to whichever worker is free.
-GROUPED_FILES = {"test_ddp.py", "test_records.py", "test_dynamics_detectors.py", "test_gates.py"}
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.path.name in GROUPED_FILES:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
-
 
 @dataclass
 class Result:

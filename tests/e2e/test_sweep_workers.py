@@ -62,7 +62,7 @@ def postgres():
 
 def test_two_workers_and_the_final_step_share_one_study(wf, project_copy, postgres):
     configure(project_copy, [("optimization.n_trials", "4"), ("optimization.trial_epochs", "1"),
-                             ("optimization.seeds", "2"), ("training.epochs", "2"),
+                             ("optimization.seeds", "2"), ("training.epochs", "1"),
                              ("optimization.lr_find", "false"), ("optimization.storage", f'"{postgres}"')])
     assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project_copy).code == 0
     assert wf("decide", "optimize", "--reason", "a shared sweep", cwd=project_copy).code == 0
