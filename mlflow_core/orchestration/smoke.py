@@ -37,11 +37,13 @@ class SmokeResult:
 
 def smoke_config(cfg: WorkflowConfig) -> WorkflowConfig:
     """One epoch everywhere (one per curriculum stage, so that every transition runs), one trial, the
-    fewest seeds: the shape of the phase, not its length."""
+    fewest seeds: the shape of the phase, not its length. A data pack is read when a current one
+    exists and never built (data.pack on reads as auto): a smoke run writes nothing into the project."""
     epochs = max(1, len(cfg.curriculum.stages))
     return with_changes(cfg, {"training.epochs": epochs, "optimization.n_trials": 1,
                               "optimization.trial_epochs": epochs, "optimization.seeds": 2,
-                              "optimization.timeout_s": None, "finalization.seeds": 1, "finalization.epochs": epochs})
+                              "optimization.timeout_s": None, "finalization.seeds": 1, "finalization.epochs": epochs,
+                              "data.pack": "auto" if cfg.data.pack == "on" else cfg.data.pack})
 
 
 def smoke_phase(project: Project, phase: str, *, on_progress: Callable[[Any], None] | None = None,
