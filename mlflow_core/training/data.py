@@ -20,6 +20,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.errors import DataError, UserInputError
 from mlflow_core.training.seeding import make_generator, seed_worker
+from mlflow_core.workflow.packs import channels_first, mask_of
 
 
 @dataclass
@@ -221,12 +222,9 @@ class NpzPatchDataset(Dataset):
             raise DataError(f"{path}: missing array {exc} (data.image_key / {self.target_key_setting})") from None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise DataError(f"{path}: cannot be read as .npz ({exc})") from None
-        if image.ndim == 2:
-            image = image[None]
+        image = channels_first(image)
         if image.ndim != 3:
             raise DataError(f"{path}: image must have 2 or 3 dimensions, has shape {image.shape}")
-        if image.shape[-1] < image.shape[0] and image.shape[-1] <= 32:  # channels last → first
-            image = np.moveaxis(image, -1, 0)
         return path, image, np.asarray(target)
 
     def read(self, index: int) -> tuple[np.ndarray, int]:
@@ -266,14 +264,7 @@ class NpzMaskDataset(NpzPatchDataset):
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         path, image, mask = self.arrays(index)
-        if mask.ndim == 3 and 1 in (mask.shape[0], mask.shape[-1]):
-            mask = mask.reshape(mask.shape[1:] if mask.shape[0] == 1 else mask.shape[:-1])
-        if mask.shape != image.shape[1:]:
-            raise DataError(f"{path}: mask has shape {mask.shape}, the image's height and width are "
-                            f"{image.shape[1:]}; a mask holds one class id per pixel")
-        if not np.issubdtype(mask.dtype, np.integer) and not np.array_equal(mask, np.round(mask)):
-            raise DataError(f"{path}: mask holds non-integer values ({mask.dtype}); it must hold class ids")
-        return image, mask
+        return image, mask_of(path, mask, image)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.read(index)

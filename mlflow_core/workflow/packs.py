@@ -143,14 +143,22 @@ def _read_sample(path: Path, image_key: str, target_key: str, segmentation: bool
         if target.size != 1:
             raise DataError(f"{path}: label must be a single integer, has shape {np.shape(target)}")
         return image, target.reshape(())
-    if target.ndim == 3 and 1 in (target.shape[0], target.shape[-1]):
-        target = target.reshape(target.shape[1:] if target.shape[0] == 1 else target.shape[:-1])
-    if target.shape != image.shape[1:]:
-        raise DataError(f"{path}: mask has shape {target.shape}, the image's height and width are "
+    return image, mask_of(path, target, image)
+
+
+def mask_of(path: Path, mask: Any, image: Any) -> Any:
+    """A segmentation mask as the trainer reads it: (H, W) class ids, a singleton channel dropped,
+    the image's height and width. (NpzMaskDataset applies the same rule.)"""
+    import numpy as np
+
+    if mask.ndim == 3 and 1 in (mask.shape[0], mask.shape[-1]):
+        mask = mask.reshape(mask.shape[1:] if mask.shape[0] == 1 else mask.shape[:-1])
+    if mask.shape != image.shape[1:]:
+        raise DataError(f"{path}: mask has shape {mask.shape}, the image's height and width are "
                         f"{image.shape[1:]}; a mask holds one class id per pixel")
-    if not np.issubdtype(target.dtype, np.integer) and not np.array_equal(target, np.round(target)):
-        raise DataError(f"{path}: mask holds non-integer values ({target.dtype}); it must hold class ids")
-    return image, target
+    if not np.issubdtype(mask.dtype, np.integer) and not np.array_equal(mask, np.round(mask)):
+        raise DataError(f"{path}: mask holds non-integer values ({mask.dtype}); it must hold class ids")
+    return mask
 
 
 def build_pack(project_root: Path, folder: Path, split: str, cache: StatCache, *, image_key: str,

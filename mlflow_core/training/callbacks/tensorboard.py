@@ -11,16 +11,9 @@ from mlflow_core.training.callbacks.base import Callback
 from mlflow_core.training.tracking import TensorBoardTracker, WandbTracker, run_hparams
 
 
-class TensorBoard(Callback):
-    def __init__(self) -> None:
-        self.tracker: TensorBoardTracker | None = None
-
-    @classmethod
-    def configured(cls, t: Any) -> TensorBoard | None:
-        return cls() if t.cfg.monitoring.tensorboard and t.run_dir else None
-
-    def on_fit_start(self, t, s) -> None:
-        self.tracker = TensorBoardTracker(t.run_dir, t.log, resumed_at=s.global_step if s.resume else None)
+class _Tracking(Callback):
+    """Feeds a tracker (steps, epochs) from the run; subclasses open and close it."""
+    tracker: Any = None
 
     def on_window_end(self, t, s, window) -> None:
         self.tracker.steps(window.steps, window.losses, window.grad_norms, window.lr,
@@ -28,6 +21,17 @@ class TensorBoard(Callback):
 
     def on_epoch_end(self, t, s, record) -> None:
         self.tracker.epoch(record, s.global_step - 1)
+
+
+class TensorBoard(_Tracking):
+    tracker: TensorBoardTracker | None = None
+
+    @classmethod
+    def configured(cls, t: Any) -> TensorBoard | None:
+        return cls() if t.cfg.monitoring.tensorboard and t.run_dir else None
+
+    def on_fit_start(self, t, s) -> None:
+        self.tracker = TensorBoardTracker(t.run_dir, t.log, resumed_at=s.global_step if s.resume else None)
 
     def on_fit_end(self, t, s) -> None:
         if self.tracker is not None:
@@ -45,9 +49,8 @@ def tracked_results(metrics: dict[str, Any]) -> dict[str, float]:
     return results
 
 
-class WeightsAndBiases(Callback):
-    def __init__(self) -> None:
-        self.tracker: WandbTracker | None = None
+class WeightsAndBiases(_Tracking):
+    tracker: WandbTracker | None = None
 
     @classmethod
     def configured(cls, t: Any) -> WeightsAndBiases | None:
@@ -57,13 +60,6 @@ class WeightsAndBiases(Callback):
         project = t.cfg.monitoring.wandb_project or t.cfg.project.name
         self.tracker = WandbTracker(t.run_dir, t.run_id or t.run_dir.name, project, t.cfg.model_dump(mode="json"),
                                     t.log, resumed=bool(s.resume))
-
-    def on_window_end(self, t, s, window) -> None:
-        self.tracker.steps(window.steps, window.losses, window.grad_norms, window.lr,
-                           t.gpu_sampler.latest() if t.gpu_sampler else None)
-
-    def on_epoch_end(self, t, s, record) -> None:
-        self.tracker.epoch(record, s.global_step - 1)
 
     def on_fit_end(self, t, s) -> None:
         if self.tracker is None:
