@@ -56,6 +56,16 @@ def _stop_with_parent(parent: int) -> Any:
     return arrange
 
 
+def rank_threads(nproc: int) -> dict[str, str]:
+    """Each rank's share of the machine's cores for torch's CPU thread pool, as torchrun sets it
+    (torchrun: 1): N ranks that each start a pool of every core oversubscribe the CPU, and on a
+    CPU-only run that costs more than the extra threads gain. A person's OMP_NUM_THREADS stays."""
+    if nproc <= 1 or os.environ.get("OMP_NUM_THREADS"):
+        return {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"OMP_NUM_THREADS": str(max(1, cores // nproc))}
+
+
 def launch_local(args: list[str], nproc: int, *, grace_s: float = 30.0) -> int:
     """Run `python -m mlflow_core ARGS` as `nproc` ranks on this machine and return rank 0's exit
     code. Signals go to every rank (they agree on the step to stop at); if a rank fails while the
@@ -63,9 +73,10 @@ def launch_local(args: list[str], nproc: int, *, grace_s: float = 30.0) -> int:
     if the launcher itself is killed, every rank gets SIGTERM (see _stop_with_parent)."""
     port = free_port()
     procs = []
+    threads = rank_threads(nproc)
     for rank in range(nproc):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
-               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **threads}
         quiet = {} if rank == 0 else {"stdout": subprocess.DEVNULL}  # rank 0 speaks for the run
         procs.append(subprocess.Popen([sys.executable, "-m", "mlflow_core", *args], env=env,
                                       preexec_fn=_stop_with_parent(os.getpid()), **quiet))

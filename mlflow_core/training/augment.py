@@ -53,8 +53,6 @@ def _is_image(shape: tuple[int, ...]) -> bool:
 def with_augmentation(bundle: DataBundle, aug: AugmentationSection) -> DataBundle:
     """The bundle with its training split augmented. With random_resized_crop at a size other than
     the data's, validation and test are resized and centre-cropped to it (the usual evaluation view)."""
-    from torchvision.transforms import v2
-
     if bundle.augmented:
         return bundle
     steps: list[Any] = []
@@ -63,14 +61,17 @@ def with_augmentation(bundle: DataBundle, aug: AugmentationSection) -> DataBundl
     if wants_image and not _is_image(shape):
         raise UserInputError(f"augmentation: crops, flips, MixUp and CutMix need image samples (channels, height, "
                              f"width); this data's samples have shape {list(shape)}.")
+    if not (aug.random_resized_crop or aug.horizontal_flip or aug.vertical_flip):
+        # no per-sample step: torchvision (3.5 s to import on a 2-core CPU: its ops load dynamo) stays out
+        return dataclasses.replace(bundle, augmented=True)
+    from torchvision.transforms import v2
+
     if aug.random_resized_crop:
         steps.append(v2.RandomResizedCrop(aug.random_resized_crop, scale=tuple(aug.crop_scale), antialias=True))
     if aug.horizontal_flip:
         steps.append(v2.RandomHorizontalFlip(aug.horizontal_flip))
     if aug.vertical_flip:
         steps.append(v2.RandomVerticalFlip(aug.vertical_flip))
-    if not steps:
-        return dataclasses.replace(bundle, augmented=True)
     train = TransformedDataset(bundle.train, v2.Compose(steps))
     size = aug.random_resized_crop
     if size and tuple(shape[1:]) != (size, size):
