@@ -6,9 +6,13 @@ patches` writes them (compressed), packed with `wf data pack`'s code, then read 
 epochs of batch 128 through:
 
 - per-file: `NpzPatchDataset` through `make_loader` (data.pack: off), the path before packing;
-- packed:   `PackedDataset` through the same `make_loader` (data.pack: auto, a pack present);
+- packed:   `PackedDataset` through the same `make_loader` (data.pack: auto, a pack present),
+            batches converted to float32 on the host (what setup's checks and evaluation read);
 - raw:      `numpy.load(mmap_mode="r")` and one fancy-indexed gather per batch, converted to a
-            float32 tensor: what any loader of this pack could reach on this host.
+            float32 tensor: what any loader of this pack could reach on this host;
+- stored:   the trainer's loader of a pack (`PackedDataset.stored()`): batches in the pack's dtype,
+            converted and normalised on the training device (training/device_batches.py), against
+            `raw stored`, the same gather left in its dtype.
 
 0 and 2 DataLoader workers for the wf paths; each figure is the best of `--repeats` epochs, after one
 epoch that warms the page cache (every path reads from memory, as a second epoch does in training).
@@ -68,13 +72,14 @@ def wf_loader(dataset, workers: int):
     return lambda r: make_loader(dataset, cfg, train=True, device=torch.device("cpu"), seed=r)
 
 
-def raw_gather(pack_images: Path, samples: int):
+def raw_gather(pack_images: Path, samples: int, as_stored: bool = False):
     images = np.load(pack_images, mmap_mode="r")
 
     def epochs(r: int):
         order = np.random.default_rng(r).permutation(samples)
         for start in range(0, samples, BATCH):
-            yield torch.from_numpy(images[order[start:start + BATCH]].astype(np.float32, copy=False)), None
+            batch = images[order[start:start + BATCH]]
+            yield torch.from_numpy(batch if as_stored else batch.astype(np.float32, copy=False)), None
     return epochs
 
 
@@ -96,28 +101,29 @@ def main() -> int:
                 if not folder.is_dir():
                     write_patches(folder, samples, size, dtype)
                 cache = StatCache(project / ".wf" / "cache" / "data-stat.json")
-                t0 = time.perf_counter()
-                pack, built = build_pack(project, folder, "train", cache, image_key="image", target_key="label")
-                pack_s = time.perf_counter() - t0
+                pack, _ = build_pack(project, folder, "train", cache, image_key="image", target_key="label")
                 per_file, packed = NpzPatchDataset(folder), PackedDataset(pack)
                 raw = epoch_rate(raw_gather(pack.images, samples), args.repeats)
+                raw_stored = epoch_rate(raw_gather(pack.images, samples, as_stored=True), args.repeats)
+                stored = epoch_rate(wf_loader(packed.stored(), 0), args.repeats)  # 0 workers: the trainer's
                 for workers in (0, 2):
                     slow = epoch_rate(wf_loader(per_file, workers), args.repeats)
                     fast = epoch_rate(wf_loader(packed, workers), args.repeats)
                     mb = pack.images.stat().st_size / samples / 1e6
-                    rows.append((f"6×{size}×{size} {dtype}", workers, slow, fast, raw, mb, pack_s if built else None))
+                    rows.append((f"6×{size}×{size} {dtype}", workers, slow, fast, raw, mb, stored, raw_stored))
                     print(f"6×{size}×{size} {dtype:7} workers {workers}: per-file {slow:9,.0f}/s  packed {fast:9,.0f}/s  "
-                          f"raw gather {raw:9,.0f}/s  packed/per-file {fast / slow:5.1f}×  packed/raw {fast / raw:4.2f}",
-                          flush=True)
+                          f"raw gather {raw:9,.0f}/s  packed/per-file {fast / slow:5.1f}×  packed/raw {fast / raw:4.2f}  "
+                          f"stored {stored:9,.0f}/s  stored/per-file {stored / slow:5.1f}×  "
+                          f"stored/raw stored {stored / raw_stored:4.2f}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     print("\n| Patch | Workers | Per-file (samples/s) | Packed (samples/s) | Raw gather (samples/s) | Packed ÷ per-file "
-          "| Packed ÷ raw |")
-    print("|---|---|---|---|---|---|---|")
-    for name, workers, slow, fast, raw, mb, _ in rows:
+          "| Packed ÷ raw | Stored, the trainer's (samples/s) | Stored ÷ per-file | Stored ÷ raw stored |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, workers, slow, fast, raw, mb, stored, raw_stored in rows:
         print(f"| {name} ({mb:.2f} MB) | {workers} | {slow:,.0f} | {fast:,.0f} | {raw:,.0f} | **{fast / slow:.1f}×** "
-              f"| {fast / raw:.2f} |")
+              f"| {fast / raw:.2f} | {stored:,.0f} | **{stored / slow:.1f}×** | {stored / raw_stored:.2f} |")
     return 0
 
 

@@ -9,6 +9,11 @@ import os
 # when wf's consoles are made: without it they follow the `wf` fixture's COLUMNS as in a plain run.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # and each worker (with the wf processes its tests start, which inherit this) its share of the
+    # cores, as torchrun gives its ranks: two pools of every core on two cores only contend
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // _workers)))
     os.environ.pop("COLUMNS", None)
     os.environ.pop("LINES", None)
 import shutil

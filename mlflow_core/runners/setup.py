@@ -21,6 +21,7 @@ from mlflow_core.training.data import (
     pack_data,
 )
 from mlflow_core.training.data_checks import check_data, dataset_digests
+from mlflow_core.training.device_batches import device_view
 from mlflow_core.training.models import build_model, count_parameters
 from mlflow_core.training.optim import resolve_device
 from mlflow_core.training.seeding import SEEDED, seed_everything
@@ -166,6 +167,16 @@ def measure_throughput(ctx: RunContext, bundle: Any) -> dict[str, Any]:
         loaders["files"] = files_dataset(cfg, root, "train")
     rates = {name: round(_rate(make_loader(ds, cfg, train=True, device=device, seed=seed)), 1)
              for name, ds in loaders.items()}
+    view = device_view(bundle.train) if packed else None
+    if view is not None:  # as the trainer reads a pack: as stored, converted and normalised on the device
+        stored, prep = view
+
+        def arrive(batch: Any) -> None:
+            prep(batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        loader = make_loader(stored, cfg, train=True, device=device, seed=seed)
+        rates[path] = round(_rate(loader, arrive), 1)
     model = build_model(cfg.model, bundle.num_classes, bundle.input_shape, root).to(device).train()
     x, y = next(iter(make_loader(bundle.train, cfg, train=True, device=device, seed=seed)))
     x, y = x.to(device), y.to(device)

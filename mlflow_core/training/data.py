@@ -89,9 +89,14 @@ class PackedDataset(Dataset):
     nothing decompressed, no Python per sample. Items equal NpzPatchDataset's (NpzMaskDataset's),
     converted to float32 as stored, so the batches and the weights are the same on either path."""
 
-    def __init__(self, pack: Any, segmentation: bool = False):
-        self.pack, self.segmentation = pack, segmentation
+    def __init__(self, pack: Any, segmentation: bool = False, as_stored: bool = False):
+        self.pack, self.segmentation, self.as_stored = pack, segmentation, as_stored
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None  # opened per process (DataLoader workers)
+
+    def stored(self) -> PackedDataset:
+        """The same samples in the pack's own dtypes (uint16 images, uint8 masks…): what the trainer
+        copies to the device, where training/device_batches.py converts them in batch."""
+        return PackedDataset(self.pack, self.segmentation, as_stored=True)
 
     def __len__(self) -> int:
         return self.pack.samples
@@ -125,9 +130,12 @@ class PackedDataset(Dataset):
                                 "continue with --resume")
 
     def _targets(self, raw: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.array(raw, dtype=np.int64))  # a copy: never a view of the read-only map
+        # a copy: never a view of the read-only map
+        return torch.from_numpy(np.array(raw) if self.as_stored else np.array(raw, dtype=np.int64))
 
     def _floats(self, pixels: np.ndarray) -> torch.Tensor:
+        if self.as_stored:
+            return torch.from_numpy(np.array(pixels))
         """float32 as the per-file path gives it: as stored, or (ImageFolder) uint8 scaled to [0, 1] by
         the very transform the per-file path applies (torchvision's to_dtype), element by element."""
         if not self.pack.scaled:  # a copy of a map's view; a gathered batch is a fresh array already
@@ -140,7 +148,9 @@ class PackedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         images, targets = self.arrays()
         image = self._floats(images[index])
-        return (image, self._targets(targets[index])) if self.segmentation else (image, int(targets[index]))
+        if self.segmentation or self.as_stored:
+            return image, self._targets(targets[index])
+        return image, int(targets[index])
 
     def __getitems__(self, indices: list[int]) -> GatheredBatch:
         self._still_whole()

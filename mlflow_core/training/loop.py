@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mlflow_core.errors import RankLostError, StorageError, WfError
+from mlflow_core.training.device_batches import DeviceFeed, steps_ahead
 from mlflow_core.training.fit_state import FitState
 from mlflow_core.training.parallel import is_collective_failure
 from mlflow_core.training.records import finite_or_str
@@ -46,7 +47,7 @@ def _fit(t: Trainer, max_steps: int | None) -> FitState:
             batches = start_epoch(t, s)
             for step_in_epoch in range(s.first_step, s.steps_per_epoch + 1):
                 s.step_in_epoch = step_in_epoch
-                step = t.step.backward(batches, s.tally, lambda x, y: t.callbacks.on_train_batch(t, s, x, y))
+                step = t.step.backward(batches, s.tally, lambda x, y: t.training_batch(s, x, y))
                 t.callbacks.on_before_optimizer_step(t, s, step)  # a non-finite loss stops before the step
                 if s.stopping:
                     break
@@ -63,8 +64,7 @@ def _fit(t: Trainer, max_steps: int | None) -> FitState:
             # whole batches, the sampler draws its (empty) remainder permutation only then, and
             # skipping that draw would shift every later epoch's order from a plain loop's.
             if s.last_step_of_epoch and not t.limit_train_steps:
-                for _ in batches:
-                    pass
+                batches.drain()
             record = end_epoch(t, s)
             t.callbacks.on_validation_end(t, s, record)  # early stopping, the pruner, checkpoints
             t.schedule.after_epoch(s.validated_value)
@@ -92,7 +92,7 @@ def _fit(t: Trainer, max_steps: int | None) -> FitState:
     return s
 
 
-def start_epoch(t: Trainer, s: FitState) -> Any:
+def start_epoch(t: Trainer, s: FitState) -> DeviceFeed:
     """The epoch's stage and mixing (callbacks), its counters, and its batches: a fresh shuffle, or
     for the epoch a resume point is in, the interrupted epoch's shuffle with its trained batches
     drawn and dropped."""
@@ -105,11 +105,10 @@ def start_epoch(t: Trainer, s: FitState) -> Any:
     resume = s.resume
     if resume is None or s.epoch != resume["epoch"]:
         s.tally.generator_state = t.train_loader.generator.get_state()
-        return iter(t.train_loader)
+        return DeviceFeed(iter(t.train_loader), t.device, steps_ahead(t.device))
     t.train_loader.generator.set_state(resume["epoch_generator_state"])
-    batches = iter(t.train_loader)
-    for _ in range(resume["step_in_epoch"] * t.step.accumulate):
-        next(batches)
+    batches = DeviceFeed(iter(t.train_loader), t.device, steps_ahead(t.device))
+    batches.skip(resume["step_in_epoch"] * t.step.accumulate)
     s.first_step = resume["step_in_epoch"] + 1
     s.tally.load_state_dict(resume)
     s.tally.generator_state = resume["epoch_generator_state"]

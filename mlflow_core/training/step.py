@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mlflow_core.training.augment import hard_labels
+from mlflow_core.training.device_batches import KeptBatch, Loaded, replayed
 from mlflow_core.training.parallel import SingleProcess
 from mlflow_core.training.precision import PrecisionPlan
 
@@ -32,6 +33,9 @@ def joined(batches: list[Batch]) -> Batch:
     if len(batches) == 1:
         return batches[0]
     return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
+Prepare = Callable[[torch.Tensor, torch.Tensor], Batch]
 
 
 @dataclass
@@ -59,7 +63,12 @@ class StepResult:
     loss: torch.Tensor  # the step's mean loss over micro-batches (and ranks), on the device
     grad_norm: torch.Tensor  # before clipping
     samples: int
-    batches: list[Batch]  # the host copies of its micro-batches, for the NaN replay
+    batches: list[KeptBatch]  # its micro-batches as loaded (on the host), for the NaN replay
+    prepare: Prepare  # what made them the model's input (replayed on the CPU with the same draws)
+
+    def inputs_as_trained(self) -> Batch:
+        """The step's inputs and targets as the model saw them, one batch, on the host."""
+        return joined([replayed(kept, self.prepare) for kept in self.batches])
 
 
 class OptimizerStep:
@@ -69,27 +78,28 @@ class OptimizerStep:
     state_key, resume_only = "grad_scaler", False
 
     def __init__(self, *, forward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-                 to_device: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
-                 params: list[torch.Tensor], strategy: SingleProcess, precision: PrecisionPlan,
-                 accumulate: int, clip_norm: float | None, grad_scaler: bool, device: torch.device):
-        self.forward, self.to_device = forward, to_device
+                 optimizer: torch.optim.Optimizer, params: list[torch.Tensor], strategy: SingleProcess,
+                 precision: PrecisionPlan, accumulate: int, clip_norm: float | None, grad_scaler: bool,
+                 device: torch.device):
+        self.forward = forward
         self.optimizer, self.params, self.strategy = optimizer, params, strategy
         self.accumulate, self.clip_norm, self.device = accumulate, clip_norm, device
         self.scaler = (torch.amp.GradScaler(device.type) if precision.mode == "fp16" and grad_scaler else None)
         self.sync_wrapper: Any = None  # the DDP wrapper when forward runs through it (not when compiled)
 
-    def backward(self, batches: Iterator[Batch], tally: EpochTally,
-                 transform: Callable[[torch.Tensor, torch.Tensor], Batch]) -> StepResult:
+    def backward(self, batches: Iterator[Loaded], tally: EpochTally, prepare: Prepare) -> StepResult:
+        """`batches`: the loader's, on the device (DeviceFeed); `prepare`: what makes one the model's
+        input there (conversion, normalisation, augmentation, mixing; it draws from the CPU generator)."""
         self.optimizer.zero_grad(set_to_none=True)
-        kept: list[Batch] = []
+        kept: list[KeptBatch] = []
         loss, samples = None, 0
         for micro in range(self.accumulate):
             t0 = time.perf_counter()
-            inputs_cpu, targets_cpu = next(batches)
+            loaded = next(batches)
             tally.data_wait += time.perf_counter() - t0  # the data-wait figure: time spent waiting for the loader
-            inputs_cpu, targets_cpu = transform(inputs_cpu, targets_cpu)
-            kept.append((inputs_cpu, targets_cpu))
-            inputs, targets = self.to_device(inputs_cpu), targets_cpu.to(self.device, non_blocking=True)
+            draws_from = torch.get_rng_state()  # 5 KB: replays this batch's draws for a NaN dump
+            inputs, targets = prepare(loaded.inputs, loaded.targets)
+            kept.append(KeptBatch(loaded.host_inputs, loaded.host_targets, draws_from))
             with self.strategy.no_sync(self.sync_wrapper, micro == self.accumulate - 1):
                 logits, micro_loss = self.forward(inputs, targets)
                 part = micro_loss if self.accumulate == 1 else micro_loss / self.accumulate
@@ -109,7 +119,7 @@ class OptimizerStep:
             grad_norm = nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         else:
             grad_norm = total_grad_norm(self.params)
-        return StepResult(loss, grad_norm, samples, kept)
+        return StepResult(loss, grad_norm, samples, kept, prepare)
 
     def apply(self) -> None:
         if self.scaler is None:

@@ -27,6 +27,7 @@ from mlflow_core.training.callbacks.interruption import Interruption
 from mlflow_core.training.callbacks.mixing import Mixing
 from mlflow_core.training.callbacks.monitor import Monitor
 from mlflow_core.training.data import DataBundle, balanced_sample_weights, build_data, make_loader
+from mlflow_core.training.device_batches import BatchPrep, device_view
 from mlflow_core.training.evaluation import iou_per_class, macro_f1, matthews_corrcoef
 from mlflow_core.training.fit_state import FitState
 from mlflow_core.training.losses import build_loss
@@ -158,8 +159,7 @@ class Trainer:
         self.precision = plan_precision(t.precision, self.device.type, short_check=self.short_check)
         if self.precision.note:
             self.log.warning("%s", self.precision.note)
-        self.step = OptimizerStep(forward=self._forward, to_device=self._to_device, optimizer=self.optimizer,
-                                  params=params, strategy=self.strategy, precision=self.precision,
+        self.step = OptimizerStep(forward=self._forward, optimizer=self.optimizer, params=params, strategy=self.strategy, precision=self.precision,
                                   accumulate=t.accumulate_steps, clip_norm=t.grad_clip_norm,
                                   grad_scaler=t.grad_scaler, device=self.device)
         self._wrap()
@@ -168,8 +168,10 @@ class Trainer:
         self.train_loader, self.epoch_sampler = None, None
         if not cfg.curriculum.stages:
             self.use_train_data(self.data.train, t.batch_size)
-        self.val_loader = make_loader(self.strategy.validation_shard(self.data.val), cfg, train=False,
-                                      device=self.device, seed=cfg.reproducibility.seed)
+        val = self.strategy.validation_shard(self.data.val)
+        view = device_view(val, eval_size=cfg.augmentation.random_resized_crop)
+        val, self.val_prep = view if view is not None else (val, BatchPrep.none())
+        self.val_loader = make_loader(val, cfg, train=False, device=self.device, seed=cfg.reproducibility.seed)
         self.curriculum = Curriculum(self)
         self.schedule = LrSchedule(build_scheduler(cfg, self.optimizer, self.curriculum.total_steps,
                                                    self.curriculum.stage_steps[0]), t.scheduler.name)
@@ -209,6 +211,9 @@ class Trainer:
         rank_seed = self.strategy.rank_seed(seed)
         generator = make_generator(rank_seed)
         weights = balanced_sample_weights(dataset, self.data.num_classes, sampling) if sampling != "uniform" else None
+        # a pack's batches travel as stored and become the model's input on the device (device_batches.py)
+        view = device_view(dataset, aug=self.cfg.augmentation)
+        dataset, self.train_prep = view if view is not None else (dataset, BatchPrep.none())
         sampler = self.strategy.train_sampler(dataset, weights, seed, generator)
         self.train_loader = make_loader(dataset, self.cfg, train=True, device=self.device, seed=rank_seed,
                                         sampler=sampler, batch_size=batch_size, generator=generator)
@@ -286,8 +291,14 @@ class Trainer:
 
     # --- forward -----------------------------------------------------------------------------------
 
-    def _to_device(self, inputs: torch.Tensor) -> torch.Tensor:
-        inputs = inputs.to(self.device, non_blocking=True)
+    def training_batch(self, s: FitState, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loaded training batch (on the device, or on the host for a NaN replay) as the model's
+        input: the pack's conversion and augmentation, the callbacks' mixing, the memory format."""
+        inputs, targets = self.train_prep(inputs, targets)
+        inputs, targets = self.callbacks.on_train_batch(self, s, inputs, targets)
+        return self._memory_format(inputs), targets
+
+    def _memory_format(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.channels_last and inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         return inputs
@@ -355,8 +366,9 @@ class Trainer:
         for index, (inputs, targets) in enumerate(self.val_loader):
             if self.limit_val_batches and index >= self.limit_val_batches:
                 break
-            inputs = self._to_device(inputs)
-            targets = targets.to(self.device, non_blocking=True)
+            inputs, targets = self.val_prep(inputs.to(self.device, non_blocking=True),
+                                            targets.to(self.device, non_blocking=True))
+            inputs = self._memory_format(inputs)
             with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(inputs) if direct else self._logits(inputs)
             loss_sum += nn.functional.cross_entropy(logits.float(), targets, reduction="sum")

@@ -60,7 +60,7 @@ def test_wf_data_pack_then_setup_records_the_packs_and_a_changed_file_is_read_fr
     assert throughput["path"] == "packed" and set(throughput["loader"]) == {"packed", "files"}
     assert throughput["loader"]["packed"] > throughput["loader"]["files"] > 0 and throughput["model"] > 0
     report = (root / "reports" / "setup_report.md").read_text()
-    assert "| loader alone, packed arrays (the run's) |" in report and "| loader alone, one file per sample |" in report
+    assert "| loader alone, packed arrays, read as stored and converted on the training device (the run's) |" in report and "| loader alone, one file per sample |" in report
     assert ("**Model-bound**" in report) == (throughput["bound"] == "model")
 
     import numpy as np

@@ -272,23 +272,21 @@ def test_ddp_under_plain_torchrun(project):
     assert r.stdout.count("completed │ 2 ") == 1  # rank 0 speaks for the run
 
 
-@pytest.mark.parametrize("phase, settings", [
-    ("optimization", []),
-    # folds pool train and val (Subset of ConcatDataset), weighted draws shared across ranks
-    ("finalization", [("finalization.folds", "2"), ("data.sampling", "class_balanced")])])
-def test_ddp_smoke_of_the_other_training_phases(project, phase, settings):
-    configure(project, settings)
-    r = _wf(project, "phase", phase, "--smoke", "--nproc-per-node", "2")
+def test_ddp_smoke_of_finalization_folds(project):
+    """Folds pool train and val (Subset of ConcatDataset), weighted draws shared across ranks. (The
+    optimization phase under DDP, trials and comparison runs, is the test below, in full.)"""
+    configure(project, [("finalization.folds", "2"), ("data.sampling", "class_balanced")])
+    r = _wf(project, "phase", "finalization", "--smoke", "--nproc-per-node", "2")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
-    runs = 5 if phase == "optimization" else 2  # a trial and four comparison runs; two folds
-    assert f"{runs} training run(s)" in r.stdout and r.stdout.count("completed │ 2 ") == runs
+    assert "2 training run(s)" in r.stdout and r.stdout.count("completed │ 2 ") == 2
 
 
 def test_ddp_optimization_every_trial_data_parallel_and_pruning_agreed(project):
     """Each trial and comparison run is data-parallel; the pruner's verdict, taken on rank 0, stops
     every rank (a follower left training would hang the next run's collectives)."""
     configure(project, [("optimization.n_trials", "3"), ("optimization.trial_epochs", "2"),
-                         ("optimization.seeds", "2"), ("training.epochs", "2"), ("optimization.lr_find", "false")])
+                         ("optimization.seeds", "2"), ("training.epochs", "2"), ("optimization.lr_find", "false"),
+                         ("model.channels", "[8, 16]")])
     r = _wf(project, "phase", "optimization", "--nproc-per-node", "2", *OVERRIDE, timeout=400)
     assert r.returncode in (0, 1), r.stdout[-2000:] + r.stderr
     facts = json.loads((project / ".wf" / "evidence" / "optimization.json").read_text())["facts"]

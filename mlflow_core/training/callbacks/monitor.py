@@ -28,7 +28,6 @@ from mlflow_core.training.checkpoint import save_checkpoint
 from mlflow_core.training.records import finite_or_str
 from mlflow_core.training.seeding import rng_state
 from mlflow_core.training.snapshot import DeviceSnapshot
-from mlflow_core.training.step import joined
 
 
 @dataclass
@@ -67,7 +66,7 @@ class Monitor(Callback):
         self._snapshot: DeviceSnapshot | None = None
         self._pending_dump: tuple[Any, int, list] | None = None
         self.window: list[tuple[int, torch.Tensor, torch.Tensor, int]] = []  # (step, loss, grad norm, batch)
-        self.window_batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # host copies, for replay
+        self.window_steps: list[Any] = []  # the window's StepResults: their batches replay to a bad step
         self.window_start, self.window_t0 = 0, time.perf_counter()
 
     # --- the run's start and end --------------------------------------------------------------------
@@ -106,7 +105,7 @@ class Monitor(Callback):
         if s.global_step == 0 or s.last_step_of_epoch:
             self._record_layers(s.epoch, s.global_step)  # twice an epoch at most: evidence for diagnose
         if self.window_size > 1:
-            self.window_batches.append(joined(step.batches))
+            self.window_steps.append(step)
             return
         # check before the step on the CPU: the model is then still the last good state
         loss, norm = step.loss.item(), step.grad_norm.item()
@@ -114,7 +113,7 @@ class Monitor(Callback):
         if math.isfinite(loss) and (math.isfinite(norm) or t.step.tolerates_nonfinite_gradients):
             return
         info = self._nonfinite(t, s.epoch, s.step_in_epoch, s.global_step, loss, norm, state=None,
-                               state_step=s.global_step, batches=[joined(step.batches)])
+                               state_step=s.global_step, steps=[step])
         s.metrics["nonfinite"] = info
         if self.nan_action == "stop":
             s.stop("failed_nan", info["message"])
@@ -141,7 +140,7 @@ class Monitor(Callback):
         return bool(self.window)
 
     def _reset_window(self, t: Any, global_step: int) -> None:
-        self.window, self.window_batches = [], []
+        self.window, self.window_steps = [], []
         self.window_start, self.window_t0 = global_step, time.perf_counter()
         if self.window_size > 1:
             # refresh the device-side copy of the last good state (see DeviceSnapshot)
@@ -176,7 +175,7 @@ class Monitor(Callback):
             # the window-start snapshot is the last good state; its batches replay to the bad step
             return self._nonfinite(t, s.epoch, step_in_epoch - (len(steps) - 1 - bad_index), steps[bad_index],
                                    losses[bad_index], norms[bad_index], state=self._snapshot,
-                                   state_step=self.window_start, batches=self.window_batches[: bad_index + 1])
+                                   state_step=self.window_start, steps=self.window_steps[: bad_index + 1])
         for step, step_loss, norm in zip(steps, losses, norms):
             if tolerant and not math.isfinite(norm):
                 self.skipped_steps += 1  # the scaler skipped this step; not a gradient explosion
@@ -219,13 +218,14 @@ class Monitor(Callback):
                                    "weight_norm": [finite_or_str(v) for v in weight_list]})
 
     def _nonfinite(self, t: Any, epoch: int, batch_in_epoch: int, step: int, loss: float, norm: float, *,
-                   state: DeviceSnapshot | None, state_step: int, batches: list) -> dict[str, Any]:
+                   state: DeviceSnapshot | None, state_step: int, steps: list) -> dict[str, Any]:
         what = "loss" if not math.isfinite(loss) else "gradient norm"
         value = loss if what == "loss" else norm
         lr = t.optimizer.param_groups[0]["lr"]
         message = (f"non-finite {what} ({value}) at step {step} (epoch {epoch}, batch {batch_in_epoch}), lr {lr:.3g}")
         t.log.error(message)
-        self._pending_dump = (state, state_step, batches)
+        # the inputs as the model saw them, rebuilt now (the same epoch's mixing) from the host batches
+        self._pending_dump = (state, state_step, [step.inputs_as_trained() for step in steps])
         recent = [r for r in self.recent if r[0] < step][-20:]
         return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "what": what,
                 "value": str(value), "loss": finite_or_str(loss), "grad_norm": finite_or_str(norm),
