@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -69,8 +70,13 @@ def test_ddp_baseline_matches_the_single_process_run(project, tmp_path):
     _, one = _latest(single)
     assert ddp["status"] == one["status"] == "completed"
     assert ddp["steps"] == one["steps"]  # 2 × 32 per step against 64: the same number of steps
+    n = one["data"]["val_size"]
     for a, b in zip(ddp["epochs"], one["epochs"]):
-        assert abs(a["val_accuracy"] - b["val_accuracy"]) < 0.03 and abs(a["val_loss"] - b["val_loss"]) < 0.1
+        # the sample orders differ: two accuracies on n validation samples differ by chance with a
+        # standard error of sqrt(2p(1-p)/n) (0.024 at the first epoch's 12 %); three of them at most
+        p = (a["val_accuracy"] + b["val_accuracy"]) / 2
+        assert abs(a["val_accuracy"] - b["val_accuracy"]) < max(0.03, 3 * math.sqrt(2 * p * (1 - p) / n))
+        assert abs(a["val_loss"] - b["val_loss"]) < 0.1
         assert len(a["data_wait_fraction_by_rank"]) == 2
     assert "Waiting for data by rank (mean over epochs): rank 0 " in (project / "reports" / "baseline_results.md").read_text()
     logs = list((project / "runs").rglob("steps.csv"))
