@@ -83,6 +83,12 @@ def collate_batches(data: Any) -> Any:
     return tuple(data) if isinstance(data, GatheredBatch) else default_collate(data)
 
 
+def _own(array: np.ndarray) -> torch.Tensor:
+    """A tensor of `array`: a gathered batch (fancy indexing made it a fresh array) as it is, one
+    sample (a view of the read-only map) copied."""
+    return torch.from_numpy(array if array.flags.writeable else np.array(array))
+
+
 class PackedDataset(Dataset):
     """A split's pack (workflow/packs.py): samples read from two memory-mapped arrays. A batch is
     one gather (`__getitems__`, which the DataLoader calls with the batch's indices): no file opened,
@@ -130,12 +136,13 @@ class PackedDataset(Dataset):
                                 "continue with --resume")
 
     def _targets(self, raw: np.ndarray) -> torch.Tensor:
-        # a copy: never a view of the read-only map
-        return torch.from_numpy(np.array(raw) if self.as_stored else np.array(raw, dtype=np.int64))
+        if self.as_stored:
+            return _own(raw)
+        return torch.from_numpy(np.array(raw, dtype=np.int64))  # a copy: never a view of the read-only map
 
     def _floats(self, pixels: np.ndarray) -> torch.Tensor:
         if self.as_stored:
-            return torch.from_numpy(np.array(pixels))
+            return _own(pixels)
         """float32 as the per-file path gives it: as stored, or (ImageFolder) uint8 scaled to [0, 1] by
         the very transform the per-file path applies (torchvision's to_dtype), element by element."""
         if not self.pack.scaled:  # a copy of a map's view; a gathered batch is a fresh array already
