@@ -183,7 +183,8 @@ class AugmentationSection(_Section):
                                  "imagery has no up).")
     mixup_alpha: float = Field(0.0, ge=0.0, description="MixUp's Beta(α, α); 0 = off.")
     cutmix_alpha: float = Field(0.0, ge=0.0, description="CutMix's Beta(α, α); 0 = off. With both on, each "
-                                "batch gets one of the two at random.")
+                                "batch gets one of the two at random. Segmentation: the pasted box's mask "
+                                "comes with it.")
     mix_probability: float = Field(1.0, ge=0.0, le=1.0, description="Share of batches that are mixed.")
     mix_off_last_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Switch mixing off for this last "
                                          "share of the epochs (clean labels to finish, as ImageNet recipes do).")
@@ -434,9 +435,10 @@ class WorkflowConfig(_Section):
                                  "data.mask_key) or custom")
             if self.data.num_classes is None:
                 raise ValueError("task segmentation needs data.num_classes (masks are not scanned to count them)")
-            if self.augmentation.mixing:
-                raise ValueError("task segmentation: MixUp and CutMix mix labels, not masks; set "
-                                 "augmentation.mixup_alpha and cutmix_alpha to 0")
+            if self.augmentation.mixup_alpha > 0:
+                raise ValueError("task segmentation: MixUp blends labels into class probabilities, which a mask of "
+                                 "class ids cannot hold; set augmentation.mixup_alpha to 0 (CutMix, "
+                                 "augmentation.cutmix_alpha, pastes a box of another tile with its mask)")
             if self.data.sampling == "class_balanced":
                 raise ValueError("data.sampling class_balanced is for classification; segmentation has "
                                  "pixel_balanced")

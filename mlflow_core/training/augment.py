@@ -86,7 +86,8 @@ def with_augmentation(bundle: DataBundle, aug: AugmentationSection) -> DataBundl
 
 class BatchMixer:
     """MixUp and/or CutMix on a training batch (labels become class probabilities), on a share of
-    the batches, and not at all in the last `mix_off_last_fraction` of the epochs."""
+    the batches, and not at all in the last `mix_off_last_fraction` of the epochs. For masks, CutMix
+    alone: the box pasted into an image is pasted into its mask too, which stays class ids."""
 
     def __init__(self, aug: AugmentationSection, num_classes: int, epochs: int, input_shape: tuple[int, ...]):
         from torchvision.transforms import v2
@@ -100,6 +101,7 @@ class BatchMixer:
         if aug.cutmix_alpha > 0:
             choices.append(v2.CutMix(alpha=aug.cutmix_alpha, num_classes=num_classes))
         self.transform = choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+        self.cutmix = next((c for c in choices if isinstance(c, v2.CutMix)), None)
         self.probability = aug.mix_probability
         # epochs 1..last_epoch are mixed; e.g. 100 epochs with 0.1 off: 1..90
         self.last_epoch = epochs - math.floor(epochs * aug.mix_off_last_fraction + 1e-9)
@@ -110,7 +112,20 @@ class BatchMixer:
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.probability < 1.0 and float(torch.rand(())) >= self.probability:
             return inputs, targets
+        if targets.ndim >= 2 and not targets.dtype.is_floating_point:
+            return self._cut_with_masks(inputs, targets)
         return self.transform(inputs, targets)
+
+    def _cut_with_masks(self, inputs: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CutMix for segmentation: torchvision's CutMix draws the box (its own algorithm and draws), and
+        each sample takes that box of its neighbour in the batch (as torchvision pairs them), image and
+        mask alike, on whatever device the batch is."""
+        assert self.cutmix is not None  # the config refuses MixUp for masks
+        x1, y1, x2, y2 = self.cutmix.make_params([inputs])["box"]
+        mixed, cut = inputs.clone(), masks.clone()
+        mixed[..., y1:y2, x1:x2] = inputs.roll(1, 0)[..., y1:y2, x1:x2]
+        cut[..., y1:y2, x1:x2] = masks.roll(1, 0)[..., y1:y2, x1:x2]
+        return mixed, cut
 
 
 def hard_labels(targets: torch.Tensor) -> torch.Tensor:

@@ -176,3 +176,30 @@ def test_validation_at_the_crop_size_on_the_device_equals_the_per_file_view(tmp_
     a, b = files.validate(), packed.validate()
     assert a.pop("val_iou_per_class", None) == b.pop("val_iou_per_class", None)
     assert a == pytest.approx(b, abs=1e-6)
+
+
+def test_cutmix_of_a_segmentation_batch_pastes_each_box_with_its_mask():
+    from mlflow_core.config.schema import AugmentationSection
+    from mlflow_core.training.augment import BatchMixer
+
+    images, masks = _mask_batch(n=16, size=32)
+    x, y = BatchPrep()(images, masks)  # float images on the device, int64 masks
+    mixer = BatchMixer(AugmentationSection(cutmix_alpha=1.0), 3, 10, (3, 32, 32))
+    torch.manual_seed(0)
+    changed = 0
+    for _ in range(8):
+        mx, my = mixer(x, y)
+        assert my.dtype == torch.int64 and torch.equal(mx[:, 0].long(), my)  # every pixel still its mask's
+        changed += int(not torch.equal(my, y))
+    assert changed >= 4  # boxes are drawn (some may be empty, as torchvision's are)
+
+
+def test_a_segmentation_run_with_cutmix_on_the_packed_path_is_deterministic(tmp_path):
+    from mlflow_core.training.trainer import Trainer
+
+    _write(tmp_path / "data", segmentation=True)
+    cfg = _config("on", segmentation=True, augmentation="{cutmix_alpha: 1.0, horizontal_flip: 0.5}", epochs=1)
+    a = Trainer(cfg, tmp_path, None).fit()
+    b = Trainer(cfg, tmp_path, None).fit()
+    assert a.status == "completed" and a.metrics["epochs"][0]["mixed"] is True
+    assert _same(a, b)

@@ -102,7 +102,7 @@ def test_iou_from_a_known_confusion_matrix():
     ("task: segmentation\ndata: {source: digits, num_classes: 10}\n", "has no masks"),
     ("task: segmentation\ndata: {source: npz, path: t}\n", "needs data.num_classes"),
     ("task: segmentation\ndata: {source: npz, path: t, num_classes: 2}\naugmentation: {mixup_alpha: 0.2}\n",
-     "MixUp and CutMix mix labels"),
+     "MixUp blends labels into class probabilities"),
     ("training: {loss: {name: focal_dice}}\n", "needs task: segmentation"),
     ("data: {sampling: pixel_balanced}\n", "needs task: segmentation"),
     ("data: {num_classes: 3}\ntraining: {loss: {class_weights: [1, 2]}}\n", "2 weights for 3 classes"),
