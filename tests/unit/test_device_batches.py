@@ -203,3 +203,33 @@ def test_a_segmentation_run_with_cutmix_on_the_packed_path_is_deterministic(tmp_
     b = Trainer(cfg, tmp_path, None).fit()
     assert a.status == "completed" and a.metrics["epochs"][0]["mixed"] is True
     assert _same(a, b)
+
+
+def test_a_nonfinite_dump_holds_the_inputs_the_model_saw_rebuilt_from_the_host_batches(tmp_path):
+    """Windowed read-back (the accelerator path) on augmented, mixed packed batches: the dump's
+    batches, replayed from each step's stored batch and generator state, equal the inputs and
+    targets the model was given, step for step."""
+    from mlflow_core.config.schema import with_changes
+    from mlflow_core.training.checkpoint import load_checkpoint
+    from mlflow_core.training.trainer import Trainer
+
+    _write(tmp_path / "data", segmentation=False)
+    cfg = with_changes(_config("on", segmentation=False, augmentation=AUGMENTED[:-1] + ", mixup_alpha: 0.4}"),
+                       {"training.optimizer": "sgd", "training.learning_rate": 1.0e4, "model.batch_norm": False,
+                        "monitoring.check_every_n_steps": 4})
+    trainer = Trainer(cfg, tmp_path, tmp_path / "run", windowed=True)
+    seen = []
+    prepare = trainer.training_batch
+
+    def recording(s, x, y):
+        out = prepare(s, x, y)
+        seen.append((out[0].clone(), out[1].clone()))
+        return out
+    trainer.training_batch = recording
+    result = trainer.fit()
+    assert result.status == "failed_nan"
+    dump = load_checkpoint(tmp_path / "run" / result.metrics["nonfinite"]["dump"])
+    first, last = dump["state_step"], dump["nonfinite_step"]
+    assert last > first and len(dump["batches"]) == last - first + 1  # the window's start, then its steps
+    for step, batch in zip(range(first, last + 1), dump["batches"]):
+        assert torch.equal(batch["inputs"], seen[step][0]) and torch.equal(batch["targets"], seen[step][1])
