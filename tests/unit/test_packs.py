@@ -160,6 +160,13 @@ def test_imagefolder_images_are_packed_decoded_at_image_size_and_read_as_the_fil
     for i in range(12):
         assert torch.equal(files[i][0], bundle.train[i][0]) and files[i][1] == bundle.train[i][1]
         assert torch.equal(batch[0][i], files[i][0])
+    # as the trainer reads it: uint8 as stored, scaled to [0, 1] on the device, the same values
+    from mlflow_core.training.device_batches import device_view
+
+    stored, prep = device_view(bundle.train)
+    raw = stored.__getitems__(list(range(12)))
+    assert raw[0].dtype == torch.uint8
+    assert torch.equal(prep(*raw)[0], batch[0]) and torch.equal(prep(*raw)[1], batch[1])
     # images of two sizes without data.image_size: one pack cannot hold them, and says what to set
     with pytest.raises(DataError, match=r"where cloud/0\.png has .*data\.image_size"):
         pack_data(load_config_text("data: {source: imagefolder, path: data/shapes}\n", "t"), tmp_path)
