@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mlflow_core.errors import RankLostError, StorageError, WfError
-from mlflow_core.training.device_batches import DeviceFeed, steps_ahead
+from mlflow_core.training.device_batches import DeviceFeed
 from mlflow_core.training.fit_state import FitState
 from mlflow_core.training.parallel import is_collective_failure
 from mlflow_core.training.records import finite_or_str
@@ -105,9 +105,9 @@ def start_epoch(t: Trainer, s: FitState) -> DeviceFeed:
     resume = s.resume
     if resume is None or s.epoch != resume["epoch"]:
         s.tally.generator_state = t.train_loader.generator.get_state()
-        return DeviceFeed(iter(t.train_loader), t.device, steps_ahead(t.device))
+        return DeviceFeed(iter(t.train_loader), t.device, t.prefetch)
     t.train_loader.generator.set_state(resume["epoch_generator_state"])
-    batches = DeviceFeed(iter(t.train_loader), t.device, steps_ahead(t.device))
+    batches = DeviceFeed(iter(t.train_loader), t.device, t.prefetch)
     batches.skip(resume["step_in_epoch"] * t.step.accumulate)
     s.first_step = resume["step_in_epoch"] + 1
     s.tally.load_state_dict(resume)

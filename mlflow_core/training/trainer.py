@@ -26,8 +26,14 @@ from mlflow_core.training.callbacks.ema import Ema
 from mlflow_core.training.callbacks.interruption import Interruption
 from mlflow_core.training.callbacks.mixing import Mixing
 from mlflow_core.training.callbacks.monitor import Monitor
-from mlflow_core.training.data import DataBundle, balanced_sample_weights, build_data, make_loader
-from mlflow_core.training.device_batches import BatchPrep, device_view
+from mlflow_core.training.data import (
+    DataBundle,
+    balanced_sample_weights,
+    build_data,
+    gathers_batches,
+    make_loader,
+)
+from mlflow_core.training.device_batches import BatchPrep, device_view, steps_ahead
 from mlflow_core.training.evaluation import iou_per_class, macro_f1, matthews_corrcoef
 from mlflow_core.training.fit_state import FitState
 from mlflow_core.training.losses import build_loss
@@ -217,6 +223,9 @@ class Trainer:
         sampler = self.strategy.train_sampler(dataset, weights, seed, generator)
         self.train_loader = make_loader(dataset, self.cfg, train=True, device=self.device, seed=rank_seed,
                                         sampler=sampler, batch_size=batch_size, generator=generator)
+        # batches read ahead of the step must draw nothing from the training process's generators (a
+        # per-sample augmentation in this process would draw out of turn, and a resume replay others)
+        self.prefetch = steps_ahead(self.device) if (self.train_loader.num_workers > 0 or gathers_batches(dataset)) else 1
         self.epoch_sampler = self.strategy.epoch_sampler(sampler)
 
     def steps_for(self, samples: int, batch_size: int) -> int:
