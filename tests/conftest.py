@@ -10,10 +10,10 @@ import os
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # and each worker (with the wf processes its tests start, which inherit this) its share of the
-    # cores, as torchrun gives its ranks: two pools of every core on two cores only contend
-    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // _workers)))
+    # cores, as wf's launcher gives its ranks: two pools of every core on two cores only contend
+    from mlflow_core.orchestration.launch import rank_threads  # torch-free
+
+    os.environ.update(rank_threads(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
     os.environ.pop("COLUMNS", None)
     os.environ.pop("LINES", None)
 import shutil

@@ -71,13 +71,18 @@ def test_several_gpus_need_a_data_parallel_phase_and_submit_needs_slurm(wf, tmp_
     assert r.code == 2 and "SLURM is not available on this machine" in r.err
 
 
-def test_submit_calls_sbatch_with_the_script(wf, tmp_path, monkeypatch):
+def _fake_sbatch(tmp_path, monkeypatch, body: str) -> None:
+    """SLURM's sbatch, absent here: a shell script of `body` first on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'sbatch.args'}\npwd > {tmp_path / 'sbatch.cwd'}\n"
-                                    "echo 'Submitted batch job 1234'\n")
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\n{body}")
     (bin_dir / "sbatch").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_submit_calls_sbatch_with_the_script(wf, tmp_path, monkeypatch):
+    _fake_sbatch(tmp_path, monkeypatch, f"echo \"$@\" > {tmp_path / 'sbatch.args'}\npwd > {tmp_path / 'sbatch.cwd'}\n"
+                                         "echo 'Submitted batch job 1234'\n")
     assert wf("init", "p", cwd=tmp_path).code == 0
     r = wf("slurm", "baseline", "--submit", cwd=tmp_path / "p")
     assert r.code == 0 and "Submitted batch job 1234" in r.out
@@ -88,12 +93,8 @@ def test_submit_calls_sbatch_with_the_script(wf, tmp_path, monkeypatch):
 
 def test_a_sweep_as_a_job_array_of_workers_then_one_final_step(wf, tmp_path, monkeypatch):
     """`--workers 4`: an array of 4 `--worker` tasks, and the final step submitted after it ends."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'sbatch.args'}\n"
-                                    "case \"$*\" in *dependency*) echo '901';; *) echo '900';; esac\n")
-    (bin_dir / "sbatch").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    _fake_sbatch(tmp_path, monkeypatch, f"echo \"$@\" >> {tmp_path / 'sbatch.args'}\n"
+                                         "case \"$*\" in *dependency*) echo '901';; *) echo '900';; esac\n")
     assert wf("init", "p", cwd=tmp_path).code == 0
     project = tmp_path / "p"
     r = wf("slurm", "optimization", "--workers", "4", "--time", "2:00:00", cwd=project)
