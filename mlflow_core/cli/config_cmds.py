@@ -21,7 +21,7 @@ def validate(file: Path = typer.Argument(None, help="Config file (default: the p
         file = Path(CONFIG_FILENAME) if Path(CONFIG_FILENAME).exists() else Project.find().config_path
     path = file
     cfg = load_config(path)
-    console.print(f"[green]✔[/] {path}: valid ({cfg.data.source} data, {cfg.model.name}, "
+    console.print(f"[green]✔[/] {path}: valid ({cfg.data.source} data, {cfg.model.label}, "
                   f"{cfg.training.epochs} epochs, batch {cfg.training.batch_size}, lr {cfg.training.learning_rate:g})")
 
 

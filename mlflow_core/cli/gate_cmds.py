@@ -113,5 +113,5 @@ def junit_xml(verdicts, warn_only: bool = False) -> str:
         failures = 0 if warn_only else failing
         skipped = sum(bool(i.waived) for i in verdict.items) + (failing if warn_only else 0)
         suites.append(f'  <testsuite name="wf gate {verdict.phase}" tests="{len(cases)}" failures="{failures}" '
-                      f'skipped="{skipped}">\n' + "\n".join(cases) + "\n  </testsuite>")
+                      f'skipped="{skipped}" errors="0">\n' + "\n".join(cases) + "\n  </testsuite>")
     return '<?xml version="1.0" encoding="utf-8"?>\n<testsuites>\n' + "\n".join(suites) + "\n</testsuites>\n"

@@ -82,6 +82,9 @@ class DataSection(_Section):
             raise ValueError(f"data.source '{self.source}' needs data.path")
         if self.source == "custom" and not self.target:
             raise ValueError("data.source 'custom' needs data.target ('module:callable')")
+        if self.source != "custom" and self.target:
+            raise ValueError(f"data.target {self.target!r} is used only with data.source 'custom', and data.source "
+                             f"is {self.source!r}: set data.source: custom to read your data, or remove data.target")
         if self.class_names is not None:
             if len(set(self.class_names)) != len(self.class_names):
                 raise ValueError("data.class_names holds the same name twice")
@@ -124,7 +127,15 @@ class ModelSection(_Section):
     def _custom_needs_target(self) -> ModelSection:
         if self.name == "custom" and not self.target:
             raise ValueError("model.name 'custom' needs model.target ('module:class_or_factory')")
+        if self.name != "custom" and self.target:  # else the run would train model.name and say nothing
+            raise ValueError(f"model.target {self.target!r} is used only with model.name 'custom', and model.name "
+                             f"is {self.name!r}: set model.name: custom to train your model, or remove model.target")
         return self
+
+    @property
+    def label(self) -> str:
+        """The model as reports name it: a custom model by its target (`mymodel:SmallCNN`)."""
+        return self.target if self.name == "custom" and self.target else self.name
 
 
 class SchedulerSection(_Section):

@@ -50,7 +50,7 @@ def run_model(cfg: WorkflowConfig, project_root: Path, data: DataBundle, run_dir
                 model.load_state_dict(load_checkpoint(path)["model"])
             except (RuntimeError, KeyError, TypeError) as exc:
                 raise UserInputError(f"{path}: does not fit the model of this run's config "
-                                     f"({cfg.model.name}): {str(exc).splitlines()[0][:300]}") from None
+                                     f"({cfg.model.label}): {str(exc).splitlines()[0][:300]}") from None
             return model, f"{entry.path} (epoch {entry.epoch})"
     return model, "initialisation (the run saved no checkpoint)"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 
 from mlflow_core.atomic import atomic_write_text
 from mlflow_core.content import content_dirs, packaged_root
@@ -50,9 +51,14 @@ def _duration(seconds: Any) -> str:
 
 
 def environment(project_root: Path | None) -> jinja2.Environment:
+    """The templates' environment: a project's own templates first, then the packaged ones. Sandboxed:
+    a project's template is text a pull request may change, and rendering it must never run code
+    (no attribute that starts with an underscore, no object that changes what it was given), while
+    formatting values as every packaged template does."""
     dirs = [str(d / "reports") for d in content_dirs("templates", project_root)]
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(dirs), undefined=jinja2.StrictUndefined,
-                             autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(dirs), undefined=jinja2.StrictUndefined, autoescape=False,
+        keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(fmt=plain, pct=percent, mark=_mark, duration=_duration, pm=plus_minus, metric=metric_value)
     env.tests.update(percent=shows_percent)
     return env
@@ -70,10 +76,28 @@ def has_template(project_root: Path | None, template: str) -> bool:
 def render(project_root: Path | None, template: str, context: dict[str, Any]) -> str:
     try:
         return environment(project_root).get_template(template).render(**context)
+    except jinja2.sandbox.SecurityError as exc:
+        where = _template_file(project_root, template)
+        raise UserInputError(f"{where}: the template reaches outside what a report may show ({exc}); a report "
+                             "template formats the values it is given, it runs no code",
+                             hint="remove that expression, or delete the project's copy to use wf's own "
+                                  "template") from None
     except jinja2.TemplateSyntaxError as exc:
         raise UserInputError(f"{exc.filename}: line {exc.lineno}: template syntax error: {exc.message}") from None
     except jinja2.UndefinedError as exc:
         raise UserInputError(f"report template {template}: {exc.message}") from None
+
+
+def _template_file(project_root: Path | None, template: str) -> str:
+    """The file a template name resolves to, as the person sees it (the project's own copy first)."""
+    for folder in content_dirs("templates", project_root):
+        if (folder / "reports" / template).is_file():
+            path = folder / "reports" / template
+            try:
+                return path.relative_to(project_root).as_posix() if project_root else str(path)
+            except ValueError:
+                return str(path)
+    return f"report template {template}"
 
 
 def write_report(project: Project, filename: str, template: str, context: dict[str, Any]) -> dict[str, str]:

@@ -93,11 +93,11 @@ def _check_model(ctx: RunContext, bundle) -> dict[str, Any]:
     except DataError:
         raise
     except Exception as exc:  # a user's model that fails its forward pass is a finding, not a crash
-        return {"ok": False, "name": cfg.model.name, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": False, "name": cfg.model.label, "error": f"{type(exc).__name__}: {exc}"}
     expected = ((batch.shape[0], bundle.num_classes, *batch.shape[2:]) if cfg.task == "segmentation"
                 else (batch.shape[0], bundle.num_classes))  # per-pixel logits, or one row per sample
     ok = tuple(out.shape) == expected
-    return {"ok": ok, "name": cfg.model.name, "parameters": count_parameters(model),
+    return {"ok": ok, "name": cfg.model.label, "parameters": count_parameters(model),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "input_shape": list(batch.shape), "output_shape": list(out.shape), "device": str(device),
             **({} if ok else {"error": f"output shape {list(out.shape)}, expected {list(expected)}"})}

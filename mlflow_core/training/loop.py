@@ -39,7 +39,7 @@ def _fit(t: Trainer, max_steps: int | None) -> FitState:
     try:
         t.callbacks.on_fit_start(t, s)
         s.started, s.started_at_step = time.perf_counter(), s.global_step
-        t.log.info("run %s: %s on %s, %d train / %d val samples, %d steps per epoch%s", t.run_id, t.cfg.model.name,
+        t.log.info("run %s: %s on %s, %d train / %d val samples, %d steps per epoch%s", t.run_id, t.cfg.model.label,
                    t.device, len(t.data.train), len(t.data.val), s.steps_per_epoch,
                    f", resumed at epoch {s.first_epoch} step {s.global_step}" if s.resume else "")
         for epoch in range(s.first_epoch, s.epochs + 1):

@@ -94,7 +94,7 @@ class TensorBoardTracker:
 def run_hparams(cfg: Any) -> dict[str, Any]:
     """What the HParams dashboard compares runs by: the settings a sweep or a person changes."""
     t = cfg.training
-    return {"model": cfg.model.name, "optimizer": t.optimizer, "learning_rate": t.learning_rate,
+    return {"model": cfg.model.label, "optimizer": t.optimizer, "learning_rate": t.learning_rate,
             "batch_size": t.batch_size, "weight_decay": t.weight_decay, "epochs": t.epochs,
             "scheduler": t.scheduler.name, "precision": t.precision, "seed": cfg.reproducibility.seed,
             "label_smoothing": t.label_smoothing, "loss": t.loss.name}

@@ -260,7 +260,7 @@ class Trainer:
         cfg, data = self.cfg, self.data
         return {"schema_version": METRICS_SCHEMA_VERSION, "run_id": self.run_id, "phase": self.phase,
                 "status": "running", "device": str(self.device),
-                "torch": torch.__version__, "model": cfg.model.name, "parameters": count_parameters(self.model),
+                "torch": torch.__version__, "model": cfg.model.label, "parameters": count_parameters(self.model),
                 "data": {"source": data.source, "train_size": len(data.train), "val_size": len(data.val),
                          "num_classes": data.num_classes, "input_shape": list(data.input_shape),
                          "normalization": data.normalization, "class_names": data.class_names},

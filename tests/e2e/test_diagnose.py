@@ -8,6 +8,7 @@ import pytest
 
 from mlflow_core.config import load_config
 from mlflow_core.workflow.scaffold import set_yaml_value
+from tests.reference_tools import assert_renders_on_github
 
 
 def _failing_project(wf, tmp_path, edits, example="digits", files=None, override=False):
@@ -43,6 +44,7 @@ def test_lr_too_high_is_found_and_a_fix_verified(wf, tmp_path):
     assert set(top) >= {"diagnostic", "cause", "confidence", "evidence", "fix"}
     assert "unstable_op" not in [f["cause"] for f in out["findings"]]  # overflow from blown-up weights
     report = (d / "reports" / "diagnosis_nan_loss.md").read_text()
+    assert_renders_on_github(d / "reports" / "diagnosis_nan_loss.md", d)
     assert "`lr_too_high`" in report and "figures/diagnosis_nan_loss_curve.png" in report
 
     before = (d / "training_config.yaml").read_text()
@@ -127,6 +129,7 @@ def test_auto_on_a_healthy_run_finds_nothing(wf, project_copy):
     assert json.loads(r.out)["findings"] == []
     report = (project_copy / "reports" / "diagnosis_auto.md").read_text()
     assert report.count("No finding") == 1
+    assert_renders_on_github(project_copy / "reports" / "diagnosis_auto.md", project_copy)
     # what was measured, not only that nothing fired
     assert "| Diagnostic | Measure | Value |" in report and "| overfitting | validated_epochs | " in report
     assert "| data_leakage | overlap_train_val | 0 |" in report

@@ -93,7 +93,8 @@ def test_a_mistyped_checklist_line_is_exit_2_naming_file_and_line(wf, project_co
     path = project_copy / "checklists" / "pre_release.md"
     path.write_text(path.read_text().replace("- [ ] Model card reviewed", "- [x]Model card reviewed"))
     r = wf("gate", "check", "finalization", "--json", cwd=project_copy)
-    assert r.code == 2 and "pre_release.md" in r.err and "line 10: looks like a task item" in r.err
+    assert r.code == 2 and "pre_release.md" in r.err and "line 10: '- [x]Model card reviewed" in r.err
+    assert "GitHub shows no checkbox for it (no space after the brackets)" in " ".join(r.err.split())
 
 
 # --- the chain: config, code, packages ----------------------------------------------------------

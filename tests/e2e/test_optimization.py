@@ -9,6 +9,7 @@ import pytest
 from mlflow_core.config import load_config
 from mlflow_core.workflow.scaffold import set_yaml_value
 from tests.helpers import configure
+from tests.reference_tools import assert_reports_render_on_github
 
 pytest.importorskip("optuna")
 
@@ -115,6 +116,7 @@ def test_the_whole_path_setup_baseline_optimization_finalization(wf, ready):
     card = (ready / "reports" / "final_report.md").read_text()
     assert "## Results on the held-out test split" in card and "## Limitations" in card
     assert "figures/final_confusion_matrix.png" in card
+    assert {"optimization_results.md", "final_report.md"} <= set(assert_reports_render_on_github(ready))
     gate = json.loads(wf("gate", "check", "finalization", "--json", cwd=ready).out)
     checked = {i["id"]: i["checked"] for i in gate["items"]}
     assert checked == {"test_evaluated_once": True, "export_verified": True, "report_generated": True,
