@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -120,3 +121,37 @@ def capture_environment(project_root: Path, gpu_sampler: GpuSampler | None = Non
         "git": _git(project_root),
         "packages": packages,
     }
+
+
+def paired_torchvision(torch_version: str) -> str | None:
+    """The torchvision release series built for a torch release: torch 2.N pairs with torchvision
+    0.(N+15) (2.3 with 0.18, 2.9 with 0.24, 2.14 with 0.29). None where the rule is not known."""
+    match = re.match(r"^2\.(\d+)", torch_version)
+    return f"0.{int(match.group(1)) + 15}" if match else None
+
+
+def torch_pair_problem(*, load_ops: bool) -> str | None:
+    """Why the installed torch and torchvision do not work together, or None. From their versions
+    (no import), and with `load_ops` by loading torchvision's compiled operators, which fail when
+    the two come from different builds ('operator torchvision::nms does not exist')."""
+    try:
+        torch_version, vision_version = metadata.version("torch"), metadata.version("torchvision")
+    except metadata.PackageNotFoundError:
+        return None  # a missing package is said by missing_training_stack
+    torch_base = torch_version.split("+")[0]
+    series = paired_torchvision(torch_base)
+    fix = (f"install both from the same index, e.g. `pip install 'torch=={torch_base}' "
+           f"'torchvision=={series}.*'`" if series else "install both from the same index")
+    if series and not (vision_version == series or vision_version.startswith(f"{series}.")):
+        return (f"torchvision {vision_version} does not match torch {torch_version} (torch {torch_base} pairs "
+                f"with torchvision {series}); {fix}")
+    if load_ops:
+        try:
+            import torch
+            import torchvision  # noqa: F401 - registers its operators, or fails to
+
+            torch.ops.torchvision.nms  # noqa: B018 - an operator of the compiled library, looked up
+        except (RuntimeError, OSError, ImportError, AttributeError) as exc:
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            return f"torchvision {vision_version} does not match torch {torch_version} ({reason}); {fix}"
+    return None

@@ -53,6 +53,9 @@ class DataSection(_Section):
         "sample weighted by how rare its pixels' classes are), with replacement. Under DDP the ranks share "
         "one weighted draw per epoch, each rank its part.")
     image_size: int | None = Field(None, ge=8, description="imagefolder: resize to this square size.")
+    channels: int | None = Field(None, ge=1, le=4, description="imagefolder: read every image with this many "
+                                 "channels (1 grayscale, 2 grayscale + alpha, 3 RGB, 4 RGBA); by default the "
+                                 "images' own, which the setup report states.")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="digits: held-out share for val.")
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="digits: held-out share for test.")
     split_seed: int = Field(0, description="digits: seed of the stratified split (kept apart from "
@@ -82,6 +85,9 @@ class DataSection(_Section):
             raise ValueError(f"data.source '{self.source}' needs data.path")
         if self.source == "custom" and not self.target:
             raise ValueError("data.source 'custom' needs data.target ('module:callable')")
+        if self.channels is not None and self.source != "imagefolder":
+            raise ValueError(f"data.channels is read for ImageFolder images only, and data.source is {self.source!r} "
+                             "(its samples carry their channels); remove data.channels")
         if self.source != "custom" and self.target:
             raise ValueError(f"data.target {self.target!r} is used only with data.source 'custom', and data.source "
                              f"is {self.source!r}: set data.source: custom to read your data, or remove data.target")

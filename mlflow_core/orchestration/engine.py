@@ -8,9 +8,11 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +35,9 @@ from mlflow_core.errors import (
     WfError,
     did_you_mean,
 )
+from mlflow_core.orchestration.committed import CommittedFiles
 from mlflow_core.orchestration.launch import leading
+from mlflow_core.orchestration.preflight import preflight
 from mlflow_core.orchestration.slurm import requeue_job, slurm_job_id
 from mlflow_core.reports.phase_reports import render_phase_report
 from mlflow_core.runners import RunContext, StopPoint, run_runner
@@ -47,6 +51,7 @@ from mlflow_core.workflow.phases import (
     DECISIONS,
     DISTRIBUTED_PHASES,
     PHASE_ORDER,
+    PHASES,
     RESUMABLE_PHASES,
     PhaseDefinition,
     load_phase,
@@ -186,6 +191,7 @@ def run_sweep_worker(project: Project, override_reason: str | None = None,
     if missing:
         raise UserInputError(f"`wf phase optimization --worker` needs the training stack, and {', '.join(missing)} "
                              "is not installed.", hint="Install it with `pip install 'wf[train]'`.")
+    preflight(project, cfg, "optimization")
     verdict = entry_verdict(project, load_state(project), "optimization")
     if not verdict.allowed:
         if override_reason is None or not override_reason.strip():
@@ -221,51 +227,86 @@ def _run_phase(project: Project, phase: str, override_reason: str | None,
             raise UserInputError(f"`wf phase {phase}` needs the training stack, and {', '.join(missing)} "
                                  "is not installed; nothing was changed.",
                                  hint="Install it with `pip install 'wf[train]'` (the README's install includes it).")
+        preflight(project, cfg, phase)  # the packages, the project's model and data code: exit 2, nothing written
+        with _unchanged_on_failure(project):
+            return _start_or_resume(project, state, definition, cfg, override_reason, on_progress, say, resume,
+                                    world, announce, deadline)
 
-        if resume:
-            if phase not in RESUMABLE_PHASES:
-                raise UserInputError(f"`wf phase {phase} --resume` is not supported; resumable: "
-                                     f"{', '.join(RESUMABLE_PHASES)}.")
-            return _resume_phase(project, state, phase, cfg, on_progress, say, world, announce, deadline)
 
-        # -- entry gate -----------------------------------------------------------------------------
-        verdict = entry_verdict(project, state, phase)
-        origin = verdict.origin
-        if not verdict.allowed:
-            if override_reason is None:
-                raise GateClosedError(f"cannot start {phase}: {verdict.reason}.",
-                                      hint=f"Run `{verdict.unblock}` to see what is left, or override explicitly "
-                                      f"with `wf phase {phase} --override-gate \"reason\"` (recorded in the history "
-                                      "and shown in every later report).")
-            if not override_reason.strip():
-                raise UserInputError("--override-gate needs a reason")
-            state.record("gate_override", phase=phase, gate=origin, reason=override_reason.strip(),
-                         open_items=[i.id for i in verdict.gate.open_items] if verdict.gate else [],
-                         blocked_because=verdict.reason)
-            say(f"Gate overridden: {verdict.reason}")
-        elif verdict.gate is not None:
-            state.record("gate_checked", phase=phase, gate=origin, passed=True)
+@contextmanager
+def _unchanged_on_failure(project: Project) -> Iterator[None]:
+    kept = CommittedFiles.keep(project)
+    try:
+        yield
+    except BaseException as exc:
+        _put_back(kept, exc)
+        raise
+    finally:
+        kept.discard()
 
-        # what this run verifies: read before it starts (a data folder that is gone is exit 2 here)
-        verified = _fingerprints(project, state, phase, cfg, say)
 
-        # -- run record -----------------------------------------------------------------------------
-        run_id = new_run_id(phase)
-        run_dir = project.runs_dir / run_id
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / STARTED_CONFIG, cfg.model_dump(mode="json"))  # what --resume must continue
-        state.current_phase = phase
-        state.entered_from[phase] = origin
-        run = RunRecord(run_id=run_id, phase=phase, status="running", started_at=now_iso(),
-                        dir=project.relative(run_dir))
-        state.runs.append(run)
-        state.record("phase_started", phase=phase, run_id=run_id)
-        save_state(project, state)
+def _put_back(kept: CommittedFiles, exc: BaseException) -> None:
+    """A command that failed leaves the committed files as they were; one stopped resumably keeps the
+    run record that `--resume` continues."""
+    resumable = isinstance(exc, (RunInterruptedError, StorageError, RankLostError, KeyboardInterrupt))
+    try:
+        changed = kept.restore(state=not resumable)
+    except OSError as error:  # the disk refuses even this: say so, and let the first error be seen
+        logging.getLogger("wf").error("the committed files could not all be put back: %s", error)
+        return
+    if changed:
+        logging.getLogger("wf").info("put back as they were: %s", ", ".join(changed))
 
-        say(f"run {run_id} started")
-        return _execute(project, state, definition, run, cfg, RunContext(
-            project, cfg, config_sha256(project.config_path), run_id, run_dir, on_progress or (lambda _p: None), say,
-            world=world, announce=announce or (lambda _plan: None), deadline=deadline), verified)
+
+def _start_or_resume(project: Project, state: ProjectState, definition: PhaseDefinition, cfg: Any,
+                     override_reason: str | None, on_progress: Callable[[Any], None] | None,
+                     say: Callable[[str], None], resume: bool, world: Any, announce: Any,
+                     deadline: float | None) -> PhaseResult:
+    phase = definition.name
+    if resume:
+        if phase not in RESUMABLE_PHASES:
+            raise UserInputError(f"`wf phase {phase} --resume` is not supported; resumable: "
+                                 f"{', '.join(RESUMABLE_PHASES)}.")
+        return _resume_phase(project, state, phase, cfg, on_progress, say, world, announce, deadline)
+
+    # -- entry gate -----------------------------------------------------------------------------
+    verdict = entry_verdict(project, state, phase)
+    origin = verdict.origin
+    if not verdict.allowed:
+        if override_reason is None:
+            raise GateClosedError(f"cannot start {phase}: {verdict.reason}.",
+                                  hint=f"Run `{verdict.unblock}` to see what is left, or override explicitly "
+                                  f"with `wf phase {phase} --override-gate \"reason\"` (recorded in the history "
+                                  "and shown in every later report).")
+        if not override_reason.strip():
+            raise UserInputError("--override-gate needs a reason")
+        state.record("gate_override", phase=phase, gate=origin, reason=override_reason.strip(),
+                     open_items=[i.id for i in verdict.gate.open_items] if verdict.gate else [],
+                     blocked_because=verdict.reason)
+        say(f"Gate overridden: {verdict.reason}")
+    elif verdict.gate is not None:
+        state.record("gate_checked", phase=phase, gate=origin, passed=True)
+
+    # what this run verifies: read before it starts (a data folder that is gone is exit 2 here)
+    verified = _fingerprints(project, state, phase, cfg, say)
+
+    # -- run record -----------------------------------------------------------------------------
+    run_id = new_run_id(phase)
+    run_dir = project.runs_dir / run_id
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / STARTED_CONFIG, cfg.model_dump(mode="json"))  # what --resume must continue
+    # the project moves to this phase when the run records its outcome, not before: a run that
+    # fails, or stops, leaves the project where it stood
+    run = RunRecord(run_id=run_id, phase=phase, status="running", started_at=now_iso(),
+                    dir=project.relative(run_dir), entered_from=origin)
+    state.runs.append(run)
+    state.record("phase_started", phase=phase, run_id=run_id)
+    save_state(project, state)
+
+    say(f"run {run_id} started")
+    return _execute(project, state, definition, run, cfg, RunContext(
+        project, cfg, config_sha256(project.config_path), run_id, run_dir, on_progress or (lambda _p: None), say,
+        world=world, announce=announce or (lambda _plan: None), deadline=deadline), verified)
 
 
 def _fingerprints(project: Project, state: ProjectState, phase: str, cfg: Any,
@@ -296,7 +337,6 @@ def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
     _refuse_a_changed_config(project, run, cfg)
     remove_stale_temp_files(project.inside(run.dir), recursive=True)  # a kill -9 mid-write leaves these
     run.status, run.finished_at, run.passed = "running", None, None
-    state.current_phase = phase
     run_dir = project.inside(run.dir)
     where = project.relative(path if path is not None else run_dir)
     state.record("phase_resumed", phase=phase, run_id=run.run_id, checkpoint=where)
@@ -363,6 +403,10 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
                      else f"`wf phase {phase}`")
             raise RunInterruptedError(f"{phase} interrupted; run {run_id} is recorded as interrupted.",
                                       hint=f"Continue with {again}.") from None
+        if isinstance(exc, UserInputError) and not ctx.resuming:
+            logger.removeHandler(handler)
+            handler.close()
+            shutil.rmtree(run_dir, ignore_errors=True)  # bad input: nothing ran, the message says what to fix
         if isinstance(exc, WfError):
             raise
         logger.exception("phase %s crashed", phase)
@@ -385,6 +429,9 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     # -- evidence, report, criteria ---------------------------------------------------------------
     for event, data in output.events:
         state.record(event, **data)
+    state.current_phase = phase  # the run has an outcome: the project stands here now
+    state.entered_from[phase] = (run.entered_from if "entered_from" in run.model_fields_set
+                                 else state.entered_from.get(phase))
     output.facts.fingerprints = Fingerprints(**verified, approves=_approved_configs(project, phase, output.facts))
     result = _record_outcome(project, state, definition, run, output.facts, cfg.project.name, output.status)
     result.notes = output.notes
@@ -461,6 +508,9 @@ def _record_outcome(project: Project, state: ProjectState, definition: PhaseDefi
 
     phase = definition.name
     facts.report = None
+    publish = PHASES[phase].publisher()
+    if publish is not None:
+        publish(project, run.run_id, project.inside(run.dir), facts, project_name)
     run.summary["evidence_sha256"] = write_evidence(project, phase, run.run_id, facts)
     criteria = evaluate_criteria(project, state, definition)
     report_name = f"reports/{definition.report}"
@@ -493,7 +543,7 @@ def _sync_auto_marks(project: Project, state: ProjectState, phase: str) -> None:
 
 def rerender_report(project: Project, phase: str) -> PhaseResult:
     """`wf report PHASE`: render the phase's report again from its recorded evidence and run files."""
-    with project_lock(project, f"wf report {phase}"):
+    with project_lock(project, f"wf report {phase}"), _unchanged_on_failure(project):
         state = load_state(project)
         definition = load_phase(phase, project.root)
         evidence = read_evidence(project, phase)

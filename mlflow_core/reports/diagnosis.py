@@ -17,8 +17,10 @@ def read_run_metrics(run_dir: Path) -> dict[str, Any]:
     return load_run_metrics(run_dir / "logs" / "metrics.json").to_json()
 
 
-def write_diagnosis_report(project: Project, diagnosis: dict[str, Any], run_dir: Path) -> dict[str, str]:
-    """Render `reports/diagnosis_<name>.md` from a diagnosis (its JSON form) and the run's files."""
+def write_diagnosis_report(project: Project, diagnosis: dict[str, Any], run_dir: Path,
+                           next_step: str | None = None) -> dict[str, str]:
+    """Render `reports/diagnosis_<name>.md` from a diagnosis (its JSON form) and the run's files;
+    `next_step`: what the phase's outcome leads to (Phase 3's report)."""
     figures, note = diagnosis_figures(diagnosis, run_dir, project.reports_dir / "figures")
     name = diagnosis["diagnostic"]
     # the probes of the diagnostics that found something (or of the one asked for), each shown by its
@@ -30,7 +32,7 @@ def write_diagnosis_report(project: Project, diagnosis: dict[str, Any], run_dir:
     context = {"d": diagnosis, "metrics": read_run_metrics(run_dir), "figures": figures, "figures_note": note,
                "measured": measured(diagnosis),
                "dyn": probes,
-               "playbook_link": f"../diagnostics/{diagnosis['diagnostic']}.md"}
+               "playbook_link": f"../diagnostics/{diagnosis['diagnostic']}.md", "next_step": next_step}
     return write_report(project, f"diagnosis_{diagnosis['diagnostic']}.md", "diagnosis.md.j2", context)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mlflow_core.config.loader import load_config
@@ -47,6 +48,25 @@ def render_phase_report(project: Project, state: ProjectState, definition: Phase
     return PHASES[definition.name].render()(given)
 
 
+ENVIRONMENT = "logs/environment.json"  # in setup's run directory: what it found, for reports/environment.md
+
+
+def publish_setup(project: Project, run_id: str, run_dir: Path, facts: Any, project_name: str) -> None:
+    """reports/environment.md (and .json) from what the setup run found: written with the setup
+    report when the run has an outcome, and again by `wf report setup`."""
+    from mlflow_core.atomic import atomic_write_json
+    from mlflow_core.workflow.facts import FileRef
+
+    recorded = run_dir / ENVIRONMENT
+    if not recorded.is_file():  # a setup run of an earlier wf wrote its environment straight to reports/
+        recorded = project.reports_dir / "environment.json"
+    env = json.loads(recorded.read_text(encoding="utf-8"))
+    atomic_write_json(project.reports_dir / "environment.json", env)
+    report = write_report(project, "environment.md", "environment.md.j2",
+                          {"project_name": project_name, "env": env, "run_id": run_id, "recorded_at": now_iso()})
+    facts.environment.report = FileRef(**report)
+
+
 def render_setup(r: ReportInput) -> tuple[dict[str, str], None]:
     ok = all(c["passed"] for c in r.criteria)
     next_step = ("Tick the manual items of `checklists/reproducibility.md` (`wf checklist show "
@@ -60,7 +80,30 @@ def render_setup(r: ReportInput) -> tuple[dict[str, str], None]:
 def render_diagnostics(r: ReportInput) -> tuple[dict[str, str], None]:
 
     run = r.state.run(r.facts.diagnosed_run)
-    return write_diagnosis_report(r.project, r.facts.to_json()["diagnosis"], r.project.inside(run.dir)), None
+    return write_diagnosis_report(r.project, r.facts.to_json()["diagnosis"], r.project.inside(run.dir),
+                                  diagnosis_next_step(r.facts)), None
+
+
+def diagnosis_next_step(facts: Any) -> str:
+    """Where Phase 3's outcome leads: each outcome has its way on, named with its commands."""
+    outcome, run = facts.concluded(), facts.diagnosed_run
+    checklist = "`checklists/post_diagnostics.md`"
+    if outcome == "nothing_to_fix":
+        return (f"**Nothing to fix.** Run `{run}` met its success criteria and no diagnostic found a problem "
+                "(what each could see is measured above). Tick `fix_applied` in "
+                f"{checklist} to confirm that none is needed (`wf checklist tick post_diagnostics fix_applied`), "
+                "then `wf decide optimize --reason \"nothing to fix\"` and `wf phase optimization` to tune it; "
+                "or `wf decide rebaseline` to train the baseline again.")
+    if outcome == "cause_found":
+        top = facts.top_finding()
+        apply = (f"copy `{facts.suggested_config}` over `training_config.yaml`" if facts.suggested_config
+                 else "apply the fix above to the data, the code or the config")
+        return (f"**Cause: `{top.cause}`.** {apply[0].upper()}{apply[1:]}, tick `fix_applied` in {checklist}, "
+                "then `wf decide rebaseline --reason \"…\"` and `wf phase baseline` to train with the fix.")
+    return (f"**No cause stands out.** Run `{run}` did not meet its success criteria, and no finding is likely "
+            "enough to be its cause. Run a diagnostic by name (`wf diagnose NAME --fix`), change the config "
+            "and train the baseline again, or go on without a cause on the record: `wf checklist waive "
+            "post_diagnostics root_cause_identified --reason \"…\"`.")
 
 
 def render_optimization(r: ReportInput) -> tuple[dict[str, str], None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mlflow_core.diagnostics.engine import run_diagnosis, verified_fix
 from mlflow_core.errors import UserInputError
 from mlflow_core.runners import RunContext, RunOutput
-from mlflow_core.workflow.facts import DiagnosticsFacts
+from mlflow_core.workflow.facts import DiagnosticsFacts, judge_diagnosis
 from mlflow_core.workflow.state import load_state
 
 
@@ -17,5 +17,9 @@ def run_diagnostics(ctx: RunContext) -> RunOutput:
     ctx.on_message(f"Diagnosing {run.run_id}: every available diagnostic, with fix trials")
     diagnosis = run_diagnosis(ctx.project, "auto", run, fix=True, on_message=ctx.on_message)
     facts = DiagnosticsFacts(diagnosed_run=run.run_id, diagnosis=diagnosis.to_json(),
-                             verified_fix=verified_fix(diagnosis), suggested_config=diagnosis.suggested_config)
+                             verified_fix=verified_fix(diagnosis), suggested_config=diagnosis.suggested_config,
+                             diagnosed_run_passed=run.passed)
+    facts.outcome = judge_diagnosis(facts.top_finding(), run.passed)
+    if facts.outcome == "nothing_to_fix":
+        ctx.on_message(f"Nothing to fix: {run.run_id} met its success criteria and no diagnostic found a problem")
     return RunOutput("completed", facts)

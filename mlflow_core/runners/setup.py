@@ -11,7 +11,7 @@ from mlflow_core.atomic import atomic_write_json
 from mlflow_core.environment import capture_environment
 from mlflow_core.errors import DataError
 from mlflow_core.monitoring.nvml import GpuSampler
-from mlflow_core.reports.render import write_report
+from mlflow_core.reports.phase_reports import ENVIRONMENT
 from mlflow_core.runners import RunContext, RunOutput
 from mlflow_core.training.data import (
     PackedDataset,
@@ -27,7 +27,6 @@ from mlflow_core.training.optim import resolve_device
 from mlflow_core.training.seeding import SEEDED, seed_everything
 from mlflow_core.training.trainer import Trainer
 from mlflow_core.workflow.facts import SetupFacts
-from mlflow_core.workflow.state import now_iso
 
 
 def run_setup(ctx: RunContext) -> RunOutput:
@@ -36,15 +35,11 @@ def run_setup(ctx: RunContext) -> RunOutput:
 
     ctx.on_message("Documenting the environment")
     env = capture_environment(project.root, GpuSampler())
-    if ctx.smoke:  # a smoke run writes nothing into the project
-        report = None
-    else:
-        atomic_write_json(project.reports_dir / "environment.json", env)
-        report = write_report(project, "environment.md", "environment.md.j2",
-                              {"project_name": cfg.project.name, "env": env, "run_id": ctx.run_id,
-                               "recorded_at": now_iso()})
+    # into the run's folder: reports/environment.md is written with the setup report, when the run
+    # has an outcome (a failed setup leaves the passing one's report as it was)
+    atomic_write_json(ctx.run_dir / ENVIRONMENT, env)
     gpus = ", ".join(g["name"] for g in env["gpus"]) or "no NVIDIA GPU"
-    facts["environment"] = {"report": report, "summary": f"Python {env['python']}, torch {env['torch']}, "
+    facts["environment"] = {"report": None, "summary": f"Python {env['python']}, torch {env['torch']}, "
                             f"{env['cpu_count']} CPU cores, {env['ram_gib']} GiB RAM, {gpus}"}
 
     seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)

@@ -442,12 +442,62 @@ def _pixels(cfg: WorkflowConfig) -> Any:
     return v2.Compose(steps)
 
 
+# PIL modes by the channels they hold; every image is read in one mode, the images' own by default
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+_CHANNELS_OF_MODE = {"1": 1, "L": 1, "I": 1, "I;16": 1, "F": 1, "LA": 2, "La": 2, "PA": 4, "RGB": 3, "YCbCr": 3,
+                     "LAB": 3, "HSV": 3, "P": 3, "CMYK": 3, "RGBA": 4, "RGBa": 4}
+CHANNEL_SAMPLE = 64  # images whose mode decides the channels (the first of each class, then in order)
+
+
+class ImageLoader:
+    """ImageFolder's loader, reading every image in one PIL mode (torchvision's own converts all to
+    RGB: grayscale digits became three equal channels). A class, not a closure: worker processes
+    pickle it."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __call__(self, path: str) -> Any:
+        from PIL import Image
+
+        with open(path, "rb") as f:
+            return Image.open(f).convert(self.mode)
+
+
+def image_channels(cfg: WorkflowConfig, root: Path) -> tuple[int, str]:
+    """How many channels ImageFolder images are read with, and why: data.channels when set, else the
+    images' own (the most any of a sample of them has: a grayscale set with a few RGB files is RGB)."""
+    if cfg.data.channels:
+        return cfg.data.channels, f"{cfg.data.channels} (data.channels)"
+    from PIL import Image, UnidentifiedImageError
+    from torchvision import datasets
+
+    try:
+        samples = datasets.ImageFolder(str(root / "train"), loader=lambda p: p).samples
+    except (FileNotFoundError, OSError) as exc:
+        raise DataError(f"{root}: not an ImageFolder layout with train/ and val/ class folders ({exc})") from None
+    first = list({label: path for path, label in reversed(samples)}.values())
+    chosen = first + [path for path, _ in samples if path not in set(first)]
+    modes: dict[str, int] = {}
+    for path in chosen[:CHANNEL_SAMPLE]:
+        try:
+            with Image.open(path) as image:
+                mode = "PA" if image.mode == "P" and "transparency" in image.info else image.mode
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"{path}: not an image PIL can read ({exc})") from None
+        modes[mode] = modes.get(mode, 0) + 1
+    channels = max((_CHANNELS_OF_MODE.get(m, 3) for m in modes), default=3)
+    seen = ", ".join(f"{m} {n}" for m, n in sorted(modes.items(), key=lambda kv: -kv[1]))
+    return channels, f"{channels}, the images' own ({seen} of {min(len(chosen), CHANNEL_SAMPLE)} sampled)"
+
+
 def _image_folders(cfg: WorkflowConfig, root: Path, transform: Any) -> dict[str, Any]:
     from torchvision import datasets
 
     names = ("train", "val", "test") if (root / "test").is_dir() else ("train", "val")
+    loader = ImageLoader(_MODES[image_channels(cfg, root)[0]])
     try:
-        splits = {s: datasets.ImageFolder(str(root / s), transform=transform) for s in names}
+        splits = {s: datasets.ImageFolder(str(root / s), transform=transform, loader=loader) for s in names}
     except (FileNotFoundError, OSError) as exc:
         raise DataError(f"{root}: not an ImageFolder layout with train/ and val/ class folders ({exc})") from None
     if splits["train"].classes != splits["val"].classes:
@@ -469,8 +519,10 @@ def _imagefolder(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
     splits.update({s: PackedDataset(pack) for s, pack in packed.items()})
     sample, _ = splits["train"][0]
     how = f", packed ({', '.join(packed)})" if packed else ""
+    channels = image_channels(cfg, root)[1]
     return DataBundle(splits["train"], splits["val"], splits.get("test"), cfg.data.num_classes or len(classes),
-                      tuple(sample.shape), f"ImageFolder {cfg.data.path}{how}", class_names=classes)
+                      tuple(sample.shape), f"ImageFolder {cfg.data.path}, channels: {channels}{how}",
+                      class_names=classes)
 
 
 def files_dataset(cfg: WorkflowConfig, project_root: Path, split: str) -> Dataset:
@@ -497,8 +549,9 @@ def imagefolder_packs(cfg: WorkflowConfig, project_root: Path, *, build: bool,
 
     root = _resolve_dir(cfg, project_root)
     cache, out = stat_cache(project_root), {}
+    mode = _MODES[image_channels(cfg, root)[0]]  # the pack holds the images as read: in this mode
     for split, folder in _image_folders(cfg, root, _pixels(cfg)).items():
-        digest = hashlib.sha256(f"wf-pack {PACK_FORMAT} imagefolder {cfg.data.image_size}\n".encode())
+        digest = hashlib.sha256(f"wf-pack {PACK_FORMAT} imagefolder {cfg.data.image_size} {mode}\n".encode())
         for path, label in folder.samples:
             digest.update(f"{Path(path).relative_to(root / split).as_posix()}\0{label}\0{cache.sha256(path)}\n".encode())
         key = digest.hexdigest()
@@ -512,7 +565,7 @@ def imagefolder_packs(cfg: WorkflowConfig, project_root: Path, *, build: bool,
                 return image.numpy(), np.asarray(label, dtype=np.int64)
             names = [Path(p).relative_to(root / split).as_posix() for p, _ in folder.samples]
             pack = write_pack(project_root, split, key, root / split, names, read,
-                              {"source_kind": "imagefolder", "image_size": cfg.data.image_size},
+                              {"source_kind": "imagefolder", "image_size": cfg.data.image_size, "mode": mode},
                               (lambda done, total, s=split: on_message(f"{s}: {done}/{total} images"))
                               if on_message else None, scaled=True)
             built = True

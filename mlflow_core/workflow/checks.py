@@ -12,7 +12,7 @@ from mlflow_core.config.loader import load_config
 from mlflow_core.errors import ConfigError
 from mlflow_core.workflow.datafiles import stat_cache
 from mlflow_core.workflow.evidence import Evidence, file_sha256
-from mlflow_core.workflow.facts import FileRef
+from mlflow_core.workflow.facts import ROOT_CAUSE_CONFIDENCE, FileRef
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import ProjectState
 
@@ -212,22 +212,34 @@ def _decision(ctx: CheckContext) -> CheckResult:
 
 # --- diagnostics ------------------------------------------------------------------------------------
 
-ROOT_CAUSE_CONFIDENCE = 0.7  # the top finding must be at least this likely to count as the root cause
 CONFIG_FIXABLE = {"lr_too_high", "amp_overflow", "lr_too_low", "died_in_training", "unnormalized_inputs"}  # a trial can verify
+
+
+NOTHING_TO_FIX_NEXT = ("tick `fix_applied` to confirm that none is needed, then `wf decide optimize --reason "
+                      "\"nothing to fix\"` (or `wf decide rebaseline` to train the baseline again)")
 
 
 @check("root_cause_identified")
 def _root_cause(ctx: CheckContext) -> CheckResult:
-    top = ctx.facts.top_finding()
+    facts, top = ctx.facts, ctx.facts.top_finding()
+    outcome = facts.concluded()
+    if outcome == "nothing_to_fix":
+        return CheckResult(True, f"nothing to fix: run {facts.diagnosed_run} met its success criteria and no "
+                           f"diagnostic found a problem (what each could see is in the report); {NOTHING_TO_FIX_NEXT}")
     if top is None:
-        return CheckResult(False, f"no finding in run {ctx.facts.diagnosed_run}: nothing to diagnose")
-    ok = top.confidence >= ROOT_CAUSE_CONFIDENCE
+        return CheckResult(False, f"no finding in run {facts.diagnosed_run}, although it did not meet its success "
+                           "criteria: no diagnostic explains it. Run one by name (`wf diagnose --help` lists them), or go on "
+                           "without a cause on the record: `wf checklist waive post_diagnostics "
+                           "root_cause_identified --reason \"…\"`")
+    ok = outcome == "cause_found"
     return CheckResult(ok, f"`{top.cause}` ({top.diagnostic}, confidence {top.confidence:.2f}"
                        + ("" if ok else f", below {ROOT_CAUSE_CONFIDENCE}") + ")")
 
 
 @check("fix_verified")
 def _fix_verified(ctx: CheckContext) -> CheckResult:
+    if ctx.facts.concluded() == "nothing_to_fix":
+        return CheckResult(True, f"nothing to fix in run {ctx.facts.diagnosed_run}, so no fix to verify")
     fix = ctx.facts.verified_fix
     if fix:
         return CheckResult(True, f"a trial run verified: {fix} ({ctx.facts.suggested_config})")
@@ -268,6 +280,21 @@ def _improvement(ctx: CheckContext) -> CheckResult:
     return CheckResult(comparison.significant, comparison.verdict)
 
 
+@check("improvement_judged")
+def _improvement_judged(ctx: CheckContext) -> CheckResult:
+    """The sweep's outcome, either way: a gain beyond the seed noise (finalize the optimized config) or
+    none (finalize the baseline's); only a sweep with no comparison has no outcome."""
+    comparison = ctx.facts.comparison
+    if not comparison:
+        return CheckResult(False, "no comparison with the baseline was recorded (no trial completed)")
+    if comparison.significant:
+        return CheckResult(True, f"{comparison.verdict}; finalize the optimized config (copy "
+                           "configs/optimized_config.yaml over training_config.yaml, tick chosen_config_committed)")
+    return CheckResult(True, f"{comparison.verdict}: the baseline's config stays; "
+                       "keep training_config.yaml as it is, tick chosen_config_committed, then "
+                       "`wf phase finalization`")
+
+
 @check("optimized_config_written")
 def _optimized_config(ctx: CheckContext) -> CheckResult:
     return _artifact_present(ctx, ctx.facts.optimized_config, "optimized config")
@@ -282,7 +309,8 @@ def _test_once(ctx: CheckContext) -> CheckResult:
     if accuracy is None:
         return CheckResult(False, "no final run was evaluated on the test split")
     before = facts.test_split.evaluated_before_by
-    shown = f"test accuracy {accuracy.mean:.4f} ± {accuracy.std:.4f} over {len(accuracy.values)} final model(s)"
+    shown = (f"test accuracy {accuracy.mean * 100:.2f} ± {accuracy.std * 100:.2f} % over {len(accuracy.values)} "
+             "final model(s)")
     if before:
         return CheckResult(False, f"{shown}, but the test split was already evaluated by {', '.join(map(str, before))}: "
                            "choices made after seeing it are not held out")

@@ -200,14 +200,35 @@ class DiagnosisRecord(_Facts):
     sensitivity: dict[str, str] = {}  # diagnostic → the smallest effect it can see in this run's data
 
 
+ROOT_CAUSE_CONFIDENCE = 0.7  # the top finding must be at least this likely to count as the root cause
+DiagnosisOutcome = Literal["cause_found", "nothing_to_fix", "unexplained"]
+
+
 class DiagnosticsFacts(PhaseFacts):
     diagnosed_run: str
     diagnosis: DiagnosisRecord
     verified_fix: str | None
     suggested_config: str | None
+    # what the diagnosis concluded: a cause (top finding likely enough), nothing to fix (the run met
+    # its success criteria and no diagnostic fired), or neither; None in evidence of an earlier wf
+    outcome: DiagnosisOutcome | None = None
+    diagnosed_run_passed: bool | None = None
 
     def top_finding(self) -> FindingRecord | None:
         return self.diagnosis.findings[0] if self.diagnosis.findings else None
+
+    def concluded(self) -> DiagnosisOutcome:
+        if self.outcome is not None:
+            return self.outcome
+        return judge_diagnosis(self.top_finding(), self.diagnosed_run_passed)
+
+
+def judge_diagnosis(top: FindingRecord | None, run_passed: bool | None) -> DiagnosisOutcome:
+    if top is not None and top.confidence >= ROOT_CAUSE_CONFIDENCE:
+        return "cause_found"
+    if top is None and run_passed:
+        return "nothing_to_fix"
+    return "unexplained"
 
 
 # --- optimization -----------------------------------------------------------------------------------
@@ -288,6 +309,12 @@ class OptimizationFacts(PhaseFacts):
     importance: dict[str, float] | None = None
     comparison: Comparison | None = None
     optimized_config: FileRef | None = None
+
+    def concluded(self) -> Literal["improved", "no_improvement"] | None:
+        """What the sweep concluded against the baseline over seeds; None without a comparison."""
+        if self.comparison is None:
+            return None
+        return "improved" if self.comparison.significant else "no_improvement"
 
 
 # --- finalization -----------------------------------------------------------------------------------

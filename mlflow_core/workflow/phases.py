@@ -38,9 +38,13 @@ class PhaseKind:
     resumable: bool = False  # it holds training state worth continuing; otherwise running it again is its resume
     distributed: bool = False  # its training runs are data-parallel under a DDP launcher
     smokable: bool = False  # it trains, so `--smoke` can check that its config runs
+    publish: str | None = None  # puts what the run found in place before its criteria are judged
 
     def run(self) -> Callable[..., Any]:
         return _resolve(self.runner)
+
+    def publisher(self) -> Callable[..., Any] | None:
+        return _resolve(self.publish) if self.publish else None
 
     def render(self) -> Callable[..., Any]:
         return _resolve(self.report)
@@ -55,7 +59,7 @@ _REPORTS = "mlflow_core.reports.phase_reports"
 # the phases in their order
 PHASES: dict[str, PhaseKind] = {kind.name: kind for kind in (
     PhaseKind("setup", "mlflow_core.runners.setup:run_setup", f"{_REPORTS}:render_setup", SetupFacts,
-              smokable=True),
+              smokable=True, publish=f"{_REPORTS}:publish_setup"),
     PhaseKind("baseline", "mlflow_core.runners.baseline:run_baseline", f"{_REPORTS}:render_training",
               TrainingFacts, resumable=True, distributed=True, smokable=True),
     PhaseKind("diagnostics", "mlflow_core.runners.diagnostics:run_diagnostics", f"{_REPORTS}:render_diagnostics",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ class RunRecord(BaseModel):
     dir: str
     passed: bool | None = None  # the phase's success criteria
     summary: dict[str, Any] = Field(default_factory=dict)
+    entered_from: str | None = None  # the phase whose gate admitted the run (None: setup, or an older wf)
 
 
 class Decision(BaseModel):
@@ -205,6 +207,8 @@ def project_lock(project: Project, command: str | None = None) -> Iterator[None]
         for directory in (project.reports_dir, project.checklists_dir, project.root / "configs",
                           project.root / "export"):
             remove_stale_temp_files(directory)
+        for kept in (project.wf_dir / "cache").glob("kept-*"):  # a killed command's copies (committed.py)
+            shutil.rmtree(kept, ignore_errors=True)
         try:
             yield
         finally:

@@ -9,7 +9,7 @@ from mlflow_core.workflow.fingerprints import Current
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate
 from mlflow_core.workflow.phases import PHASE_ORDER, RESUMABLE_PHASES, load_phase
 from mlflow_core.workflow.project import Project
-from mlflow_core.workflow.state import load_state, project_locked
+from mlflow_core.workflow.state import ProjectState, load_state, project_locked
 
 
 def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
@@ -45,8 +45,18 @@ def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
         "phases": phases,
         "runs": [r.model_dump(mode="json") for r in state.runs[-runs:]][::-1],
         "overrides": [e.model_dump(mode="json") for e in state.overrides()],
-        "next": suggest_next(state.current_phase, phases, project_locked(project)),
+        "next": suggest_next(_focus(state), phases, project_locked(project)),
     }
+
+
+def _focus(state: ProjectState) -> str | None:
+    """The phase the next step is about: the project's current one, unless a later run has not ended
+    (the project moves to a phase when its run records an outcome, and an interrupted run is resumed
+    before anything else)."""
+    latest = state.runs[-1] if state.runs else None
+    if latest is not None and latest.status in ("interrupted", "running") and latest.phase in RESUMABLE_PHASES:
+        return latest.phase
+    return state.current_phase
 
 
 def suggest_next(current: str | None, phases: list[dict[str, Any]], busy: bool = False) -> str:
