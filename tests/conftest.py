@@ -75,3 +75,16 @@ def project_copy(trained_project, tmp_path) -> Path:
     dest = tmp_path / "q"
     shutil.copytree(trained_project, dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def mlflow_store_template(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its schema migrated, once per session: a test copies it into its
+    project as mlflow.db (0.1 s) instead of migrating a new one (seconds)."""
+    pytest.importorskip("mlflow")
+    from mlflow_core.monitoring.mlflow_store import Store
+
+    path = tmp_path_factory.mktemp("mlflow") / "template.db"
+    store = Store(f"sqlite:///{path}", "template", None)
+    assert store.ok, "the MLflow store could not be created"
+    return path

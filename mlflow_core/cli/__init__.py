@@ -21,6 +21,7 @@ from mlflow_core.cli import (
     gate_cmds,
     phase_cmds,
     project_cmds,
+    release_cmds,
     slurm_cmds,
     tune_cmds,
 )
@@ -46,6 +47,7 @@ phase_cmds.register(app)
 diagnose_cmds.register(app)
 tune_cmds.register(app)
 slurm_cmds.register(app)
+release_cmds.register(app)
 
 
 def _version(value: bool) -> None:

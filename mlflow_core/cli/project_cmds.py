@@ -31,15 +31,22 @@ def init(directory: Path = typer.Argument(..., help="Project directory (created 
     console.print(f"Next: cd {directory} && wf phase setup")
 
 
-def quickstart(directory: Path = typer.Argument(Path("wf-quickstart"), help="Project directory to create.")) -> None:
+def quickstart(directory: Path = typer.Argument(Path("wf-quickstart"), help="Project directory to create."),
+               mlflow: bool = typer.Option(False, "--mlflow", help="Track the runs in MLflow too "
+                                           "(monitoring.mlflow: true, in the project's mlflow.db; needs wf[mlflow]).")
+               ) -> None:
     """init (digits) + setup + baseline in one go: a verified, reviewable baseline in under a minute."""
     from mlflow_core.cli.phase_cmds import run_with_display
     from mlflow_core.orchestration.engine import tick
     from mlflow_core.workflow.gates import load_checklist
     from mlflow_core.workflow.scaffold import init_project
 
-    project = init_project(directory, "digits")
-    console.print(f"[green]✔[/] created {project.root} (digits example)")
+    if mlflow:  # before anything is created: a missing extra is said first
+        from mlflow_core.monitoring.mlflow_store import require_mlflow
+
+        require_mlflow()
+    project = init_project(directory, "digits", settings={"monitoring.mlflow": "true"} if mlflow else None)
+    console.print(f"[green]✔[/] created {project.root} (digits example" + (", tracked in MLflow)" if mlflow else ")"))
     setup = run_with_display(project, "setup")
     if not setup.passed:
         raise typer.Exit(1)
@@ -183,6 +190,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
         console.print(f"Decision: {d['choice']} → {d['next_phase']} ({d['time']}){': ' + d['reason'] if d['reason'] else ''}")
     for o in info["overrides"]:
         console.print(f"[yellow]Override on record[/]: {o['time']} {o['phase']} — {o['reason']}")
+    if info["release"]:
+        r = info["release"]
+        console.print(f"Released: {r['model']} version {r['version']} as @{r['alias']} by {r['by']} at {r['time']}")
     console.print(f"Next: {escape(info['next'])}")
 
 

@@ -340,6 +340,16 @@ class MonitoringSection(_Section):
                         "WANDB_MODE says otherwise; a missing key or network never stops a run. Needs "
                         "pip install 'wf[wandb]'.")
     wandb_project: str | None = Field(None, description="The W&B project (default: project.name).")
+    mlflow: bool = Field(False, description="Also track each run in MLflow: one MLflow run per wf run (trials, "
+                         "comparison runs and final seeds nested under their phase's run), the flattened config as "
+                         "params, per-step and per-epoch figures, wf's GPU figures, the report and metrics.json as "
+                         "artifacts; finalization registers the verified model, `wf release` sets its alias. Store: "
+                         "MLFLOW_TRACKING_URI, else mlflow_uri, else the project's mlflow.db. Never stops a run. "
+                         "Needs pip install 'wf[mlflow]'.")
+    mlflow_uri: str | None = Field(None, description="The MLflow tracking URI (default: sqlite:///<project>/mlflow.db; "
+                                   "MLFLOW_TRACKING_URI wins over it).")
+    mlflow_log_checkpoints: bool = Field(False, description="Also log each training run's best checkpoint as an "
+                                         "artifact (a local store copies it: twice the disk).")
 
 
 class SearchParameter(_Section):

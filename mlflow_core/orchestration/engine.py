@@ -39,6 +39,7 @@ from mlflow_core.orchestration.committed import CommittedFiles
 from mlflow_core.orchestration.launch import leading
 from mlflow_core.orchestration.preflight import preflight
 from mlflow_core.orchestration.slurm import requeue_job, slurm_job_id
+from mlflow_core.orchestration.tracking import end_phase_tracking, open_phase_tracking
 from mlflow_core.reports.phase_reports import render_phase_report
 from mlflow_core.runners import RunContext, StopPoint, run_runner
 from mlflow_core.workflow import fingerprints
@@ -202,6 +203,10 @@ def run_sweep_worker(project: Project, override_reason: str | None = None,
     run_id = f"optimization-worker-{socket.gethostname()}-{os.getpid()}-{time.strftime('%Y%m%d-%H%M%S')}"
     ctx = RunContext(project, cfg, config_sha256(project.config_path), run_id, project.runs_dir / run_id,
                      on_progress or (lambda _p: None), say, deadline=deadline)
+    if cfg.monitoring.mlflow:
+        from mlflow_core.monitoring.mlflow_runs import PhaseRun
+
+        ctx.tracking = PhaseRun.for_sweep_worker(project.root, cfg, say)
     try:
         ran, held = run_worker(ctx)
     except SubRunInterrupted as stop:
@@ -367,6 +372,9 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
         say(text)
 
     ctx.on_message = say_and_log
+    ctx.tracking = open_phase_tracking(project, cfg, run, verified, ctx.resuming, say_and_log)
+    if ctx.tracking is not None:
+        save_state(project, state)  # the MLflow run's id, for --resume
     try:
         output = run_runner(phase, ctx)
     except BaseException as exc:
@@ -380,6 +388,7 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
                       "failed_input" if isinstance(exc, WfError) else "crashed")
         run.finished_at, run.passed = now_iso(), False
         run.summary = {"error": f"{type(exc).__name__}: {exc}"}
+        end_phase_tracking(ctx.tracking, "KILLED" if run.status == "interrupted" else "FAILED")
         state.record("phase_finished", phase=phase, run_id=run_id, status=run.status)
         try:
             save_state(project, state)
@@ -419,6 +428,7 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     # stopped on a signal (or a trial or seed run inside the phase did): nothing to report yet, and
     # the run the gate judges stays the last one that ran to its end
     if output.partial or output.status == "interrupted":
+        end_phase_tracking(ctx.tracking, "KILLED")
         run.status, run.finished_at, run.passed = "interrupted", now_iso(), False
         stop = output.stopped or StopPoint(None, None)
         run.summary["resume"] = stop.resume
@@ -433,10 +443,15 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     state.entered_from[phase] = (run.entered_from if "entered_from" in run.model_fields_set
                                  else state.entered_from.get(phase))
     output.facts.fingerprints = Fingerprints(**verified, approves=_approved_configs(project, phase, output.facts))
-    result = _record_outcome(project, state, definition, run, output.facts, cfg.project.name, output.status)
-    result.notes = output.notes
-    save_state(project, state)
-    _sync_auto_marks(project, state, phase)
+    try:
+        result = _record_outcome(project, state, definition, run, output.facts, cfg.project.name, output.status)
+        result.notes = output.notes
+        save_state(project, state)
+        gate = _sync_auto_marks(project, state, phase)
+    except BaseException:
+        end_phase_tracking(ctx.tracking, "FAILED")
+        raise
+    end_phase_tracking(ctx.tracking, "FINISHED", project, run, gate)
     return result
 
 
@@ -531,14 +546,16 @@ def _record_outcome(project: Project, state: ProjectState, definition: PhaseDefi
     return PhaseResult(phase, run.run_id, run.status, passed, criteria, report["path"], rec)
 
 
-def _sync_auto_marks(project: Project, state: ProjectState, phase: str) -> None:
-    """Tick (or untick) the auto items of the phase's checklist in the project's copy."""
+def _sync_auto_marks(project: Project, state: ProjectState, phase: str) -> Any:
+    """Tick (or untick) the auto items of the phase's checklist in the project's copy; the gate's
+    verdict after, or None without a checklist."""
     definition = load_phase(phase, project.root)
     path = project.checklist_path(definition.exit_checklist)
     if not path.is_file():
-        return
+        return None
     gate = evaluate_gate(project, state, phase)
     set_marks(path, {i.id: i.checked for i in gate.items if i.kind == "auto"})
+    return gate
 
 
 def rerender_report(project: Project, phase: str) -> PhaseResult:

@@ -16,6 +16,10 @@ def preflight(project: Project, cfg: Any, phase: str) -> None:
     problem = torch_pair_problem(load_ops=phase == "setup")
     if problem:
         raise UserInputError(f"`wf phase {phase}`: {problem}; nothing was changed.")
+    if cfg.monitoring.mlflow:
+        from mlflow_core.monitoring.mlflow_store import require_mlflow
+
+        require_mlflow()
     from mlflow_core.training.data import import_target  # the project's code, imported as the run will
 
     for field, target, used in (("model.target", cfg.model.target, cfg.model.name == "custom"),

@@ -44,7 +44,7 @@ def render_phase_report(project: Project, state: ProjectState, definition: Phase
     """The phase's report, by its renderer in the phase registry (workflow/phases.py)."""
     given = ReportInput(project, state, definition, run_id, facts, criteria, project_name,
                         [e.model_dump(mode="json") for e in state.overrides()],
-                        run_record_note(state, definition.name, run_id))
+                        run_record_note(state, definition.name, run_id, project.root))
     return PHASES[definition.name].render()(given)
 
 
@@ -146,7 +146,7 @@ def render_training(r: ReportInput) -> tuple[dict[str, str], Recommendation]:
     return write_report(r.project, r.definition.report, "baseline_results.md.j2", context), rec
 
 
-def run_record_note(state: ProjectState, phase: str, run_id: str) -> dict[str, Any]:
+def run_record_note(state: ProjectState, phase: str, run_id: str, project_root: Path | None = None) -> dict[str, Any]:
     """Which run the report describes and how it became the one its gate judges, and every waiver
     on record (a waiver stays visible in every later report)."""
 
@@ -154,7 +154,14 @@ def run_record_note(state: ProjectState, phase: str, run_id: str) -> dict[str, A
     waivers = [{"checklist": name, "item": item, "by": getattr(e, "by", "?"), "time": e.time,
                 "reason": getattr(e, "reason", "")}
                for name in sorted(checklists) for item, e in state.waivers(name).items()]
-    return {"phase": phase, "run_id": run_id, "selected_by": selected_by(state, phase, run_id), "waivers": waivers}
+    run = state.run(run_id)
+    mlflow = None
+    if run is not None and run.mlflow_run_id and run.mlflow_uri:
+        from mlflow_core.monitoring.mlflow_store import ui_command
+
+        mlflow = {"run_id": run.mlflow_run_id, "ui": ui_command(run.mlflow_uri, project_root)}
+    return {"phase": phase, "run_id": run_id, "selected_by": selected_by(state, phase, run_id), "waivers": waivers,
+            "mlflow": mlflow}
 
 
 def class_namer(names: list[str] | None) -> Any:

@@ -62,6 +62,16 @@ def project_summary(project: Project, blob_base: str | None = None) -> str:
     if state.decision:
         d = state.decision
         lines.append(f"**Decision after the baseline:** {d.choice}" + (f" — {d.reason}" if d.reason else ""))
+    released = latest_release(state)
+    if released is not None:
+        lines.append(f"**Released:** `{released['model']}` version {released['version']} as `@{released['alias']}` "
+                     f"by {released['by']} at {released['time']}")
+    tracked = [(r.phase, r.mlflow_run_id, r.mlflow_uri) for r in state.runs if r.mlflow_run_id and r.finished_at]
+    if tracked:
+        from mlflow_core.monitoring.mlflow_store import ui_command
+
+        lines.append("**MLflow:** " + " · ".join(f"{phase} `{run_id[:12]}`" for phase, run_id, _ in tracked[-5:])
+                     + f"; browse with `{ui_command(tracked[-1][2], project.root)}`")
     lines += ["", "| Phase | Key figures | Report |", "|---|---|---|"]
     for name in PHASE_ORDER:
         evidence = read_evidence(project, name)
@@ -168,3 +178,9 @@ def post_comment(project: Project) -> str:
     gh_run("api", "-X", "POST", f"repos/{{owner}}/{{repo}}/issues/{pr['number']}/comments", "--input", "-",
            body=payload)
     return f"posted the summary on {pr['url']}"
+
+
+def latest_release(state: Any) -> dict[str, Any] | None:
+    """The latest `wf release` on record."""
+    event = next((e for e in reversed(state.history) if e.event == "release"), None)
+    return None if event is None else event.model_dump(mode="json")

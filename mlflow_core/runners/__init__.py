@@ -35,6 +35,7 @@ class RunContext:
     world: Any = None  # distributed.World under DDP (this is rank 0)
     announce: Callable[[dict[str, Any] | None], None] = lambda _plan: None  # tells the other ranks what to train
     deadline: float | None = None  # time.monotonic() past which training stops, resumably (--time-limit)
+    tracking: Any = None  # monitoring/mlflow_runs.PhaseRun: the phase's MLflow run (monitoring.mlflow)
 
     def announce_run(self, phase: str, cfg: WorkflowConfig, run_dir: Path, run_id: str,
                      resume_from: Path | None = None, data_spec: dict[str, Any] | None = None) -> None:
@@ -54,9 +55,10 @@ class RunContext:
         from mlflow_core.training.trainer import recorded_trainer
 
         self.announce_run(phase, cfg, run_dir, run_id, resume_from, data_spec)
+        link = self.tracking.link() if self.tracking is not None and not self.smoke else None
         return recorded_trainer(cfg, self.project.root, run_dir, run_id=run_id, phase=phase, world=self.world,
                                 resume_from=resume_from, deadline=self.deadline, limits=self.trainer_limits(),
-                                **options)
+                                mlflow=link, **options)
 
     def trainer_limits(self) -> dict[str, Any]:
         """What every trainer of this phase runs with: `--smoke` caps each epoch at two steps."""

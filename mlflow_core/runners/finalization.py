@@ -23,6 +23,7 @@ from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.environment import capture_environment
 from mlflow_core.errors import DataError, UserInputError
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
+from mlflow_core.runners.registry import register_export
 from mlflow_core.training.augment import with_augmentation
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
 from mlflow_core.training.data import DataBundle, build_data, collate_batches
@@ -125,6 +126,7 @@ def run_finalization(ctx: RunContext) -> RunOutput:
     facts["exports"] = export_model(model.to(device).eval(), cfg, data, export_dir, batch, fin.export,
                                     fin.export_tolerance, ctx)
     facts["bundle"] = write_bundle(ctx, facts, export_dir)
+    facts["registered"] = register_export(ctx, model, batch, facts)  # monitoring.mlflow: the registry
     return RunOutput("completed", FinalizationFacts.model_validate(facts), events=[("test_evaluated", {"run_id": ctx.run_id, "samples": len(data.test),
                                                                      "seeds": [r["seed"] for r in evaluated]})])
 

@@ -173,6 +173,8 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     except SubRunInterrupted as stop:
         return stop.output(ctx)
     trials = [_trial_row(t) for t in study.trials]
+    if ctx.tracking is not None:
+        ctx.tracking.gather_study(study.study_name)  # trials sweep workers ran, nested under this run
     facts["study"] = {"name": study.study_name, "storage": shown_url, "n_trials": opt.n_trials, "sampler": opt.sampler,
                       "pruner": opt.pruner, "trial_epochs": trial_epochs,
                       "pruning": ({**rule.to_json(), "pruned_after_epoch": pruned_at(trials)}
@@ -222,6 +224,8 @@ def _sweep(optuna: Any, ctx: RunContext, data: Any) -> tuple[Any, str, PruningRu
     rule = pruning_rule(opt, trial_epochs, cfg.validation.metric, len(data.val), cfg.validation.mode == "max")
     pruner = build_pruner(optuna, rule) if opt.pruner == "median" else optuna.pruners.NopPruner()
     study, shown_url = _open_study(optuna, ctx, pruner)
+    if ctx.tracking is not None:  # every trial's MLflow run names its study (workers' too)
+        ctx.tracking.training_tags["wf.study"] = study.study_name
     return study, shown_url, rule, TrialObjective(optuna, ctx, study, data, trial_epochs, pruner)
 
 

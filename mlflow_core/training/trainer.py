@@ -89,13 +89,15 @@ class Trainer:
                  windowed: bool | None = None, on_epoch: Callable[[int, float], bool] | None = None,
                  resume_from: Path | None = None, stop_on_signals: bool = False,
                  limit_train_steps: int | None = None, limit_val_batches: int | None = None,
-                 world: World | None = None, deadline: float | None = None, short_check: bool = False):
+                 world: World | None = None, deadline: float | None = None, short_check: bool = False,
+                 mlflow: Any = None):
         # under DDP every rank trains and agrees on when to stop; only rank 0 writes files
         self.strategy = strategy_for(world)
         self.cfg, self.project_root = cfg, project_root
         self.run_dir = run_dir if self.strategy.is_writer else None
         self.keeps_resume = run_dir is not None  # the same on every rank: resume points are collective
         self.run_id, self.phase = run_id, phase
+        self.mlflow = mlflow if self.strategy.is_writer else None  # monitoring/mlflow_runs.TrainingLink
         self.on_progress = on_progress or (lambda _p: None)
         self.gpu_sampler = gpu_sampler
         self.data = data

@@ -368,6 +368,16 @@ class BundleRef(FileRef):
     files: int
 
 
+class RegisteredModel(_Facts):
+    """The verified export as a version of the project's model in MLflow's registry."""
+    name: str
+    version: str
+    model_uri: str  # models:/<name>/<version>
+    run_id: str  # the finalization's MLflow run, which holds the model's files
+    tracking_uri: str
+    max_abs_diff: float | None = None  # the registered model, loaded back by MLflow, against the trained one
+
+
 class FinalizationFacts(PhaseFacts):
     run_dir: str
     epochs: int
@@ -384,6 +394,7 @@ class FinalizationFacts(PhaseFacts):
     exported_seed: int | None = None
     exports: list[ExportRecord] = []
     bundle: BundleRef | None = None
+    registered: RegisteredModel | None = None  # monitoring.mlflow: the model's version in the registry
 
     def evaluated(self) -> list[MemberRun]:
         return [r for r in self.seeds if r.test is not None]

@@ -29,6 +29,8 @@ runs/**/wandb/
 .wf/lock
 .wf/cache/
 .wf/optuna.db*
+mlflow.db
+mlartifacts/
 export/*.pt
 export/*.pt2
 export/*.onnx
@@ -135,7 +137,9 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def init_project(directory: Path, example: str = "digits") -> Project:
+def init_project(directory: Path, example: str = "digits", settings: dict[str, str] | None = None) -> Project:
+    """A new project: the config of `example` (with `settings`, dotted keys, over it), the
+    checklists, the state file."""
     if example not in EXAMPLES:
         raise UserInputError(f"unknown example {example!r}; choose one of: {', '.join(EXAMPLES)}.")
     directory = directory.resolve()
@@ -154,6 +158,8 @@ def init_project(directory: Path, example: str = "digits") -> Project:
     directory.mkdir(parents=True, exist_ok=True)
     project = Project(directory)
     config_text = render_config(directory.name, example)
+    for key, value in (settings or {}).items():
+        config_text = set_yaml_value(config_text, key, value)
     shutil.copytree(packaged_root() / "checklists", project.checklists_dir)
     if example == "patches":
         write_patches(directory / "data" / "patches")

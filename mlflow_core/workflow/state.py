@@ -41,6 +41,8 @@ class RunRecord(BaseModel):
     passed: bool | None = None  # the phase's success criteria
     summary: dict[str, Any] = Field(default_factory=dict)
     entered_from: str | None = None  # the phase whose gate admitted the run (None: setup, or an older wf)
+    mlflow_run_id: str | None = None  # its MLflow run (monitoring.mlflow), continued by --resume
+    mlflow_uri: str | None = None  # the store that run is in
 
 
 class Decision(BaseModel):
@@ -59,7 +61,7 @@ class Event(BaseModel):
     event: Literal["init", "phase_started", "phase_finished", "gate_checked", "gate_override",
                    "decision", "checklist_tick", "checklist_untick", "report_rendered", "diagnosis",
                    "test_evaluated", "phase_resumed", "job_requeued", "checklist_waive", "checklist_unwaive",
-                   "run_selected"]
+                   "run_selected", "release"]
 
 
 class ProjectState(BaseModel):

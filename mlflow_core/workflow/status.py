@@ -45,6 +45,7 @@ def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
         "phases": phases,
         "runs": [r.model_dump(mode="json") for r in state.runs[-runs:]][::-1],
         "overrides": [e.model_dump(mode="json") for e in state.overrides()],
+        "release": next((e.model_dump(mode="json") for e in reversed(state.history) if e.event == "release"), None),
         "next": suggest_next(_focus(state), phases, project_locked(project)),
     }
 

@@ -24,7 +24,7 @@ print("HEAVY:" + ",".join(heavy), file=sys.stderr)
     ["checklist", "show", "reproducibility"], ["checklist", "list"],
     ["checklist", "tick", "reproducibility", "data_documented"],
     ["config", "validate"], ["config", "schema"], ["--help"], ["slurm", "baseline", "--nodes", "2"],
-    ["runs"], ["runs", "--json"], ["runs", "diff", "setup", "baseline"], ["data", "pack"], ["ci", "init", "github"], ["report", "summary"],
+    ["runs"], ["runs", "--json"], ["runs", "diff", "setup", "baseline"], ["data", "pack"], ["ci", "init", "github"], ["report", "summary"], ["release"],
     ["phase", "baseline", "--smoke", "--nproc-per-node", "2", "--resume"],  # refused before any process starts
 ])
 def test_light_commands_do_not_import_torch(tmp_path, args):

@@ -60,9 +60,12 @@ def postgres():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_two_workers_and_the_final_step_share_one_study(wf, project_copy, postgres):
+def test_two_workers_and_the_final_step_share_one_study(wf, project_copy, postgres, mlflow_store_template):
+    """…and one MLflow store, a SQLite file both workers write at once: not corrupted, and every
+    trial nested under the final step's run once it gathers the study."""
+    shutil.copy(mlflow_store_template, project_copy / "mlflow.db")
     configure(project_copy, [("optimization.n_trials", "4"), ("optimization.trial_epochs", "1"),
-                             ("optimization.seeds", "2"), ("training.epochs", "1"),
+                             ("optimization.seeds", "2"), ("training.epochs", "1"), ("monitoring.mlflow", "true"),
                              ("optimization.lr_find", "false"), ("optimization.storage", f'"{postgres}"')])
     assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project_copy).code == 0
     assert wf("decide", "optimize", "--reason", "a shared sweep", cwd=project_copy).code == 0
@@ -88,3 +91,17 @@ def test_two_workers_and_the_final_step_share_one_study(wf, project_copy, postgr
     state = json.loads((project_copy / ".wf" / "state.json").read_text())
     assert len([r for r in state["runs"] if r["phase"] == "optimization"]) == 1
     assert (project_copy / "reports" / "optimization_results.md").is_file()
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    with sqlite3.connect(project_copy / "mlflow.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    client = MlflowClient(tracking_uri=f"sqlite:///{project_copy / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("q").experiment_id], max_results=100)
+    parent = next(x.info.run_id for x in runs if x.data.tags.get("wf.phase") == "optimization"
+                  and "wf.kind" not in x.data.tags)
+    trials = [x for x in runs if x.data.tags.get("wf.kind") == "trial"]
+    assert len(trials) == 4 and {x.data.tags.get("mlflow.parentRunId") for x in trials} == {parent}
+    assert all(x.info.status == "FINISHED" for x in trials)
+

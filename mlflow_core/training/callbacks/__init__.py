@@ -18,6 +18,7 @@ from mlflow_core.training.callbacks.ema import Ema
 from mlflow_core.training.callbacks.interruption import STOP_SIGNALS, TIME_LIMIT, Interruption
 from mlflow_core.training.callbacks.metrics_file import MetricsFile
 from mlflow_core.training.callbacks.mixing import Mixing
+from mlflow_core.training.callbacks.mlflow import MlflowTracking
 from mlflow_core.training.callbacks.monitor import Monitor, ProgressEvent
 from mlflow_core.training.callbacks.resume import ResumePoints, restore
 from mlflow_core.training.callbacks.tensorboard import TensorBoard, WeightsAndBiases
@@ -39,6 +40,7 @@ def callbacks_for(t: Any, *, windowed: bool) -> Callbacks:
         Checkpoints(t.cfg),
         MetricsFile(),
         WeightsAndBiases.configured(t),  # after metrics.json: it reports the run's final status
+        MlflowTracking.configured(t),
         ResumePoints(t),
     ]
     return Callbacks([p for p in parts if p is not None])

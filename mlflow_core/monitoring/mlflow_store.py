@@ -1,0 +1,248 @@
+"""MLflow tracking (`monitoring.mlflow: true`, the `mlflow` extra): one MLflow run per wf run.
+
+The store is `MLFLOW_TRACKING_URI` when set, else `monitoring.mlflow_uri`, else the project's own
+SQLite file, `mlflow.db` (git-ignored; MLflow 3's default kind of store, its file store being
+refused from 3.13), with artifacts in `mlartifacts/` next to it, never the working directory's
+`./mlruns`. The experiment is the project's name; each run is named by its wf run id.
+
+Everything goes through MlflowClient with explicit run ids, never MLflow's fluent API (its active
+run lives in a thread-local stack and is ended FINISHED at exit, whatever happened). Tracking is for
+looking at, not evidence (metrics.json and the evidence files are the record): every call is
+guarded, and the first failure (an unreachable server, a locked database, a full disk) is said once
+and ends the tracking, never the run. Torch-free; mlflow is imported only when tracking is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow_core.errors import UserInputError
+
+MLFLOW_DB = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+PARAMS_PER_CALL, METRICS_PER_CALL = 100, 1000  # MLflow's limits per log_batch
+MAX_PARAM_VALUE, MAX_TAG_VALUE, MAX_KEY = 6000, 8000, 250
+_KEY = re.compile(r"[^A-Za-z0-9_\-./ :]")  # what MLflow accepts in a metric or param key
+
+log = logging.getLogger("wf.mlflow")
+
+
+@contextmanager
+def root_logging_kept() -> Iterator[None]:
+    """Importing parts of MLflow adds a handler to the root logger (basicConfig), which would print
+    every wf log line on stderr a second time: it is taken off again."""
+    before = list(logging.root.handlers)
+    try:
+        yield
+    finally:
+        for handler in [h for h in logging.root.handlers if h not in before]:
+            logging.root.removeHandler(handler)
+
+
+def require_mlflow() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise UserInputError("monitoring.mlflow is on and the mlflow package is not installed.",
+                             hint="Install it with `pip install 'wf[mlflow]'`, or set monitoring.mlflow: false.")
+
+
+def tracking_uri(project_root: Path, configured: str | None) -> str:
+    """Where the runs go: MLFLOW_TRACKING_URI, else monitoring.mlflow_uri, else the project's file."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    if uri:
+        return uri
+    return f"sqlite:///{(project_root / MLFLOW_DB).resolve()}"
+
+
+def ui_command(uri: str, project_root: Path | None = None) -> str:
+    """How to look at the runs: MLflow's own UI on the store (full `mlflow`, the same version), said
+    from the project's root for its own file (a committed report names no path of this machine)."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    if project_root is not None and uri == f"sqlite:///{(project_root / MLFLOW_DB).resolve()}":
+        uri = f"sqlite:///{MLFLOW_DB}"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --workers 1"
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A config as dotted keys with string values, as MLflow's params hold them."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{dotted}."))
+        else:
+            out[_KEY.sub("_", dotted)[:MAX_KEY]] = str(value)
+    return out
+
+
+def metric_key(key: str) -> str:
+    return _KEY.sub("_", key)[:MAX_KEY]
+
+
+class Store:
+    """A project's MLflow store, every call guarded. `ok` turns False at the first failure."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None,
+                 notify: Callable[[str], None] | None = None):
+        self.uri, self.client, self.experiment_id = uri, None, None
+        self.notify = notify  # where the one warning goes besides the log (the phase's messages)
+        self.pending: list[Any] = []  # batches sent without waiting, until flush
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no calls home from a training job
+        if uri.startswith(("http://", "https://")):  # MLflow's defaults retry for about four minutes
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        try:
+            with root_logging_kept():
+                from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+                self.experiment_id = client.create_experiment(experiment, artifact_location=location)
+            else:
+                self.experiment_id = found.experiment_id
+            self.client = client
+        except Exception as exc:  # MLflow raises many kinds (connection, schema, sqlite): tracking stops
+            self._failed("cannot open the store", exc)
+
+    @property
+    def ok(self) -> bool:
+        return self.client is not None
+
+    def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.client is None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            self._failed(what, exc)
+            return None
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        hint = ("; a store written by a newer MLflow needs `pip install -U mlflow-skinny`"
+                if "out-of-date database schema" in str(exc) or "newer" in str(exc).lower() else "")
+        message = (f"MLflow tracking stopped ({what} at {self.uri}): {first}{hint}; the run goes on, "
+                   "its record is metrics.json")
+        if self.notify is not None:
+            self.notify(message)
+        else:
+            log.warning("%s", message)
+        self.client = None
+
+    # -- runs ------------------------------------------------------------------------------------------
+
+    def create_run(self, name: str, tags: dict[str, str], parent: str | None = None) -> str | None:
+        tags = {k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()}
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        run = self.call("create a run", lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))
+        return run.info.run_id if run is not None else None
+
+    def reopen(self, run_id: str) -> bool:
+        """A resumed wf run continues its MLflow run: RUNNING again (a kill -9 left it so too)."""
+        self.call("reopen the run", self.client.update_run, run_id, status="RUNNING")
+        return self.ok
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        entries = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in tags.items()]
+        for start in range(0, len(entries), PARAMS_PER_CALL):
+            self.call("set tags", self.client.log_batch, run_id, tags=entries[start:start + PARAMS_PER_CALL])
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        """The flattened config. A resumed run logs only keys it lacks (MLflow refuses a changed
+        value): a value that changed is tagged `wf.param_drift`, never an error."""
+        from mlflow.entities import Param
+
+        run = self.call("read the run", self.client.get_run, run_id)
+        if run is None:
+            return
+        logged = run.data.params
+        drift = sorted(k for k, v in params.items() if k in logged and logged[k] != v[:MAX_PARAM_VALUE])
+        long = sorted(k for k, v in params.items() if len(v) > MAX_PARAM_VALUE)
+        if long:
+            log.warning("MLflow: params longer than %d characters not logged: %s", MAX_PARAM_VALUE, ", ".join(long))
+        new = [Param(k, v) for k, v in params.items() if k not in logged and len(v) <= MAX_PARAM_VALUE]
+        for start in range(0, len(new), PARAMS_PER_CALL):
+            self.call("log params", self.client.log_batch, run_id, params=new[start:start + PARAMS_PER_CALL])
+        if drift:
+            self.set_tags(run_id, {"wf.param_drift": ", ".join(drift)})
+
+    def log_metrics(self, run_id: str, rows: list[tuple[str, float, int]], *, wait: bool = False) -> None:
+        """(key, value, step) rows in batches, without waiting for the store (MLflow's background
+        queue) unless `wait`. A non-finite value is left out: a NaN loss is the run's event, not a point."""
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(metric_key(k), float(v), now, int(s)) for k, v, s in rows
+                   if isinstance(v, (int, float)) and math.isfinite(v)]
+        for start in range(0, len(metrics), METRICS_PER_CALL):
+            operations = self.call("log metrics", self.client.log_batch, run_id,
+                                   metrics=metrics[start:start + METRICS_PER_CALL], synchronous=wait)
+            if operations is not None:
+                self.pending.append(operations)
+
+    def last_step(self, run_id: str, key: str) -> int | None:
+        history = self.call("read a metric", self.client.get_metric_history, run_id, metric_key(key))
+        return max((m.step for m in history), default=None) if history else None
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_file():
+            self.call(f"log {path.name}", self.client.log_artifact, run_id, str(path), artifact_path)
+
+    def finish(self, run_id: str, status: str) -> None:
+        """FINISHED, FAILED or KILLED, after whatever is still queued has reached the store."""
+        self.flush()
+        if self.client is None:
+            return
+        # set_terminated first shuts MLflow's logging thread down for every run of the process (a
+        # second each time, for each trial); with this run's batches already in, its status and end
+        # time go to the store directly, where the store allows it
+        store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+        if callable(getattr(store, "update_run_info", None)):
+            import time
+
+            from mlflow.entities import RunStatus
+
+            self.call("end the run", store.update_run_info, run_id, run_status=RunStatus.from_string(status),
+                      end_time=int(time.time() * 1000), run_name=None)
+        else:
+            self.call("end the run", self.client.set_terminated, run_id, status=status)
+
+    def flush(self) -> None:
+        """Wait for the batches sent without waiting (their RunOperations), not for MLflow's whole
+        queue: its flush stops and restarts the logging thread, a second each time."""
+        pending, self.pending = self.pending, []
+        for operations in pending:
+            self.call("send metrics", operations.wait)
+
+
+_STORES: dict[tuple[str, str], Store] = {}
+
+
+def open_store(project_root: Path, configured_uri: str | None, experiment: str,
+               notify: Callable[[str], None] | None = None) -> Store:
+    """The process's one Store for a project's experiment (the parent process creates and migrates
+    the store before any trainer, sweep worker or rank writes to it)."""
+    require_mlflow()
+    uri = tracking_uri(project_root, configured_uri)
+    key = (uri, experiment)
+    if key not in _STORES or not _STORES[key].ok:
+        served = uri.startswith(("http://", "https://", "databricks"))  # the server keeps the artifacts
+        _STORES[key] = Store(uri, experiment, None if served else project_root / ARTIFACTS_DIR, notify)
+    _STORES[key].notify = notify or _STORES[key].notify
+    return _STORES[key]

@@ -1,0 +1,70 @@
+"""`wf release [--alias champion]`: the registered model behind the release gate. The alias is set
+on the version `wf phase finalization` registered only when the pre_release gate passes now (what
+`wf gate check finalization` checks); otherwise exit 3 naming what is open. The release is recorded
+in the history; `wf status` and the summary show it. No torch; MLflow's client only."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mlflow_core.errors import GateClosedError, UserInputError
+from mlflow_core.workflow.evidence import read_evidence
+from mlflow_core.workflow.gates import evaluate_gate
+from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.state import changing_state, who
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    version: str
+    alias: str
+    model_uri: str  # models:/<name>@<alias>
+    tracking_uri: str
+
+
+def release(project: Project, alias: str = "champion") -> Release:
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", alias) or re.fullmatch(r"[vV]\d+", alias):
+        raise UserInputError(f"--alias {alias!r}: an alias is letters, digits, - and _, and not v<number> "
+                             "(MLflow keeps those for versions)")
+    with changing_state(project, f"wf release --alias {alias}") as state:
+        evidence = read_evidence(project, "finalization")
+        if evidence is None or not evidence.intact:
+            raise UserInputError("there is no finalization to release: no intact .wf/evidence/finalization.json.",
+                                 hint="Run `wf phase finalization` (with monitoring.mlflow: true) first.")
+        registered = evidence.facts.registered
+        if registered is None:
+            raise UserInputError("the finalization registered no model in MLflow (monitoring.mlflow was off, or "
+                                 "the registry could not be reached: its log says which).",
+                                 hint="Set monitoring.mlflow: true in training_config.yaml and run "
+                                      "`wf phase finalization` again.")
+        gate = evaluate_gate(project, state, "finalization")
+        if not gate.passed:
+            left = [i.id for i in gate.open_items] + [f"unchanged {d.kind}" for d in gate.drift]
+            raise GateClosedError(f"cannot release {registered.name} version {registered.version}: the pre_release "
+                                  f"gate ({gate.path}) does not pass: {', '.join(left)} open.",
+                                  hint="`wf gate check finalization` shows each item and how to close it.")
+        _set_alias(registered, alias)
+        state.record("release", model=registered.name, version=registered.version, alias=alias,
+                     run_id=evidence.run_id, by=who())
+    return Release(registered.name, registered.version, alias, f"models:/{registered.name}@{alias}",
+                   registered.tracking_uri)
+
+
+def _set_alias(registered, alias: str) -> None:
+    from mlflow_core.monitoring.mlflow_store import require_mlflow
+
+    require_mlflow()
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=registered.tracking_uri, registry_uri=registered.tracking_uri)
+    try:
+        client.set_registered_model_alias(registered.name, alias, registered.version)
+        client.set_model_version_tag(registered.name, registered.version, "wf.gate.pre_release", "passed")
+        client.set_model_version_tag(registered.name, registered.version, "wf.released_as", alias)
+    except MlflowException as exc:
+        raise UserInputError(f"MLflow at {registered.tracking_uri} refused the alias: {str(exc).splitlines()[0]}",
+                             hint="Check that the store is reachable and holds the version "
+                                  f"({registered.model_uri}).") from None

@@ -1,0 +1,54 @@
+"""A phase's MLflow run (`monitoring.mlflow`), opened when the phase starts and ended with its
+outcome: the report and the figures it shows, metrics.json and the config as artifacts, the gate's
+verdict and the fingerprints as tags (see monitoring/mlflow_runs.py)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.state import RunRecord
+
+FIGURE = re.compile(r"\]\((figures/[^)\s]+\.png)\)")  # an image a report shows, relative to reports/
+
+
+def open_phase_tracking(project: Project, cfg: Any, run: RunRecord, verified: dict[str, Any],
+                        resuming: bool, say: Any = None) -> Any:
+    """The phase's MLflow run, its id kept in the run record (so that `--resume` continues it)."""
+    if not cfg.monitoring.mlflow:
+        return None
+    from mlflow_core.monitoring.mlflow_runs import PhaseRun
+
+    commit = ((verified.get("code") or {}).get("git") or {}).get("commit")
+    tags = {"wf.config_sha256": (verified.get("config") or {}).get("sha256"),
+            "wf.data_sha256": (verified.get("data") or {}).get("sha256"),
+            **({"mlflow.source.git.commit": commit} if commit else {})}
+    tracking = PhaseRun.start(project.root, cfg, run.phase, run.run_id, project.inside(run.dir),
+                              {k: v for k, v in tags.items() if v}, existing=run.mlflow_run_id if resuming else None,
+                              notify=say)
+    if tracking is not None:
+        run.mlflow_run_id, run.mlflow_uri = tracking.run_id, tracking.store.uri
+    return tracking
+
+
+def end_phase_tracking(tracking: Any, status: str, project: Project | None = None, run: RunRecord | None = None,
+                       gate: Any = None) -> None:
+    """FINISHED with the phase's files and verdict, or FAILED / KILLED as the run ended."""
+    if tracking is None:
+        return
+    if status != "FINISHED" or project is None or run is None:
+        tracking.end(status)
+        return
+    artifacts: list[tuple[Path, str | None]] = [(project.config_path, "config"),
+                                                (project.inside(run.dir) / "logs" / "metrics.json", "logs")]
+    report = run.summary.get("report")
+    if report and (project.root / report).is_file():
+        text = (project.root / report).read_text(encoding="utf-8")
+        artifacts.append((project.root / report, "reports"))
+        artifacts += [(project.reports_dir / figure, "reports/figures") for figure in sorted(set(FIGURE.findall(text)))]
+    tags = {"wf.status": run.status, "wf.passed": str(bool(run.passed)).lower()}
+    if gate is not None:
+        tags[f"wf.gate.{run.phase}"] = "passed" if gate.passed else "open"
+    tracking.end("FINISHED", tags, artifacts)

@@ -1,0 +1,243 @@
+"""MLflow tracking and the registry behind the release gate, read back with MLflow's own client:
+one MLflow run per wf run (trials, comparison runs and final seeds nested under their phase's run),
+every step once even across a kill -9 and --resume, FAILED on a crash and KILLED on a signal, a
+server reached over MLflow's REST API, an unreachable one never stopping a run, and `wf release`
+setting the alias only when the pre_release gate passes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import configure
+
+pytest.importorskip("mlflow")
+torch = pytest.importorskip("torch")
+
+WF = [sys.executable, "-m", "mlflow_core"]
+OVERRIDE = ["--override-gate", "tests: tracked in MLflow from here"]
+
+
+def _wf(project: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 300):
+    return subprocess.run([*WF, *args], cwd=project, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _uri(project: Path) -> str:
+    return f"sqlite:///{(project / 'mlflow.db').resolve()}"
+
+
+def _runs(client, name: str):
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id], max_results=1000) if experiment else []
+
+
+def _state(project: Path) -> dict:
+    return json.loads((project / ".wf" / "state.json").read_text())
+
+
+@pytest.fixture
+def tracked(project_copy, mlflow_store_template) -> Path:
+    """The session's trained project, tracked in MLflow from now on (a migrated store copied in)."""
+    shutil.copy(mlflow_store_template, project_copy / "mlflow.db")
+    configure(project_copy, [("monitoring.mlflow", "true")])
+    return project_copy
+
+
+def test_quickstart_with_mlflow_leaves_finished_runs_with_params_every_step_and_the_report(tmp_path):
+    r = subprocess.run([*WF, "quickstart", "q", "--mlflow"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    project = tmp_path / "q"
+    client = _client(_uri(project))
+    runs = {run.data.tags["wf.phase"]: run for run in _runs(client, "q")}
+    assert set(runs) == {"setup", "baseline"}
+    baseline = runs["baseline"]
+    record = next(run for run in _state(project)["runs"] if run["phase"] == "baseline")
+    assert baseline.info.status == "FINISHED" and baseline.info.run_name == record["run_id"]
+    assert record["mlflow_run_id"] == baseline.info.run_id
+    assert len(baseline.data.params) >= 10 and baseline.data.params["training.learning_rate"] == "0.001"
+    assert baseline.data.tags["wf.gate.baseline"] == "open" and baseline.data.tags["wf.passed"] == "true"
+    steps = (project / record["dir"] / "logs" / "steps.csv").read_text().splitlines()[1:]
+    history = client.get_metric_history(baseline.info.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [int(row.split(",")[0]) for row in steps]  # one point a step
+    epochs = json.loads((project / record["dir"] / "logs" / "metrics.json").read_text())["epochs"]
+    assert len(client.get_metric_history(baseline.info.run_id, "epoch/val_accuracy")) == len(epochs)  # early stopping may end it sooner
+    reports = [a.path for a in client.list_artifacts(baseline.info.run_id, "reports")]
+    assert "reports/baseline_results.md" in reports
+    figures = [a.path for a in client.list_artifacts(baseline.info.run_id, "reports/figures")]
+    assert figures and all(f.endswith(".png") for f in figures)
+    report = (project / "reports" / "baseline_results.md").read_text()
+    assert f"MLflow run `{baseline.info.run_id}`" in report
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in report
+    assert "mlflow.db" in (project / ".gitignore").read_text()
+
+
+def test_kill_9_then_resume_is_one_mlflow_run_with_each_step_once(tracked):
+    configure(tracked, [("checkpointing.resume_every_n_steps", "20"), ("training.epochs", "4")])
+    proc = subprocess.Popen([*WF, "phase", "baseline", *OVERRIDE], cwd=tracked,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    before = {r["run_id"] for r in _state(tracked)["runs"]}
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        fresh = [p for p in (tracked / "runs").glob("baseline-*/logs/steps.csv") if p.parts[-3] not in before]
+        if fresh and len(fresh[0].read_text().splitlines()) > 70:
+            break
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(timeout=30)
+    run = _state(tracked)["runs"][-1]
+    assert run["status"] == "running" and run["mlflow_run_id"]
+    r = _wf(tracked, "phase", "baseline", "--resume")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    client = _client(_uri(tracked))
+    baselines = [x for x in _runs(client, "q") if x.data.tags.get("wf.phase") == "baseline"]
+    assert [x.info.run_id for x in baselines] == [run["mlflow_run_id"]]  # one MLflow run, continued
+    assert baselines[0].info.status == "FINISHED" and baselines[0].data.tags["wf.resumed"] == "true"
+    steps = (tracked / run["dir"] / "logs" / "steps.csv").read_text().splitlines()[1:]
+    history = sorted(m.step for m in client.get_metric_history(run["mlflow_run_id"], "train/loss"))
+    assert history == list(range(len(steps)))  # each step once
+    assert len(client.get_metric_history(run["mlflow_run_id"], "epoch/epoch")) == 4
+
+
+def test_a_crash_ends_the_mlflow_run_failed_and_a_signal_killed(tracked):
+    (tracked / "mymodel.py").write_text(
+        "import torch\nclass Fragile(torch.nn.Module):\n"
+        "    def __init__(self, num_classes, in_channels):\n        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(64 * in_channels, num_classes)\n        self.calls = 0\n"
+        "    def forward(self, x):\n        self.calls += 1\n"
+        "        if self.training and self.calls > 20:\n            raise RuntimeError('the GPU fell off the bus')\n"
+        "        return self.fc(x.flatten(1))\n")
+    config = (tracked / "training_config.yaml").read_text()
+    configure(tracked, [("model.name", "custom"), ("model.target", "mymodel:Fragile")])
+    assert _wf(tracked, "phase", "baseline", *OVERRIDE).returncode == 1
+    (tracked / "training_config.yaml").write_text(config)
+    configure(tracked, [("training.epochs", "30")])
+    proc = subprocess.Popen([*WF, "phase", "baseline", *OVERRIDE], cwd=tracked,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tracked / "runs").glob("baseline-*/checkpoints/best_model.pt"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    client = _client(_uri(tracked))
+    statuses = sorted(x.info.status for x in _runs(client, "q") if x.data.tags.get("wf.phase") == "baseline")
+    assert statuses == ["FAILED", "KILLED"]
+
+
+def test_an_unreachable_server_gives_one_warning_and_the_run_completes(tracked):
+    configure(tracked, [("training.epochs", "2")])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the socket is: nothing listens there
+    r = _wf(tracked, "phase", "baseline", *OVERRIDE, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    assert r.stdout.count("MLflow tracking stopped") == 1 and "the run goes on" in r.stdout
+    assert "baseline passed" in r.stdout
+
+
+def test_a_real_mlflow_server_receives_the_run_through_its_rest_api(tracked, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = tmp_path / "server.db"
+    shutil.copy(tracked / "mlflow.db", store)
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
+                               "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the MLflow server did not answer /health within 120 s")
+        configure(tracked, [("training.epochs", "2")])
+        r = _wf(tracked, "phase", "baseline", *OVERRIDE, env={"MLFLOW_TRACKING_URI": url})
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+        client = _client(url)  # MLflow's REST client
+        found = client.search_runs([client.get_experiment_by_name("q").experiment_id],
+                                   filter_string="tags.`wf.phase` = 'baseline'")
+        assert len(found) == 1 and found[0].info.status == "FINISHED"
+        record = _state(tracked)["runs"][-1]
+        assert found[0].info.run_name == record["run_id"] and record["mlflow_uri"] == url
+        steps = (tracked / record["dir"] / "logs" / "steps.csv").read_text().splitlines()[1:]
+        assert len(client.get_metric_history(found[0].info.run_id, "train/loss")) == len(steps)
+        assert "reports/baseline_results.md" in [a.path for a in client.list_artifacts(found[0].info.run_id, "reports")]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def test_optimization_nests_its_trials_and_release_waits_for_the_pre_release_gate(wf, tracked):
+    configure(tracked, [("optimization.n_trials", "4"), ("optimization.trial_epochs", "1"),
+                        ("optimization.seeds", "2"), ("optimization.lr_find", "false"), ("training.epochs", "2"),
+                        ("optimization.pruner", "none")])
+    assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=tracked).code == 0
+    assert wf("decide", "optimize", "--reason", "a tracked sweep", cwd=tracked).code == 0
+    r = _wf(tracked, "phase", "optimization", *OVERRIDE)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    client = _client(_uri(tracked))
+    runs = _runs(client, "q")
+    parents = [x for x in runs if x.data.tags.get("wf.phase") == "optimization" and "wf.kind" not in x.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0].info.run_id
+    trials = [x for x in runs if x.data.tags.get("wf.kind") == "trial"]
+    assert len(trials) == 4 and all(x.data.tags["mlflow.parentRunId"] == parent for x in trials)
+    assert all(x.info.status == "FINISHED" and client.get_metric_history(x.info.run_id, "train/loss")
+               for x in trials)
+    comparison = [x for x in runs if x.data.tags.get("wf.kind") == "comparison"]
+    assert len(comparison) == 4 and all(x.data.tags["mlflow.parentRunId"] == parent for x in comparison)
+
+    assert wf("checklist", "tick", "post_optimization", "sweep_reviewed", "chosen_config_committed",
+              cwd=tracked).code == 0
+    r = _wf(tracked, "phase", "finalization")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    registered = json.loads((tracked / ".wf" / "evidence" / "finalization.json").read_text())["facts"]["registered"]
+    assert registered["name"] == "q" and registered["version"] == "1" and registered["max_abs_diff"] == 0.0
+    version = client.get_model_version("q", "1")
+    assert version.tags["wf.path"].startswith("setup → baseline") and "wf.test.accuracy" in version.tags
+
+    refused = _wf(tracked, "release")
+    assert refused.returncode == 3 and "chosen_config_confirmed" in refused.stderr
+    assert "model_card_reviewed" in refused.stderr and "Traceback" not in refused.stderr
+    assert not client.get_registered_model("q").aliases
+    assert wf("checklist", "tick", "pre_release", "chosen_config_confirmed", "model_card_reviewed",
+              cwd=tracked).code == 0
+    released = _wf(tracked, "release")
+    assert released.returncode == 0, released.stderr
+    assert str(client.get_model_version_by_alias("q", "champion").version) == "1"
+    assert "Released: q version 1 as @champion" in _wf(tracked, "status").stdout
+
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(_uri(tracked))
+    mlflow.set_registry_uri(_uri(tracked))
+    served = mlflow.pytorch.load_model("models:/q@champion")
+    exported = torch.export.load(tracked / "export" / "model.pt2").module()
+    batch = torch.randn(6, 1, 8, 8)
+    assert torch.equal(served(batch), exported(batch))
+    summary = _wf(tracked, "report", "summary").stdout
+    assert "**Released:** `q` version 1 as `@champion`" in summary and "**MLflow:**" in summary
