@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mlflow_core.errors import ConfigError
+from mlflow_core.errors import ConfigError, did_you_mean
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -32,9 +32,15 @@ class ProjectSection(_Section):
 
 
 class DataSection(_Section):
-    source: Literal["digits", "npz", "imagefolder", "custom"] = Field(
+    source: Literal["digits", "npz", "imagefolder", "csv", "custom"] = Field(
         "digits", description="digits: scikit-learn's bundled handwritten digits; npz: a folder of "
-        "one-.npz-per-sample patches; imagefolder: torchvision ImageFolder; custom: your callable.")
+        "one-.npz-per-sample patches; imagefolder: torchvision ImageFolder (PNG, JPEG, TIFF / GeoTIFF of any band "
+        "count); csv: train.csv, val.csv (and test.csv) in data.path naming each image file and its label (or "
+        "mask); custom: your callable.")
+    path_column: str = Field("path", description="csv: the column of image files, relative to data.path.")
+    label_column: str = Field("label", description="csv: the column of labels (class names or 0-based ids).")
+    mask_column: str = Field("mask", description="csv, task segmentation: the column of mask files (one band "
+                             "of class ids: PNG or TIFF).")
     path: str | None = Field(None, description="npz/imagefolder: folder with train/ and val/ (and "
                              "optionally test/) inside, relative to the project.")
     target: str | None = Field(None, description="custom: 'module:callable' returning "
@@ -81,12 +87,12 @@ class DataSection(_Section):
 
     @model_validator(mode="after")
     def _source_needs(self) -> DataSection:
-        if self.source in ("npz", "imagefolder") and not self.path:
+        if self.source in ("npz", "imagefolder", "csv") and not self.path:
             raise ValueError(f"data.source '{self.source}' needs data.path")
         if self.source == "custom" and not self.target:
             raise ValueError("data.source 'custom' needs data.target ('module:callable')")
-        if self.channels is not None and self.source != "imagefolder":
-            raise ValueError(f"data.channels is read for ImageFolder images only, and data.source is {self.source!r} "
+        if self.channels is not None and self.source not in ("imagefolder", "csv"):
+            raise ValueError(f"data.channels is read for ImageFolder and CSV images only, and data.source is {self.source!r} "
                              "(its samples carry their channels); remove data.channels")
         if self.source != "custom" and self.target:
             raise ValueError(f"data.target {self.target!r} is used only with data.source 'custom', and data.source "
@@ -102,9 +108,22 @@ class DataSection(_Section):
         return self
 
 
+BUILTIN_MODELS = ("simple_cnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0", "unet", "custom")
+MODEL_LIBRARIES = ("torchvision", "timm", "smp")
+
+
 class ModelSection(_Section):
-    name: Literal["simple_cnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0", "unet", "custom"] = Field(
-        "simple_cnn", description="unet: a U-Net for task segmentation (channels: the encoder's widths).")
+    name: str = Field(
+        "simple_cnn", description="simple_cnn, resnet18, resnet34, resnet50, efficientnet_b0, unet (a U-Net for task "
+        "segmentation, channels: the encoder's widths, no extra needed), custom (model.target); or a library's "
+        "model: 'torchvision:<builder>' (any classifier torchvision.models.list_models() knows), 'timm:<name>' (the "
+        "timm extra), 'smp:<Arch>' (segmentation_models_pytorch, the segmentation extra: Unet, UnetPlusPlus, FPN, "
+        "DeepLabV3Plus …, with model.kwargs.encoder_name).",
+        json_schema_extra={"pattern": r"^(simple_cnn|resnet18|resnet34|resnet50|efficientnet_b0|unet|custom|"
+                                      r"(torchvision|timm|smp):.+)$"})
+    pretrained: bool = Field(False, description="Start from the library's own pretrained weights (torchvision, timm, "
+                             "smp's encoder), read from its local cache only (torch hub, the Hugging Face cache): no "
+                             "download at run time. The first convolution is adapted to the data's channels.")
     target: str | None = Field(None, description="custom: 'module:class_or_factory', called with "
                                "num_classes, in_channels and kwargs.")
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -121,6 +140,25 @@ class ModelSection(_Section):
                               "freeze (e.g. ['features.0', 'features.1']); they get no gradient and no update.")
 
     _check_target = field_validator("target")(lambda cls, v: _check_target(v))
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, v: str) -> str:
+        library, _, builder = v.partition(":")
+        if builder or ":" in v:
+            if library not in MODEL_LIBRARIES or not builder.strip():
+                raise ValueError(f"{v!r}: a library's model is 'torchvision:<builder>', 'timm:<name>' or 'smp:<Arch>'"
+                                 + did_you_mean(library, MODEL_LIBRARIES))
+            return v
+        if v not in BUILTIN_MODELS:
+            raise ValueError(f"unknown model {v!r}; wf's own are {', '.join(BUILTIN_MODELS)}, or a library's "
+                             "'torchvision:…', 'timm:…', 'smp:…'" + did_you_mean(v, BUILTIN_MODELS))
+        return v
+
+    @property
+    def library(self) -> str | None:
+        """torchvision, timm or smp for a library's model, else None."""
+        return self.name.partition(":")[0] if ":" in self.name else None
 
     @field_validator("channels")
     @classmethod
@@ -456,10 +494,17 @@ class WorkflowConfig(_Section):
     @model_validator(mode="after")
     def _task_fits(self) -> WorkflowConfig:
         segmentation = self.task == "segmentation"
+        library = self.model.library
+        if library == "smp" and not segmentation:
+            raise ValueError(f"model.name {self.model.name!r}: segmentation_models_pytorch's models give per-pixel "
+                             "logits, for task: segmentation; a classifier is 'timm:…' or 'torchvision:…'")
+        if library in ("timm", "torchvision") and segmentation:
+            raise ValueError(f"model.name {self.model.name!r} is a classifier; task segmentation needs per-pixel "
+                             "logits: 'smp:Unet' (model.kwargs.encoder_name: resnet34 …) or unet")
         if segmentation:
-            if self.data.source not in ("npz", "custom"):
+            if self.data.source not in ("npz", "csv", "custom"):
                 raise ValueError(f"task segmentation: data.source '{self.data.source}' has no masks; use npz (with "
-                                 "data.mask_key) or custom")
+                                 "data.mask_key), csv (with a mask column) or custom")
             if self.data.num_classes is None:
                 raise ValueError("task segmentation needs data.num_classes (masks are not scanned to count them)")
             if self.augmentation.mixup_alpha > 0:

@@ -328,7 +328,7 @@ def _fingerprints(project: Project, state: ProjectState, phase: str, cfg: Any,
         if data.get("manifest"):
             reference = data["manifest"]
             break
-    if phase == "setup" and cfg.data.source in ("npz", "imagefolder"):
+    if phase == "setup" and cfg.data.source in ("npz", "imagefolder", "csv"):
         say(f"Fingerprinting the data in {cfg.data.path} (every file hashed once)")
     return fingerprints.capture(cfg, project.root, phase, reference_manifest=reference)
 

@@ -9,7 +9,7 @@ import torch
 
 from mlflow_core.atomic import atomic_write_json
 from mlflow_core.environment import capture_environment
-from mlflow_core.errors import DataError
+from mlflow_core.errors import DataError, UserInputError
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.reports.phase_reports import ENVIRONMENT
 from mlflow_core.runners import RunContext, RunOutput
@@ -22,7 +22,7 @@ from mlflow_core.training.data import (
 )
 from mlflow_core.training.data_checks import check_data, dataset_digests
 from mlflow_core.training.device_batches import device_view
-from mlflow_core.training.models import build_model, count_parameters
+from mlflow_core.training.models import build_model, count_parameters, load_initial_weights, project_file
 from mlflow_core.training.optim import resolve_device
 from mlflow_core.training.seeding import SEEDED, seed_everything
 from mlflow_core.training.trainer import Trainer
@@ -46,7 +46,7 @@ def run_setup(ctx: RunContext) -> RunOutput:
     facts["seeds"] = {"seed": cfg.reproducibility.seed, "deterministic": cfg.reproducibility.deterministic,
                       "seeded": SEEDED}
 
-    if cfg.data.source in ("npz", "imagefolder") and cfg.data.pack != "off" and not ctx.smoke:
+    if cfg.data.source in ("npz", "imagefolder", "csv") and cfg.data.pack != "off" and not ctx.smoke:
         ctx.on_message("Packing the data (one memory-mapped array per split; data.pack)")
         try:
             facts["data_pack"] = pack_data(cfg, project.root, ctx.on_message)
@@ -78,14 +78,18 @@ def run_setup(ctx: RunContext) -> RunOutput:
 
 def _check_model(ctx: RunContext, bundle) -> dict[str, Any]:
     cfg = ctx.cfg
+    weights: dict[str, Any] = {}
     try:
-        model = build_model(cfg.model, bundle.num_classes, bundle.input_shape, ctx.project.root)
+        model = build_model(cfg.model, bundle.num_classes, bundle.input_shape, ctx.project.root, record=weights)
+        if cfg.model.init_from:  # what fine-tuning will start from: loaded, adapted, kept fresh
+            weights["init_from"] = load_initial_weights(model, project_file(ctx.project.root, cfg.model.init_from),
+                                                        cfg.model.init_from)
         device = resolve_device(cfg.training.device)
         model.to(device).eval()
         batch = torch.stack([torch.as_tensor(bundle.train[i][0]) for i in range(min(2, len(bundle.train)))])
         with torch.no_grad():
             out = model(batch.to(device))
-    except DataError:
+    except (DataError, UserInputError):  # a model name, weights or kwargs that do not fit: bad input, exit 2
         raise
     except Exception as exc:  # a user's model that fails its forward pass is a finding, not a crash
         return {"ok": False, "name": cfg.model.label, "error": f"{type(exc).__name__}: {exc}"}
@@ -95,6 +99,7 @@ def _check_model(ctx: RunContext, bundle) -> dict[str, Any]:
     return {"ok": ok, "name": cfg.model.label, "parameters": count_parameters(model),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "input_shape": list(batch.shape), "output_shape": list(out.shape), "device": str(device),
+            "weights": weights or None,
             **({} if ok else {"error": f"output shape {list(out.shape)}, expected {list(expected)}"})}
 
 
@@ -155,7 +160,7 @@ def measure_throughput(ctx: RunContext, bundle: Any) -> dict[str, Any]:
     seed = cfg.reproducibility.seed
     in_use = _innermost(bundle.train)
     packed = isinstance(in_use, PackedDataset)
-    path = "packed" if packed else {"npz": "files", "imagefolder": "files", "digits": "memory"}.get(cfg.data.source,
+    path = "packed" if packed else {"npz": "files", "imagefolder": "files", "csv": "files", "digits": "memory"}.get(cfg.data.source,
                                                                                                    "custom")
     loaders = {path: bundle.train}
     if packed:  # what the files alone would give
@@ -186,7 +191,7 @@ def measure_throughput(ctx: RunContext, bundle: Any) -> dict[str, Any]:
     bound = "data" if loader_rate < model_rate else "model"
     if bound == "model":
         advice = "the loader keeps up with the model: the data path is not what limits this run"
-    elif cfg.data.source in ("npz", "imagefolder") and not packed:
+    elif cfg.data.source in ("npz", "imagefolder", "csv") and not packed:
         advice = "the loader is slower than the model: pack the data (`wf data pack`, data.pack: auto or on)"
     else:
         advice = "the loader is slower than the model: raise data.num_workers"

@@ -19,6 +19,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.errors import DataError, UserInputError
+from mlflow_core.training.images import MODES, ImageLoader, as_input, sampled_channels
 from mlflow_core.training.seeding import make_generator, seed_worker
 from mlflow_core.workflow.packs import channels_first, mask_of
 
@@ -319,6 +320,8 @@ def build_data(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
         bundle = _npz(cfg, project_root)
     elif source == "imagefolder":
         bundle = _imagefolder(cfg, project_root)
+    elif source == "csv":
+        bundle = _csv(cfg, project_root)
     else:
         bundle = _custom(cfg, project_root)
     for split in ("train", "val"):
@@ -442,60 +445,30 @@ def _pixels(cfg: WorkflowConfig) -> Any:
     return v2.Compose(steps)
 
 
-# PIL modes by the channels they hold; every image is read in one mode, the images' own by default
-_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
-_CHANNELS_OF_MODE = {"1": 1, "L": 1, "I": 1, "I;16": 1, "F": 1, "LA": 2, "La": 2, "PA": 4, "RGB": 3, "YCbCr": 3,
-                     "LAB": 3, "HSV": 3, "P": 3, "CMYK": 3, "RGBA": 4, "RGBa": 4}
-CHANNEL_SAMPLE = 64  # images whose mode decides the channels (the first of each class, then in order)
-
-
-class ImageLoader:
-    """ImageFolder's loader, reading every image in one PIL mode (torchvision's own converts all to
-    RGB: grayscale digits became three equal channels). A class, not a closure: worker processes
-    pickle it."""
-
-    def __init__(self, mode: str):
-        self.mode = mode
-
-    def __call__(self, path: str) -> Any:
-        from PIL import Image
-
-        with open(path, "rb") as f:
-            return Image.open(f).convert(self.mode)
-
-
 def image_channels(cfg: WorkflowConfig, root: Path) -> tuple[int, str]:
-    """How many channels ImageFolder images are read with, and why: data.channels when set, else the
-    images' own (the most any of a sample of them has: a grayscale set with a few RGB files is RGB)."""
+    """How many channels ImageFolder images are read with, and why (training/images.py)."""
     if cfg.data.channels:
-        return cfg.data.channels, f"{cfg.data.channels} (data.channels)"
-    from PIL import Image, UnidentifiedImageError
+        return sampled_channels([], cfg.data.channels)
     from torchvision import datasets
 
     try:
         samples = datasets.ImageFolder(str(root / "train"), loader=lambda p: p).samples
     except (FileNotFoundError, OSError) as exc:
         raise DataError(f"{root}: not an ImageFolder layout with train/ and val/ class folders ({exc})") from None
-    first = list({label: path for path, label in reversed(samples)}.values())
-    chosen = first + [path for path, _ in samples if path not in set(first)]
-    modes: dict[str, int] = {}
-    for path in chosen[:CHANNEL_SAMPLE]:
-        try:
-            with Image.open(path) as image:
-                mode = "PA" if image.mode == "P" and "transparency" in image.info else image.mode
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"{path}: not an image PIL can read ({exc})") from None
-        modes[mode] = modes.get(mode, 0) + 1
-    channels = max((_CHANNELS_OF_MODE.get(m, 3) for m in modes), default=3)
-    seen = ", ".join(f"{m} {n}" for m, n in sorted(modes.items(), key=lambda kv: -kv[1]))
-    return channels, f"{channels}, the images' own ({seen} of {min(len(chosen), CHANNEL_SAMPLE)} sampled)"
+    first = list({label: path for path, label in reversed(samples)}.values())  # one of each class first
+    return sampled_channels(first + [path for path, _ in samples if path not in set(first)], None)
+
+
+def image_mode(cfg: WorkflowConfig, root: Path) -> str:
+    """The PIL mode every image PIL reads is converted to (TIFFs keep their bands)."""
+    return MODES[min(image_channels(cfg, root)[0], 4)]
 
 
 def _image_folders(cfg: WorkflowConfig, root: Path, transform: Any) -> dict[str, Any]:
     from torchvision import datasets
 
     names = ("train", "val", "test") if (root / "test").is_dir() else ("train", "val")
-    loader = ImageLoader(_MODES[image_channels(cfg, root)[0]])
+    loader = ImageLoader(image_mode(cfg, root))
     try:
         splits = {s: datasets.ImageFolder(str(root / s), transform=transform, loader=loader) for s in names}
     except (FileNotFoundError, OSError) as exc:
@@ -509,7 +482,7 @@ def _imagefolder(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
     from torchvision.transforms import v2
 
     root = _resolve_dir(cfg, project_root)
-    transform = v2.Compose([_pixels(cfg), v2.ToDtype(torch.float32, scale=True)])
+    transform = v2.Compose([_pixels(cfg), as_input])
     splits: dict[str, Dataset] = _image_folders(cfg, root, transform)
     classes = list(splits["train"].classes)  # type: ignore[attr-defined]
     packed = {}
@@ -525,13 +498,58 @@ def _imagefolder(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
                       class_names=classes)
 
 
+def _csv(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
+    from mlflow_core.training.csv_data import csv_datasets
+
+    root = _resolve_dir(cfg, project_root)
+    splits, names, channels = csv_datasets(cfg, root, _pixels(cfg))
+    packed = {}
+    if cfg.data.pack != "off":
+        packed = {s: p for s, (p, _) in csv_packs(cfg, project_root, build=cfg.data.pack == "on").items()
+                  if p is not None}
+    segmentation = cfg.task == "segmentation"
+    datasets: dict[str, Dataset] = {**splits, **{s: PackedDataset(pack, segmentation) for s, pack in packed.items()}}
+    sample, _ = datasets["train"][0]
+    if cfg.data.num_classes is not None:
+        classes = cfg.data.num_classes
+    elif names is not None:
+        classes = len(names)
+    else:
+        classes = 1 + max((t for _, t in splits["train"].samples if isinstance(t, int)), default=0)
+    how = f", packed ({', '.join(packed)})" if packed else ""
+    return DataBundle(datasets["train"], datasets["val"], datasets.get("test"), classes, tuple(sample.shape),
+                      f"CSV {cfg.data.path}, channels: {channels}{how}", class_names=names)
+
+
+def csv_packs(cfg: WorkflowConfig, project_root: Path, *, build: bool,
+              on_message: Callable[[str], None] | None = None) -> dict[str, tuple[Any, bool]]:
+    """Each CSV split's current pack, (pack, built), as imagefolder_packs does it."""
+    from mlflow_core.training.csv_data import csv_datasets, csv_pack_key
+    from mlflow_core.workflow.datafiles import stat_cache
+
+    root = _resolve_dir(cfg, project_root)
+    cache, out = stat_cache(project_root), {}
+    stored, _, _ = csv_datasets(cfg, root, _pixels(cfg), stored=True)
+    for split, dataset in stored.items():
+        names = [Path(p).relative_to(root).as_posix() for p, _ in dataset.samples]
+        out[split] = stored_pack(project_root, split, csv_pack_key(cfg, root, split, dataset, cache), root, names,
+                                 dataset, build, {"source_kind": "csv", "image_size": cfg.data.image_size,
+                                                  "mode": dataset.loader.mode}, on_message)
+    cache.save()
+    return out
+
+
 def files_dataset(cfg: WorkflowConfig, project_root: Path, split: str) -> Dataset:
     """A split read from its files, whatever data.pack says (setup compares the two paths)."""
     root = _resolve_dir(cfg, project_root)
+    if cfg.data.source == "csv":
+        from mlflow_core.training.csv_data import csv_datasets
+
+        return csv_datasets(cfg, root, _pixels(cfg))[0][split]
     if cfg.data.source == "imagefolder":
         from torchvision.transforms import v2
 
-        return _image_folders(cfg, root, v2.Compose([_pixels(cfg), v2.ToDtype(torch.float32, scale=True)]))[split]
+        return _image_folders(cfg, root, v2.Compose([_pixels(cfg), as_input]))[split]
     if cfg.task == "segmentation":
         return NpzMaskDataset(root / split, cfg.data.image_key, cfg.data.mask_key)
     return NpzPatchDataset(root / split, cfg.data.image_key, cfg.data.label_key)
@@ -542,38 +560,51 @@ def imagefolder_packs(cfg: WorkflowConfig, project_root: Path, *, build: bool,
     """Each ImageFolder split's current pack, (pack, built): built where missing or stale when `build`,
     else None there. The key covers every image's bytes and class, data.image_size and the format."""
     import hashlib
-    import time
 
     from mlflow_core.workflow.datafiles import stat_cache
-    from mlflow_core.workflow.packs import PACK_FORMAT, find_pack, write_pack
+    from mlflow_core.workflow.packs import PACK_FORMAT
 
     root = _resolve_dir(cfg, project_root)
     cache, out = stat_cache(project_root), {}
-    mode = _MODES[image_channels(cfg, root)[0]]  # the pack holds the images as read: in this mode
+    mode = image_mode(cfg, root)  # the pack holds the images as read: in this mode
     for split, folder in _image_folders(cfg, root, _pixels(cfg)).items():
         digest = hashlib.sha256(f"wf-pack {PACK_FORMAT} imagefolder {cfg.data.image_size} {mode}\n".encode())
         for path, label in folder.samples:
             digest.update(f"{Path(path).relative_to(root / split).as_posix()}\0{label}\0{cache.sha256(path)}\n".encode())
         key = digest.hexdigest()
-        pack = find_pack(project_root, split, key)
-        built = False
-        if pack is None and build:
-            t0 = time.perf_counter()
-
-            def read(i: int, folder: Any = folder) -> tuple[np.ndarray, np.ndarray]:
-                image, label = folder[i]
-                return image.numpy(), np.asarray(label, dtype=np.int64)
-            names = [Path(p).relative_to(root / split).as_posix() for p, _ in folder.samples]
-            pack = write_pack(project_root, split, key, root / split, names, read,
-                              {"source_kind": "imagefolder", "image_size": cfg.data.image_size, "mode": mode},
-                              (lambda done, total, s=split: on_message(f"{s}: {done}/{total} images"))
-                              if on_message else None, scaled=True)
-            built = True
-            if on_message:
-                on_message(f"{split}: packed in {time.perf_counter() - t0:.1f} s")
+        names = [Path(p).relative_to(root / split).as_posix() for p, _ in folder.samples]
+        pack, built = stored_pack(project_root, split, key, root / split, names, folder, build,
+                                  {"source_kind": "imagefolder", "image_size": cfg.data.image_size, "mode": mode},
+                                  on_message)
         out[split] = (pack, built)
     cache.save()
     return out
+
+
+def stored_pack(project_root: Path, split: str, key: str, source: Path, names: list[str], dataset: Any, build: bool,
+                meta: dict[str, Any], on_message: Callable[[str], None] | None) -> tuple[Any, bool]:
+    """The pack of a split of image files read by `dataset` (pixels as stored, resized when asked):
+    found by its key, else built when `build`. uint8 images are stored scaled (read as value / 255,
+    as torchvision does); any other dtype as it is, like NPZ."""
+    import time
+
+    from mlflow_core.workflow.packs import find_pack, write_pack
+
+    pack = find_pack(project_root, split, key)
+    if pack is not None or not build:
+        return pack, False
+    t0 = time.perf_counter()
+
+    def read(i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, target = dataset[i]
+        return np.asarray(image), np.asarray(target, dtype=np.int64)
+    scaled = np.asarray(dataset[0][0]).dtype == np.uint8
+    pack = write_pack(project_root, split, key, source, names, read, meta,
+                      (lambda done, total: on_message(f"{split}: {done}/{total} images")) if on_message else None,
+                      scaled=scaled)
+    if on_message:
+        on_message(f"{split}: packed in {time.perf_counter() - t0:.1f} s")
+    return pack, True
 
 
 def pack_data(cfg: WorkflowConfig, project_root: Path, on_message: Callable[[str], None] | None = None
@@ -582,11 +613,12 @@ def pack_data(cfg: WorkflowConfig, project_root: Path, on_message: Callable[[str
     ImageFolder decoded once here."""
     from mlflow_core.workflow.packs import describe, pack_project_data
 
-    if cfg.data.source != "imagefolder":
+    if cfg.data.source not in ("imagefolder", "csv"):
         return pack_project_data(cfg, project_root, on_message)
     say = on_message or (lambda _m: None)
+    packs = imagefolder_packs if cfg.data.source == "imagefolder" else csv_packs
     return {split: describe(project_root, pack, built, 0.0, say)
-            for split, (pack, built) in imagefolder_packs(cfg, project_root, build=True, on_message=on_message).items()}
+            for split, (pack, built) in packs(cfg, project_root, build=True, on_message=on_message).items()}
 
 
 def import_target(target: str, project_root: Path, field: str) -> Callable[..., Any]:

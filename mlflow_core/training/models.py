@@ -1,5 +1,6 @@
-"""Models: a configurable simple CNN (the 4–5 conv blocks of a lab's Sentinel-2 CNN, any band count), torchvision
-classifiers with the first convolution adapted to `in_channels`, or a user's own module."""
+"""Models: a configurable simple CNN (the 4–5 conv blocks of a lab's Sentinel-2 CNN, any band count), a
+U-Net that needs no extra, torchvision classifiers with the first convolution adapted to `in_channels`,
+the libraries' models (training/library_models.py: torchvision, timm, smp), or a user's own module."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from mlflow_core.config.schema import ModelSection
 from mlflow_core.errors import UserInputError
 from mlflow_core.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from mlflow_core.training.data import import_target
+from mlflow_core.training.library_models import apply_state, build_library_model, replace_first_conv
 
 
 class SimpleCNN(nn.Module):
@@ -46,18 +48,20 @@ class SimpleCNN(nn.Module):
         return self.classifier(self.dropout(x))
 
 
-def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    if conv.in_channels == in_channels:
-        return conv
-    return nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                     bias=conv.bias is not None)
-
-
-def build_model(cfg: ModelSection, num_classes: int, input_shape: tuple[int, ...], project_root: Path) -> nn.Module:
+def build_model(cfg: ModelSection, num_classes: int, input_shape: tuple[int, ...], project_root: Path,
+                record: dict[str, Any] | None = None) -> nn.Module:
+    """The model `cfg` names, for the data's classes and channels. `record`, when given, receives
+    what pretrained weights were loaded into it (the setup report says)."""
     in_channels = cfg.in_channels or input_shape[0]
     if cfg.in_channels and input_shape and cfg.in_channels != input_shape[0]:
         raise UserInputError(f"model.in_channels is {cfg.in_channels} but the data has {input_shape[0]} "
                              f"channels (input shape {tuple(input_shape)})")
+    if cfg.library is not None:
+        return build_library_model(cfg, num_classes, in_channels, record)
+    if cfg.pretrained:
+        library_name = f"; use 'torchvision:{cfg.name}' or 'timm:{cfg.name}'" if cfg.name.startswith(("resnet", "eff")) else ""
+        raise UserInputError(f"model.pretrained: wf's own model {cfg.name!r} has no library weights{library_name}",
+                             hint="Or start from weights on disk with model.init_from.")
     if cfg.name == "simple_cnn":
         size = min(input_shape[1:]) if len(input_shape) == 3 else 224
         return SimpleCNN(in_channels, num_classes, cfg.channels, size, cfg.batch_norm, cfg.dropout)
@@ -78,14 +82,18 @@ def build_model(cfg: ModelSection, num_classes: int, input_shape: tuple[int, ...
         return model
     from torchvision import models  # weights=None: no download; pretrained weights come from disk only
 
-    if cfg.name.startswith("resnet"):
-        model = getattr(models, cfg.name)(weights=None, num_classes=num_classes, **cfg.kwargs)
-        model.conv1 = _adapt_first_conv(model.conv1, in_channels)
-        return model
-    model = models.efficientnet_b0(weights=None, num_classes=num_classes, **cfg.kwargs)
-    first = model.features[0][0]
-    model.features[0][0] = _adapt_first_conv(first, in_channels)
+    model = models.get_model(cfg.name, weights=None, num_classes=num_classes, **cfg.kwargs)
+    replace_first_conv(model, in_channels)
     return model
+
+
+def project_file(project_root: Path, relative: str) -> Path:
+    """A file model.init_from names, which must be inside the project."""
+    path = (project_root / relative).resolve()
+    root = project_root.resolve()
+    if path != root and root not in path.parents:
+        raise UserInputError(f"model.init_from: {relative} points outside the project {root}.")
+    return path
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -106,15 +114,10 @@ def load_initial_weights(model: nn.Module, path: Path, shown: str) -> dict[str, 
         payload = torch.load(path, map_location="cpu", weights_only=True)  # a plain state dict
     if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
         raise UserInputError(f"model.init_from: {shown} holds no state dict (a mapping of names to tensors).")
-    own = model.state_dict()
-    fitting = {k: v for k, v in payload.items() if k in own and own[k].shape == v.shape}
-    if not fitting:
-        raise UserInputError(f"model.init_from: no tensor of {shown} fits model '{type(model).__name__}' "
-                             f"(its names start like {sorted(payload)[:3]}; the model's like {sorted(own)[:3]}).")
-    model.load_state_dict(fitting, strict=False)
-    reshaped = sorted(k for k, v in payload.items() if k in own and own[k].shape != v.shape)
-    return {"path": shown, "loaded": len(fitting), "of": len(own), "kept_fresh": sorted(set(own) - set(fitting)),
-            "shape_mismatch": reshaped, "unused": sorted(set(payload) - set(own))}
+    try:
+        return {"path": shown, **apply_state(model, payload, shown)}
+    except UserInputError as exc:
+        raise UserInputError(f"model.init_from: {exc.message}") from None
 
 
 def freeze_parameters(model: nn.Module, prefixes: list[str]) -> dict[str, Any]:

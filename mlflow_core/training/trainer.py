@@ -37,7 +37,13 @@ from mlflow_core.training.device_batches import BatchPrep, device_view, steps_ah
 from mlflow_core.training.evaluation import iou_per_class, macro_f1, matthews_corrcoef
 from mlflow_core.training.fit_state import FitState
 from mlflow_core.training.losses import build_loss
-from mlflow_core.training.models import build_model, count_parameters, freeze_parameters, load_initial_weights
+from mlflow_core.training.models import (
+    build_model,
+    count_parameters,
+    freeze_parameters,
+    load_initial_weights,
+    project_file,
+)
 from mlflow_core.training.optim import (
     LrSchedule,
     build_optimizer,
@@ -149,11 +155,12 @@ class Trainer:
             require_wandb()
         self.data = with_augmentation(self.data or build_data(cfg, self.project_root), cfg.augmentation)
         seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)  # data building may draw
-        self.model = build_model(cfg.model, self.data.num_classes, self.data.input_shape, self.project_root)
-        self.recipe: dict[str, Any] = {}
+        self.recipe: dict[str, Any] = {}  # build_model records pretrained weights here
+        self.model = build_model(cfg.model, self.data.num_classes, self.data.input_shape, self.project_root,
+                                 record=self.recipe)
         if cfg.model.init_from:
             self.recipe["init_from"] = load_initial_weights(
-                self.model, self._project_file(cfg.model.init_from), cfg.model.init_from)
+                self.model, project_file(self.project_root, cfg.model.init_from), cfg.model.init_from)
         if cfg.model.freeze:
             self.recipe["frozen"] = freeze_parameters(self.model, cfg.model.freeze)
         self.channels_last = t.channels_last and len(self.data.input_shape) == 3
@@ -250,13 +257,6 @@ class Trainer:
         for callback in self.callbacks:
             if callback.state_key is not None:
                 yield callback.state_key, callback
-
-    def _project_file(self, relative: str) -> Path:
-        path = (self.project_root / relative).resolve()
-        root = self.project_root.resolve()
-        if path != root and root not in path.parents:
-            raise UserInputError(f"model.init_from: {relative} points outside the project {root}.")
-        return path
 
     def new_metrics(self) -> dict[str, Any]:
         cfg, data = self.cfg, self.data

@@ -26,7 +26,7 @@ from mlflow_core.errors import StorageError, UserInputError
 
 MANIFEST_VERSION = 1
 SPLITS = ("train", "val", "test")
-FILE_SOURCES = ("npz", "imagefolder")
+FILE_SOURCES = ("npz", "imagefolder", "csv")
 _SKIPPED = (".DS_Store", "Thumbs.db", "desktop.ini")  # written by file browsers, never data
 _HASH_CHUNK = 1 << 20
 
@@ -269,6 +269,8 @@ def build_manifest(cfg: Any, project_root: Path, cache: StatCache, *, describe: 
         return None
     if not root.is_dir():
         raise UserInputError(f"{root}: data folder not found (data.path = {cfg.data.path!r})")
+    if cfg.data.source == "csv":
+        return _csv_manifest(cfg, root, cache, describe)
     splits = {}
     for name in SPLITS:
         folder = root / name
@@ -276,6 +278,26 @@ def build_manifest(cfg: Any, project_root: Path, cache: StatCache, *, describe: 
             continue
         files = scan_split(folder, cache)
         holds = describe_split(folder, files, cfg.data.source) if describe else {}
+        splits[name] = SplitFiles(files, holds)
+    return DataManifest(cfg.data.source, str(cfg.data.path), splits)
+
+
+def _csv_manifest(cfg: Any, root: Path, cache: StatCache, describe: bool) -> DataManifest:
+    """A CSV manifest's splits: each split's table and every file it names (paths relative to the
+    data folder), hashed like a folder's files."""
+    from mlflow_core.workflow.tables import csv_splits, read_rows
+
+    segmentation = getattr(cfg, "task", "classification") == "segmentation"
+    splits = {}
+    for name in csv_splits(root):
+        rows = read_rows(root, name, cfg.data, segmentation)
+        names = [f"{name}.csv", *(r.path for r in rows), *(r.mask for r in rows if r.mask)]
+        files = {}
+        for rel in dict.fromkeys(names):
+            path = root / rel
+            st = path.stat()
+            files[Path(rel).as_posix()] = (st.st_size, cache.sha256(str(path), st))
+        holds = {"classes": sorted({r.label for r in rows if r.label is not None}), "rows": len(rows)} if describe else {}
         splits[name] = SplitFiles(files, holds)
     return DataManifest(cfg.data.source, str(cfg.data.path), splits)
 

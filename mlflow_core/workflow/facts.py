@@ -108,6 +108,7 @@ class ModelCheck(_Facts):
     output_shape: list[int] | None = None
     device: str | None = None
     error: str | None = None
+    weights: dict[str, Any] | None = None  # where the starting weights came from: pretrained and init_from
 
 
 class ReproducibilityCheck(_Facts):

@@ -257,7 +257,7 @@ def pack_project_data(cfg: Any, project_root: Path, on_message: Callable[[str], 
     from mlflow_core.workflow.datafiles import stat_cache
 
     if cfg.data.source != "npz":
-        raise DataError(f"data.source {cfg.data.source!r}: only NPZ folders and ImageFolder images are packed; "
+        raise DataError(f"data.source {cfg.data.source!r}: only NPZ folders, ImageFolder and CSV images are packed; "
                         "digits are in memory already, and custom data is read by your own code")
     root = (project_root / cfg.data.path).resolve()
     if not root.is_dir():

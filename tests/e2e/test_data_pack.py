@@ -82,4 +82,4 @@ def test_packing_data_that_is_not_npz_says_what_is_packed(wf, tmp_path):
 
     root = init_project(tmp_path / "p").root  # digits
     r = wf("data", "pack", cwd=root)
-    assert r.code == 2 and "data.source 'digits': only NPZ folders and ImageFolder images are packed" in r.err
+    assert r.code == 2 and "data.source 'digits': only NPZ folders, ImageFolder and CSV images are packed" in r.err

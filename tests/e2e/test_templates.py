@@ -1,5 +1,6 @@
 """Every template of templates/configs validates, and runs `wf phase baseline --smoke` on generated
-stand-in data of the shape it expects (6×224×224 NPZ patches, 256×256 RGB image folders)."""
+stand-in data of the shape it expects (6×224×224 NPZ patches, 256×256 RGB image folders, 5-band
+512×512 GeoTIFF tiles named by CSV tables)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,21 @@ def _npz_tiles(root: Path, bands: int, size: int, classes: int) -> None:
                      mask=rng.integers(0, classes, (size, size)))
 
 
+def _tif_tiles(root: Path, bands: int, size: int, classes: int) -> None:
+    """GeoTIFF tiles and masks named by CSV tables, as the glacier competition ships them."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    (root / "tiles").mkdir(parents=True)
+    for split, count in (("train", 4), ("val", 2), ("test", 2)):  # 4: two steps of two micro-batches of 1
+        rows = ["path,mask"]
+        for i in range(count):
+            tifffile.imwrite(root / "tiles" / f"{split}_{i}.tif", rng.random((size, size, bands), dtype=np.float32))
+            tifffile.imwrite(root / "tiles" / f"{split}_{i}_mask.tif", rng.integers(0, classes, (size, size), dtype=np.uint8))
+            rows.append(f"tiles/{split}_{i}.tif,tiles/{split}_{i}_mask.tif")
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+
+
 def _image_folder(root: Path, size: int, classes: int = 3, per_class: int = 4) -> None:
     from PIL import Image
 
@@ -62,7 +78,9 @@ def test_recipe_template_runs_two_steps_on_data_of_its_shape(wf, tmp_path, path)
     cfg = load_config(path)
     project = init_project(tmp_path / "p").root
     data = project / cfg.data.path
-    if cfg.task == "segmentation":
+    if cfg.task == "segmentation" and cfg.data.source == "csv":
+        _tif_tiles(data, bands=5, size=512, classes=cfg.data.num_classes)
+    elif cfg.task == "segmentation":
         _npz_tiles(data, bands=5, size=512, classes=cfg.data.num_classes)
     elif cfg.data.source == "npz":
         _npz_patches(data, bands=6, size=224)
