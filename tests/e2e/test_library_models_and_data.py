@@ -176,3 +176,17 @@ def test_an_unknown_library_model_is_exit_2_with_the_close_match(wf, tmp_path, n
     configure(project, [("model.name", f'"{name}"')])
     r = wf("phase", "setup", cwd=project)
     assert r.code == 2 and message in r.err, r.err
+
+
+def test_the_hand_written_unet_stays_for_small_tiles_that_a_library_encoder_shrinks_to_one_pixel():
+    """Why wf keeps its own U-Net next to smp's: its depth is the config's (3 levels for 16×16 chips),
+    where a ResNet encoder halves a 16×16 tile five times, to 1×1, and BatchNorm cannot train on that."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    from mlflow_core.training.models import UNet
+
+    tile = torch.randn(1, 6, 16, 16)
+    ours = UNet(6, 3, [16, 32, 64]).train()
+    assert ours(tile).shape == (1, 3, 16, 16)
+    library = smp.create_model("Unet", encoder_name="resnet34", encoder_weights=None, in_channels=6, classes=3).train()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        library(tile)
