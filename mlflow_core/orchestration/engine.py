@@ -378,49 +378,10 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
     try:
         output = run_runner(phase, ctx)
     except BaseException as exc:
-        # a refused write (disk full, read-only, permissions) stops a run the way a signal does: the
-        # last resume checkpoint is intact, and the run continues once the disk takes writes again
-        # so does a data-parallel run that lost one of its processes
-        stopped = isinstance(exc, (KeyboardInterrupt, StorageError, RankLostError))
-        # a resume refused as bad input (another config, another process count) leaves the run resumable
-        refused_resume = ctx.resuming and isinstance(exc, UserInputError)
-        run.status = ("interrupted" if stopped or refused_resume else
-                      "failed_input" if isinstance(exc, WfError) else "crashed")
-        run.finished_at, run.passed = now_iso(), False
-        run.summary = {"error": f"{type(exc).__name__}: {exc}"}
-        end_phase_tracking(ctx.tracking, "KILLED" if run.status == "interrupted" else "FAILED")
-        state.record("phase_finished", phase=phase, run_id=run_id, status=run.status)
-        try:
-            save_state(project, state)
-        except StorageError:
-            # state.json cannot be written either: it keeps saying "running", and `--resume` treats
-            # a running run whose process is gone as interrupted
-            logger.error("%s: not updated (the disk refuses writes)", project.relative(project.state_path))
-        if isinstance(exc, StorageError):
-            again = (f"continue run {run_id} with {_resume_command(phase)}" if phase in RESUMABLE_PHASES
-                     else f"run `wf phase {phase}` again")
-            raise StorageError(f"{phase} stopped: {exc.message}",
-                               hint=f"Free space (or fix the permissions), then {again}.") from None
-        if isinstance(exc, RankLostError):
-            again = _resume_command(phase) if phase in RESUMABLE_PHASES else f"`wf phase {phase}`"
-            raise RankLostError(f"{phase} stopped: {exc.message}",
-                                hint=f"Run {run_id} is recorded as interrupted; see the other rank's message, "
-                                f"then continue with {again}.") from None
-        if isinstance(exc, KeyboardInterrupt):  # outside a training run's own handler (an LR range test, a scan)
-            saved = (project.inside(run.dir) / "checkpoints" / "resume.pt").is_file()
-            again = (_resume_command(phase) if phase in RESUMABLE_PHASES and (phase != "baseline" or saved)
-                     else f"`wf phase {phase}`")
-            raise RunInterruptedError(f"{phase} interrupted; run {run_id} is recorded as interrupted.",
-                                      hint=f"Continue with {again}.") from None
-        if isinstance(exc, UserInputError) and not ctx.resuming:
-            logger.removeHandler(handler)
-            handler.close()
-            shutil.rmtree(run_dir, ignore_errors=True)  # bad input: nothing ran, the message says what to fix
-        if isinstance(exc, WfError):
+        error = _failure(project, state, phase, run, ctx, exc, logger, handler)
+        if error is exc:
             raise
-        logger.exception("phase %s crashed", phase)
-        raise PhaseFailedError(f"{phase} crashed: {type(exc).__name__}: {exc}",
-                               hint=f"The traceback is in {project.relative(run_dir)}/logs/training.log.") from exc
+        raise error from (exc if isinstance(error, PhaseFailedError) else None)
     finally:
         logger.removeHandler(handler)
         handler.close()
@@ -453,6 +414,62 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
         raise
     end_phase_tracking(ctx.tracking, "FINISHED", project, run, gate)
     return result
+
+
+def _failure(project: Project, state: ProjectState, phase: str, run: RunRecord, ctx: Any, exc: BaseException,
+             logger: logging.Logger, handler: logging.Handler) -> BaseException:
+    """The run's record after `exc`, and the error the command exits with. A refused write (disk
+    full, read-only), a lost rank or Ctrl-C stops a run the way a signal does: the last resume
+    checkpoint is intact, and the run continues once the cause is gone; so does a resume refused as
+    bad input (another config, another process count). Anything else failed, or crashed."""
+    stopped = isinstance(exc, (KeyboardInterrupt, StorageError, RankLostError))
+    refused_resume = ctx.resuming and isinstance(exc, UserInputError)
+    run.status = ("interrupted" if stopped or refused_resume else
+                  "failed_input" if isinstance(exc, WfError) else "crashed")
+    run.finished_at, run.passed = now_iso(), False
+    run.summary = {"error": f"{type(exc).__name__}: {exc}"}
+    end_phase_tracking(ctx.tracking, "KILLED" if run.status == "interrupted" else "FAILED")
+    state.record("phase_finished", phase=phase, run_id=run.run_id, status=run.status)
+    try:
+        save_state(project, state)
+    except StorageError:  # it keeps saying "running"; `--resume` takes a running run whose process is gone
+        logger.error("%s: not updated (the disk refuses writes)", project.relative(project.state_path))
+    for kind, stop in _STOPS:  # the stops, as a table: each says how to continue
+        if isinstance(exc, kind):
+            return stop(project, phase, run, exc)
+    if isinstance(exc, UserInputError) and not ctx.resuming:
+        logger.removeHandler(handler)
+        handler.close()
+        shutil.rmtree(ctx.run_dir, ignore_errors=True)  # bad input: nothing ran, the message says what to fix
+    if isinstance(exc, WfError):
+        return exc
+    logger.exception("phase %s crashed", phase)
+    return PhaseFailedError(f"{phase} crashed: {type(exc).__name__}: {exc}",
+                            hint=f"The traceback is in {project.relative(ctx.run_dir)}/logs/training.log.")
+
+
+def _storage_stop(project: Project, phase: str, run: RunRecord, exc: Any) -> BaseException:
+    again = (f"continue run {run.run_id} with {_resume_command(phase)}" if phase in RESUMABLE_PHASES
+             else f"run `wf phase {phase}` again")
+    return StorageError(f"{phase} stopped: {exc.message}", hint=f"Free space (or fix the permissions), then {again}.")
+
+
+def _rank_stop(project: Project, phase: str, run: RunRecord, exc: Any) -> BaseException:
+    again = _resume_command(phase) if phase in RESUMABLE_PHASES else f"`wf phase {phase}`"
+    return RankLostError(f"{phase} stopped: {exc.message}", hint=f"Run {run.run_id} is recorded as interrupted; see "
+                         f"the other rank's message, then continue with {again}.")
+
+
+def _interrupt_stop(project: Project, phase: str, run: RunRecord, exc: Any) -> BaseException:
+    """Ctrl-C outside a training run's own handler (an LR range test, a scan)."""
+    saved = (project.inside(run.dir) / "checkpoints" / "resume.pt").is_file()
+    again = (_resume_command(phase) if phase in RESUMABLE_PHASES and (phase != "baseline" or saved)
+             else f"`wf phase {phase}`")
+    return RunInterruptedError(f"{phase} interrupted; run {run.run_id} is recorded as interrupted.",
+                               hint=f"Continue with {again}.")
+
+
+_STOPS = ((StorageError, _storage_stop), (RankLostError, _rank_stop), (KeyboardInterrupt, _interrupt_stop))
 
 
 def _approved_configs(project: Project, phase: str, facts: PhaseFacts) -> list[dict[str, Any]]:
