@@ -38,3 +38,17 @@ def run_metrics(**given):
     given["epochs"] = [{"epoch": i + 1, "train_loss": 1.0, "train_accuracy": 0.5, "lr": 1e-3, "duration_s": 1.0, **e}
                        for i, e in enumerate(given.get("epochs", []))]
     return RunMetrics.model_validate({**base, **given})
+
+
+def write_crashing_model(project: Path) -> None:
+    """`mymodel:Fragile`, a custom model (digits-sized) whose training crashes at its 21st forward
+    pass: a crash mid-run, as a lost GPU gives it; training_config.yaml is pointed at it."""
+    (project / "mymodel.py").write_text(
+        "import torch\nclass Fragile(torch.nn.Module):\n"
+        "    def __init__(self, num_classes, in_channels):\n        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(64 * in_channels, num_classes)\n        self.calls = 0\n"
+        "    def forward(self, x):\n        self.calls += 1\n"
+        "        if self.training and self.calls > 20:\n            raise RuntimeError('the GPU fell off the bus')\n"
+        "        return self.fc(x.flatten(1))\n")
+    configure(project, [("model.name", "custom"), ("model.target", "mymodel:Fragile")])
+

@@ -20,7 +20,7 @@ import pytest
 
 from mlflow_core.cli import main
 from mlflow_core.workflow.scaffold import init_project
-from tests.helpers import configure
+from tests.helpers import configure, write_crashing_model
 
 pytest.importorskip("optuna")
 
@@ -141,14 +141,7 @@ def test_a_phase_command_that_fails_leaves_every_committed_file_as_it_was(walked
         (walked / "mydata.py").write_text("def build():\n    raise RuntimeError('the data share is gone')\n")
         configure(walked, [("data.source", "custom"), ("data.target", "mydata:build")])
     elif break_it == "model_crashes_mid_training":
-        (walked / "mymodel.py").write_text(
-            "import torch\nclass Fragile(torch.nn.Module):\n"
-            "    def __init__(self, num_classes, in_channels):\n        super().__init__()\n"
-            "        self.fc = torch.nn.Linear(64 * in_channels, num_classes)\n        self.calls = 0\n"
-            "    def forward(self, x):\n        self.calls += 1\n"
-            "        if self.training and self.calls > 20:\n            raise RuntimeError('the GPU fell off the bus')\n"
-            "        return self.fc(x.flatten(1))\n")
-        configure(walked, [("model.name", "custom"), ("model.target", "mymodel:Fragile")])
+        write_crashing_model(walked)
     else:
         template = {"diagnostics": "diagnosis.md.j2", "optimization": "optimization_results.md.j2",
                     "finalization": "final_report.md.j2"}[phase]

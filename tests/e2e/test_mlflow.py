@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import configure
+from tests.helpers import configure, write_crashing_model
 
 pytest.importorskip("mlflow")
 torch = pytest.importorskip("torch")
@@ -117,15 +117,8 @@ def test_kill_9_then_resume_is_one_mlflow_run_with_each_step_once(tracked):
 
 
 def test_a_crash_ends_the_mlflow_run_failed_and_a_signal_killed(tracked):
-    (tracked / "mymodel.py").write_text(
-        "import torch\nclass Fragile(torch.nn.Module):\n"
-        "    def __init__(self, num_classes, in_channels):\n        super().__init__()\n"
-        "        self.fc = torch.nn.Linear(64 * in_channels, num_classes)\n        self.calls = 0\n"
-        "    def forward(self, x):\n        self.calls += 1\n"
-        "        if self.training and self.calls > 20:\n            raise RuntimeError('the GPU fell off the bus')\n"
-        "        return self.fc(x.flatten(1))\n")
     config = (tracked / "training_config.yaml").read_text()
-    configure(tracked, [("model.name", "custom"), ("model.target", "mymodel:Fragile")])
+    write_crashing_model(tracked)
     assert _wf(tracked, "phase", "baseline", *OVERRIDE).returncode == 1
     (tracked / "training_config.yaml").write_text(config)
     configure(tracked, [("training.epochs", "30")])
