@@ -28,6 +28,12 @@ class CsvImages(Dataset):
                         for r in rows]
         self.files = [Path(path) for path, _ in self.samples]  # how data checks name a sample
 
+    def for_training(self) -> CsvImages:
+        """The same split with its pixels made the model's input (uint8 scaled, the rest as stored)."""
+        copy = CsvImages.__new__(CsvImages)
+        copy.__dict__.update(self.__dict__, transform=_ModelInput(self.transform))
+        return copy
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -38,6 +44,16 @@ class CsvImages(Dataset):
             mask = mask_of(Path(target), read_mask(target), image)
             return image, torch.as_tensor(mask.astype("int64"))
         return image, target
+
+
+class _ModelInput:
+    """pixels, then as_input: a class, not a closure, since worker processes pickle it."""
+
+    def __init__(self, pixels: Callable[[Any], Any]):
+        self.pixels = pixels
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return as_input(self.pixels(image))
 
 
 def csv_layout(cfg: Any, root: Path) -> tuple[dict[str, list[Row]], dict[str, int], list[str] | None]:
@@ -59,17 +75,16 @@ def csv_layout(cfg: Any, root: Path) -> tuple[dict[str, list[Row]], dict[str, in
     return rows, ids, names
 
 
-def csv_datasets(cfg: Any, root: Path, pixels: Callable[[Any], Any], *, stored: bool = False
+def csv_datasets(cfg: Any, root: Path, pixels: Callable[[Any], Any]
                  ) -> tuple[dict[str, CsvImages], list[str] | None, str]:
-    """Each split as a dataset (`stored`: the pixels as stored, for packs), the class names, and how
-    many channels the images are read with, and why."""
+    """Each split as a dataset of the pixels as stored (what packs hold; `for_training` for the
+    model's input), the class names, and how many channels the images are read with, and why."""
     rows, ids, names = csv_layout(cfg, root)
     firsts = list({r.label: str(root / r.path) for r in reversed(rows["train"])}.values())
     paths = firsts + [str(root / r.path) for r in rows["train"] if str(root / r.path) not in set(firsts)]
     channels, why = sampled_channels(paths, cfg.data.channels)
     loader = ImageLoader(MODES[min(channels, 4)])
-    transform = pixels if stored else (lambda image: as_input(pixels(image)))
-    return {split: CsvImages(root, split_rows, ids, loader, transform) for split, split_rows in rows.items()}, names, why
+    return {split: CsvImages(root, split_rows, ids, loader, pixels) for split, split_rows in rows.items()}, names, why
 
 
 def csv_pack_key(cfg: Any, root: Path, split: str, dataset: CsvImages, cache: Any) -> str:

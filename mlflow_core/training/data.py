@@ -459,16 +459,13 @@ def image_channels(cfg: WorkflowConfig, root: Path) -> tuple[int, str]:
     return sampled_channels(first + [path for path, _ in samples if path not in set(first)], None)
 
 
-def image_mode(cfg: WorkflowConfig, root: Path) -> str:
-    """The PIL mode every image PIL reads is converted to (TIFFs keep their bands)."""
-    return MODES[min(image_channels(cfg, root)[0], 4)]
-
-
-def _image_folders(cfg: WorkflowConfig, root: Path, transform: Any) -> dict[str, Any]:
+def _image_folders(cfg: WorkflowConfig, root: Path, transform: Any, channels: int) -> dict[str, Any]:
+    """Each split as torchvision's ImageFolder, every image PIL reads in the mode of `channels`
+    (image_channels; TIFFs keep their bands)."""
     from torchvision import datasets
 
     names = ("train", "val", "test") if (root / "test").is_dir() else ("train", "val")
-    loader = ImageLoader(image_mode(cfg, root))
+    loader = ImageLoader(MODES[min(channels, 4)])
     try:
         splits = {s: datasets.ImageFolder(str(root / s), transform=transform, loader=loader) for s in names}
     except (FileNotFoundError, OSError) as exc:
@@ -482,19 +479,19 @@ def _imagefolder(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
     from torchvision.transforms import v2
 
     root = _resolve_dir(cfg, project_root)
+    channels, why = image_channels(cfg, root)  # once: it opens a sample of the images
     transform = v2.Compose([_pixels(cfg), as_input])
-    splits: dict[str, Dataset] = _image_folders(cfg, root, transform)
+    splits: dict[str, Dataset] = _image_folders(cfg, root, transform, channels)
     classes = list(splits["train"].classes)  # type: ignore[attr-defined]
     packed = {}
     if cfg.data.pack != "off":
-        packed = {s: p for s, (p, _) in imagefolder_packs(cfg, project_root, build=cfg.data.pack == "on").items()
-                  if p is not None}
+        packed = {s: p for s, (p, _) in imagefolder_packs(cfg, project_root, build=cfg.data.pack == "on",
+                                                          channels=channels).items() if p is not None}
     splits.update({s: PackedDataset(pack) for s, pack in packed.items()})
     sample, _ = splits["train"][0]
     how = f", packed ({', '.join(packed)})" if packed else ""
-    channels = image_channels(cfg, root)[1]
     return DataBundle(splits["train"], splits["val"], splits.get("test"), cfg.data.num_classes or len(classes),
-                      tuple(sample.shape), f"ImageFolder {cfg.data.path}, channels: {channels}{how}",
+                      tuple(sample.shape), f"ImageFolder {cfg.data.path}, channels: {why}{how}",
                       class_names=classes)
 
 
@@ -502,11 +499,12 @@ def _csv(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
     from mlflow_core.training.csv_data import csv_datasets
 
     root = _resolve_dir(cfg, project_root)
-    splits, names, channels = csv_datasets(cfg, root, _pixels(cfg))
+    stored, names, channels = csv_datasets(cfg, root, _pixels(cfg))  # once: it reads every table and file name
+    splits = {split: dataset.for_training() for split, dataset in stored.items()}
     packed = {}
     if cfg.data.pack != "off":
-        packed = {s: p for s, (p, _) in csv_packs(cfg, project_root, build=cfg.data.pack == "on").items()
-                  if p is not None}
+        packed = {s: p for s, (p, _) in csv_packs(cfg, project_root, build=cfg.data.pack == "on",
+                                                  stored=stored).items() if p is not None}
     segmentation = cfg.task == "segmentation"
     datasets: dict[str, Dataset] = {**splits, **{s: PackedDataset(pack, segmentation) for s, pack in packed.items()}}
     sample, _ = datasets["train"][0]
@@ -521,15 +519,16 @@ def _csv(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
                       f"CSV {cfg.data.path}, channels: {channels}{how}", class_names=names)
 
 
-def csv_packs(cfg: WorkflowConfig, project_root: Path, *, build: bool,
-              on_message: Callable[[str], None] | None = None) -> dict[str, tuple[Any, bool]]:
-    """Each CSV split's current pack, (pack, built), as imagefolder_packs does it."""
+def csv_packs(cfg: WorkflowConfig, project_root: Path, *, build: bool, on_message: Callable[[str], None] | None = None,
+              stored: dict[str, Any] | None = None) -> dict[str, tuple[Any, bool]]:
+    """Each CSV split's current pack, (pack, built), as imagefolder_packs does it; `stored`: the
+    splits as csv_datasets read them, when the caller has them already."""
     from mlflow_core.training.csv_data import csv_datasets, csv_pack_key
     from mlflow_core.workflow.datafiles import stat_cache
 
     root = _resolve_dir(cfg, project_root)
     cache, out = stat_cache(project_root), {}
-    stored, _, _ = csv_datasets(cfg, root, _pixels(cfg), stored=True)
+    stored = stored or csv_datasets(cfg, root, _pixels(cfg))[0]
     for split, dataset in stored.items():
         names = [Path(p).relative_to(root).as_posix() for p, _ in dataset.samples]
         out[split] = stored_pack(project_root, split, csv_pack_key(cfg, root, split, dataset, cache), root, names,
@@ -545,18 +544,19 @@ def files_dataset(cfg: WorkflowConfig, project_root: Path, split: str) -> Datase
     if cfg.data.source == "csv":
         from mlflow_core.training.csv_data import csv_datasets
 
-        return csv_datasets(cfg, root, _pixels(cfg))[0][split]
+        return csv_datasets(cfg, root, _pixels(cfg))[0][split].for_training()
     if cfg.data.source == "imagefolder":
         from torchvision.transforms import v2
 
-        return _image_folders(cfg, root, v2.Compose([_pixels(cfg), as_input]))[split]
+        return _image_folders(cfg, root, v2.Compose([_pixels(cfg), as_input]), image_channels(cfg, root)[0])[split]
     if cfg.task == "segmentation":
         return NpzMaskDataset(root / split, cfg.data.image_key, cfg.data.mask_key)
     return NpzPatchDataset(root / split, cfg.data.image_key, cfg.data.label_key)
 
 
 def imagefolder_packs(cfg: WorkflowConfig, project_root: Path, *, build: bool,
-                      on_message: Callable[[str], None] | None = None) -> dict[str, tuple[Any, bool]]:
+                      on_message: Callable[[str], None] | None = None,
+                      channels: int | None = None) -> dict[str, tuple[Any, bool]]:
     """Each ImageFolder split's current pack, (pack, built): built where missing or stale when `build`,
     else None there. The key covers every image's bytes and class, data.image_size and the format."""
     import hashlib
@@ -566,8 +566,9 @@ def imagefolder_packs(cfg: WorkflowConfig, project_root: Path, *, build: bool,
 
     root = _resolve_dir(cfg, project_root)
     cache, out = stat_cache(project_root), {}
-    mode = image_mode(cfg, root)  # the pack holds the images as read: in this mode
-    for split, folder in _image_folders(cfg, root, _pixels(cfg)).items():
+    channels = channels or image_channels(cfg, root)[0]
+    mode = MODES[min(channels, 4)]  # the pack holds the images as read: in this mode
+    for split, folder in _image_folders(cfg, root, _pixels(cfg), channels).items():
         digest = hashlib.sha256(f"wf-pack {PACK_FORMAT} imagefolder {cfg.data.image_size} {mode}\n".encode())
         for path, label in folder.samples:
             digest.update(f"{Path(path).relative_to(root / split).as_posix()}\0{label}\0{cache.sha256(path)}\n".encode())
