@@ -10,8 +10,10 @@ or FAILED on a crash; the phase's own run is ended by the phase, with its report
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from mlflow_core.monitoring.mlflow_store import METRICS_PER_CALL, flatten
 from mlflow_core.training.callbacks.base import Callback
 from mlflow_core.training.callbacks.tensorboard import tracked_results
 
@@ -47,10 +49,6 @@ class MlflowTracking(Callback):
         self.buffer = [(str(k), float(v), int(step)) for k, v, step in (state or {}).get("buffer", [])]
 
     def on_fit_start(self, t, s) -> None:
-        import time
-
-        from mlflow_core.monitoring.mlflow_store import flatten
-
         self.sent_at = time.monotonic()
         self.run_id, self.owned = self.link.open(t.run_dir, t.run_id or t.run_dir.name,
                                                  {"wf.model": t.cfg.model.label, "wf.seed": t.cfg.reproducibility.seed})
@@ -91,17 +89,11 @@ class MlflowTracking(Callback):
         self._add([*rows, (EPOCH_FAMILY, record["epoch"], step)])
 
     def _add(self, rows: list[tuple[str, float, int]]) -> None:
-        import time
-
-        from mlflow_core.monitoring.mlflow_store import METRICS_PER_CALL
-
         self.buffer += rows
         if len(self.buffer) >= METRICS_PER_CALL or time.monotonic() - self.sent_at >= SEND_EVERY_S:
             self._send()
 
     def _send(self, *, wait: bool = False) -> None:
-        import time
-
         if self.buffer:
             self.store.log_metrics(self.run_id, self.buffer, wait=wait)
             self.buffer = []
