@@ -33,7 +33,9 @@ import numpy as np
 import torch
 
 from mlflow_core.config import load_config_text
-from mlflow_core.training.data import NpzPatchDataset, PackedDataset, make_loader
+from mlflow_core.training.data.datasets import NpzPatchDataset
+from mlflow_core.training.data.loader import make_loader
+from mlflow_core.training.data.packed import PackedDataset
 from mlflow_core.workflow.datafiles import StatCache
 from mlflow_core.workflow.packs import build_pack
 

@@ -26,7 +26,9 @@ import torch
 from torch import nn
 
 from mlflow_core.config import load_config_text
-from mlflow_core.training.data import DataBundle, build_data, make_loader
+from mlflow_core.training.data.datasets import DataBundle
+from mlflow_core.training.data.loader import make_loader
+from mlflow_core.training.data.sources import build_data
 from mlflow_core.training.models import build_model
 from mlflow_core.training.seeding import seed_everything
 from mlflow_core.training.trainer import Trainer
@@ -61,7 +63,7 @@ def patch_data(size: int, train: int = 320, val: int = 64, bands: int = 6, class
 def packed_data(size: int, root: Path, train: int = 320, val: int = 64) -> DataBundle:
     """The same workload on disk as `wf init --example patches` writes it (one .npz per patch), read
     through its packs as `data.pack` does: one memory-mapped gather per batch, in both loops."""
-    from mlflow_core.training.data import PackedDataset
+    from mlflow_core.training.data.packed import PackedDataset
     from mlflow_core.workflow.datafiles import StatCache
     from mlflow_core.workflow.packs import build_pack
     from mlflow_core.workflow.scaffold import write_patches

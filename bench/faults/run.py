@@ -212,7 +212,8 @@ def first_nonfinite_step(project: Path) -> int | None:
     from torch import nn
 
     from mlflow_core.config import load_config
-    from mlflow_core.training.data import build_data, make_loader
+    from mlflow_core.training.data.loader import make_loader
+    from mlflow_core.training.data.sources import build_data
     from mlflow_core.training.models import build_model
     from mlflow_core.training.optim import build_optimizer
     from mlflow_core.training.seeding import seed_everything

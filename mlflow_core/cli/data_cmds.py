@@ -26,7 +26,7 @@ def pack(as_json: bool = typer.Option(False, "--json", help="Print what each spl
     say = (lambda _m: None) if as_json else (lambda m: console.print(f"· {m}"))
     with project_lock(project, "wf data pack"):
         if cfg.data.source in ("imagefolder", "csv"):  # images are decoded by torchvision: only then is torch loaded
-            from mlflow_core.training.data import pack_data
+            from mlflow_core.training.data.sources import pack_data
             packs = pack_data(cfg, project.root, say)
         else:
             packs = pack_project_data(cfg, project.root, say)

@@ -47,7 +47,7 @@ class DiagnoseContext:
         if "data" not in self.cache:
             # torch: only probes need the data; the registry stays torch-free
             from mlflow_core.training.augment import with_augmentation
-            from mlflow_core.training.data import build_data
+            from mlflow_core.training.data.sources import build_data
             self.cache["data"] = with_augmentation(build_data(self.run_config(), self.project_root),
                                                    self.run_config().augmentation)
         return self.cache["data"]

@@ -27,7 +27,9 @@ from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.diagnostics.base import PROBE_SAMPLES
 from mlflow_core.errors import UserInputError
 from mlflow_core.training.checkpoint import load_checkpoint
-from mlflow_core.training.data import DataBundle, dataset_targets, make_loader
+from mlflow_core.training.data.datasets import DataBundle
+from mlflow_core.training.data.loader import make_loader
+from mlflow_core.training.data.sampling import dataset_targets
 from mlflow_core.training.models import build_model
 from mlflow_core.training.optim import build_optimizer, resolve_device
 from mlflow_core.training.seeding import seed_everything

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from mlflow_core.config.schema import WorkflowConfig, with_changes
-from mlflow_core.training.data import DataBundle
+from mlflow_core.training.data.datasets import DataBundle
 from mlflow_core.training.trainer import Trainer
 
 

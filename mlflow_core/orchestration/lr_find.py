@@ -7,7 +7,7 @@ from typing import Any
 
 from mlflow_core.config.loader import load_config
 from mlflow_core.reports.plots import lr_range_figure
-from mlflow_core.training.data import build_data
+from mlflow_core.training.data.sources import build_data
 from mlflow_core.training.lr_finder import lr_range_test
 from mlflow_core.workflow.state import project_lock
 

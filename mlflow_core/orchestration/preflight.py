@@ -20,7 +20,9 @@ def preflight(project: Project, cfg: Any, phase: str) -> None:
         from mlflow_core.monitoring.mlflow_store import require_mlflow
 
         require_mlflow()
-    from mlflow_core.training.data import import_target  # the project's code, imported as the run will
+    from mlflow_core.training.data.sources import (
+        import_target,  # the project's code, imported as the run will
+    )
 
     for field, target, used in (("model.target", cfg.model.target, cfg.model.name == "custom"),
                                 ("data.target", cfg.data.target, cfg.data.source == "custom")):

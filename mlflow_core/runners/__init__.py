@@ -137,7 +137,7 @@ def _load_finished(cfg: WorkflowConfig, ctx: RunContext, run_dir: Path, recorded
     """A finished run's result rebuilt from its files: metrics.json and its last checkpoint."""
     # torch: the engine imports this package, and `wf status` the engine
     from mlflow_core.training.checkpoint import load_checkpoint
-    from mlflow_core.training.data import build_data
+    from mlflow_core.training.data.sources import build_data
     from mlflow_core.training.models import build_model
     from mlflow_core.training.optim import resolve_device
     from mlflow_core.training.trainer import TrainResult
@@ -176,7 +176,7 @@ def _verify_custom_data(ctx: RunContext) -> None:
     hashed (`wf gate check` cannot: it runs without torch). Another content is refused before any
     training, naming the split."""
     # torch: the engine imports this package, and `wf status` the engine
-    from mlflow_core.training.data import build_data
+    from mlflow_core.training.data.sources import build_data
     from mlflow_core.training.data_checks import dataset_digests
 
     setup = read_evidence(ctx.project, "setup")

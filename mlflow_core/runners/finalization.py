@@ -26,7 +26,9 @@ from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or
 from mlflow_core.runners.registry import register_export
 from mlflow_core.training.augment import with_augmentation
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
-from mlflow_core.training.data import DataBundle, build_data, collate_batches
+from mlflow_core.training.data.datasets import DataBundle
+from mlflow_core.training.data.loader import collate_batches
+from mlflow_core.training.data.sources import build_data
 from mlflow_core.training.evaluation import classification_metrics, predict_with_tta, segmentation_metrics
 from mlflow_core.training.folds import ensemble_log_probabilities, fold_data, split_folds
 from mlflow_core.training.models import build_model

@@ -34,7 +34,7 @@ from mlflow_core.runners.trial_slots import (
     owner_is_gone,
     owner_tag,
 )
-from mlflow_core.training.data import build_data
+from mlflow_core.training.data.sources import build_data
 from mlflow_core.training.lr_finder import lr_range_test
 from mlflow_core.workflow.evidence import file_sha256
 from mlflow_core.workflow.facts import OptimizationFacts

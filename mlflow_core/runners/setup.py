@@ -13,13 +13,9 @@ from mlflow_core.errors import DataError, UserInputError
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.reports.phase_reports import ENVIRONMENT
 from mlflow_core.runners import RunContext, RunOutput
-from mlflow_core.training.data import (
-    PackedDataset,
-    build_data,
-    files_dataset,
-    make_loader,
-    pack_data,
-)
+from mlflow_core.training.data.loader import make_loader
+from mlflow_core.training.data.packed import PackedDataset
+from mlflow_core.training.data.sources import build_data, files_dataset, pack_data
 from mlflow_core.training.data_checks import check_data, dataset_digests
 from mlflow_core.training.device_batches import device_view
 from mlflow_core.training.models import build_model, count_parameters, load_initial_weights, project_file

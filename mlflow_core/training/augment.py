@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from mlflow_core.config.schema import AugmentationSection
 from mlflow_core.errors import UserInputError
-from mlflow_core.training.data import DataBundle
+from mlflow_core.training.data.datasets import DataBundle
 
 
 class TransformedDataset(Dataset):

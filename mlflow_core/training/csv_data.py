@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from mlflow_core.errors import DataError
 from mlflow_core.training.images import MODES, ImageLoader, as_input, read_mask, sampled_channels
-from mlflow_core.workflow.packs import mask_of
+from mlflow_core.workflow.npz import mask_of
 from mlflow_core.workflow.tables import Row, class_ids, csv_splits, read_rows
 
 

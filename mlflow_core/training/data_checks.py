@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mlflow_core.errors import DataError
-from mlflow_core.training.data import DataBundle, collate_batches
+from mlflow_core.training.data.datasets import DataBundle
+from mlflow_core.training.data.loader import collate_batches
 
 MAX_SCAN = 50_000  # samples per split scanned for NaN/Inf, labels and hashes; larger splits are sampled
 

@@ -27,7 +27,8 @@ from torch.utils.data import Dataset, Subset
 
 from mlflow_core.config.schema import AugmentationSection
 from mlflow_core.training.augment import TransformedDataset
-from mlflow_core.training.data import NormalizedDataset, PackedDataset
+from mlflow_core.training.data.datasets import NormalizedDataset
+from mlflow_core.training.data.packed import PackedDataset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 CROP_RATIO = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop default, which the per-sample path uses

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mlflow_core.config.schema import WorkflowConfig
-from mlflow_core.training.data import make_loader
+from mlflow_core.training.data.loader import make_loader
 
 ECE_BINS = 15  # Guo et al. 2017, "On Calibration of Modern Neural Networks"
 TTA_FLIP_DIMS = {"hflip": -1, "vflip": -2}  # image batches (N, C, H, W): width, height

@@ -16,7 +16,9 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from mlflow_core.errors import UserInputError
 from mlflow_core.training.augment import with_augmentation
-from mlflow_core.training.data import DataBundle, build_data, target_reader
+from mlflow_core.training.data.datasets import DataBundle
+from mlflow_core.training.data.sampling import target_reader
+from mlflow_core.training.data.sources import build_data
 
 
 def pooled(bundle: DataBundle) -> Dataset:

@@ -28,7 +28,7 @@ def read_tiff(path: str | Path) -> np.ndarray:
     (H, W, C) image with fewer channels than rows is moved (the NPZ rule)."""
     import tifffile
 
-    from mlflow_core.workflow.packs import channels_first
+    from mlflow_core.workflow.npz import channels_first
 
     try:
         array = tifffile.imread(str(path))

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from mlflow_core.config.schema import WorkflowConfig
-from mlflow_core.training.data import DataBundle, make_loader
+from mlflow_core.training.data.datasets import DataBundle
+from mlflow_core.training.data.loader import make_loader
 from mlflow_core.training.models import build_model
 from mlflow_core.training.optim import build_optimizer, resolve_device
 from mlflow_core.training.seeding import seed_everything

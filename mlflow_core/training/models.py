@@ -13,7 +13,7 @@ from torch import nn
 from mlflow_core.config.schema import ModelSection
 from mlflow_core.errors import UserInputError
 from mlflow_core.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
-from mlflow_core.training.data import import_target
+from mlflow_core.training.data.sources import import_target
 from mlflow_core.training.library_models import apply_state, build_library_model, replace_first_conv
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mlflow_core.errors import UserInputError
-from mlflow_core.training.data import DistributedWeightedSampler
+from mlflow_core.training.data.sampling import DistributedWeightedSampler
 from mlflow_core.training.seeding import seed_everything
 from mlflow_core.world import World
 

@@ -26,13 +26,10 @@ from mlflow_core.training.callbacks.ema import Ema
 from mlflow_core.training.callbacks.interruption import Interruption
 from mlflow_core.training.callbacks.mixing import Mixing
 from mlflow_core.training.callbacks.monitor import Monitor
-from mlflow_core.training.data import (
-    DataBundle,
-    balanced_sample_weights,
-    build_data,
-    gathers_batches,
-    make_loader,
-)
+from mlflow_core.training.data.datasets import DataBundle
+from mlflow_core.training.data.loader import gathers_batches, make_loader
+from mlflow_core.training.data.sampling import balanced_sample_weights
+from mlflow_core.training.data.sources import build_data
 from mlflow_core.training.device_batches import BatchPrep, device_view, steps_ahead
 from mlflow_core.training.evaluation import iou_per_class, macro_f1, matthews_corrcoef
 from mlflow_core.training.fit_state import FitState

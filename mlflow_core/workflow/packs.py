@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 from mlflow_core.atomic import STORAGE_ERRNOS, storage_error
 from mlflow_core.errors import DataError, StorageError
 from mlflow_core.workflow.datafiles import StatCache
+from mlflow_core.workflow.npz import npz_files, read_sample
 
 PACK_FORMAT = 1
 MANIFEST = "pack.json"
@@ -36,23 +36,6 @@ MANIFEST = "pack.json"
 
 def packs_dir(project_root: Path) -> Path:
     return project_root / ".wf" / "cache" / "packs"
-
-
-def npz_files(folder: Path) -> list[Path]:
-    """The samples of a split, in the order the per-file dataset reads them."""
-    return sorted(folder.glob("*.npz"))
-
-
-def channels_first(image: Any) -> Any:
-    """An NPZ image as the trainer reads it: (C, H, W); (H, W) gets one channel, (H, W, C) with
-    few channels is moved. (NpzPatchDataset applies the same rule.)"""
-    import numpy as np
-
-    if image.ndim == 2:
-        image = image[None]
-    if image.ndim == 3 and image.shape[-1] < image.shape[0] and image.shape[-1] <= 32:
-        image = np.moveaxis(image, -1, 0)
-    return image
 
 
 def pack_key(files: list[Path], cache: StatCache, image_key: str, target_key: str) -> str:
@@ -124,43 +107,6 @@ def find_pack(project_root: Path, split: str, key: str) -> Pack | None:
     return pack if pack.key == key else None
 
 
-def _read_sample(path: Path, image_key: str, target_key: str, segmentation: bool = False) -> tuple[Any, Any]:
-    """The sample as the per-file datasets read it: the image channels first, the label a scalar,
-    a mask (H, W) of class ids (a singleton channel dropped)."""
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            image, target = npz[image_key], npz[target_key]
-    except KeyError as exc:
-        raise DataError(f"{path}: missing array {exc} (data.image_key / data.label_key / data.mask_key)") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: cannot be read as .npz ({exc})") from None
-    image = channels_first(image)
-    if image.ndim != 3:
-        raise DataError(f"{path}: image must have 2 or 3 dimensions, has shape {image.shape}")
-    if not segmentation:
-        if target.size != 1:
-            raise DataError(f"{path}: label must be a single integer, has shape {np.shape(target)}")
-        return image, target.reshape(())
-    return image, mask_of(path, target, image)
-
-
-def mask_of(path: Path, mask: Any, image: Any) -> Any:
-    """A segmentation mask as the trainer reads it: (H, W) class ids, a singleton channel dropped,
-    the image's height and width. (NpzMaskDataset applies the same rule.)"""
-    import numpy as np
-
-    if mask.ndim == 3 and 1 in (mask.shape[0], mask.shape[-1]):
-        mask = mask.reshape(mask.shape[1:] if mask.shape[0] == 1 else mask.shape[:-1])
-    if mask.shape != image.shape[1:]:
-        raise DataError(f"{path}: mask has shape {mask.shape}, the image's height and width are "
-                        f"{image.shape[1:]}; a mask holds one class id per pixel")
-    if not np.issubdtype(mask.dtype, np.integer) and not np.array_equal(mask, np.round(mask)):
-        raise DataError(f"{path}: mask holds non-integer values ({mask.dtype}); it must hold class ids")
-    return mask
-
-
 def build_pack(project_root: Path, folder: Path, split: str, cache: StatCache, *, image_key: str,
                target_key: str, segmentation: bool = False,
                on_progress: Callable[[int, int], None] | None = None) -> tuple[Pack, bool]:
@@ -174,7 +120,7 @@ def build_pack(project_root: Path, folder: Path, split: str, cache: StatCache, *
     if existing is not None:
         return existing, False
     return write_pack(project_root, split, key, folder, [p.name for p in files],
-                      lambda i: _read_sample(files[i], image_key, target_key, segmentation),
+                      lambda i: read_sample(files[i], image_key, target_key, segmentation),
                       {"image_key": image_key, "target_key": target_key}, on_progress), True
 
 
@@ -185,8 +131,6 @@ def write_pack(project_root: Path, split: str, key: str, source: Path, names: li
     one's shape and dtype (a pack is one array): the message names the first that does not. Written
     into a temporary folder, fsynced and renamed: a pack that exists is complete, and a failure
     (bad data, a full disk, Ctrl-C) leaves none. The split's earlier packs are removed after."""
-    import numpy as np
-
     root = packs_dir(project_root)
     final = root / f"{split}-{key[:16]}"
     tmp = root / f".{final.name}.{os.getpid()}.tmp"
@@ -195,27 +139,7 @@ def write_pack(project_root: Path, split: str, key: str, source: Path, names: li
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=first_image.dtype,
-                                           shape=(len(names), *first_image.shape))
-        targets = np.lib.format.open_memmap(tmp / "targets.npy", mode="w+", dtype=first_target.dtype,
-                                            shape=(len(names), *first_target.shape))
-        for i, name in enumerate(names):
-            image, target = (first_image, first_target) if i == 0 else read(i)
-            if image.shape != first_image.shape or image.dtype != first_image.dtype:
-                raise DataError(f"{source / name}: image {image.shape} {image.dtype}, where {names[0]} has "
-                                f"{first_image.shape} {first_image.dtype}: a pack holds samples of one shape and "
-                                "dtype (resize or convert them — for ImageFolder, data.image_size — or set "
-                                "data.pack: off)")
-            if target.shape != first_target.shape:
-                raise DataError(f"{source / name}: its target has shape {target.shape}, where {names[0]}'s has "
-                                f"{first_target.shape}")
-            images[i] = image
-            targets[i] = target
-            if on_progress and (i + 1) % 256 == 0:
-                on_progress(i + 1, len(names))
-        for array in (images, targets):
-            array.flush()
-        del images, targets
+        _write_arrays(tmp, source, names, read, (first_image, first_target), on_progress)
         manifest = {"format": PACK_FORMAT, "split": split, "key": key, "samples": len(names),
                     "image_shape": list(first_image.shape), "image_dtype": str(first_image.dtype),
                     "target_shape": list(first_target.shape), "target_dtype": str(first_target.dtype),
@@ -240,14 +164,48 @@ def write_pack(project_root: Path, split: str, key: str, source: Path, names: li
     except BaseException:  # bad data, Ctrl-C: no partial pack stays behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for stale in root.glob(f"{split}-*"):  # the packs of earlier versions of this split's files
+    _remove_stale(root, split, source, final)
+    return Pack.read(final)
+
+
+def _write_arrays(folder: Path, source: Path, names: list[str], read: Callable[[int], tuple[Any, Any]],
+                  first: tuple[Any, Any], on_progress: Callable[[int, int], None] | None) -> None:
+    """images.npy and targets.npy in `folder`, flushed: one row per name, each of the first's
+    (read(0)'s) shape."""
+    import numpy as np
+
+    first_image, first_target = first
+    images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=first_image.dtype,
+                                       shape=(len(names), *first_image.shape))
+    targets = np.lib.format.open_memmap(folder / "targets.npy", mode="w+", dtype=first_target.dtype,
+                                        shape=(len(names), *first_target.shape))
+    for i, name in enumerate(names):
+        image, target = (first_image, first_target) if i == 0 else read(i)
+        if image.shape != first_image.shape or image.dtype != first_image.dtype:
+            raise DataError(f"{source / name}: image {image.shape} {image.dtype}, where {names[0]} has "
+                            f"{first_image.shape} {first_image.dtype}: a pack holds samples of one shape and "
+                            "dtype (resize or convert them — for ImageFolder, data.image_size — or set "
+                            "data.pack: off)")
+        if target.shape != first_target.shape:
+            raise DataError(f"{source / name}: its target has shape {target.shape}, where {names[0]}'s has "
+                            f"{first_target.shape}")
+        images[i] = image
+        targets[i] = target
+        if on_progress and (i + 1) % 256 == 0:
+            on_progress(i + 1, len(names))
+    for array in (images, targets):
+        array.flush()
+
+
+def _remove_stale(root: Path, split: str, source: Path, final: Path) -> None:
+    """The packs of earlier versions of this split's files."""
+    for stale in root.glob(f"{split}-*"):
         if stale != final and (stale / MANIFEST).is_file():
             try:
                 if json.loads((stale / MANIFEST).read_text()).get("source") == str(source):
                     shutil.rmtree(stale, ignore_errors=True)
             except (OSError, ValueError):
                 pass
-    return Pack.read(final)
 
 
 def pack_project_data(cfg: Any, project_root: Path, on_message: Callable[[str], None] | None = None

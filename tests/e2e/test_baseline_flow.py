@@ -43,7 +43,7 @@ def test_quickstart_produces_a_verified_baseline(trained_project):
 
 def test_best_checkpoint_reproduces_recorded_accuracy(trained_project):
     from mlflow_core.config import load_config
-    from mlflow_core.training.data import build_data
+    from mlflow_core.training.data.sources import build_data
     from mlflow_core.training.models import build_model
 
     state = json.loads((trained_project / ".wf" / "state.json").read_text())

@@ -66,7 +66,7 @@ def test_wf_data_pack_then_setup_records_the_packs_and_a_changed_file_is_read_fr
     import numpy as np
 
     from mlflow_core.config import load_config
-    from mlflow_core.training.data import build_data
+    from mlflow_core.training.data.sources import build_data
 
     first = sorted((root / "data" / "patches" / "val").glob("*.npz"))[0]
     with np.load(first) as z:

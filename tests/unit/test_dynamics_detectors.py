@@ -160,7 +160,7 @@ def test_dead_units_per_channel_in_convolutions():
 @pytest.fixture(scope="module")
 def digits():
     from mlflow_core.config import load_config_text
-    from mlflow_core.training.data import build_data
+    from mlflow_core.training.data.sources import build_data
 
     cfg = load_config_text("training: {device: cpu, epochs: 1}\nmodel: {channels: [16, 32]}\n", "test")
     return cfg, build_data(cfg, Path("."))

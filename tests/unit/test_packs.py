@@ -1,4 +1,4 @@
-"""Packed data (workflow/packs.py, training/data.py: PackedDataset): the same samples as the files,
+"""Packed data (workflow/packs.py, training/data/packed.py: PackedDataset): the same samples as the files,
 a batch gathered at once, a pack never used for other files, and bad input refused whole."""
 
 import os
@@ -10,16 +10,12 @@ import pytest
 import torch
 
 from mlflow_core.errors import DataError
-from mlflow_core.training.data import (
-    GatheredBatch,
-    NormalizedDataset,
-    NpzMaskDataset,
-    NpzPatchDataset,
-    PackedDataset,
-    collate_batches,
-)
+from mlflow_core.training.data.datasets import NormalizedDataset, NpzMaskDataset, NpzPatchDataset
+from mlflow_core.training.data.loader import collate_batches
+from mlflow_core.training.data.packed import GatheredBatch, PackedDataset
 from mlflow_core.workflow.datafiles import StatCache
-from mlflow_core.workflow.packs import build_pack, find_pack, npz_files, pack_key, packs_dir
+from mlflow_core.workflow.npz import npz_files
+from mlflow_core.workflow.packs import build_pack, find_pack, pack_key, packs_dir
 
 
 def _write(folder, n=10, shape=(6, 8, 8), dtype=np.uint16, channels_last=False, mask=False):
@@ -146,7 +142,7 @@ def _image_folder(root, sizes=(12, 16)):
 
 def test_imagefolder_images_are_packed_decoded_at_image_size_and_read_as_the_files_read(tmp_path):
     from mlflow_core.config import load_config_text
-    from mlflow_core.training.data import build_data, files_dataset, pack_data
+    from mlflow_core.training.data.sources import build_data, files_dataset, pack_data
 
     _image_folder(tmp_path / "data" / "shapes")
     cfg = load_config_text("data: {source: imagefolder, path: data/shapes, image_size: 10}\n", "t")
@@ -176,7 +172,7 @@ def test_a_packed_split_is_gathered_in_the_training_process(tmp_path):
     """Workers would only copy every gathered batch through shared memory: the loader takes none for
     a pack (normalised or not), and keeps data.num_workers for per-sample data."""
     from mlflow_core.config import load_config_text
-    from mlflow_core.training.data import make_loader
+    from mlflow_core.training.data.loader import make_loader
 
     folder = tmp_path / "data" / "train"
     _write(folder)

@@ -406,7 +406,7 @@ def test_a_curriculum_stage_on_part_of_the_data_trains_at_its_own_image_size():
 
     from mlflow_core.config.schema import WorkflowConfig
     from mlflow_core.training.curriculum import stage_train_data
-    from mlflow_core.training.data import collate_batches
+    from mlflow_core.training.data.loader import collate_batches
 
     cfg = WorkflowConfig.model_validate({"training": {"epochs": 1}, "curriculum": {"stages": [
         {"epochs": 1, "image_size": 12, "data_fraction": 0.5}]}})

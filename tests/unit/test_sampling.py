@@ -8,12 +8,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from mlflow_core.config import load_config_text  # noqa: E402
-from mlflow_core.training.data import (  # noqa: E402
+from mlflow_core.training.data.sampling import (  # noqa: E402
     DistributedWeightedSampler,
     balanced_sample_weights,
-    build_data,
     target_reader,
 )
+from mlflow_core.training.data.sources import build_data  # noqa: E402
 from tests.unit.test_segmentation import SEGMENTATION, make_tiles  # noqa: E402
 
 

@@ -53,7 +53,8 @@ def test_segmentation_unet_learns_the_masks(tmp_path):
 
 
 def test_pixel_balanced_sampling_favours_tiles_with_rare_classes(tmp_path):
-    from mlflow_core.training.data import balanced_sample_weights, build_data
+    from mlflow_core.training.data.sampling import balanced_sample_weights
+    from mlflow_core.training.data.sources import build_data
 
     make_tiles(tmp_path / "tiles")
     cfg = load_config_text(SEGMENTATION.format(epochs=1, sampling="pixel_balanced"), "seg.yaml")
@@ -66,7 +67,7 @@ def test_pixel_balanced_sampling_favours_tiles_with_rare_classes(tmp_path):
 def test_flips_move_the_mask_with_its_image(tmp_path):
     from mlflow_core.config.schema import AugmentationSection
     from mlflow_core.training.augment import with_augmentation
-    from mlflow_core.training.data import build_data
+    from mlflow_core.training.data.sources import build_data
 
     make_tiles(tmp_path / "tiles")
     cfg = load_config_text(SEGMENTATION.format(epochs=1, sampling="uniform"), "seg.yaml")
@@ -116,7 +117,7 @@ def test_segmentation_settings_that_do_not_fit_are_named(text, fragment):
 
 def test_a_mask_of_the_wrong_size_names_the_file(tmp_path):
     from mlflow_core.errors import DataError
-    from mlflow_core.training.data import build_data
+    from mlflow_core.training.data.sources import build_data
 
     make_tiles(tmp_path / "tiles")
     np.savez(tmp_path / "tiles" / "train" / "tile_000.npz", image=np.zeros((5, 32, 32), np.float32),

@@ -11,7 +11,7 @@ import torch
 from mlflow_core.config import load_config_text
 from mlflow_core.errors import DataError, UserInputError
 from mlflow_core.training.checkpoint import load_checkpoint
-from mlflow_core.training.data import build_data
+from mlflow_core.training.data.sources import build_data
 from mlflow_core.training.models import build_model
 from mlflow_core.training.trainer import Trainer
 from mlflow_core.workflow.scaffold import write_patches
@@ -217,7 +217,7 @@ def test_per_channel_normalisation_uses_training_statistics(tmp_path):
     import torch
 
     from mlflow_core.config import load_config_text
-    from mlflow_core.training.data import build_data
+    from mlflow_core.training.data.sources import build_data
     from mlflow_core.workflow.scaffold import write_patches
 
     write_patches(tmp_path / "p", bands=3, size=8, train=24, val=8)
@@ -273,7 +273,8 @@ def test_trainer_matches_a_plain_loop_when_batches_divide_the_data(tmp_path):
     from torch.utils.data import TensorDataset
 
     from mlflow_core.config import load_config_text
-    from mlflow_core.training.data import DataBundle, make_loader
+    from mlflow_core.training.data.datasets import DataBundle
+    from mlflow_core.training.data.loader import make_loader
     from mlflow_core.training.models import build_model
     from mlflow_core.training.seeding import seed_everything
     from mlflow_core.training.trainer import Trainer
@@ -331,7 +332,7 @@ def test_onnx_export_is_reloaded_and_compared(tmp_path):
 
     from mlflow_core.config import load_config_text
     from mlflow_core.runners.finalization import export_model
-    from mlflow_core.training.data import build_data
+    from mlflow_core.training.data.sources import build_data
     from mlflow_core.training.models import build_model
     from mlflow_core.workflow.project import Project
 
