@@ -124,3 +124,41 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make `path` the same file as `source`, atomically: a hard link (no second write of the
+    bytes), or a copy where the file system has no hard links. The name is moved into place as
+    atomic_write moves a temp file, so `path` is the old file or the new one, never a torn one.
+    (Every writer here replaces a file rather than writing into it, so files that share their
+    bytes this way never change under each other.)"""
+    import shutil
+
+    source, path = Path(source), Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}{TEMP_SUFFIX}"
+        try:
+            os.link(source, tmp)
+        except OSError as exc:
+            if exc.errno in STORAGE_ERRNOS and exc.errno not in (errno.EPERM, errno.EACCES):
+                raise
+            tmp = None
+
+            def copy(f: IO[bytes]) -> None:
+                with open(source, "rb") as original:
+                    shutil.copyfileobj(original, f)
+            atomic_write(path, copy)
+            return
+        os.replace(tmp, path)
+        tmp = None
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        refused = _refused_write(exc)
+        if refused is not None:
+            raise storage_error(path, refused) from None
+        raise
+    _fsync_dir(path.parent)

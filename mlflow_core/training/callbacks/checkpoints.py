@@ -6,9 +6,9 @@ the weights, the position, and `{state_key: state_dict()}` of every stateful par
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
+from mlflow_core.atomic import atomic_link
 from mlflow_core.training.callbacks.base import Callback
 from mlflow_core.training.checkpoint import save_checkpoint
 from mlflow_core.training.seeding import rng_state
@@ -31,11 +31,6 @@ def checkpoint_payload(t: Any, s: Any, *, resume: bool) -> dict[str, Any]:
     return payload
 
 
-def file_ref(run_dir: Path, path: Path, **extra: Any) -> dict[str, Any]:
-    """A checkpoint as metrics.json names it: path in the run, size and digest."""
-    return {"path": str(path.relative_to(run_dir)), **extra, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
-
-
 class Checkpoints(Callback):
     def __init__(self, cfg: Any):
         c = cfg.checkpointing
@@ -48,39 +43,52 @@ class Checkpoints(Callback):
             self._tidy_kept_best(t, s.metrics)
 
     def on_validation_end(self, t, s, record) -> None:
+        """The epoch's checkpoints are one payload: serialised once, into the first file it goes to,
+        and hashed once; the other names link to that file (timm's saver does the same)."""
         if not t.run_dir:
             return
-        saved = s.metrics["checkpoints"]
-        value = s.validated_value
-        if value is not None:
-            if record.get("improved") and self.save_best:
-                saved["best"] = self._save(t, s, "best_model.pt")
-            if self.keep_best > 1 and math.isfinite(value):
-                self._keep_if_among_best(t, s, value)
-        if self.every and s.epoch % self.every == 0:
-            saved["periodic"].append(self._save(t, s, f"checkpoint_epoch_{s.epoch}.pt"))
+        saved, value = s.metrics["checkpoints"], s.validated_value
+        best = value is not None and bool(record.get("improved")) and self.save_best
+        top = (value is not None and self.keep_best > 1 and math.isfinite(value)
+               and self._among_best(saved.setdefault("top", []), value))
+        periodic = bool(self.every) and s.epoch % self.every == 0
+        names = [name for name, wanted in (("best_model.pt", best), (f"top/epoch_{s.epoch:03d}.pt", top),
+                                           (f"checkpoint_epoch_{s.epoch}.pt", periodic),
+                                           ("last_model.pt", self.save_last)) if wanted]
+        if not names:
+            return
+        refs = self._save(t, s, names)
+        if best:
+            saved["best"] = refs["best_model.pt"]
+        if top:
+            self._keep_among_best(t, saved["top"], {**refs[f"top/epoch_{s.epoch:03d}.pt"], "value": value})
+        if periodic:
+            saved["periodic"].append(refs[f"checkpoint_epoch_{s.epoch}.pt"])
         if self.save_last:
-            saved["last"] = self._save(t, s, "last_model.pt")
+            saved["last"] = refs["last_model.pt"]
 
-    def _save(self, t: Any, s: Any, name: str) -> dict[str, Any]:
-        path = t.run_dir / "checkpoints" / name
-        save_checkpoint(path, checkpoint_payload(t, s, resume=False))
-        return file_ref(t.run_dir, path, epoch=s.epoch, step=s.global_step)
+    def _save(self, t: Any, s: Any, names: list[str]) -> dict[str, dict[str, Any]]:
+        folder = t.run_dir / "checkpoints"
+        first = folder / names[0]
+        save_checkpoint(first, checkpoint_payload(t, s, resume=False))
+        size, digest = first.stat().st_size, file_sha256(first)
+        for name in names[1:]:
+            atomic_link(first, folder / name)
+        return {name: {"path": str((folder / name).relative_to(t.run_dir)), "epoch": s.epoch, "step": s.global_step,
+                       "bytes": size, "sha256": digest} for name in names}
 
-    def _keep_if_among_best(self, t: Any, s: Any, value: float) -> None:
+    def _among_best(self, top: list[dict[str, Any]], value: float) -> bool:
+        return len(top) < self.keep_best or (value > top[-1]["value"] if self.maximize else value < top[-1]["value"])
+
+    def _keep_among_best(self, t: Any, top: list[dict[str, Any]], entry: dict[str, Any]) -> None:
         """checkpoints/top/: the `keep_best` best epochs so far, best first in metrics. A new one is
         written before the one it pushes out is deleted, so a kill between the two leaves one extra
         file, never one missing (and a resume tidies up what the list no longer names)."""
-        top = s.metrics["checkpoints"].setdefault("top", [])
-        keep, maximize = self.keep_best, self.maximize
-        if len(top) >= keep and not (value > top[-1]["value"] if maximize else value < top[-1]["value"]):
-            return
-        entry = self._save(t, s, f"top/epoch_{s.epoch:03d}.pt")
-        top.append({**entry, "value": value})
-        top.sort(key=lambda e: (-e["value"] if maximize else e["value"], e["epoch"]))  # ties: the earlier first
-        for dropped in top[keep:]:
+        top.append(entry)
+        top.sort(key=lambda e: (-e["value"] if self.maximize else e["value"], e["epoch"]))  # ties: the earlier first
+        for dropped in top[self.keep_best:]:
             (t.run_dir / dropped["path"]).unlink(missing_ok=True)
-        del top[keep:]
+        del top[self.keep_best:]
 
     @staticmethod
     def _tidy_kept_best(t: Any, metrics: dict[str, Any]) -> None:
