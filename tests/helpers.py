@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 
 def configure(project: Path, settings) -> None:
@@ -52,3 +53,66 @@ def write_crashing_model(project: Path) -> None:
         "        return self.fc(x.flatten(1))\n")
     configure(project, [("model.name", "custom"), ("model.target", "mymodel:Fragile")])
 
+
+
+class FileEvents:
+    """What this process does to the files under a folder while watched, from Python's audit events
+    (sys.addaudithook: every open, link and rename, whoever makes it; nothing is replaced or mocked):
+    `created` (a new file: O_CREAT, as mkstemp makes an atomic write's temp file), `read` (opened
+    for reading), `linked` (a hard link's new name); paths relative to the folder.
+
+        with FileEvents(run / "checkpoints") as events:
+            ...
+        events.created
+    """
+
+    _active: ClassVar[list[FileEvents]] = []
+    _installed: ClassVar[bool] = False
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder).resolve()
+        self.created: list[str] = []
+        self.read: list[str] = []
+        self.linked: list[str] = []
+
+    def __enter__(self) -> FileEvents:
+        import sys
+
+        if not FileEvents._installed:  # an audit hook cannot be removed: one for the process, idle unless watched
+            sys.addaudithook(FileEvents._audit)
+            FileEvents._installed = True
+        FileEvents._active.append(self)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        FileEvents._active.remove(self)
+
+    def _name(self, path) -> str | None:
+        try:
+            resolved = Path(path).resolve() if Path(path).is_absolute() else (Path.cwd() / path).resolve()
+        except (OSError, TypeError, ValueError):
+            return None
+        return str(resolved.relative_to(self.folder)) if self.folder in resolved.parents else None
+
+    @staticmethod
+    def _audit(event: str, args: tuple) -> None:
+        if not FileEvents._active or event not in ("open", "os.link"):
+            return
+        import os
+
+        for watch in list(FileEvents._active):
+            if event == "os.link":
+                name = watch._name(args[1])
+                if name is not None:
+                    watch.linked.append(name)
+                continue
+            path, mode, flags = args
+            if not isinstance(path, (str, os.PathLike)):
+                continue  # a file descriptor
+            name = watch._name(path)
+            if name is None:
+                continue
+            if flags & os.O_CREAT:
+                watch.created.append(name)
+            elif not (flags & (os.O_WRONLY | os.O_RDWR)) and not (mode or "").startswith(("w", "a", "x")):
+                watch.read.append(name)

@@ -58,7 +58,7 @@ def tick(name: str = typer.Argument(..., help="Checklist name."),
          note: str = typer.Option(None, "--note", help="Recorded in the history with the tick.")) -> None:
     """Tick manual items (auto items are verified by wf from evidence)."""
     from mlflow_core.errors import UserInputError
-    from mlflow_core.orchestration.engine import tick as tick_item
+    from mlflow_core.orchestration.checklists import tick as tick_item
     from mlflow_core.workflow.gates import load_checklist
     from mlflow_core.workflow.project import Project
 
@@ -78,7 +78,7 @@ def waive(name: str = typer.Argument(..., help="Checklist name, e.g. post_baseli
           reason: str = typer.Option(..., "--reason", help="Why it does not apply; recorded with your name.")) -> None:
     """Drop an item of a gate on purpose, on the record: who, when and why are kept in the history and
     shown by `wf gate check`, `wf status` and every later report. `wf checklist unwaive` takes it back."""
-    from mlflow_core.orchestration.engine import waive as waive_item
+    from mlflow_core.orchestration.checklists import waive as waive_item
     from mlflow_core.workflow.project import Project
 
     phase = waive_item(Project.find(), name, item_id, reason)
@@ -89,7 +89,7 @@ def waive(name: str = typer.Argument(..., help="Checklist name, e.g. post_baseli
 def unwaive(name: str = typer.Argument(..., help="Checklist name."),
             item_id: str = typer.Argument(..., metavar="ID", help="The waived item.")) -> None:
     """Take a waiver back: the item counts in its gate again (the waiver stays in the history)."""
-    from mlflow_core.orchestration.engine import waive as waive_item
+    from mlflow_core.orchestration.checklists import waive as waive_item
     from mlflow_core.workflow.project import Project
 
     waive_item(Project.find(), name, item_id, "", waived=False)
@@ -99,7 +99,7 @@ def unwaive(name: str = typer.Argument(..., help="Checklist name."),
 @app.command()
 def untick(name: str = typer.Argument(...), ids: list[str] = typer.Argument(...)) -> None:
     """Untick manual items."""
-    from mlflow_core.orchestration.engine import tick as tick_item
+    from mlflow_core.orchestration.checklists import tick as tick_item
     from mlflow_core.workflow.project import Project
 
     project = Project.find()

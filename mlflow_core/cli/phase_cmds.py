@@ -127,7 +127,7 @@ def run_with_display(project, name: str, override_reason: str | None = None, res
                      deadline: float | None = None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mlflow_core.orchestration.engine import run_phase
+    from mlflow_core.orchestration.phase import run_phase
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
@@ -190,7 +190,7 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
                              "--nproc-per-node.")
     deadline = _deadline(time_limit)  # from now: a bad value is exit 2 before anything starts
     if worker:
-        from mlflow_core.orchestration.engine import run_sweep_worker
+        from mlflow_core.orchestration.phase import run_sweep_worker
 
         raise typer.Exit(run_sweep_worker(Project.find(), override_gate, None,
                                           lambda m: console.print(f"· {m}", highlight=False), deadline))
@@ -204,8 +204,8 @@ def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, op
         if name not in DISTRIBUTED_PHASES:
             raise UserInputError(f"`wf phase {name}` runs in one process; data-parallel phases: "
                                  f"{', '.join(DISTRIBUTED_PHASES)}.")
-        from mlflow_core.orchestration.engine import missing_training_stack
         from mlflow_core.orchestration.launch import launch_local
+        from mlflow_core.orchestration.preflight import missing_training_stack
         if missing_training_stack():
             raise UserInputError("--nproc-per-node needs the training stack (torch).",
                                  hint="Install it with `pip install 'wf[train]'`.")
@@ -264,7 +264,7 @@ def report(name: str = typer.Argument(..., help="A phase, whose report to render
         else:
             print(text, end="")
         return
-    from mlflow_core.orchestration.engine import rerender_report
+    from mlflow_core.orchestration.report import rerender_report
 
     result = rerender_report(project, name)
     console.print(f"[green]✔[/] {result.report}")

@@ -37,7 +37,7 @@ def quickstart(directory: Path = typer.Argument(Path("wf-quickstart"), help="Pro
                ) -> None:
     """init (digits) + setup + baseline in one go: a verified, reviewable baseline in under a minute."""
     from mlflow_core.cli.phase_cmds import run_with_display
-    from mlflow_core.orchestration.engine import tick
+    from mlflow_core.orchestration.checklists import tick
     from mlflow_core.workflow.gates import load_checklist
     from mlflow_core.workflow.scaffold import init_project
 
@@ -117,7 +117,7 @@ def runs_select(run: str = typer.Argument(..., help="A run id, or a unique prefi
     """Make an earlier run that ran to its end the one its phase's gate judges: its evidence and report
     come back, and the choice is recorded in the history (by default a gate judges the latest run of
     its phase that ran to its end; an interrupted or crashed run never replaces it)."""
-    from mlflow_core.orchestration.engine import select_run
+    from mlflow_core.orchestration.runs import select_run
     from mlflow_core.workflow.project import Project
 
     chosen = select_run(Project.find(), run)
@@ -199,7 +199,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
 def decide(choice: str = typer.Argument(..., help="finalize, diagnose, optimize (or rebaseline after diagnostics)."),
            reason: str = typer.Option(None, "--reason", "-r", help="Why; recorded in the history and reports.")) -> None:
     """Record the decision after the baseline: deploy the baseline, or improve it."""
-    from mlflow_core.orchestration.engine import decide as record_decision
+    from mlflow_core.orchestration.decide import decide as record_decision
     from mlflow_core.workflow.project import Project
 
     decision, repeated = record_decision(Project.find(), choice, reason)

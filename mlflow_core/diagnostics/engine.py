@@ -14,10 +14,11 @@ from mlflow_core.errors import UserInputError, did_you_mean
 from mlflow_core.reports.diagnosis import write_diagnosis_report
 from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.facts import DataCheck
+from mlflow_core.workflow.lock import locked
 from mlflow_core.workflow.project import Project, safe_name
 from mlflow_core.workflow.records import load_run_metrics
 from mlflow_core.workflow.scaffold import write_config_variant
-from mlflow_core.workflow.state import RunRecord, load_state, project_lock, save_state
+from mlflow_core.workflow.state import RunRecord, load_state, save_state
 
 
 def _pick_run(project: Project, run_id: str | None) -> RunRecord:
@@ -40,16 +41,21 @@ REFERENCE_TOLERANCE = 0.05  # a fix trial's last-tenth loss may exceed the uncha
 def diagnose(project: Project, name: str, run_id: str | None = None, fix: bool = False,
              on_message: Callable[[str], None] | None = None) -> Diagnosis:
     """`wf diagnose NAME`: under the project lock, diagnose and record it in the history."""
-    _check_name(name)
-    with project_lock(project, f"wf diagnose {name}"):
-        run = _pick_run(project, run_id)
-        diagnosis = run_diagnosis(project, name, run, fix, on_message)
-        state = load_state(project)
-        state.record("diagnosis", diagnostic=name, run_id=run.run_id,
-                     findings=[{"cause": f.cause, "confidence": f.confidence} for f in diagnosis.findings],
-                     verified_fix=verified_fix(diagnosis), report=diagnosis.report)
-        save_state(project, state)
-        return diagnosis
+    _check_name(name)  # an unknown name is exit 2 before the lock is asked for
+    return _diagnose(project, name, run_id, fix, on_message)
+
+
+@locked("wf diagnose {name}")
+def _diagnose(project: Project, name: str, run_id: str | None, fix: bool,
+              on_message: Callable[[str], None] | None) -> Diagnosis:
+    run = _pick_run(project, run_id)
+    diagnosis = run_diagnosis(project, name, run, fix, on_message)
+    state = load_state(project)
+    state.record("diagnosis", diagnostic=name, run_id=run.run_id,
+                 findings=[{"cause": f.cause, "confidence": f.confidence} for f in diagnosis.findings],
+                 verified_fix=verified_fix(diagnosis), report=diagnosis.report)
+    save_state(project, state)
+    return diagnosis
 
 
 def verified_fix(diagnosis: Diagnosis) -> str | None:

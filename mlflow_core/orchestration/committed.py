@@ -12,11 +12,15 @@ added. A run stopped resumably (a signal, a full disk) keeps its run record in t
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from mlflow_core.errors import RankLostError, RunInterruptedError, StorageError
 from mlflow_core.workflow.project import Project
 
 # what `wf init` tells people to commit (scaffold.GITIGNORE), with the exports the manifest vouches for
@@ -90,3 +94,29 @@ def _put_back(copy: Path, target: Path) -> None:
     except OSError:
         shutil.copy2(copy, temporary)
     os.replace(temporary, target)
+
+
+@contextmanager
+def unchanged_on_failure(project: Project) -> Iterator[None]:
+    """The committed files as they were when the block started, put back if it raises."""
+    kept = CommittedFiles.keep(project)
+    try:
+        yield
+    except BaseException as exc:
+        _restore_after(kept, exc)
+        raise
+    finally:
+        kept.discard()
+
+
+def _restore_after(kept: CommittedFiles, exc: BaseException) -> None:
+    """A command that failed leaves the committed files as they were; one stopped resumably keeps the
+    run record that `--resume` continues."""
+    resumable = isinstance(exc, (RunInterruptedError, StorageError, RankLostError, KeyboardInterrupt))
+    try:
+        changed = kept.restore(state=not resumable)
+    except OSError as error:  # the disk refuses even this: say so, and let the first error be seen
+        logging.getLogger("wf").error("the committed files could not all be put back: %s", error)
+        return
+    if changed:
+        logging.getLogger("wf").info("put back as they were: %s", ", ".join(changed))

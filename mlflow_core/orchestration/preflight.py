@@ -33,3 +33,18 @@ def preflight(project: Project, cfg: Any, phase: str) -> None:
                 raise UserInputError(f"{project.relative(project.config_path)}: {exc.message}; nothing was changed.",
                                      hint=f"Fix {field} (a 'module:name' in a .py file of the project, or an "
                                           "installed package), then run the command again.") from None
+
+
+def missing_training_stack() -> list[str]:
+    """The packages of the `train` extra that cannot be imported (found without importing them)."""
+    import importlib.util
+
+    missing = []
+    for module in ("torch", "torchvision"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ValueError, ImportError):
+            found = False
+        if not found:
+            missing.append(module)
+    return missing

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from mlflow_core.errors import GateClosedError, UserInputError
 from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.gates import evaluate_gate
+from mlflow_core.workflow.lock import locked
 from mlflow_core.workflow.project import Project
-from mlflow_core.workflow.state import changing_state, who
+from mlflow_core.workflow.state import load_state, save_state, who
 
 
 @dataclass(frozen=True)
@@ -28,26 +29,32 @@ def release(project: Project, alias: str = "champion") -> Release:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", alias) or re.fullmatch(r"[vV]\d+", alias):
         raise UserInputError(f"--alias {alias!r}: an alias is letters, digits, - and _, and not v<number> "
                              "(MLflow keeps those for versions)")
-    with changing_state(project, f"wf release --alias {alias}") as state:
-        evidence = read_evidence(project, "finalization")
-        if evidence is None or not evidence.intact:
-            raise UserInputError("there is no finalization to release: no intact .wf/evidence/finalization.json.",
-                                 hint="Run `wf phase finalization` (with monitoring.mlflow: true) first.")
-        registered = evidence.facts.registered
-        if registered is None:
-            raise UserInputError("the finalization registered no model in MLflow (monitoring.mlflow was off, or "
-                                 "the registry could not be reached: its log says which).",
-                                 hint="Set monitoring.mlflow: true in training_config.yaml and run "
-                                      "`wf phase finalization` again.")
-        gate = evaluate_gate(project, state, "finalization")
-        if not gate.passed:
-            left = [i.id for i in gate.open_items] + [f"unchanged {d.kind}" for d in gate.drift]
-            raise GateClosedError(f"cannot release {registered.name} version {registered.version}: the pre_release "
-                                  f"gate ({gate.path}) does not pass: {', '.join(left)} open.",
-                                  hint="`wf gate check finalization` shows each item and how to close it.")
-        _set_alias(registered, alias)
-        state.record("release", model=registered.name, version=registered.version, alias=alias,
-                     run_id=evidence.run_id, by=who())
+    return _release(project, alias)
+
+
+@locked("wf release --alias {alias}")
+def _release(project: Project, alias: str) -> Release:
+    state = load_state(project)
+    evidence = read_evidence(project, "finalization")
+    if evidence is None or not evidence.intact:
+        raise UserInputError("there is no finalization to release: no intact .wf/evidence/finalization.json.",
+                             hint="Run `wf phase finalization` (with monitoring.mlflow: true) first.")
+    registered = evidence.facts.registered
+    if registered is None:
+        raise UserInputError("the finalization registered no model in MLflow (monitoring.mlflow was off, or "
+                             "the registry could not be reached: its log says which).",
+                             hint="Set monitoring.mlflow: true in training_config.yaml and run "
+                                  "`wf phase finalization` again.")
+    gate = evaluate_gate(project, state, "finalization")
+    if not gate.passed:
+        left = [i.id for i in gate.open_items] + [f"unchanged {d.kind}" for d in gate.drift]
+        raise GateClosedError(f"cannot release {registered.name} version {registered.version}: the pre_release "
+                              f"gate ({gate.path}) does not pass: {', '.join(left)} open.",
+                              hint="`wf gate check finalization` shows each item and how to close it.")
+    _set_alias(registered, alias)
+    state.record("release", model=registered.name, version=registered.version, alias=alias,
+                 run_id=evidence.run_id, by=who())
+    save_state(project, state)
     return Release(registered.name, registered.version, alias, f"models:/{registered.name}@{alias}",
                    registered.tracking_uri)
 

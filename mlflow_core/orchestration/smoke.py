@@ -15,8 +15,8 @@ from typing import Any
 from mlflow_core.config.loader import config_sha256, load_config
 from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.errors import UserInputError
-from mlflow_core.orchestration.engine import missing_training_stack
 from mlflow_core.orchestration.launch import leading
+from mlflow_core.orchestration.preflight import missing_training_stack
 from mlflow_core.runners import RunContext, run_runner
 from mlflow_core.workflow.phases import DISTRIBUTED_PHASES, SMOKABLE_PHASES
 from mlflow_core.workflow.project import Project

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from mlflow_core.atomic import atomic_write_json
+from mlflow_core.atomic import atomic_link, atomic_write_json
 from mlflow_core.workflow.facts import PhaseFacts
 from mlflow_core.workflow.phases import PHASES
 from mlflow_core.workflow.project import Project, safe_name
@@ -47,6 +47,7 @@ class Evidence:
     sha256: str
     intact: bool  # the stored hash matches the facts, and they are the phase's model
     problem: str = ""  # why not intact
+    record: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # what store_evidence writes
 
     def why_not_intact(self) -> str:
         return self.problem or "was edited after it was recorded (its hash does not match)"
@@ -60,19 +61,33 @@ def archived_evidence_path(project: Project, run_id: str) -> Path:
     return project.evidence_dir / "runs" / f"{safe_name(run_id, 'run id')}.json"
 
 
-def write_evidence(project: Project, phase: str, run_id: str | None, facts: PhaseFacts) -> str:
-    """The phase's evidence: what its gate judges. A copy is kept per run, so that `wf runs select`
-    can make an earlier run the one the gate judges again."""
+def evidence_of(phase: str, run_id: str | None, facts: PhaseFacts) -> Evidence:
+    """The evidence `facts` make, in memory, exactly as read_evidence reads it back once written
+    (the facts through their JSON form): what a phase's criteria are judged on before it is written."""
     if not isinstance(facts, PHASES[phase].facts):
         raise TypeError(f"{phase} records {PHASES[phase].facts.__name__}, not {type(facts).__name__}")
     body = {"phase": phase, "run_id": run_id, "facts": facts.to_json()}
-    digest = canonical_sha256(body)
-    record = {"schema_version": EVIDENCE_SCHEMA_VERSION, "recorded_at": now_iso(), **body, "sha256": digest}
-    if run_id:
-        archived_evidence_path(project, run_id).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(archived_evidence_path(project, run_id), record)
-    atomic_write_json(evidence_path(project, phase), record)
-    return digest
+    return Evidence(phase, run_id, now_iso(), PHASES[phase].facts.model_validate(body["facts"]),
+                    canonical_sha256(body), intact=True, record=body)
+
+
+def store_evidence(project: Project, evidence: Evidence) -> str:
+    """Write `evidence` (from evidence_of) as the phase's: what its gate judges. A copy is kept per
+    run, so that `wf runs select` can make an earlier run the one the gate judges again."""
+    assert evidence.record is not None, "only evidence made by evidence_of is written"
+    record = {"schema_version": EVIDENCE_SCHEMA_VERSION, "recorded_at": evidence.recorded_at, **evidence.record,
+              "sha256": evidence.sha256}
+    if not evidence.run_id:
+        atomic_write_json(evidence_path(project, evidence.phase), record)
+        return evidence.sha256
+    archived = archived_evidence_path(project, evidence.run_id)
+    atomic_write_json(archived, record)  # written once; the phase's current evidence is the same file
+    atomic_link(archived, evidence_path(project, evidence.phase))
+    return evidence.sha256
+
+
+def write_evidence(project: Project, phase: str, run_id: str | None, facts: PhaseFacts) -> str:
+    return store_evidence(project, evidence_of(phase, run_id, facts))
 
 
 def read_evidence(project: Project, phase: str, path: Path | None = None) -> Evidence | None:

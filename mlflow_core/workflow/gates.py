@@ -98,13 +98,14 @@ def _unknown_checklist(project: Project, name: str) -> ChecklistError:
 
 
 def evaluate_gate(project: Project, state: ProjectState, phase: str,
-                  now: fingerprints.Current | None = None) -> GateVerdict:
+                  now: fingerprints.Current | None = None, recorded: Evidence | None = None) -> GateVerdict:
     """The gate of `phase` as it stands now. `now` is the project's current config and data, shared
-    by callers that evaluate several gates so that each is read once."""
+    by callers that evaluate several gates so that each is read once; `recorded`, the phase's
+    evidence when the caller has just written it (else it is read)."""
     now = now or fingerprints.Current(project.root)
     definition = load_phase(phase, project.root)
     checklist = load_checklist(project, definition.exit_checklist)
-    evidence = read_evidence(project, phase)
+    evidence = recorded if recorded is not None else read_evidence(project, phase)
     waivers = state.waivers(checklist.name)
     ticks = state.last_ticks(checklist.name)
     required = {r.id: r for r in required_items(phase, project.root)}

@@ -1,26 +1,21 @@
 """`.wf/state.json`: where the project stands, and an append-only history of what happened.
 
 Versioned (`schema_version`), validated on load (a hand-broken file is exit 2 naming the field),
-written atomically, and changed only under the project lock (see `project_lock`).
+written atomically, and changed only under the project lock (workflow/lock.py).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import shutil
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlflow_core import __version__
-from mlflow_core.atomic import atomic_write_json, remove_stale_temp_files, storage_error
-from mlflow_core.errors import ProjectBusyError, StateError
+from mlflow_core.atomic import atomic_write_json
+from mlflow_core.errors import StateError
 from mlflow_core.workflow.project import Project
 
 SCHEMA_VERSION = 1
@@ -183,64 +178,3 @@ def load_state(project: Project) -> ProjectState:
 
 def save_state(project: Project, state: ProjectState) -> None:
     atomic_write_json(project.state_path, state.model_dump(mode="json", exclude_none=False))
-
-
-@contextmanager
-def project_lock(project: Project, command: str | None = None) -> Iterator[None]:
-    """One writer per project. The OS drops a flock when its process dies, so a lock left by a
-    killed process is never stale; the file's content only says who holds it."""
-    try:
-        project.wf_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(project.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:  # a read-only checkout, a directory we may not write
-        raise storage_error(project.lock_path, exc) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another wf command"
-            raise ProjectBusyError(f"{project.root} is in use by {holder}.",
-                                   hint="Wait for it to finish; `wf status` and `wf gate check` still work.") from None
-        os.ftruncate(fd, 0)
-        label = command or " ".join(["wf", *sys.argv[1:]])
-        os.pwrite(fd, f"`{label}` (pid {os.getpid()})".encode(), 0)
-        # we are the only writer now: a temp file of an atomic write is a killed writer's leftover
-        remove_stale_temp_files(project.wf_dir, recursive=True)
-        for directory in (project.reports_dir, project.checklists_dir, project.root / "configs",
-                          project.root / "export"):
-            remove_stale_temp_files(directory)
-        for kept in (project.wf_dir / "cache").glob("kept-*"):  # a killed command's copies (committed.py)
-            shutil.rmtree(kept, ignore_errors=True)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def project_locked(project: Project) -> bool:
-    """Does a wf command hold the project lock now? Asked without taking it, for read-only commands."""
-    try:
-        fd = os.open(project.lock_path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def changing_state(project: Project, command: str | None = None) -> Iterator[ProjectState]:
-    """Lock, load, let the caller change the state, save atomically (only if no exception)."""
-    with project_lock(project, command):
-        state = load_state(project)
-        yield state
-        save_state(project, state)

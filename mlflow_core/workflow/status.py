@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from mlflow_core.errors import WfError
+from mlflow_core.workflow import lock
 from mlflow_core.workflow.fingerprints import Current
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate
 from mlflow_core.workflow.phases import PHASE_ORDER, RESUMABLE_PHASES, load_phase
 from mlflow_core.workflow.project import Project
-from mlflow_core.workflow.state import ProjectState, load_state, project_locked
+from mlflow_core.workflow.state import ProjectState, load_state
 
 
 def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
         "runs": [r.model_dump(mode="json") for r in state.runs[-runs:]][::-1],
         "overrides": [e.model_dump(mode="json") for e in state.overrides()],
         "release": next((e.model_dump(mode="json") for e in reversed(state.history) if e.event == "release"), None),
-        "next": suggest_next(_focus(state), phases, project_locked(project)),
+        "next": suggest_next(_focus(state), phases, lock.held(project)),
     }
 
 

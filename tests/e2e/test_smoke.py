@@ -44,13 +44,15 @@ def test_smoke_of_a_config_that_does_not_train_cleanly_exits_1(wf, tmp_path):
 
 
 def test_smoke_works_while_another_command_holds_the_project(wf, tmp_path):
+    from mlflow_core.workflow.lock import locked
     from mlflow_core.workflow.project import Project
-    from mlflow_core.workflow.state import project_lock
 
     assert wf("init", "p", cwd=tmp_path).code == 0
-    with project_lock(Project(tmp_path / "p"), "wf phase baseline"):
-        busy = wf("phase", "baseline", cwd=tmp_path / "p")
-        smoke = wf("phase", "baseline", "--smoke", cwd=tmp_path / "p")
+
+    @locked("wf phase baseline")
+    def while_held(_project):
+        return wf("phase", "baseline", cwd=tmp_path / "p"), wf("phase", "baseline", "--smoke", cwd=tmp_path / "p")
+    busy, smoke = while_held(Project(tmp_path / "p"))
     assert busy.code == 4 and smoke.code == 0
 
 

@@ -8,9 +8,10 @@ from mlflow_core.errors import ProjectBusyError, StateError
 from mlflow_core.workflow.evidence import read_evidence, write_evidence
 from mlflow_core.workflow.facts import FileRef, SetupFacts, TrainingFacts
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate
+from mlflow_core.workflow.lock import locked
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.scaffold import init_project
-from mlflow_core.workflow.state import Decision, RunRecord, load_state, project_lock, save_state
+from mlflow_core.workflow.state import Decision, RunRecord, load_state, save_state
 
 
 @pytest.fixture
@@ -96,12 +97,19 @@ def test_corrupt_state_is_named_and_left_alone(project, content, fragment):
 
 
 def test_one_writer_per_project(project):
-    with (project_lock(project, "wf phase baseline"),
-          pytest.raises(ProjectBusyError, match=r"in use by `wf phase baseline` \(pid \d+\)"),
-          project_lock(project, "wf decide finalize")):
-        pass
-    with project_lock(project):  # released
-        pass
+    @locked("wf decide {choice}")
+    def decide(project, choice, reason=None):
+        return f"decided {choice}"
+
+    @locked("wf phase {phase}")
+    def run_phase(project, phase):
+        with pytest.raises(ProjectBusyError, match=r"in use by `wf phase baseline` \(pid \d+\)"):
+            decide(project, "finalize")
+        assert "`wf phase baseline`" in project.lock_path.read_text()
+
+    run_phase(project, "baseline")
+    assert decide(project, choice="finalize") == "decided finalize"  # released
+    assert project.lock_path.read_text() == ""
 
 
 def test_fresh_project_cannot_start_baseline(project):
@@ -190,9 +198,10 @@ def test_gpu_utilization_check(project, device, gpu, passed, fragment):
 
 
 def test_status_suggests_resume_for_a_stopped_run_and_waits_for_a_live_one(tmp_path):
+    from mlflow_core.workflow.lock import locked
     from mlflow_core.workflow.project import Project
     from mlflow_core.workflow.scaffold import init_project
-    from mlflow_core.workflow.state import RunRecord, load_state, now_iso, project_lock, save_state
+    from mlflow_core.workflow.state import RunRecord, load_state, now_iso, save_state
     from mlflow_core.workflow.status import project_status
 
     project = init_project(tmp_path / "p")
@@ -202,8 +211,8 @@ def test_status_suggests_resume_for_a_stopped_run_and_waits_for_a_live_one(tmp_p
                                 dir="runs/baseline-1"))
     save_state(project, state)
     assert project_status(project)["next"].startswith("wf phase baseline --resume")  # its process is gone
-    with project_lock(Project(project.root), "wf phase baseline"):
-        assert project_status(project)["next"].startswith("wait: run baseline-1 is in progress")
+    status_while_held = locked("wf phase baseline")(project_status)(Project(project.root))
+    assert status_while_held["next"].startswith("wait: run baseline-1 is in progress")
     state.runs[-1].status = "interrupted"
     save_state(project, state)
     assert project_status(project)["next"].startswith("wf phase baseline --resume")

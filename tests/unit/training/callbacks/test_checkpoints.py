@@ -4,9 +4,6 @@ payload, serialised once and linked under the other names; counted through Pytho
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -14,23 +11,7 @@ torch = pytest.importorskip("torch")
 from mlflow_core.config import load_config_text  # noqa: E402
 from mlflow_core.training.checkpoint import load_checkpoint  # noqa: E402
 from mlflow_core.training.trainer import Trainer  # noqa: E402
-
-_watched: list[tuple[str, str]] = []
-_watching: list[Path] = []
-
-
-def _audit(event: str, args: tuple) -> None:
-    if not _watching:
-        return
-    if event == "open" and args[2] is not None and isinstance(args[0], str | Path):  # os.open, as mkstemp does
-        path = Path(args[0])
-        if _watching[0] in path.parents and args[2] & 0o100:  # O_CREAT: a new file
-            _watched.append(("created", str(path.relative_to(_watching[0]))))
-    elif event == "os.link" and _watching[0] in Path(args[1]).parents:
-        _watched.append(("linked", str(Path(args[1]).relative_to(_watching[0]))))
-
-
-sys.addaudithook(_audit)  # cannot be removed: it records only while a test watches a folder
+from tests.helpers import FileEvents  # noqa: E402
 
 
 def test_each_epoch_serialises_its_checkpoint_once_and_links_the_other_names(tmp_path):
@@ -39,26 +20,21 @@ def test_each_epoch_serialises_its_checkpoint_once_and_links_the_other_names(tmp
                            "checkpointing: {keep_best: 3, checkpoint_every_n_epochs: 1, save_best: true, "
                            "save_last: true, resume_every_n_steps: 0}\n", "t")
     run = tmp_path / "run"
-    _watched.clear()
-    _watching.append(run / "checkpoints")
-    try:
+    (run / "checkpoints").mkdir(parents=True)
+    with FileEvents(run / "checkpoints") as events:
         result = Trainer(cfg, tmp_path, run).fit()
-    finally:
-        _watching.clear()
-    created = [name for kind, name in _watched if kind == "created" and not name.startswith(".resume.pt.")]
-    linked = [name for kind, name in _watched if kind == "linked"]
+    created = [name for name in events.created if not name.startswith(".resume.pt.")]  # the resume point's own
     epochs = len(result.metrics["epochs"])
     assert epochs == 3 and len(created) == epochs  # one serialisation per epoch, whatever it is saved as
     saved = result.metrics["checkpoints"]
     improved = sum(1 for e in result.metrics["epochs"] if e.get("improved"))
     # each epoch: top, periodic and last, and best when it improved; all but the first are links
-    assert len(linked) == 2 * epochs + improved
+    assert len(events.linked) == 2 * epochs + improved
     for ref in [saved["best"], saved["last"], *saved["periodic"], *saved["top"]]:
         path = run / ref["path"]
         assert path.stat().st_size == ref["bytes"]
         assert load_checkpoint(path)["epoch"] == ref["epoch"]
-    last_epoch = [saved["last"], saved["periodic"][-1]]
-    assert len({ref["sha256"] for ref in last_epoch}) == 1
+    assert saved["last"]["sha256"] == saved["periodic"][-1]["sha256"]
     assert (run / saved["last"]["path"]).stat().st_ino == (run / saved["periodic"][-1]["path"]).stat().st_ino
     # a later epoch replaced last_model.pt with its own file: the earlier periodic checkpoint kept its bytes
     assert saved["periodic"][0]["sha256"] != saved["last"]["sha256"]
