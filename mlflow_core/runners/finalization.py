@@ -39,22 +39,14 @@ from mlflow_core.workflow.state import load_state
 
 
 def run_finalization(ctx: RunContext) -> RunOutput:
-
-    cfg, say, root = ctx.cfg, ctx.on_message, ctx.project.root
+    """Train each member (a seed, or a fold and a seed), evaluate it once on the test split, then
+    summarise, ensemble, and export the first seed's model with its bundle."""
+    cfg, root = ctx.cfg, ctx.project.root
     fin = cfg.finalization
-    data = with_augmentation(build_data(cfg, root), cfg.augmentation)  # evaluation views at the trained size
-    if data.test is None or len(data.test) == 0:
-        raise DataError(f"{ctx.project.config_path}: finalization needs a held-out test split, and data source "
-                        f"'{cfg.data.source}' has none: set data.test_fraction (digits), add a test/ folder "
-                        "(npz, imagefolder) or return a 'test' dataset (custom). No earlier phase may use it.")
-    if fin.tta and len(data.input_shape) != 3:
-        raise UserInputError(f"{ctx.project.config_path}: finalization.tta flips images (channels, height, width); "
-                             f"this data's samples have shape {list(data.input_shape)}.")
+    data = _test_ready_data(ctx)
     state = load_state(ctx.project)
     seen_before = [getattr(e, "run_id", None) for e in state.history if e.event == "test_evaluated"]
     epochs = fin.epochs or cfg.training.epochs
-    device = resolve_device(cfg.training.device)
-    score = segmentation_metrics if cfg.task == "segmentation" else classification_metrics
     seeds = [cfg.reproducibility.seed + i for i in range(fin.seeds)]
     # the members: one per seed, or with cross-validation one per fold and seed (e.g. 5 folds × 3 seeds)
     folds, crossval = fin.folds, None
@@ -62,43 +54,22 @@ def run_finalization(ctx: RunContext) -> RunOutput:
         _, samples, stratified, fold_val = split_folds(cfg, root, folds)
         crossval = {"folds": folds, "stratified": stratified, "samples": len(samples),
                     "fold_sizes": [len(f) for f in fold_val]}
-    members = [(fold, seed) for fold in (range(folds) if folds else [None]) for seed in seeds]
-    results, models, member_logits = [], [], []
-    targets = None
-    for fold, seed in members:
-        name = f"seed_{seed}" if fold is None else f"fold_{fold}_seed_{seed}"
-        say(f"Final training, {name.replace('_', ' ')}, {epochs} epochs")
-        run_cfg = with_changes(cfg, {"reproducibility.seed": seed, "training.epochs": epochs})
-        run_dir = ctx.run_dir / name
-        member_data = data if fold is None else fold_data(cfg, root, folds, fold)
+    results, models, member_logits, targets = [], [], [], None
+    for fold, seed in [(fold, seed) for fold in (range(folds) if folds else [None]) for seed in seeds]:
         try:
-            trained = fit_or_continue(ctx, run_cfg, run_dir, f"{ctx.run_id}/{name}", phase="finalization",
-                                      data=member_data,
-                                      data_spec=None if fold is None else {"folds": folds, "fold": fold})
+            entry, model, logits, member_targets = _member(ctx, data, fold, seed, epochs)
         except SubRunInterrupted as stop:  # nothing evaluated yet: the test split stays unseen
             return stop.output(ctx)
-        entry = {"seed": seed, **({"fold": fold} if fold is not None else {}), "status": trained.status}
-        if trained.status not in ("completed", "early_stopped"):
-            results.append({**entry, "stop_reason": trained.record.stop_reason})
-            continue
-        model = trained.model
-        best = trained.record.checkpoints.best
-        if best:  # evaluate the checkpoint that validation chose, not the last epoch's weights
-            model.load_state_dict(load_checkpoint(run_dir / best.path)["model"])
-        say(f"Evaluating {name.replace('_', ' ')} on the test split ({len(data.test)} samples)")
-        plain, augmented, targets = predict_with_tta(model, data.test, run_cfg, device, fin.tta)
-        logits = augmented if augmented is not None else plain
-        results.append({**entry, "run_dir": ctx.project.relative(run_dir), "val_best": trained.metrics.get("best"),
-                        "test": score(logits, targets, data.num_classes)})
-        if augmented is not None:  # what the flips add, from the same models and test split
-            results[-1]["test_without_tta"] = score(plain, targets, data.num_classes)
-        models.append((seed, model))
-        member_logits.append(logits)
+        results.append(entry)
+        if model is not None:
+            models.append((seed, model))
+            member_logits.append(logits)
+            targets = member_targets
     evaluated = [r for r in results if "test" in r]
     facts: dict[str, Any] = {
         "run_dir": ctx.project.relative(ctx.run_dir), "epochs": epochs, "seeds": results,
-        "config_sha256": ctx.config_sha256, "config": cfg.model_dump(mode="json"), "test_split": {"samples": len(data.test), "source": data.source,
-                                                           "evaluated_before_by": seen_before},
+        "config_sha256": ctx.config_sha256, "config": cfg.model_dump(mode="json"),
+        "test_split": {"samples": len(data.test), "source": data.source, "evaluated_before_by": seen_before},
         "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test),
                  "num_classes": data.num_classes, "input_shape": list(data.input_shape),
                  "normalization": data.normalization, "class_names": data.class_names},
@@ -107,30 +78,93 @@ def run_finalization(ctx: RunContext) -> RunOutput:
     if not evaluated:
         return RunOutput("failed_checks", FinalizationFacts.model_validate(facts),
                          notes=["No final run completed: nothing was evaluated or exported."])
-    facts["summary"] = summarize([r["test"] for r in evaluated])
+    facts.update(_summaries(cfg, evaluated, crossval, member_logits, targets, data.num_classes))
+    _ship(ctx, data, models[0], facts)  # the shipped model: the first seed's
+    return RunOutput("completed", FinalizationFacts.model_validate(facts), events=[(
+        "test_evaluated", {"run_id": ctx.run_id, "samples": len(data.test), "seeds": [r["seed"] for r in evaluated]})])
+
+
+def _test_ready_data(ctx: RunContext) -> DataBundle:
+    """The data, with the held-out test split finalization evaluates on once."""
+    cfg = ctx.cfg
+    data = with_augmentation(build_data(cfg, ctx.project.root), cfg.augmentation)  # evaluation views at the trained size
+    if data.test is None or len(data.test) == 0:
+        raise DataError(f"{ctx.project.config_path}: finalization needs a held-out test split, and data source "
+                        f"'{cfg.data.source}' has none: set data.test_fraction (digits), add a test/ folder "
+                        "(npz, imagefolder) or return a 'test' dataset (custom). No earlier phase may use it.")
+    if cfg.finalization.tta and len(data.input_shape) != 3:
+        raise UserInputError(f"{ctx.project.config_path}: finalization.tta flips images (channels, height, width); "
+                             f"this data's samples have shape {list(data.input_shape)}.")
+    return data
+
+
+def _member(ctx: RunContext, data: DataBundle, fold: int | None, seed: int,
+            epochs: int) -> tuple[dict[str, Any], Any, Any, Any]:
+    """One member trained (or continued), then its checkpoint that validation chose evaluated on the
+    test split: (its entry in the facts, the model, its test logits, the targets); no model when it
+    did not complete."""
+    cfg, say, root, fin = ctx.cfg, ctx.on_message, ctx.project.root, ctx.cfg.finalization
+    name = f"seed_{seed}" if fold is None else f"fold_{fold}_seed_{seed}"
+    say(f"Final training, {name.replace('_', ' ')}, {epochs} epochs")
+    run_cfg = with_changes(cfg, {"reproducibility.seed": seed, "training.epochs": epochs})
+    run_dir = ctx.run_dir / name
+    trained = fit_or_continue(ctx, run_cfg, run_dir, f"{ctx.run_id}/{name}", phase="finalization",
+                              data=data if fold is None else fold_data(cfg, root, fin.folds, fold),
+                              data_spec=None if fold is None else {"folds": fin.folds, "fold": fold})
+    entry = {"seed": seed, **({"fold": fold} if fold is not None else {}), "status": trained.status}
+    if trained.status not in ("completed", "early_stopped"):
+        return {**entry, "stop_reason": trained.record.stop_reason}, None, None, None
+    model = trained.model
+    best = trained.record.checkpoints.best
+    if best:  # evaluate the checkpoint that validation chose, not the last epoch's weights
+        model.load_state_dict(load_checkpoint(run_dir / best.path)["model"])
+    say(f"Evaluating {name.replace('_', ' ')} on the test split ({len(data.test)} samples)")
+    score = segmentation_metrics if cfg.task == "segmentation" else classification_metrics
+    plain, augmented, targets = predict_with_tta(model, data.test, run_cfg, resolve_device(cfg.training.device),
+                                                 fin.tta)
+    logits = augmented if augmented is not None else plain
+    entry = {**entry, "run_dir": ctx.project.relative(run_dir), "val_best": trained.metrics.get("best"),
+             "test": score(logits, targets, data.num_classes)}
+    if augmented is not None:  # what the flips add, from the same models and test split
+        entry["test_without_tta"] = score(plain, targets, data.num_classes)
+    return entry, model, logits, targets
+
+
+def _summaries(cfg: WorkflowConfig, evaluated: list[dict[str, Any]], crossval: dict[str, Any] | None,
+               member_logits: list[Any], targets: Any, num_classes: int) -> dict[str, Any]:
+    """The test metrics over the members (with and without TTA), the folds' validation, the ensemble."""
+    fin = cfg.finalization
+    out: dict[str, Any] = {"summary": summarize([r["test"] for r in evaluated])}
     if fin.tta:
-        facts["tta"] = {"views": ["identity", *fin.tta],
-                        "summary_without": summarize([r["test_without_tta"] for r in evaluated])}
+        out["tta"] = {"views": ["identity", *fin.tta],
+                      "summary_without": summarize([r["test_without_tta"] for r in evaluated])}
     if crossval is not None:
         values = [r["val_best"]["value"] for r in evaluated if r.get("val_best")]
         crossval["val_best"] = {"metric": cfg.validation.metric, "values": values,
                                 "mean": statistics.mean(values) if values else None,
                                 "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-        facts["crossval"] = crossval
+        out["crossval"] = crossval
     if fin.ensemble and len(member_logits) > 1:  # the members' averaged class probabilities
-        facts["ensemble"] = {"members": len(member_logits),
-                             "test": score(ensemble_log_probabilities(member_logits), targets, data.num_classes)}
-    seed, model = models[0]  # the shipped model: the first seed's
-    facts["exported_seed"] = seed
+        score = segmentation_metrics if cfg.task == "segmentation" else classification_metrics
+        out["ensemble"] = {"members": len(member_logits),
+                           "test": score(ensemble_log_probabilities(member_logits), targets, num_classes)}
+    return out
+
+
+def _ship(ctx: RunContext, data: DataBundle, member: tuple[int, Any], facts: dict[str, Any]) -> None:
+    """Export the model (state dict, program, ONNX as configured), write its bundle (which describes
+    the facts so far) and register it; each recorded in `facts`."""
+    cfg, fin = ctx.cfg, ctx.cfg.finalization
+    seed, model = member
+    device = resolve_device(cfg.training.device)
     export_dir = ctx.run_dir / "export" if ctx.smoke else ctx.project.root / "export"
     batch = next(iter(torch.utils.data.DataLoader(data.test, batch_size=min(8, len(data.test)),
                                                   collate_fn=collate_batches)))[0].to(device)
+    facts["exported_seed"] = seed
     facts["exports"] = export_model(model.to(device).eval(), cfg, data, export_dir, batch, fin.export,
                                     fin.export_tolerance, ctx)
     facts["bundle"] = write_bundle(ctx, facts, export_dir)
     facts["registered"] = register_export(ctx, model, batch, facts)  # monitoring.mlflow: the registry
-    return RunOutput("completed", FinalizationFacts.model_validate(facts), events=[("test_evaluated", {"run_id": ctx.run_id, "samples": len(data.test),
-                                                                     "seeds": [r["seed"] for r in evaluated]})])
 
 
 def summarize(tests: list[dict[str, Any]]) -> dict[str, Any]:
