@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -88,41 +89,6 @@ class _Display:
             self.progress.console.print(f"  step {p.global_step:,}/{total:,} · {info}", highlight=False)
 
 
-TIME_LIMIT_RESERVE_S = 60.0  # kept back from --time-limit for the resume checkpoint, the record and the exit
-
-
-def parse_duration(text: str, option: str) -> float:
-    """Seconds in '8h30m', '45m', '90s', '1h', '2:30:00' or a plain number of seconds."""
-    import re
-
-    from mlflow_core.errors import UserInputError
-
-    value = text.strip().lower()
-    if re.fullmatch(r"\d+(?:\.\d+)?", value):
-        return float(value)
-    clock = re.fullmatch(r"(\d+):([0-5]?\d):([0-5]?\d)", value)
-    if clock:
-        return int(clock[1]) * 3600 + int(clock[2]) * 60 + int(clock[3])
-    units = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?", value)
-    if units and any(units.groups()):
-        h, m, sec = (float(g) if g else 0.0 for g in units.groups())
-        return h * 3600 + m * 60 + sec
-    raise UserInputError(f"{option} {text!r}: not a duration; write e.g. 8h30m, 45m, 90s or 2:30:00.")
-
-
-def _deadline(time_limit: str | None) -> float | None:
-    """time.monotonic() at which training stops: the limit from now, less the reserve."""
-    if time_limit is None:
-        return None
-    from mlflow_core.errors import UserInputError
-
-    seconds = parse_duration(time_limit, "--time-limit")
-    if seconds <= TIME_LIMIT_RESERVE_S:
-        raise UserInputError(f"--time-limit {time_limit}: must be more than the {TIME_LIMIT_RESERVE_S:.0f} s wf keeps "
-                             "back to save the run and exit.")
-    return time.monotonic() + seconds - TIME_LIMIT_RESERVE_S
-
-
 def run_with_display(project, name: str, override_reason: str | None = None, resume: bool = False,
                      deadline: float | None = None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -150,75 +116,52 @@ def run_with_display(project, name: str, override_reason: str | None = None, res
     return result
 
 
-def phase(name: str = typer.Argument(..., help="setup, baseline, diagnostics, optimization or finalization."),
-          override_gate: str = typer.Option(None, "--override-gate", metavar="REASON",
-                                            help="Start even though the entry gate is closed; the reason is "
-                                            "recorded and shown in every later report and gate check."),
-          resume: bool = typer.Option(False, "--resume", help="Continue the latest interrupted run of the phase "
-                                      "exactly where it stopped (baseline, optimization, finalization)."),
-          smoke: bool = typer.Option(False, "--smoke", help="Run the phase's whole pipeline with two training and "
+PhaseName = Annotated[str, typer.Argument(help="setup, baseline, diagnostics, optimization or finalization.")]
+OverrideGate = Annotated[Optional[str], typer.Option(  # noqa: UP045 (typer reads the annotation at run time)
+    "--override-gate", metavar="REASON", help="Start even though the entry gate is closed; the reason is "
+    "recorded and shown in every later report and gate check.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the latest interrupted run of the phase "
+                                      "exactly where it stopped (baseline, optimization, finalization).")]
+Smoke = Annotated[bool, typer.Option("--smoke", help="Run the phase's whole pipeline with two training and "
                                      "two validation steps per run, in a throwaway directory, recording nothing: "
-                                     "checks that the config still runs."),
-          nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, metavar="N",
-                                             help="Data-parallel training (DDP) in N processes on this machine: "
-                                             "one per GPU, or gloo on CPUs (baseline)."),
-          time_limit: str = typer.Option(None, "--time-limit", metavar="DURATION",
-                                         help="Stop training resumably this long after the command starts "
-                                         "(8h30m, 45m, 2:30:00), 60 s early to save: for a Kaggle session's "
-                                         "9 hours or an allocation's end. Exit 124; continue with --resume."),
-          worker: bool = typer.Option(False, "--worker", help="optimization: run trials of the project's study "
+                                     "checks that the config still runs.")]
+Processes = Annotated[int, typer.Option("--nproc-per-node", min=1, metavar="N",
+                                        help="Data-parallel training (DDP) in N processes on this machine: "
+                                        "one per GPU, or gloo on CPUs (baseline).")]
+TimeLimit = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--time-limit", metavar="DURATION", help="Stop training resumably this long after the command starts "
+    "(8h30m, 45m, 2:30:00), 60 s early to save: for a Kaggle session's 9 hours or an allocation's end. Exit 124; "
+    "continue with --resume.")]
+Worker = Annotated[bool, typer.Option("--worker", help="optimization: run trials of the project's study "
                                       "only, next to other workers on this or other machines (a shared "
                                       "optimization.storage), until it holds n_trials; then `wf phase "
-                                      "optimization` once compares and reports. Records nothing itself."),
-          ) -> None:
+                                      "optimization` once compares and reports. Records nothing itself.")]
+
+
+def phase(name: PhaseName, override_gate: OverrideGate = None, resume: Resume = False, smoke: Smoke = False,
+          nproc_per_node: Processes = 1, time_limit: TimeLimit = None, worker: Worker = False) -> None:
     """Run a phase (or, with --smoke, check that it runs). Exit 0 success · 1 failed its success criteria · 2 bad input · 3 entry gate closed ·
     4 another wf command holds the project · 5 a write was refused (disk full, read-only) · 6 a data-parallel run lost
     a process · 124 stopped at --time-limit · 129/130/138/143 stopped by SIGHUP/SIGINT/SIGUSR1/SIGTERM (resumable
     with --resume)."""
-    from mlflow_core.errors import UserInputError
-    from mlflow_core.workflow.phases import DISTRIBUTED_PHASES, load_phase
+    from mlflow_core.orchestration.phase_modes import phase_mode
     from mlflow_core.workflow.project import Project
-    from mlflow_core.world import world_from_env
 
-    load_phase(name)  # an unknown name is exit 2 before any display starts
-
-    if smoke and (resume or override_gate is not None or time_limit is not None):
-        raise UserInputError("--smoke runs outside the phase's record: it takes neither --resume, "
-                             "--override-gate nor --time-limit.")
-    if worker and (name != "optimization" or smoke or resume or nproc_per_node > 1):
-        raise UserInputError("--worker runs trials of `wf phase optimization` only, without --smoke, --resume or "
-                             "--nproc-per-node.")
-    deadline = _deadline(time_limit)  # from now: a bad value is exit 2 before anything starts
-    if worker:
+    mode = phase_mode(name, override_gate=override_gate, resume=resume, smoke=smoke, nproc_per_node=nproc_per_node,
+                      time_limit=time_limit, worker=worker)
+    if mode.kind == "worker":
         from mlflow_core.orchestration.phase import run_sweep_worker
-
         raise typer.Exit(run_sweep_worker(Project.find(), override_gate, None,
-                                          lambda m: console.print(f"· {m}", highlight=False), deadline))
-    world = world_from_env()
-    if world is not None and not world.is_writer:  # a DDP rank other than 0: it follows rank 0's lead
+                                          lambda m: console.print(f"· {m}", highlight=False), mode.deadline))
+    if mode.kind == "follow":  # a DDP rank other than 0: it follows rank 0's lead
         from mlflow_core.orchestration.launch import follow
-        raise typer.Exit(follow(Project.find(), world))
-    if nproc_per_node > 1:
-        if world is not None:
-            raise UserInputError("--nproc-per-node starts its own processes; under torchrun or srun leave it out.")
-        if name not in DISTRIBUTED_PHASES:
-            raise UserInputError(f"`wf phase {name}` runs in one process; data-parallel phases: "
-                                 f"{', '.join(DISTRIBUTED_PHASES)}.")
+        raise typer.Exit(follow(Project.find(), mode.world))
+    if mode.kind == "launch":
         from mlflow_core.orchestration.launch import launch_local
-        from mlflow_core.orchestration.preflight import missing_training_stack
-        if missing_training_stack():
-            raise UserInputError("--nproc-per-node needs the training stack (torch).",
-                                 hint="Install it with `pip install 'wf[train]'`.")
-        Project.find()  # not a project: exit 2 here, not once per process
-        args = ["phase", name, *(["--smoke"] if smoke else []), *(["--resume"] if resume else []),
-                *(["--override-gate", override_gate] if override_gate is not None else [])]
-        if deadline is not None:  # what is left of it when the ranks start, reserve included
-            args += ["--time-limit", f"{deadline - time.monotonic() + TIME_LIMIT_RESERVE_S:.1f}"]
-        raise typer.Exit(launch_local(args, nproc_per_node))
-    if smoke:
+        raise typer.Exit(launch_local(mode.launch_args, nproc_per_node))
+    if mode.kind == "smoke":
         raise typer.Exit(0 if smoke_with_display(Project.find(), name) else 1)
-    result = run_with_display(Project.find(), name, override_gate, resume, deadline)
-    raise typer.Exit(0 if result.passed else 1)
+    raise typer.Exit(0 if run_with_display(Project.find(), name, override_gate, resume, mode.deadline).passed else 1)
 
 
 def smoke_with_display(project, name: str) -> bool:

@@ -179,15 +179,15 @@ def test_help_documents_exit_codes(wf):
 @pytest.mark.parametrize("text, seconds", [("8h30m", 30600), ("45m", 2700), ("90s", 90), ("1h", 3600),
                                            ("2:30:00", 9000), ("3600", 3600), ("1.5h", 5400), ("1h 5m", 3900)])
 def test_time_limit_durations(text, seconds):
-    from mlflow_core.cli.phase_cmds import parse_duration
+    from mlflow_core.orchestration.phase_modes import parse_duration
 
     assert parse_duration(text, "--time-limit") == seconds
 
 
 @pytest.mark.parametrize("text", ["", "soon", "5x", "1:75:00", "h", "-5m"])
 def test_time_limit_durations_that_are_not(text):
-    from mlflow_core.cli.phase_cmds import parse_duration
     from mlflow_core.errors import UserInputError
+    from mlflow_core.orchestration.phase_modes import parse_duration
 
     with pytest.raises(UserInputError, match="not a duration"):
         parse_duration(text, "--time-limit")
