@@ -22,7 +22,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from mlflow_core.config.schema import SearchParameter, WorkflowConfig, with_changes
+from mlflow_core.config.phase_settings import SearchParameter
+from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.errors import UserInputError
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
 from mlflow_core.runners.pruning import PruningRule, Verdict, build_pruner, pruned_at, pruning_rule

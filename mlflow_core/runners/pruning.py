@@ -20,7 +20,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from mlflow_core.config.schema import OptimizationSection
+from mlflow_core.config.phase_settings import OptimizationSection
 
 PROPORTION_METRICS = {"val_accuracy": 1.0, "val_f1": 1.0, "val_iou": 1.0, "val_mcc": 2.0}  # metric → its range
 

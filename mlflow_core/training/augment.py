@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from mlflow_core.config.schema import AugmentationSection
+from mlflow_core.config.recipe import AugmentationSection
 from mlflow_core.errors import UserInputError
 from mlflow_core.training.data.datasets import DataBundle
 

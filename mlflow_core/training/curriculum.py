@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from mlflow_core.config.schema import StageSection, WorkflowConfig
+from mlflow_core.config.recipe import StageSection
+from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.training.augment import TransformedDataset
 
 

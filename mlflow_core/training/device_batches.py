@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from mlflow_core.config.schema import AugmentationSection
+from mlflow_core.config.recipe import AugmentationSection
 from mlflow_core.training.augment import TransformedDataset
 from mlflow_core.training.data.datasets import NormalizedDataset
 from mlflow_core.training.data.packed import PackedDataset

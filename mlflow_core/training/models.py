@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlflow_core.config.schema import ModelSection
+from mlflow_core.config.inputs import ModelSection
 from mlflow_core.errors import UserInputError
 from mlflow_core.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from mlflow_core.training.data.sources import import_target

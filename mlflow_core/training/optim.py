@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from mlflow_core.config.schema import TrainingSection, WorkflowConfig
+from mlflow_core.config.recipe import TrainingSection
+from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.errors import UserInputError
 
 PER_STEP_SCHEDULERS = ("warmup_cosine", "onecycle")

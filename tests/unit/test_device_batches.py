@@ -179,7 +179,7 @@ def test_validation_at_the_crop_size_on_the_device_equals_the_per_file_view(tmp_
 
 
 def test_cutmix_of_a_segmentation_batch_pastes_each_box_with_its_mask():
-    from mlflow_core.config.schema import AugmentationSection
+    from mlflow_core.config.recipe import AugmentationSection
     from mlflow_core.training.augment import BatchMixer
 
     images, masks = _mask_batch(n=16, size=32)

@@ -48,7 +48,7 @@ def test_the_draw_balances_the_classes_and_depends_on_the_epoch_alone():
 def test_pixel_weights_are_read_from_the_stored_masks_past_random_crops(tmp_path):
     """With a random crop in the pipeline, reading targets through the dataset would weigh crops
     (different every call) and draw from the global RNG; the stored masks give fixed weights."""
-    from mlflow_core.config.schema import AugmentationSection
+    from mlflow_core.config.recipe import AugmentationSection
     from mlflow_core.training.augment import with_augmentation
 
     make_tiles(tmp_path / "tiles")

@@ -65,7 +65,7 @@ def test_pixel_balanced_sampling_favours_tiles_with_rare_classes(tmp_path):
 
 
 def test_flips_move_the_mask_with_its_image(tmp_path):
-    from mlflow_core.config.schema import AugmentationSection
+    from mlflow_core.config.recipe import AugmentationSection
     from mlflow_core.training.augment import with_augmentation
     from mlflow_core.training.data.sources import build_data
 
