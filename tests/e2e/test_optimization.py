@@ -236,7 +236,8 @@ def test_trials_left_running_by_a_killed_process_are_enqueued_again(tmp_path):
     import optuna
 
     from mlflow_core.runners import RunContext
-    from mlflow_core.runners.optimization import _requeue_abandoned_trials, draw_index
+    from mlflow_core.runners.study import draw_index
+    from mlflow_core.runners.study import requeue_abandoned_trials as _requeue_abandoned_trials
     from mlflow_core.runners.trial_slots import owner_tag
     from mlflow_core.workflow.project import Project
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from mlflow_core.runners.optimization import compare, redacted, study_name
+from mlflow_core.runners.optimization import compare
+from mlflow_core.runners.study import redacted, study_name
 
 
 @pytest.mark.parametrize("baseline, optimized, maximize, significant", [
@@ -37,7 +38,7 @@ def test_study_name_follows_the_search_space():
 
 def test_parameter_importance_ranks_the_parameter_that_matters_and_declines_with_too_few_trials():
     optuna = pytest.importorskip("optuna")
-    from mlflow_core.runners.optimization import _importance
+    from mlflow_core.runners.study import importance as _importance
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -81,7 +82,7 @@ def _worker(project_root, n_trials, out):
 
     from mlflow_core.config import load_config_text
     from mlflow_core.runners import RunContext
-    from mlflow_core.runners.optimization import run_trials
+    from mlflow_core.runners.study import run_trials
     from mlflow_core.workflow.project import Project
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -118,7 +119,7 @@ def test_an_interrupted_trial_is_failed_quietly_and_the_interruption_goes_on(tmp
 
     optuna = pytest.importorskip("optuna")
     from mlflow_core.runners import SubRunInterrupted
-    from mlflow_core.runners.optimization import run_trials
+    from mlflow_core.runners.study import run_trials
 
     ctx = _ctx(tmp_path, 3)
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{ctx.project.root / '.wf' / 'optuna.db'}")
