@@ -1,0 +1,44 @@
+"""Phase 2, baseline: what a training run records (also each trial and final run's summary)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from mlflow_core.workflow.facts.base import FileRef, PhaseFacts
+from mlflow_core.workflow.records import (
+    Anomaly,
+    BestValue,
+    Checkpoints,
+    NonFiniteEvent,
+    RunStatus,
+)
+
+
+class GpuSummary(BaseModel):
+    """The NVML sampler's summary (monitoring/nvml.py): `available` and why not, or the utilization
+    percentiles and memory it measured (extra figures are kept as they come)."""
+    model_config = ConfigDict(extra="allow")
+    available: bool
+    reason: str | None = None
+    p50: float | None = None
+    mean: float | None = None
+
+
+class TrainingFacts(PhaseFacts):
+    run_dir: str
+    device: str
+    status: RunStatus
+    stop_reason: str | None
+    epochs_completed: int
+    steps: int
+    duration_s: float | None
+    first_epoch_train_loss: float | None
+    best_train_loss: float | None
+    best: BestValue | None
+    target: float | None
+    nonfinite: NonFiniteEvent | None
+    anomalies: list[Anomaly] | None
+    checkpoints: Checkpoints  # their paths relative to the project, not to the run directory
+    gpu: GpuSummary | None
+    data_wait_fraction: float | None
+    metrics: FileRef
