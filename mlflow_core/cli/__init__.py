@@ -67,6 +67,15 @@ def main(argv: list[str] | None = None) -> None:
     click's (exit 2); everything wf expects is a WfError carrying its exit code."""
     widen_when_not_a_terminal()
     try:
+        _run(argv)
+    except SystemExit as done:
+        _leave_if_following(done.code)
+        raise
+    _leave_if_following(0)
+
+
+def _run(argv: list[str] | None) -> None:
+    try:
         app(args=argv, prog_name="wf")
     except WfError as exc:
         from mlflow_core.world import world_from_env
@@ -80,3 +89,17 @@ def main(argv: list[str] | None = None) -> None:
         if exc.hint:
             err_console.print(exc.hint, markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+
+
+def _leave_if_following(code: object) -> None:
+    """A DDP rank other than 0 that took part in a process group ends here, without the
+    interpreter's shutdown (launch.leave_process says why); every other process exits as usual."""
+    if "torch.distributed" not in sys.modules:  # it never trained: nothing of torch's to outlive it
+        return
+    from mlflow_core.world import world_from_env
+
+    world = world_from_env()
+    if world is not None and not world.is_writer:
+        from mlflow_core.orchestration.launch import leave_process
+
+        leave_process(code)
