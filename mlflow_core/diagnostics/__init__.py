@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
+from mlflow_core.diagnostics.base import Diagnostic
+from mlflow_core.diagnostics.findings import Diagnosis, Finding
 
 __all__ = ["DIAGNOSTICS", "Diagnosis", "Diagnostic", "Finding"]
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 
-from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
+from mlflow_core.diagnostics.base import Diagnostic
 from mlflow_core.diagnostics.context import DiagnoseContext
+from mlflow_core.diagnostics.findings import Diagnosis, Finding
 
 INIT_LOSS_FACTOR = 2.0  # a first loss above this many times ln(num_classes) means saturated outputs
 

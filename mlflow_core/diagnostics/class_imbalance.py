@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 
-from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
+from mlflow_core.diagnostics.base import Diagnostic
 from mlflow_core.diagnostics.context import DiagnoseContext, needs_setup_data
+from mlflow_core.diagnostics.findings import Diagnosis, Finding
 from mlflow_core.workflow.facts import DataCheck
 from mlflow_core.workflow.noise import (
     CHANCE_QUANTILE,

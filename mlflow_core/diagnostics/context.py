@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow_core.config.schema import WorkflowConfig
-from mlflow_core.diagnostics.base import Diagnosis
+from mlflow_core.diagnostics.findings import Diagnosis
 from mlflow_core.workflow.facts import DataCheck
 from mlflow_core.workflow.records import RunMetrics
 

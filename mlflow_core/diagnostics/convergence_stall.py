@@ -7,8 +7,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding, TrialPlan, default_trial_steps
+from mlflow_core.diagnostics.base import Diagnostic, TrialPlan, default_trial_steps
 from mlflow_core.diagnostics.context import DiagnoseContext, fmt_value, number_or_none
+from mlflow_core.diagnostics.findings import Diagnosis, Finding
 from mlflow_core.diagnostics.fixes import learning_rate_fixes
 from mlflow_core.workflow.noise import Z, beyond_chance, proportion_noise
 

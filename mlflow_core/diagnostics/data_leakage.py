@@ -3,8 +3,9 @@ Playbook and thresholds: diagnostics/data_leakage.md."""
 
 from __future__ import annotations
 
-from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
+from mlflow_core.diagnostics.base import Diagnostic
 from mlflow_core.diagnostics.context import DiagnoseContext, needs_setup_data
+from mlflow_core.diagnostics.findings import Diagnosis, Finding
 from mlflow_core.workflow.facts import DataCheck
 
 

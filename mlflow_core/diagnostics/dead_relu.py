@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlflow_core.diagnostics.base import PROBE_SAMPLES, Diagnosis, Diagnostic, Finding, TrialPlan
+from mlflow_core.diagnostics.base import PROBE_SAMPLES, Diagnostic, TrialPlan
 from mlflow_core.diagnostics.context import DiagnoseContext
+from mlflow_core.diagnostics.findings import Diagnosis, Finding
 from mlflow_core.diagnostics.fixes import learning_rate_fixes
 
 DEAD_FRACTION, DEAD_FRACTION_SEVERE = 0.5, 0.7  # a ReLU layer's share of units that never fire

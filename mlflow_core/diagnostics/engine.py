@@ -7,8 +7,8 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
-from mlflow_core.diagnostics.base import Diagnosis, evidence_rank
 from mlflow_core.diagnostics.context import DiagnoseContext
+from mlflow_core.diagnostics.findings import Diagnosis, evidence_rank
 from mlflow_core.diagnostics.registry import REGISTRY
 from mlflow_core.errors import UserInputError, did_you_mean
 from mlflow_core.reports.diagnosis import write_diagnosis_report

@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 import statistics
 
-from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
+from mlflow_core.diagnostics.base import Diagnostic
 from mlflow_core.diagnostics.context import DiagnoseContext
+from mlflow_core.diagnostics.findings import Diagnosis, Finding
 
 
 def exploding_gradients(ctx: DiagnoseContext) -> Diagnosis:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlflow_core.diagnostics.base import Diagnosis
 from mlflow_core.diagnostics.context import DiagnoseContext
+from mlflow_core.diagnostics.findings import Diagnosis
 
 # Learning-rate factors a short trial tries, per cause (after the LR range test's suggestion, if any)
 LR_TRIALS = {"lr_too_low": (10, 100), "lr_too_high": (0.1, 0.01), "died_in_training": (0.1, 0.01)}

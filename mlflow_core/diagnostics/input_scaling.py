@@ -7,8 +7,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding, TrialPlan
+from mlflow_core.diagnostics.base import Diagnostic, TrialPlan
 from mlflow_core.diagnostics.context import DiagnoseContext, needs_setup_data
+from mlflow_core.diagnostics.findings import Diagnosis, Finding
 from mlflow_core.workflow.facts import DataCheck
 
 INPUT_ABS_LIMIT, INPUT_SPAN_LIMIT = 10.0, 20.0  # normalised inputs sit within about ±10

@@ -7,8 +7,9 @@ import math
 from typing import Any
 
 from mlflow_core.config.schema import WorkflowConfig
-from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding, TrialPlan
+from mlflow_core.diagnostics.base import Diagnostic, TrialPlan
 from mlflow_core.diagnostics.context import DiagnoseContext
+from mlflow_core.diagnostics.findings import Diagnosis, Finding
 from mlflow_core.errors import UserInputError
 
 UPDATE_RATIO_HIGH = 0.1  # a healthy first update changes a layer by about 1e-3..1e-2 of its norm

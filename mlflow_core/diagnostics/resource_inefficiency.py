@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
+from mlflow_core.diagnostics.base import Diagnostic
 from mlflow_core.diagnostics.context import DiagnoseContext
+from mlflow_core.diagnostics.findings import Diagnosis, Finding
 from mlflow_core.errors import WfError
 
 DATA_WAIT_HIGH = 0.20  # share of training time spent waiting for the loader, with the GPU under-used

@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
+from mlflow_core.diagnostics.base import Diagnostic
 from mlflow_core.diagnostics.context import DiagnoseContext, number_or_none
 from mlflow_core.diagnostics.convergence_stall import stall_symptoms
+from mlflow_core.diagnostics.findings import Diagnosis, Finding
 from mlflow_core.workflow.noise import Weighed, Z, accuracy_gap, proportion_noise, weighed_confidence
 from mlflow_core.workflow.units import metric_value
 

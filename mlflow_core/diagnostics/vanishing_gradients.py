@@ -7,8 +7,9 @@ import math
 import statistics
 from typing import Any
 
-from mlflow_core.diagnostics.base import Diagnosis, Diagnostic, Finding
+from mlflow_core.diagnostics.base import Diagnostic
 from mlflow_core.diagnostics.context import DiagnoseContext, number_or_none
+from mlflow_core.diagnostics.findings import Diagnosis, Finding
 
 VANISH_RATIO = 1e-3  # first-layer / last-layer gradient norm
 VANISH_RMS = 1e-7  # RMS gradient of the first third of the weight layers

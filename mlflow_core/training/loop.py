@@ -17,7 +17,7 @@ from mlflow_core.training.records import finite_or_str
 from mlflow_core.training.seeding import set_rng_state
 
 if TYPE_CHECKING:
-    from mlflow_core.training.trainer import Trainer
+    from mlflow_core.training.callbacks.base import Trainer
 
 
 def fit(t: Trainer, max_steps: int | None = None) -> FitState:

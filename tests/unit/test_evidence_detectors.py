@@ -152,7 +152,7 @@ def test_an_accuracy_gap_that_the_validation_noise_explains_is_not_overfitting()
 
 
 def test_a_finding_barely_out_of_the_noise_ranks_below_a_strong_one():
-    from mlflow_core.diagnostics.base import Finding, evidence_rank
+    from mlflow_core.diagnostics.findings import Finding, evidence_rank
 
     weak = Finding("overfitting", "overfitting", 0.7, {}, "", "", strength=2.1)
     strong = Finding("class_imbalance", "skewed_classes", 0.7, {}, "", "", strength=9.0)

@@ -4,14 +4,63 @@ shape): hooks the loop calls at fixed points, and a `state_dict` that checkpoint
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
     import torch
 
     from mlflow_core.training.fit_state import FitState
     from mlflow_core.training.step import StepResult
-    from mlflow_core.training.trainer import Trainer
+
+
+class Trainer(Protocol):
+    """What a callback (and the loop, training/loop.py) may use of the trainer (training/trainer.py):
+    an interface, so that neither imports the trainer, which builds them."""
+
+    cfg: Any  # the run's WorkflowConfig
+    run_id: str | None
+    run_dir: Path | None
+    data: Any  # DataBundle
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any  # LrSchedule
+    step: Any  # OptimizerStep
+    precision: Any  # the precision plan
+    strategy: Any  # SingleProcess or DataParallel (training/parallel.py)
+    train_loader: Any
+    epoch_sampler: Any
+    prefetch: int
+    callbacks: Any
+    curriculum: Any
+    interruption: Any
+    monitor: Any
+    mlflow: Any  # monitoring/mlflow_runs.TrainingLink, on the writing rank
+    gpu_sampler: Any
+    log: logging.Logger
+    recipe: dict[str, Any]
+    anomalies: list[dict[str, Any]]
+    deadline: float | None
+    keeps_resume: bool
+    limit_train_steps: int | None
+    stop_on_signals: bool
+    on_epoch: Any
+    on_progress: Callable[[Any], None]
+
+    def start(self, max_steps: int | None) -> FitState: ...
+    def evaluated_model(self) -> torch.nn.Module: ...
+    def new_tally(self, generator_state: torch.Tensor | None = None) -> Any: ...
+    def stateful_parts(self) -> Iterator[tuple[str, Any]]: ...
+    def rewrap(self) -> None: ...
+    def use_train_data(self, dataset: Any, batch_size: int) -> None: ...
+    def steps_for(self, samples: int, batch_size: int) -> int: ...
+    def training_batch(self, s: FitState, inputs: torch.Tensor,
+                       targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def validate(self, model: torch.nn.Module | None = None) -> dict[str, Any]: ...
 
 
 class Callback:
