@@ -12,7 +12,7 @@ training process, so an augmented packed run is deterministic and resumes exactl
 a step can be replayed from the generator state taken before them (`KeptBatch`), which is how a
 non-finite loss's dump holds the inputs the model saw without keeping them on the device.
 Without augmentation, the device path computes what the host path computes, operation for
-operation: on the CPU the weights are bit-identical either way (tests/unit/test_device_batches.py).
+operation: on the CPU the weights are bit-identical either way (tests/unit/training/test_device_batches.py).
 """
 
 from __future__ import annotations

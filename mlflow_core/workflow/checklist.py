@@ -12,7 +12,7 @@ mdit-py-plugins' task lists), never with a line regex, and a box counts only whe
 renderer (cmark-gfm's tasklist extension) draws one too. Where the two could disagree, the file is
 refused rather than read one way: a line that looks like an item but renders as code, raw HTML, a
 quote or plain text is an error naming the line and how to write it. The differential test against
-`cmark-gfm -e tasklist` (tests/unit/test_checklist_gfm.py) holds the rules below to that.
+`cmark-gfm -e tasklist` (tests/unit/workflow/test_checklist_gfm.py) holds the rules below to that.
 
 Everything else in the file is left exactly as the person wrote it; `set_marks` rewrites one
 character of an item's own source line.

@@ -52,12 +52,12 @@ def test_the_import_graph_has_no_cycle():
 
     def walk(node: str, trail: list[str]) -> None:
         if node in trail:
-            cycles.append(trail[trail.index(node):] + [node])
+            cycles.append([*trail[trail.index(node):], node])
             return
         if node in done:
             return
         for nxt in sorted(graph.get(node, ())):
-            walk(nxt, trail + [node])
+            walk(nxt, [*trail, node])
         done.add(node)
 
     for name in sorted(graph):

@@ -14,7 +14,7 @@ from mlflow_core.training.data.sampling import (  # noqa: E402
     target_reader,
 )
 from mlflow_core.training.data.sources import build_data  # noqa: E402
-from tests.unit.test_segmentation import SEGMENTATION, make_tiles  # noqa: E402
+from tests.unit.training.test_segmentation import SEGMENTATION, make_tiles  # noqa: E402
 
 
 def _skewed_weights(n=400, rare_every=10):

@@ -5,7 +5,7 @@ import pytest
 from mlflow_core.config import load_config, load_config_text
 from mlflow_core.errors import ConfigError
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "templates" / "configs" / "baseline_template.yaml"
+TEMPLATE = Path(__file__).resolve().parents[3] / "templates" / "configs" / "baseline_template.yaml"
 
 
 def test_template_validates_with_seed_003_values():

@@ -185,7 +185,7 @@ COMPILE_WITHOUT_A_COMPILER = """
 import json, sys
 import torch._inductor.config as inductor_config
 inductor_config.cpp.cxx = (None, sys.argv[1])
-from tests.unit.test_recipes import Trainer, config
+from tests.unit.training.test_recipes import Trainer, config
 result = Trainer(config(training="batch_size: 32, compile: true"), __import__("pathlib").Path("."), None).fit(max_steps=5)
 print(json.dumps({"recipe": result.metrics["recipe"], "anomalies": result.anomalies, "steps": result.metrics["steps"]}))
 """
@@ -201,7 +201,7 @@ def test_recipe_compile_failure_falls_back_to_eager_and_says_why(tmp_path):
 
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # nothing compiled before
     done = subprocess.run([sys.executable, "-c", COMPILE_WITHOUT_A_COMPILER, str(tmp_path / "no-such-g++")],
-                          cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[3], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -19,7 +19,7 @@ from mlflow_core.errors import ChecklistError
 from mlflow_core.workflow.checklist import _META, _parse_meta, parse_checklist_text, set_marks
 from tests.reference_tools import NS, cmark_gfm_tree, start_line
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def gfm_checkboxes(text: str) -> list[tuple[int, str | None, bool]]:
