@@ -1,3 +1,4 @@
-"""Orchestration: running a phase end to end (the engine: lock, gate, run record, runner, evidence,
-report), its smoke test, and multi-process launching. Above the diagnostics, reports, training and
-workflow layers; below the CLI."""
+"""Orchestration: one module per verb a person runs (`phase`, `report`, `decide`, `runs`,
+`checklists`, `data`, `release`, `lr_find`), each taking the project lock with `@locked` around the
+one function the CLI calls; a phase's end (`outcome`) and early stops (`stops`); the smoke test and
+multi-process launching. Above the diagnostics, reports, training and workflow layers; below the CLI."""
