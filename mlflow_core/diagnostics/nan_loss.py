@@ -25,16 +25,13 @@ def _grad_growth(nonfinite: dict[str, Any]) -> float | None:
 
 
 def rank_causes(nonfinite: dict[str, Any], replay: dict[str, Any], scale: dict[str, Any]) -> list[Finding]:
-    findings: list[Finding] = []
+    """The causes the replay of the failing step supports, most likely first: non-finite inputs, a
+    learning rate too high (its three signals), an overflow in reduced precision, an unstable op."""
     lr = nonfinite.get("lr")
-    weight_growth = (replay["weight_norm_last_good"] / scale["weight_norm_init"]
-                     if scale.get("weight_norm_init") else None)
-    grad_growth = _grad_growth(nonfinite)
-    update_ratio = scale.get("max_update_ratio")
     common = {"step": nonfinite.get("step"), "epoch": nonfinite.get("epoch"), "lr": lr,
               "what": nonfinite.get("what"), "first_module": replay.get("first_module"),
               "forward_op": replay.get("forward_op"), "backward_op": replay.get("backward_op")}
-
+    findings: list[Finding] = []
     if replay.get("inputs_nonfinite"):
         findings.append(Finding(
             "nan_loss", "nonfinite_inputs", 0.95,
@@ -42,65 +39,80 @@ def rank_causes(nonfinite: dict[str, Any], replay: dict[str, Any], scale: dict[s
             "Clean the data: the offending batch holds NaN/Inf inputs. `wf phase setup` scans the dataset "
             "and names the samples; fix or drop them, or impute in your dataset code.",
             f"the offending batch contains {replay['inputs_nonfinite']} non-finite input values"))
-
-    signals = {
-        "first_update_ratio": update_ratio is not None and update_ratio > UPDATE_RATIO_HIGH,
-        "weight_growth": weight_growth is not None and weight_growth > WEIGHT_GROWTH_HIGH,
-        "grad_growth": grad_growth is not None and grad_growth > GRAD_GROWTH_HIGH,
-    }
-    fired = [k for k, v in signals.items() if v]
-    if fired and not replay.get("inputs_nonfinite"):
-        confidence = {1: 0.7, 2: 0.9, 3: 0.95}[len(fired)]
-        reasons = []
-        if signals["first_update_ratio"]:
-            reasons.append(f"at lr {lr:g} the first update would change a layer by {update_ratio:.3g}× its norm "
-                           f"(threshold {UPDATE_RATIO_HIGH})")
-        if signals["weight_growth"]:
-            reasons.append(f"the weights grew to {weight_growth:.3g}× their initial norm before the failure")
-        if signals["grad_growth"]:
-            reasons.append(f"the gradient norm grew {grad_growth:.3g}× over the last steps")
-        findings.append(Finding(
-            "nan_loss", "lr_too_high", confidence,
-            {**common, "max_update_ratio": update_ratio, "weight_growth": weight_growth,
-             "grad_growth": grad_growth, "signals": fired},
-            "Lower training.learning_rate (10× at a time; `wf diagnose nan_loss --fix` finds the largest that "
-            "trains) or clip gradients with training.grad_clip_norm: 1.0.",
-            "; ".join(reasons)))
-
-    fp32_loss = replay.get("fp32_loss")
-    amp_confirmed = (replay.get("precision") in ("fp16", "bf16") and not replay.get("inputs_nonfinite")
-                     and not math.isfinite(replay.get("replayed_loss", math.nan))
-                     and isinstance(fp32_loss, float) and math.isfinite(fp32_loss))
-    if amp_confirmed:
-        op = replay.get("forward_op")
-        findings.append(Finding(
-            "nan_loss", "amp_overflow", 0.9,
-            {**common, "precision": replay["precision"], "fp32_loss": fp32_loss,
-             "op_detail": replay.get("forward_op_detail")},
-            "Keep large activations in range: train in bf16 (fp32's range) or fp32 (training.precision), or "
-            "normalise the inputs and add normalisation layers; a GradScaler (training.grad_scaler) guards the "
-            "gradients, not the forward pass. `wf diagnose nan_loss --fix` verifies the change by a trial run.",
-            f"replayed under {replay['precision']} autocast the step is non-finite"
-            + (f" (first at `{op}`)" if op else "") + f", while the same step in fp32 gives a finite loss "
-            f"{fp32_loss:.4g}: the reduced precision overflowed"))
+    fired, lr_finding = _lr_signals(nonfinite, replay, scale, common)
+    findings += [lr_finding] if lr_finding else []
+    amp = _amp_overflow(replay, common)
+    if amp is not None:
         findings = [f if f.cause != "lr_too_high" else Finding(
             f.diagnostic, f.cause, round(f.confidence - 0.25, 2), f.evidence, f.fix, f.explanation)
-            for f in findings]
-
+            for f in [*findings, amp]]
     op = replay.get("forward_op") or replay.get("backward_op")
     op_input = (replay.get("forward_op_detail") or {}).get("input_abs_max") or 0.0
     overflow = bool(fired) and op_input > OVERFLOW_INPUT  # not the op's fault: its inputs had already exploded
-    if op and not replay.get("inputs_nonfinite") and not overflow and not amp_confirmed:
+    if op and not replay.get("inputs_nonfinite") and not overflow and amp is None:
         where = replay.get("first_module") or "the loss function"
-        confidence = 0.3 if fired else 0.85
         findings.append(Finding(
-            "nan_loss", "unstable_op", confidence,
+            "nan_loss", "unstable_op", 0.3 if fired else 0.85,
             {**common, "op_detail": replay.get("forward_op_detail")},
             f"Guard `{op}` in {where}: add an epsilon (e.g. log(x + 1e-8)), clamp its input, or use the stable "
             "fused form (log_softmax + nll_loss, BCEWithLogits).",
             f"with finite inputs{' and moderate weights' if not fired else ''}, `{op}` "
             f"{'in ' + where + ' ' if replay.get('first_module') else ''}produced the first non-finite value"))
     return sorted(findings, key=lambda f: -f.confidence)
+
+
+def _lr_signals(nonfinite: dict[str, Any], replay: dict[str, Any], scale: dict[str, Any],
+                common: dict[str, Any]) -> tuple[list[str], Finding | None]:
+    """Which of the three signals of a learning rate too high fired (the first update's size, the
+    weights' growth, the gradient norm's growth), and the finding they make together."""
+    lr = nonfinite.get("lr")
+    weight_growth = (replay["weight_norm_last_good"] / scale["weight_norm_init"]
+                     if scale.get("weight_norm_init") else None)
+    grad_growth = _grad_growth(nonfinite)
+    update_ratio = scale.get("max_update_ratio")
+    signals = {
+        "first_update_ratio": update_ratio is not None and update_ratio > UPDATE_RATIO_HIGH,
+        "weight_growth": weight_growth is not None and weight_growth > WEIGHT_GROWTH_HIGH,
+        "grad_growth": grad_growth is not None and grad_growth > GRAD_GROWTH_HIGH,
+    }
+    fired = [k for k, v in signals.items() if v]
+    if not fired or replay.get("inputs_nonfinite"):
+        return fired, None
+    reasons = []
+    if signals["first_update_ratio"]:
+        reasons.append(f"at lr {lr:g} the first update would change a layer by {update_ratio:.3g}× its norm "
+                       f"(threshold {UPDATE_RATIO_HIGH})")
+    if signals["weight_growth"]:
+        reasons.append(f"the weights grew to {weight_growth:.3g}× their initial norm before the failure")
+    if signals["grad_growth"]:
+        reasons.append(f"the gradient norm grew {grad_growth:.3g}× over the last steps")
+    return fired, Finding(
+        "nan_loss", "lr_too_high", {1: 0.7, 2: 0.9, 3: 0.95}[len(fired)],
+        {**common, "max_update_ratio": update_ratio, "weight_growth": weight_growth,
+         "grad_growth": grad_growth, "signals": fired},
+        "Lower training.learning_rate (10× at a time; `wf diagnose nan_loss --fix` finds the largest that "
+        "trains) or clip gradients with training.grad_clip_norm: 1.0.",
+        "; ".join(reasons))
+
+
+def _amp_overflow(replay: dict[str, Any], common: dict[str, Any]) -> Finding | None:
+    """Non-finite under fp16 or bf16 autocast, finite in fp32: the reduced precision overflowed."""
+    fp32_loss = replay.get("fp32_loss")
+    if not (replay.get("precision") in ("fp16", "bf16") and not replay.get("inputs_nonfinite")
+            and not math.isfinite(replay.get("replayed_loss", math.nan))
+            and isinstance(fp32_loss, float) and math.isfinite(fp32_loss)):
+        return None
+    op = replay.get("forward_op")
+    return Finding(
+        "nan_loss", "amp_overflow", 0.9,
+        {**common, "precision": replay["precision"], "fp32_loss": fp32_loss,
+         "op_detail": replay.get("forward_op_detail")},
+        "Keep large activations in range: train in bf16 (fp32's range) or fp32 (training.precision), or "
+        "normalise the inputs and add normalisation layers; a GradScaler (training.grad_scaler) guards the "
+        "gradients, not the forward pass. `wf diagnose nan_loss --fix` verifies the change by a trial run.",
+        f"replayed under {replay['precision']} autocast the step is non-finite"
+        + (f" (first at `{op}`)" if op else "") + f", while the same step in fp32 gives a finite loss "
+        f"{fp32_loss:.4g}: the reduced precision overflowed")
 
 
 def candidate_fixes(findings: list[Finding], lr: float) -> list[dict[str, Any]]:
