@@ -109,29 +109,13 @@ def _first_of_each_shape(dataset: Dataset, shapes: dict[tuple[int, ...], int]) -
 
 
 def check_data(bundle: DataBundle, batch_size: int) -> dict[str, Any]:
+    """Setup's data checks: what cannot train at all is a DataError naming the sample (mixed shapes,
+    labels out of range); what trains badly is a problem (dtypes, NaN/Inf, a sample in two splits)
+    or a warning (missing classes, imbalance, an input range to normalise)."""
     problems: list[str] = []
     train = _scan(bundle.train, bundle.num_classes)
     val = _scan(bundle.val, bundle.num_classes)
-    for name, scan in (("train", train), ("val", val)):  # a batch of mixed shapes cannot even be collated
-        if len(scan["shapes"]) > 1:
-            dataset = getattr(bundle, name)
-            shapes = {shape: (count, scan["first_of_shape"][shape]) for shape, count in scan["shapes"].items()}
-            raise DataError(f"{bundle.source}: {name} samples have {len(shapes)} different shapes: "
-                            f"{_first_of_each_shape(dataset, shapes)}; every sample must have the same shape"
-                            + ("; set data.image_size (e.g. 224) to resize every image to one square size"
-                               if bundle.source.startswith("ImageFolder") else ""))
-        if scan["bad_labels"]:  # cross-entropy would index out of range: this data cannot train at all
-            index, label = scan["bad_labels"][0]
-            files = getattr(getattr(bundle, name), "files", None)
-            where = str(files[index]) if files is not None else f"{name} index {index}"
-            if scan["masks"]:
-                raise DataError(f"{where}: the mask holds class id {label}, outside 0..{bundle.num_classes - 1} "
-                                f"(data.num_classes {bundle.num_classes}; {len(scan['bad_labels'])} {name} masks "
-                                "out of range); masks hold 0-based class ids")
-            raise DataError(f"{where}: label {label} is outside 0..{bundle.num_classes - 1} "
-                            f"({len(scan['bad_labels'])} {name} labels out of range; the classes are counted "
-                            "from the labels unless data.num_classes says otherwise); labels must be 0-based "
-                            "class indices")
+    _refuse_what_cannot_train(bundle, train, val)
     loader = DataLoader(bundle.train, batch_size=min(batch_size, len(bundle.train)), shuffle=False,
                         collate_fn=collate_batches)
     inputs, targets = next(iter(loader))
@@ -180,3 +164,30 @@ def check_data(bundle: DataBundle, batch_size: int) -> dict[str, Any]:
         "scanned": {"train": train["scanned"], "val": val["scanned"]},
         "problems": problems, "warnings": warnings,
     }
+
+
+def _refuse_what_cannot_train(bundle: DataBundle, train: dict[str, Any], val: dict[str, Any]) -> None:
+    """A batch of mixed shapes cannot even be collated; a label out of range would make
+    cross-entropy index out of range: this data cannot train at all."""
+    for name, scan in (("train", train), ("val", val)):
+        if len(scan["shapes"]) > 1:
+            dataset = getattr(bundle, name)
+            shapes = {shape: (count, scan["first_of_shape"][shape]) for shape, count in scan["shapes"].items()}
+            raise DataError(f"{bundle.source}: {name} samples have {len(shapes)} different shapes: "
+                            f"{_first_of_each_shape(dataset, shapes)}; every sample must have the same shape"
+                            + ("; set data.image_size (e.g. 224) to resize every image to one square size"
+                               if bundle.source.startswith("ImageFolder") else ""))
+        if scan["bad_labels"]:  # cross-entropy would index out of range: this data cannot train at all
+            index, label = scan["bad_labels"][0]
+            files = getattr(getattr(bundle, name), "files", None)
+            where = str(files[index]) if files is not None else f"{name} index {index}"
+            if scan["masks"]:
+                raise DataError(f"{where}: the mask holds class id {label}, outside 0..{bundle.num_classes - 1} "
+                                f"(data.num_classes {bundle.num_classes}; {len(scan['bad_labels'])} {name} masks "
+                                "out of range); masks hold 0-based class ids")
+            raise DataError(f"{where}: label {label} is outside 0..{bundle.num_classes - 1} "
+                            f"({len(scan['bad_labels'])} {name} labels out of range; the classes are counted "
+                            "from the labels unless data.num_classes says otherwise); labels must be 0-based "
+                            "class indices")
+
+
