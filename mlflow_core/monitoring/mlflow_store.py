@@ -104,12 +104,7 @@ class Store:
                 from mlflow.tracking import MlflowClient
 
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-            found = client.get_experiment_by_name(experiment)
-            if found is None:
-                location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-                self.experiment_id = client.create_experiment(experiment, artifact_location=location)
-            else:
-                self.experiment_id = found.experiment_id
+            self.experiment_id = _experiment_id(client, experiment, artifact_root)
             self.client = client
         except Exception as exc:  # MLflow raises many kinds (connection, schema, sqlite): tracking stops
             self._failed("cannot open the store", exc)
@@ -246,3 +241,24 @@ def open_store(project_root: Path, configured_uri: str | None, experiment: str,
         _STORES[key] = Store(uri, experiment, None if served else project_root / ARTIFACTS_DIR, notify)
     _STORES[key].notify = notify or _STORES[key].notify
     return _STORES[key]
+
+
+def _experiment_id(client: Any, name: str, artifact_root: Path | None) -> str:
+    """The experiment's id, made when it does not exist yet. Two processes opening a new store at
+    once (sweep workers) both find none and both create it: the second is told it exists, and takes
+    the first's."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id

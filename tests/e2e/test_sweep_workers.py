@@ -102,6 +102,7 @@ def test_two_workers_and_the_final_step_share_one_study(wf, project_copy, postgr
     parent = next(x.info.run_id for x in runs if x.data.tags.get("wf.phase") == "optimization"
                   and "wf.kind" not in x.data.tags)
     trials = [x for x in runs if x.data.tags.get("wf.kind") == "trial"]
-    assert len(trials) == 4 and {x.data.tags.get("mlflow.parentRunId") for x in trials} == {parent}
+    assert len(trials) == 4 and {x.data.tags.get("mlflow.parentRunId") for x in trials} == {parent}, (
+        "\n".join(outputs) + r.out + r.err)
     assert all(x.info.status == "FINISHED" for x in trials)
 
