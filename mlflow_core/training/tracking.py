@@ -159,6 +159,10 @@ class WandbTracker:
         """Finish the W&B run; the command that uploads it when it was logged offline."""
         if self.run is None:
             return None
+        # the results as a last history row as well as the summary: W&B's offline runs sometimes
+        # lose their summary record (wandb/wandb#7227), and a synced summary falls back to each key's
+        # last logged value
+        self._guarded(lambda: self.run.log(dict(results)))
         self._guarded(lambda: self.run.summary.update(results))
         sync = f"wandb sync {self.run.dir.rsplit('/files', 1)[0]}" if self.offline and self.run else None
         self._guarded(lambda: self.run.finish(exit_code=1 if failed else 0))

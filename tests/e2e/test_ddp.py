@@ -188,7 +188,7 @@ def test_ddp_kill_9_of_the_launcher_stops_the_ranks_resumably(project):
         assert state(pid) in ("gone", "Z"), f"rank pid {pid} still runs ({state(pid)})"
     run, metrics = _latest(project)  # resumable as after any SIGTERM (whose resume the test above checks)
     assert run["status"] == "interrupted" and metrics["stop_reason"].startswith("SIGTERM")
-    assert metrics["resume"]["step"] > 30
+    assert metrics["resume"]["step"] >= 30  # at or after the last step the log showed before the kill
 
 
 @pytest.mark.skipif(not hasattr(__import__("resource"), "prlimit"), reason="needs Linux prlimit")
