@@ -11,7 +11,7 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,14 +60,35 @@ def storage_error(path: str | os.PathLike, exc: OSError) -> Exception:
                              "training run continues with `wf phase NAME --resume`.")
 
 
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[list[str | Path]]:
+    """The block makes a temp file next to `path` and names it in the list it is given; when the
+    block ends well it is moved onto `path` and the directory synced. On failure the temp file is
+    removed, and a refusal of the file system (full, read-only, no permission) is a StorageError
+    naming `path`, whose old version is intact."""
+    temp: list[str | Path] = []
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield temp
+        os.replace(temp[0], path)
+    except BaseException as exc:
+        if temp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp[0])
+        refused = _refused_write(exc)
+        if refused is not None:
+            raise storage_error(path, refused) from None
+        raise
+    _fsync_dir(path.parent)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Call `write(fileobj)` on a temp file next to `path`, then move it into place. A write the
     file system refuses (full, read-only, no permission) raises StorageError, the old file intact."""
     path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    with _replacing(path) as temp:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        temp.append(name)
         try:
             mode = os.stat(path).st_mode & 0o7777
         except FileNotFoundError:
@@ -77,16 +98,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        refused = _refused_write(exc)
-        if refused is not None:
-            raise storage_error(path, refused) from None
-        raise
-    _fsync_dir(path.parent)
 
 
 def _refused_write(exc: BaseException) -> OSError | None:
@@ -135,30 +146,14 @@ def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> None:
     import shutil
 
     source, path = Path(source), Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}{TEMP_SUFFIX}"
+    with _replacing(path) as temp:
+        name = path.parent / f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}{TEMP_SUFFIX}"
+        temp.append(name)
         try:
-            os.link(source, tmp)
+            os.link(source, name)
         except OSError as exc:
             if exc.errno in STORAGE_ERRNOS and exc.errno not in (errno.EPERM, errno.EACCES):
-                raise
-            tmp = None
-
-            def copy(f: IO[bytes]) -> None:
-                with open(source, "rb") as original:
-                    shutil.copyfileobj(original, f)
-            atomic_write(path, copy)
-            return
-        os.replace(tmp, path)
-        tmp = None
-    except BaseException as exc:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        refused = _refused_write(exc)
-        if refused is not None:
-            raise storage_error(path, refused) from None
-        raise
-    _fsync_dir(path.parent)
+                raise  # a full or read-only disk: no copy would fit either
+            shutil.copy(source, name)  # no hard links here (EPERM, EXDEV, ENOTSUP …): the bytes and the mode
+            with open(name, "rb") as copied:
+                os.fsync(copied.fileno())
