@@ -10,6 +10,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from mlflow_core.errors import DataError
+
 
 def npz_files(folder: Path) -> list[Path]:
     """The samples of a split, in the order the per-file dataset reads them."""
@@ -20,8 +22,6 @@ def load_arrays(path: Path, keys: tuple[str, ...], settings: str) -> list[Any]:
     """The arrays stored under `keys`, decompressing only those (an .npz is a zip). `settings`
     names the config fields the keys come from, for the message when one is missing."""
     import numpy as np
-
-    from mlflow_core.errors import DataError
 
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -47,8 +47,6 @@ def channels_first(image: Any) -> Any:
 def image_of(path: Path, image: Any) -> Any:
     image = channels_first(image)
     if image.ndim != 3:
-        from mlflow_core.errors import DataError
-
         raise DataError(f"{path}: image must have 2 or 3 dimensions, has shape {image.shape}")
     return image
 
@@ -56,8 +54,6 @@ def image_of(path: Path, image: Any) -> Any:
 def label_of(path: Path, label: Any) -> Any:
     """A classification label as stored: a 0-d array of its own dtype."""
     if label.size != 1:
-        from mlflow_core.errors import DataError
-
         raise DataError(f"{path}: label must be a single integer, has shape {label.shape}")
     return label.reshape(())
 
@@ -66,8 +62,6 @@ def mask_of(path: Path, mask: Any, image: Any = None) -> Any:
     """A segmentation mask as the trainer reads it: (H, W) class ids, a singleton channel dropped,
     the image's height and width (checked when the image is given)."""
     import numpy as np
-
-    from mlflow_core.errors import DataError
 
     if mask.ndim == 3 and 1 in (mask.shape[0], mask.shape[-1]):
         mask = mask.reshape(mask.shape[1:] if mask.shape[0] == 1 else mask.shape[:-1])
