@@ -24,6 +24,7 @@ from mlflow_core.cli import (
     release_cmds,
     slurm_cmds,
     tune_cmds,
+    verify_cmds,
 )
 from mlflow_core.cli.output import err_console, widen_when_not_a_terminal
 from mlflow_core.errors import WfError
@@ -48,6 +49,7 @@ diagnose_cmds.register(app)
 tune_cmds.register(app)
 slurm_cmds.register(app)
 release_cmds.register(app)
+verify_cmds.register(app)
 
 
 def _version(value: bool) -> None:

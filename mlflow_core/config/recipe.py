@@ -158,6 +158,12 @@ class CheckpointingSection(Section):
     resume_every_n_steps: int = Field(200, ge=0, description="Also write checkpoints/resume.pt every this "
                                       "many steps (and at every epoch's end, with save_last), so that a killed "
                                       "run loses little: `wf phase baseline --resume`. 0 = only on a signal.")
+    replay_every_n_epochs: int = Field(1, ge=0, description="Keep the full training state (weights, optimizer, "
+                                       "RNG, position) at the start of every Nth epoch in checkpoints/replay/, "
+                                       "so that `wf verify` can re-train a segment chosen at verification time and "
+                                       "compare its end weights with the recorded digest. Each state is about "
+                                       "the size of resume.pt (weights plus optimizer state: 2-3x the weights "
+                                       "for Adam). 0 = keep none: the run's training claims are then unverifiable.")
 
 
 class ValidationSection(Section):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.runners import RunContext, RunOutput, StopPoint
+from mlflow_core.training.callbacks.replay import REPLAY_DIR
 from mlflow_core.workflow.evidence import file_sha256
-from mlflow_core.workflow.facts import FileRef, GpuSummary, TrainingFacts
+from mlflow_core.workflow.facts import FileRef, GpuSummary, ReplayRecord, TrainingFacts
 from mlflow_core.workflow.records import CheckpointRef, Checkpoints, RunMetrics
 
 
@@ -43,4 +44,26 @@ def training_facts(ctx: RunContext, m: RunMetrics) -> TrainingFacts:
         gpu=GpuSummary(**{k: v for k, v in (m.gpu or {}).items() if k != "devices"}) if m.gpu else None,
         data_wait_fraction=round(waited / duration, 4) if duration else None,
         metrics=FileRef(path=f"{rel}/logs/metrics.json", sha256=file_sha256(ctx.run_dir / "logs" / "metrics.json")),
+        best_validation=_best_validation(m), chance=m.chance,
+        weights={e.epoch: e.weights for e in m.epochs if e.weights is not None} or None,
+        replay=_replay_record(ctx, m),
     )
+
+
+def _best_validation(m: RunMetrics) -> dict[str, float | str] | None:
+    """The validation figures of the epoch the best checkpoint holds (the scalar `val_*` ones)."""
+    if m.best is None:
+        return None
+    record = next((e for e in m.epochs if e.epoch == m.best.epoch), None)
+    if record is None:
+        return None
+    figures = record.model_dump(mode="json")
+    return {k: v for k, v in figures.items() if k.startswith("val_") and isinstance(v, (float, int, str))
+            and not isinstance(v, bool)}
+
+
+def _replay_record(ctx: RunContext, m: RunMetrics) -> ReplayRecord | None:
+    every = ctx.cfg.checkpointing.replay_every_n_epochs
+    folder = ctx.run_dir / REPLAY_DIR
+    epochs = sorted(int(p.stem.split("_")[1]) for p in folder.glob("epoch_*.pt")) if folder.is_dir() else []
+    return ReplayRecord(every_n_epochs=every, epochs=[e for e in epochs if e <= len(m.epochs)]) if every else None

@@ -13,6 +13,7 @@ from mlflow_core.errors import DataError, UserInputError
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.reports.phase_reports import ENVIRONMENT
 from mlflow_core.runners import RunContext, RunOutput
+from mlflow_core.training.checkpoint import weights_sha256
 from mlflow_core.training.data.loader import make_loader
 from mlflow_core.training.data.packed import PackedDataset
 from mlflow_core.training.data.sources import build_data, files_dataset, pack_data
@@ -115,7 +116,7 @@ def _verify_reproducibility(ctx: RunContext, bundle) -> dict[str, Any]:
     # On CUDA some kernels are not bit-reproducible even in deterministic mode; state the difference.
     passed = identical or (device.startswith("cuda") and max_diff <= 1e-5)
     return {"steps": steps, "device": device, "identical": identical, "max_abs_diff": max_diff, "passed": passed,
-            "precision": result.metrics["precision"]}
+            "precision": result.metrics["precision"], "weights_sha256": weights_sha256(weights[0])}
 
 
 THROUGHPUT_SECONDS, THROUGHPUT_BATCHES = 0.25, 3  # each side: whichever comes first, after a warm-up batch

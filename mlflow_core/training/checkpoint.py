@@ -45,3 +45,21 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise UserInputError(f"{path}: checkpoint version {payload.get('version')} is not supported "
                              f"(this wf reads version {CHECKPOINT_VERSION})")
     return payload
+
+
+def weights_sha256(state: dict[str, Any]) -> str:
+    """A digest of a model's weights, independent of device and memory format: each tensor's name,
+    dtype, shape and bytes in a contiguous CPU copy, in name order. Runs record it at every epoch's
+    end and `wf verify` compares re-trained weights with it, so two equal digests mean bit-equal
+    weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

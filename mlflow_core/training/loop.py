@@ -15,6 +15,7 @@ from mlflow_core.training.fit_state import FitState
 from mlflow_core.training.parallel import is_collective_failure
 from mlflow_core.training.records import finite_or_str
 from mlflow_core.training.seeding import set_rng_state
+from mlflow_core.workflow.noise import chance_level
 
 if TYPE_CHECKING:
     from mlflow_core.training.callbacks.base import Trainer
@@ -137,6 +138,8 @@ def end_epoch(t: Trainer, s: FitState) -> dict[str, Any]:
         judged = t.callbacks.on_validation(t, s, record, t.validate())
         record.update(judged)
         value = judged[t.cfg.validation.metric]
+        if s.metrics.get("chance") is None:  # what a model that learned nothing would score (once)
+            s.metrics["chance"] = chance_level(t.val_support, "pixels" if t.cfg.task == "segmentation" else "samples")
         s.validated_value = value if isinstance(value, float) else math.nan  # a non-finite loss is a string
     t.callbacks.on_epoch_record(t, s, record)
     s.metrics["epochs"].append(record)

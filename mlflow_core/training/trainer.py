@@ -352,6 +352,7 @@ class Trainer:
         loss, confusion = self._validation_pass(model or self.model)
 
         c = confusion.double().cpu()
+        self.val_support = [int(v) for v in c.sum(1).tolist()]  # the true classes' counts: chance level
         figures = {"val_loss": finite_or_str(loss), "val_accuracy": round(float(c.diagonal().sum() / c.sum()), 6),
                    "val_f1": round(macro_f1(c), 6), "val_mcc": round(matthews_corrcoef(c), 6)}
         if self.cfg.task == "segmentation":

@@ -10,9 +10,20 @@ from typing import Any
 
 from mlflow_core.config.loader import load_config
 from mlflow_core.errors import ConfigError
+from mlflow_core.workflow import noise
 from mlflow_core.workflow.datafiles import stat_cache
 from mlflow_core.workflow.evidence import Evidence, file_sha256
-from mlflow_core.workflow.facts import ROOT_CAUSE_CONFIDENCE, FileRef
+from mlflow_core.workflow.facts import (
+    ROOT_CAUSE_CONFIDENCE,
+    DiagnosticsFacts,
+    FileRef,
+    FinalizationFacts,
+    OptimizationFacts,
+    PhaseFacts,
+    SetupFacts,
+    TrainingFacts,
+)
+from mlflow_core.workflow.noise import mcc_beyond_chance
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import ProjectState
 
@@ -39,13 +50,23 @@ class CheckContext:
 
 CheckFn = Callable[[CheckContext], CheckResult]
 CHECKS: dict[str, CheckFn] = {}
+READS: dict[str, type[PhaseFacts]] = {}  # check → the facts it reads; absent: any phase's (a report, a decision)
 
 
-def check(name: str) -> Callable[[CheckFn], CheckFn]:
+def check(name: str, reads: type[PhaseFacts] | None = None) -> Callable[[CheckFn], CheckFn]:
     def register(fn: CheckFn) -> CheckFn:
         CHECKS[name] = fn
+        if reads is not None:
+            READS[name] = reads
         return fn
     return register
+
+
+def applies(name: str, facts_kind: type[PhaseFacts]) -> bool:
+    """Whether check `name` can judge a phase that records `facts_kind` (a setup check cannot judge a
+    training run's evidence)."""
+    reads = READS.get(name)
+    return reads is None or issubclass(facts_kind, reads)
 
 
 def run_check(name: str, ctx: CheckContext) -> CheckResult:
@@ -63,7 +84,7 @@ def run_check(name: str, ctx: CheckContext) -> CheckResult:
 
 # --- setup -----------------------------------------------------------------------------------------
 
-@check("config_valid")
+@check("config_valid", reads=SetupFacts)
 def _config_valid(ctx: CheckContext) -> CheckResult:
     """The config validates now. Whether it is still the config the gate verified is the gate's
     fingerprint comparison (gates.py), which knows when a later gate approved another one."""
@@ -84,26 +105,26 @@ def _config_valid(ctx: CheckContext) -> CheckResult:
     return CheckResult(True, f"valid (sha256 {current[:12]}; setup verified {str(recorded)[:12]})")
 
 
-@check("environment_documented")
+@check("environment_documented", reads=SetupFacts)
 def _environment(ctx: CheckContext) -> CheckResult:
     return _artifact_present(ctx, ctx.facts.environment.report, "environment report")
 
 
-@check("seeds_fixed")
+@check("seeds_fixed", reads=SetupFacts)
 def _seeds(ctx: CheckContext) -> CheckResult:
     seeds = ctx.facts.seeds
     return CheckResult(True, f"seed {seeds.seed} applied to {', '.join(seeds.seeded)}; "
                        f"deterministic={seeds.deterministic}")
 
 
-@check("reproducibility_verified")
+@check("reproducibility_verified", reads=SetupFacts)
 def _reproducible(ctx: CheckContext) -> CheckResult:
     rep = ctx.facts.reproducibility
     difference = "bit-identical" if rep.identical else f"max |Δw| = {rep.max_abs_diff:.3g}"
     return CheckResult(rep.passed, f"{rep.steps} steps twice on {rep.device}: {difference}")
 
 
-@check("data_pipeline_ok")
+@check("data_pipeline_ok", reads=SetupFacts)
 def _data(ctx: CheckContext) -> CheckResult:
     data = ctx.facts.data
     if data.problems:
@@ -112,7 +133,7 @@ def _data(ctx: CheckContext) -> CheckResult:
                        f"{data.input_shape}, {data.num_classes} classes, no NaN/Inf, no sample in two splits")
 
 
-@check("model_forward_ok")
+@check("model_forward_ok", reads=SetupFacts)
 def _model(ctx: CheckContext) -> CheckResult:
     model = ctx.facts.model
     if not model.ok:
@@ -122,14 +143,14 @@ def _model(ctx: CheckContext) -> CheckResult:
 
 # --- baseline and later training phases -----------------------------------------------------------
 
-@check("run_completed")
+@check("run_completed", reads=TrainingFacts)
 def _completed(ctx: CheckContext) -> CheckResult:
     status = ctx.facts.status
     ok = status in ("completed", "early_stopped")
     return CheckResult(ok, f"run {ctx.evidence.run_id if ctx.evidence else '?'} status: {status}")
 
 
-@check("loss_decreased")
+@check("loss_decreased", reads=TrainingFacts)
 def _loss_decreased(ctx: CheckContext) -> CheckResult:
     f = ctx.facts
     first, best = f.first_epoch_train_loss, f.best_train_loss
@@ -137,11 +158,41 @@ def _loss_decreased(ctx: CheckContext) -> CheckResult:
         return CheckResult(False, "fewer than one finished epoch recorded")
     if f.epochs_completed < 2:
         return CheckResult(False, "needs at least two epochs to compare")
-    ok = best < first
-    return CheckResult(ok, f"train loss {first:.4g} (epoch 1) → best {best:.4g}")
+    fall = 1 - best / first if first > 0 else 0.0
+    shown = f"train loss {first:.4g} (epoch 1) → best {best:.4g} ({-fall:+.0%})"
+    if fall < MIN_LOSS_FALL:
+        return CheckResult(False, f"{shown}: a fall under {MIN_LOSS_FALL:.0%} does not show learning")
+    return CheckResult(True, shown)
 
 
-@check("no_nan_loss")
+MIN_LOSS_FALL = 0.05  # the training loss must fall by this share of its first epoch's mean
+
+
+@check("beats_chance", reads=TrainingFacts)
+def _beats_chance(ctx: CheckContext) -> CheckResult:
+    """The model learned: at its best epoch, the validation MCC stands out of the noise of a predictor
+    that learned nothing (MCC 0 for any constant or label-independent predictor, whatever the class
+    balance), on the run's own validation split. A falling loss alone does not show it: a run at
+    learning rate 1e6 falls from 1e12 to 1e10 and predicts at chance."""
+    f = ctx.facts
+    figures, chance = f.best_validation or {}, f.chance
+    mcc, accuracy = figures.get("val_mcc"), figures.get("val_accuracy")
+    if chance is None or not isinstance(mcc, float | int):
+        return CheckResult(False, "no validation figures against a trivial predictor were recorded (by an earlier "
+                           f"wf, or no epoch was validated); run `wf phase {ctx.phase}` again")
+    weighed = mcc_beyond_chance(float(mcc), chance.count)
+    epoch = f.best.epoch if f.best else "?"
+    against = (f"val accuracy {float(accuracy):.1%} against {chance.majority_share:.1%} for always predicting the "
+               f"majority class" if isinstance(accuracy, float | int) else "")
+    shown = (f"best epoch {epoch}: val MCC {float(mcc):.3f}, a predictor that learned nothing scores 0 ± "
+             f"{weighed.noise:.3f} over {chance.count:,} {chance.units}; {against}")
+    if not weighed.stands_out:
+        return CheckResult(False, f"{shown}: not above chance by more than {noise.Z:g} standard errors "
+                           f"(needs MCC > {weighed.smallest:.3f}); see diagnostics/convergence_stall.md")
+    return CheckResult(True, shown)
+
+
+@check("no_nan_loss", reads=TrainingFacts)
 def _no_nan(ctx: CheckContext) -> CheckResult:
     nan = ctx.facts.nonfinite
     if nan:
@@ -150,7 +201,7 @@ def _no_nan(ctx: CheckContext) -> CheckResult:
     return CheckResult(True, f"all {ctx.facts.steps} steps finite")
 
 
-@check("best_checkpoint_saved")
+@check("best_checkpoint_saved", reads=TrainingFacts)
 def _best_ckpt(ctx: CheckContext) -> CheckResult:
     best = ctx.facts.checkpoints.best
     if not best:
@@ -177,7 +228,7 @@ def _report(ctx: CheckContext) -> CheckResult:
     return _artifact_present(ctx, ctx.facts.report, "report")
 
 
-@check("gpu_utilization")
+@check("gpu_utilization", reads=TrainingFacts)
 def _gpu(ctx: CheckContext) -> CheckResult:
     gpu = ctx.facts.gpu
     target = float(ctx.params.get("min_percent", 60))
@@ -219,7 +270,7 @@ NOTHING_TO_FIX_NEXT = ("tick `fix_applied` to confirm that none is needed, then 
                       "\"nothing to fix\"` (or `wf decide rebaseline` to train the baseline again)")
 
 
-@check("root_cause_identified")
+@check("root_cause_identified", reads=DiagnosticsFacts)
 def _root_cause(ctx: CheckContext) -> CheckResult:
     facts, top = ctx.facts, ctx.facts.top_finding()
     outcome = facts.concluded()
@@ -236,7 +287,7 @@ def _root_cause(ctx: CheckContext) -> CheckResult:
                        + ("" if ok else f", below {ROOT_CAUSE_CONFIDENCE}") + ")")
 
 
-@check("fix_verified")
+@check("fix_verified", reads=DiagnosticsFacts)
 def _fix_verified(ctx: CheckContext) -> CheckResult:
     if ctx.facts.concluded() == "nothing_to_fix":
         return CheckResult(True, f"nothing to fix in run {ctx.facts.diagnosed_run}, so no fix to verify")
@@ -264,7 +315,7 @@ def _artifact_present(ctx: CheckContext, record: FileRef | None, what: str) -> C
 
 # --- optimization -----------------------------------------------------------------------------------
 
-@check("trials_completed")
+@check("trials_completed", reads=OptimizationFacts)
 def _trials_completed(ctx: CheckContext) -> CheckResult:
     study = ctx.facts.study
     done = study.counts.get("COMPLETE", 0)
@@ -272,7 +323,7 @@ def _trials_completed(ctx: CheckContext) -> CheckResult:
                        f"{study.counts.get('FAIL', 0)} failed in study {study.name}")
 
 
-@check("improvement_significant")
+@check("improvement_significant", reads=OptimizationFacts)
 def _improvement(ctx: CheckContext) -> CheckResult:
     comparison = ctx.facts.comparison
     if not comparison:
@@ -280,7 +331,7 @@ def _improvement(ctx: CheckContext) -> CheckResult:
     return CheckResult(comparison.significant, comparison.verdict)
 
 
-@check("improvement_judged")
+@check("improvement_judged", reads=OptimizationFacts)
 def _improvement_judged(ctx: CheckContext) -> CheckResult:
     """The sweep's outcome, either way: a gain beyond the seed noise (finalize the optimized config) or
     none (finalize the baseline's); only a sweep with no comparison has no outcome."""
@@ -295,14 +346,14 @@ def _improvement_judged(ctx: CheckContext) -> CheckResult:
                        "`wf phase finalization`")
 
 
-@check("optimized_config_written")
+@check("optimized_config_written", reads=OptimizationFacts)
 def _optimized_config(ctx: CheckContext) -> CheckResult:
     return _artifact_present(ctx, ctx.facts.optimized_config, "optimized config")
 
 
 # --- finalization -----------------------------------------------------------------------------------
 
-@check("test_evaluated_once")
+@check("test_evaluated_once", reads=FinalizationFacts)
 def _test_once(ctx: CheckContext) -> CheckResult:
     facts = ctx.facts
     accuracy = (facts.summary or {}).get("accuracy")
@@ -317,7 +368,7 @@ def _test_once(ctx: CheckContext) -> CheckResult:
     return CheckResult(True, f"{shown}; first evaluation of the test split")
 
 
-@check("export_verified")
+@check("export_verified", reads=FinalizationFacts)
 def _export_verified(ctx: CheckContext) -> CheckResult:
     exports = ctx.facts.exports
     if not exports:

@@ -151,7 +151,7 @@ def package_versions() -> dict[str, str | None]:
 
 # --- data -------------------------------------------------------------------------------------------
 
-def _digits_file() -> Path | None:
+def digits_file() -> Path | None:
     """scikit-learn's bundled digits, found without importing scikit-learn (a second of start-up)."""
     import importlib.util
 
@@ -168,7 +168,7 @@ def data_fingerprint(cfg: Any, project_root: Path, *, full: bool, reference: str
     hashed again, and a new manifest is stored only when the data differs."""
     source = cfg.data.source
     if source == "digits":
-        path = _digits_file()
+        path = digits_file()
         return {"source": "digits", "sha256": datafiles.sha256_file(path) if path else None,
                 "split": {k: getattr(cfg.data, k) for k in ("val_fraction", "test_fraction", "split_seed")}}
     if source == "custom":
@@ -356,7 +356,7 @@ def _data_drift(rec: dict[str, Any], cfg: Any, now: Current, notes: list[str]) -
     if source != cfg.data.source:
         return [Drift("data", f"data.source {source} → {cfg.data.source}")]
     if source == "digits":
-        path = _digits_file()
+        path = digits_file()
         if path is None:
             notes.append("scikit-learn is not installed here: the digits data was not compared")
             return []

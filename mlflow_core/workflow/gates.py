@@ -13,13 +13,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mlflow_core.content import packaged_root
-from mlflow_core.errors import ChecklistError, did_you_mean
+from mlflow_core.content import content_path, packaged_root
+from mlflow_core.errors import ChecklistError, UserInputError, did_you_mean
 from mlflow_core.workflow import fingerprints
 from mlflow_core.workflow.checklist import Checklist, ChecklistItem, parse_checklist
-from mlflow_core.workflow.checks import CHECKS, CheckContext, run_check
+from mlflow_core.workflow.checks import CHECKS, CheckContext, applies, run_check
 from mlflow_core.workflow.evidence import Evidence, read_evidence
-from mlflow_core.workflow.phases import DECISIONS, RequiredItem, load_phase, predecessors, required_items
+from mlflow_core.workflow.phases import (
+    DECISIONS,
+    PHASES,
+    RequiredItem,
+    load_phase,
+    predecessors,
+    required_items,
+)
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import Event, ProjectState
 
@@ -105,6 +112,7 @@ def evaluate_gate(project: Project, state: ProjectState, phase: str,
     now = now or fingerprints.Current(project.root)
     definition = load_phase(phase, project.root)
     checklist = load_checklist(project, definition.exit_checklist)
+    refuse_checks_that_cannot_apply(project, phase, definition, checklist)
     evidence = recorded if recorded is not None else read_evidence(project, phase)
     waivers = state.waivers(checklist.name)
     ticks = state.last_ticks(checklist.name)
@@ -120,6 +128,36 @@ def evaluate_gate(project: Project, state: ProjectState, phase: str,
                        all(i.checked for i in items) and not drift, items,
                        [e.model_dump(mode="json") for e in state.overrides()],
                        _selected_run(state, phase, evidence), drift, notes, verified_at)
+
+
+def refuse_checks_that_cannot_apply(project: Project, phase: str, definition: Any, checklist: Checklist) -> None:
+    """A check judges the evidence of the phases it was written for: a setup check on a training run's
+    evidence has nothing to read. A project's phase definition or checklist that asks for one is bad
+    input naming the file and the key or line, never a verdict (nor a traceback)."""
+    facts = PHASES[phase].facts
+    phase_file = content_path("phases", f"{phase}.yaml", project.root)
+    where = project.relative(phase_file)
+    packaged = load_phase(phase).exit_checklist
+    for item in checklist.items:
+        if item.auto and not applies(item.auto, facts):
+            if checklist.name != packaged:
+                raise UserInputError(f"{where}: exit_checklist: {checklist.name!r} is not a checklist the {phase} gate "
+                                     f"can judge (its item {item.id} is verified by `{item.auto}`, a check of another "
+                                     f"phase's evidence).", hint=f"Set `exit_checklist: {packaged}` again.")
+            raise ChecklistError(f"{project.relative(checklist.path)}:{item.line}: item {item.id} names `auto: "
+                                 f"{item.auto}`, a check of another phase's evidence: the {phase} gate cannot "
+                                 "verify it.", hint="Name one of the checks the phase's own items use, or make "
+                                 "the item manual (drop `auto: …`).")
+    named = [("success_criteria", c.id, c.check) for c in definition.success_criteria]
+    named += [("required_items", r.id, r.check) for r in definition.required_items if r.check]
+    for key, item_id, name in named:
+        if name not in CHECKS:
+            raise UserInputError(f"{where}: {key}: {item_id} names the check `{name}`, which wf does not have."
+                                 + did_you_mean(name, CHECKS), hint="`wf checklist show` lists the checks in use.")
+        if not applies(name, facts):
+            raise UserInputError(f"{where}: {key}: {item_id} names `{name}`, a check of another phase's evidence: "
+                                 f"the {phase} gate cannot verify it.",
+                                 hint=f"Restore it from the packaged phases/{phase}.yaml (`wf init` writes one).")
 
 
 def _waiver(event: Event | None) -> dict[str, Any] | None:

@@ -64,6 +64,28 @@ def beyond_chance(accuracy: float, classes: int, n_val: int) -> Weighed:
     return Weighed(accuracy - chance, noise, Z * noise)
 
 
+def mcc_beyond_chance(mcc: float, n: int) -> Weighed:
+    """A validation MCC against the MCC of a predictor that learned nothing: 0 for any constant or
+    label-independent predictor, whatever the class balance, with a standard error of about 1/√n
+    on n samples (√n·MCC is close to standard normal under independence). For segmentation n counts
+    pixels, which are not independent: the noise is understated, and a model at chance still shows
+    an MCC of 0."""
+    noise = 1.0 / math.sqrt(n) if n > 0 else math.inf
+    return Weighed(mcc, noise, Z * noise)
+
+
+def chance_level(support: list[int], units: str) -> dict[str, float | int | str]:
+    """What a predictor that learned nothing scores on a split whose true classes occur `support`
+    times: always predicting the majority class gets its share as accuracy and MCC 0, and predicting
+    the class frequencies gets their entropy as cross-entropy loss."""
+    total = sum(support)
+    shares = [c / total for c in support] if total else []
+    majority = max(range(len(support)), key=support.__getitem__) if support else 0
+    return {"units": units, "count": total, "majority_class": majority,
+            "majority_share": round(shares[majority], 6) if shares else 0.0,
+            "prior_nll": round(-sum(p * math.log(p) for p in shares if p > 0), 6)}
+
+
 CHANCE_QUANTILE = 0.99  # a class ratio counts as skew when a balanced source reaches it less than 1 % of the time
 
 

@@ -34,6 +34,9 @@ def recommend(metrics: RunMetrics, criteria: list[dict[str, Any]], playbooks: di
         return failure("crashed", f"the run {status}: {metrics.stop_reason}; see logs/training.log")
     if "loss_decreased" in failed:
         return failure("no_learning", "the training loss did not decrease: the model is not learning")
+    if "beats_chance" in failed:
+        return failure("no_learning", "the model scores no better than a predictor that learned nothing (see "
+                       "the criterion above): it is not learning")
     if "gpu_utilization" in failed:
         return Recommendation("insufficient", "diagnostics", "wf decide diagnose",
                               "GPU utilization is below target: the run is not using the accelerator well",

@@ -52,12 +52,31 @@ class EpochRecord(BaseModel):
     val_loss: FloatOrStr | None = None
     val_accuracy: float | None = None
     improved: bool | None = None
+    weights: EpochWeights | None = None
 
 
 class BestValue(_Record):
     metric: str
     value: float
     epoch: int
+
+
+class ChanceLevel(_Record):
+    """What a predictor that learned nothing scores on the validation split (noise.chance_level):
+    the yardstick of the claim that a model learned."""
+    units: Literal["samples", "pixels"]
+    count: int
+    majority_class: int
+    majority_share: float
+    prior_nll: float
+
+
+class EpochWeights(_Record):
+    """The weights an epoch ended with: the global step and their digest (training/checkpoint.py
+    weights_sha256), and the evaluated EMA weights' digest where validation judged those."""
+    step: int
+    sha256: str
+    evaluated_sha256: str | None = None
 
 
 class CheckpointRef(_Record):
@@ -184,6 +203,7 @@ class RunMetrics(_Record):
     stop_reason: str | None = None
     anomalies: list[Anomaly] | None = None
     precision: PrecisionRecord | None = None
+    chance: ChanceLevel | None = None  # the validation split's trivial predictor (from the first validation)
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True)

@@ -20,6 +20,7 @@ from mlflow_core.training.callbacks.metrics_file import MetricsFile
 from mlflow_core.training.callbacks.mixing import Mixing
 from mlflow_core.training.callbacks.mlflow import MlflowTracking
 from mlflow_core.training.callbacks.monitor import Monitor, ProgressEvent
+from mlflow_core.training.callbacks.replay import ReplayStates
 from mlflow_core.training.callbacks.resume import ResumePoints, restore
 from mlflow_core.training.callbacks.tensorboard import TensorBoard, WeightsAndBiases
 
@@ -41,6 +42,7 @@ def callbacks_for(t: Any, *, windowed: bool) -> Callbacks:
         MetricsFile(),
         WeightsAndBiases.configured(t),  # after metrics.json: it reports the run's final status
         MlflowTracking.configured(t),
-        ResumePoints(t),
+        resume_points := ResumePoints(t),
+        ReplayStates(t, resume_points),  # after the resume point it keeps a link to
     ]
     return Callbacks([p for p in parts if p is not None])

@@ -50,6 +50,7 @@ class Trainer(Protocol):
     stop_on_signals: bool
     on_epoch: Any
     on_progress: Callable[[Any], None]
+    val_support: list[int]  # the validation split's true classes' counts, set by validate()
 
     def start(self, max_steps: int | None) -> FitState: ...
     def evaluated_model(self) -> torch.nn.Module: ...

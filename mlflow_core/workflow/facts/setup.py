@@ -65,6 +65,7 @@ class ReproducibilityCheck(Facts):
     max_abs_diff: float
     passed: bool
     precision: PrecisionRecord
+    weights_sha256: str | None = None  # the short run's end weights (what `wf verify setup` trains again)
 
 
 class ThroughputCheck(Facts):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from mlflow_core.workflow.facts.base import FileRef, PhaseFacts
+from mlflow_core.workflow.facts.base import Facts, FileRef, PhaseFacts
 from mlflow_core.workflow.records import (
     Anomaly,
     BestValue,
+    ChanceLevel,
     Checkpoints,
+    EpochWeights,
+    FloatOrStr,
     NonFiniteEvent,
     RunStatus,
 )
@@ -22,6 +25,13 @@ class GpuSummary(BaseModel):
     reason: str | None = None
     p50: float | None = None
     mean: float | None = None
+
+
+class ReplayRecord(Facts):
+    """The training states the run kept for `wf verify` (training/callbacks/replay.py): the epochs
+    whose start state is in `<run_dir>/checkpoints/replay/epoch_NNN.pt`."""
+    every_n_epochs: int
+    epochs: list[int]
 
 
 class TrainingFacts(PhaseFacts):
@@ -42,3 +52,8 @@ class TrainingFacts(PhaseFacts):
     gpu: GpuSummary | None
     data_wait_fraction: float | None
     metrics: FileRef
+    # what `wf verify` recomputes, and what the claim that the model learned is judged against
+    best_validation: dict[str, FloatOrStr] | None = None  # the best epoch's validation figures (val_*)
+    chance: ChanceLevel | None = None
+    weights: dict[int, EpochWeights] | None = None  # epoch → the weights it ended with
+    replay: ReplayRecord | None = None

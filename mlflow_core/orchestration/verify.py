@@ -1,0 +1,103 @@
+"""`wf verify [PHASE|--all]`: every claim a phase's evidence makes, recomputed from the artifacts
+(workflow/verification.py says what is recomputed and how; runners/verification.py trains and
+evaluates). Fails closed: a claim that cannot be recomputed here is `unverifiable`, never a pass."""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mlflow_core.config.loader import load_config
+from mlflow_core.errors import UserInputError
+from mlflow_core.workflow.evidence import read_evidence
+from mlflow_core.workflow.fingerprints import flatten, vouched
+from mlflow_core.workflow.lock import locked
+from mlflow_core.workflow.phases import PHASES, load_phase
+from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.state import load_state
+from mlflow_core.workflow.verification import PhaseVerification, config_difference, verify_data
+
+DEFAULT_SEGMENTS = 1  # training segments re-trained per run: an epoch each, chosen at verification time
+RECOMPUTED = ("setup", "baseline")  # the phases whose claims this wf recomputes
+
+
+@dataclass(frozen=True)
+class Verification:
+    phases: list[PhaseVerification]
+    seed: int  # the seed that chose the segments (`--seed` repeats a verification)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.phases) and all(p.passed for p in self.phases)
+
+    def to_json(self) -> dict:
+        return {"passed": self.passed, "seed": self.seed, "phases": [p.to_json() for p in self.phases]}
+
+
+@locked("wf verify")
+def verify(project: Project, phase: str | None, *, every: bool, segments: int = DEFAULT_SEGMENTS,
+           seed: int | None = None, on_message: Callable[[str], None] = lambda _m: None) -> Verification:
+    """`phase`'s claims (default: the current phase's), or with `every` those of every phase that has
+    recorded evidence, whatever `current_phase` says."""
+    if segments < 1:
+        raise UserInputError(f"--segments {segments}: give at least 1 (the training segments to re-train per run).")
+    state = load_state(project)
+    if every:
+        names = [name for name in PHASES if read_evidence(project, name) is not None]
+        if not names:
+            raise UserInputError("no phase has recorded evidence yet: nothing to verify.",
+                                 hint="Run `wf phase setup` first.")
+    else:
+        names = [load_phase(phase or state.current_phase or "setup").name]
+    seed = secrets.randbits(48) if seed is None else seed
+    rng = random.Random(seed)
+    return Verification([_verify_phase(project, name, segments, rng, on_message) for name in names], seed)
+
+
+def _verify_phase(project: Project, phase: str, segments: int, rng: random.Random,
+                  on_message: Callable[[str], None]) -> PhaseVerification:
+    evidence = read_evidence(project, phase)
+    out = PhaseVerification(phase, evidence.run_id if evidence else None)
+    if evidence is None:
+        out.add("evidence", "failed", f"{phase} has recorded no evidence; run `wf phase {phase}`")
+        return out
+    if not evidence.intact:
+        out.add("evidence", "failed", f".wf/evidence/{phase}.json {evidence.why_not_intact()}")
+        return out
+    if phase not in RECOMPUTED:
+        out.add(f"{phase} claims", "unverifiable", f"this wf does not recompute the {phase} phase's claims yet; "
+                "`wf gate check` judges them from the committed evidence alone")
+        return out
+    facts = evidence.facts
+    recorded = facts.fingerprints.config.get("values") if facts.fingerprints else None
+    if not recorded:
+        out.add("evidence", "unverifiable", f"{phase} was recorded by a wf without fingerprints; run "
+                f"`wf phase {phase}` again")
+        return out
+    on_message(f"{phase}: hashing the data again")
+    out.claims.append(verify_data(project, facts.fingerprints.data, recorded))
+    # torch: only here, where something is trained or evaluated again
+    from mlflow_core.runners import verification
+
+    if phase == "setup":
+        cfg = _setup_config(project, recorded, out)
+        if cfg is not None:
+            verification.verify_setup(project, facts, cfg, out, on_message)
+    else:
+        verification.verify_training(project, facts, out, segments=segments, rng=rng, on_message=on_message)
+    return out
+
+
+def _setup_config(project: Project, recorded: dict, out: PhaseVerification):
+    """Setup keeps no checkpoint to carry its config: its checks are done again with training_config.yaml
+    when that is the config setup verified (later phases' sections aside)."""
+    cfg = load_config(project.config_path)
+    differs = config_difference(vouched(recorded, "setup"), vouched(flatten(cfg.model_dump(mode="json")), "setup"))
+    if differs is not None:
+        out.add("config", "unverifiable", f"training_config.yaml is not the config setup verified ({differs}); "
+                "`wf gate check setup` says what changed")
+        return None
+    out.add("config", "verified", "training_config.yaml validates and is the config setup verified")
+    return cfg

@@ -1,0 +1,262 @@
+"""`wf verify`'s recomputation: what trains and evaluates (workflow/verification.py has the verdicts
+and the torch-free claims).
+
+Nothing here trusts a recorded figure it can compute: the config comes from the checkpoint or the
+kept state itself (and must equal the one the evidence records), the data is built from the files,
+the weights are the files' own, and the figures they are compared with are the evidence's."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.errors import UserInputError
+from mlflow_core.training.callbacks.replay import replay_state_name
+from mlflow_core.training.checkpoint import load_checkpoint, weights_sha256
+from mlflow_core.training.data.sources import build_data
+from mlflow_core.training.data_checks import check_data
+from mlflow_core.training.models import build_model, count_parameters
+from mlflow_core.training.optim import resolve_device
+from mlflow_core.training.trainer import Trainer
+from mlflow_core.workflow.evidence import file_sha256
+from mlflow_core.workflow.facts import SetupFacts, TrainingFacts
+from mlflow_core.workflow.fingerprints import flatten
+from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.verification import PhaseVerification, config_difference
+
+# Validation figures recomputed on a GPU may differ in the last bits (kernels reduce in other orders);
+# on the CPU with deterministic settings they are bit-equal. Not yet measured on a GPU (bench/).
+GPU_RELATIVE_TOLERANCE = 1e-4
+COMPARED_FIGURES = ("val_loss", "val_accuracy", "val_f1", "val_mcc", "val_iou")
+
+
+class _Recompute:
+    """One phase's recomputation: the project, the run's config (from its own files) and data, built
+    once for every claim that needs them."""
+
+    def __init__(self, project: Project, recorded_config: dict[str, Any], out: PhaseVerification,
+                 on_message: Callable[[str], None]):
+        self.project, self.recorded_config, self.out, self.say = project, recorded_config, out, on_message
+        self.cfg: WorkflowConfig | None = None
+        self.bundle: Any = None
+
+    def adopt_config(self, config: dict[str, Any], source: str) -> bool:
+        """The config a run's own file carries, when it is the one the evidence records."""
+        differs = config_difference(self.recorded_config, flatten(config))
+        if differs is not None:
+            self.out.add("config", "failed", f"{source} was trained with another config than the evidence records: "
+                         f"{differs}")
+            return False
+        if self.cfg is None:
+            self.cfg = WorkflowConfig.model_validate(config)
+            self.out.add("config", "verified", f"{source} carries the config the evidence records")
+        return True
+
+    def data(self) -> Any:
+        if self.bundle is None:
+            self.bundle = build_data(self.cfg, self.project.root)
+        return self.bundle
+
+    def trainer(self, run_id: str, resume_from: Path | None = None) -> Trainer:
+        return Trainer(self.cfg, self.project.root, None, run_id=run_id, phase="verify", data=self.data(),
+                       resume_from=resume_from)
+
+    def file(self, relative: str) -> Path:
+        return self.project.inside(relative)
+
+
+def verify_training(project: Project, facts: TrainingFacts, out: PhaseVerification, *, segments: int,
+                    rng: random.Random, on_message: Callable[[str], None] = lambda _m: None) -> None:
+    """A training run's claims: its best checkpoint and, from the states it kept, its training."""
+    recorded = (facts.fingerprints.config.get("values") if facts.fingerprints else None) or {}
+    work = _Recompute(project, recorded, out, on_message)
+    best = facts.checkpoints.best
+    if best is None:
+        out.add("best checkpoint", "failed", "the evidence names no best checkpoint")
+    else:
+        _verify_best_checkpoint(work, facts, best)
+    _verify_training_states(work, facts, segments, rng)
+
+
+def _verify_best_checkpoint(work: _Recompute, facts: TrainingFacts, best: Any) -> None:
+    out, path = work.out, work.file(best.path)
+    name = f"best checkpoint ({best.path})"
+    if not path.is_file():
+        out.add(name, "unverifiable", "not on this machine: run `wf verify` where the run's files are")
+        return
+    digest = file_sha256(path)
+    if digest != best.sha256:
+        out.add(name, "failed", f"the file hashes to {digest[:12]}, the evidence records {best.sha256[:12]}")
+        return
+    checkpoint = load_checkpoint(path)
+    if not work.adopt_config(checkpoint.get("config") or {}, best.path):
+        return
+    recorded = (facts.weights or {}).get(best.epoch)
+    weights = weights_sha256(checkpoint["model"])
+    if recorded is None:
+        out.add(name, "unverifiable", f"the evidence records no weights digest for epoch {best.epoch}")
+    elif weights != (recorded.evaluated_sha256 or recorded.sha256):
+        out.add(name, "failed", f"its weights (sha256 {weights[:12]}) are not those epoch {best.epoch} ended with "
+                f"({(recorded.evaluated_sha256 or recorded.sha256)[:12]})")
+        return
+    else:
+        out.add(name, "verified", f"the file the evidence names, holding the weights epoch {best.epoch} ended with "
+                f"({weights[:12]})")
+    work.say(f"Evaluating {best.path} on the validation split again")
+    trainer = work.trainer("verify-best")
+    trainer.build()
+    trainer.model.load_state_dict(checkpoint["model"])
+    figures = trainer.validate()
+    claimed = facts.best_validation or {}
+    compared = [k for k in COMPARED_FIGURES if k in claimed and k in figures]
+    if not compared:
+        out.add(f"{name}: validation figures", "unverifiable", "the evidence records no validation figures of the "
+                "best epoch")
+        return
+    exact = trainer.device.type == "cpu"
+    wrong = [f"{k} {_shown(figures[k])} (recorded {_shown(claimed[k])})" for k in compared
+             if not _agree(figures[k], claimed[k], exact)]
+    how = "bit-equal" if exact else f"within {GPU_RELATIVE_TOLERANCE:g} relative on {trainer.device}"
+    if wrong:
+        out.add(f"{name}: validation figures", "failed", "evaluated again on the validation split: "
+                + "; ".join(wrong))
+    else:
+        out.add(f"{name}: validation figures", "verified", f"evaluated again on the validation split ({how}): "
+                + ", ".join(f"{k} {_shown(figures[k])}" for k in compared))
+
+
+def _verify_training_states(work: _Recompute, facts: TrainingFacts, segments: int, rng: random.Random) -> None:
+    out, replay, weights = work.out, facts.replay, facts.weights or {}
+    if replay is None or not replay.epochs:
+        out.add("training (replay)", "unverifiable", "the run kept no training states to re-train a segment from "
+                "(checkpointing.replay_every_n_epochs: 0, or an earlier wf); train it again with states kept")
+        return
+    states = {e: work.file(f"{facts.run_dir}/{replay_state_name(e)}") for e in replay.epochs}
+    missing = [e for e, p in states.items() if not p.is_file()]
+    if missing:
+        out.add("training (replay)", "unverifiable", f"the kept states of epochs {_epochs(missing)} are not on this "
+                f"machine ({facts.run_dir}/checkpoints/replay/): run `wf verify` where the run's files are")
+        return
+    loaded = {}
+    for epoch, path in states.items():
+        state = load_checkpoint(path)
+        if state.get("kind") != "resume":
+            out.add(f"training state of epoch {epoch}", "failed", f"{path.name} is not a training state")
+            return
+        if not work.adopt_config(state.get("config") or {}, f"the kept state of epoch {epoch}"):
+            return
+        if state.get("world_size", 1) != 1:
+            out.add("training (replay)", "unverifiable", f"the run trained on {state['world_size']} processes; "
+                    "`wf verify` re-trains single-process runs only")
+            return
+        loaded[epoch] = weights_sha256(state["model"])
+    _verify_chain(work, loaded, weights)
+    replayable = [e for e in replay.epochs if e in weights]
+    chosen = sorted(rng.sample(replayable, min(segments, len(replayable))))
+    for epoch in chosen:
+        _replay(work, epoch, states[epoch], weights[epoch])
+
+
+def _verify_chain(work: _Recompute, loaded: dict[int, str], weights: dict[int, Any]) -> None:
+    """Each kept state holds the weights the epoch before it ended with; the first one, the weights
+    the config's seed initializes."""
+    out = work.out
+    if 1 in loaded:
+        trainer = work.trainer("verify-init")
+        trainer.build()
+        initial = weights_sha256(trainer.model.state_dict())
+        if initial != loaded[1]:
+            out.add("initial weights", "failed", "the state kept at epoch 1 does not hold the weights that "
+                    f"reproducibility.seed {work.cfg.reproducibility.seed} initializes ({loaded[1][:12]} against "
+                    f"{initial[:12]})")
+        else:
+            out.add("initial weights", "verified", f"the state kept at epoch 1 holds the weights that "
+                    f"reproducibility.seed {work.cfg.reproducibility.seed} initializes")
+    broken = [e for e in sorted(loaded) if e > 1 and (e - 1 not in weights or weights[e - 1].sha256 != loaded[e])]
+    if broken:
+        out.add("kept training states", "failed", f"the states kept at epochs {_epochs(broken)} do not hold the "
+                "weights the epoch before each ended with")
+    else:
+        out.add("kept training states", "verified", f"{len(loaded)} states, each holding the weights the epoch "
+                "before it ended with")
+
+
+def _replay(work: _Recompute, epoch: int, state: Path, recorded: Any) -> None:
+    work.say(f"Training epoch {epoch} again from its kept state")
+    trainer = work.trainer(f"verify-epoch-{epoch}", resume_from=state)
+    try:
+        trainer.fit(max_steps=recorded.step)
+    except UserInputError as exc:
+        work.out.add(f"training epoch {epoch} (replay)", "failed", exc.message)
+        return
+    digest = weights_sha256(trainer.model.state_dict())
+    if digest == recorded.sha256:
+        work.out.add(f"training epoch {epoch} (replay)", "verified", f"re-trained from its kept state to step "
+                     f"{recorded.step}: the weights are bit-equal to the recorded ones ({digest[:12]})")
+    else:
+        work.out.add(f"training epoch {epoch} (replay)", "failed", f"re-trained from its kept state to step "
+                     f"{recorded.step}, the weights hash to {digest[:12]}; the evidence records "
+                     f"{recorded.sha256[:12]}")
+
+
+def verify_setup(project: Project, facts: SetupFacts, cfg: WorkflowConfig, out: PhaseVerification,
+                 on_message: Callable[[str], None] = lambda _m: None) -> None:
+    """Setup's checks done again with the config setup verified: the data's sizes, classes and
+    overlaps, the model's forward pass, and the short reproducibility run's end weights."""
+    on_message("Checking the data pipeline again")
+    bundle = build_data(cfg, project.root)
+    data = check_data(bundle, cfg.training.batch_size)
+    keys = ("train_size", "val_size", "test_size", "num_classes", "class_counts_train", "class_counts_val",
+            "overlap_train_val", "overlaps", "problems")
+    recorded = facts.data.model_dump(mode="json")
+    wrong = [f"{k} {data.get(k)!r} (recorded {recorded.get(k)!r})" for k in keys if data.get(k) != recorded.get(k)]
+    out.add("data checks", "failed" if wrong else "verified", "; ".join(wrong) if wrong else
+            f"train {data['train_size']}, val {data['val_size']}, test {data['test_size']}, {data['num_classes']} "
+            "classes, the class counts and overlaps as recorded")
+    model = build_model(cfg.model, bundle.num_classes, bundle.input_shape, project.root)
+    model.eval()
+    with torch.no_grad():
+        shape = list(model(torch.stack([torch.as_tensor(bundle.train[0][0])] * 2)).shape)
+    claimed = facts.model
+    agree = claimed.ok and claimed.parameters == count_parameters(model) and claimed.output_shape == shape
+    out.add("model forward pass", "verified" if agree else "failed",
+            f"{count_parameters(model):,} parameters, output {shape}" + ("" if agree else
+            f" (recorded {claimed.parameters} parameters, output {claimed.output_shape}, ok={claimed.ok})"))
+    rep = facts.reproducibility
+    if not rep.weights_sha256:
+        out.add("reproducibility run", "unverifiable", "setup recorded no weights digest (an earlier wf); run "
+                "`wf phase setup` again")
+        return
+    on_message(f"Training the reproducibility run again ({rep.steps} steps)")
+    trainer = Trainer(cfg, project.root, None, run_id="verify-setup", phase="setup", data=bundle, short_check=True)
+    result = trainer.fit(max_steps=rep.steps)
+    digest = weights_sha256(result.model.state_dict())
+    exact = str(resolve_device(cfg.training.device)) == "cpu"
+    if digest == rep.weights_sha256:
+        out.add("reproducibility run", "verified", f"{rep.steps} steps trained again: bit-equal weights ({digest[:12]})")
+    else:
+        out.add("reproducibility run", "failed" if exact else "unverifiable",
+                f"{rep.steps} steps trained again: the weights hash to {digest[:12]}, setup recorded "
+                f"{rep.weights_sha256[:12]}" + ("" if exact else " (on a GPU, kernels may differ in the last bits)"))
+
+
+def _agree(now: Any, recorded: Any, exact: bool) -> bool:
+    if isinstance(now, str) or isinstance(recorded, str):  # a non-finite loss is recorded as its string
+        return str(now) == str(recorded)
+    if exact:
+        return float(now) == float(recorded)
+    return math.isclose(float(now), float(recorded), rel_tol=GPU_RELATIVE_TOLERANCE, abs_tol=1e-6)
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else f"{float(value):.6g}"
+
+
+def _epochs(epochs: list[int]) -> str:
+    return ", ".join(map(str, epochs[:8])) + (f" … ({len(epochs)} in all)" if len(epochs) > 8 else "")
