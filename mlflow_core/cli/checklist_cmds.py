@@ -45,11 +45,15 @@ def show(name: str = typer.Argument(..., help="Checklist name, e.g. reproducibil
             for r in rows:
                 console.print(f"[{'x' if r['checked'] else ' '}] {r['id']}: {r['text']}", markup=False)
         return
-    verdict = evaluate_gate(project, load_state(project), phase)
+    state = load_state(project)
+    verdict = evaluate_gate(project, state, phase)
     if as_json:
         print_json(verdict.to_json())
     else:
-        print_gate(verdict)
+        from mlflow_core.workflow.provenance import on_record
+
+        print_gate(verdict, [r for r in on_record(project, state) if r.kind == "waiver"
+                             and r.where.startswith(f"{name} · ")])
 
 
 @app.command()

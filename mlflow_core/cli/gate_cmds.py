@@ -30,6 +30,7 @@ def check(phase: str = typer.Argument(None, help="Phase whose gate to check (def
     from mlflow_core.errors import UserInputError
     from mlflow_core.workflow.gates import chain_verdicts, evaluate_gate
     from mlflow_core.workflow.project import Project
+    from mlflow_core.workflow.provenance import on_record
     from mlflow_core.workflow.state import load_state
 
     if check_all and phase:
@@ -41,17 +42,19 @@ def check(phase: str = typer.Argument(None, help="Phase whose gate to check (def
     verdicts = (chain_verdicts(project, state) if check_all
                 else [evaluate_gate(project, state, phase or state.current_phase or "setup")])
     passed = all(v.passed for v in verdicts)
+    records = on_record(project, state)
     if junit is not None:
         if junit.is_dir():
             raise UserInputError(f"--junit {junit}: is a directory; give a file name")
         atomic_write_text(junit, junit_xml(verdicts, warn_only))
     if markdown:
-        print(markdown_summary(verdicts, warn_only), end="")
+        print(markdown_summary(verdicts, warn_only, records), end="")
     elif as_json:
-        print_json({"passed": passed, "gates": [v.to_json() for v in verdicts]} if check_all else verdicts[0].to_json())
+        shown = {"passed": passed, "gates": [v.to_json() for v in verdicts]} if check_all else verdicts[0].to_json()
+        print_json({**shown, "on_record": [r.to_json() for r in records]})
     else:
-        for verdict in verdicts:
-            print_gate(verdict)
+        for index, verdict in enumerate(verdicts):
+            print_gate(verdict, records if index == len(verdicts) - 1 else ())
         if check_all:
             closed = [v.phase for v in verdicts if not v.passed]
             console.print(f"Every gate on the path ({' → '.join(v.phase for v in verdicts)}) "
@@ -61,7 +64,7 @@ def check(phase: str = typer.Argument(None, help="Phase whose gate to check (def
     raise typer.Exit(0 if passed or warn_only else 1)
 
 
-def markdown_summary(verdicts, warn_only: bool = False) -> str:
+def markdown_summary(verdicts, warn_only: bool = False, records=()) -> str:
     """The gates as a markdown summary for a CI job's page: a line per gate, then what does not hold."""
     lines = ["## wf gates", "", "| Gate | Verdict | Items | Changed since verified |", "|---|---|---|---|"]
     for v in verdicts:
@@ -76,14 +79,16 @@ def markdown_summary(verdicts, warn_only: bool = False) -> str:
         lines += [f"- changed since verified ({d.kind}): {d.detail}" for d in v.drift]
         if v.drift:
             lines.append(f"- to verify again: {v.rerun()}")
-    for v in verdicts:
-        lines += [f"- waiver on record in `{v.phase}`: `{i.id}` by {i.waived['by']} — {i.waived['reason']}"
-                  for i in v.waived_items]
-        lines += [f"- override on record: {o['phase']} entered with the {o['gate']} gate closed — {o['reason']}"
-                  for o in v.overrides]
+    if records:
+        lines += ["", "### Waivers and overrides on record", "", "| Kind | What | Who | Reason |", "|---|---|---|---|"]
+        lines += [f"| {r.kind} | {_cell(r.where)} | {_cell(r.shown())} | {_cell(r.reason)} |" for r in records]
     if warn_only and not all(v.passed for v in verdicts):
         lines += ["", "_Reported with `--warn-only`: the job passes although a gate does not hold._"]
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def junit_xml(verdicts, warn_only: bool = False) -> str:

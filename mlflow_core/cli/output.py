@@ -92,20 +92,17 @@ def gate_table(verdict: Any) -> Table:
     return table
 
 
-def print_gate(verdict: Any) -> None:
-    """A gate's table, what drifted since it passed, waivers and overrides on record, and its verdict."""
+def print_gate(verdict: Any, records: Any = ()) -> None:
+    """A gate's table, what drifted since it passed, waivers and overrides on record (provenance.OnRecord,
+    with who committed them), and its verdict."""
     console.print(gate_table(verdict))
     for drift in verdict.drift:
         console.print(f"[red]changed since the gate verified it[/] ({drift.kind}): {escape(drift.detail)}")
     for note in verdict.notes:
         console.print(f"[dim]not compared here: {escape(note)}[/]")
-    for item in verdict.waived_items:
-        w = item.waived
-        console.print(f"[yellow]waiver on record[/]: {item.id} waived by {escape(str(w['by']))} at {w['time']} — "
-                      f"{escape(w['reason'])}")
-    for o in verdict.overrides:
-        console.print(f"[yellow]override on record[/]: {o['time']} {o['phase']} entered with the "
-                      f"{o['gate']} gate closed — {escape(o['reason'])}")
+    for record in records:
+        console.print(f"[yellow]{record.kind} on record[/]: {escape(record.where)} {escape(record.shown())} — "
+                      f"{escape(record.reason)}", highlight=False)
     left = len(verdict.open_items)
     if verdict.passed:
         status = "[green]passes[/]"

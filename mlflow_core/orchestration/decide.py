@@ -55,10 +55,28 @@ def _decide(project: Project, choice: str, reason: str | None) -> tuple[Decision
     if (before is not None and (before.phase, before.choice, before.after_run) == (current, choice, judged.run_id)
             and reason in (None, before.reason)):
         return before, True
+    shortfall = _shortfall(judged.facts) if target == "finalization" and judged.intact else None
+    if shortfall and not reason:
+        raise UserInputError(f"finalizing below the target: {shortfall}. A model that misses its target may still "
+                             "be finalized, but the shortfall goes on the record with your reason.",
+                             hint=f"`wf decide {choice} --reason \"…\"`, or `wf decide diagnose|optimize` to improve it.")
     decision = Decision(phase=current, choice=choice, next_phase=target, reason=reason, time=now_iso(),
-                        after_run=judged.run_id)
+                        after_run=judged.run_id, shortfall=shortfall)
     state.decision = decision
     state.record("decision", **decision.model_dump(exclude={"time"}))
     save_state(project, state)
     sync_auto_marks(project, state, current)
     return decision, False
+
+
+def _shortfall(facts) -> str | None:
+    """How the judged run misses `validation.target`, or None when it meets it (or sets none)."""
+    best, target = getattr(facts, "best", None), getattr(facts, "target", None)
+    if target is None:
+        return None
+    if best is None:
+        return f"no validation figure was recorded, and validation.target is {target:g}"
+    meets = best.value >= target if not best.metric.endswith("loss") else best.value <= target
+    if meets:
+        return None
+    return f"best {best.metric} {best.value:.4g} misses validation.target {target:g}"

@@ -16,7 +16,7 @@ from mlflow_core.reports.phase_reports import render_phase_report
 from mlflow_core.workflow import fingerprints
 from mlflow_core.workflow.checklist import set_marks
 from mlflow_core.workflow.checks import CheckContext, run_check
-from mlflow_core.workflow.evidence import Evidence, evidence_of, store_evidence
+from mlflow_core.workflow.evidence import Evidence, evidence_of, read_evidence, store_evidence
 from mlflow_core.workflow.facts import DiagnosticsFacts, FileRef, OptimizationFacts, PhaseFacts
 from mlflow_core.workflow.gates import evaluate_gate
 from mlflow_core.workflow.phases import (
@@ -29,6 +29,7 @@ from mlflow_core.workflow.recommend import Recommendation
 from mlflow_core.workflow.state import (
     ProjectState,
     RunRecord,
+    new_project_id,
     now_iso,
 )
 
@@ -85,7 +86,10 @@ def record_outcome(project: Project, state: ProjectState, definition: PhaseDefin
     publish = PHASES[phase].publisher()
     if publish is not None:
         publish(project, run.run_id, project.inside(run.dir), facts, project_name)
-    draft = evidence_of(phase, run.run_id, facts)
+    if state.project_id is None:  # a project made before wf bound evidence to its project
+        state.project_id = new_project_id()
+    binding = {"project_id": state.project_id, "entered_from": _entered_from(project, run)}
+    draft = evidence_of(phase, run.run_id, facts, **binding)
     run.summary["evidence_sha256"] = draft.sha256  # the run the evidence belongs to (run_check matches them)
     criteria = definition.success_criteria
     reported = [i for i, c in enumerate(criteria) if c.check == "report_generated"]
@@ -97,7 +101,7 @@ def record_outcome(project: Project, state: ProjectState, definition: PhaseDefin
     report, rec = render_phase_report(project, state, definition, run.run_id, facts,
                                       [judged[i] for i in range(len(criteria))], project_name)
     facts.report = FileRef(**report)
-    evidence = evidence_of(phase, run.run_id, facts)
+    evidence = evidence_of(phase, run.run_id, facts, **binding)
     run.summary["evidence_sha256"] = store_evidence(project, evidence)
     judged.update(zip(reported, judge_criteria(project, state, definition, evidence, [criteria[i] for i in reported])))
     verdict = [judged[i] for i in range(len(criteria))]
@@ -110,6 +114,16 @@ def record_outcome(project: Project, state: ProjectState, definition: PhaseDefin
     run.summary["report"] = report["path"]
     state.record(event, phase=phase, run_id=run.run_id, status=run.status, passed=passed)
     return PhaseResult(phase, run.run_id, run.status, passed, verdict, report["path"], rec, evidence=evidence)
+
+
+def _entered_from(project: Project, run: RunRecord) -> dict[str, Any] | None:
+    """The evidence whose gate admitted `run`: its phase and hash, which the new evidence carries."""
+    if not run.entered_from:
+        return None
+    before = read_evidence(project, run.entered_from)
+    if before is None or not before.intact:
+        return None
+    return {"phase": run.entered_from, "evidence_sha256": before.sha256}
 
 
 def sync_auto_marks(project: Project, state: ProjectState, phase: str, recorded: Evidence | None = None) -> Any:

@@ -16,6 +16,7 @@ from mlflow_core.workflow.fingerprints import flatten, vouched
 from mlflow_core.workflow.lock import locked
 from mlflow_core.workflow.phases import PHASES, load_phase
 from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.provenance import on_record
 from mlflow_core.workflow.state import load_state
 from mlflow_core.workflow.verification import PhaseVerification, config_difference, verify_data
 
@@ -53,7 +54,19 @@ def verify(project: Project, phase: str | None, *, every: bool, segments: int = 
         names = [load_phase(phase or state.current_phase or "setup").name]
     seed = secrets.randbits(48) if seed is None else seed
     rng = random.Random(seed)
-    return Verification([_verify_phase(project, name, segments, rng, on_message) for name in names], seed)
+    checked = [_verify_phase(project, name, segments, rng, on_message) for name in names]
+    authors = _authors_on_record(project, state)
+    return Verification(checked + ([authors] if authors.claims else []), seed)
+
+
+def _authors_on_record(project: Project, state) -> PhaseVerification:
+    """Each committed waiver and override: the person its entry names made the commit that added it."""
+    out = PhaseVerification("waivers and overrides", None)
+    for record in on_record(project, state):
+        if record.commit is None:
+            continue  # not committed yet (or no git): there is no author to compare
+        out.add(f"{record.kind}: {record.where}", "failed" if record.mismatch else "verified", record.shown())
+    return out
 
 
 def _verify_phase(project: Project, phase: str, segments: int, rng: random.Random,

@@ -23,6 +23,7 @@ from mlflow_core.workflow.facts import FinalizationFacts, OptimizationFacts, Set
 from mlflow_core.workflow.gates import chain_verdicts
 from mlflow_core.workflow.phases import PHASE_ORDER, load_phase
 from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.provenance import on_record
 from mlflow_core.workflow.state import load_state
 from mlflow_core.workflow.units import metric_value, shows_percent
 
@@ -61,7 +62,8 @@ def project_summary(project: Project, blob_base: str | None = None) -> str:
                  + (f" · now in **{state.current_phase}**" if state.current_phase else ""))
     if state.decision:
         d = state.decision
-        lines.append(f"**Decision after the baseline:** {d.choice}" + (f" — {d.reason}" if d.reason else ""))
+        lines.append(f"**Decision after the baseline:** {d.choice}" + (f" — {d.reason}" if d.reason else "")
+                     + (f" · ⚠️ **below target:** {d.shortfall}" if d.shortfall else ""))
     released = latest_release(state)
     if released is not None:
         lines.append(f"**Released:** `{released['model']}` version {released['version']} as `@{released['alias']}` "
@@ -86,12 +88,9 @@ def project_summary(project: Project, blob_base: str | None = None) -> str:
         lines += ["", "### What does not hold"]
         lines += [f"- `{phase}` · `{i.id}`: {i.evidence}" for phase, i in open_items]
         lines += [f"- `{phase}` changed since verified ({d.kind}): {d.detail}" for phase, d in drift]
-    on_record = ([f"- override: {o.get('phase')} entered with the {o.get('gate')} gate closed — {o.get('reason')}"
-                  for o in (e.model_dump() for e in state.overrides())]
-                 + [f"- waiver in `{v.phase}`: `{i.id}` by {i.waived['by']} — {i.waived['reason']}"
-                    for v in verdicts.values() for i in v.waived_items])
-    if on_record:
-        lines += ["", "### On the record", *on_record]
+    records = on_record(project, state)
+    if records:
+        lines += ["", "### On the record", *(f"- {r.kind}: {r.where} {r.shown()} — {r.reason}" for r in records)]
     pictures = sorted(p.relative_to(project.root).as_posix() for p in (project.reports_dir / "figures").glob("*.png"))
     if pictures:
         lines += ["", "**Figures:** " + " · ".join(link(p) for p in pictures)]

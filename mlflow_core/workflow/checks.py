@@ -296,9 +296,11 @@ def _fix_verified(ctx: CheckContext) -> CheckResult:
         return CheckResult(True, f"a trial run verified: {fix} ({ctx.facts.suggested_config})")
     top = ctx.facts.top_finding()
     if top is not None and top.cause not in CONFIG_FIXABLE:
-        return CheckResult(True, f"`{top.cause}` is fixed in the data or the code, not by a config trial; "
-                           "confirm it with the manual item fix_applied")
-    return CheckResult(False, "no trial removed the symptom; see the report's fix trials")
+        # no trial ran, so nothing verified a fix: never ✔ here; a person vouches for it on the record
+        return CheckResult(False, f"no trial run verified a fix: `{top.cause}` is fixed in the data or the code, "
+                           "not by a config trial. Once it is fixed, tick fix_applied and put the fix on the record: "
+                           "`wf checklist waive post_diagnostics fix_verified --reason \"fixed in …\"`")
+    return CheckResult(False, "no trial run removed the symptom; see the report's fix trials")
 
 
 def _artifact_present(ctx: CheckContext, record: FileRef | None, what: str) -> CheckResult:

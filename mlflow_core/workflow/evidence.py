@@ -48,6 +48,8 @@ class Evidence:
     intact: bool  # the stored hash matches the facts, and they are the phase's model
     problem: str = ""  # why not intact
     record: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # what store_evidence writes
+    project_id: str | None = None  # the project that recorded it (state.json's project_id)
+    entered_from: dict[str, Any] | None = None  # {phase, evidence_sha256}: the evidence whose gate admitted it
 
     def why_not_intact(self) -> str:
         return self.problem or "was edited after it was recorded (its hash does not match)"
@@ -61,14 +63,23 @@ def archived_evidence_path(project: Project, run_id: str) -> Path:
     return project.evidence_dir / "runs" / f"{safe_name(run_id, 'run id')}.json"
 
 
-def evidence_of(phase: str, run_id: str | None, facts: PhaseFacts) -> Evidence:
+def evidence_of(phase: str, run_id: str | None, facts: PhaseFacts, *, project_id: str | None = None,
+                entered_from: dict[str, Any] | None = None) -> Evidence:
     """The evidence `facts` make, in memory, exactly as read_evidence reads it back once written
-    (the facts through their JSON form): what a phase's criteria are judged on before it is written."""
+    (the facts through their JSON form): what a phase's criteria are judged on before it is written.
+    `project_id` and `entered_from` bind it to its project and to the evidence it was entered from."""
     if not isinstance(facts, PHASES[phase].facts):
         raise TypeError(f"{phase} records {PHASES[phase].facts.__name__}, not {type(facts).__name__}")
-    body = {"phase": phase, "run_id": run_id, "facts": facts.to_json()}
+    body = {"phase": phase, "run_id": run_id, "facts": facts.to_json(), **_binding(project_id, entered_from)}
     return Evidence(phase, run_id, now_iso(), PHASES[phase].facts.model_validate(body["facts"]),
-                    canonical_sha256(body), intact=True, record=body)
+                    canonical_sha256(body), intact=True, record=body, project_id=project_id,
+                    entered_from=entered_from)
+
+
+def _binding(project_id: Any, entered_from: Any) -> dict[str, Any]:
+    """The keys that bind evidence to its project and history, where it has them (evidence written
+    before they existed hashes as it did)."""
+    return {k: v for k, v in (("project_id", project_id), ("entered_from", entered_from)) if v is not None}
 
 
 def store_evidence(project: Project, evidence: Evidence) -> str:
@@ -102,7 +113,9 @@ def read_evidence(project: Project, phase: str, path: Path | None = None) -> Evi
         return Evidence(phase, None, "", None, "", intact=False, problem=f"cannot be read ({exc})")
     if not isinstance(raw, dict) or not isinstance(raw.get("facts"), dict):
         return Evidence(phase, None, "", None, "", intact=False, problem="holds no facts")
-    body = {"phase": raw.get("phase"), "run_id": raw.get("run_id"), "facts": raw["facts"]}
+    project_id, entered_from = raw.get("project_id"), raw.get("entered_from")
+    body = {"phase": raw.get("phase"), "run_id": raw.get("run_id"), "facts": raw["facts"],
+            **_binding(project_id, entered_from)}
     stored, run_id, recorded_at = str(raw.get("sha256", "")), raw.get("run_id"), str(raw.get("recorded_at", ""))
     if stored != canonical_sha256(body) or raw.get("phase") != phase:
         return Evidence(phase, run_id, recorded_at, None, stored, intact=False)
@@ -111,4 +124,23 @@ def read_evidence(project: Project, phase: str, path: Path | None = None) -> Evi
     except ValidationError as exc:  # intact, but not what this wf records: another version wrote it
         return Evidence(phase, run_id, recorded_at, None, stored, intact=False,
                         problem=f"does not hold what this wf records ({first_problem(exc, 'facts')})")
-    return Evidence(phase, run_id, recorded_at, facts, stored, intact=True)
+    if not (project_id is None or isinstance(project_id, str)) or not (
+            entered_from is None or isinstance(entered_from, dict)):
+        return Evidence(phase, run_id, recorded_at, None, stored, intact=False,
+                        problem="holds a project_id or entered_from that wf does not write")
+    return Evidence(phase, run_id, recorded_at, facts, stored, intact=True, project_id=project_id,
+                    entered_from=entered_from)
+
+
+def find_evidence(project: Project, phase: str, sha256: str) -> Evidence | None:
+    """The intact evidence of `phase` whose hash is `sha256`: its current one, or one a run recorded
+    (`.wf/evidence/runs/<run id>.json`, run ids start with their phase): what an `entered_from` names."""
+    current = read_evidence(project, phase)
+    if current is not None and current.intact and current.sha256 == sha256:
+        return current
+    folder = project.evidence_dir / "runs"
+    for path in sorted(folder.glob(f"{safe_name(phase, 'phase')}-*.json")) if folder.is_dir() else []:
+        archived = read_evidence(project, phase, path)
+        if archived is not None and archived.intact and archived.sha256 == sha256:
+            return archived
+    return None

@@ -34,7 +34,7 @@ LATER_SECTIONS = {"setup": ("optimization", "finalization"), "baseline": ("optim
 
 @dataclass(frozen=True)
 class Drift:
-    kind: str  # config, data, code, packages
+    kind: str  # config, data, code, packages; evidence: not this project's own history (gates.binding_problems)
     detail: str  # what changed, for a person
 
     def to_json(self) -> dict[str, str]:

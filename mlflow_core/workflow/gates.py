@@ -10,7 +10,7 @@ holds now, not only the one just before it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from mlflow_core.content import content_path, packaged_root
@@ -18,7 +18,7 @@ from mlflow_core.errors import ChecklistError, UserInputError, did_you_mean
 from mlflow_core.workflow import fingerprints
 from mlflow_core.workflow.checklist import Checklist, ChecklistItem, parse_checklist
 from mlflow_core.workflow.checks import CHECKS, CheckContext, applies, run_check
-from mlflow_core.workflow.evidence import Evidence, read_evidence
+from mlflow_core.workflow.evidence import Evidence, evidence_path, find_evidence, read_evidence
 from mlflow_core.workflow.phases import (
     DECISIONS,
     PHASES,
@@ -124,6 +124,7 @@ def evaluate_gate(project: Project, state: ProjectState, phase: str,
     items += [_missing_item(req, checklist, waivers.get(req.id), ctx)
               for req in required.values() if req.id not in present]
     drift, notes, verified_at = _drift(project, state, phase, evidence, now)
+    items = _contradicted_by_drift(items, drift)
     return GateVerdict(phase, checklist.name, project.relative(checklist.path),
                        all(i.checked for i in items) and not drift, items,
                        [e.model_dump(mode="json") for e in state.overrides()],
@@ -158,6 +159,22 @@ def refuse_checks_that_cannot_apply(project: Project, phase: str, definition: An
             raise UserInputError(f"{where}: {key}: {item_id} names `{name}`, a check of another phase's evidence: "
                                  f"the {phase} gate cannot verify it.",
                                  hint=f"Restore it from the packaged phases/{phase}.yaml (`wf init` writes one).")
+
+
+# the items whose claim is about what a drift says changed: never ✔ beside a drift that contradicts them
+CLAIMS_ABOUT = {"config_valid": "config", "data_pipeline_checked": "data"}  # by item id (required items)
+
+
+def _contradicted_by_drift(items: list[ItemVerdict], drift: list[fingerprints.Drift]) -> list[ItemVerdict]:
+    changed = {d.kind: d.detail for d in drift}
+    out = []
+    for item in items:
+        kind = CLAIMS_ABOUT.get(item.id)
+        if kind in changed and item.checked and not item.waived:
+            item = replace(item, checked=False, ticked_by=None,
+                           evidence=f"{item.evidence}; but not what the gate verified any more: {changed[kind]}")
+        out.append(item)
+    return out
 
 
 def _waiver(event: Event | None) -> dict[str, Any] | None:
@@ -253,21 +270,77 @@ def selected_by(state: ProjectState, phase: str, run_id: str) -> str:
     return SELECTED_BY_DEFAULT
 
 
-def _approvals(project: Project, state: ProjectState, phase: str) -> list[dict[str, Any]]:
+def _approvals(project: Project, state: ProjectState, phase: str, judged: Evidence) -> list[dict[str, Any]]:
     """The configs that gates after `phase` on the project's path approved: a config in force that
     one of them approved (the optimized config, a fix that diagnostics verified and a new baseline
-    trained) does not re-open `phase`'s gate."""
+    trained) does not re-open `phase`'s gate. Only evidence bound to this project whose history leads
+    back to `phase`'s own evidence approves anything: a later evidence edited to approve a config
+    approves nothing."""
     path = state.path()
     if phase not in path:
         return []
     out = []
     for later in path[path.index(phase) + 1:]:
         evidence = read_evidence(project, later)
-        if evidence is None or not evidence.intact:
+        if evidence is None or not evidence.intact or binding_problems(project, state, later, evidence):
             continue
-        if evidence.facts.fingerprints:
+        if evidence.facts.fingerprints and _leads_back_to(project, evidence, judged):
             out += evidence.facts.fingerprints.approved_configs()
     return out
+
+
+def _source_of(project: Project, evidence: Evidence) -> Evidence | None:
+    """The evidence `evidence` was entered from, as this project holds it (current or archived)."""
+    named = evidence.entered_from or {}
+    phase, digest = named.get("phase"), named.get("evidence_sha256")
+    if phase not in PHASES or not isinstance(digest, str):
+        return None
+    return find_evidence(project, phase, digest)
+
+
+def _leads_back_to(project: Project, evidence: Evidence, earlier: Evidence, steps: int = 12) -> bool:
+    current: Evidence | None = evidence
+    for _ in range(steps):
+        current = _source_of(project, current) if current is not None else None
+        if current is None:
+            return False
+        if current.phase == earlier.phase:
+            return current.sha256 == earlier.sha256
+    return False
+
+
+def binding_problems(project: Project, state: ProjectState, phase: str, evidence: Evidence | None
+                     ) -> list[fingerprints.Drift]:
+    """Evidence that is not this project's own history: recorded by another project (its id is not
+    state.json's), entered from evidence this project does not hold, or run with a config the gate it
+    was entered from never approved. A pull request that copies or forges one file is caught here; one
+    that forges every file consistently is what `wf verify` recomputes."""
+    if evidence is None or not evidence.intact or state.project_id is None:
+        return []
+    where = f".wf/evidence/{phase}.json"
+    if evidence.project_id != state.project_id:
+        recorder = f"project {evidence.project_id}" if evidence.project_id else "no project (no project_id)"
+        return [fingerprints.Drift("evidence", f"{where} was recorded by {recorder}, not by this project "
+                                   f"({state.project_id}, .wf/state.json)")]
+    if evidence.entered_from is None:
+        return [] if phase == "setup" else [fingerprints.Drift(
+            "evidence", f"{where} names no evidence it was entered from; every phase after setup does")]
+    source = _source_of(project, evidence)
+    if source is None:
+        named = evidence.entered_from
+        return [fingerprints.Drift("evidence", f"{where} was entered from {named.get('phase')} evidence "
+                                   f"{str(named.get('evidence_sha256'))[:12]}, which this project does not hold")]
+    if source.project_id != evidence.project_id:
+        return [fingerprints.Drift("evidence", f"{where} was entered from evidence of another project "
+                                   f"({source.project_id})")]
+    if evidence.facts.fingerprints and source.facts.fingerprints:
+        ran = fingerprints.vouched(evidence.facts.fingerprints.config.get("values") or {}, source.phase)
+        approved = [fingerprints.vouched(c.get("values") or {}, source.phase)
+                    for c in source.facts.fingerprints.approved_configs()]
+        if ran not in approved:
+            return [fingerprints.Drift("evidence", f"{where} records a config that the {source.phase} gate it was "
+                                       f"entered from never approved: {fingerprints.config_changes(approved[0], ran)}")]
+    return []
 
 
 def _drift(project: Project, state: ProjectState, phase: str, evidence: Evidence | None,
@@ -279,8 +352,8 @@ def _drift(project: Project, state: ProjectState, phase: str, evidence: Evidence
         return [], [f"{phase} was recorded by a wf without fingerprints: run `wf phase {phase}` again to have "
                     "its config, data and code verified"], None
     drift, notes = fingerprints.drift(recorded.model_dump(mode="json"), phase, now,
-                                      approved_later=_approvals(project, state, phase))
-    return drift, notes, recorded.code.get("git")
+                                      approved_later=_approvals(project, state, phase, evidence))
+    return binding_problems(project, state, phase, evidence) + drift, notes, recorded.code.get("git")
 
 
 @dataclass(frozen=True)
@@ -351,9 +424,19 @@ def entry_verdict(project: Project, state: ProjectState, phase: str,
 
 
 def chain_verdicts(project: Project, state: ProjectState) -> list[GateVerdict]:
-    """`wf gate check --all`: every gate on the project's path to where it stands now."""
+    """`wf gate check --all`: every gate on the project's path to where it stands now, and the gate of
+    every other phase that recorded evidence or finished a run: `current_phase` is a line in a file
+    that a pull request can edit, and rewinding it must not hide a committed failure."""
     now = fingerprints.Current(project.root)
-    return [evaluate_gate(project, state, name, now) for name in state.path() or ["setup"]]
+    return [evaluate_gate(project, state, name, now) for name in phases_on_record(project, state)]
+
+
+def phases_on_record(project: Project, state: ProjectState) -> list[str]:
+    """The project's path, then the other phases with evidence or a finished run, in phase order."""
+    path = state.path() or ["setup"]
+    recorded = [name for name in PHASES if name not in path and (
+        evidence_path(project, name).exists() or any(r.phase == name and r.finished_at for r in state.runs))]
+    return [*path, *recorded]
 
 
 def _next_step_hint(project: Project, state: ProjectState, origin: str) -> str:

@@ -48,6 +48,7 @@ class Decision(BaseModel):
     reason: str | None = None
     time: str
     after_run: str | None = None  # the run of `phase` the decision was made on
+    shortfall: str | None = None  # finalizing a run that misses validation.target: by how much (with a reason)
 
 
 class Event(BaseModel):
@@ -64,6 +65,8 @@ class ProjectState(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     wf_version: str = __version__
     created_at: str = Field(default_factory=now_iso)
+    # made by `wf init` and carried by every evidence: evidence copied from another project is refused
+    project_id: str | None = None
     current_phase: str | None = None
     entered_from: dict[str, str | None] = Field(default_factory=dict)
     decision: Decision | None = None
@@ -130,6 +133,12 @@ class ProjectState(BaseModel):
         if "setup" not in path:
             path.append("setup")
         return path[::-1]
+
+
+def new_project_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
 
 
 def who() -> str:

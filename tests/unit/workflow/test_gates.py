@@ -57,7 +57,8 @@ def _fake_baseline(project, state, status="completed", decision=None):
     write_evidence(project, "baseline", "baseline-1", _training_facts(
         status=status, epochs_completed=3, first_epoch_train_loss=2.0, best_train_loss=0.5, nonfinite=None,
         steps=30, checkpoints={"best": {"path": "x.pt", "sha256": "ab" * 32, "epoch": 2, "step": 20}},
-        gpu={"available": False, "reason": "none"}))
+        gpu={"available": False, "reason": "none"}, best_validation={"val_mcc": 0.9, "val_accuracy": 0.91},
+        chance={"units": "samples", "count": 300, "majority_class": 0, "majority_share": 0.1, "prior_nll": 2.3}))
     if decision:
         state.decision = Decision(phase="baseline", choice=decision[0], next_phase=decision[1], time="t3",
                                   after_run="baseline-1")

@@ -1,0 +1,98 @@
+"""Who put a waiver or an override on the record, as git saw it.
+
+A waiver (`wf checklist waive`) and a gate override (`wf phase --override-gate`) say who made them in
+.wf/state.json, a file anyone with write access can edit: a pull request can write a waiver under a
+maintainer's name. In a git repository the commit that added the entry says who committed it. Every
+listing of waivers and overrides (`wf gate check`, the summary, the pull-request comment) shows that
+author beside the name the file claims and flags a mismatch, and `wf verify` fails on one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.state import Event, ProjectState
+
+
+@dataclass(frozen=True)
+class OnRecord:
+    kind: str  # waiver | override
+    where: str  # the checklist item waived, or the phase entered with its gate closed
+    by: str | None  # the name the state file claims
+    time: str
+    reason: str
+    commit: str | None = None  # the commit that added the entry to .wf/state.json (None: not committed yet)
+    author: str | None = None  # that commit's author, "Name <email>"
+    mismatch: bool = False  # the author is not the person the entry names
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def shown(self) -> str:
+        """'by Alice (committed by Alice <a@x> in 1a2b3c4d)', with a mismatch said plainly."""
+        claimed = f"by {self.by or 'nobody named'}"
+        if self.commit is None:
+            return f"{claimed} (not committed yet)"
+        if self.mismatch:
+            return f"{claimed} ⚠️ but committed by {self.author} in {self.commit[:8]}: not the person it names"
+        return f"{claimed} (committed by {self.author} in {self.commit[:8]})"
+
+
+def on_record(project: Project, state: ProjectState) -> list[OnRecord]:
+    """Every waiver still in force and every gate override, with the commit that put it on the record."""
+    entries: list[OnRecord] = []
+    for checklist, items in _waivers_in_force(state).items():
+        for item, event in items.items():
+            entries.append(_entry(project, "waiver", f"{checklist} · {item}", event))
+    entries += [_entry(project, "override", f"{getattr(e, 'phase', '?')} entered with the {getattr(e, 'gate', '?')} "
+                       "gate closed", e) for e in state.overrides()]
+    return entries
+
+
+def _waivers_in_force(state: ProjectState) -> dict[str, dict[str, Event]]:
+    names = {getattr(e, "checklist", None) for e in state.history if e.event == "checklist_waive"}
+    return {name: state.waivers(name) for name in sorted(n for n in names if n)}
+
+
+def _entry(project: Project, kind: str, where: str, event: Event) -> OnRecord:
+    by, reason = getattr(event, "by", None), str(getattr(event, "reason", "") or "")
+    by_name = by.get("name") if isinstance(by, dict) else by
+    commit = _adding_commit(str(project.state_path), _as_in_file(event.time), _as_in_file(reason))
+    if commit is None:
+        return OnRecord(kind, where, by_name, event.time, reason)
+    sha, name, email = commit
+    named = (by_name or "").strip().casefold()
+    mismatch = named not in (name.strip().casefold(), email.strip().casefold())
+    return OnRecord(kind, where, by_name, event.time, reason, sha, f"{name} <{email}>", mismatch)
+
+
+def _as_in_file(text: str) -> str:
+    return json.dumps(text)[1:-1]  # as the JSON file holds it (escapes included)
+
+
+@lru_cache(maxsize=256)
+def _adding_commit(state_path: str, time: str, reason: str) -> tuple[str, str, str] | None:
+    """The oldest commit whose change to the state file added both the entry's time and its reason
+    (`git log -S`, the pickaxe, once for each); None outside git or before it was committed."""
+    path = Path(state_path)
+    lists = []
+    for marker in (time, reason):
+        if not marker:
+            continue
+        try:
+            out = subprocess.run(["git", "log", "--reverse", "--format=%H%x1f%an%x1f%ae", f"-S{marker}", "--",
+                                  path.name], cwd=path.parent, capture_output=True, text=True, timeout=20,
+                                 check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if out.returncode != 0:
+            return None
+        lists.append([tuple(line.split("\x1f")) for line in out.stdout.splitlines() if line.count("\x1f") == 2])
+    both = [c for c in lists[0] if all(c in other for other in lists[1:])] if lists else []
+    return both[0] if both else None  # type: ignore[return-value]
