@@ -21,7 +21,7 @@ from mlflow_core.workflow.state import load_state
 from mlflow_core.workflow.verification import PhaseVerification, config_difference, verify_data
 
 DEFAULT_SEGMENTS = 1  # training segments re-trained per run: an epoch each, chosen at verification time
-RECOMPUTED = ("setup", "baseline")  # the phases whose claims this wf recomputes
+RECOMPUTED = ("setup", "baseline", "finalization")  # the phases whose claims this wf recomputes
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,8 @@ def _verify_phase(project: Project, phase: str, segments: int, rng: random.Rando
         cfg = _setup_config(project, recorded, out)
         if cfg is not None:
             verification.verify_setup(project, facts, cfg, out, on_message)
+    elif phase == "finalization":
+        verification.verify_finalization(project, facts, out, segments=segments, rng=rng, on_message=on_message)
     else:
         verification.verify_training(project, facts, out, segments=segments, rng=rng, on_message=on_message)
     return out

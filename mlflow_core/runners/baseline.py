@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.runners import RunContext, RunOutput, StopPoint
 from mlflow_core.training.callbacks.replay import REPLAY_DIR
 from mlflow_core.workflow.evidence import file_sha256
-from mlflow_core.workflow.facts import FileRef, GpuSummary, ReplayRecord, TrainingFacts
-from mlflow_core.workflow.records import CheckpointRef, Checkpoints, RunMetrics
+from mlflow_core.workflow.facts import FileRef, GpuSummary, ReplayRecord, RunProof, TrainingFacts
+from mlflow_core.workflow.records import CheckpointRef, Checkpoints, EpochWeights, RunMetrics
 
 
 def run_baseline(ctx: RunContext) -> RunOutput:
@@ -44,10 +46,21 @@ def training_facts(ctx: RunContext, m: RunMetrics) -> TrainingFacts:
         gpu=GpuSummary(**{k: v for k, v in (m.gpu or {}).items() if k != "devices"}) if m.gpu else None,
         data_wait_fraction=round(waited / duration, 4) if duration else None,
         metrics=FileRef(path=f"{rel}/logs/metrics.json", sha256=file_sha256(ctx.run_dir / "logs" / "metrics.json")),
-        best_validation=_best_validation(m), chance=m.chance,
-        weights={e.epoch: e.weights for e in m.epochs if e.weights is not None} or None,
-        replay=_replay_record(ctx, m),
+        best_validation=_best_validation(m), chance=m.chance, weights=epoch_weights(m),
+        replay=replay_record(ctx.run_dir, m, ctx.cfg.checkpointing.replay_every_n_epochs),
     )
+
+
+def run_proof(ctx: RunContext, run_dir: Path, m: RunMetrics) -> RunProof:
+    """What `wf verify` recomputes a training run in `run_dir` from (paths relative to the project)."""
+    rel = ctx.project.relative(run_dir)
+    best = m.checkpoints.best.model_copy(update={"path": f"{rel}/{m.checkpoints.best.path}"}) if m.checkpoints.best else None
+    return RunProof(best=best, weights=epoch_weights(m),
+                    replay=replay_record(run_dir, m, m.config["checkpointing"]["replay_every_n_epochs"]))
+
+
+def epoch_weights(m: RunMetrics) -> dict[int, EpochWeights] | None:
+    return {e.epoch: e.weights for e in m.epochs if e.weights is not None} or None
 
 
 def _best_validation(m: RunMetrics) -> dict[str, float | str] | None:
@@ -62,8 +75,8 @@ def _best_validation(m: RunMetrics) -> dict[str, float | str] | None:
             and not isinstance(v, bool)}
 
 
-def _replay_record(ctx: RunContext, m: RunMetrics) -> ReplayRecord | None:
-    every = ctx.cfg.checkpointing.replay_every_n_epochs
-    folder = ctx.run_dir / REPLAY_DIR
+def replay_record(run_dir: Path, m: RunMetrics, every: int) -> ReplayRecord | None:
+    """The epochs whose start state the run kept (checkpoints/replay/), None when it keeps none."""
+    folder = run_dir / REPLAY_DIR
     epochs = sorted(int(p.stem.split("_")[1]) for p in folder.glob("epoch_*.pt")) if folder.is_dir() else []
     return ReplayRecord(every_n_epochs=every, epochs=[e for e in epochs if e <= len(m.epochs)]) if every else None

@@ -23,6 +23,7 @@ from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.environment import capture_environment
 from mlflow_core.errors import DataError, UserInputError
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
+from mlflow_core.runners.baseline import run_proof
 from mlflow_core.runners.registry import register_export
 from mlflow_core.training.augment import with_augmentation
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
@@ -124,7 +125,8 @@ def _member(ctx: RunContext, data: DataBundle, fold: int | None, seed: int,
                                                  fin.tta)
     logits = augmented if augmented is not None else plain
     entry = {**entry, "run_dir": ctx.project.relative(run_dir), "val_best": trained.metrics.get("best"),
-             "test": score(logits, targets, data.num_classes)}
+             "test": score(logits, targets, data.num_classes),
+             "proof": run_proof(ctx, run_dir, trained.record).model_dump(mode="json")}
     if augmented is not None:  # what the flips add, from the same models and test split
         entry["test_without_tta"] = score(plain, targets, data.num_classes)
     return entry, model, logits, targets

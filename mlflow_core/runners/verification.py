@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,17 @@ import torch
 
 from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.errors import UserInputError
+from mlflow_core.training.augment import with_augmentation
 from mlflow_core.training.callbacks.replay import replay_state_name
 from mlflow_core.training.checkpoint import load_checkpoint, weights_sha256
 from mlflow_core.training.data.sources import build_data
 from mlflow_core.training.data_checks import check_data
+from mlflow_core.training.evaluation import classification_metrics, predict_with_tta, segmentation_metrics
 from mlflow_core.training.models import build_model, count_parameters
 from mlflow_core.training.optim import resolve_device
 from mlflow_core.training.trainer import Trainer
 from mlflow_core.workflow.evidence import file_sha256
-from mlflow_core.workflow.facts import SetupFacts, TrainingFacts
+from mlflow_core.workflow.facts import FinalizationFacts, SetupFacts, TrainingFacts
 from mlflow_core.workflow.fingerprints import flatten
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.verification import PhaseVerification, config_difference
@@ -34,33 +37,51 @@ from mlflow_core.workflow.verification import PhaseVerification, config_differen
 # on the CPU with deterministic settings they are bit-equal. Not yet measured on a GPU (bench/).
 GPU_RELATIVE_TOLERANCE = 1e-4
 COMPARED_FIGURES = ("val_loss", "val_accuracy", "val_f1", "val_mcc", "val_iou")
+TEST_FIGURES = ("accuracy", "nll", "macro_f1", "mcc", "top5_accuracy", "mean_iou")
+
+
+@dataclass
+class RunClaims:
+    """One training run's claims, as its phase's evidence records them."""
+    label: str  # how claims name the run: "" for a phase's own run, "seed 7: " for a finalization member
+    run_dir: str
+    config: dict[str, Any]  # the resolved config it trained, dotted, as the evidence records it
+    best: Any  # CheckpointRef of the best checkpoint (path in the project), or None
+    weights: dict[int, Any]  # epoch → EpochWeights
+    replay: Any  # ReplayRecord, or None
+    figures: dict[str, Any]  # the best checkpoint's figures the evidence claims
+    split: str  # which split they were measured on: validation or test
+    tta: tuple[str, ...] = ()  # test-time flips the test figures were measured with
 
 
 class _Recompute:
-    """One phase's recomputation: the project, the run's config (from its own files) and data, built
-    once for every claim that needs them."""
+    """One run's recomputation: the run's config (from its own files) and the data, built once."""
 
-    def __init__(self, project: Project, recorded_config: dict[str, Any], out: PhaseVerification,
-                 on_message: Callable[[str], None]):
-        self.project, self.recorded_config, self.out, self.say = project, recorded_config, out, on_message
+    def __init__(self, project: Project, run: RunClaims, out: PhaseVerification, on_message: Callable[[str], None],
+                 bundle: Any = None):
+        self.project, self.run, self.out, self.say = project, run, out, on_message
         self.cfg: WorkflowConfig | None = None
-        self.bundle: Any = None
+        self.bundle: Any = bundle
+        self.best_weights: str | None = None  # the best checkpoint's weights digest, once its figures recomputed
+
+    def add(self, name: str, status: str, detail: str) -> None:
+        self.out.add(f"{self.run.label}{name}", status, detail)  # type: ignore[arg-type]
 
     def adopt_config(self, config: dict[str, Any], source: str) -> bool:
         """The config a run's own file carries, when it is the one the evidence records."""
-        differs = config_difference(self.recorded_config, flatten(config))
+        differs = config_difference(self.run.config, flatten(config))
         if differs is not None:
-            self.out.add("config", "failed", f"{source} was trained with another config than the evidence records: "
-                         f"{differs}")
+            self.add("config", "failed", f"{source} was trained with another config than the evidence records: "
+                     f"{differs}")
             return False
         if self.cfg is None:
             self.cfg = WorkflowConfig.model_validate(config)
-            self.out.add("config", "verified", f"{source} carries the config the evidence records")
+            self.add("config", "verified", f"{source} carries the config the evidence records")
         return True
 
     def data(self) -> Any:
         if self.bundle is None:
-            self.bundle = build_data(self.cfg, self.project.root)
+            self.bundle = with_augmentation(build_data(self.cfg, self.project.root), self.cfg.augmentation)
         return self.bundle
 
     def trainer(self, run_id: str, resume_from: Path | None = None) -> Trainer:
@@ -73,136 +94,210 @@ class _Recompute:
 
 def verify_training(project: Project, facts: TrainingFacts, out: PhaseVerification, *, segments: int,
                     rng: random.Random, on_message: Callable[[str], None] = lambda _m: None) -> None:
-    """A training run's claims: its best checkpoint and, from the states it kept, its training."""
+    """A training phase's run (the baseline): its best checkpoint and, from the states it kept, its training."""
     recorded = (facts.fingerprints.config.get("values") if facts.fingerprints else None) or {}
-    work = _Recompute(project, recorded, out, on_message)
-    best = facts.checkpoints.best
-    if best is None:
-        out.add("best checkpoint", "failed", "the evidence names no best checkpoint")
+    run = RunClaims("", facts.run_dir, recorded, facts.checkpoints.best, facts.weights or {}, facts.replay,
+                    facts.best_validation or {}, "validation")
+    verify_run(project, run, out, segments=segments, rng=rng, on_message=on_message)
+
+
+def verify_finalization(project: Project, facts: FinalizationFacts, out: PhaseVerification, *, segments: int,
+                        rng: random.Random, on_message: Callable[[str], None] = lambda _m: None) -> None:
+    """Each final member's best checkpoint evaluated again on the test split, its training replayed,
+    and the exported weights those of the member the evidence says was exported."""
+    recorded = (facts.fingerprints.config.get("values") if facts.fingerprints else None) or {}
+    differs = config_difference(recorded, flatten(facts.config))
+    if differs is not None:
+        out.add("config", "failed", f"the evidence's config and its fingerprint disagree: {differs}")
+        return
+    bundle = None
+    exported: dict[int, str] = {}
+    tta = tuple(facts.config.get("finalization", {}).get("tta") or ())
+    for member in facts.seeds:
+        label = f"seed {member.seed}: " if member.fold is None else f"fold {member.fold} seed {member.seed}: "
+        if member.test is None:
+            continue  # did not complete: nothing was claimed of it
+        if member.fold is not None or member.proof is None or member.run_dir is None:
+            why = ("cross-validation members are not recomputed yet" if member.fold is not None else
+                   "the evidence records nothing to recompute it from (an earlier wf)")
+            out.add(f"{label}training and test figures", "unverifiable", why)
+            continue
+        config = {**recorded, "reproducibility.seed": member.seed, "training.epochs": facts.epochs}
+        run = RunClaims(label, member.run_dir, config, member.proof.best, member.proof.weights or {},
+                        member.proof.replay, member.test, "test", tta)
+        work = verify_run(project, run, out, segments=segments, rng=rng, on_message=on_message, bundle=bundle)
+        bundle = work.bundle
+        if work.best_weights is not None:
+            exported[member.seed] = work.best_weights
+    _verify_export(project, facts, exported, out)
+
+
+def _verify_export(project: Project, facts: FinalizationFacts, exported: dict[int, str],
+                   out: PhaseVerification) -> None:
+    """export/model_state_dict.pt holds the weights of the member the evidence says was exported."""
+    record = next((e for e in facts.exports if e.kind == "state_dict" and e.verified and e.path), None)
+    if record is None:
+        return
+    name = f"export {record.path}"
+    path = project.inside(record.path)
+    if not path.is_file():
+        out.add(name, "unverifiable", "not on this machine")
+        return
+    if file_sha256(path) != record.sha256:
+        out.add(name, "failed", "the file is not the one the evidence records (its sha256 differs)")
+        return
+    digest = weights_sha256(load_checkpoint(path)["model"])
+    expected = exported.get(facts.exported_seed) if facts.exported_seed is not None else None
+    if expected is None:
+        out.add(name, "unverifiable", f"the exported member (seed {facts.exported_seed}) was not recomputed")
+    elif digest != expected:
+        out.add(name, "failed", f"its weights ({digest[:12]}) are not seed {facts.exported_seed}'s best checkpoint "
+                f"({expected[:12]})")
     else:
-        _verify_best_checkpoint(work, facts, best)
-    _verify_training_states(work, facts, segments, rng)
+        out.add(name, "verified", f"the weights of seed {facts.exported_seed}'s best checkpoint, whose test figures "
+                "recomputed")
 
 
-def _verify_best_checkpoint(work: _Recompute, facts: TrainingFacts, best: Any) -> None:
-    out, path = work.out, work.file(best.path)
+def verify_run(project: Project, run: RunClaims, out: PhaseVerification, *, segments: int, rng: random.Random,
+               on_message: Callable[[str], None], bundle: Any = None) -> _Recompute:
+    """One training run: its best checkpoint (weights digest, figures on its split) and its training
+    (the kept states chained from the seed's initial weights, random epochs re-trained)."""
+    work = _Recompute(project, run, out, on_message, bundle)
+    if run.best is None:
+        work.add("best checkpoint", "failed", "the evidence names no best checkpoint")
+    else:
+        _verify_best_checkpoint(work, run.best)
+    _verify_training_states(work, segments, rng)
+    return work
+
+
+def _verify_best_checkpoint(work: _Recompute, best: Any) -> None:
+    run, path = work.run, work.file(best.path)
     name = f"best checkpoint ({best.path})"
     if not path.is_file():
-        out.add(name, "unverifiable", "not on this machine: run `wf verify` where the run's files are")
+        work.add(name, "unverifiable", "not on this machine: run `wf verify` where the run's files are")
         return
     digest = file_sha256(path)
     if digest != best.sha256:
-        out.add(name, "failed", f"the file hashes to {digest[:12]}, the evidence records {best.sha256[:12]}")
+        work.add(name, "failed", f"the file hashes to {digest[:12]}, the evidence records {best.sha256[:12]}")
         return
     checkpoint = load_checkpoint(path)
     if not work.adopt_config(checkpoint.get("config") or {}, best.path):
         return
-    recorded = (facts.weights or {}).get(best.epoch)
+    recorded = run.weights.get(best.epoch)
     weights = weights_sha256(checkpoint["model"])
     if recorded is None:
-        out.add(name, "unverifiable", f"the evidence records no weights digest for epoch {best.epoch}")
-    elif weights != (recorded.evaluated_sha256 or recorded.sha256):
-        out.add(name, "failed", f"its weights (sha256 {weights[:12]}) are not those epoch {best.epoch} ended with "
-                f"({(recorded.evaluated_sha256 or recorded.sha256)[:12]})")
+        work.add(name, "unverifiable", f"the evidence records no weights digest for epoch {best.epoch}")
         return
-    else:
-        out.add(name, "verified", f"the file the evidence names, holding the weights epoch {best.epoch} ended with "
-                f"({weights[:12]})")
-    work.say(f"Evaluating {best.path} on the validation split again")
+    if weights != (recorded.evaluated_sha256 or recorded.sha256):
+        work.add(name, "failed", f"its weights (sha256 {weights[:12]}) are not those epoch {best.epoch} ended with "
+                 f"({(recorded.evaluated_sha256 or recorded.sha256)[:12]})")
+        return
+    work.add(name, "verified", f"the file the evidence names, holding the weights epoch {best.epoch} ended with "
+             f"({weights[:12]})")
+    work.say(f"Evaluating {best.path} on the {run.split} split again")
     trainer = work.trainer("verify-best")
     trainer.build()
     trainer.model.load_state_dict(checkpoint["model"])
-    figures = trainer.validate()
-    claimed = facts.best_validation or {}
-    compared = [k for k in COMPARED_FIGURES if k in claimed and k in figures]
+    figures, keys = _figures(work, trainer, run)
+    compared = [k for k in keys if k in run.figures and k in figures]
     if not compared:
-        out.add(f"{name}: validation figures", "unverifiable", "the evidence records no validation figures of the "
-                "best epoch")
+        work.add(f"{name}: {run.split} figures", "unverifiable", f"the evidence records no {run.split} figures of it")
         return
     exact = trainer.device.type == "cpu"
-    wrong = [f"{k} {_shown(figures[k])} (recorded {_shown(claimed[k])})" for k in compared
-             if not _agree(figures[k], claimed[k], exact)]
+    wrong = [f"{k} {_shown(figures[k])} (recorded {_shown(run.figures[k])})" for k in compared
+             if not _agree(figures[k], run.figures[k], exact)]
     how = "bit-equal" if exact else f"within {GPU_RELATIVE_TOLERANCE:g} relative on {trainer.device}"
     if wrong:
-        out.add(f"{name}: validation figures", "failed", "evaluated again on the validation split: "
-                + "; ".join(wrong))
-    else:
-        out.add(f"{name}: validation figures", "verified", f"evaluated again on the validation split ({how}): "
-                + ", ".join(f"{k} {_shown(figures[k])}" for k in compared))
-
-
-def _verify_training_states(work: _Recompute, facts: TrainingFacts, segments: int, rng: random.Random) -> None:
-    out, replay, weights = work.out, facts.replay, facts.weights or {}
-    if replay is None or not replay.epochs:
-        out.add("training (replay)", "unverifiable", "the run kept no training states to re-train a segment from "
-                "(checkpointing.replay_every_n_epochs: 0, or an earlier wf); train it again with states kept")
+        work.add(f"{name}: {run.split} figures", "failed", f"evaluated again on the {run.split} split: "
+                 + "; ".join(wrong))
         return
-    states = {e: work.file(f"{facts.run_dir}/{replay_state_name(e)}") for e in replay.epochs}
+    work.best_weights = weights
+    work.add(f"{name}: {run.split} figures", "verified", f"evaluated again on the {run.split} split ({how}): "
+             + ", ".join(f"{k} {_shown(figures[k])}" for k in compared))
+
+
+def _figures(work: _Recompute, trainer: Trainer, run: RunClaims) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The checkpoint's figures on the split its claims are about, measured the way its phase did."""
+    if run.split == "validation":
+        return trainer.validate(), COMPARED_FIGURES
+    cfg, data = work.cfg, work.data()
+    plain, augmented, targets = predict_with_tta(trainer.model, data.test, cfg, trainer.device, run.tta)
+    score = segmentation_metrics if cfg.task == "segmentation" else classification_metrics
+    return score(augmented if augmented is not None else plain, targets, data.num_classes), TEST_FIGURES
+
+
+def _verify_training_states(work: _Recompute, segments: int, rng: random.Random) -> None:
+    run = work.run
+    replay, weights = run.replay, run.weights
+    if replay is None or not replay.epochs:
+        work.add("training (replay)", "unverifiable", "the run kept no training states to re-train a segment from "
+                 "(checkpointing.replay_every_n_epochs: 0, or an earlier wf); train it again with states kept")
+        return
+    states = {e: work.file(f"{run.run_dir}/{replay_state_name(e)}") for e in replay.epochs}
     missing = [e for e, p in states.items() if not p.is_file()]
     if missing:
-        out.add("training (replay)", "unverifiable", f"the kept states of epochs {_epochs(missing)} are not on this "
-                f"machine ({facts.run_dir}/checkpoints/replay/): run `wf verify` where the run's files are")
+        work.add("training (replay)", "unverifiable", f"the kept states of epochs {_epochs(missing)} are not on "
+                 f"this machine ({run.run_dir}/checkpoints/replay/): run `wf verify` where the run's files are")
         return
     loaded = {}
     for epoch, path in states.items():
         state = load_checkpoint(path)
         if state.get("kind") != "resume":
-            out.add(f"training state of epoch {epoch}", "failed", f"{path.name} is not a training state")
+            work.add(f"training state of epoch {epoch}", "failed", f"{path.name} is not a training state")
             return
         if not work.adopt_config(state.get("config") or {}, f"the kept state of epoch {epoch}"):
             return
         if state.get("world_size", 1) != 1:
-            out.add("training (replay)", "unverifiable", f"the run trained on {state['world_size']} processes; "
-                    "`wf verify` re-trains single-process runs only")
+            work.add("training (replay)", "unverifiable", f"the run trained on {state['world_size']} processes; "
+                     "`wf verify` re-trains single-process runs only")
             return
         loaded[epoch] = weights_sha256(state["model"])
     _verify_chain(work, loaded, weights)
     replayable = [e for e in replay.epochs if e in weights]
-    chosen = sorted(rng.sample(replayable, min(segments, len(replayable))))
-    for epoch in chosen:
+    for epoch in sorted(rng.sample(replayable, min(segments, len(replayable)))):
         _replay(work, epoch, states[epoch], weights[epoch])
 
 
 def _verify_chain(work: _Recompute, loaded: dict[int, str], weights: dict[int, Any]) -> None:
     """Each kept state holds the weights the epoch before it ended with; the first one, the weights
     the config's seed initializes."""
-    out = work.out
     if 1 in loaded:
         trainer = work.trainer("verify-init")
         trainer.build()
         initial = weights_sha256(trainer.model.state_dict())
+        seed = work.cfg.reproducibility.seed
         if initial != loaded[1]:
-            out.add("initial weights", "failed", "the state kept at epoch 1 does not hold the weights that "
-                    f"reproducibility.seed {work.cfg.reproducibility.seed} initializes ({loaded[1][:12]} against "
-                    f"{initial[:12]})")
+            work.add("initial weights", "failed", "the state kept at epoch 1 does not hold the weights that "
+                     f"reproducibility.seed {seed} initializes ({loaded[1][:12]} against {initial[:12]})")
         else:
-            out.add("initial weights", "verified", f"the state kept at epoch 1 holds the weights that "
-                    f"reproducibility.seed {work.cfg.reproducibility.seed} initializes")
+            work.add("initial weights", "verified", f"the state kept at epoch 1 holds the weights that "
+                     f"reproducibility.seed {seed} initializes")
     broken = [e for e in sorted(loaded) if e > 1 and (e - 1 not in weights or weights[e - 1].sha256 != loaded[e])]
     if broken:
-        out.add("kept training states", "failed", f"the states kept at epochs {_epochs(broken)} do not hold the "
-                "weights the epoch before each ended with")
+        work.add("kept training states", "failed", f"the states kept at epochs {_epochs(broken)} do not hold the "
+                 "weights the epoch before each ended with")
     else:
-        out.add("kept training states", "verified", f"{len(loaded)} states, each holding the weights the epoch "
-                "before it ended with")
+        work.add("kept training states", "verified", f"{len(loaded)} states, each holding the weights the epoch "
+                 "before it ended with")
 
 
 def _replay(work: _Recompute, epoch: int, state: Path, recorded: Any) -> None:
-    work.say(f"Training epoch {epoch} again from its kept state")
+    work.say(f"{work.run.label}training epoch {epoch} again from its kept state")
     trainer = work.trainer(f"verify-epoch-{epoch}", resume_from=state)
     try:
         trainer.fit(max_steps=recorded.step)
     except UserInputError as exc:
-        work.out.add(f"training epoch {epoch} (replay)", "failed", exc.message)
+        work.add(f"training epoch {epoch} (replay)", "failed", exc.message)
         return
     digest = weights_sha256(trainer.model.state_dict())
     if digest == recorded.sha256:
-        work.out.add(f"training epoch {epoch} (replay)", "verified", f"re-trained from its kept state to step "
-                     f"{recorded.step}: the weights are bit-equal to the recorded ones ({digest[:12]})")
+        work.add(f"training epoch {epoch} (replay)", "verified", f"re-trained from its kept state to step "
+                 f"{recorded.step}: the weights are bit-equal to the recorded ones ({digest[:12]})")
     else:
-        work.out.add(f"training epoch {epoch} (replay)", "failed", f"re-trained from its kept state to step "
-                     f"{recorded.step}, the weights hash to {digest[:12]}; the evidence records "
-                     f"{recorded.sha256[:12]}")
+        work.add(f"training epoch {epoch} (replay)", "failed", f"re-trained from its kept state to step "
+                 f"{recorded.step}, the weights hash to {digest[:12]}; the evidence records "
+                 f"{recorded.sha256[:12]}")
 
 
 def verify_setup(project: Project, facts: SetupFacts, cfg: WorkflowConfig, out: PhaseVerification,

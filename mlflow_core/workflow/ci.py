@@ -38,7 +38,48 @@ def _working_directory(project_root: Path, repo: Path) -> str:
     return "." if rel == "." else Path(rel).as_posix()
 
 
-def github_workflow(project_root: Path, install: str) -> CiFile:
+# `--verify`: the job that recomputes the claims (`wf verify --all`). It needs the data and the run's
+# files (git-ignored), so it runs on a runner of the team's own that has them under one folder, named by
+# WF_ARTIFACTS in the runner's environment (the project's runs/ and its data folders as training_config.yaml names
+# them, linked into the checkout), and the training stack. It runs the pull request's code on that
+# machine, so on GitHub only for branches of the repository itself, never for forks.
+VERIFY_LINK = ('for entry in "$WF_ARTIFACTS"/*; do [ -e "$(basename "$entry")" ] || ln -s "$entry" .; done')
+
+
+def _github_verify_job(workdir: str, install: str, label: str) -> str:
+    return f"""
+  verify:
+    # recomputes the claims: the data hashed again, the best checkpoint evaluated again, training segments
+    # re-trained from the kept states. A runner of your own with the data: set WF_ARTIFACTS in the runner's
+    # environment (its .env file) to the folder that holds the project's runs/ and data on that machine.
+    # A custom label needs `self-hosted-runner: labels: [{label}]` in .github/actionlint.yaml for actionlint.
+    if: github.event_name == 'push' || github.event.pull_request.head.repo.full_name == github.repository
+    runs-on: [self-hosted, {label}]
+    defaults:
+      run:
+        working-directory: {workdir}
+    steps:
+      - uses: actions/checkout@v4
+      - name: Install wf with the training stack
+        run: python -m pip install "{_with_train(install)}"
+      - name: Link the runs and the data kept on this runner
+        run: |
+          test -n "$WF_ARTIFACTS" || {{ echo "set WF_ARTIFACTS in this runner's environment"; exit 2; }}
+          {VERIFY_LINK}
+      - name: Recompute every recorded claim
+        run: wf verify --all
+"""
+
+
+def _with_train(install: str) -> str:
+    """The requirement with the `train` extra (torch): verify trains and evaluates."""
+    if "[" in install or "@" in install or "://" in install or "/" in install:
+        return install  # a URL or a path, or extras given: the user's spec as it is
+    name, sep, version = install.partition("==")
+    return f"{name}[train]{sep}{version}"
+
+
+def github_workflow(project_root: Path, install: str, verify_label: str | None = None) -> CiFile:
     repo = repository_root(project_root)
     workdir = _working_directory(project_root, repo)
     text = f"""# wf gates: written by `wf ci init github` (wf {__version__}). Edit freely; `wf ci init github --force`
@@ -77,13 +118,31 @@ jobs:
         with:
           name: wf-gates
           path: {workdir}/gates.xml
-"""
+""" + (_github_verify_job(workdir, install, verify_label) if verify_label else "")
     path = repo / ".github" / "workflows" / "wf-gates.yml"
     return CiFile(path, text, "commit it; every push and pull request then shows each gate's verdict in the "
                               "job summary")
 
 
-def gitlab_job(project_root: Path, install: str) -> CiFile:
+def _gitlab_verify_job(workdir: str, install: str, label: str) -> str:
+    return f"""
+# recomputes the claims on a runner of your own with the data: set the CI/CD variable WF_ARTIFACTS to the
+# folder that holds the project's runs/ and data on it.
+wf-verify:
+  tags: [{label}]
+  rules:
+    - if: $CI_PIPELINE_SOURCE == "merge_request_event"
+    - if: $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH
+  script:
+    - cd {workdir}
+    - test -n "$WF_ARTIFACTS" || {{ echo "set the CI/CD variable WF_ARTIFACTS"; exit 2; }}
+    - '{VERIFY_LINK}'
+    - python -m pip install "{_with_train(install)}"
+    - wf verify --all
+"""
+
+
+def gitlab_job(project_root: Path, install: str, verify_label: str | None = None) -> CiFile:
     repo = repository_root(project_root)
     workdir = _working_directory(project_root, repo)
     text = f"""# wf gates: written by `wf ci init gitlab` (wf {__version__}). Edit freely; `wf ci init gitlab --force`
@@ -105,7 +164,7 @@ wf-gates:
       - {workdir}/gates.xml
     reports:
       junit: {workdir}/gates.xml
-"""
+""" + (_gitlab_verify_job(workdir, install, verify_label) if verify_label else "")
     main = repo / ".gitlab-ci.yml"
     if not main.exists() or main.read_text(encoding="utf-8").startswith("# wf gates: written by `wf ci init gitlab`"):
         return CiFile(main, text, "commit it; merge requests then show each gate item as a test")
@@ -114,13 +173,17 @@ wf-gates:
                              f"{own.relative_to(repo).as_posix()}}}` to it, then commit both")
 
 
-def write_ci(project_root: Path, kind: str, install: str | None = None, force: bool = False) -> CiFile:
+def write_ci(project_root: Path, kind: str, install: str | None = None, force: bool = False,
+             verify_label: str | None = None) -> CiFile:
     if kind not in CI_KINDS:
         raise UserInputError(f"unknown CI {kind!r}; choose one of: {', '.join(CI_KINDS)}.")
     spec = install or f"wf=={__version__}"
     if any(c in spec for c in "\"\n`$"):
         raise UserInputError(f"--install {spec!r}: a pip requirement has no quotes, backticks, $ or newlines")
-    ci = github_workflow(project_root, spec) if kind == "github" else gitlab_job(project_root, spec)
+    if verify_label is not None and not verify_label.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise UserInputError(f"--runner-label {verify_label!r}: a runner label is letters, digits, '-', '_' and '.'")
+    ci = (github_workflow(project_root, spec, verify_label) if kind == "github"
+          else gitlab_job(project_root, spec, verify_label))
     if ci.path.exists() and not force and ci.path.read_text(encoding="utf-8") != ci.text:
         raise UserInputError(f"{ci.path}: exists; your edits are kept.",
                              hint=f"`wf ci init {kind} --force` writes it again.")

@@ -337,7 +337,8 @@ def binding_problems(project: Project, state: ProjectState, phase: str, evidence
         ran = fingerprints.vouched(evidence.facts.fingerprints.config.get("values") or {}, source.phase)
         approved = [fingerprints.vouched(c.get("values") or {}, source.phase)
                     for c in source.facts.fingerprints.approved_configs()]
-        if ran not in approved:
+        overridden = any(getattr(e, "phase", None) == phase for e in state.overrides())
+        if ran not in approved and not overridden:  # an override is on the record, shown with its author
             return [fingerprints.Drift("evidence", f"{where} records a config that the {source.phase} gate it was "
                                        f"entered from never approved: {fingerprints.config_changes(approved[0], ran)}")]
     return []

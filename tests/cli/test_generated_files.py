@@ -39,6 +39,29 @@ def test_the_github_workflow_passes_actionlint_and_the_workflow_schema(wf, tmp_p
     assert _check_jsonschema("vendor.github-workflows", broken).returncode == 1
 
 
+def test_the_verify_jobs_pass_actionlint_and_the_schemas(wf, tmp_path):
+    (tmp_path / ".git").mkdir()
+    project = init_project(tmp_path / "models" / "p").root
+    assert wf("ci", "init", "github", "--verify", "--runner-label", "gpu-box", cwd=project).code == 0
+    flow = tmp_path / ".github" / "workflows" / "wf-gates.yml"
+    text = flow.read_text()
+    assert "runs-on: [self-hosted, gpu-box]" in text and "wf verify --all" in text and 'wf[train]==' in text
+    assert "head.repo.full_name == github.repository" in text  # never a fork's code on the team's runner
+    # a custom label is the one thing actionlint asks to have declared (.github/actionlint.yaml)
+    assert [f.rsplit("[", 1)[1] for f in actionlint(flow)] == ["runner-label]"]
+    assert wf("ci", "init", "github", "--verify", "--runner-label", "linux", "--force", cwd=project).code == 0
+    assert actionlint(flow) == []
+    checked = _check_jsonschema("vendor.github-workflows", flow)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert wf("ci", "init", "gitlab", "--verify", cwd=project).code == 0
+    job = tmp_path / ".gitlab-ci.yml"
+    assert "wf-verify:" in job.read_text() and "tags: [wf-verify]" in job.read_text()
+    checked = _check_jsonschema("vendor.gitlab-ci", job)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    r = wf("ci", "init", "gitlab", "--verify", "--runner-label", "a b", "--force", cwd=project)
+    assert r.code == 2 and "--runner-label 'a b'" in r.err
+
+
 def test_the_gitlab_jobs_validate_against_gitlab_ci_schema(wf, tmp_path):
     (tmp_path / ".git").mkdir()
     project = init_project(tmp_path / "p").root

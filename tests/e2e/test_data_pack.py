@@ -7,6 +7,8 @@ import signal
 
 import pytest
 
+from tests.helpers import configure
+
 torch = pytest.importorskip("torch")
 
 
@@ -47,6 +49,7 @@ def test_wf_data_pack_then_setup_records_the_packs_and_a_changed_file_is_read_fr
     from mlflow_core.workflow.scaffold import init_project
 
     root = init_project(tmp_path / "p", example="patches").root
+    configure(root, [("data.normalize", "none")])  # the samples as stored, to compare with the files below
     r = wf("data", "pack", cwd=root)
     assert r.code == 0, r.err
     assert "train: packed, 160 samples float32 6×32×32" in r.out and "val: packed, 48 samples" in r.out

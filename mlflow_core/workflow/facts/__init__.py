@@ -49,6 +49,6 @@ from mlflow_core.workflow.facts.setup import (
     SetupFacts,
     ThroughputCheck,
 )
-from mlflow_core.workflow.facts.training import GpuSummary, ReplayRecord, TrainingFacts
+from mlflow_core.workflow.facts.training import GpuSummary, ReplayRecord, RunProof, TrainingFacts
 
-__all__ = ["ROOT_CAUSE_CONFIDENCE", "BestTrial", "BundleRef", "Comparison", "DataCheck", "DiagnosisOutcome", "DiagnosisRecord", "DiagnosticsFacts", "EnvironmentFacts", "ExportRecord", "Facts", "FileRef", "FinalData", "FinalizationFacts", "FindingRecord", "Fingerprints", "GpuSummary", "LrRangeTest", "MemberRun", "ModelCheck", "OptimizationFacts", "PhaseFacts", "PruningFacts", "RegisteredModel", "ReplayRecord", "ReproducibilityCheck", "SeedFacts", "SetupFacts", "Spread", "StudyFacts", "TestSplit", "ThroughputCheck", "TrainingFacts", "TrialRow", "judge_diagnosis"]
+__all__ = ["ROOT_CAUSE_CONFIDENCE", "BestTrial", "BundleRef", "Comparison", "DataCheck", "DiagnosisOutcome", "DiagnosisRecord", "DiagnosticsFacts", "EnvironmentFacts", "ExportRecord", "Facts", "FileRef", "FinalData", "FinalizationFacts", "FindingRecord", "Fingerprints", "GpuSummary", "LrRangeTest", "MemberRun", "ModelCheck", "OptimizationFacts", "PhaseFacts", "PruningFacts", "RegisteredModel", "ReplayRecord", "ReproducibilityCheck", "RunProof", "SeedFacts", "SetupFacts", "Spread", "StudyFacts", "TestSplit", "ThroughputCheck", "TrainingFacts", "TrialRow", "judge_diagnosis"]

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from mlflow_core.workflow.facts.base import Facts, FileRef, PhaseFacts
+from mlflow_core.workflow.facts.training import RunProof
 from mlflow_core.workflow.records import (
     BestValue,
 )
@@ -23,6 +24,7 @@ class MemberRun(Facts):
     val_best: BestValue | None = None
     test: dict[str, Any] | None = None  # classification or segmentation scores, per class too
     test_without_tta: dict[str, Any] | None = None
+    proof: RunProof | None = None  # what `wf verify` recomputes the member's training and test figures from
 
 
 class TestSplit(Facts):

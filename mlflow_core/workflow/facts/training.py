@@ -9,6 +9,7 @@ from mlflow_core.workflow.records import (
     Anomaly,
     BestValue,
     ChanceLevel,
+    CheckpointRef,
     Checkpoints,
     EpochWeights,
     FloatOrStr,
@@ -32,6 +33,15 @@ class ReplayRecord(Facts):
     whose start state is in `<run_dir>/checkpoints/replay/epoch_NNN.pt`."""
     every_n_epochs: int
     epochs: list[int]
+
+
+class RunProof(Facts):
+    """What `wf verify` recomputes one training run from, for runs recorded inside another phase's
+    facts (finalization's members): its best checkpoint, every epoch's weights digest, its kept
+    states. The baseline's TrainingFacts carry the same as fields of their own."""
+    best: CheckpointRef | None
+    weights: dict[int, EpochWeights] | None
+    replay: ReplayRecord | None
 
 
 class TrainingFacts(PhaseFacts):
