@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from mlflow_core.diagnostics.context import DiagnoseContext
@@ -65,6 +66,15 @@ def verified_fix(diagnosis: Diagnosis) -> str | None:
 def run_diagnosis(project: Project, name: str, run: RunRecord, fix: bool = False,
                   on_message: Callable[[str], None] | None = None) -> Diagnosis:
     """Diagnose `run` and write the report (and a suggested config); the caller holds the lock."""
+    diagnosis = diagnose_run(project, name, run, fix, on_message)
+    diagnosis.report = write_diagnosis_report(project, diagnosis.to_json(), project.inside(run.dir))["path"]
+    return diagnosis
+
+
+def diagnose_run(project: Project, name: str, run: RunRecord, fix: bool = False,
+                 on_message: Callable[[str], None] | None = None, *, write: bool = True) -> Diagnosis:
+    """The diagnosis of `run`, its fix trials with `fix`; `write=False` writes no suggested config
+    (`wf verify` diagnosing again: the path it would have written is named all the same)."""
     say = on_message or (lambda _m: None)
     _check_name(name)
     run_dir = project.inside(run.dir)
@@ -72,13 +82,11 @@ def run_diagnosis(project: Project, name: str, run: RunRecord, fix: bool = False
                           _setup_data(project),
                           {n: d.detect for n, d in REGISTRY.items()}, say=say)
     if name == "auto":
-        diagnosis = _diagnose_auto(project, ctx, fix)
-    else:
-        say(f"Diagnosing {name} on run {run.run_id}")
-        diagnosis = _sized(ctx.result(name))
-        if fix and diagnosis.findings:
-            _try_fixes(project, ctx, diagnosis)
-    diagnosis.report = write_diagnosis_report(project, diagnosis.to_json(), run_dir)["path"]
+        return _diagnose_auto(project, ctx, fix, write)
+    say(f"Diagnosing {name} on run {run.run_id}")
+    diagnosis = _sized(ctx.result(name))
+    if fix and diagnosis.findings:
+        _try_fixes(project, ctx, diagnosis, write)
     return diagnosis
 
 
@@ -94,7 +102,7 @@ def _setup_data(project: Project) -> DataCheck | None:
     return evidence.facts.data if evidence is not None and evidence.intact else None
 
 
-def _diagnose_auto(project: Project, ctx: DiagnoseContext, fix: bool) -> Diagnosis:
+def _diagnose_auto(project: Project, ctx: DiagnoseContext, fix: bool, write: bool = True) -> Diagnosis:
     """Every diagnostic that applies to the run; their findings merged, most likely first. With
     `fix`, the fixes of the strongest finding are tried (or of a diagnostic that claims them)."""
     applied = [d for d in REGISTRY.values() if d.applies(ctx)]
@@ -104,7 +112,7 @@ def _diagnose_auto(project: Project, ctx: DiagnoseContext, fix: bool) -> Diagnos
         claimed = [p for p in parts if REGISTRY[p.diagnostic].claims_fixes]
         top = min((p for p in claimed or parts if p.findings), key=lambda p: evidence_rank(p.findings[0]), default=None)
         if top is not None:
-            _try_fixes(project, ctx, top)
+            _try_fixes(project, ctx, top, write)
     auto = Diagnosis("auto", ctx.run.run_id,
                      sorted((f for p in parts for f in p.findings), key=evidence_rank),
                      probes={p.diagnostic: p.probes for p in parts},
@@ -123,7 +131,7 @@ def _sized(diagnosis: Diagnosis) -> Diagnosis:
     return diagnosis
 
 
-def _try_fixes(project: Project, ctx: DiagnoseContext, diagnosis: Diagnosis) -> None:
+def _try_fixes(project: Project, ctx: DiagnoseContext, diagnosis: Diagnosis, write: bool = True) -> None:
     """Short trials of the diagnosis's fixes, judged as its diagnostic's TrialPlan says; the first
     that removes the symptom wins and is written as a suggested config."""
     # torch, for a trial: `wf diagnose` without --fix never loads it
@@ -156,8 +164,9 @@ def _try_fixes(project: Project, ctx: DiagnoseContext, diagnosis: Diagnosis) -> 
         diagnosis.trials.append({**candidate, **outcome})
         if outcome["symptom_gone"]:
             diagnosis.trials[-1]["winner"] = True
-            diagnosis.suggested_config = _write_suggested(project, diagnosis.diagnostic, ctx.run.run_id,
-                                                          candidate, steps)
+            diagnosis.suggested_config = (_write_suggested(project, diagnosis.diagnostic, ctx.run.run_id, candidate,
+                                                           steps) if write else
+                                          project.relative(suggested_path(project, diagnosis.diagnostic)))
             return
 
 
@@ -167,5 +176,9 @@ def _write_suggested(project: Project, name: str, run_id: str, candidate: dict[s
     header = (f"# Suggested by `wf diagnose {name} --fix` on {date.today()} for run {run_id}:\n"
               f"# {candidate['label']} ({values}),\n"
               f"# verified by a {steps}-step trial run. Review it, then copy it over training_config.yaml.\n")
-    path = write_config_variant(project, candidate["set"], header, project.root / "configs" / f"suggested_{name}.yaml")
+    path = write_config_variant(project, candidate["set"], header, suggested_path(project, name))
     return project.relative(path)
+
+
+def suggested_path(project: Project, name: str) -> Path:
+    return project.root / "configs" / f"suggested_{name}.yaml"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from mlflow_core.workflow.state import load_state
 from mlflow_core.workflow.verification import PhaseVerification, config_difference, verify_data
 
 DEFAULT_SEGMENTS = 1  # training segments re-trained per run: an epoch each, chosen at verification time
-RECOMPUTED = ("setup", "baseline", "finalization")  # the phases whose claims this wf recomputes
+RECOMPUTED = ("setup", "baseline", "diagnostics", "optimization", "finalization")  # the phases whose claims this wf recomputes
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,18 @@ def _authors_on_record(project: Project, state) -> PhaseVerification:
 
 def _verify_phase(project: Project, phase: str, segments: int, rng: random.Random,
                   on_message: Callable[[str], None]) -> PhaseVerification:
+    if phase in RECOMPUTED:  # the imports first, outside the timing: every process that trains pays them
+        from mlflow_core.runners import verification
+
+        verification.import_training_stack()
+    started = time.perf_counter()
+    out = _recompute_phase(project, phase, segments, rng, on_message)
+    out.duration_s = round(time.perf_counter() - started, 3)
+    return out
+
+
+def _recompute_phase(project: Project, phase: str, segments: int, rng: random.Random,
+                     on_message: Callable[[str], None]) -> PhaseVerification:
     evidence = read_evidence(project, phase)
     out = PhaseVerification(phase, evidence.run_id if evidence else None)
     if evidence is None:
@@ -84,6 +97,15 @@ def _verify_phase(project: Project, phase: str, segments: int, rng: random.Rando
                 "`wf gate check` judges them from the committed evidence alone")
         return out
     facts = evidence.facts
+    record = load_state(project).run(evidence.run_id or "")
+    if record is None or record.phase != phase:
+        out.add("run", "failed", f"the evidence names run {evidence.run_id!r}, which .wf/state.json does not record "
+                f"as a {phase} run")
+        return out
+    if getattr(facts, "run_dir", record.dir) != record.dir:
+        out.add("run", "failed", f"the evidence's facts are of {facts.run_dir}, and run {evidence.run_id} is "
+                f"{record.dir}")
+        return out
     recorded = facts.fingerprints.config.get("values") if facts.fingerprints else None
     if not recorded:
         out.add("evidence", "unverifiable", f"{phase} was recorded by a wf without fingerprints; run "
@@ -98,10 +120,18 @@ def _verify_phase(project: Project, phase: str, segments: int, rng: random.Rando
         cfg = _setup_config(project, recorded, out)
         if cfg is not None:
             verification.verify_setup(project, facts, cfg, out, on_message)
+    elif phase == "diagnostics":
+        verification.verify_diagnostics(project, facts, load_state(project), out, segments=segments, rng=rng,
+                                        on_message=on_message)
+    elif phase == "optimization":
+        verification.verify_optimization(project, facts, evidence.run_id, out, segments=segments, rng=rng,
+                                         on_message=on_message)
     elif phase == "finalization":
-        verification.verify_finalization(project, facts, out, segments=segments, rng=rng, on_message=on_message)
+        verification.verify_finalization(project, facts, evidence.run_id, out, segments=segments, rng=rng,
+                                         on_message=on_message)
     else:
-        verification.verify_training(project, facts, out, segments=segments, rng=rng, on_message=on_message)
+        verification.verify_training(project, facts, evidence.run_id, out, segments=segments, rng=rng,
+                                     on_message=on_message)
     return out
 
 

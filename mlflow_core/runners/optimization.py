@@ -23,6 +23,7 @@ from typing import Any
 from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.errors import UserInputError
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
+from mlflow_core.runners.baseline import run_proof
 from mlflow_core.runners.pruning import PruningRule, Verdict, build_pruner, pruned_at, pruning_rule
 from mlflow_core.runners.study import (
     importance,
@@ -42,6 +43,7 @@ from mlflow_core.training.data.sources import build_data
 from mlflow_core.training.lr_finder import lr_range_test
 from mlflow_core.workflow.evidence import file_sha256
 from mlflow_core.workflow.facts import OptimizationFacts
+from mlflow_core.workflow.records import load_run_metrics
 from mlflow_core.workflow.scaffold import write_config_variant
 from mlflow_core.workflow.units import metric_difference
 
@@ -94,7 +96,7 @@ def run_optimization(ctx: RunContext) -> RunOutput:
         return RunOutput("completed", OptimizationFacts.model_validate(facts),
                          notes=["No trial completed: nothing to compare with the baseline."])
     best = study.best_trial
-    facts["best"] = {"trial": best.number, "value": best.value, "params": best.params}
+    facts["best"] = best_trial_facts(ctx, best)
     facts["importance"] = importance(optuna, study)
     try:
         facts["comparison"] = _compare_over_seeds(ctx, best.params, data)
@@ -239,6 +241,7 @@ def _compare_over_seeds(ctx: RunContext, params: dict[str, Any], data: Any) -> d
     rebuild = searches_data(cfg)
     seeds = [cfg.reproducibility.seed + i for i in range(opt.seeds)]
     runs: dict[str, list[float]] = {"baseline": [], "optimized": []}
+    proofs = []
     for label, changes in (("baseline", {}), ("optimized", params)):
         for seed in seeds:
             ctx.on_message(f"Comparison: {label} config, seed {seed}")
@@ -248,8 +251,22 @@ def _compare_over_seeds(ctx: RunContext, params: dict[str, Any], data: Any) -> d
                                      phase="optimization", data=None if rebuild and changes else data)
             value = result.record.best.value if result.record.best else None
             runs[label].append(float(value) if value is not None else math.nan)
-    return compare(runs["baseline"], runs["optimized"], seeds, cfg.validation.mode == "max", opt.significance,
-                   cfg.validation.metric)
+            proofs.append({"label": label, "seed": seed, "run_dir": ctx.project.relative(run_dir), "value": value,
+                           "proof": run_proof(ctx, run_dir, result.record).model_dump(mode="json")})
+    return {**compare(runs["baseline"], runs["optimized"], seeds, cfg.validation.mode == "max", opt.significance,
+                      cfg.validation.metric), "runs": proofs}
+
+
+def best_trial_facts(ctx: RunContext, best: Any) -> dict[str, Any]:
+    """The best trial, with what `wf verify` recomputes its value from when its run is on this machine
+    (a sweep worker elsewhere keeps its files there)."""
+    out = {"trial": best.number, "value": best.value, "params": best.params}
+    run_dir = best.user_attrs.get("run_dir")
+    metrics = ctx.project.root / run_dir / "logs" / "metrics.json" if run_dir else None
+    if metrics is not None and metrics.is_file():
+        out.update(run_dir=run_dir, proof=run_proof(ctx, ctx.project.root / run_dir,
+                                                    load_run_metrics(metrics)).model_dump(mode="json"))
+    return out
 
 
 def compare(baseline: list[float], optimized: list[float], seeds: list[int], maximize: bool, alpha: float,

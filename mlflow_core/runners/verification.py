@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from mlflow_core.config.loader import load_config
 from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.errors import UserInputError
 from mlflow_core.training.augment import with_augmentation
@@ -27,17 +28,30 @@ from mlflow_core.training.evaluation import classification_metrics, predict_with
 from mlflow_core.training.models import build_model, count_parameters
 from mlflow_core.training.optim import resolve_device
 from mlflow_core.training.trainer import Trainer
-from mlflow_core.workflow.evidence import file_sha256
-from mlflow_core.workflow.facts import FinalizationFacts, SetupFacts, TrainingFacts
+from mlflow_core.workflow.evidence import archived_evidence_path, file_sha256, read_evidence
+from mlflow_core.workflow.facts import (
+    DiagnosticsFacts,
+    FinalizationFacts,
+    OptimizationFacts,
+    SetupFacts,
+    TrainingFacts,
+)
 from mlflow_core.workflow.fingerprints import flatten
 from mlflow_core.workflow.project import Project
-from mlflow_core.workflow.verification import PhaseVerification, config_difference
+from mlflow_core.workflow.verification import PhaseVerification, config_difference, expected_config
 
 # Validation figures recomputed on a GPU may differ in the last bits (kernels reduce in other orders);
 # on the CPU with deterministic settings they are bit-equal. Not yet measured on a GPU (bench/).
 GPU_RELATIVE_TOLERANCE = 1e-4
 COMPARED_FIGURES = ("val_loss", "val_accuracy", "val_f1", "val_mcc", "val_iou")
 TEST_FIGURES = ("accuracy", "nll", "macro_f1", "mcc", "top5_accuracy", "mean_iou")
+
+
+def import_training_stack() -> None:
+    """What every process that trains imports once: torch (above), and TorchDynamo, which the first
+    optimizer built imports (torch._compile; 1.4 s on 2 cores). Imported before a verification is
+    timed, so that its duration is the recomputation's own."""
+    import torch._dynamo  # noqa: F401
 
 
 @dataclass
@@ -52,6 +66,7 @@ class RunClaims:
     figures: dict[str, Any]  # the best checkpoint's figures the evidence claims
     split: str  # which split they were measured on: validation or test
     tta: tuple[str, ...] = ()  # test-time flips the test figures were measured with
+    run_id: str | None = None  # the run id its files must carry (checkpoints and states name their run)
 
 
 class _Recompute:
@@ -92,17 +107,64 @@ class _Recompute:
         return self.project.inside(relative)
 
 
-def verify_training(project: Project, facts: TrainingFacts, out: PhaseVerification, *, segments: int,
-                    rng: random.Random, on_message: Callable[[str], None] = lambda _m: None) -> None:
+def verify_training(project: Project, facts: TrainingFacts, run_id: str | None, out: PhaseVerification, *,
+                    segments: int, rng: random.Random, on_message: Callable[[str], None] = lambda _m: None,
+                    label: str = "") -> None:
     """A training phase's run (the baseline): its best checkpoint and, from the states it kept, its training."""
     recorded = (facts.fingerprints.config.get("values") if facts.fingerprints else None) or {}
-    run = RunClaims("", facts.run_dir, recorded, facts.checkpoints.best, facts.weights or {}, facts.replay,
-                    facts.best_validation or {}, "validation")
+    run = RunClaims(label, facts.run_dir, recorded, facts.checkpoints.best, facts.weights or {}, facts.replay,
+                    facts.best_validation or {}, "validation", run_id=run_id)
     verify_run(project, run, out, segments=segments, rng=rng, on_message=on_message)
 
 
-def verify_finalization(project: Project, facts: FinalizationFacts, out: PhaseVerification, *, segments: int,
-                        rng: random.Random, on_message: Callable[[str], None] = lambda _m: None) -> None:
+def verify_diagnostics(project: Project, facts: DiagnosticsFacts, state: Any, out: PhaseVerification, *,
+                       segments: int, rng: random.Random, on_message: Callable[[str], None] = lambda _m: None) -> None:
+    """The diagnosis made again on the run it diagnosed (every diagnostic, the fix trials), without
+    writing anything: the same findings, the same verified fix, the same outcome. The diagnosed run's
+    record (metrics.json) must be the one its evidence names, and its training recomputes too."""
+    from mlflow_core.diagnostics.engine import diagnose_run
+
+    name = f"the diagnosed run {facts.diagnosed_run}"
+    run = state.run(facts.diagnosed_run)
+    evidence = read_evidence(project, "baseline", archived_evidence_path(project, facts.diagnosed_run))
+    if run is None or evidence is None or not evidence.intact:
+        out.add(name, "unverifiable", "its run record or its evidence (.wf/evidence/runs/) is not in this project")
+        return
+    metrics = project.inside(evidence.facts.metrics.path)
+    if not metrics.is_file():
+        out.add(name, "unverifiable", f"{evidence.facts.metrics.path} is not on this machine")
+        return
+    if file_sha256(metrics) != evidence.facts.metrics.sha256:
+        out.add(name, "failed", f"{evidence.facts.metrics.path} is not the record its evidence names (sha256 differs)")
+        return
+    current = read_evidence(project, "baseline")
+    if current is None or current.run_id != facts.diagnosed_run:  # the current baseline is verified as baseline
+        verify_training(project, evidence.facts, facts.diagnosed_run, out, segments=segments, rng=rng,
+                        on_message=on_message, label="diagnosed run: ")
+    on_message(f"Diagnosing {facts.diagnosed_run} again, with the fix trials")
+    again = diagnose_run(project, "auto", run, fix=True, on_message=on_message, write=False).to_json()
+
+    def shown(findings: list[Any]) -> list[tuple[str, str, float]]:
+        return [(f["diagnostic"], f["cause"], round(float(f["confidence"]), 6)) for f in findings]
+
+    claimed = facts.diagnosis.model_dump(mode="json")
+    differences = []
+    if shown(again["findings"]) != shown(claimed["findings"]):
+        differences.append(f"findings {shown(again['findings'])[:3]} (recorded {shown(claimed['findings'])[:3]})")
+    fix = next((t["label"] for t in again["trials"] if t.get("winner")), None)
+    if fix != facts.verified_fix:
+        differences.append(f"verified fix {fix!r} (recorded {facts.verified_fix!r})")
+    if differences:
+        out.add("diagnosis", "failed", "diagnosed again: " + "; ".join(differences))
+    else:
+        top = again["findings"][0] if again["findings"] else None
+        out.add("diagnosis", "verified", "diagnosed again: " + (f"`{top['cause']}` ({top['diagnostic']}, confidence "
+                f"{top['confidence']:.2f})" if top else "no finding") + (f"; fix verified by a trial: {fix}" if fix
+                else "") + f"; {len(again['trials'])} trial(s)")
+
+
+def verify_finalization(project: Project, facts: FinalizationFacts, run_id: str | None, out: PhaseVerification, *,
+                        segments: int, rng: random.Random, on_message: Callable[[str], None] = lambda _m: None) -> None:
     """Each final member's best checkpoint evaluated again on the test split, its training replayed,
     and the exported weights those of the member the evidence says was exported."""
     recorded = (facts.fingerprints.config.get("values") if facts.fingerprints else None) or {}
@@ -122,14 +184,78 @@ def verify_finalization(project: Project, facts: FinalizationFacts, out: PhaseVe
                    "the evidence records nothing to recompute it from (an earlier wf)")
             out.add(f"{label}training and test figures", "unverifiable", why)
             continue
-        config = {**recorded, "reproducibility.seed": member.seed, "training.epochs": facts.epochs}
+        config = expected_config(recorded, {"reproducibility.seed": member.seed, "training.epochs": facts.epochs})
         run = RunClaims(label, member.run_dir, config, member.proof.best, member.proof.weights or {},
-                        member.proof.replay, member.test, "test", tta)
+                        member.proof.replay, member.test, "test", tta, run_id=f"{run_id}/seed_{member.seed}")
         work = verify_run(project, run, out, segments=segments, rng=rng, on_message=on_message, bundle=bundle)
         bundle = work.bundle
         if work.best_weights is not None:
             exported[member.seed] = work.best_weights
     _verify_export(project, facts, exported, out)
+
+
+def verify_optimization(project: Project, facts: OptimizationFacts, run_id: str | None, out: PhaseVerification, *,
+                        segments: int, rng: random.Random, on_message: Callable[[str], None] = lambda _m: None) -> None:
+    """The sweep's conclusion: each comparison run's best value recomputed (its best checkpoint
+    evaluated again, its training replayed), the one-sided Welch t-test computed again from those
+    values, and the best trial's value, on which the optimized config rests."""
+    from mlflow_core.runners.optimization import compare
+
+    recorded = (facts.fingerprints.config.get("values") if facts.fingerprints else None) or {}
+    comparison, best, metric = facts.comparison, facts.best, facts.metric
+    if comparison is None or best is None:
+        out.add("comparison", "verified", "no trial completed, so the sweep claims no comparison")
+        return
+    bundle = None
+    if not comparison.runs:
+        out.add("comparison runs", "unverifiable", "the evidence records nothing to recompute them from (an earlier wf)")
+    else:
+        for run in comparison.runs:
+            changes = {**(best.params if run.label == "optimized" else {}), "reproducibility.seed": run.seed}
+            claims = RunClaims(f"{run.label} seed {run.seed}: ", run.run_dir, expected_config(recorded, changes),
+                               run.proof.best if run.proof else None, (run.proof.weights if run.proof else None) or {},
+                               run.proof.replay if run.proof else None, {metric: run.value}, "validation",
+                               run_id=f"{run_id}/{run.label}_seed{run.seed}")
+            bundle = verify_run(project, claims, out, segments=segments, rng=rng, on_message=on_message,
+                                bundle=bundle).bundle
+        listed = {(r.label, r.seed): r.value for r in comparison.runs}
+        agree = all(listed.get(("baseline", s)) == v for s, v in zip(comparison.seeds, comparison.baseline)) and all(
+            listed.get(("optimized", s)) == v for s, v in zip(comparison.seeds, comparison.optimized))
+        again = compare(comparison.baseline, comparison.optimized, comparison.seeds, facts.direction == "maximize",
+                        comparison.alpha, metric)
+        if not agree or again["significant"] != comparison.significant or again["p_value"] != comparison.p_value:
+            out.add("comparison", "failed", f"computed again from the runs' values: {again['verdict']}; the evidence "
+                    f"says: {comparison.verdict}" + ("" if agree else " (and lists other values than its runs')"))
+        else:
+            out.add("comparison", "verified", f"the one-sided Welch t-test computed again from the runs' values: "
+                    f"{again['verdict']}")
+    trial_epochs = facts.study.trial_epochs
+    if best.proof is None or best.run_dir is None:
+        out.add(f"best trial {best.trial}", "unverifiable", "its run is not on this machine (a sweep worker's) or "
+                "the evidence records nothing to recompute it from")
+        return
+    changes = {**best.params, "training.epochs": trial_epochs, "checkpointing.checkpoint_every_n_epochs": 0}
+    claims = RunClaims(f"best trial {best.trial}: ", best.run_dir, expected_config(recorded, changes),
+                       best.proof.best, best.proof.weights or {}, best.proof.replay, {metric: best.value}, "validation",
+                       run_id=f"{run_id}/{Path(best.run_dir).name}")
+    verify_run(project, claims, out, segments=segments, rng=rng, on_message=on_message, bundle=bundle)
+    _verify_optimized_config(project, facts, out)
+
+
+def _verify_optimized_config(project: Project, facts: OptimizationFacts, out: PhaseVerification) -> None:
+    """configs/optimized_config.yaml sets the best trial's parameters."""
+    ref, best = facts.optimized_config, facts.best
+    if ref is None or best is None:
+        return
+    path = project.inside(ref.path)
+    if not path.is_file():
+        out.add(f"optimized config ({ref.path})", "unverifiable", "not on this machine")
+        return
+    values = flatten(load_config(path).model_dump(mode="json"))
+    wrong = [f"{k} {values.get(k)!r} (the best trial's {v!r})" for k, v in best.params.items() if values.get(k) != v]
+    out.add(f"optimized config ({ref.path})", "failed" if wrong else "verified",
+            "; ".join(wrong) if wrong else "sets the best trial's parameters: "
+            + ", ".join(f"{k} {v!r}" for k, v in best.params.items()))
 
 
 def _verify_export(project: Project, facts: FinalizationFacts, exported: dict[int, str],
@@ -182,7 +308,8 @@ def _verify_best_checkpoint(work: _Recompute, best: Any) -> None:
         work.add(name, "failed", f"the file hashes to {digest[:12]}, the evidence records {best.sha256[:12]}")
         return
     checkpoint = load_checkpoint(path)
-    if not work.adopt_config(checkpoint.get("config") or {}, best.path):
+    if not _of_this_run(work, checkpoint, best.path) or not work.adopt_config(checkpoint.get("config") or {},
+                                                                             best.path):
         return
     recorded = run.weights.get(best.epoch)
     weights = weights_sha256(checkpoint["model"])
@@ -217,6 +344,16 @@ def _verify_best_checkpoint(work: _Recompute, best: Any) -> None:
              + ", ".join(f"{k} {_shown(figures[k])}" for k in compared))
 
 
+def _of_this_run(work: _Recompute, payload: dict[str, Any], source: str) -> bool:
+    """A checkpoint or state names the run that wrote it: it must be the run the evidence claims from."""
+    expected = work.run.run_id
+    if expected is None or payload.get("run_id") == expected:
+        return True
+    work.add("run", "failed", f"{source} was written by run {payload.get('run_id')!r}, not by {expected!r}, the run "
+             "the evidence names")
+    return False
+
+
 def _figures(work: _Recompute, trainer: Trainer, run: RunClaims) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The checkpoint's figures on the split its claims are about, measured the way its phase did."""
     if run.split == "validation":
@@ -245,6 +382,8 @@ def _verify_training_states(work: _Recompute, segments: int, rng: random.Random)
         state = load_checkpoint(path)
         if state.get("kind") != "resume":
             work.add(f"training state of epoch {epoch}", "failed", f"{path.name} is not a training state")
+            return
+        if not _of_this_run(work, state, f"the kept state of epoch {epoch}"):
             return
         if not work.adopt_config(state.get("config") or {}, f"the kept state of epoch {epoch}"):
             return

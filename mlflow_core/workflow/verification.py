@@ -49,6 +49,7 @@ class PhaseVerification:
     phase: str
     run_id: str | None
     claims: list[Claim] = field(default_factory=list)
+    duration_s: float | None = None  # the recomputation's own time (the process's start and imports apart)
 
     @property
     def passed(self) -> bool:
@@ -58,7 +59,7 @@ class PhaseVerification:
         self.claims.append(Claim(name, status, detail))
 
     def to_json(self) -> dict[str, Any]:
-        return {"phase": self.phase, "run_id": self.run_id, "passed": self.passed,
+        return {"phase": self.phase, "run_id": self.run_id, "passed": self.passed, "duration_s": self.duration_s,
                 "claims": [asdict(c) for c in self.claims]}
 
 
@@ -113,3 +114,16 @@ def config_difference(recorded: dict[str, Any], actual: dict[str, Any]) -> str |
     if recorded == actual:
         return None
     return fingerprints.config_changes(recorded, actual)
+
+
+def expected_config(recorded: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The dotted config a run of a phase trained: the phase's recorded config with the run's own
+    changes (a seed, a trial's parameters, its epochs), and a curriculum's stages fitted to a new
+    number of epochs, as config.schema.with_changes makes it."""
+    from mlflow_core.config.schema import fit_stages
+
+    out = {**recorded, **changes}
+    stages = recorded.get("curriculum.stages")
+    if "training.epochs" in changes and "curriculum.stages" not in changes and stages:
+        out["curriculum.stages"] = fit_stages(stages, changes["training.epochs"])
+    return out

@@ -33,6 +33,7 @@ from mlflow_core.workflow.facts.finalization import (
 )
 from mlflow_core.workflow.facts.optimization import (
     BestTrial,
+    ComparedRun,
     Comparison,
     LrRangeTest,
     OptimizationFacts,
@@ -51,4 +52,4 @@ from mlflow_core.workflow.facts.setup import (
 )
 from mlflow_core.workflow.facts.training import GpuSummary, ReplayRecord, RunProof, TrainingFacts
 
-__all__ = ["ROOT_CAUSE_CONFIDENCE", "BestTrial", "BundleRef", "Comparison", "DataCheck", "DiagnosisOutcome", "DiagnosisRecord", "DiagnosticsFacts", "EnvironmentFacts", "ExportRecord", "Facts", "FileRef", "FinalData", "FinalizationFacts", "FindingRecord", "Fingerprints", "GpuSummary", "LrRangeTest", "MemberRun", "ModelCheck", "OptimizationFacts", "PhaseFacts", "PruningFacts", "RegisteredModel", "ReplayRecord", "ReproducibilityCheck", "RunProof", "SeedFacts", "SetupFacts", "Spread", "StudyFacts", "TestSplit", "ThroughputCheck", "TrainingFacts", "TrialRow", "judge_diagnosis"]
+__all__ = ["ROOT_CAUSE_CONFIDENCE", "BestTrial", "BundleRef", "ComparedRun", "Comparison", "DataCheck", "DiagnosisOutcome", "DiagnosisRecord", "DiagnosticsFacts", "EnvironmentFacts", "ExportRecord", "Facts", "FileRef", "FinalData", "FinalizationFacts", "FindingRecord", "Fingerprints", "GpuSummary", "LrRangeTest", "MemberRun", "ModelCheck", "OptimizationFacts", "PhaseFacts", "PruningFacts", "RegisteredModel", "ReplayRecord", "ReproducibilityCheck", "RunProof", "SeedFacts", "SetupFacts", "Spread", "StudyFacts", "TestSplit", "ThroughputCheck", "TrainingFacts", "TrialRow", "judge_diagnosis"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from mlflow_core.workflow.facts.base import Facts, FileRef, PhaseFacts
+from mlflow_core.workflow.facts.training import RunProof
 
 
 class LrRangeTest(Facts):
@@ -53,6 +54,17 @@ class BestTrial(Facts):
     trial: int
     value: float
     params: dict[str, Any]
+    run_dir: str | None = None
+    proof: RunProof | None = None  # what `wf verify` recomputes its value from (its run is on this machine)
+
+
+class ComparedRun(Facts):
+    """One run of the comparison over seeds, and what `wf verify` recomputes its best value from."""
+    label: Literal["baseline", "optimized"]
+    seed: int
+    run_dir: str
+    value: float | None
+    proof: RunProof | None = None
 
 
 class Comparison(Facts):
@@ -71,6 +83,7 @@ class Comparison(Facts):
     optimized_mean: float | None = None
     optimized_std: float | None = None
     improvement: float | None = None
+    runs: list[ComparedRun] | None = None
 
 
 class OptimizationFacts(PhaseFacts):
