@@ -267,3 +267,58 @@ def test_a_torchvision_that_does_not_fit_torch_is_exit_2_with_the_fix(tmp_path, 
     else:
         assert "pairs with torchvision 0.29" in message or "pairs with torchvision 0." in message
     assert committed_files(project) == before
+
+
+def _forge(project: Path, phase: str, edit) -> None:
+    """An edit of a phase's facts with every hash recomputed, as a pull-request author can make it."""
+    from mlflow_core.workflow.evidence import canonical_sha256
+
+    path = project / ".wf" / "evidence" / f"{phase}.json"
+    record = json.loads(path.read_text())
+    edit(record["facts"])
+    record["sha256"] = canonical_sha256({k: record[k] for k in ("phase", "run_id", "facts", "project_id",
+                                                                "entered_from") if k in record})
+    path.unlink()
+    path.write_text(json.dumps(record))
+    state = json.loads((project / ".wf" / "state.json").read_text())
+    for run in state["runs"]:
+        if run["run_id"] == record["run_id"]:
+            run["summary"]["evidence_sha256"] = record["sha256"]
+    (project / ".wf" / "state.json").write_text(json.dumps(state))
+
+
+def _failed(project: Path, phase: str) -> list[dict]:
+    verify = _wf(project, "verify", phase, "--seed", "1", "--json")
+    assert verify.returncode == 1, verify.stdout[-2000:]
+    return [c for p in json.loads(verify.stdout)["phases"] for c in p["claims"] if c["status"] == "failed"]
+
+
+def test_forged_sweep_and_diagnosis_claims_do_not_recompute(walked):
+    def better(facts):  # the sweep "improved": the optimized runs' values raised, the verdict rewritten
+        comparison = facts["comparison"]
+        comparison["optimized"] = [v + 0.01 for v in comparison["optimized"]]
+        comparison.update(significant=True, verdict="the optimized config is better")
+    _forge(walked, "optimization", better)
+    assert _wf(walked, "gate", "check", "optimization").returncode in (0, 1)  # judged from the files alone
+    failed = _failed(walked, "optimization")
+    assert any(c["name"] == "comparison" for c in failed), failed
+
+    def surer(facts):  # a finding made more certain than the diagnostics measured
+        facts["diagnosis"]["findings"] = [{"diagnostic": "overfitting", "cause": "overfitting", "confidence": 0.95,
+                                           "evidence": {}, "fix": "more data"}]
+    _forge(walked, "diagnostics", surer)
+    failed = _failed(walked, "diagnostics")
+    assert failed[0]["name"] == "diagnosis" and "recorded [('overfitting'" in failed[0]["detail"]
+
+
+def test_another_runs_facts_under_this_runs_name_do_not_recompute(walked):
+    finalization = json.loads((walked / ".wf" / "evidence" / "finalization.json").read_text())["facts"]
+    member = finalization["seeds"][0]["run_dir"]
+
+    def borrowed(facts):  # the baseline's facts pointed at a final member's files
+        facts["checkpoints"]["best"]["path"] = f"{member}/checkpoints/best_model.pt"
+        facts["checkpoints"]["best"]["sha256"] = __import__("hashlib").sha256(
+            (walked / member / "checkpoints" / "best_model.pt").read_bytes()).hexdigest()
+    _forge(walked, "baseline", borrowed)
+    failed = _failed(walked, "baseline")
+    assert failed[0]["name"] == "run" and "not by 'baseline-" in failed[0]["detail"]

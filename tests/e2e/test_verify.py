@@ -246,3 +246,27 @@ def test_a_waiver_written_under_another_name_is_flagged_and_fails_verify(wf, pro
     on_record = _claims(result, "waivers and overrides")
     assert code == 1 and on_record["waiver: post_baseline · gpu_utilization_documented"]["status"] == "failed"
     assert "not the person it names" in wf("report", "summary", cwd=project_copy).out
+
+
+def test_harmless_edits_are_accepted_by_the_gates_and_by_verify(wf, project_copy):
+    _ready(wf, project_copy)
+    config = project_copy / "training_config.yaml"
+    checklist = project_copy / "checklists" / "post_baseline.md"
+    edits = [
+        ("a manual item reworded", checklist, lambda t: t.replace("Learning curves and results reviewed",
+                                                                   "We looked at the curves and the results")),
+        ("comments in the config", config, lambda t: "# reviewed by the team\n" + t.replace(
+            "  epochs: 15 ", "  epochs: 15  # as agreed ")),
+        ("a value written differently", config, lambda t: t.replace("learning_rate: 1.0e-3", "learning_rate: 0.001")),
+        ("a team's own item", checklist, lambda t: t + "- [x] Shared with the team <!-- id: shared -->\n"),
+        ("a later phase's setting", config, lambda t: t.replace("  n_trials: ", "  n_trials: 7 #", 1)),
+        ("CRLF line endings", checklist, lambda t: t.replace("\n", "\r\n")),
+    ]
+    for what, path, edit in edits:
+        before = path.read_bytes()
+        path.write_bytes(edit(before.decode()).encode())
+        assert path.read_bytes() != before, what
+        r = wf("gate", "check", "--all", cwd=project_copy)
+        assert r.code == 0, f"{what}: {r.out[-1500:]}"
+    code, result = _verify(wf, project_copy, "--all", "--seed", "3")
+    assert code == 0 and result["passed"], result
