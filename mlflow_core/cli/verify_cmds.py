@@ -21,13 +21,17 @@ def verify(phase: str = typer.Argument(None, help="The phase whose claims to rec
                                         "run, chosen at random now."),
            seed: int = typer.Option(None, "--seed", help="The seed that chooses the segments (printed by every "
                                     "verification, to repeat it)."),
+           source: str = typer.Option("runs", "--from", help="Where the runs' checkpoints and kept states are read: "
+                                      "runs (the project's runs/ folder) or mlflow (the MLflow runs they were logged "
+                                      "to, with monitoring.mlflow_log_checkpoints: true; the data stays local)."),
            as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
            ) -> None:
     """Recompute what the evidence claims, from the artifacts: the data hashed again, the best checkpoint
     evaluated again on the recorded split, and training segments chosen at random re-trained from the
     states the run kept, compared bit for bit with the recorded weights. Exit 0 when every claim
     recomputes; 1 when one does not, or cannot be recomputed here (unverifiable fails closed). Needs the
-    data and the run's files (runs/), so run it where the training ran or on a CI runner that has them."""
+    data and the run's files (runs/, or the MLflow runs they were logged to with --from mlflow), so run
+    it where the training ran or on a CI runner that has them."""
     from mlflow_core.errors import UserInputError
     from mlflow_core.orchestration.verify import verify as verify_claims
     from mlflow_core.workflow.project import Project
@@ -35,7 +39,8 @@ def verify(phase: str = typer.Argument(None, help="The phase whose claims to rec
     if every and phase:
         raise UserInputError("give a phase or --all, not both")
     say = (lambda _m: None) if as_json else (lambda m: console.print(f"[dim]{escape(m)}[/]"))
-    result = verify_claims(Project.find(), phase, every=every, segments=segments, seed=seed, on_message=say)
+    result = verify_claims(Project.find(), phase, every=every, segments=segments, seed=seed, source=source,
+                           on_message=say)
     if as_json:
         print_json(result.to_json())
         raise typer.Exit(0 if result.passed else 1)

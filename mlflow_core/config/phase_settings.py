@@ -42,8 +42,10 @@ class MonitoringSection(Section):
                          "Needs pip install 'wf[mlflow]'.")
     mlflow_uri: str | None = Field(None, description="The MLflow tracking URI (default: sqlite:///<project>/mlflow.db; "
                                    "MLFLOW_TRACKING_URI wins over it).")
-    mlflow_log_checkpoints: bool = Field(False, description="Also log each training run's best checkpoint as an "
-                                         "artifact (a local store copies it: twice the disk).")
+    mlflow_log_checkpoints: bool = Field(False, description="Also log each training run's best checkpoint and its "
+                                         "kept training states (checkpoints/replay/) as artifacts, what `wf verify "
+                                         "--from mlflow` recomputes its claims from (a local store copies them: "
+                                         "twice the disk).")
 
 
 class SearchParameter(Section):

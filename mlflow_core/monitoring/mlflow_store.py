@@ -262,3 +262,30 @@ def _experiment_id(client: Any, name: str, artifact_root: Path | None) -> str:
         if found is None:
             raise
         return found.experiment_id
+
+
+def fetch_run_checkpoints(uri: str, wf_run_id: str, destination: Path) -> str | None:
+    """The checkpoints a training run logged (`monitoring.mlflow_log_checkpoints`: its best checkpoint
+    and its kept training states) downloaded from the MLflow run tagged with its wf run id into
+    `destination`/checkpoints/: what `wf verify --from mlflow` recomputes its claims from. None once
+    done, else why not, for a person."""
+    require_mlflow()
+    with root_logging_kept():
+        import mlflow.artifacts
+        from mlflow.tracking import MlflowClient
+    try:
+        client = MlflowClient(uri)
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(experiments, filter_string=f"tags.`wf.run_id` = '{wf_run_id}'", max_results=2)
+        if not runs:
+            return f"no MLflow run in {uri} is tagged wf.run_id = {wf_run_id}"
+        run_id = runs[0].info.run_id
+        if "checkpoints" not in {a.path for a in client.list_artifacts(run_id)}:
+            return (f"its MLflow run {run_id} holds no checkpoints (they are logged with "
+                    "monitoring.mlflow_log_checkpoints: true)")
+        destination.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints", dst_path=str(destination),
+                                            tracking_uri=uri)
+    except Exception as exc:  # MLflow raises many kinds (the server, the store, the artifact repository)
+        return f"MLflow ({uri}) could not be read: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return None

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import random
 import secrets
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlflow_core.config.loader import load_config
-from mlflow_core.errors import UserInputError
+from mlflow_core.errors import UserInputError, did_you_mean
 from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.fingerprints import flatten, vouched
 from mlflow_core.workflow.lock import locked
@@ -23,6 +25,40 @@ from mlflow_core.workflow.verification import PhaseVerification, config_differen
 
 DEFAULT_SEGMENTS = 1  # training segments re-trained per run: an epoch each, chosen at verification time
 RECOMPUTED = ("setup", "baseline", "diagnostics", "optimization", "finalization")  # the phases whose claims this wf recomputes
+
+
+SOURCES = ("runs", "mlflow")  # where a verification reads the runs' files from
+
+
+class RunFiles:
+    """Where a verification reads a run's files (its checkpoints and kept states): the project's runs/
+    folder, or, with `--from mlflow`, the MLflow run each training run logged them to (the tracking
+    URI as training used it: MLFLOW_TRACKING_URI, else monitoring.mlflow_uri, else the project's
+    store), downloaded once per run into a scratch folder that the verification removes."""
+
+    def __init__(self, project: Project, source: str, scratch: Path | None = None):
+        self.project, self.source, self.scratch = project, source, scratch
+        self.fetched: dict[str, Path] = {}
+        self.uri = None
+        if source == "mlflow":
+            from mlflow_core.monitoring.mlflow_store import tracking_uri
+
+            self.uri = tracking_uri(project.root, load_config(project.config_path).monitoring.mlflow_uri)
+
+    def of_run(self, run_dir: str, run_id: str | None, out: PhaseVerification) -> Path:
+        local = self.project.inside(run_dir)
+        if self.source == "runs":
+            return local
+        if run_dir not in self.fetched:
+            from mlflow_core.monitoring.mlflow_store import fetch_run_checkpoints
+
+            target = self.scratch / local.relative_to(self.project.root.resolve())
+            why = (fetch_run_checkpoints(self.uri, run_id, target) if run_id else
+                   "the evidence names no run id to find its MLflow run by")
+            if why:
+                out.add(f"files of {run_dir} (from MLflow)", "unverifiable", why)
+            self.fetched[run_dir] = target
+        return self.fetched[run_dir]
 
 
 @dataclass(frozen=True)
@@ -40,11 +76,21 @@ class Verification:
 
 @locked("wf verify")
 def verify(project: Project, phase: str | None, *, every: bool, segments: int = DEFAULT_SEGMENTS,
-           seed: int | None = None, on_message: Callable[[str], None] = lambda _m: None) -> Verification:
+           seed: int | None = None, source: str = "runs",
+           on_message: Callable[[str], None] = lambda _m: None) -> Verification:
     """`phase`'s claims (default: the current phase's), or with `every` those of every phase that has
-    recorded evidence, whatever `current_phase` says."""
+    recorded evidence, whatever `current_phase` says; the runs' files read from `source`."""
     if segments < 1:
         raise UserInputError(f"--segments {segments}: give at least 1 (the training segments to re-train per run).")
+    if source not in SOURCES:
+        raise UserInputError(f"--from {source}: choose one of: {', '.join(SOURCES)}." + did_you_mean(source, SOURCES))
+    with tempfile.TemporaryDirectory(prefix="wf-verify-") as scratch:
+        files = RunFiles(project, source, Path(scratch))
+        return _verify(project, phase, every, segments, seed, files, on_message)
+
+
+def _verify(project: Project, phase: str | None, every: bool, segments: int, seed: int | None, files: RunFiles,
+            on_message: Callable[[str], None]) -> Verification:
     state = load_state(project)
     if every:
         names = [name for name in PHASES if read_evidence(project, name) is not None]
@@ -55,7 +101,7 @@ def verify(project: Project, phase: str | None, *, every: bool, segments: int = 
         names = [load_phase(phase or state.current_phase or "setup").name]
     seed = secrets.randbits(48) if seed is None else seed
     rng = random.Random(seed)
-    checked = [_verify_phase(project, name, segments, rng, on_message) for name in names]
+    checked = [_verify_phase(project, name, segments, rng, files, on_message) for name in names]
     authors = _authors_on_record(project, state)
     return Verification(checked + ([authors] if authors.claims else []), seed)
 
@@ -70,19 +116,19 @@ def _authors_on_record(project: Project, state) -> PhaseVerification:
     return out
 
 
-def _verify_phase(project: Project, phase: str, segments: int, rng: random.Random,
+def _verify_phase(project: Project, phase: str, segments: int, rng: random.Random, files: RunFiles,
                   on_message: Callable[[str], None]) -> PhaseVerification:
     if phase in RECOMPUTED:  # the imports first, outside the timing: every process that trains pays them
         from mlflow_core.runners import verification
 
         verification.import_training_stack()
     started = time.perf_counter()
-    out = _recompute_phase(project, phase, segments, rng, on_message)
+    out = _recompute_phase(project, phase, segments, rng, files, on_message)
     out.duration_s = round(time.perf_counter() - started, 3)
     return out
 
 
-def _recompute_phase(project: Project, phase: str, segments: int, rng: random.Random,
+def _recompute_phase(project: Project, phase: str, segments: int, rng: random.Random, files: RunFiles,
                      on_message: Callable[[str], None]) -> PhaseVerification:
     evidence = read_evidence(project, phase)
     out = PhaseVerification(phase, evidence.run_id if evidence else None)
@@ -122,16 +168,16 @@ def _recompute_phase(project: Project, phase: str, segments: int, rng: random.Ra
             verification.verify_setup(project, facts, cfg, out, on_message)
     elif phase == "diagnostics":
         verification.verify_diagnostics(project, facts, load_state(project), out, segments=segments, rng=rng,
-                                        on_message=on_message)
+                                        on_message=on_message, files=files)
     elif phase == "optimization":
         verification.verify_optimization(project, facts, evidence.run_id, out, segments=segments, rng=rng,
-                                         on_message=on_message)
+                                         on_message=on_message, files=files)
     elif phase == "finalization":
         verification.verify_finalization(project, facts, evidence.run_id, out, segments=segments, rng=rng,
-                                         on_message=on_message)
+                                         on_message=on_message, files=files)
     else:
         verification.verify_training(project, facts, evidence.run_id, out, segments=segments, rng=rng,
-                                     on_message=on_message)
+                                     on_message=on_message, files=files)
     return out
 
 

@@ -73,8 +73,9 @@ class _Recompute:
     """One run's recomputation: the run's config (from its own files) and the data, built once."""
 
     def __init__(self, project: Project, run: RunClaims, out: PhaseVerification, on_message: Callable[[str], None],
-                 bundle: Any = None):
+                 bundle: Any = None, files: Any = None):
         self.project, self.run, self.out, self.say = project, run, out, on_message
+        self.files = files  # orchestration/verify.RunFiles: where the run's files are read from (None: runs/)
         self.cfg: WorkflowConfig | None = None
         self.bundle: Any = bundle
         self.best_weights: str | None = None  # the best checkpoint's weights digest, once its figures recomputed
@@ -104,21 +105,27 @@ class _Recompute:
                        resume_from=resume_from)
 
     def file(self, relative: str) -> Path:
+        """A file of the run's (its checkpoints, its kept states) from where this verification reads
+        them; any other file from the project."""
+        prefix = self.run.run_dir.rstrip("/") + "/"
+        if self.files is not None and relative.startswith(prefix):
+            return self.files.of_run(self.run.run_dir, self.run.run_id, self.out) / relative[len(prefix):]
         return self.project.inside(relative)
 
 
 def verify_training(project: Project, facts: TrainingFacts, run_id: str | None, out: PhaseVerification, *,
                     segments: int, rng: random.Random, on_message: Callable[[str], None] = lambda _m: None,
-                    label: str = "") -> None:
+                    label: str = "", files: Any = None) -> None:
     """A training phase's run (the baseline): its best checkpoint and, from the states it kept, its training."""
     recorded = (facts.fingerprints.config.get("values") if facts.fingerprints else None) or {}
     run = RunClaims(label, facts.run_dir, recorded, facts.checkpoints.best, facts.weights or {}, facts.replay,
                     facts.best_validation or {}, "validation", run_id=run_id)
-    verify_run(project, run, out, segments=segments, rng=rng, on_message=on_message)
+    verify_run(project, run, out, segments=segments, rng=rng, on_message=on_message, files=files)
 
 
 def verify_diagnostics(project: Project, facts: DiagnosticsFacts, state: Any, out: PhaseVerification, *,
-                       segments: int, rng: random.Random, on_message: Callable[[str], None] = lambda _m: None) -> None:
+                       segments: int, rng: random.Random, on_message: Callable[[str], None] = lambda _m: None,
+                       files: Any = None) -> None:
     """The diagnosis made again on the run it diagnosed (every diagnostic, the fix trials), without
     writing anything: the same findings, the same verified fix, the same outcome. The diagnosed run's
     record (metrics.json) must be the one its evidence names, and its training recomputes too."""
@@ -140,7 +147,7 @@ def verify_diagnostics(project: Project, facts: DiagnosticsFacts, state: Any, ou
     current = read_evidence(project, "baseline")
     if current is None or current.run_id != facts.diagnosed_run:  # the current baseline is verified as baseline
         verify_training(project, evidence.facts, facts.diagnosed_run, out, segments=segments, rng=rng,
-                        on_message=on_message, label="diagnosed run: ")
+                        on_message=on_message, label="diagnosed run: ", files=files)
     on_message(f"Diagnosing {facts.diagnosed_run} again, with the fix trials")
     again = diagnose_run(project, "auto", run, fix=True, on_message=on_message, write=False).to_json()
 
@@ -164,7 +171,8 @@ def verify_diagnostics(project: Project, facts: DiagnosticsFacts, state: Any, ou
 
 
 def verify_finalization(project: Project, facts: FinalizationFacts, run_id: str | None, out: PhaseVerification, *,
-                        segments: int, rng: random.Random, on_message: Callable[[str], None] = lambda _m: None) -> None:
+                        segments: int, rng: random.Random, on_message: Callable[[str], None] = lambda _m: None,
+                        files: Any = None) -> None:
     """Each final member's best checkpoint evaluated again on the test split, its training replayed,
     and the exported weights those of the member the evidence says was exported."""
     recorded = (facts.fingerprints.config.get("values") if facts.fingerprints else None) or {}
@@ -187,7 +195,8 @@ def verify_finalization(project: Project, facts: FinalizationFacts, run_id: str 
         config = expected_config(recorded, {"reproducibility.seed": member.seed, "training.epochs": facts.epochs})
         run = RunClaims(label, member.run_dir, config, member.proof.best, member.proof.weights or {},
                         member.proof.replay, member.test, "test", tta, run_id=f"{run_id}/seed_{member.seed}")
-        work = verify_run(project, run, out, segments=segments, rng=rng, on_message=on_message, bundle=bundle)
+        work = verify_run(project, run, out, segments=segments, rng=rng, on_message=on_message, bundle=bundle,
+                          files=files)
         bundle = work.bundle
         if work.best_weights is not None:
             exported[member.seed] = work.best_weights
@@ -195,7 +204,8 @@ def verify_finalization(project: Project, facts: FinalizationFacts, run_id: str 
 
 
 def verify_optimization(project: Project, facts: OptimizationFacts, run_id: str | None, out: PhaseVerification, *,
-                        segments: int, rng: random.Random, on_message: Callable[[str], None] = lambda _m: None) -> None:
+                        segments: int, rng: random.Random, on_message: Callable[[str], None] = lambda _m: None,
+                        files: Any = None) -> None:
     """The sweep's conclusion: each comparison run's best value recomputed (its best checkpoint
     evaluated again, its training replayed), the one-sided Welch t-test computed again from those
     values, and the best trial's value, on which the optimized config rests."""
@@ -217,7 +227,7 @@ def verify_optimization(project: Project, facts: OptimizationFacts, run_id: str 
                                run.proof.replay if run.proof else None, {metric: run.value}, "validation",
                                run_id=f"{run_id}/{run.label}_seed{run.seed}")
             bundle = verify_run(project, claims, out, segments=segments, rng=rng, on_message=on_message,
-                                bundle=bundle).bundle
+                                bundle=bundle, files=files).bundle
         listed = {(r.label, r.seed): r.value for r in comparison.runs}
         agree = all(listed.get(("baseline", s)) == v for s, v in zip(comparison.seeds, comparison.baseline)) and all(
             listed.get(("optimized", s)) == v for s, v in zip(comparison.seeds, comparison.optimized))
@@ -238,7 +248,8 @@ def verify_optimization(project: Project, facts: OptimizationFacts, run_id: str 
     claims = RunClaims(f"best trial {best.trial}: ", best.run_dir, expected_config(recorded, changes),
                        best.proof.best, best.proof.weights or {}, best.proof.replay, {metric: best.value}, "validation",
                        run_id=f"{run_id}/{Path(best.run_dir).name}")
-    verify_run(project, claims, out, segments=segments, rng=rng, on_message=on_message, bundle=bundle)
+    verify_run(project, claims, out, segments=segments, rng=rng, on_message=on_message, bundle=bundle,
+               files=files)
     _verify_optimized_config(project, facts, out)
 
 
@@ -285,10 +296,10 @@ def _verify_export(project: Project, facts: FinalizationFacts, exported: dict[in
 
 
 def verify_run(project: Project, run: RunClaims, out: PhaseVerification, *, segments: int, rng: random.Random,
-               on_message: Callable[[str], None], bundle: Any = None) -> _Recompute:
+               on_message: Callable[[str], None], bundle: Any = None, files: Any = None) -> _Recompute:
     """One training run: its best checkpoint (weights digest, figures on its split) and its training
     (the kept states chained from the seed's initial weights, random epochs re-trained)."""
-    work = _Recompute(project, run, out, on_message, bundle)
+    work = _Recompute(project, run, out, on_message, bundle, files)
     if run.best is None:
         work.add("best checkpoint", "failed", "the evidence names no best checkpoint")
     else:
@@ -301,7 +312,8 @@ def _verify_best_checkpoint(work: _Recompute, best: Any) -> None:
     run, path = work.run, work.file(best.path)
     name = f"best checkpoint ({best.path})"
     if not path.is_file():
-        work.add(name, "unverifiable", "not on this machine: run `wf verify` where the run's files are")
+        work.add(name, "unverifiable", "not on this machine: run `wf verify` where the run's files are, or "
+                 "`wf verify --from mlflow` where the run logged them")
         return
     digest = file_sha256(path)
     if digest != best.sha256:
@@ -375,7 +387,8 @@ def _verify_training_states(work: _Recompute, segments: int, rng: random.Random)
     missing = [e for e, p in states.items() if not p.is_file()]
     if missing:
         work.add("training (replay)", "unverifiable", f"the kept states of epochs {_epochs(missing)} are not on "
-                 f"this machine ({run.run_dir}/checkpoints/replay/): run `wf verify` where the run's files are")
+                 f"this machine ({run.run_dir}/checkpoints/replay/): run `wf verify` where the run's files are, or "
+                 "`wf verify --from mlflow` where the run logged them")
         return
     loaded = {}
     for epoch, path in states.items():

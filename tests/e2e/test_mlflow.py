@@ -234,3 +234,29 @@ def test_optimization_nests_its_trials_and_release_waits_for_the_pre_release_gat
     assert torch.equal(served(batch), exported(batch))
     summary = _wf(tracked, "report", "summary").stdout
     assert "**Released:** `q` version 1 as `@champion`" in summary and "**MLflow:**" in summary
+
+
+def test_verify_reads_the_checkpoints_and_kept_states_a_run_logged_to_mlflow(tmp_path, mlflow_store_template):
+    """A CI runner with the tracking server and the data, not the training machine's runs/: `wf verify
+    --from mlflow` recomputes the claims from what the run logged (monitoring.mlflow_log_checkpoints)."""
+    assert _wf(tmp_path, "init", "p").returncode == 0
+    project = tmp_path / "p"
+    shutil.copy(mlflow_store_template, project / "mlflow.db")
+    configure(project, [("monitoring.mlflow", "true"), ("monitoring.mlflow_log_checkpoints", "true"),
+                        ("training.epochs", "3")])
+    assert _wf(project, "phase", "setup").returncode == 0
+    _wf(project, "checklist", "tick", "reproducibility", "data_documented", "config_committed")
+    baseline = _wf(project, "phase", "baseline")
+    assert baseline.returncode == 0, baseline.stdout[-2000:] + baseline.stderr
+    run_dir = next((project / "runs").glob("baseline-*"))
+    shutil.move(run_dir / "checkpoints", tmp_path / "elsewhere")  # git-ignored: not in a CI checkout
+    local = _wf(project, "verify", "baseline", "--json")
+    assert local.returncode == 1 and '"unverifiable"' in local.stdout
+    fetched = _wf(project, "verify", "baseline", "--from", "mlflow", "--seed", "1", "--json")
+    result = json.loads(fetched.stdout)
+    assert fetched.returncode == 0 and result["passed"], fetched.stdout[-3000:]
+    names = {c["name"] for c in result["phases"][0]["claims"]}
+    assert {"initial weights", "kept training states", "config"} <= names
+    assert not (run_dir / "checkpoints").exists()  # read from a scratch folder, nothing written into runs/
+    bad = _wf(project, "verify", "--from", "mlfow")
+    assert bad.returncode == 2 and "choose one of: runs, mlflow" in bad.stderr

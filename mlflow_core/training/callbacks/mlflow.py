@@ -15,6 +15,7 @@ from typing import Any
 
 from mlflow_core.monitoring.mlflow_store import METRICS_PER_CALL, flatten
 from mlflow_core.training.callbacks.base import Callback
+from mlflow_core.training.callbacks.replay import REPLAY_DIR
 from mlflow_core.training.callbacks.tensorboard import tracked_results
 
 ENDED = {"interrupted": "KILLED", "crashed": "FAILED"}  # every other status is a run that ran to its end
@@ -106,7 +107,11 @@ class MlflowTracking(Callback):
         self._send()
         best = ((s.metrics.get("checkpoints") or {}).get("best") or {}).get("path")
         if self.link.log_checkpoints and best:
+            # what `wf verify --from mlflow` recomputes the run's claims from: the best checkpoint, the
+            # kept training states, and the run's record (written by the callback before this one)
             self.store.log_artifact(self.run_id, t.run_dir / best, "checkpoints")
+            for state in sorted((t.run_dir / REPLAY_DIR).glob("epoch_*.pt")):
+                self.store.log_artifact(self.run_id, state, REPLAY_DIR)
         status = s.metrics.get("status") or "crashed"
         self.store.set_tags(self.run_id, {"wf.status": status})
         if self.owned:
