@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mlflow_core.config.loader import load_config
 from mlflow_core.errors import UserInputError, did_you_mean
-from mlflow_core.workflow.evidence import read_evidence
+from mlflow_core.workflow.evidence import archived_evidence_path, read_evidence
 from mlflow_core.workflow.fingerprints import flatten, vouched
 from mlflow_core.workflow.lock import locked
 from mlflow_core.workflow.phases import PHASES, load_phase
@@ -102,8 +102,38 @@ def _verify(project: Project, phase: str | None, every: bool, segments: int, see
     seed = secrets.randbits(48) if seed is None else seed
     rng = random.Random(seed)
     checked = [_verify_phase(project, name, segments, rng, files, on_message) for name in names]
-    authors = _authors_on_record(project, state)
-    return Verification(checked + ([authors] if authors.claims else []), seed)
+    extra = [_authors_on_record(project, state)] + ([_history(project, state)] if every else [])
+    return Verification(checked + [group for group in extra if group.claims], seed)
+
+
+def _history(project: Project, state) -> PhaseVerification:
+    """Every finished run in state.json against the evidence it names: the run's own copy under
+    .wf/evidence/runs/, intact, of this project and phase, with the hash the run record names; and
+    every phase_finished event names a run state.json records."""
+    out = PhaseVerification("history", None)
+    runs = {r.run_id: r for r in state.runs}
+    wrong = []
+    recorded = [r for r in state.runs if r.finished_at and r.summary.get("evidence_sha256")]
+    for run in recorded:
+        evidence = read_evidence(project, run.phase, archived_evidence_path(project, run.run_id))
+        if evidence is None or not evidence.intact:
+            wrong.append(f"run {run.run_id}: its evidence (.wf/evidence/runs/{run.run_id}.json) is "
+                         + ("missing" if evidence is None else evidence.why_not_intact()))
+        elif evidence.sha256 != run.summary["evidence_sha256"] or evidence.run_id != run.run_id:
+            wrong.append(f"run {run.run_id}: its record names evidence {str(run.summary['evidence_sha256'])[:12]}, "
+                         f"its evidence file holds {evidence.sha256[:12]}")
+        elif state.project_id is not None and evidence.project_id != state.project_id:
+            wrong.append(f"run {run.run_id}: its evidence was recorded by project {evidence.project_id}")
+    events = [e for e in state.history if e.event == "phase_finished"]
+    wrong += [f"the history's phase_finished event of {getattr(e, 'run_id', None)!r} ({e.time}) names no run "
+              "state.json records" for e in events if getattr(e, "run_id", None) not in runs]
+    if wrong:
+        out.add("runs and their evidence", "failed", "; ".join(wrong[:5]) + (f" … ({len(wrong)} in all)"
+                                                                             if len(wrong) > 5 else ""))
+    else:
+        out.add("runs and their evidence", "verified", f"{len(recorded)} finished runs, each with its own evidence "
+                f"as its record names it; {len(events)} phase_finished events, each naming a recorded run")
+    return out
 
 
 def _authors_on_record(project: Project, state) -> PhaseVerification:

@@ -106,6 +106,10 @@ def test_a_forged_validation_figure_does_not_recompute(wf, project_copy):
     code, result = _verify(wf, project_copy, "baseline", "--seed", "1")
     figures = next(c for n, c in _claims(result, "baseline").items() if n.endswith("validation figures"))
     assert code == 1 and figures["status"] == "failed" and "(recorded 1)" in figures["detail"]
+    # the run's own copy of its evidence (.wf/evidence/runs/) still says what the run recorded
+    code, result = _verify(wf, project_copy, "--all", "--seed", "1")
+    history = _claims(result, "history")["runs and their evidence"]
+    assert code == 1 and history["status"] == "failed" and "its evidence file holds" in history["detail"]
 
 
 def test_a_forged_training_history_fails_its_replay(wf, project_copy):
