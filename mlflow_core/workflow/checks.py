@@ -26,6 +26,7 @@ from mlflow_core.workflow.facts import (
 from mlflow_core.workflow.noise import mcc_beyond_chance
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import ProjectState
+from mlflow_core.workflow.units import percent
 
 
 @dataclass(frozen=True)
@@ -159,9 +160,10 @@ def _loss_decreased(ctx: CheckContext) -> CheckResult:
     if f.epochs_completed < 2:
         return CheckResult(False, "needs at least two epochs to compare")
     fall = 1 - best / first if first > 0 else 0.0
-    shown = f"train loss {first:.4g} (epoch 1) → best {best:.4g} ({-fall:+.0%})"
+    shown = f"train loss {first:.4g} (epoch 1) → best {best:.4g} (−{percent(fall)})" if fall > 0 else \
+        f"train loss {first:.4g} (epoch 1) → best {best:.4g}"
     if fall < MIN_LOSS_FALL:
-        return CheckResult(False, f"{shown}: a fall under {MIN_LOSS_FALL:.0%} does not show learning")
+        return CheckResult(False, f"{shown}: a fall under {percent(MIN_LOSS_FALL)} does not show learning")
     return CheckResult(True, shown)
 
 
@@ -182,8 +184,8 @@ def _beats_chance(ctx: CheckContext) -> CheckResult:
                            f"wf, or no epoch was validated); run `wf phase {ctx.phase}` again")
     weighed = mcc_beyond_chance(float(mcc), chance.count)
     epoch = f.best.epoch if f.best else "?"
-    against = (f"val accuracy {float(accuracy):.1%} against {chance.majority_share:.1%} for always predicting the "
-               f"majority class" if isinstance(accuracy, float | int) else "")
+    against = (f"val accuracy {percent(float(accuracy))} against {percent(chance.majority_share)} for always "
+               "predicting the majority class" if isinstance(accuracy, float | int) else "")
     shown = (f"best epoch {epoch}: val MCC {float(mcc):.3f}, a predictor that learned nothing scores 0 ± "
              f"{weighed.noise:.3f} over {chance.count:,} {chance.units}; {against}")
     if not weighed.stands_out:
