@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from mlflow_core.config.loader import load_config
 from mlflow_core.config.schema import WorkflowConfig
@@ -38,6 +39,7 @@ from mlflow_core.workflow.facts import (
 )
 from mlflow_core.workflow.fingerprints import flatten
 from mlflow_core.workflow.project import Project
+from mlflow_core.workflow.records import first_problem
 from mlflow_core.workflow.verification import PhaseVerification, config_difference, expected_config
 
 # Validation figures recomputed on a GPU may differ in the last bits (kernels reduce in other orders);
@@ -91,7 +93,11 @@ class _Recompute:
                      f"{differs}")
             return False
         if self.cfg is None:
-            self.cfg = WorkflowConfig.model_validate(config)
+            try:
+                self.cfg = WorkflowConfig.model_validate(config)
+            except ValidationError as exc:
+                self.add("config", "failed", f"{source} carries a config that does not validate: {first_problem(exc)}")
+                return False
             self.add("config", "verified", f"{source} carries the config the evidence records")
         return True
 
@@ -283,7 +289,10 @@ def _verify_export(project: Project, facts: FinalizationFacts, exported: dict[in
     if file_sha256(path) != record.sha256:
         out.add(name, "failed", "the file is not the one the evidence records (its sha256 differs)")
         return
-    digest = weights_sha256(load_checkpoint(path)["model"])
+    digest = _digest(load_checkpoint(path))
+    if digest is None:
+        out.add(name, "failed", "the file holds no weights")
+        return
     expected = exported.get(facts.exported_seed) if facts.exported_seed is not None else None
     if expected is None:
         out.add(name, "unverifiable", f"the exported member (seed {facts.exported_seed}) was not recomputed")
@@ -324,7 +333,10 @@ def _verify_best_checkpoint(work: _Recompute, best: Any) -> None:
                                                                              best.path):
         return
     recorded = run.weights.get(best.epoch)
-    weights = weights_sha256(checkpoint["model"])
+    weights = _digest(checkpoint)
+    if weights is None:
+        work.add(name, "failed", "the file holds no weights")
+        return
     if recorded is None:
         work.add(name, "unverifiable", f"the evidence records no weights digest for epoch {best.epoch}")
         return
@@ -335,10 +347,16 @@ def _verify_best_checkpoint(work: _Recompute, best: Any) -> None:
     work.add(name, "verified", f"the file the evidence names, holding the weights epoch {best.epoch} ended with "
              f"({weights[:12]})")
     work.say(f"Evaluating {best.path} on the {run.split} split again")
-    trainer = work.trainer("verify-best")
-    trainer.build()
-    trainer.model.load_state_dict(checkpoint["model"])
-    figures, keys = _figures(work, trainer, run)
+    try:
+        trainer = work.trainer("verify-best")
+        trainer.build()
+        trainer.model.load_state_dict(checkpoint["model"])
+        figures, keys = _figures(work, trainer, run)
+    except UserInputError:
+        raise  # the project's data or model cannot be built: bad input, said as such
+    except Exception as exc:  # a forged file can break evaluation anywhere: a claim that does not recompute
+        work.add(f"{name}: {run.split} figures", "failed", f"could not be evaluated again: {_error(exc)}")
+        return
     compared = [k for k in keys if k in run.figures and k in figures]
     if not compared:
         work.add(f"{name}: {run.split} figures", "unverifiable", f"the evidence records no {run.split} figures of it")
@@ -404,7 +422,11 @@ def _verify_training_states(work: _Recompute, segments: int, rng: random.Random)
             work.add("training (replay)", "unverifiable", f"the run trained on {state['world_size']} processes; "
                      "`wf verify` re-trains single-process runs only")
             return
-        loaded[epoch] = weights_sha256(state["model"])
+        digest = _digest(state)
+        if digest is None:
+            work.add(f"training state of epoch {epoch}", "failed", f"{path.name} holds no weights")
+            return
+        loaded[epoch] = digest
     _verify_chain(work, loaded, weights)
     replayable = [e for e in replay.epochs if e in weights]
     for epoch in sorted(rng.sample(replayable, min(segments, len(replayable)))):
@@ -441,6 +463,9 @@ def _replay(work: _Recompute, epoch: int, state: Path, recorded: Any) -> None:
         trainer.fit(max_steps=recorded.step)
     except UserInputError as exc:
         work.add(f"training epoch {epoch} (replay)", "failed", exc.message)
+        return
+    except Exception as exc:  # a forged state can break training anywhere: a claim that does not recompute
+        work.add(f"training epoch {epoch} (replay)", "failed", f"could not be re-trained: {_error(exc)}")
         return
     digest = weights_sha256(trainer.model.state_dict())
     if digest == recorded.sha256:
@@ -491,6 +516,18 @@ def verify_setup(project: Project, facts: SetupFacts, cfg: WorkflowConfig, out: 
         out.add("reproducibility run", "failed" if exact else "unverifiable",
                 f"{rep.steps} steps trained again: the weights hash to {digest[:12]}, setup recorded "
                 f"{rep.weights_sha256[:12]}" + ("" if exact else " (on a GPU, kernels may differ in the last bits)"))
+
+
+def _digest(payload: dict[str, Any]) -> str | None:
+    """The digest of the weights a checkpoint or state holds, None when it holds none."""
+    weights = payload.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return None
+    return weights_sha256(weights)
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
 def _agree(now: Any, recorded: Any, exact: bool) -> bool:
