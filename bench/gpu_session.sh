@@ -5,7 +5,9 @@
 #      utilization and data wait (goal: ≥ 90 % and < 5 %), against the same run in plain fp32;
 #   2. the trainer against a hand-written loop on resnet18 (goal: ratio ≤ 1.02, weights identical);
 #   3. `resume_difference.py --device cuda`: the resumed run's weights against the device's own
-#      run-to-run difference.
+#      run-to-run difference;
+#   4. `verify_device.py --device cuda`: how far `wf verify`'s recomputed figures and re-trained epochs
+#      land from what the run recorded (the GPU tolerances runners/verification.py applies).
 #
 #   bash bench/gpu_session.sh [OUT_DIR]        (default: $OUT on the device machine, else bench/results)
 #
@@ -24,3 +26,4 @@ timeout 210 "$py" bench/sentinel2_template_gpu.py --train 4096 --epochs 3 --batc
 timeout 150 "$py" bench/trainer_overhead.py --device cuda --model resnet18 --repeats 3 --epochs 2 2>&1 \
   | tee "$out/gpu_overhead_$stamp.log"
 timeout 120 "$py" bench/resume_difference.py --device cuda --epochs 2 2>&1 | tee "$out/gpu_resume_$stamp.log"
+timeout 120 "$py" bench/verify_device.py --device cuda --repeats 3 2>&1 | tee "$out/gpu_verify_$stamp.log"
