@@ -52,10 +52,20 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Settings that change no computation: where a run's figures go and how often the GPU is sampled, and
+# which training states are kept for `wf verify` (a hard link, never a draw). Turning a tracker on after
+# a gate passed re-opens nothing. tests/unit/training/test_no_computation.py trains with each changed
+# and holds the weights bit-equal; anything that can change a weight, a stop or a verdict counts.
+NO_COMPUTATION = ("monitoring.tensorboard", "monitoring.wandb", "monitoring.wandb_project", "monitoring.mlflow",
+                  "monitoring.mlflow_uri", "monitoring.mlflow_log_checkpoints", "monitoring.gpu_sample_interval_s",
+                  "checkpointing.replay_every_n_epochs")
+
+
 def vouched(values: dict[str, Any], phase: str) -> dict[str, Any]:
-    """Of a config's dotted settings, those a gate of `phase` vouches for: all but later phases'."""
+    """Of a config's dotted settings, those a gate of `phase` vouches for: all but later phases' and
+    those that change no computation."""
     skip = LATER_SECTIONS.get(phase, ())
-    return {k: v for k, v in values.items() if k.split(".", 1)[0] not in skip}
+    return {k: v for k, v in values.items() if k.split(".", 1)[0] not in skip and k not in NO_COMPUTATION}
 
 
 def config_sha256(values: dict[str, Any]) -> str:

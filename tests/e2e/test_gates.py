@@ -357,3 +357,16 @@ def test_a_message_quoting_a_checklist_line_shows_it_as_written(wf, project_copy
     path.write_text(path.read_text().replace("- [ ] Model card reviewed", "- [x]Model card reviewed"))
     assert "'- [x]Model card reviewed" in wf("gate", "check", "finalization", cwd=project_copy).err
     assert "- [x]Model card" in wf("status", cwd=project_copy).out.replace("│", "").replace("\n", "")
+
+
+def test_turning_a_tracker_on_after_the_gates_passed_reopens_nothing(wf, project_copy):
+    """Trackers change no computation (fingerprints.NO_COMPUTATION): the gates stay as they were, and
+    the next run may start; a setting that trains differently still re-opens them."""
+    _ready_to_finalize(wf, project_copy)
+    configure(project_copy, [("monitoring.tensorboard", "true"), ("monitoring.mlflow", "true"),
+                             ("monitoring.mlflow_uri", "http://127.0.0.1:1")])
+    code, gates = _gate(wf, project_copy, None, "--all")
+    assert code == 0 and all(not g["drift"] for g in gates["gates"]), gates
+    configure(project_copy, [("training.learning_rate", "0.002")])
+    code, gates = _gate(wf, project_copy, None, "--all")
+    assert code == 1 and "training.learning_rate" in gates["gates"][0]["drift"][0]["detail"]
