@@ -118,7 +118,7 @@ class PhaseRun:
 def adopt_study_trials(store: Store, study: str, parent: str) -> int:
     """Trial runs that sweep workers logged on their own (tagged with their study), nested under the
     phase's run once `wf phase optimization` gathers the study. Returns how many it nested."""
-    found = store.call("find the study's trials", store.client.search_runs, [store.experiment_id],
+    found = store.call("find the study's trials", "search_runs", [store.experiment_id],
                        filter_string=f"tags.`wf.study` = '{study}' and tags.`wf.kind` = 'trial'", max_results=10000)
     adopted = 0
     for run in found or []:

@@ -25,6 +25,8 @@ from typing import Any
 from mlflow_core.errors import UserInputError
 
 MLFLOW_DB = "mlflow.db"
+RETRIES, BACKOFF = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+REMOTE_RETRIES, REMOTE_BACKOFF = 4, 2  # urllib3's backoff: 2, 4, 8, 16 s between tries, half a minute in all
 ARTIFACTS_DIR = "mlartifacts"
 PARAMS_PER_CALL, METRICS_PER_CALL = 100, 1000  # MLflow's limits per log_batch
 MAX_PARAM_VALUE, MAX_TAG_VALUE, MAX_KEY = 6000, 8000, 250
@@ -96,8 +98,10 @@ class Store:
         self.notify = notify  # where the one warning goes besides the log (the phase's messages)
         self.pending: list[Any] = []  # batches sent without waiting, until flush
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no calls home from a training job
-        if uri.startswith(("http://", "https://")):  # MLflow's defaults retry for about four minutes
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        remote = uri.startswith(("http://", "https://"))
+        chosen = {k for k in (RETRIES, BACKOFF) if k in os.environ}  # the user's own settings win
+        if remote:  # MLflow's defaults retry for about four minutes: opening gives up at once
+            os.environ.setdefault(RETRIES, "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         try:
             with root_logging_kept():
@@ -106,6 +110,10 @@ class Store:
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             self.experiment_id = _experiment_id(client, experiment, artifact_root)
             self.client = client
+            if remote:  # open: a server that drops a call mid-run is tried again, 2+4+8+16 s at most
+                for key, value in ((RETRIES, str(REMOTE_RETRIES)), (BACKOFF, str(REMOTE_BACKOFF))):
+                    if key not in chosen:
+                        os.environ[key] = value
         except Exception as exc:  # MLflow raises many kinds (connection, schema, sqlite): tracking stops
             self._failed("cannot open the store", exc)
 
@@ -114,9 +122,13 @@ class Store:
         return self.client is not None
 
     def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`fn` (a callable, or the name of an MlflowClient method, looked up only while the store is
+        open) guarded: after the first failure every call is a no-op returning None."""
         if self.client is None:
             return None
         try:
+            if isinstance(fn, str):
+                fn = getattr(self.client, fn)
             return fn(*args, **kwargs)
         except Exception as exc:
             self._failed(what, exc)
@@ -145,7 +157,7 @@ class Store:
 
     def reopen(self, run_id: str) -> bool:
         """A resumed wf run continues its MLflow run: RUNNING again (a kill -9 left it so too)."""
-        self.call("reopen the run", self.client.update_run, run_id, status="RUNNING")
+        self.call("reopen the run", "update_run", run_id, status="RUNNING")
         return self.ok
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
@@ -153,14 +165,14 @@ class Store:
 
         entries = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in tags.items()]
         for start in range(0, len(entries), PARAMS_PER_CALL):
-            self.call("set tags", self.client.log_batch, run_id, tags=entries[start:start + PARAMS_PER_CALL])
+            self.call("set tags", "log_batch", run_id, tags=entries[start:start + PARAMS_PER_CALL])
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         """The flattened config. A resumed run logs only keys it lacks (MLflow refuses a changed
         value): a value that changed is tagged `wf.param_drift`, never an error."""
         from mlflow.entities import Param
 
-        run = self.call("read the run", self.client.get_run, run_id)
+        run = self.call("read the run", "get_run", run_id)
         if run is None:
             return
         logged = run.data.params
@@ -170,7 +182,7 @@ class Store:
             log.warning("MLflow: params longer than %d characters not logged: %s", MAX_PARAM_VALUE, ", ".join(long))
         new = [Param(k, v) for k, v in params.items() if k not in logged and len(v) <= MAX_PARAM_VALUE]
         for start in range(0, len(new), PARAMS_PER_CALL):
-            self.call("log params", self.client.log_batch, run_id, params=new[start:start + PARAMS_PER_CALL])
+            self.call("log params", "log_batch", run_id, params=new[start:start + PARAMS_PER_CALL])
         if drift:
             self.set_tags(run_id, {"wf.param_drift": ", ".join(drift)})
 
@@ -186,18 +198,18 @@ class Store:
         metrics = [Metric(metric_key(k), float(v), now, int(s)) for k, v, s in rows
                    if isinstance(v, (int, float)) and math.isfinite(v)]
         for start in range(0, len(metrics), METRICS_PER_CALL):
-            operations = self.call("log metrics", self.client.log_batch, run_id,
+            operations = self.call("log metrics", "log_batch", run_id,
                                    metrics=metrics[start:start + METRICS_PER_CALL], synchronous=wait)
             if operations is not None:
                 self.pending.append(operations)
 
     def last_step(self, run_id: str, key: str) -> int | None:
-        history = self.call("read a metric", self.client.get_metric_history, run_id, metric_key(key))
+        history = self.call("read a metric", "get_metric_history", run_id, metric_key(key))
         return max((m.step for m in history), default=None) if history else None
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         if path.is_file():
-            self.call(f"log {path.name}", self.client.log_artifact, run_id, str(path), artifact_path)
+            self.call(f"log {path.name}", "log_artifact", run_id, str(path), artifact_path)
 
     def finish(self, run_id: str, status: str) -> None:
         """FINISHED, FAILED or KILLED, after whatever is still queued has reached the store."""
@@ -216,7 +228,7 @@ class Store:
             self.call("end the run", store.update_run_info, run_id, run_status=RunStatus.from_string(status),
                       end_time=int(time.time() * 1000), run_name=None)
         else:
-            self.call("end the run", self.client.set_terminated, run_id, status=status)
+            self.call("end the run", "set_terminated", run_id, status=status)
 
     def flush(self) -> None:
         """Wait for the batches sent without waiting (their RunOperations), not for MLflow's whole
