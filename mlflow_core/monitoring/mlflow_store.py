@@ -27,6 +27,7 @@ from mlflow_core.errors import UserInputError
 MLFLOW_DB = "mlflow.db"
 RETRIES, BACKOFF = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
 REMOTE_RETRIES, REMOTE_BACKOFF = 4, 2  # urllib3's backoff: 2, 4, 8, 16 s between tries, half a minute in all
+_SET_BY_WF: set[str] = set()  # the MLflow variables wf set in this process (a user's own are never changed)
 ARTIFACTS_DIR = "mlartifacts"
 PARAMS_PER_CALL, METRICS_PER_CALL = 100, 1000  # MLflow's limits per log_batch
 MAX_PARAM_VALUE, MAX_TAG_VALUE, MAX_KEY = 6000, 8000, 250
@@ -99,9 +100,11 @@ class Store:
         self.pending: list[Any] = []  # batches sent without waiting, until flush
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no calls home from a training job
         remote = uri.startswith(("http://", "https://"))
-        chosen = {k for k in (RETRIES, BACKOFF) if k in os.environ}  # the user's own settings win
+        chosen = {k for k in (RETRIES, BACKOFF) if k in os.environ and k not in _SET_BY_WF}  # the user's win
         if remote:  # MLflow's defaults retry for about four minutes: opening gives up at once
-            os.environ.setdefault(RETRIES, "0")
+            if RETRIES not in chosen:
+                os.environ[RETRIES] = "0"
+                _SET_BY_WF.add(RETRIES)
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         try:
             with root_logging_kept():
@@ -114,6 +117,7 @@ class Store:
                 for key, value in ((RETRIES, str(REMOTE_RETRIES)), (BACKOFF, str(REMOTE_BACKOFF))):
                     if key not in chosen:
                         os.environ[key] = value
+                        _SET_BY_WF.add(key)
         except Exception as exc:  # MLflow raises many kinds (connection, schema, sqlite): tracking stops
             self._failed("cannot open the store", exc)
 
