@@ -71,7 +71,8 @@ class PhaseRun:
 
     @classmethod
     def start(cls, project_root: Path, cfg: Any, phase: str, wf_run_id: str, run_dir: Path,
-              tags: dict[str, Any], existing: str | None = None, notify: Any = None) -> PhaseRun | None:
+              tags: dict[str, Any], existing: str | None = None, notify: Any = None,
+              data: dict[str, Any] | None = None) -> PhaseRun | None:
         """The phase's run: `existing` (a resume) reopened, else a new one. None when tracking is
         off or the store cannot be reached (said once; the phase goes on)."""
         monitoring = cfg.monitoring
@@ -88,6 +89,12 @@ class PhaseRun:
         from mlflow_core.monitoring.mlflow_store import flatten
 
         store.log_params(run_id, flatten(cfg.model_dump(mode="json")))
+        if data and data.get("sha256") and not existing:
+            splits = data.get("splits") or {}
+            store.log_dataset(run_id, name=f"{cfg.project.name}: {data.get('source')} data",
+                              digest=data["sha256"], source=str(data.get("root") or data.get("source")),
+                              profile={"source": data.get("source"), **{k: v.get("files") for k, v in splits.items()
+                                                                         if isinstance(v, dict)}})
         return cls(store, run_id, phase, run_dir, monitoring.mlflow_log_checkpoints)
 
     def link(self) -> TrainingLink:

@@ -153,7 +153,10 @@ class Store:
     # -- runs ------------------------------------------------------------------------------------------
 
     def create_run(self, name: str, tags: dict[str, str], parent: str | None = None) -> str | None:
-        tags = {k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()}
+        """A run named `name` with wf's tags over MLflow's own context tags (mlflow.user,
+        mlflow.source.name and .type, the git commit: what Lightning and transformers get from
+        resolve_tags), nested under `parent` when given."""
+        tags = {k: str(v)[:MAX_TAG_VALUE] for k, v in _with_context(tags).items()}
         if parent:
             tags["mlflow.parentRunId"] = parent
         run = self.call("create a run", lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))
@@ -211,6 +214,18 @@ class Store:
         history = self.call("read a metric", "get_metric_history", run_id, metric_key(key))
         return max((m.step for m in history), default=None) if history else None
 
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
+        """The data a run trained on as its dataset input: named, with wf's data fingerprint as digest
+        (MLflow keeps 36 characters of it) and each split's size as profile."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name[:500], digest=digest[:36], source_type="local", source=source[:1000],
+                          profile=json.dumps(profile))
+        self.call("log the dataset", "log_inputs", run_id,
+                  datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         if path.is_file():
             self.call(f"log {path.name}", "log_artifact", run_id, str(path), artifact_path)
@@ -240,6 +255,17 @@ class Store:
         pending, self.pending = self.pending, []
         for operations in pending:
             self.call("send metrics", operations.wait)
+
+
+def _with_context(tags: dict[str, Any]) -> dict[str, Any]:
+    """MLflow's context tags under wf's (wf's win), as MLflow's fluent start_run would add them."""
+    try:
+        with root_logging_kept():
+            from mlflow.tracking.context.registry import resolve_tags
+
+            return resolve_tags(tags)
+    except Exception:  # a context provider that fails (git, an odd environment) leaves wf's tags as they are
+        return dict(tags)
 
 
 _STORES: dict[tuple[str, str], Store] = {}

@@ -27,7 +27,7 @@ def open_phase_tracking(project: Project, cfg: Any, run: RunRecord, verified: di
             **({"mlflow.source.git.commit": commit} if commit else {})}
     tracking = PhaseRun.start(project.root, cfg, run.phase, run.run_id, project.inside(run.dir),
                               {k: v for k, v in tags.items() if v}, existing=run.mlflow_run_id if resuming else None,
-                              notify=say)
+                              notify=say, data=verified.get("data"))
     if tracking is not None:
         run.mlflow_run_id, run.mlflow_uri = tracking.run_id, tracking.store.uri
     return tracking

@@ -74,6 +74,11 @@ def test_quickstart_with_mlflow_leaves_finished_runs_with_params_every_step_and_
     assert record["mlflow_run_id"] == baseline.info.run_id
     assert len(baseline.data.params) >= 10 and baseline.data.params["training.learning_rate"] == "0.001"
     assert baseline.data.tags["wf.gate.baseline"] == "open" and baseline.data.tags["wf.passed"] == "true"
+    # MLflow's own context tags, as its fluent API would set them, and the data as the run's dataset input
+    assert baseline.data.tags["mlflow.user"] and baseline.data.tags["mlflow.source.name"]
+    setup_facts = json.loads((project / ".wf" / "evidence" / "setup.json").read_text())["facts"]
+    (dataset,) = [d.dataset for d in baseline.inputs.dataset_inputs]
+    assert dataset.digest == setup_facts["fingerprints"]["data"]["sha256"][:36] and "digits" in dataset.name
     steps = (project / record["dir"] / "logs" / "steps.csv").read_text().splitlines()[1:]
     history = client.get_metric_history(baseline.info.run_id, "train/loss")
     assert sorted(m.step for m in history) == [int(row.split(",")[0]) for row in steps]  # one point a step
