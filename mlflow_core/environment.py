@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mlflow_core import __version__
 from mlflow_core.monitoring.nvml import GpuSampler
 
 KEY_PACKAGES = ("wf", "torch", "torchvision", "numpy", "scikit-learn", "pydantic", "nvidia-ml-py",
@@ -97,8 +98,8 @@ def capture_environment(project_root: Path, gpu_sampler: GpuSampler | None = Non
 
     packages = {}
     for name in KEY_PACKAGES:
-        try:
-            packages[name] = metadata.version(name)
+        try:  # wf's own version is the engine's (its distribution is named wf-phases)
+            packages[name] = __version__ if name == "wf" else metadata.version(name)
         except metadata.PackageNotFoundError:
             packages[name] = None
     sampler = gpu_sampler or GpuSampler()

@@ -33,7 +33,7 @@ def init(directory: Path = typer.Argument(..., help="Project directory (created 
 
 def quickstart(directory: Path = typer.Argument(Path("wf-quickstart"), help="Project directory to create."),
                mlflow: bool = typer.Option(False, "--mlflow", help="Track the runs in MLflow too "
-                                           "(monitoring.mlflow: true, in the project's mlflow.db; needs wf[mlflow]).")
+                                           "(monitoring.mlflow: true, in the project's mlflow.db; needs wf-phases[mlflow]).")
                ) -> None:
     """init (digits) + setup + baseline in one go: a verified, reviewable baseline in under a minute."""
     from mlflow_core.cli.phase_cmds import run_with_display

@@ -27,19 +27,19 @@ class MonitoringSection(Section):
     tensorboard: bool = Field(False, description="Also write TensorBoard events to runs/<run>/tensorboard/: "
                               "per-step loss, gradient norm, LR and GPU use, per-epoch metrics, and the "
                               "hyperparameters with the run's results (`tensorboard --logdir runs`). Needs "
-                              "pip install 'wf[tensorboard]'.")
+                              "pip install 'wf-phases[tensorboard]'.")
     wandb: bool = Field(False, description="Also log each run to Weights & Biases: the resolved config, per-step "
                         "loss, gradient norm and LR per monitoring window, epoch metrics, wf's own GPU figures, and "
                         "the results. Offline (runs/<run>/wandb/, uploaded later with `wandb sync`) unless "
                         "WANDB_MODE says otherwise; a missing key or network never stops a run. Needs "
-                        "pip install 'wf[wandb]'.")
+                        "pip install 'wf-phases[wandb]'.")
     wandb_project: str | None = Field(None, description="The W&B project (default: project.name).")
     mlflow: bool = Field(False, description="Also track each run in MLflow: one MLflow run per wf run (trials, "
                          "comparison runs and final seeds nested under their phase's run), the flattened config as "
                          "params, per-step and per-epoch figures, wf's GPU figures, the report and metrics.json as "
                          "artifacts; finalization registers the verified model, `wf release` sets its alias. Store: "
                          "MLFLOW_TRACKING_URI, else mlflow_uri, else the project's mlflow.db. Never stops a run. "
-                         "Needs pip install 'wf[mlflow]'.")
+                         "Needs pip install 'wf-phases[mlflow]'.")
     mlflow_uri: str | None = Field(None, description="The MLflow tracking URI (default: sqlite:///<project>/mlflow.db; "
                                    "MLFLOW_TRACKING_URI wins over it).")
     mlflow_log_checkpoints: bool = Field(False, description="Also log each training run's best checkpoint and its "
@@ -122,7 +122,7 @@ class FinalizationSection(Section):
         "the scores without it too. Image data only.")
     export: list[Literal["state_dict", "torch_export", "onnx"]] = Field(
         ["state_dict", "torch_export"], description="Artifacts to write to export/, each reloaded and compared "
-        "with the trained model on a test batch. onnx needs the onnx extra (pip install 'wf[onnx]'), "
+        "with the trained model on a test batch. onnx needs the onnx extra (pip install 'wf-phases[onnx]'), "
         "verified with onnxruntime.")
     export_tolerance: float = Field(1e-4, gt=0.0, description="Largest absolute difference of the logits "
                                     "between the trained model and a reloaded export.")

@@ -53,7 +53,7 @@ def require_mlflow() -> None:
 
     if importlib.util.find_spec("mlflow") is None:
         raise UserInputError("monitoring.mlflow is on and the mlflow package is not installed.",
-                             hint="Install it with `pip install 'wf[mlflow]'`, or set monitoring.mlflow: false.")
+                             hint="Install it with `pip install 'wf-phases[mlflow]'`, or set monitoring.mlflow: false.")
 
 
 def tracking_uri(project_root: Path, configured: str | None) -> str:

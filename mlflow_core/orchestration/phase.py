@@ -132,7 +132,7 @@ def run_sweep_worker(project: Project, override_reason: str | None = None,
     missing = missing_training_stack()
     if missing:
         raise UserInputError(f"`wf phase optimization --worker` needs the training stack, and {', '.join(missing)} "
-                             "is not installed.", hint="Install it with `pip install 'wf[train]'`.")
+                             "is not installed.", hint="Install it with `pip install 'wf-phases[train]'`.")
     preflight(project, cfg, "optimization")
     verdict = entry_verdict(project, load_state(project), "optimization")
     if not verdict.allowed:
@@ -172,7 +172,7 @@ def _run_phase(project: Project, phase: str, override_reason: str | None,
     if missing:
         raise UserInputError(f"`wf phase {phase}` needs the training stack, and {', '.join(missing)} "
                              "is not installed; nothing was changed.",
-                             hint="Install it with `pip install 'wf[train]'` (the README's install includes it).")
+                             hint="Install it with `pip install 'wf-phases[train]'` (the README's install includes it).")
     preflight(project, cfg, phase)  # the packages, the project's model and data code: exit 2, nothing written
     with unchanged_on_failure(project):
         return _start_or_resume(project, state, definition, cfg, override_reason, on_progress, say, resume,

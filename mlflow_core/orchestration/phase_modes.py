@@ -64,7 +64,7 @@ def _launch_args(name: str, world: Any, override_gate: str | None, resume: bool,
                              f"{', '.join(DISTRIBUTED_PHASES)}.")
     if missing_training_stack():
         raise UserInputError("--nproc-per-node needs the training stack (torch).",
-                             hint="Install it with `pip install 'wf[train]'`.")
+                             hint="Install it with `pip install 'wf-phases[train]'`.")
     Project.find()  # not a project: exit 2 here, not once per process
     args = ["phase", name, *(["--smoke"] if smoke else []), *(["--resume"] if resume else []),
             *(["--override-gate", override_gate] if override_gate is not None else [])]

@@ -72,7 +72,7 @@ def _smoke_phase(project: Project, phase: str, on_progress: Callable[[Any], None
     missing = missing_training_stack()
     if missing:
         raise UserInputError(f"`wf phase {phase} --smoke` needs the training stack, and {', '.join(missing)} is "
-                             "not installed.", hint="Install it with `pip install 'wf[train]'`.")
+                             "not installed.", hint="Install it with `pip install 'wf-phases[train]'`.")
     say = on_message or (lambda _m: None)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"wf-smoke-{phase}-") as tmp:

@@ -11,7 +11,7 @@ from typing import Any
 from mlflow_core.atomic import atomic_write_bytes
 from mlflow_core.workflow.facts import OptimizationFacts
 
-NO_MATPLOTLIB = "matplotlib is not installed (pip install 'wf[train]'); no pictures"
+NO_MATPLOTLIB = "matplotlib is not installed (pip install 'wf-phases[train]'); no pictures"
 
 
 def _pyplot() -> Any:

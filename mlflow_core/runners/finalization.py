@@ -246,7 +246,7 @@ def _export_onnx(model, cfg, data, export_dir, batch, ctx):
 
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:  # reported as the export's outcome; the other exports go on
-        raise ImportError(f"{' and '.join(missing)} not installed (pip install 'wf[onnx]')")
+        raise ImportError(f"{' and '.join(missing)} not installed (pip install 'wf-phases[onnx]')")
     from torch.export import Dim
 
     path = export_dir / "model.onnx"

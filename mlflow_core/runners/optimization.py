@@ -55,7 +55,7 @@ def run_optimization(ctx: RunContext) -> RunOutput:
         import optuna
     except ImportError:
         raise UserInputError("`wf phase optimization` needs Optuna, which is not installed.",
-                             hint="Install it with `pip install 'wf[tune]'` (the README's dev install includes it).") from None
+                             hint="Install it with `pip install 'wf-phases[tune]'` (the README's dev install includes it).") from None
 
     cfg, opt, say = ctx.cfg, ctx.cfg.optimization, ctx.on_message
     maximize = cfg.validation.mode == "max"
@@ -116,7 +116,7 @@ def run_worker(ctx: RunContext) -> tuple[int, int]:
         import optuna
     except ImportError:
         raise UserInputError("`wf phase optimization --worker` needs Optuna, which is not installed.",
-                             hint="Install it with `pip install 'wf[tune]'`.") from None
+                             hint="Install it with `pip install 'wf-phases[tune]'`.") from None
     study, _, _, objective = _sweep(optuna, ctx, build_data(ctx.cfg, ctx.project.root))
     requeue_abandoned_trials(optuna, study, ctx)
     ran = run_trials(optuna, ctx, study, objective)

@@ -105,7 +105,7 @@ def open_storage(optuna: Any, url: str, project_root: Path) -> Any:
         except ImportError:
             raise UserInputError(f"optimization.storage {url.split('@')[-1]!r}: PostgreSQL needs the psycopg driver, "
                                  "which is not installed (Optuna would say only \"Failed to import DB access "
-                                 "module\").", hint="Install it with `pip install 'wf[postgres]'`.") from None
+                                 "module\").", hint="Install it with `pip install 'wf-phases[postgres]'`.") from None
     return url
 
 

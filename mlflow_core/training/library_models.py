@@ -29,7 +29,7 @@ def build_library_model(cfg: Any, num_classes: int, in_channels: int, record: di
     if library in EXTRAS and importlib.util.find_spec(EXTRAS[library][0]) is None:
         module, extra = EXTRAS[library]
         raise UserInputError(f"model.name {cfg.name!r} needs {module}, which is not installed.",
-                             hint=f"Install it with `pip install 'wf[{extra}]'`.")
+                             hint=f"Install it with `pip install 'wf-phases[{extra}]'`.")
     build = {"torchvision": _torchvision, "timm": _timm, "smp": _smp}[library]
     return build(builder, cfg, num_classes, in_channels, record if record is not None else {})
 

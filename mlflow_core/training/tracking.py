@@ -26,7 +26,7 @@ def require_tensorboard() -> None:
 
     if importlib.util.find_spec("tensorboard") is None:
         raise UserInputError("monitoring.tensorboard is on and the tensorboard package is not installed.",
-                             hint="Install it with `pip install 'wf[tensorboard]'`, or set "
+                             hint="Install it with `pip install 'wf-phases[tensorboard]'`, or set "
                              "monitoring.tensorboard: false.")
 
 
@@ -108,7 +108,7 @@ def require_wandb() -> None:
 
     if importlib.util.find_spec("wandb") is None:
         raise UserInputError("monitoring.wandb is on and the wandb package is not installed.",
-                             hint="Install it with `pip install 'wf[wandb]'`, or set monitoring.wandb: false.")
+                             hint="Install it with `pip install 'wf-phases[wandb]'`, or set monitoring.wandb: false.")
 
 
 class WandbTracker:

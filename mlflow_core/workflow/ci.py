@@ -7,6 +7,7 @@ can run it without access to secrets or write permissions."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,9 +73,15 @@ def _github_verify_job(workdir: str, install: str, label: str) -> str:
 
 
 def _with_train(install: str) -> str:
-    """The requirement with the `train` extra (torch): verify trains and evaluates."""
-    if "[" in install or "@" in install or "://" in install or "/" in install:
-        return install  # a URL or a path, or extras given: the user's spec as it is
+    """The requirement with the `train` extra (torch): verify trains and evaluates. A bare URL, or a
+    requirement that names its extras, is the user's as it is."""
+    if " @ " in install:
+        name, url = install.split(" @ ", 1)
+        return install if "[" in name else f"{name.strip()}[train] @ {url}"
+    if install.startswith((".", "/")) and "[" not in install:
+        return f"{install}[train]"
+    if "://" in install or "[" in install or "@" in install:
+        return install
     name, sep, version = install.partition("==")
     return f"{name}[train]{sep}{version}"
 
@@ -173,11 +180,71 @@ wf-gates:
                              f"{own.relative_to(repo).as_posix()}}}` to it, then commit both")
 
 
+DISTRIBUTION = "wf-phases"  # the name on the package index ("wf" there is another project's)
+
+
+@dataclass(frozen=True)
+class InstallSpec:
+    requirement: str  # what the job's pip installs
+    how: str  # where it comes from, said after writing
+
+
+def default_install(project_root: Path) -> InstallSpec:
+    """How the job gets this very wf, never a stranger's package of the same name: the git checkout
+    this wf runs from (at its commit: its remote's URL, or a path inside the project's repository),
+    else the distribution pinned to this version."""
+    source = Path(__file__).resolve().parents[2]  # the checkout, when wf runs from one (an editable install)
+    if not (source / "pyproject.toml").is_file() or not (source / "mlflow_core").is_dir():
+        return InstallSpec(f"{DISTRIBUTION}=={__version__}", f"{DISTRIBUTION} {__version__} from your package index "
+                           "(give --install for another source)")
+    commit, remote = _git(source, "rev-parse", "HEAD"), _git(source, "remote", "get-url", "origin")
+    if remote and ("://" not in remote or remote.startswith("file://")) and not _scp_like(remote):
+        remote = None  # a clone of a folder on this machine: the checkout itself holds the commit
+    repo = repository_root(project_root).resolve()
+    if source == repo or repo in source.parents:  # wf is part of the project's repository
+        relative = Path(os.path.relpath(source, repo)).as_posix()
+        return InstallSpec(f"./{relative}" if relative != "." else ".",
+                           f"the wf checkout in this repository ({relative})")
+    if commit and remote:
+        url = _pip_git_url(remote)
+        return InstallSpec(f"{DISTRIBUTION} @ git+{url}@{commit}", f"{remote} at commit {commit[:12]}, the checkout "
+                           "this wf runs from (push that commit, or give --install)")
+    if commit:
+        return InstallSpec(f"{DISTRIBUTION} @ git+file://{source}@{commit}",
+                           f"{source} at commit {commit[:12]}: a path of this machine, which a hosted runner does "
+                           "not have; give --install with your repository's URL")
+    return InstallSpec(f"{DISTRIBUTION}=={__version__}", f"{DISTRIBUTION} {__version__} from your package index "
+                       f"({source} is not a git checkout; give --install for another source)")
+
+
+def _scp_like(remote: str) -> bool:
+    return "://" not in remote and ":" in remote and "@" in remote.split(":", 1)[0]
+
+
+def _pip_git_url(remote: str) -> str:
+    """A git remote as pip's git+ URL wants it: scp-like `git@host:org/repo.git` as ssh://."""
+    if _scp_like(remote):
+        user_host, path = remote.split(":", 1)
+        return f"ssh://{user_host}/{path}"
+    return remote
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def write_ci(project_root: Path, kind: str, install: str | None = None, force: bool = False,
              verify_label: str | None = None) -> CiFile:
     if kind not in CI_KINDS:
         raise UserInputError(f"unknown CI {kind!r}; choose one of: {', '.join(CI_KINDS)}.")
-    spec = install or f"wf=={__version__}"
+    chosen = InstallSpec(install, "--install") if install else default_install(project_root)
+    spec = chosen.requirement
     if any(c in spec for c in "\"\n`$"):
         raise UserInputError(f"--install {spec!r}: a pip requirement has no quotes, backticks, $ or newlines")
     if verify_label is not None and not verify_label.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -189,4 +256,4 @@ def write_ci(project_root: Path, kind: str, install: str | None = None, force: b
                              hint=f"`wf ci init {kind} --force` writes it again.")
     ci.path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(ci.path, ci.text)
-    return ci
+    return dataclasses.replace(ci, note=f"{ci.note}. The job installs wf from {chosen.how}: `{spec}`")

@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mlflow_core import __version__
 from mlflow_core.config.loader import CONFIG_FILENAME, load_config
 from mlflow_core.errors import ConfigError, UserInputError
 from mlflow_core.workflow import datafiles
@@ -152,8 +153,8 @@ def code_fingerprint(cfg: Any, project_root: Path, *, with_git: bool = True) -> 
 def package_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for name in FINGERPRINTED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
+        try:  # wf's own version is the engine's (its distribution is named wf-phases)
+            versions[name] = __version__ if name == "wf" else metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions

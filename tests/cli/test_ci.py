@@ -2,6 +2,7 @@
 
 import shlex
 
+import pytest
 import yaml
 
 from mlflow_core.workflow.scaffold import init_project
@@ -43,7 +44,7 @@ def test_a_github_workflow_for_a_project_in_a_subfolder_of_its_repository(wf, tm
     job = flow["jobs"]["gates"]
     assert job["defaults"]["run"]["working-directory"] == "models/p"
     runs = [s["run"] for s in job["steps"] if "run" in s]
-    assert 'python -m pip install "wf==' in runs[0] and "torch" not in runs[0]
+    assert 'python -m pip install "wf-phases' in runs[0] and "torch" not in runs[0]
     commands = _wf_commands(runs)
     assert ["gate", "check", "--all", "--junit", "gates.xml"] in commands
     assert all(_exists(wf, c, project) for c in commands)
@@ -80,3 +81,29 @@ def test_ci_init_refuses_an_unknown_ci_and_a_quoted_requirement(wf, tmp_path):
     r = wf("ci", "init", "github", "--install", 'wf"; rm -rf /', cwd=project)
     assert r.code == 2 and "a pip requirement has no quotes" in r.err
     assert not (project / ".github").exists()
+
+
+def test_the_job_installs_this_wf_never_a_strangers_package_of_the_same_name(tmp_path):
+    """"wf" on the package index is another project's: the job installs the checkout this wf runs from,
+    at its commit, and the step runs in a fresh virtualenv from a clean clone of the repository."""
+    import subprocess
+    import venv
+
+    from mlflow_core.workflow.ci import _with_train, default_install
+
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    project = init_project(tmp_path / "repo" / "p").root
+    spec = default_install(project)
+    assert spec.requirement.startswith("wf-phases @ git+") or spec.requirement.startswith("wf-phases==")
+    assert not spec.requirement.startswith("wf==") and "wf-phases[train]" in _with_train(spec.requirement)
+    if not spec.requirement.startswith("wf-phases @ git+"):
+        pytest.skip("this wf is not running from a git checkout")
+    env = tmp_path / "venv"
+    venv.create(env, with_pip=True)
+    python = env / "bin" / "python"
+    done = subprocess.run([str(python), "-m", "pip", "install", "-q", spec.requirement], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    shown = subprocess.run([str(env / "bin" / "wf"), "--version"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout.startswith("wf ")
+    assert "torch" not in subprocess.run([str(python), "-m", "pip", "list"], capture_output=True, text=True).stdout

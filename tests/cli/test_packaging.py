@@ -39,7 +39,7 @@ def test_phase_without_torch_is_bad_input_and_writes_nothing(tmp_path):
     out = subprocess.run([sys.executable, "-c", PROBE, "phase", "setup"], cwd=project.root, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2
-    assert "needs the training stack" in out.stderr and "pip install 'wf[train]'" in out.stderr
+    assert "needs the training stack" in out.stderr and "pip install 'wf-phases[train]'" in out.stderr
     assert "Traceback" not in out.stderr
     assert (project.root / ".wf" / "state.json").read_text() == state_before
     assert not (project.root / "runs").exists()

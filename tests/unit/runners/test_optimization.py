@@ -162,5 +162,5 @@ def test_postgresql_without_its_driver_names_the_extra_that_brings_it(tmp_path):
             "try:\n    open_storage(optuna, 'postgresql://wf:secret@db.lab/optuna', Path('.'))\n"
             "except UserInputError as e:\n    print(e.message, e.hint)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "PostgreSQL needs the psycopg driver" in out.stdout and "pip install 'wf[postgres]'" in out.stdout
+    assert "PostgreSQL needs the psycopg driver" in out.stdout and "pip install 'wf-phases[postgres]'" in out.stdout
     assert "secret" not in out.stdout

@@ -61,4 +61,4 @@ def test_wandb_asked_for_but_not_installed_is_bad_input(tmp_path):
             "try:\n    require_wandb()\nexcept UserInputError as e:\n    print(e.message, e.hint)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "monitoring.wandb is on and the wandb package is not installed" in out.stdout
-    assert "pip install 'wf[wandb]'" in out.stdout
+    assert "pip install 'wf-phases[wandb]'" in out.stdout
