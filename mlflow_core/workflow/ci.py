@@ -210,7 +210,8 @@ def default_install(project_root: Path) -> InstallSpec:
         return InstallSpec(f"{DISTRIBUTION} @ git+{url}@{commit}", f"{remote} at commit {commit[:12]}, the checkout "
                            "this wf runs from (push that commit, or give --install)")
     if commit:
-        return InstallSpec(f"{DISTRIBUTION} @ git+file://{source}@{commit}",
+        # file://localhost/…: PEP 508's URL form (packaging refuses file:/// behind `name @`); git takes both
+        return InstallSpec(f"{DISTRIBUTION} @ git+file://localhost{source.as_posix()}@{commit}",
                            f"{source} at commit {commit[:12]}: a path of this machine, which a hosted runner does "
                            "not have; give --install with your repository's URL")
     return InstallSpec(f"{DISTRIBUTION}=={__version__}", f"{DISTRIBUTION} {__version__} from your package index "

@@ -45,7 +45,7 @@ def test_the_verify_jobs_pass_actionlint_and_the_schemas(wf, tmp_path):
     assert wf("ci", "init", "github", "--verify", "--runner-label", "gpu-box", cwd=project).code == 0
     flow = tmp_path / ".github" / "workflows" / "wf-gates.yml"
     text = flow.read_text()
-    assert "runs-on: [self-hosted, gpu-box]" in text and "wf verify --all" in text and 'wf[train]==' in text
+    assert "runs-on: [self-hosted, gpu-box]" in text and "wf verify --all" in text and 'wf-phases[train]' in text
     assert "head.repo.full_name == github.repository" in text  # never a fork's code on the team's runner
     # a custom label is the one thing actionlint asks to have declared (.github/actionlint.yaml)
     assert [f.rsplit("[", 1)[1] for f in actionlint(flow)] == ["runner-label]"]

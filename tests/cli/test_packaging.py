@@ -17,7 +17,7 @@ def test_wheel_ships_the_content(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                           "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    names = zipfile.ZipFile(next(tmp_path.glob("wf-*.whl"))).namelist()
+    names = zipfile.ZipFile(next(tmp_path.glob("wf_phases-*.whl"))).namelist()
     for kind, folder in (("phases", REPO / "phases"), ("checklists", REPO / "checklists"),
                          ("diagnostics", REPO / "diagnostics"), ("templates", REPO / "templates")):
         for path in folder.rglob("*"):
