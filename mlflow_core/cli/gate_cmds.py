@@ -16,7 +16,8 @@ app = typer.Typer(help="Check a phase's gate (its exit checklist) against record
 @app.command()
 def check(phase: str = typer.Argument(None, help="Phase whose gate to check (default: the current phase)."),
           check_all: bool = typer.Option(False, "--all", help="Every gate on the project's path to where it "
-                                         "stands (setup → … → the current phase): what CI should run."),
+                                         "stands (setup → … → the current phase), and every other phase with "
+                                         "recorded evidence or a finished run: what CI should run."),
           as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
           junit: Path = typer.Option(None, "--junit", help="Also write a JUnit XML report here (for CI)."),
           markdown: bool = typer.Option(False, "--markdown", help="Print the verdict as a markdown summary "
