@@ -140,6 +140,9 @@ def _authors_on_record(project: Project, state) -> PhaseVerification:
     """Each committed waiver and override: the person its entry names made the commit that added it."""
     out = PhaseVerification("waivers and overrides", None)
     for record in on_record(project, state):
+        if record.shallow:
+            out.add(f"{record.kind}: {record.where}", "unverifiable", record.shown())
+            continue
         if record.commit is None:
             continue  # not committed yet (or no git): there is no author to compare
         out.add(f"{record.kind}: {record.where}", "failed" if record.mismatch else "verified", record.shown())

@@ -109,6 +109,8 @@ jobs:
         working-directory: {workdir}
     steps:
       - uses: actions/checkout@v4
+        with:
+          fetch-depth: 0  # the whole history: who committed each waiver and override is shown
       - uses: actions/setup-python@v5
         with:
           python-version: "3.11"
@@ -156,6 +158,8 @@ def gitlab_job(project_root: Path, install: str, verify_label: str | None = None
 # writes it again.
 wf-gates:
   image: python:3.11-slim
+  variables:
+    GIT_DEPTH: "0"  # the whole history: who committed each waiver and override is shown
   rules:
     - if: $CI_PIPELINE_SOURCE == "merge_request_event"
     - if: $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH

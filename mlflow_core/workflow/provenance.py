@@ -30,6 +30,7 @@ class OnRecord:
     commit: str | None = None  # the commit that added the entry to .wf/state.json (None: not committed yet)
     author: str | None = None  # that commit's author, "Name <email>"
     mismatch: bool = False  # the author is not the person the entry names
+    shallow: bool = False  # the adding commit is beyond a shallow clone's history: its author is unknown
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,6 +38,8 @@ class OnRecord:
     def shown(self) -> str:
         """'by Alice (committed by Alice <a@x> in 1a2b3c4d)', with a mismatch said plainly."""
         claimed = f"by {self.by or 'nobody named'}"
+        if self.shallow:
+            return f"{claimed} (who committed it is beyond this shallow clone's history: fetch it whole)"
         if self.commit is None:
             return f"{claimed} (not committed yet)"
         if self.mismatch:
@@ -67,6 +70,8 @@ def _entry(project: Project, kind: str, where: str, event: Event) -> OnRecord:
     if commit is None:
         return OnRecord(kind, where, by_name, event.time, reason)
     sha, name, email = commit
+    if sha in _shallow_roots(str(project.state_path)):  # a clone's cut-off commit holds every line before it
+        return OnRecord(kind, where, by_name, event.time, reason, shallow=True)
     named = (by_name or "").strip().casefold()
     mismatch = named not in (name.strip().casefold(), email.strip().casefold())
     return OnRecord(kind, where, by_name, event.time, reason, sha, f"{name} <{email}>", mismatch)
@@ -96,3 +101,20 @@ def _adding_commit(state_path: str, time: str, reason: str) -> tuple[str, str, s
         lists.append([tuple(line.split("\x1f")) for line in out.stdout.splitlines() if line.count("\x1f") == 2])
     both = [c for c in lists[0] if all(c in other for other in lists[1:])] if lists else []
     return both[0] if both else None  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=16)
+def _shallow_roots(state_path: str) -> frozenset[str]:
+    """The commits a shallow clone was cut at (CI checkouts fetch one commit by default): a pickaxe
+    finds every older line added there, by whoever made that commit."""
+    folder = Path(state_path).parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "--git-path", "shallow"], cwd=folder, capture_output=True,
+                             text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    path = Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+    if path is None:
+        return frozenset()
+    path = path if path.is_absolute() else folder / path
+    return frozenset(path.read_text().split()) if path.is_file() else frozenset()

@@ -250,6 +250,12 @@ def test_a_waiver_written_under_another_name_is_flagged_and_fails_verify(wf, pro
     on_record = _claims(result, "waivers and overrides")
     assert code == 1 and on_record["waiver: post_baseline · gpu_utilization_documented"]["status"] == "failed"
     assert "not the person it names" in wf("report", "summary", cwd=project_copy).out
+    # a shallow clone (a CI checkout's default) was cut at the last commit: it cannot say who added the waiver
+    _git(project_copy, "commit", "-q", "--allow-empty", "-m", "later", name="Reviewer", email="r@example.org")
+    clone = project_copy.parent / "shallow"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{project_copy}", str(clone)], check=True)
+    markdown = wf("gate", "check", "--all", "--markdown", cwd=clone).out
+    assert "beyond this shallow clone's history" in markdown and "Mallory" not in markdown
 
 
 def test_harmless_edits_are_accepted_by_the_gates_and_by_verify(wf, project_copy):
