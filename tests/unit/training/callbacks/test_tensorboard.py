@@ -76,6 +76,6 @@ def test_without_the_tensorboard_package_the_run_says_how_to_install_it(tmp_path
 
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # what Python does for a package not installed
     cfg = load_config_text(CONFIG, "t")
-    with pytest.raises(UserInputError, match=r"pip install 'wf\[tensorboard\]'"):
+    with pytest.raises(UserInputError, match=r"pip install 'wf-phases\[tensorboard\]'"):
         Trainer(cfg, tmp_path, tmp_path / "run").fit()
     assert not (tmp_path / "run" / "tensorboard").exists()
