@@ -64,6 +64,20 @@ def tracking_uri(project_root: Path, configured: str | None) -> str:
     return f"sqlite:///{(project_root / MLFLOW_DB).resolve()}"
 
 
+PROJECT_STORE = f"sqlite:///{MLFLOW_DB}"  # the project's own store, as committed files name it
+
+
+def portable_uri(uri: str, project_root: Path) -> str:
+    """A store URI as committed files record it: the project's own SQLite file relative to the
+    project (a moved or copied project then means its own store), any other store as it is."""
+    return PROJECT_STORE if uri == f"sqlite:///{(project_root / MLFLOW_DB).resolve()}" else uri
+
+
+def resolved_uri(uri: str, project_root: Path) -> str:
+    """A recorded store URI where this project is: the project's own file resolved against it."""
+    return f"sqlite:///{(project_root / MLFLOW_DB).resolve()}" if uri == PROJECT_STORE else uri
+
+
 def ui_command(uri: str, project_root: Path | None = None) -> str:
     """How to look at the runs: MLflow's own UI on the store (full `mlflow`, the same version), said
     from the project's root for its own file (a committed report names no path of this machine)."""

@@ -51,27 +51,43 @@ def _release(project: Project, alias: str) -> Release:
         raise GateClosedError(f"cannot release {registered.name} version {registered.version}: the pre_release "
                               f"gate ({gate.path}) does not pass: {', '.join(left)} open.",
                               hint="`wf gate check finalization` shows each item and how to close it.")
-    _set_alias(registered, alias)
+    uri = _store_of(project, registered.tracking_uri)
+    _set_alias(registered, alias, uri)
     state.record("release", model=registered.name, version=registered.version, alias=alias,
                  run_id=evidence.run_id, by=who())
     save_state(project, state)
-    return Release(registered.name, registered.version, alias, f"models:/{registered.name}@{alias}",
-                   registered.tracking_uri)
+    return Release(registered.name, registered.version, alias, f"models:/{registered.name}@{alias}", uri)
 
 
-def _set_alias(registered, alias: str) -> None:
+def _store_of(project: Project, recorded: str) -> str:
+    """The store the evidence names, where this project is: its own SQLite file resolved against the
+    project (a copied or moved project releases into its own store). An absolute path to another
+    folder's file (evidence of an earlier wf) is refused rather than written into."""
+    from mlflow_core.monitoring.mlflow_store import MLFLOW_DB, resolved_uri
+
+    uri = resolved_uri(recorded, project.root)
+    own = f"sqlite:///{(project.root / MLFLOW_DB).resolve()}"
+    if uri.startswith("sqlite:///") and uri.endswith(f"/{MLFLOW_DB}") and uri != own:
+        raise UserInputError(f"the finalization registered its model in {uri}, another folder's store, not this "
+                             f"project's ({own}): releasing would write into that one.",
+                             hint="Run `wf phase finalization` again here, to register the model in this project's "
+                                  "store.")
+    return uri
+
+
+def _set_alias(registered, alias: str, uri: str) -> None:
     from mlflow_core.monitoring.mlflow_store import require_mlflow
 
     require_mlflow()
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=registered.tracking_uri, registry_uri=registered.tracking_uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         client.set_registered_model_alias(registered.name, alias, registered.version)
         client.set_model_version_tag(registered.name, registered.version, "wf.gate.pre_release", "passed")
         client.set_model_version_tag(registered.name, registered.version, "wf.released_as", alias)
     except MlflowException as exc:
-        raise UserInputError(f"MLflow at {registered.tracking_uri} refused the alias: {str(exc).splitlines()[0]}",
+        raise UserInputError(f"MLflow at {uri} refused the alias: {str(exc).splitlines()[0]}",
                              hint="Check that the store is reachable and holds the version "
                                   f"({registered.model_uri}).") from None

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mlflow_core.monitoring.mlflow_store import root_logging_kept
+from mlflow_core.monitoring.mlflow_store import portable_uri, root_logging_kept
 from mlflow_core.runners import RunContext
 from mlflow_core.workflow.state import load_state
 
@@ -68,7 +68,7 @@ def _register(ctx: RunContext, tracking: Any, model: torch.nn.Module, batch: tor
     ctx.on_message(f"MLflow: registered {name} version {version.version}; loaded back by MLflow, its logits "
                    f"differ by at most {diff:.3g}")
     return {"name": name, "version": str(version.version), "model_uri": uri, "run_id": tracking.run_id,
-            "tracking_uri": store.uri, "max_abs_diff": diff}
+            "tracking_uri": portable_uri(store.uri, ctx.project.root), "max_abs_diff": diff}
 
 
 def _exists(client: Any, name: str) -> bool:

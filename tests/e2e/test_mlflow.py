@@ -224,6 +224,13 @@ def test_optimization_nests_its_trials_and_release_waits_for_the_pre_release_gat
     assert not client.get_registered_model("q").aliases
     assert wf("checklist", "tick", "pre_release", "chosen_config_confirmed", "model_card_reviewed",
               cwd=tracked).code == 0
+    assert registered["tracking_uri"] == "sqlite:///mlflow.db"  # the project's own store, wherever it is
+    copy = tracked.parent / "copy"
+    shutil.copytree(tracked, copy)
+    released = _wf(copy, "release", "--alias", "candidate")
+    assert released.returncode == 0, released.stderr
+    assert str(_client(_uri(copy)).get_model_version_by_alias("q", "candidate").version) == "1"
+    assert "candidate" not in client.get_registered_model("q").aliases  # the original's store is untouched
     released = _wf(tracked, "release")
     assert released.returncode == 0, released.stderr
     assert str(client.get_model_version_by_alias("q", "champion").version) == "1"
