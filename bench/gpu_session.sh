@@ -7,7 +7,7 @@
 #   3. `resume_difference.py --device cuda`: the resumed run's weights against the device's own
 #      run-to-run difference;
 #   4. `verify_device.py --device cuda`: how far `wf verify`'s recomputed figures and re-trained epochs
-#      land from what the run recorded (the GPU tolerances runners/verification.py applies).
+#      land from what the run recorded (the GPU tolerances runners/run_claims.py applies).
 #
 #   bash bench/gpu_session.sh [OUT_DIR]        (default: $OUT on the device machine, else bench/results)
 #

@@ -6,7 +6,7 @@ this process: the best checkpoint evaluated again on the validation split `--rep
 figure's largest relative difference from the recorded one), and every epoch re-trained from its kept
 state (whether its weights are bit-equal to the recorded digest, and otherwise the largest |Δw|
 against the next kept state). On the CPU every difference is 0; `wf verify` compares GPU figures
-within runners/verification.GPU_RELATIVE_TOLERANCE, which this script's GPU figures should confirm
+within runners/run_claims.GPU_RELATIVE_TOLERANCE, which this script's GPU figures should confirm
 or replace. Last: `wf verify baseline --segments 4` itself, its verdict.
 
     python bench/verify_device.py --device cuda [--repeats 3]
@@ -37,7 +37,7 @@ def main() -> None:
     import torch
 
     from mlflow_core.config.schema import WorkflowConfig
-    from mlflow_core.runners.verification import COMPARED_FIGURES, GPU_RELATIVE_TOLERANCE
+    from mlflow_core.runners.run_claims import COMPARED_FIGURES, GPU_RELATIVE_TOLERANCE
     from mlflow_core.training.checkpoint import load_checkpoint, weights_sha256
     from mlflow_core.training.trainer import Trainer
     from tests.helpers import configure

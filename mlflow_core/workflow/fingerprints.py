@@ -35,7 +35,7 @@ LATER_SECTIONS = {"setup": ("optimization", "finalization"), "baseline": ("optim
 
 @dataclass(frozen=True)
 class Drift:
-    kind: str  # config, data, code, packages; evidence: not this project's own history (gates.binding_problems)
+    kind: str  # config, data, code, packages; evidence: not this project's own history (binding.py)
     detail: str  # what changed, for a person
 
     def to_json(self) -> dict[str, str]:

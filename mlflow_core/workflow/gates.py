@@ -16,9 +16,10 @@ from typing import Any
 from mlflow_core.content import content_path, packaged_root
 from mlflow_core.errors import ChecklistError, UserInputError, did_you_mean
 from mlflow_core.workflow import fingerprints
+from mlflow_core.workflow.binding import binding_problems, leads_back_to
 from mlflow_core.workflow.checklist import Checklist, ChecklistItem, parse_checklist
 from mlflow_core.workflow.checks import CHECKS, CheckContext, applies, run_check
-from mlflow_core.workflow.evidence import Evidence, evidence_path, find_evidence, read_evidence
+from mlflow_core.workflow.evidence import Evidence, evidence_path, read_evidence
 from mlflow_core.workflow.phases import (
     DECISIONS,
     PHASES,
@@ -284,64 +285,9 @@ def _approvals(project: Project, state: ProjectState, phase: str, judged: Eviden
         evidence = read_evidence(project, later)
         if evidence is None or not evidence.intact or binding_problems(project, state, later, evidence):
             continue
-        if evidence.facts.fingerprints and _leads_back_to(project, evidence, judged):
+        if evidence.facts.fingerprints and leads_back_to(project, evidence, judged):
             out += evidence.facts.fingerprints.approved_configs()
     return out
-
-
-def _source_of(project: Project, evidence: Evidence) -> Evidence | None:
-    """The evidence `evidence` was entered from, as this project holds it (current or archived)."""
-    named = evidence.entered_from or {}
-    phase, digest = named.get("phase"), named.get("evidence_sha256")
-    if phase not in PHASES or not isinstance(digest, str):
-        return None
-    return find_evidence(project, phase, digest)
-
-
-def _leads_back_to(project: Project, evidence: Evidence, earlier: Evidence, steps: int = 12) -> bool:
-    current: Evidence | None = evidence
-    for _ in range(steps):
-        current = _source_of(project, current) if current is not None else None
-        if current is None:
-            return False
-        if current.phase == earlier.phase:
-            return current.sha256 == earlier.sha256
-    return False
-
-
-def binding_problems(project: Project, state: ProjectState, phase: str, evidence: Evidence | None
-                     ) -> list[fingerprints.Drift]:
-    """Evidence that is not this project's own history: recorded by another project (its id is not
-    state.json's), entered from evidence this project does not hold, or run with a config the gate it
-    was entered from never approved. A pull request that copies or forges one file is caught here; one
-    that forges every file consistently is what `wf verify` recomputes."""
-    if evidence is None or not evidence.intact or state.project_id is None:
-        return []
-    where = f".wf/evidence/{phase}.json"
-    if evidence.project_id != state.project_id:
-        recorder = f"project {evidence.project_id}" if evidence.project_id else "no project (no project_id)"
-        return [fingerprints.Drift("evidence", f"{where} was recorded by {recorder}, not by this project "
-                                   f"({state.project_id}, .wf/state.json)")]
-    if evidence.entered_from is None:
-        return [] if phase == "setup" else [fingerprints.Drift(
-            "evidence", f"{where} names no evidence it was entered from; every phase after setup does")]
-    source = _source_of(project, evidence)
-    if source is None:
-        named = evidence.entered_from
-        return [fingerprints.Drift("evidence", f"{where} was entered from {named.get('phase')} evidence "
-                                   f"{str(named.get('evidence_sha256'))[:12]}, which this project does not hold")]
-    if source.project_id != evidence.project_id:
-        return [fingerprints.Drift("evidence", f"{where} was entered from evidence of another project "
-                                   f"({source.project_id})")]
-    if evidence.facts.fingerprints and source.facts.fingerprints:
-        ran = fingerprints.vouched(evidence.facts.fingerprints.config.get("values") or {}, source.phase)
-        approved = [fingerprints.vouched(c.get("values") or {}, source.phase)
-                    for c in source.facts.fingerprints.approved_configs()]
-        overridden = any(getattr(e, "phase", None) == phase for e in state.overrides())
-        if ran not in approved and not overridden:  # an override is on the record, shown with its author
-            return [fingerprints.Drift("evidence", f"{where} records a config that the {source.phase} gate it was "
-                                       f"entered from never approved: {fingerprints.config_changes(approved[0], ran)}")]
-    return []
 
 
 def _drift(project: Project, state: ProjectState, phase: str, evidence: Evidence | None,

@@ -17,7 +17,7 @@ states a run kept) and the config they were made with:
 A claim is `verified`, `failed` (it does not recompute) or `unverifiable` (nothing here to recompute it
 from: the run kept no states, the files are not on this machine). `wf verify` passes only when every
 claim is verified: unverifiable fails closed. This module is torch-free; the recomputation that
-trains and evaluates is runners/verification.py.
+trains and evaluates is runners/verification.py (phase by phase) and runners/run_claims.py (one run).
 """
 
 from __future__ import annotations
