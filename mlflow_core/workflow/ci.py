@@ -15,6 +15,7 @@ from pathlib import Path
 from mlflow_core import __version__
 from mlflow_core.atomic import atomic_write_text
 from mlflow_core.errors import UserInputError
+from mlflow_core.workflow.git import git
 
 CI_KINDS = ("github", "gitlab")
 
@@ -201,7 +202,7 @@ def default_install(project_root: Path) -> InstallSpec:
     if not (source / "pyproject.toml").is_file() or not (source / "mlflow_core").is_dir():
         return InstallSpec(f"{DISTRIBUTION}=={__version__}", f"{DISTRIBUTION} {__version__} from your package index "
                            "(give --install for another source)")
-    commit, remote = _git(source, "rev-parse", "HEAD"), _git(source, "remote", "get-url", "origin")
+    commit, remote = git(source, "rev-parse", "HEAD") or None, git(source, "remote", "get-url", "origin") or None
     if remote and ("://" not in remote or remote.startswith("file://")) and not _scp_like(remote):
         remote = None  # a clone of a folder on this machine: the checkout itself holds the commit
     repo = repository_root(project_root).resolve()
@@ -232,16 +233,6 @@ def _pip_git_url(remote: str) -> str:
         user_host, path = remote.split(":", 1)
         return f"ssh://{user_host}/{path}"
     return remote
-
-
-def _git(folder: Path, *args: str) -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def write_ci(project_root: Path, kind: str, install: str | None = None, force: bool = False,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +23,7 @@ from mlflow_core import __version__
 from mlflow_core.config.loader import CONFIG_FILENAME, load_config
 from mlflow_core.errors import ConfigError, UserInputError
 from mlflow_core.workflow import datafiles
+from mlflow_core.workflow.git import git
 
 # the packages whose version changes a run's numbers (the rest of the environment report is context)
 FINGERPRINTED_PACKAGES = ("wf", "torch", "torchvision", "numpy")
@@ -120,18 +120,10 @@ def _module_sha256(module: str, project_root: Path) -> dict[str, Any]:
 def git_state(project_root: Path) -> dict[str, Any]:
     """The commit and whether the tree had changes: provenance, shown with a gate; a new commit alone
     (committing the reports, say) does not re-open anything."""
-    def run(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=project_root, capture_output=True, text=True, timeout=10,
-                                 check=False)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = run("rev-parse", "HEAD")
+    commit = git(project_root, "rev-parse", "HEAD")
     if commit is None:
         return {"commit": None}
-    return {"commit": commit, "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+    return {"commit": commit, "dirty": bool(git(project_root, "status", "--porcelain", "--untracked-files=no"))}
 
 
 def code_fingerprint(cfg: Any, project_root: Path, *, with_git: bool = True) -> dict[str, Any]:

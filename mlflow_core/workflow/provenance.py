@@ -10,12 +10,12 @@ author beside the name the file claims and flags a mismatch, and `wf verify` fai
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from mlflow_core.workflow.git import git
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import Event, ProjectState
 
@@ -90,15 +90,10 @@ def _adding_commit(state_path: str, time: str, reason: str) -> tuple[str, str, s
     for marker in (time, reason):
         if not marker:
             continue
-        try:
-            out = subprocess.run(["git", "log", "--reverse", "--format=%H%x1f%an%x1f%ae", f"-S{marker}", "--",
-                                  path.name], cwd=path.parent, capture_output=True, text=True, timeout=20,
-                                 check=False)
-        except (OSError, subprocess.SubprocessError):
+        out = git(path.parent, "log", "--reverse", "--format=%H%x1f%an%x1f%ae", f"-S{marker}", "--", path.name)
+        if out is None:
             return None
-        if out.returncode != 0:
-            return None
-        lists.append([tuple(line.split("\x1f")) for line in out.stdout.splitlines() if line.count("\x1f") == 2])
+        lists.append([tuple(line.split("\x1f")) for line in out.splitlines() if line.count("\x1f") == 2])
     both = [c for c in lists[0] if all(c in other for other in lists[1:])] if lists else []
     return both[0] if both else None  # type: ignore[return-value]
 
@@ -108,13 +103,9 @@ def _shallow_roots(state_path: str) -> frozenset[str]:
     """The commits a shallow clone was cut at (CI checkouts fetch one commit by default): a pickaxe
     finds every older line added there, by whoever made that commit."""
     folder = Path(state_path).parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "--git-path", "shallow"], cwd=folder, capture_output=True,
-                             text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
+    out = git(folder, "rev-parse", "--git-path", "shallow")
+    if not out:
         return frozenset()
-    path = Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
-    if path is None:
-        return frozenset()
+    path = Path(out)
     path = path if path.is_absolute() else folder / path
     return frozenset(path.read_text().split()) if path.is_file() else frozenset()
