@@ -20,11 +20,10 @@ from mlflow_core.workflow.lock import locked
 from mlflow_core.workflow.phases import PHASES, load_phase
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.provenance import on_record
-from mlflow_core.workflow.state import load_state
+from mlflow_core.workflow.state import ProjectState, load_state
 from mlflow_core.workflow.verification import PhaseVerification, config_difference, verify_data
 
 DEFAULT_SEGMENTS = 1  # training segments re-trained per run: an epoch each, chosen at verification time
-RECOMPUTED = ("setup", "baseline", "diagnostics", "optimization", "finalization")  # the phases whose claims this wf recomputes
 
 
 SOURCES = ("runs", "mlflow")  # where a verification reads the runs' files from
@@ -101,12 +100,12 @@ def _verify(project: Project, phase: str | None, every: bool, segments: int, see
         names = [load_phase(phase or state.current_phase or "setup").name]
     seed = secrets.randbits(48) if seed is None else seed
     rng = random.Random(seed)
-    checked = [_verify_phase(project, name, segments, rng, files, on_message) for name in names]
+    checked = [_verify_phase(project, state, name, segments, rng, files, on_message) for name in names]
     extra = [_authors_on_record(project, state)] + ([_history(project, state)] if every else [])
     return Verification(checked + [group for group in extra if group.claims], seed)
 
 
-def _history(project: Project, state) -> PhaseVerification:
+def _history(project: Project, state: ProjectState) -> PhaseVerification:
     """Every finished run in state.json against the evidence it names: the run's own copy under
     .wf/evidence/runs/, intact, of this project and phase, with the hash the run record names; and
     every phase_finished event names a run state.json records."""
@@ -136,7 +135,7 @@ def _history(project: Project, state) -> PhaseVerification:
     return out
 
 
-def _authors_on_record(project: Project, state) -> PhaseVerification:
+def _authors_on_record(project: Project, state: ProjectState) -> PhaseVerification:
     """Each committed waiver and override: the person its entry names made the commit that added it."""
     out = PhaseVerification("waivers and overrides", None)
     for record in on_record(project, state):
@@ -149,20 +148,21 @@ def _authors_on_record(project: Project, state) -> PhaseVerification:
     return out
 
 
-def _verify_phase(project: Project, phase: str, segments: int, rng: random.Random, files: RunFiles,
-                  on_message: Callable[[str], None]) -> PhaseVerification:
-    if phase in RECOMPUTED:  # the imports first, outside the timing: every process that trains pays them
-        from mlflow_core.runners import verification
+def _verify_phase(project: Project, state: ProjectState, phase: str, segments: int, rng: random.Random,
+                  files: RunFiles, on_message: Callable[[str], None]) -> PhaseVerification:
+    # torch: only here, where something is trained or evaluated again; its imports outside the timing
+    # (every process that trains pays them alike)
+    from mlflow_core.runners import verification
 
-        verification.import_training_stack()
+    verification.import_training_stack()
     started = time.perf_counter()
-    out = _recompute_phase(project, phase, segments, rng, files, on_message)
+    out = _recompute_phase(project, state, phase, segments, rng, files, on_message)
     out.duration_s = round(time.perf_counter() - started, 3)
     return out
 
 
-def _recompute_phase(project: Project, phase: str, segments: int, rng: random.Random, files: RunFiles,
-                     on_message: Callable[[str], None]) -> PhaseVerification:
+def _recompute_phase(project: Project, state: ProjectState, phase: str, segments: int, rng: random.Random,
+                     files: RunFiles, on_message: Callable[[str], None]) -> PhaseVerification:
     evidence = read_evidence(project, phase)
     out = PhaseVerification(phase, evidence.run_id if evidence else None)
     if evidence is None:
@@ -171,12 +171,8 @@ def _recompute_phase(project: Project, phase: str, segments: int, rng: random.Ra
     if not evidence.intact:
         out.add("evidence", "failed", f".wf/evidence/{phase}.json {evidence.why_not_intact()}")
         return out
-    if phase not in RECOMPUTED:
-        out.add(f"{phase} claims", "unverifiable", f"this wf does not recompute the {phase} phase's claims yet; "
-                "`wf gate check` judges them from the committed evidence alone")
-        return out
     facts = evidence.facts
-    record = load_state(project).run(evidence.run_id or "")
+    record = state.run(evidence.run_id or "")
     if record is None or record.phase != phase:
         out.add("run", "failed", f"the evidence names run {evidence.run_id!r}, which .wf/state.json does not record "
                 f"as a {phase} run")
@@ -192,7 +188,6 @@ def _recompute_phase(project: Project, phase: str, segments: int, rng: random.Ra
         return out
     on_message(f"{phase}: hashing the data again")
     out.claims.append(verify_data(project, facts.fingerprints.data, recorded))
-    # torch: only here, where something is trained or evaluated again
     from mlflow_core.runners import verification
 
     if phase == "setup":
@@ -200,7 +195,7 @@ def _recompute_phase(project: Project, phase: str, segments: int, rng: random.Ra
         if cfg is not None:
             verification.verify_setup(project, facts, cfg, out, on_message)
     elif phase == "diagnostics":
-        verification.verify_diagnostics(project, facts, load_state(project), out, segments=segments, rng=rng,
+        verification.verify_diagnostics(project, facts, state, out, segments=segments, rng=rng,
                                         on_message=on_message, files=files)
     elif phase == "optimization":
         verification.verify_optimization(project, facts, evidence.run_id, out, segments=segments, rng=rng,

@@ -282,7 +282,7 @@ class Current:
             return {}
         self._cache = self._cache or datafiles.stat_cache(self.root)
         recorded = datafiles.read_manifest(self.root, reference)
-        changes = datafiles.manifest_changes(recorded, _manifest_of(recorded, root, self._cache))
+        changes = datafiles.manifest_changes(recorded, manifest_of(recorded, root, self._cache))
         self._cache.save()
         if not changes:
             listings.remember(reference, listing)
@@ -301,7 +301,9 @@ def _manifest_root(path: Path) -> str:
                              hint="Restore it from version control, or run `wf phase setup` again.") from None
 
 
-def _manifest_of(recorded: datafiles.DataManifest, root: Path, cache: datafiles.StatCache) -> datafiles.DataManifest:
+def manifest_of(recorded: datafiles.DataManifest, root: Path, cache: datafiles.StatCache) -> datafiles.DataManifest:
+    """The data in `root` now, as a manifest like `recorded`: each split's files hashed through `cache`
+    (an empty one hashes every file again: `wf verify`)."""
     splits = {name: datafiles.SplitFiles(datafiles.scan_split(root / name, cache))
               for name in datafiles.SPLITS if (root / name).is_dir()}
     return datafiles.DataManifest(recorded.source, recorded.root, splits)

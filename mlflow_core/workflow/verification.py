@@ -96,12 +96,9 @@ def verify_data(project: Project, recorded: dict[str, Any] | None, config: dict[
         return Claim("data", "unverifiable", f"{recorded_manifest.root}/ is not on this machine: run `wf verify` "
                      "where the data is")
     with tempfile.TemporaryDirectory() as scratch:  # an empty cache: every file is read and hashed
-        cache = datafiles.StatCache(Path(scratch) / "stat.json")
-        splits = {name: datafiles.SplitFiles(datafiles.scan_split(root / name, cache))
-                  for name in datafiles.SPLITS if (root / name).is_dir()}
-    current = datafiles.DataManifest(recorded_manifest.source, recorded_manifest.root, splits)
+        current = fingerprints.manifest_of(recorded_manifest, root, datafiles.StatCache(Path(scratch) / "stat.json"))
     changes = datafiles.manifest_changes(recorded_manifest, current)
-    files = sum(len(s.files) for s in splits.values())
+    files = sum(len(s.files) for s in current.splits.values())
     if changes:
         return Claim("data", "failed", f"{recorded_manifest.root}/ is not the data the evidence records: "
                      f"{datafiles.describe_changes(changes)}")
