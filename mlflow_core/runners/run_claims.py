@@ -29,8 +29,10 @@ from mlflow_core.training.evaluation import classification_metrics, predict_with
 from mlflow_core.training.trainer import Trainer
 from mlflow_core.workflow.evidence import file_sha256
 from mlflow_core.workflow.fingerprints import flatten
+from mlflow_core.workflow.noise import chance_level
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.records import first_problem
+from mlflow_core.workflow.units import percent
 from mlflow_core.workflow.verification import PhaseVerification, config_difference
 
 # Validation figures recomputed on a GPU may differ in the last bits (kernels reduce in other orders);
@@ -56,6 +58,7 @@ class RunClaims:
     split: str  # which split they were measured on: validation or test
     tta: tuple[str, ...] = ()  # test-time flips the test figures were measured with
     run_id: str | None = None  # the run id its files must carry (checkpoints and states name their run)
+    chance: dict[str, Any] | None = None  # the validation split's chance level the evidence records (baseline)
 
 
 class _Recompute:
@@ -174,6 +177,22 @@ def _verify_best_checkpoint(work: _Recompute, best: Any) -> None:
     work.best_weights = weights
     work.add(f"{name}: {run.split} figures", "verified", f"evaluated again on the {run.split} split ({how}): "
              + ", ".join(f"{k} {_shown(figures[k])}" for k in compared))
+    if run.chance is not None and run.split == "validation":
+        _verify_chance(work, trainer)
+
+
+def _verify_chance(work: _Recompute, trainer: Trainer) -> None:
+    """What a predictor that learned nothing scores on the validation split (the yardstick of the
+    baseline gate's beats_chance), from the split's class counts as this evaluation found them."""
+    units = "pixels" if work.cfg.task == "segmentation" else "samples"
+    again = chance_level(trainer.val_support, units)
+    claimed = work.run.chance
+    if again != claimed:
+        wrong = [f"{k} {again.get(k)!r} (recorded {claimed.get(k)!r})" for k in again if again.get(k) != claimed.get(k)]
+        work.add("chance level", "failed", "the validation split's class counts give " + "; ".join(wrong))
+    else:
+        work.add("chance level", "verified", f"{again['count']:,} validation {units}, the majority class "
+                 f"{percent(again['majority_share'])} of them, as recorded")
 
 
 def _of_this_run(work: _Recompute, payload: dict[str, Any], source: str) -> bool:

@@ -47,7 +47,8 @@ def verify_training(project: Project, facts: TrainingFacts, run_id: str | None, 
     """A training phase's run (the baseline): its best checkpoint and, from the states it kept, its training."""
     recorded = (facts.fingerprints.config.get("values") if facts.fingerprints else None) or {}
     run = RunClaims(label, facts.run_dir, recorded, facts.checkpoints.best, facts.weights or {}, facts.replay,
-                    facts.best_validation or {}, "validation", run_id=run_id)
+                    facts.best_validation or {}, "validation", run_id=run_id,
+                    chance=facts.chance.model_dump(mode="json") if facts.chance else None)
     verify_run(project, run, out, segments=segments, rng=rng, on_message=on_message, files=files)
 
 

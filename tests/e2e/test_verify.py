@@ -112,6 +112,14 @@ def test_a_forged_validation_figure_does_not_recompute(wf, project_copy):
     assert code == 1 and history["status"] == "failed" and "its evidence file holds" in history["detail"]
 
 
+def test_a_forged_chance_level_does_not_recompute(wf, project_copy):
+    # more validation samples than there are lower the bar that beats_chance sets
+    _forge(project_copy, "baseline", lambda f: f["chance"].update(count=100000))
+    code, result = _verify(wf, project_copy, "baseline", "--seed", "1")
+    chance = _claims(result, "baseline")["chance level"]
+    assert code == 1 and chance["status"] == "failed" and "count 359 (recorded 100000)" in chance["detail"]
+
+
 def test_a_forged_training_history_fails_its_replay(wf, project_copy):
     forged = "0" * 64
     _forge(project_copy, "baseline", lambda f: f["weights"]["4"].update(sha256=forged))
