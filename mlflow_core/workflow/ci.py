@@ -61,7 +61,7 @@ def _github_verify_job(workdir: str, install: str, label: str) -> str:
       run:
         working-directory: {workdir}
     steps:
-      - uses: actions/checkout@v4
+      - uses: actions/checkout@v6
       - name: Install wf with the training stack
         run: python -m pip install "{_with_train(install)}"
       - name: Link the runs and the data kept on this runner
@@ -109,12 +109,14 @@ jobs:
       run:
         working-directory: {workdir}
     steps:
-      - uses: actions/checkout@v4
+      - uses: actions/checkout@v6
         with:
           fetch-depth: 0  # the whole history: who committed each waiver and override is shown
-      - uses: actions/setup-python@v5
+      - uses: actions/setup-python@v6
         with:
           python-version: "3.11"
+          cache: pip  # pip's downloads kept between runs, keyed on this file (the install line below)
+          cache-dependency-path: .github/workflows/wf-gates.yml
       - name: Install wf (the bare package, no torch; the gates read committed files only)
         run: python -m pip install "{install}"
       - name: Check every gate on the project's path
@@ -124,7 +126,7 @@ jobs:
         run: wf gate check --all --markdown --warn-only >> "$GITHUB_STEP_SUMMARY"
       - name: Keep the JUnit report
         if: always()
-        uses: actions/upload-artifact@v4
+        uses: actions/upload-artifact@v7
         with:
           name: wf-gates
           path: {workdir}/gates.xml

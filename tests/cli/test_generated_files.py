@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mlflow_core.workflow.scaffold import init_project
 from tests.helpers import configure
@@ -32,6 +33,11 @@ def test_the_github_workflow_passes_actionlint_and_the_workflow_schema(wf, tmp_p
     assert actionlint(flow) == []
     checked = _check_jsonschema("vendor.github-workflows", flow)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    # the Node 24 majors of GitHub's own actions, and pip's downloads cached on the file's install line
+    steps = [s for s in yaml.safe_load(flow.read_text())["jobs"]["gates"]["steps"] if "uses" in s]
+    assert [s["uses"] for s in steps] == ["actions/checkout@v6", "actions/setup-python@v6", "actions/upload-artifact@v7"]
+    assert steps[1]["with"]["cache"] == "pip"
+    assert steps[1]["with"]["cache-dependency-path"] == ".github/workflows/wf-gates.yml"
     # the linters can fail: a mistyped key is found by both
     broken = tmp_path / ".github" / "workflows" / "broken.yml"
     broken.write_text(flow.read_text().replace("runs-on:", "runs_on:"))
