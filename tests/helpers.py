@@ -116,3 +116,40 @@ class FileEvents:
                 watch.created.append(name)
             elif not (flags & (os.O_WRONLY | os.O_RDWR)) and not (mode or "").startswith(("w", "a", "x")):
                 watch.read.append(name)
+
+
+def wandb_records(path: Path) -> list:
+    """The records of a W&B run file (`run-<id>.wandb`), as W&B's protobuf Record messages. The file
+    is LevelDB's log format (32 KiB blocks of checksummed, possibly fragmented records) after a 7-byte
+    W&B header; this wandb ships no Python reader for it."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, records, pending = path.read_bytes(), 32768, [], b""
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    offset = 7
+    while offset + 7 <= len(data):
+        room = block - offset % block
+        if room < 7:  # a block's tail too short for a header is padding
+            offset += room
+            continue
+        _checksum, length, kind = struct.unpack("<IHB", data[offset:offset + 7])
+        if length == 0 and kind == 0:
+            offset += room
+            continue
+        chunk, offset = data[offset + 7:offset + 7 + length], offset + 7 + length
+        pending += chunk
+        if kind in (1, 4):  # a whole record, or a fragmented one's last part
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+        elif kind == 2:  # a fragmented record's first part
+            pending = chunk
+    return records
+
+
+def wandb_history_steps(path: Path) -> list[int]:
+    """The step of every history row a W&B run file holds, in order."""
+    return [r.history.step.num for r in wandb_records(path) if r.WhichOneof("record_type") == "history"]

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_core.monitoring.mlflow_store import Store, open_store, ui_command
+from mlflow_core.workflow.runs import run_kind
 
 RUN_FILE = "logs/mlflow_run.json"  # in a training run's folder: its nested MLflow run
-KINDS = {"trials": "trial", "comparison": "comparison"}  # the folder a training run is in → its kind
 
 
 @dataclass
@@ -41,7 +41,7 @@ class TrainingLink:
             run_id = json.loads(recorded.read_text(encoding="utf-8")).get("run_id")
             if run_id and self.store.reopen(run_id):
                 return run_id, True
-        kind = KINDS.get(run_dir.parent.name, "final" if self.phase == "finalization" else "training")
+        kind = run_kind(run_dir, self.phase)
         run_id = self.store.create_run(name, {"wf.phase": self.phase, "wf.kind": kind, "wf.run_id": name,
                                               **(self.tags or {}), **tags}, parent=self.phase_run)
         if run_id:

@@ -11,8 +11,11 @@ failing write here (a full disk) is logged once and ends the tracking, not the r
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +79,7 @@ class TensorBoardTracker:
     def close(self, hparams: dict[str, Any], results: dict[str, float]) -> None:
         if self.writer is None:
             return
-        finite = {f"hparam/{k}": v for k, v in results.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        finite = {k: v for k, v in results.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         self._guarded(lambda: self.writer.add_hparams(hparams, finite, run_name="."))
         self._guarded(lambda: self.writer.close())
         self.writer = None
@@ -112,28 +115,36 @@ def require_wandb() -> None:
 
 
 class WandbTracker:
-    """One W&B run per wf run, named and identified by the wf run id (a resumed run continues it).
+    """One W&B run per wf run, named and identified by the wf run id, grouped by the wf project, its
+    job type the phase, tagged with the phase and the run's kind, and the commit the code is at.
     Offline unless WANDB_MODE says otherwise: the files go to runs/<run>/wandb/ and `wandb sync`
     uploads them. W&B's own system metrics are off (they read every GPU of a shared node): wf's GPU
     figures are logged instead. Like TensorBoard's events these are for looking at: a failure (no
-    key, no network, a full disk) is logged once and ends the tracking, never the run."""
+    key, no network, a full disk) is logged once and ends the tracking, never the run.
+
+    A resumed run continues the same W&B run (the same id) from where the killed process stopped
+    logging: the steps between the resume point and the kill, trained again, are in the first
+    process's records already, so they are not logged twice (W&B keeps every row it is given, and
+    offline each process writes a folder of its own)."""
 
     def __init__(self, run_dir: Path, run_id: str, project: str, config: dict[str, Any], log: logging.Logger,
-                 *, resumed: bool):
+                 *, resumed: bool, group: str | None = None, job_type: str | None = None,
+                 tags: list[str] | None = None, commit: str | None = None):
         require_wandb()
-        import os
-
-        self.log, self.run, self.directory = log, None, run_dir / WANDB_DIR
+        self.log, self.run, self.directory, self.wandb_id = log, None, run_dir / WANDB_DIR, _wandb_id(run_id)
         self.offline = os.environ.get("WANDB_MODE", "offline") in ("offline", "dryrun")
+        # the last step row and epoch row earlier processes of this run logged (-1: none)
+        self.logged = _logged(self.directory) if resumed else {"step": -1, "epoch": -1}
         try:
             import wandb
 
             self.directory.mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(
-                project=project, name=run_id, id=_wandb_id(run_id), resume="allow" if resumed else None,
+                project=project, name=run_id, id=self.wandb_id, resume="allow" if resumed else None,
                 dir=str(run_dir), config=config, mode="offline" if self.offline else os.environ["WANDB_MODE"],
+                group=group, job_type=job_type, tags=[t[:64] for t in tags or []] or None,
                 settings=wandb.Settings(x_disable_stats=True, console="off", silent=True, disable_git=True,
-                                        x_save_requirements=False))
+                                        x_save_requirements=False, **({"git_commit": commit} if commit else {})))
         except Exception as exc:  # wandb raises many types (auth, network, usage): tracking stops, the run goes on
             log.warning("Weights & Biases is not logging this run: %s", exc)
 
@@ -141,6 +152,8 @@ class WandbTracker:
               gpu: dict[str, float] | None) -> None:
         def write() -> None:
             for step, loss, norm in zip(steps, losses, norms):
+                if step <= self.logged["step"]:
+                    continue
                 row = {"train/loss": loss, "train/grad_norm": norm}
                 if step == steps[-1]:
                     row["train/lr"] = lr
@@ -148,15 +161,32 @@ class WandbTracker:
                         row.update({"gpu/utilization_percent": gpu["utilization"],
                                     "gpu/memory_used_mib": gpu["memory_used_mib"]})
                 self.run.log(row, step=step)
+            self._record("step", steps[-1])
         self._guarded(write)
 
     def epoch(self, record: dict[str, Any], last_step: int) -> None:
+        if last_step <= self.logged["epoch"]:  # the killed process logged this epoch
+            return
         figures = {f"epoch/{k}": v for k, v in record.items()
                    if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self._guarded(lambda: self.run.log({**figures, "epoch/epoch": record["epoch"]}, step=last_step))
+        def write() -> None:
+            # the epoch's row shares its last step with that step's loss: W&B merges rows of one step
+            self.run.log({**figures, "epoch/epoch": record["epoch"]}, step=last_step)
+            self._record("epoch", last_step)
+        self._guarded(write)
+
+    def _record(self, family: str, step: int) -> None:
+        """Where the logging has got to, for a resumed process: a temp file renamed, without fsync (a
+        write lost to a power cut costs a few rows logged twice, never the run)."""
+        if step > self.logged[family]:
+            self.logged[family] = step
+            tmp = self.directory / f".{LOGGED_FILE}.tmp"
+            tmp.write_text(json.dumps(self.logged), encoding="utf-8")
+            os.replace(tmp, self.directory / LOGGED_FILE)
 
     def close(self, results: dict[str, float], failed: bool) -> str | None:
-        """Finish the W&B run; the command that uploads it when it was logged offline."""
+        """Finish the W&B run; the command that uploads it when it was logged offline (every folder
+        of this run: a resumed run's processes each wrote one)."""
         if self.run is None:
             return None
         # the results as a last history row as well as the summary: W&B's offline runs sometimes
@@ -164,7 +194,11 @@ class WandbTracker:
         # last logged value
         self._guarded(lambda: self.run.log(dict(results)))
         self._guarded(lambda: self.run.summary.update(results))
-        sync = f"wandb sync {self.run.dir.rsplit('/files', 1)[0]}" if self.offline and self.run else None
+        sync = None
+        if self.offline and self.run:
+            own = Path(self.run.dir.rsplit("/files", 1)[0])
+            folders = sorted({*(f.parent for f in own.parent.glob(f"offline-run-*/run-{self.wandb_id}.wandb")), own})
+            sync = "wandb sync " + " ".join(shlex.quote(str(f)) for f in folders)
         self._guarded(lambda: self.run.finish(exit_code=1 if failed else 0))
         self.run = None
         return sync
@@ -177,6 +211,19 @@ class WandbTracker:
         except Exception as exc:  # as at init: tracking ends, the run goes on
             self.log.warning("Weights & Biases stopped logging this run: %s", exc)
             self.run = None
+
+
+LOGGED_FILE = "logged_through.json"
+
+
+def _logged(directory: Path) -> dict[str, int]:
+    """The last step row and epoch row earlier processes of this run logged to W&B (-1: none, or
+    the record unreadable)."""
+    try:
+        recorded = json.loads((directory / LOGGED_FILE).read_text(encoding="utf-8"))
+        return {family: int(recorded[family]) for family in ("step", "epoch")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"step": -1, "epoch": -1}
 
 
 def _wandb_id(run_id: str) -> str:

@@ -5,6 +5,7 @@ its `logs/metrics.json`. Nothing here imports torch."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from mlflow_core.errors import UserInputError
@@ -14,6 +15,14 @@ from mlflow_core.workflow.phases import PHASE_ORDER
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.records import RunMetrics, load_run_metrics
 from mlflow_core.workflow.state import ProjectState, RunRecord, load_state
+
+KINDS = {"trials": "trial", "comparison": "comparison"}  # the folder a training run is in → its kind
+
+
+def run_kind(run_dir: Path, phase: str) -> str:
+    """What a training run is to its phase, from the folder it is in: a trial, a comparison run, a
+    final seed, or the phase's own training (how trackers tag it)."""
+    return KINDS.get(run_dir.parent.name, "final" if phase == "finalization" else "training")
 
 
 def run_rows(project: Project, phase: str | None = None, last: int | None = None) -> list[dict[str, Any]]:

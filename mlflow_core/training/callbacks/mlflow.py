@@ -103,7 +103,7 @@ class MlflowTracking(Callback):
     def on_fit_end(self, t, s) -> None:
         if not self.run_id:
             return
-        self.buffer += [(f"result/{k}", v, max(s.global_step - 1, 0)) for k, v in tracked_results(s.metrics).items()]
+        self.buffer += [(k, v, max(s.global_step - 1, 0)) for k, v in tracked_results(s.metrics).items()]
         self._send()
         best = ((s.metrics.get("checkpoints") or {}).get("best") or {}).get("path")
         if self.link.log_checkpoints and best:

@@ -9,6 +9,8 @@ from typing import Any
 
 from mlflow_core.training.callbacks.base import Callback
 from mlflow_core.training.tracking import TensorBoardTracker, WandbTracker, run_hparams
+from mlflow_core.workflow.git import git
+from mlflow_core.workflow.runs import run_kind
 
 
 class _Tracking(Callback):
@@ -40,13 +42,17 @@ class TensorBoard(_Tracking):
 
 def tracked_results(metrics: dict[str, Any]) -> dict[str, float]:
     """The run's results next to its hyperparameters: the best value of the validation metric and
-    the last epoch's validation figures."""
+    the last epoch's validation figures, named alike in every tracker (`result/best_val_loss` in
+    TensorBoard's HParams, W&B and MLflow)."""
     results: dict[str, float] = {}
     if metrics.get("best"):
-        results[f"best_{metrics['best']['metric']}"] = metrics["best"]["value"]
+        results[f"{RESULT}best_{metrics['best']['metric']}"] = metrics["best"]["value"]
     last = metrics["epochs"][-1] if metrics["epochs"] else {}
-    results.update({k: v for k, v in last.items() if k.startswith("val_") and isinstance(v, float)})
+    results.update({f"{RESULT}{k}": v for k, v in last.items() if k.startswith("val_") and isinstance(v, float)})
     return results
+
+
+RESULT = "result/"
 
 
 class WeightsAndBiases(_Tracking):
@@ -59,7 +65,9 @@ class WeightsAndBiases(_Tracking):
     def on_fit_start(self, t, s) -> None:
         project = t.cfg.monitoring.wandb_project or t.cfg.project.name
         self.tracker = WandbTracker(t.run_dir, t.run_id or t.run_dir.name, project, t.cfg.model_dump(mode="json"),
-                                    t.log, resumed=bool(s.resume))
+                                    t.log, resumed=bool(s.resume), group=t.cfg.project.name, job_type=t.phase,
+                                    tags=[t.phase, run_kind(t.run_dir, t.phase)],
+                                    commit=git(t.project_root, "rev-parse", "HEAD"))
 
     def on_fit_end(self, t, s) -> None:
         if self.tracker is None:
@@ -68,3 +76,4 @@ class WeightsAndBiases(_Tracking):
                                   ("completed", "early_stopped", "pruned"))
         if sync:
             t.log.info("Weights & Biases logged offline; upload with: %s", sync)
+

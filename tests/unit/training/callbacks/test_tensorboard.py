@@ -44,7 +44,7 @@ def test_a_run_writes_steps_epochs_and_hyperparameters(tmp_path):
     assert [s for s, _ in epochs] == [steps // 2 - 1, steps - 1]  # each epoch at its last step
     assert epochs[-1][1] == pytest.approx(result.metrics["epochs"][-1]["val_accuracy"], abs=1e-6)
     assert "train/grad_norm" in events.Tags()["scalars"] and "epoch/train_loss" in events.Tags()["scalars"]
-    assert "hparam/best_val_loss" in events.Tags()["scalars"]  # the HParams dashboard's metric
+    assert "result/best_val_loss" in events.Tags()["scalars"]  # the HParams dashboard's metric
     assert (tmp_path / "run" / "tensorboard").is_dir()
 
 
