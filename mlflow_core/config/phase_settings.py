@@ -46,6 +46,10 @@ class MonitoringSection(Section):
                                          "kept training states (checkpoints/replay/) as artifacts, what `wf verify "
                                          "--from mlflow` recomputes its claims from (a local store copies them: "
                                          "twice the disk).")
+    mlflow_system_metrics: bool = Field(False, description="Also log MLflow's system metrics (CPU, memory, disk, "
+                                        "network, every GPU of the node: system/*, every 10 s) to each phase's "
+                                        "MLflow run, as MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true does. Needs psutil "
+                                        "(in the mlflow extra).")
 
 
 class SearchParameter(Section):

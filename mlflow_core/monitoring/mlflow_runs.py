@@ -57,6 +57,7 @@ class PhaseRun:
     def __init__(self, store: Store, run_id: str | None, phase: str, run_dir: Path | None, log_checkpoints: bool):
         self.store, self.run_id, self.phase, self.run_dir = store, run_id, phase, run_dir
         self.log_checkpoints = log_checkpoints
+        self.system_metrics: Any = None  # MLflow's SystemMetricsMonitor, when asked for
         self.training_tags: dict[str, str] = {}  # given to every nested run (the runner sets the study)
 
     @classmethod
@@ -95,7 +96,11 @@ class PhaseRun:
                               digest=data["sha256"], source=str(data.get("root") or data.get("source")),
                               profile={"source": data.get("source"), **{k: v.get("files") for k, v in splits.items()
                                                                          if isinstance(v, dict)}})
-        return cls(store, run_id, phase, run_dir, monitoring.mlflow_log_checkpoints)
+        tracking = cls(store, run_id, phase, run_dir, monitoring.mlflow_log_checkpoints)
+        if system_metrics_asked(monitoring):
+            tracking.system_metrics = store.call("start the system metrics", _system_metrics, run_id, store.uri,
+                                                 existing is not None)
+        return tracking
 
     def link(self) -> TrainingLink:
         return TrainingLink(self.store, self.phase, self.run_id, self.run_dir, self.log_checkpoints,
@@ -110,16 +115,63 @@ class PhaseRun:
         return ui_command(self.store.uri)
 
     def end(self, status: str, tags: dict[str, Any] | None = None,
-            artifacts: list[tuple[Path, str | None]] | None = None) -> None:
-        """The phase's outcome: its files as artifacts, its tags (the gate's verdict), its status."""
+            artifacts: list[tuple[Path, str | None]] | None = None, metrics: dict[str, float] | None = None,
+            model_id: str | None = None) -> None:
+        """The phase's outcome: its files as artifacts, its figures as metrics (linked to the model
+        it registered, `model_id`), its tags, its status."""
+        if self.system_metrics is not None:
+            self.store.call("stop the system metrics", self.system_metrics.finish)
+            self.system_metrics = None
         if self.run_id is None:
             self.store.flush()
             return
         for path, where in artifacts or []:
             self.store.log_artifact(self.run_id, path, where)
+        if metrics:
+            self.store.log_metrics(self.run_id, [(k, v, 0) for k, v in metrics.items()], wait=True, model_id=model_id)
         if tags:
             self.store.set_tags(self.run_id, tags)
         self.store.finish(self.run_id, status)
+
+
+SYSTEM_METRICS_VARIABLE = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"
+
+
+def system_metrics_asked(monitoring: Any) -> bool:
+    """`monitoring.mlflow_system_metrics`, or MLflow's own variable set true (as its fluent API reads it)."""
+    import os
+
+    return bool(monitoring.mlflow_system_metrics) or os.environ.get(SYSTEM_METRICS_VARIABLE, "").strip().lower() in (
+        "true", "1")
+
+
+def require_system_metrics() -> None:
+    import importlib.util
+
+    from mlflow_core.errors import UserInputError
+
+    if importlib.util.find_spec("psutil") is None:
+        raise UserInputError(f"MLflow's system metrics are asked for (monitoring.mlflow_system_metrics or "
+                             f"{SYSTEM_METRICS_VARIABLE}) and psutil, which reads them, is not installed.",
+                             hint="Install it with `pip install 'wf-phases[mlflow]'`, or turn the system metrics off.")
+
+
+def _system_metrics(run_id: str, uri: str, resumed: bool) -> Any:
+    """MLflow's own monitor, sampling in its thread and logging system/* to the phase's run."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def tag_training_run(store: Store, run_dir: Path, tags: dict[str, Any]) -> None:
+    """Tags on the MLflow run a training run's folder records (nothing when it has none)."""
+    recorded = run_dir / RUN_FILE
+    if store.ok and recorded.is_file():
+        run_id = json.loads(recorded.read_text(encoding="utf-8")).get("run_id")
+        if run_id:
+            store.set_tags(run_id, tags)
 
 
 def adopt_study_trials(store: Store, study: str, parent: str) -> int:

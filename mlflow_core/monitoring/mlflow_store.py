@@ -207,16 +207,18 @@ class Store:
         if drift:
             self.set_tags(run_id, {"wf.param_drift": ", ".join(drift)})
 
-    def log_metrics(self, run_id: str, rows: list[tuple[str, float, int]], *, wait: bool = False) -> None:
+    def log_metrics(self, run_id: str, rows: list[tuple[str, float, int]], *, wait: bool = False,
+                    model_id: str | None = None) -> None:
         """(key, value, step) rows in batches, without waiting for the store (MLflow's background
-        queue) unless `wait`. A non-finite value is left out: a NaN loss is the run's event, not a point."""
+        queue) unless `wait`; linked to a logged model when `model_id` is given (its metrics in
+        MLflow's Models tab). A non-finite value is left out: a NaN loss is the run's event, not a point."""
         import math
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(metric_key(k), float(v), now, int(s)) for k, v, s in rows
+        metrics = [Metric(metric_key(k), float(v), now, int(s), model_id=model_id) for k, v, s in rows
                    if isinstance(v, (int, float)) and math.isfinite(v)]
         for start in range(0, len(metrics), METRICS_PER_CALL):
             operations = self.call("log metrics", "log_batch", run_id,

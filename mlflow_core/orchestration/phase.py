@@ -324,9 +324,9 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
         result = record_outcome(project, state, definition, run, output.facts, cfg.project.name, output.status)
         result.notes = output.notes
         save_state(project, state)
-        gate = sync_auto_marks(project, state, phase, result.evidence)
+        sync_auto_marks(project, state, phase, result.evidence)
     except BaseException:
         end_phase_tracking(ctx.tracking, "FAILED")
         raise
-    end_phase_tracking(ctx.tracking, "FINISHED", project, run, gate)
+    end_phase_tracking(ctx.tracking, "FINISHED", project, run, output.facts)
     return result

@@ -17,9 +17,12 @@ def preflight(project: Project, cfg: Any, phase: str) -> None:
     if problem:
         raise UserInputError(f"`wf phase {phase}`: {problem}; nothing was changed.")
     if cfg.monitoring.mlflow:
+        from mlflow_core.monitoring.mlflow_runs import require_system_metrics, system_metrics_asked
         from mlflow_core.monitoring.mlflow_store import require_mlflow
 
         require_mlflow()
+        if system_metrics_asked(cfg.monitoring):
+            require_system_metrics()
     from mlflow_core.training.data.sources import (
         import_target,  # the project's code, imported as the run will
     )

@@ -1,15 +1,20 @@
 """`wf release [--alias champion]`: the registered model behind the release gate. The alias is set
 on the version `wf phase finalization` registered only when the pre_release gate passes now (what
-`wf gate check finalization` checks); otherwise exit 3 naming what is open. The release is recorded
-in the history; `wf status` and the summary show it. No torch; MLflow's client only."""
+`wf gate check finalization` checks); otherwise exit 3 naming what is open. A finalization that ran
+with MLflow off registered nothing: its verified torch.export program is registered first (checked
+against its recorded SHA-256; nothing trained again, the test split unread), into the project's
+store. The release is recorded in the history; `wf status` and the summary show it. MLflow's client
+only, and torch only to register an export."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from mlflow_core.errors import GateClosedError, UserInputError
 from mlflow_core.workflow.evidence import read_evidence
+from mlflow_core.workflow.facts import RegisteredModel
 from mlflow_core.workflow.gates import evaluate_gate
 from mlflow_core.workflow.lock import locked
 from mlflow_core.workflow.project import Project
@@ -39,24 +44,57 @@ def _release(project: Project, alias: str) -> Release:
     if evidence is None or not evidence.intact:
         raise UserInputError("there is no finalization to release: no intact .wf/evidence/finalization.json.",
                              hint="Run `wf phase finalization` (with monitoring.mlflow: true) first.")
-    registered = evidence.facts.registered
-    if registered is None:
-        raise UserInputError("the finalization registered no model in MLflow (monitoring.mlflow was off, or "
-                             "the registry could not be reached: its log says which).",
-                             hint="Set monitoring.mlflow: true in training_config.yaml and run "
-                                  "`wf phase finalization` again.")
+    registered = evidence.facts.registered or _registered_later(state, evidence)
     gate = evaluate_gate(project, state, "finalization")
     if not gate.passed:
         left = [i.id for i in gate.open_items] + [f"unchanged {d.kind}" for d in gate.drift]
-        raise GateClosedError(f"cannot release {registered.name} version {registered.version}: the pre_release "
-                              f"gate ({gate.path}) does not pass: {', '.join(left)} open.",
+        what = (f"{registered.name} version {registered.version}" if registered is not None
+                else "the finalization's model")
+        raise GateClosedError(f"cannot release {what}: the pre_release gate ({gate.path}) does not pass: "
+                              f"{', '.join(left)} open.",
                               hint="`wf gate check finalization` shows each item and how to close it.")
+    if registered is None:  # the finalization ran with MLflow off: its verified export is registered now
+        registered = _register_export(project, state, evidence)
     uri = _store_of(project, registered.tracking_uri)
     _set_alias(registered, alias, uri)
     state.record("release", model=registered.name, version=registered.version, alias=alias,
                  run_id=evidence.run_id, by=who())
     save_state(project, state)
     return Release(registered.name, registered.version, alias, f"models:/{registered.name}@{alias}", uri)
+
+
+def _registered_later(state: Any, evidence: Any) -> RegisteredModel | None:
+    """The version `wf release` registered for this finalization (its evidence, unchanged, records none)."""
+    event = next((e for e in reversed(state.history) if e.event == "registered" and
+                  getattr(e, "run_id", None) == evidence.run_id and
+                  getattr(e, "evidence_sha256", None) == evidence.sha256), None)
+    if event is None:
+        return None
+    return RegisteredModel(name=event.model, version=event.version, model_uri=event.model_uri,
+                           run_id=evidence.run_id, model_id=event.model_id, tracking_uri=event.tracking_uri)
+
+
+def _register_export(project: Project, state: Any, evidence: Any) -> RegisteredModel:
+    from mlflow_core.config import load_config
+    from mlflow_core.monitoring.mlflow_store import open_store, require_mlflow
+
+    require_mlflow()
+    cfg = load_config(project.config_path)
+    store = open_store(project.root, cfg.monitoring.mlflow_uri, cfg.project.name)
+    if not store.ok:
+        raise UserInputError(f"MLflow's store at {store.uri} cannot be opened, so the finalization's model cannot be "
+                             "registered.", hint="Check monitoring.mlflow_uri (or MLFLOW_TRACKING_URI), then run "
+                                                 "`wf release` again.")
+    from mlflow_core.runners.registry import register_recorded_export  # torch
+
+    done = register_recorded_export(project, state, evidence, store, cfg.project.name)
+    state.record("registered", model=done["name"], version=done["version"], model_uri=done["model_uri"],
+                 model_id=done["model_id"], tracking_uri=done["tracking_uri"], run_id=evidence.run_id,
+                 evidence_sha256=evidence.sha256, max_abs_diff=done["max_abs_diff"], by=who())
+    save_state(project, state)
+    return RegisteredModel(name=done["name"], version=done["version"], model_uri=done["model_uri"],
+                           run_id=evidence.run_id, model_id=done["model_id"], tracking_uri=done["tracking_uri"],
+                           max_abs_diff=done["max_abs_diff"])
 
 
 def _store_of(project: Project, recorded: str) -> str:

@@ -1,6 +1,6 @@
 """A phase's MLflow run (`monitoring.mlflow`), opened when the phase starts and ended with its
-outcome: the report and the figures it shows, metrics.json and the config as artifacts, the gate's
-verdict and the fingerprints as tags (see monitoring/mlflow_runs.py)."""
+outcome: the report and the figures it shows, metrics.json and the config as artifacts, the phase's
+figures as metrics, its outcome and the fingerprints as tags (see monitoring/mlflow_runs.py)."""
 
 from __future__ import annotations
 
@@ -34,8 +34,10 @@ def open_phase_tracking(project: Project, cfg: Any, run: RunRecord, verified: di
 
 
 def end_phase_tracking(tracking: Any, status: str, project: Project | None = None, run: RunRecord | None = None,
-                       gate: Any = None) -> None:
-    """FINISHED with the phase's files and verdict, or FAILED / KILLED as the run ended."""
+                       facts: Any = None) -> None:
+    """FINISHED with the phase's files, its figures as metrics and its outcome, or FAILED / KILLED as
+    the run ended. No gate verdict is tagged: a gate opens and closes with ticks and commits made
+    after the run, and a tag written now would go stale (`wf gate check` says the verdict)."""
     if tracking is None:
         return
     if status != "FINISHED" or project is None or run is None:
@@ -49,6 +51,26 @@ def end_phase_tracking(tracking: Any, status: str, project: Project | None = Non
         artifacts.append((project.root / report, "reports"))
         artifacts += [(project.reports_dir / figure, "reports/figures") for figure in sorted(set(FIGURE.findall(text)))]
     tags = {"wf.status": run.status, "wf.passed": str(bool(run.passed)).lower()}
-    if gate is not None:
-        tags[f"wf.gate.{run.phase}"] = "passed" if gate.passed else "open"
-    tracking.end("FINISHED", tags, artifacts)
+    registered = getattr(facts, "registered", None)
+    tracking.end("FINISHED", tags, artifacts, metrics=phase_figures(facts),
+                 model_id=getattr(registered, "model_id", None))
+
+
+def phase_figures(facts: Any) -> dict[str, float]:
+    """The figures a phase's report leads with, as metrics of its MLflow run (the training figures
+    are logged by the trainer): a sweep's best trial and its seed comparison, the test figures of
+    the final models (mean and spread over the seeds, linked to the registered model)."""
+    figures: dict[str, float | None] = {}
+    best, comparison = getattr(facts, "best", None), getattr(facts, "comparison", None)
+    if getattr(facts, "study", None) is not None:  # an optimization
+        figures["sweep/trials"] = float(len(facts.trials))
+        if best is not None:
+            figures |= {f"sweep/best_{facts.metric}": best.value, "sweep/best_trial": float(best.trial)}
+        if comparison is not None:
+            figures |= {f"comparison/{key}": getattr(comparison, key) for key in
+                        ("baseline_mean", "baseline_std", "optimized_mean", "optimized_std", "improvement",
+                         "p_value")}
+            figures["comparison/significant"] = float(comparison.significant)
+    for key, spread in (getattr(facts, "summary", None) or {}).items():  # a finalization's test figures
+        figures |= {f"test/{key}": spread.mean, f"test/{key}_std": spread.std}
+    return {k: float(v) for k, v in figures.items() if isinstance(v, (int, float))}

@@ -219,6 +219,17 @@ class TrialObjective:
         better = value > best if self.study.direction.name == "MAXIMIZE" else value < best
         return " (a new best)" if better else f" (best so far {best:.4g})"
 
+    def told(self, trial: Any, state: str) -> None:
+        """Optuna's trial number and the state it recorded, as tags of the trial's MLflow run (whose
+        folder may be an earlier, interrupted trial's, continued under a new number)."""
+        tracking, run_dir = self.ctx.tracking, trial.user_attrs.get("run_dir")
+        if tracking is not None and run_dir:
+            from mlflow_core.monitoring.mlflow_runs import tag_training_run
+
+            tag_training_run(tracking.store, self.ctx.project.root / run_dir,
+                             {"optuna.trial.number": trial.number, "optuna.trial.state": state,
+                              "optuna.study": self.study.study_name})
+
     def _trial_dir(self, trial: Any) -> Path:
         """trials/trial_NNN; for an interrupted trial enqueued again, its own directory, with the epochs
         it reported before the interruption reported again, so that the pruner sees the full curve."""

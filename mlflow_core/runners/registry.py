@@ -1,6 +1,6 @@
 """The verified export in MLflow's registry (`monitoring.mlflow`): `wf phase finalization` logs the
-model it exported to the phase's MLflow run with `mlflow.pytorch` (a torch.export program, its
-signature and an input example from the test split), loads it back as MLflow serves it and compares
+model it exported as an MLflow logged model of the phase's run, saved with `mlflow.pytorch` (a
+torch.export program, its signature and an input example from the test split), loads it back as MLflow serves it and compares
 it with the trained model, and registers it as a version of the project's model, tagged with its
 test figures, the path through the phases and the fingerprints. It is not released: `wf release`
 sets its alias once the pre_release gate passes. Never fatal: a failure is said, and the phase goes
@@ -38,37 +38,101 @@ def register_export(ctx: RunContext, model: torch.nn.Module, batch: torch.Tensor
 
 def _register(ctx: RunContext, tracking: Any, model: torch.nn.Module, batch: torch.Tensor,
               facts: dict[str, Any]) -> dict[str, Any]:
+    store = tracking.store
+    with torch.no_grad():
+        expected = model(batch).float().cpu()
+    logged, version, diff = _log_and_register(
+        store, model.cpu(), batch.cpu(), expected, ctx.cfg.project.name, tracking.run_id,
+        {"wf.run_id": ctx.run_id, "wf.config_sha256": ctx.config_sha256,
+         "wf.exported_seed": str(facts.get("exported_seed"))}, _tags(ctx, facts))
+    model.to(batch.device)
+    ctx.on_message(f"MLflow: registered {version.name} version {version.version}; loaded back by MLflow, its logits "
+                   f"differ by at most {diff:.3g}")
+    return {"name": version.name, "version": str(version.version), "model_uri": f"models:/{version.name}/{version.version}",
+            "run_id": tracking.run_id, "model_id": logged.model_id,
+            "tracking_uri": portable_uri(store.uri, ctx.project.root), "max_abs_diff": diff}
+
+
+def _log_and_register(store: Any, model: torch.nn.Module, batch: torch.Tensor, expected: torch.Tensor, name: str,
+                      run_id: str | None, model_tags: dict[str, str],
+                      version_tags: dict[str, str]) -> tuple[Any, Any, float]:
+    """`model` as an MLflow 3 logged model (the Models tab; made by `run_id` when given), saved with
+    `mlflow.pytorch` (a torch.export program with the signature of `batch` and two of its rows as the
+    input example), registered as a version of `name`, then loaded back as MLflow serves it: (the
+    logged model, the version, the largest difference of its outputs from `expected`)."""
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    store, client = tracking.store, tracking.store.client
-    example = batch[:2].detach().cpu()
-    with torch.no_grad():
-        expected = model(batch).float().cpu()
+    client = store.client
+    example = batch[:2].detach()
     signature = infer_signature(example.numpy(), expected[:2].numpy())
-    with tempfile.TemporaryDirectory(prefix="wf-mlflow-model-") as tmp:
-        local = Path(tmp) / "model"
-        mlflow.pytorch.save_model(model.cpu(), str(local), signature=signature, input_example=example.numpy(),
-                                  serialization_format="pt2",
-                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-        client.log_artifacts(tracking.run_id, str(local), "model")
-    model.to(batch.device)
-    name = ctx.cfg.project.name
+    logged = client.create_logged_model(store.experiment_id, name="model", source_run_id=run_id, tags=model_tags,
+                                        model_type="pytorch")
+    try:
+        with tempfile.TemporaryDirectory(prefix="wf-mlflow-model-") as tmp:
+            local = Path(tmp) / "model"
+            mlflow.pytorch.save_model(model, str(local), signature=signature, input_example=example.numpy(),
+                                      serialization_format="pt2",
+                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            client.log_model_artifacts(logged.model_id, str(local))
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    client.finalize_logged_model(logged.model_id, "READY")
     if not _exists(client, name):
-        client.create_registered_model(name, description="Registered by `wf phase finalization`; released with "
-                                                         "`wf release` once the pre_release gate passes.")
-    source = f"{client.get_run(tracking.run_id).info.artifact_uri}/model"
-    version = client.create_model_version(name, source=source, run_id=tracking.run_id, tags=_tags(ctx, facts))
-    uri = f"models:/{name}/{version.version}"
-    mlflow.set_registry_uri(store.uri)  # load_model resolves models:/ through the registry it is given
+        client.create_registered_model(name, description="Registered by wf (`wf phase finalization`, or `wf release` "
+                                                         "for a finalization that did not); released with `wf "
+                                                         "release` once the pre_release gate passes.")
+    # the registry resolves a models:/<id> source, and load_model a models:/ URI, through MLflow's
+    # process-wide URIs, not the client's: without these, the working directory's mlflow.db
+    mlflow.set_registry_uri(store.uri)
     mlflow.set_tracking_uri(store.uri)
-    served = mlflow.pytorch.load_model(uri)
+    version = client.create_model_version(name, source=f"models:/{logged.model_id}", run_id=run_id,
+                                          tags=version_tags, model_id=logged.model_id)
+    served = mlflow.pytorch.load_model(f"models:/{name}/{version.version}")
     with torch.no_grad():
-        diff = float((served(batch.cpu()).float() - expected).abs().max())
-    ctx.on_message(f"MLflow: registered {name} version {version.version}; loaded back by MLflow, its logits "
-                   f"differ by at most {diff:.3g}")
-    return {"name": name, "version": str(version.version), "model_uri": uri, "run_id": tracking.run_id,
-            "tracking_uri": portable_uri(store.uri, ctx.project.root), "max_abs_diff": diff}
+        diff = float((served(batch).float() - expected).abs().max())
+    return logged, version, diff
+
+
+def register_recorded_export(project: Any, state: Any, evidence: Any, store: Any, name: str) -> dict[str, Any]:
+    """The torch.export program a finalization verified, registered now (`wf release` for a
+    finalization that ran with MLflow off): the file checked against the SHA-256 its evidence
+    records, loaded and registered; nothing is trained again and the test split is not read. Its
+    input example is zeros of the input shape (the test batch stays unread)."""
+    from mlflow_core.errors import UserInputError
+    from mlflow_core.workflow.evidence import file_sha256
+
+    facts = evidence.facts
+    export = next((e for e in facts.exports if e.kind == "torch_export" and e.verified and e.path), None)
+    if export is None:
+        raise UserInputError("the finalization registered no model in MLflow, and verified no torch.export program "
+                             "(export/model.pt2) that `wf release` could register in its place.",
+                             hint="Add torch_export to finalization.export, set monitoring.mlflow: true, and run "
+                                  "`wf phase finalization` again.")
+    path = project.inside(export.path)
+    if not path.is_file() or file_sha256(path) != export.sha256:
+        raise UserInputError(f"{export.path} is not the program the finalization verified (missing, or its SHA-256 "
+                             f"differs from the {export.sha256[:12]}… its evidence records): it is not registered.",
+                             hint="Restore the file the finalization wrote, or run `wf phase finalization` again.")
+    program = torch.export.load(path).module()
+    batch = torch.zeros(2, *facts.data.input_shape)
+    with torch.no_grad():
+        expected = program(batch).float()
+    summary = facts.summary or {}
+    version_tags = {f"wf.test.{key}": f"{spread.mean:.6g}" for key, spread in summary.items()}
+    version_tags.update({"wf.path": " → ".join(state.path()), "wf.run_id": evidence.run_id,
+                         "wf.config_sha256": facts.config_sha256, "wf.export_sha256": export.sha256,
+                         "wf.registered_by": "wf release (the finalization ran with MLflow off)",
+                         "wf.gate.pre_release": "not checked: `wf release` checks it",
+                         "wf.exported_seed": str(facts.exported_seed)})
+    with root_logging_kept():
+        logged, version, diff = _log_and_register(
+            store, program, batch, expected, name, None,
+            {"wf.run_id": evidence.run_id, "wf.export_sha256": export.sha256}, version_tags)
+    return {"name": version.name, "version": str(version.version),
+            "model_uri": f"models:/{version.name}/{version.version}", "model_id": logged.model_id,
+            "tracking_uri": portable_uri(store.uri, project.root), "max_abs_diff": diff}
 
 
 def _exists(client: Any, name: str) -> bool:

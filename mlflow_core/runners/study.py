@@ -172,18 +172,23 @@ def run_trials(optuna: Any, ctx: RunContext, study: Any, objective: Callable[[An
                 break
             trial = study.ask()
         ran += 1
+        told = getattr(objective, "told", lambda _trial, _state: None)  # e.g. the trial's MLflow run tagged
         try:
             value = objective(trial)
         except optuna.TrialPruned:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            told(trial, "PRUNED")
             continue
         except BaseException:  # interrupted (enqueued again by the objective), or a crash: said by wf
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            told(trial, "FAIL")
             raise
         if math.isfinite(value):
             study.tell(trial, value)
+            told(trial, "COMPLETE")
         else:  # a NaN run: failed, and said so by the objective
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            told(trial, "FAIL")
     return ran
 
 

@@ -58,7 +58,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # a gate passed re-opens nothing. tests/unit/training/test_no_computation.py trains with each changed
 # and holds the weights bit-equal; anything that can change a weight, a stop or a verdict counts.
 NO_COMPUTATION = ("monitoring.tensorboard", "monitoring.wandb", "monitoring.wandb_project", "monitoring.mlflow",
-                  "monitoring.mlflow_uri", "monitoring.mlflow_log_checkpoints", "monitoring.gpu_sample_interval_s",
+                  "monitoring.mlflow_uri", "monitoring.mlflow_log_checkpoints", "monitoring.mlflow_system_metrics",
+                  "monitoring.gpu_sample_interval_s",
                   "checkpointing.replay_every_n_epochs")
 
 

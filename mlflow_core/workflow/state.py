@@ -57,7 +57,7 @@ class Event(BaseModel):
     event: Literal["init", "phase_started", "phase_finished", "gate_checked", "gate_override",
                    "decision", "checklist_tick", "checklist_untick", "report_rendered", "diagnosis",
                    "test_evaluated", "phase_resumed", "job_requeued", "checklist_waive", "checklist_unwaive",
-                   "run_selected", "release"]
+                   "run_selected", "registered", "release"]
 
 
 class ProjectState(BaseModel):

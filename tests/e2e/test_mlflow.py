@@ -52,6 +52,14 @@ def _state(project: Path) -> dict:
     return json.loads((project / ".wf" / "state.json").read_text())
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uris_kept(monkeypatch):
+    """mlflow.set_tracking_uri (a test loading a model back) also sets MLFLOW_TRACKING_URI in the
+    environment, which every later `wf` this process starts would inherit: undone after each test."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def tracked(project_copy, mlflow_store_template) -> Path:
     """The session's trained project, tracked in MLflow from now on (a migrated store copied in)."""
@@ -73,7 +81,8 @@ def test_quickstart_with_mlflow_leaves_finished_runs_with_params_every_step_and_
     assert baseline.info.status == "FINISHED" and baseline.info.run_name == record["run_id"]
     assert record["mlflow_run_id"] == baseline.info.run_id
     assert len(baseline.data.params) >= 10 and baseline.data.params["training.learning_rate"] == "0.001"
-    assert baseline.data.tags["wf.gate.baseline"] == "open" and baseline.data.tags["wf.passed"] == "true"
+    assert baseline.data.tags["wf.passed"] == "true"  # the run's own outcome, which no later tick changes
+    assert not [t for t in baseline.data.tags if t.startswith("wf.gate.")]  # a gate's verdict would go stale
     # MLflow's own context tags, as its fluent API would set them, and the data as the run's dataset input
     assert baseline.data.tags["mlflow.user"] and baseline.data.tags["mlflow.source.name"]
     setup_facts = json.loads((project / ".wf" / "evidence" / "setup.json").read_text())["facts"]
@@ -137,6 +146,16 @@ def test_a_crash_ends_the_mlflow_run_failed_and_a_signal_killed(tracked):
     client = _client(_uri(tracked))
     statuses = sorted(x.info.status for x in _runs(client, "q") if x.data.tags.get("wf.phase") == "baseline")
     assert statuses == ["FAILED", "KILLED"]
+
+
+def test_system_metrics_on_request_land_in_the_phase_run(tracked):
+    configure(tracked, [("training.epochs", "2")])
+    r = _wf(tracked, "phase", "baseline", *OVERRIDE, env={"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "true",
+                                                          "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    run = next(x for x in _runs(_client(_uri(tracked)), "q") if x.data.tags.get("wf.run_id") ==
+               _state(tracked)["runs"][-1]["run_id"])
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
 
 
 def test_an_unreachable_server_gives_one_warning_and_the_run_completes(tracked):
@@ -208,6 +227,15 @@ def test_optimization_nests_its_trials_and_release_waits_for_the_pre_release_gat
                for x in trials)
     comparison = [x for x in runs if x.data.tags.get("wf.kind") == "comparison"]
     assert len(comparison) == 4 and all(x.data.tags["mlflow.parentRunId"] == parent for x in comparison)
+    # Optuna's own number and state on each trial's run; the sweep's result as the phase run's metrics
+    facts = json.loads((tracked / ".wf" / "evidence" / "optimization.json").read_text())["facts"]
+    numbers = {str(t["number"]): t["state"] for t in facts["trials"]}
+    assert {x.data.tags["optuna.trial.number"]: x.data.tags["optuna.trial.state"] for x in trials} == numbers
+    figures = parents[0].data.metrics
+    assert figures["sweep/best_trial"] == facts["best"]["trial"] and figures["sweep/trials"] == 4
+    assert figures["comparison/optimized_mean"] == pytest.approx(facts["comparison"]["optimized_mean"])
+    assert "comparison/p_value" in figures and "comparison/baseline_std" in figures
+    assert all(x.data.tags["mlflow.user"] and x.data.tags["mlflow.source.name"] for x in trials)  # nested too
 
     assert wf("checklist", "tick", "post_optimization", "sweep_reviewed", "chosen_config_committed",
               cwd=tracked).code == 0
@@ -217,6 +245,14 @@ def test_optimization_nests_its_trials_and_release_waits_for_the_pre_release_gat
     assert registered["name"] == "q" and registered["version"] == "1" and registered["max_abs_diff"] == 0.0
     version = client.get_model_version("q", "1")
     assert version.tags["wf.path"].startswith("setup → baseline") and "wf.test.accuracy" in version.tags
+    # an MLflow 3 logged model made by the finalization's run, its test figures linked to it
+    final = client.get_run(registered["run_id"])
+    logged = client.get_logged_model(registered["model_id"])
+    assert version.source == f"models:/{logged.model_id}" and logged.source_run_id == final.info.run_id
+    summary = json.loads((tracked / ".wf" / "evidence" / "finalization.json").read_text())["facts"]["summary"]
+    assert final.data.metrics["test/accuracy"] == pytest.approx(summary["accuracy"]["mean"])
+    assert "test/accuracy_std" in final.data.metrics
+    assert {m.key for m in logged.metrics or []} >= {"test/accuracy", "test/accuracy_std"}
 
     refused = _wf(tracked, "release")
     assert refused.returncode == 3 and "chosen_config_confirmed" in refused.stderr
@@ -272,3 +308,55 @@ def test_verify_reads_the_checkpoints_and_kept_states_a_run_logged_to_mlflow(tmp
     assert not (run_dir / "checkpoints").exists()  # read from a scratch folder, nothing written into runs/
     bad = _wf(project, "verify", "--from", "mlfow")
     assert bad.returncode == 2 and "choose one of: runs, mlflow" in bad.stderr
+
+
+def test_release_registers_the_verified_export_of_a_finalization_that_ran_without_mlflow(wf, project_copy,
+                                                                                          mlflow_store_template):
+    """MLflow turned on after finalization: turning it on re-opens no gate, and `wf release` registers
+    the torch.export program the finalization verified (nothing trained again, the test split not
+    read again), as a logged model and a version, then sets the alias; an export changed since is
+    refused by the gate before anything is registered."""
+    project = project_copy
+    configure(project, [("finalization.seeds", "1")])
+    assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project).code == 0
+    assert wf("decide", "finalize", "--reason", "a tracked release", cwd=project).code == 0
+    r = _wf(project, "phase", "finalization")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    evaluated = [e for e in _state(project)["history"] if e["event"] == "test_evaluated"]
+    assert wf("checklist", "tick", "pre_release", "chosen_config_confirmed", "model_card_reviewed",
+              cwd=project).code == 0
+    shutil.copy(mlflow_store_template, project / "mlflow.db")
+    configure(project, [("monitoring.mlflow", "true")])
+    assert wf("gate", "check", "finalization", cwd=project).code == 0  # a tracker re-opens no gate
+
+    program = project / "export" / "model.pt2"
+    kept = program.read_bytes()
+    program.write_bytes(kept + b"\0")
+    refused = _wf(project, "release")  # the gate finds the export changed: nothing is registered
+    assert refused.returncode == 3 and "export_verified" in refused.stderr and "Traceback" not in refused.stderr
+    assert not [e for e in _state(project)["history"] if e["event"] == "registered"]
+    program.write_bytes(kept)
+
+    released = _wf(project, "release")
+    assert released.returncode == 0, released.stdout + released.stderr
+    client = _client(_uri(project))
+    version = client.get_model_version_by_alias("q", "champion")
+    assert str(version.version) == "1" and version.tags["wf.registered_by"].startswith("wf release")
+    assert version.tags["wf.gate.pre_release"] == "passed" and "wf.test.accuracy" in version.tags
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))  # the logged model it was made from
+    assert "READY" in str(logged.status) and logged.tags["wf.export_sha256"] == version.tags["wf.export_sha256"]
+    state = _state(project)
+    assert [e for e in state["history"] if e["event"] == "test_evaluated"] == evaluated  # the test split unread
+    assert [e["version"] for e in state["history"] if e["event"] == "registered"] == ["1"]
+    again = _wf(project, "release", "--alias", "candidate")  # the version registered above, not a second
+    assert again.returncode == 0, again.stderr
+    assert str(client.get_model_version_by_alias("q", "candidate").version) == "1"
+    assert [str(m.version) for m in client.search_model_versions("name = 'q'")] == ["1"]
+
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(_uri(project))
+    mlflow.set_registry_uri(_uri(project))
+    served = mlflow.pytorch.load_model("models:/q@champion")
+    batch = torch.randn(5, 1, 8, 8)
+    assert torch.equal(served(batch), torch.export.load(program).module()(batch))

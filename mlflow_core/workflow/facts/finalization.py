@@ -69,7 +69,8 @@ class RegisteredModel(Facts):
     name: str
     version: str
     model_uri: str  # models:/<name>/<version>
-    run_id: str  # the finalization's MLflow run, which holds the model's files
+    run_id: str  # the finalization's MLflow run, which made the logged model
+    model_id: str | None = None  # the MLflow logged model (m-…) that holds the model's files
     tracking_uri: str
     max_abs_diff: float | None = None  # the registered model, loaded back by MLflow, against the trained one
 

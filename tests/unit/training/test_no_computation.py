@@ -16,6 +16,7 @@ from mlflow_core.workflow.fingerprints import NO_COMPUTATION  # noqa: E402
 
 CHANGED = {"monitoring.tensorboard": True, "monitoring.wandb": True, "monitoring.wandb_project": "elsewhere",
            "monitoring.mlflow": True, "monitoring.mlflow_uri": "http://127.0.0.1:1", "monitoring.mlflow_log_checkpoints": True,
+           "monitoring.mlflow_system_metrics": True,
            "monitoring.gpu_sample_interval_s": 0.05, "checkpointing.replay_every_n_epochs": 0}
 
 
