@@ -18,6 +18,7 @@ from typing import Any
 from mlflow_core.monitoring.mlflow_store import Store, open_store, ui_command
 from mlflow_core.workflow.runs import run_kind
 
+MLFLOW_STATUS = {"interrupted": "KILLED", "crashed": "FAILED"}  # a wf run's end → its MLflow run's (else FINISHED)
 RUN_FILE = "logs/mlflow_run.json"  # in a training run's folder: its nested MLflow run
 
 
@@ -73,13 +74,16 @@ class PhaseRun:
     @classmethod
     def start(cls, project_root: Path, cfg: Any, phase: str, wf_run_id: str, run_dir: Path,
               tags: dict[str, Any], existing: str | None = None, notify: Any = None,
-              data: dict[str, Any] | None = None) -> PhaseRun | None:
+              data: dict[str, Any] | None = None, ended: dict[str, str] | None = None) -> PhaseRun | None:
         """The phase's run: `existing` (a resume) reopened, else a new one. None when tracking is
-        off or the store cannot be reached (said once; the phase goes on)."""
+        off or the store cannot be reached (said once; the phase goes on). `ended`: the MLflow runs
+        of wf runs that have ended, with the status each should have (see end_left_running)."""
         monitoring = cfg.monitoring
         if not monitoring.mlflow:
             return None
         store = open_store(project_root, monitoring.mlflow_uri, cfg.project.name, notify)
+        if ended:
+            end_left_running(store, {k: v for k, v in ended.items() if k != existing})
         if existing and store.reopen(existing):
             store.set_tags(existing, {"wf.resumed": "true"})
             run_id: str | None = existing
@@ -163,6 +167,25 @@ def _system_metrics(run_id: str, uri: str, resumed: bool) -> Any:
     monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=uri)
     monitor.start()
     return monitor
+
+
+def end_left_running(store: Store, ended: dict[str, str]) -> int:
+    """MLflow runs still RUNNING whose wf run has ended (`ended`: MLflow run id → FINISHED, FAILED or
+    KILLED): the store was unreachable when the run ended, or the process was killed, and tracking
+    had stopped. Ended now as their wf run did, and tagged so; how many."""
+    if not store.ok or not ended:
+        return 0
+    found = store.call("find runs left running", "search_runs", [store.experiment_id],
+                       filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    repaired = 0
+    for run in found or []:
+        status = ended.get(run.info.run_id)
+        if status:
+            store.set_tags(run.info.run_id, {"wf.repaired": "ended by a later wf command: tracking had stopped "
+                                                            "before the run's end was recorded"})
+            store.finish(run.info.run_id, status)
+            repaired += store.ok
+    return repaired
 
 
 def tag_training_run(store: Store, run_dir: Path, tags: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from mlflow_core.errors import UserInputError
 
 MLFLOW_DB = "mlflow.db"
 RETRIES, BACKOFF = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+REPEAT_FOR_S = 30.0  # wf's own tries of a write safe to repeat that MLflow does not retry (Store.call)
 REMOTE_RETRIES, REMOTE_BACKOFF = 4, 2  # urllib3's backoff: 2, 4, 8, 16 s between tries, half a minute in all
 _SET_BY_WF: set[str] = set()  # the MLflow variables wf set in this process (a user's own are never changed)
 ARTIFACTS_DIR = "mlartifacts"
@@ -113,7 +115,7 @@ class Store:
         self.notify = notify  # where the one warning goes besides the log (the phase's messages)
         self.pending: list[Any] = []  # batches sent without waiting, until flush
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no calls home from a training job
-        remote = uri.startswith(("http://", "https://"))
+        remote = self.remote = uri.startswith(("http://", "https://"))
         chosen = {k for k in (RETRIES, BACKOFF) if k in os.environ and k not in _SET_BY_WF}  # the user's win
         if remote:  # MLflow's defaults retry for about four minutes: opening gives up at once
             if RETRIES not in chosen:
@@ -139,18 +141,31 @@ class Store:
     def ok(self) -> bool:
         return self.client is not None
 
-    def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(self, what: str, fn: Any, *args: Any, repeat_safe: bool = False, **kwargs: Any) -> Any:
         """`fn` (a callable, or the name of an MlflowClient method, looked up only while the store is
-        open) guarded: after the first failure every call is a no-op returning None."""
+        open) guarded: after the first failure every call is a no-op returning None.
+
+        MLflow retries what a server could not have processed (a refused connection, a 503) and the
+        writes it knows are safe to repeat; a write whose connection dropped after it was sent (it
+        may have been done) fails at once. `repeat_safe` marks such a write that is safe to send
+        again (MLflow's store deduplicates it, or `fn` looks before it writes): on a remote store it
+        is tried again with backoff, for REPEAT_FOR_S at most."""
         if self.client is None:
             return None
-        try:
-            if isinstance(fn, str):
-                fn = getattr(self.client, fn)
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            self._failed(what, exc)
-            return None
+        if isinstance(fn, str):
+            fn = getattr(self.client, fn)
+        deadline, wait = time.monotonic() + REPEAT_FOR_S, 2.0
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if repeat_safe and self.remote and _connection_dropped(exc) and time.monotonic() + wait < deadline:
+                    log.info("MLflow: %s at %s: the connection dropped; trying again in %.0f s", what, self.uri, wait)
+                    time.sleep(wait)
+                    wait *= 2
+                    continue
+                self._failed(what, exc)
+                return None
 
     def _failed(self, what: str, exc: Exception) -> None:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
@@ -173,7 +188,20 @@ class Store:
         tags = {k: str(v)[:MAX_TAG_VALUE] for k, v in _with_context(tags).items()}
         if parent:
             tags["mlflow.parentRunId"] = parent
-        run = self.call("create a run", lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))
+        tries = 0
+
+        def create() -> Any:  # a try after a dropped connection first looks for the run the last one made
+            nonlocal tries
+            tries += 1
+            if tries > 1 and "wf.run_id" in tags:
+                made = self.client.search_runs([self.experiment_id], max_results=1,
+                                               filter_string=f"tags.`wf.run_id` = '{tags['wf.run_id']}' and "
+                                                             f"attributes.run_name = '{name}'")
+                if made:
+                    return made[0]
+            return self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+
+        run = self.call("create a run", create, repeat_safe=True)
         return run.info.run_id if run is not None else None
 
     def reopen(self, run_id: str) -> bool:
@@ -213,7 +241,6 @@ class Store:
         queue) unless `wait`; linked to a logged model when `model_id` is given (its metrics in
         MLflow's Models tab). A non-finite value is left out: a NaN loss is the run's event, not a point."""
         import math
-        import time
 
         from mlflow.entities import Metric
 
@@ -239,7 +266,7 @@ class Store:
 
         dataset = Dataset(name=name[:500], digest=digest[:36], source_type="local", source=source[:1000],
                           profile=json.dumps(profile))
-        self.call("log the dataset", "log_inputs", run_id,
+        self.call("log the dataset", "log_inputs", run_id, repeat_safe=True,  # the store keeps one input per dataset
                   datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
@@ -256,8 +283,6 @@ class Store:
         # time go to the store directly, where the store allows it
         store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
         if callable(getattr(store, "update_run_info", None)):
-            import time
-
             from mlflow.entities import RunStatus
 
             self.call("end the run", store.update_run_info, run_id, run_status=RunStatus.from_string(status),
@@ -271,6 +296,21 @@ class Store:
         pending, self.pending = self.pending, []
         for operations in pending:
             self.call("send metrics", operations.wait)
+
+
+_DROPPED = ("Connection aborted", "RemoteDisconnected", "Connection reset", "Read timed out", "Max retries exceeded",
+            "Connection refused", "BrokenPipe")
+
+
+def _connection_dropped(exc: BaseException) -> bool:
+    """Whether `exc` (MLflow wraps the HTTP library's error in its own message) is a connection that
+    failed, rather than the server refusing the call."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if any(sign in str(seen) for sign in _DROPPED):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _with_context(tags: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_core.workflow.project import Project
-from mlflow_core.workflow.state import RunRecord
+from mlflow_core.workflow.state import RunRecord, load_state
 
 FIGURE = re.compile(r"\]\((figures/[^)\s]+\.png)\)")  # an image a report shows, relative to reports/
 
@@ -27,10 +27,19 @@ def open_phase_tracking(project: Project, cfg: Any, run: RunRecord, verified: di
             **({"mlflow.source.git.commit": commit} if commit else {})}
     tracking = PhaseRun.start(project.root, cfg, run.phase, run.run_id, project.inside(run.dir),
                               {k: v for k, v in tags.items() if v}, existing=run.mlflow_run_id if resuming else None,
-                              notify=say, data=verified.get("data"))
+                              notify=say, data=verified.get("data"), ended=ended_mlflow_runs(project))
     if tracking is not None:
         run.mlflow_run_id, run.mlflow_uri = tracking.run_id, tracking.store.uri
     return tracking
+
+
+def ended_mlflow_runs(project: Project) -> dict[str, str]:
+    """The MLflow runs of the project's wf runs that have ended, with the MLflow status each ended
+    with (what a run left RUNNING by a tracking outage is ended as)."""
+    from mlflow_core.monitoring.mlflow_runs import MLFLOW_STATUS
+
+    return {r.mlflow_run_id: MLFLOW_STATUS.get(r.status, "FINISHED") for r in load_state(project).runs
+            if r.mlflow_run_id and r.finished_at and r.status != "running"}
 
 
 def end_phase_tracking(tracking: Any, status: str, project: Project | None = None, run: RunRecord | None = None,

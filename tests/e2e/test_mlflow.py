@@ -6,6 +6,7 @@ setting the alias only when the pre_release gate passes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -158,6 +160,18 @@ def test_system_metrics_on_request_land_in_the_phase_run(tracked):
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
 
 
+def test_an_mlflow_run_left_running_by_an_outage_is_ended_by_the_next_phase(tracked):
+    configure(tracked, [("training.epochs", "2")])
+    assert _wf(tracked, "phase", "baseline", *OVERRIDE).returncode == 0
+    first = _state(tracked)["runs"][-1]
+    client = _client(_uri(tracked))
+    client.update_run(first["mlflow_run_id"], status="RUNNING")  # as a store that failed at the end leaves it
+    r = _wf(tracked, "phase", "baseline", *OVERRIDE)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    repaired = client.get_run(first["mlflow_run_id"])
+    assert repaired.info.status == "FINISHED" and "ended by a later wf command" in repaired.data.tags["wf.repaired"]
+
+
 def test_an_unreachable_server_gives_one_warning_and_the_run_completes(tracked):
     configure(tracked, [("training.epochs", "2")])
     with socket.socket() as s:
@@ -169,7 +183,9 @@ def test_an_unreachable_server_gives_one_warning_and_the_run_completes(tracked):
     assert "baseline passed" in r.stdout
 
 
-def test_a_real_mlflow_server_receives_the_run_through_its_rest_api(tracked, tmp_path):
+@pytest.fixture
+def mlflow_server(tracked, tmp_path):
+    """A real MLflow server (`mlflow server`, the full package) on a copy of the migrated store: its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -191,21 +207,100 @@ def test_a_real_mlflow_server_receives_the_run_through_its_rest_api(tracked, tmp
                 time.sleep(0.5)
         else:
             pytest.fail("the MLflow server did not answer /health within 120 s")
-        configure(tracked, [("training.epochs", "2")])
-        r = _wf(tracked, "phase", "baseline", *OVERRIDE, env={"MLFLOW_TRACKING_URI": url})
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr
-        client = _client(url)  # MLflow's REST client
-        found = client.search_runs([client.get_experiment_by_name("q").experiment_id],
-                                   filter_string="tags.`wf.phase` = 'baseline'")
-        assert len(found) == 1 and found[0].info.status == "FINISHED"
-        record = _state(tracked)["runs"][-1]
-        assert found[0].info.run_name == record["run_id"] and record["mlflow_uri"] == url
-        steps = (tracked / record["dir"] / "logs" / "steps.csv").read_text().splitlines()[1:]
-        assert len(client.get_metric_history(found[0].info.run_id, "train/loss")) == len(steps)
-        assert "reports/baseline_results.md" in [a.path for a in client.list_artifacts(found[0].info.run_id, "reports")]
+        yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def test_a_real_mlflow_server_receives_the_run_through_its_rest_api(tracked, mlflow_server):
+    url = mlflow_server
+    configure(tracked, [("training.epochs", "2")])
+    r = _wf(tracked, "phase", "baseline", *OVERRIDE, env={"MLFLOW_TRACKING_URI": url})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    client = _client(url)  # MLflow's REST client
+    found = client.search_runs([client.get_experiment_by_name("q").experiment_id],
+                               filter_string="tags.`wf.phase` = 'baseline'")
+    assert len(found) == 1 and found[0].info.status == "FINISHED"
+    record = _state(tracked)["runs"][-1]
+    assert found[0].info.run_name == record["run_id"] and record["mlflow_uri"] == url
+    steps = (tracked / record["dir"] / "logs" / "steps.csv").read_text().splitlines()[1:]
+    assert len(client.get_metric_history(found[0].info.run_id, "train/loss")) == len(steps)
+    assert "reports/baseline_results.md" in [a.path for a in client.list_artifacts(found[0].info.run_id, "reports")]
+
+
+class DroppingProxy:
+    """A TCP proxy in front of the MLflow server that can drop every connection for a while, open
+    ones and new ones alike: what a restarting load balancer or a network partition does to a client."""
+
+    def __init__(self, target_port: int):
+        self.target, self.drop_until, self.dropped, self.forwarded = target_port, 0.0, 0, 0
+        self.live: set[socket.socket] = set()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def drop_for(self, seconds: float) -> None:
+        self.drop_until = time.monotonic() + seconds
+        for sock in list(self.live):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            if time.monotonic() < self.drop_until:
+                self.dropped += 1
+                client.close()
+                continue
+            self.forwarded += 1
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.live |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for sock in (source, sink):
+            self.live.discard(sock)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def test_a_server_unreachable_for_15_s_during_a_baseline_costs_neither_the_run_nor_its_tracking(tracked,
+                                                                                               mlflow_server):
+    """Every connection to the server dropped for 15 s from the moment the baseline makes its MLflow
+    run, through its training and to its end: MLflow's retries (4, with backoff) carry what it knows
+    is safe to send again, wf's own tries the writes it made safe (the run looked for before it is
+    made again, the dataset input the store keeps once). The outcome is recorded, and the MLflow run,
+    made once, is FINISHED with its dataset and every step once."""
+    proxy = DroppingProxy(int(mlflow_server.rsplit(":", 1)[1]))
+    configure(tracked, [("training.epochs", "6"), ("early_stopping.enabled", "false")])
+    run = subprocess.Popen([*WF, "phase", "baseline", *OVERRIDE], cwd=tracked, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "COLUMNS": "200", "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{proxy.port}"})
+    deadline = time.time() + 120
+    while proxy.forwarded < 4 and run.poll() is None and time.time() < deadline:  # the store opened
+        time.sleep(0.05)
+    assert run.poll() is None, "the baseline ended before the outage could begin"
+    proxy.drop_for(15)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, out[-2000:] + err
+    assert proxy.dropped > 0  # the run called the server during the outage
+    assert "Traceback" not in out + err and "MLflow tracking stopped" not in out
+    assert "baseline passed" in out
+    record = _state(tracked)["runs"][-1]
+    assert record["status"] == "completed" and record["passed"]
+    client = _client(mlflow_server)
+    made = client.search_runs([client.get_experiment_by_name("q").experiment_id],
+                              filter_string=f"tags.`wf.run_id` = '{record['run_id']}'")
+    assert [m.info.run_id for m in made] == [record["mlflow_run_id"]]  # made once
+    mlflow_run = made[0]
+    assert mlflow_run.info.status == "FINISHED" and len(mlflow_run.inputs.dataset_inputs) == 1
+    steps = [int(r.split(",")[0]) for r in (tracked / record["dir"] / "logs" / "steps.csv").read_text().splitlines()[1:]]
+    assert sorted(m.step for m in client.get_metric_history(mlflow_run.info.run_id, "train/loss")) == steps
 
 
 def test_optimization_nests_its_trials_and_release_waits_for_the_pre_release_gate(wf, tracked):

@@ -13,12 +13,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from mlflow_core.monitoring.mlflow_runs import MLFLOW_STATUS
 from mlflow_core.monitoring.mlflow_store import METRICS_PER_CALL, flatten
 from mlflow_core.training.callbacks.base import Callback
 from mlflow_core.training.callbacks.replay import REPLAY_DIR
 from mlflow_core.training.callbacks.tensorboard import tracked_results
 
-ENDED = {"interrupted": "KILLED", "crashed": "FAILED"}  # every other status is a run that ran to its end
 SEND_EVERY_S = 10.0  # figures go to the store in one batch at most this often (and at the end)
 STEP_FAMILY, EPOCH_FAMILY = "train/loss", "epoch/epoch"  # the keys whose history says what is logged
 
@@ -115,6 +115,6 @@ class MlflowTracking(Callback):
         status = s.metrics.get("status") or "crashed"
         self.store.set_tags(self.run_id, {"wf.status": status})
         if self.owned:
-            self.store.finish(self.run_id, ENDED.get(status, "FINISHED"))
+            self.store.finish(self.run_id, MLFLOW_STATUS.get(status, "FINISHED"))
         else:
             self.store.flush()
