@@ -101,6 +101,8 @@ class PhaseRun:
                               profile={"source": data.get("source"), **{k: v.get("files") for k, v in splits.items()
                                                                          if isinstance(v, dict)}})
         tracking = cls(store, run_id, phase, run_dir, monitoring.mlflow_log_checkpoints)
+        # the project's commit on the nested runs too (MLflow's own context would name wf's checkout)
+        tracking.training_tags.update({k: str(v) for k, v in tags.items() if k.startswith("mlflow.source.git")})
         if system_metrics_asked(monitoring):
             tracking.system_metrics = store.call("start the system metrics", _system_metrics, run_id, store.uri,
                                                  existing is not None)
