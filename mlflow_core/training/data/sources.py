@@ -5,6 +5,7 @@ the project's own callable (data.target); per-file or packed, normalised when as
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from mlflow_core.config.schema import WorkflowConfig
+from mlflow_core.config.section import standard_library
 from mlflow_core.errors import DataError, UserInputError
 from mlflow_core.training.data.datasets import (
     DataBundle,
@@ -164,8 +166,14 @@ def pack_data(cfg: WorkflowConfig, project_root: Path, on_message: Callable[[str
 
 
 def import_target(target: str, project_root: Path, field: str) -> Callable[..., Any]:
-    """Import 'module:attr' with the project directory first on sys.path."""
+    """Import 'module:attr' with the project directory first on sys.path: a class or a function of the
+    project's own code (or of an installed package), never a builtin or a standard-library callable
+    (`os:system` would be called with the model's or the data's arguments)."""
     module_name, attr = target.split(":", 1)
+    if standard_library(module_name):
+        raise UserInputError(f"{field} = {target!r}: {module_name} is Python's standard library, not code of the "
+                             "project; a target names a class or factory in a .py file of the project (or an "
+                             "installed package)")
     root = str(project_root.resolve())
     if root not in sys.path:
         sys.path.insert(0, root)
@@ -175,8 +183,12 @@ def import_target(target: str, project_root: Path, field: str) -> Callable[..., 
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise UserInputError(f"{field} = {target!r}: cannot import it from {root} ({exc})") from None
-    if not callable(obj):
-        raise UserInputError(f"{field} = {target!r} is not callable")
+    if not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismethod(obj)):
+        raise UserInputError(f"{field} = {target!r} is a {type(obj).__name__}, not a class or a function of the "
+                             "project's code")
+    if standard_library(getattr(obj, "__module__", None) or ""):  # re-exported from the standard library
+        raise UserInputError(f"{field} = {target!r} is {obj.__module__}.{obj.__qualname__}, from Python's standard "
+                             "library, not code of the project")
     return obj
 
 
