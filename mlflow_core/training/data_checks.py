@@ -27,6 +27,7 @@ def _scan(dataset: Dataset, num_classes: int) -> dict[str, Any]:
     indices = _scanned(n)
     nonfinite, bad_labels, shapes, masks = [], [], Counter(), False
     first_of_shape: dict[tuple[int, ...], int] = {}
+    first_of_label: dict[int, int] = {}
     counts: Counter[int] = Counter()
     hashes: dict[str, int] = {}
     lo, hi = float("inf"), float("-inf")
@@ -49,13 +50,18 @@ def _scan(dataset: Dataset, num_classes: int) -> dict[str, Any]:
                 if n:
                     counts[cls] += n
         else:
-            y = int(y)
+            value = y.item() if isinstance(y, torch.Tensor) else y
+            if isinstance(value, float) and not value.is_integer():
+                bad_labels.append((i, value))  # int() would make 2.7 a silent 2
+                continue
+            y = int(value)
             if not 0 <= y < num_classes:
                 bad_labels.append((i, y))
             counts[y] += 1
+            first_of_label.setdefault(y, i)
         hashes.setdefault(hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest(), i)
     return {"scanned": len(indices), "size": n, "nonfinite": nonfinite, "bad_labels": bad_labels, "masks": masks,
-            "shapes": shapes, "first_of_shape": first_of_shape, "counts": counts, "hashes": hashes, "min": lo, "max": hi}
+            "shapes": shapes, "first_of_shape": first_of_shape, "first_of_label": first_of_label, "counts": counts, "hashes": hashes, "min": lo, "max": hi}
 
 
 DIGEST_SAMPLES = 64
@@ -185,9 +191,34 @@ def _refuse_what_cannot_train(bundle: DataBundle, train: dict[str, Any], val: di
                 raise DataError(f"{where}: the mask holds class id {label}, outside 0..{bundle.num_classes - 1} "
                                 f"(data.num_classes {bundle.num_classes}; {len(scan['bad_labels'])} {name} masks "
                                 "out of range); masks hold 0-based class ids")
+            if isinstance(label, float):
+                raise DataError(f"{where}: label {label} is not a whole number; labels must be 0-based class "
+                                "indices")
             raise DataError(f"{where}: label {label} is outside 0..{bundle.num_classes - 1} "
                             f"({len(scan['bad_labels'])} {name} labels out of range; the classes are counted "
                             "from the labels unless data.num_classes says otherwise); labels must be 0-based "
                             "class indices")
+    _refuse_skipped_classes(bundle, train, val)
+
+
+def _refuse_skipped_classes(bundle: DataBundle, train: dict[str, Any], val: dict[str, Any]) -> None:
+    """Classes counted from the labels (data.num_classes null) must all occur: one label 99 among
+    0–3 would make a 100-class model whose 96 extra outputs no sample trains. Judged on fully
+    scanned splits only (a sample of a large split may miss a rare class)."""
+    if not bundle.counted_from_labels or train["masks"] or any(s["scanned"] < s["size"] for s in (train, val)):
+        return
+    seen = set(train["counts"]) | set(val["counts"])
+    missing = [c for c in range(bundle.num_classes) if c not in seen]
+    if not missing:
+        return
+    top = bundle.num_classes - 1
+    split, scan = ("train", train) if top in train["first_of_label"] else ("val", val)
+    where = _where(bundle, split, scan["first_of_label"][top])
+    shown = ", ".join(map(str, missing[:8])) + (f" … ({len(missing)} classes)" if len(missing) > 8 else "")
+    raise DataError(f"{where}: label {top} makes {bundle.num_classes} classes (data.num_classes is counted from the "
+                    f"largest label), but no training or validation sample has label {shown}; a label that skips "
+                    "classes is usually a mislabelled sample",
+                    hint=f"fix that label, or set data.num_classes: {bundle.num_classes} in training_config.yaml "
+                         "if those classes are meant to have no samples yet")
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from mlflow_core.atomic import atomic_write_text
 from mlflow_core.errors import StorageError, UserInputError
+from mlflow_core.workflow import jsontext
 
 MANIFEST_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -56,7 +57,7 @@ class _JsonCache:
             return
         self._loaded = True
         try:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            raw = jsontext.loads(self.path.read_text(encoding="utf-8"))
             if isinstance(raw, dict) and raw.get("version") == self.version and isinstance(raw.get("data"), dict):
                 self.data = raw["data"]
         except (OSError, ValueError):
@@ -331,7 +332,7 @@ def read_manifest(project_root: Path, relative: str) -> DataManifest:
     path = project_root / relative
     try:
         text = path.read_text(encoding="utf-8")
-        raw = json.loads(text)
+        raw = jsontext.loads(text)
         if hashlib.sha256(text.encode()).hexdigest() != path.stem:
             raise ValueError("its content does not match its name (it was edited)")
         splits = {name: SplitFiles({rel: (int(v[0]), str(v[1])) for rel, v in files.items()},

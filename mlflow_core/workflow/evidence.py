@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mlflow_core.atomic import atomic_link, atomic_write_json
+from mlflow_core.workflow import jsontext
 from mlflow_core.workflow.facts import PhaseFacts
 from mlflow_core.workflow.phases import PHASES
 from mlflow_core.workflow.project import Project, safe_name
@@ -106,7 +107,7 @@ def read_evidence(project: Project, phase: str, path: Path | None = None) -> Evi
     `path`: an archived copy (one run's) instead of the phase's current evidence."""
     path = path or evidence_path(project, phase)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = jsontext.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:

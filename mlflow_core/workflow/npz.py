@@ -25,11 +25,38 @@ def load_arrays(path: Path, keys: tuple[str, ...], settings: str) -> list[Any]:
 
     try:
         with np.load(path, allow_pickle=False) as npz:
+            for key in keys:
+                _check_header(path, npz.zip, key)
             return [np.asarray(npz[key]) for key in keys]
     except KeyError as exc:
         raise DataError(f"{path}: missing array {exc} ({settings})") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: cannot be read as .npz ({exc})") from None
+
+
+def _check_header(path: Path, archive: zipfile.ZipFile, key: str) -> None:
+    """An array's header against the bytes the archive holds for it, before numpy allocates what the
+    header claims: a header may say 224 GiB in a file of a few hundred bytes."""
+    import numpy as np
+
+    name = f"{key}.npy"
+    if name not in archive.namelist():
+        return  # np.load names the missing key
+    info = archive.getinfo(name)
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is None:
+            return  # a format numpy added later: its own reader checks it
+        shape, _, dtype = read(member)
+        header = member.tell()
+    if dtype.hasobject:
+        raise DataError(f"{path}: array {key!r} holds Python objects; an .npz sample holds numbers only")
+    claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    held = info.file_size - header
+    if claimed > held:
+        raise DataError(f"{path}: array {key!r} claims shape {tuple(shape)} of {dtype} ({claimed:,} bytes) but the "
+                        f"file holds {max(held, 0):,}; the file is damaged or not what it says")
 
 
 def channels_first(image: Any) -> Any:
@@ -52,10 +79,18 @@ def image_of(path: Path, image: Any) -> Any:
 
 
 def label_of(path: Path, label: Any) -> Any:
-    """A classification label as stored: a 0-d array of its own dtype."""
+    """A classification label as stored: a 0-d array of its own dtype, holding a whole number."""
     if label.size != 1:
         raise DataError(f"{path}: label must be a single integer, has shape {label.shape}")
-    return label.reshape(())
+    label = label.reshape(())
+    if label.dtype.kind == "f" and float(label).is_integer():
+        return label
+    if label.dtype.kind not in "iu":
+        value = label.item()
+        what = {"f": "not a whole number", "U": "text", "S": "text", "b": "a boolean"}.get(label.dtype.kind,
+                                                                                         f"of type {label.dtype}")
+        raise DataError(f"{path}: label {value!r} is {what}; a label is a 0-based integer class id")
+    return label
 
 
 def mask_of(path: Path, mask: Any, image: Any = None) -> Any:

@@ -27,6 +27,7 @@ from typing import Any
 
 from mlflow_core.atomic import STORAGE_ERRNOS, storage_error
 from mlflow_core.errors import DataError, StorageError
+from mlflow_core.workflow import jsontext
 from mlflow_core.workflow.datafiles import StatCache
 from mlflow_core.workflow.npz import npz_files, read_sample
 
@@ -69,7 +70,7 @@ class Pack:
 
     def source_files(self) -> list[Path]:
         """Each sample's source file, in pack order: what a message about a sample names."""
-        raw = json.loads((self.folder / MANIFEST).read_text(encoding="utf-8"))
+        raw = jsontext.loads((self.folder / MANIFEST).read_text(encoding="utf-8"))
         return [Path(raw["source"]) / name for name in raw.get("names", [])]
 
     def nbytes(self) -> int:
@@ -81,7 +82,7 @@ class Pack:
         import numpy as np
 
         try:
-            raw = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+            raw = jsontext.loads((folder / MANIFEST).read_text(encoding="utf-8"))
             pack = cls(folder, raw["split"], int(raw["samples"]), tuple(raw["image_shape"]), raw["image_dtype"],
                        tuple(raw["target_shape"]), raw["target_dtype"], raw["key"], bool(raw.get("scaled", False)))
             if raw.get("format") != PACK_FORMAT:
@@ -202,7 +203,7 @@ def _remove_stale(root: Path, split: str, source: Path, final: Path) -> None:
     for stale in root.glob(f"{split}-*"):
         if stale != final and (stale / MANIFEST).is_file():
             try:
-                if json.loads((stale / MANIFEST).read_text()).get("source") == str(source):
+                if jsontext.loads((stale / MANIFEST).read_text()).get("source") == str(source):
                     shutil.rmtree(stale, ignore_errors=True)
             except (OSError, ValueError):
                 pass

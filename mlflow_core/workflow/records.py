@@ -8,13 +8,13 @@ file and the field. JSON has no NaN: a non-finite loss is recorded as its string
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mlflow_core.errors import UserInputError
+from mlflow_core.workflow import jsontext
 
 METRICS_SCHEMA_VERSION = 1
 RunStatus = Literal["running", "completed", "early_stopped", "pruned", "failed_nan", "interrupted", "crashed"]
@@ -225,7 +225,7 @@ def first_problem(exc: ValidationError, within: str = "") -> str:
 def load_run_metrics(path: Path) -> RunMetrics:
     """A run's metrics.json; a file that is not one is exit 2 naming the file and the field."""
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        raw = jsontext.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserInputError(f"{path}: cannot be read ({exc}).") from None
     try:

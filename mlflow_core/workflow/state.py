@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mlflow_core import __version__
 from mlflow_core.atomic import atomic_write_json
 from mlflow_core.errors import StateError
+from mlflow_core.workflow import jsontext
 from mlflow_core.workflow.project import Project
 
 SCHEMA_VERSION = 1
@@ -164,14 +165,15 @@ def who() -> str:
 def load_state(project: Project) -> ProjectState:
     path = project.state_path
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = jsontext.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise StateError(f"{path}: not found.", hint="Create the project with `wf init DIR`.") from None
     except json.JSONDecodeError as exc:
         raise StateError(f"{path}: line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg}).",
                          hint="Restore it from version control (`git checkout -- .wf/state.json`).") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StateError(f"{path}: cannot be read ({exc}).") from None
+    except (OSError, UnicodeDecodeError, jsontext.NestedTooDeep) as exc:
+        raise StateError(f"{path}: cannot be read ({exc}).",
+                         hint="Restore it from version control (`git checkout -- .wf/state.json`).") from None
     if isinstance(raw, dict) and raw.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
         raise StateError(f"{path}: schema_version {raw.get('schema_version')!r} is not supported by wf "
                          f"{__version__} (it reads version {SCHEMA_VERSION}).",

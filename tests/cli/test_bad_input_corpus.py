@@ -109,6 +109,7 @@ STATES = [  # (case, content, fragment)
     ("unknown_event", '{"schema_version": 1, "history": [{"time": "t", "event": "teleport"}]}', "history"),
     ("run_without_id", '{"schema_version": 1, "runs": [{"phase": "setup"}]}', "runs"),
     ("binary", None, "state.json"),
+    ("nested_200000_deep", '{"schema_version": 1, "runs": ' + "[" * 200_000 + "]" * 200_000 + "}", "nested deeper"),
 ]
 
 
@@ -148,13 +149,38 @@ DATASETS = {  # case -> (breaks the patches, fragment)
     "truncated_zip": (lambda d: _first(d / "train").write_bytes(_first(d / "train").read_bytes()[:100]),
                       "cannot be read"),
     "pickled_object": (lambda d: np.savez(_first(d / "train"), image=np.array([{"a": 1}], dtype=object), label=0),
-                       "cannot be read"),
+                       "holds Python objects"),
     "zip_without_arrays": (lambda d: zipfile.ZipFile(_first(d / "train"), "w").close(), "missing array"),
     "negative_label": (lambda d: _npz(_first(d / "val"), image=np.zeros((6, 32, 32), np.float32), label=-1),
                        "label -1 is outside 0.."),
     "mixed_shapes": (lambda d: _npz(_first(d / "train"), image=np.zeros((6, 16, 16), np.float32), label=0),
                      "(6, 16, 16) ×1 (first: "),
+    "text_label": (lambda d: _npz(_first(d / "train"), image=np.zeros((6, 32, 32), np.float32), label="cat"),
+                   "label 'cat' is text"),
+    "fractional_label": (lambda d: _npz(_first(d / "train"), image=np.zeros((6, 32, 32), np.float32), label=2.7),
+                         "label 2.7 is not a whole number"),
+    "label_skips_classes": (lambda d: _npz(_first(d / "train"), image=np.zeros((6, 32, 32), np.float32), label=99),
+                            "label 99 makes 100 classes"),
+    "header_claims_224_gib": (lambda d: _forge_header(_first(d / "train")), "claims shape (240000, 1000, 256)"),
 }
+
+
+def _forge_header(path):
+    """An .npz whose image header claims 224 GiB while the file holds a few KiB."""
+    import io
+
+    raw = io.BytesIO()
+    np.save(raw, np.zeros((6, 32, 32), np.float32))
+    data = raw.getvalue()
+    end = data.index(b"\n") + 1
+    header = data[:end].decode("latin1")
+    forged = header.replace("(6, 32, 32)", "(240000, 1000, 256)")
+    forged = forged[:-1].rstrip(" ").ljust(len(header) - 1) + "\n"  # the header keeps its length
+    label = io.BytesIO()
+    np.save(label, np.array(0))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("image.npy", forged.encode("latin1") + data[end:])
+        archive.writestr("label.npy", label.getvalue())
 
 
 @pytest.mark.parametrize("case", list(DATASETS))
@@ -211,3 +237,14 @@ def test_malformed_checkpoint(wf, project_copy, case):
     assert "last_model.pt" in r.err and fragment in r.err, r.err
     _clean(r)
     assert path.read_bytes() == before
+
+
+def test_evidence_nested_200000_deep_reads_as_damaged(wf, project_copy):
+    """Evidence a pull request filled with nesting: the gate reads it as damaged, no RecursionError."""
+    path = project_copy / ".wf" / "evidence" / "baseline.json"
+    text = path.read_text()
+    path.write_text(text[:-2] + ', "deep": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    for args in (("gate", "check", "baseline"), ("status",), ("gate", "check", "--all")):
+        r = wf(*args, cwd=project_copy)
+        assert r.code == (0 if args == ("status",) else 1), (args, r.out[-500:], r.err)  # status reports; gates fail
+        _clean(r)

@@ -27,6 +27,7 @@ class DataBundle:
     normalization: dict[str, list[float]] | None = None  # per-channel mean and std, when applied
     augmented: bool = False  # the training split carries config.augmentation (training/augment.py)
     class_names: list[str] | None = None  # by class id: data.class_names, or ImageFolder's folder names
+    counted_from_labels: bool = False  # num_classes is the largest label + 1 (data.num_classes null)
 
 
 NORMALIZE_SAMPLES = 2048
@@ -93,7 +94,8 @@ def normalized(bundle: DataBundle) -> DataBundle:
     wrap = lambda ds: NormalizedDataset(ds, m, s) if ds is not None else None  # noqa: E731
     return DataBundle(wrap(bundle.train), wrap(bundle.val), wrap(bundle.test), bundle.num_classes,
                       bundle.input_shape, bundle.source + ", normalised per channel",
-                      {"mean": mean.tolist(), "std": std.tolist()}, class_names=bundle.class_names)
+                      {"mean": mean.tolist(), "std": std.tolist()}, class_names=bundle.class_names,
+                      counted_from_labels=bundle.counted_from_labels)
 
 
 def data_folder(cfg: WorkflowConfig, project_root: Path) -> Path:

@@ -132,7 +132,7 @@ def _npz(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
     num_classes = cfg.data.num_classes or (max(max(splits[s].labels()) for s in ("train", "val")) + 1)
     how = f", packed ({', '.join(packed)})" if packed else ""
     return DataBundle(splits["train"], splits["val"], splits.get("test"), num_classes, tuple(sample.shape),
-                      f"NPZ patches in {cfg.data.path}{how}")
+                      f"NPZ patches in {cfg.data.path}{how}", counted_from_labels=cfg.data.num_classes is None)
 
 
 def files_dataset(cfg: WorkflowConfig, project_root: Path, split: str) -> Dataset:
@@ -204,7 +204,8 @@ def _custom(cfg: WorkflowConfig, project_root: Path) -> DataBundle:
     sample, _ = result["train"][0]
     num_classes = cfg.data.num_classes or _classes_in(result["train"], result["val"])
     return DataBundle(result["train"], result["val"], result.get("test"), num_classes,
-                      tuple(torch.as_tensor(sample).shape), f"custom {cfg.data.target}")
+                      tuple(torch.as_tensor(sample).shape), f"custom {cfg.data.target}",
+                      counted_from_labels=cfg.data.num_classes is None)
 
 
 def _classes_in(*splits: Dataset) -> int:
