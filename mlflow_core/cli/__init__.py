@@ -80,7 +80,10 @@ def _run(argv: list[str] | None) -> None:
     try:
         app(args=argv, prog_name="wf")
     except WfError as exc:
+        from mlflow_core.workflow.datafiles import discard_created_manifests
         from mlflow_core.world import world_from_env
+
+        discard_created_manifests()  # a refused command leaves no file behind
 
         world = world_from_env()
         rank = f"(rank {world.rank}) " if world is not None else ""

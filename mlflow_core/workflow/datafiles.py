@@ -272,6 +272,11 @@ def build_manifest(cfg: Any, project_root: Path, cache: StatCache, *, describe: 
         raise UserInputError(f"{root}: data folder not found (data.path = {cfg.data.path!r})")
     if cfg.data.source == "csv":
         return _csv_manifest(cfg, root, cache, describe)
+    missing = [name for name in ("train", "val") if not (root / name).is_dir()]
+    if missing:  # refused before a file of it is read: data.path may name any folder of the machine
+        raise UserInputError(f"data.path = {cfg.data.path!r}: {root} has no {' or '.join(f'{m}/' for m in missing)} "
+                             f"folder; {cfg.data.source} data is a folder holding train/ and val/ (and test/)",
+                             hint="Point data.path in training_config.yaml at the data folder.")
     splits = {}
     for name in SPLITS:
         folder = root / name
@@ -316,6 +321,9 @@ def listing_cache(project_root: Path) -> ListingCache:
     return ListingCache(project_root / ".wf" / "cache" / "verified-listings.json")
 
 
+CREATED: list[tuple[Path, str]] = []  # the manifests this process stored: (project root, relative path)
+
+
 def write_manifest(project_root: Path, manifest: DataManifest) -> str:
     """Store the manifest under its digest; returns the path relative to the project."""
     text = manifest.to_text()
@@ -324,7 +332,24 @@ def write_manifest(project_root: Path, manifest: DataManifest) -> str:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
+        CREATED.append((project_root, path.relative_to(project_root).as_posix()))
     return path.relative_to(project_root).as_posix()
+
+
+def discard_created_manifests() -> list[str]:
+    """The manifests this process stored that no evidence names, removed: what a refused command
+    (exit 2 or 3) wrote on its way to the refusal leaves nothing behind. Those a recorded phase
+    names stay. Returns the removed paths."""
+    removed = []
+    for project_root, relative in CREATED:
+        evidence = project_root / ".wf" / "evidence"
+        named = any(relative in f.read_text(encoding="utf-8", errors="replace")
+                    for f in evidence.rglob("*.json")) if evidence.is_dir() else False
+        if not named:
+            (project_root / relative).unlink(missing_ok=True)
+            removed.append(relative)
+    CREATED.clear()
+    return removed
 
 
 def read_manifest(project_root: Path, relative: str) -> DataManifest:

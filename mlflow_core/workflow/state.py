@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from mlflow_core import __version__
 from mlflow_core.atomic import atomic_write_json
@@ -26,10 +26,22 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _known_phase(value: str | None) -> str | None:
+    """A phase name as wf writes it (the message names the field; the loader names the file)."""
+    from mlflow_core.workflow.phases import PHASE_ORDER  # phases reads the facts, which read this module
+
+    if value is not None and value not in PHASE_ORDER:
+        raise ValueError(f"{value!r} is not a phase (phases: {', '.join(PHASE_ORDER)})")
+    return value
+
+
+KnownPhase = Annotated[str, AfterValidator(_known_phase)]
+
+
 class RunRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
     run_id: str
-    phase: str
+    phase: KnownPhase
     status: str  # running, completed, early_stopped, failed_nan, failed_criteria, crashed, interrupted
     started_at: str
     finished_at: str | None = None
@@ -68,7 +80,7 @@ class ProjectState(BaseModel):
     created_at: str = Field(default_factory=now_iso)
     # made by `wf init` and carried by every evidence: evidence copied from another project is refused
     project_id: str | None = None
-    current_phase: str | None = None
+    current_phase: KnownPhase | None = None
     entered_from: dict[str, str | None] = Field(default_factory=dict)
     decision: Decision | None = None
     runs: list[RunRecord] = Field(default_factory=list)

@@ -109,6 +109,9 @@ STATES = [  # (case, content, fragment)
     ("unknown_event", '{"schema_version": 1, "history": [{"time": "t", "event": "teleport"}]}', "history"),
     ("run_without_id", '{"schema_version": 1, "runs": [{"phase": "setup"}]}', "runs"),
     ("binary", None, "state.json"),
+    ("unknown_current_phase", '{"schema_version": 1, "current_phase": "bogus"}', "current_phase: Value error, 'bogus' is not a phase"),
+    ("run_of_unknown_phase", '{"schema_version": 1, "runs": [{"run_id": "x", "phase": "warmup", "status": "completed", '
+     '"started_at": "t", "dir": "runs/x"}]}', "runs.0.phase"),
     ("nested_200000_deep", '{"schema_version": 1, "runs": ' + "[" * 200_000 + "]" * 200_000 + "}", "nested deeper"),
 ]
 
@@ -248,3 +251,25 @@ def test_evidence_nested_200000_deep_reads_as_damaged(wf, project_copy):
         r = wf(*args, cwd=project_copy)
         assert r.code == (0 if args == ("status",) else 1), (args, r.out[-500:], r.err)  # status reports; gates fail
         _clean(r)
+
+
+def test_a_data_path_that_is_not_a_data_folder_is_refused_before_it_is_read(wf, tmp_path):
+    """data.path may name any folder of the machine: one without train/ and val/ is refused naming
+    data.path, before a file of it is hashed, and the refused command leaves no manifest behind."""
+    root = init_project(tmp_path / "p", example="patches").root
+    config = root / "training_config.yaml"
+    config.write_text(config.read_text().replace("path: data/patches", "path: /etc"))
+    r = wf("phase", "setup", cwd=root)
+    assert r.code == 2 and "data.path = '/etc'" in r.err and "no train/ or val/ folder" in r.err, r.err
+    _clean(r)
+    assert not list((root / ".wf").glob("manifests/*.json"))
+
+
+def test_a_refused_phase_leaves_no_data_manifest_behind(wf, tmp_path):
+    """Setup refused on bad data after the data was fingerprinted: the manifest it stored on the way
+    is removed (no evidence names it)."""
+    root = init_project(tmp_path / "p", example="patches").root
+    _npz(_first(root / "data" / "patches" / "train"), image=np.zeros((6, 32, 32), np.float32), label=-1)
+    r = wf("phase", "setup", cwd=root)
+    assert r.code == 2, r.out[-1000:] + r.err
+    assert not list((root / ".wf").glob("manifests/*.json"))

@@ -50,6 +50,7 @@ def test_a_manifest_round_trips_and_names_what_changed(tmp_path):
 
 def test_an_edited_manifest_is_refused(tmp_path):
     _npz(tmp_path / "data" / "train" / "p0.npz", 0)
+    _npz(tmp_path / "data" / "val" / "p0.npz", 1)
     stored = datafiles.write_manifest(tmp_path, datafiles.build_manifest(Cfg, tmp_path, datafiles.stat_cache(tmp_path)))
     path = tmp_path / stored
     path.write_text(path.read_text().replace('"p0.npz"', '"p9.npz"'))
