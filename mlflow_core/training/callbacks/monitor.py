@@ -54,6 +54,10 @@ class Monitor(Callback):
         mon = t.cfg.monitoring
         self.window_size = mon.check_every_n_steps if windowed else 1
         self.check_every, self.nan_action = mon.check_every_n_steps, mon.nan_action
+        # a resume point needs a closed window: a window also ends at every resume step, so that
+        # resume_every_n_steps is honoured whatever the window's length (7 with windows of 10 would
+        # otherwise first meet at step 70)
+        self.resume_every = t.cfg.checkpointing.resume_every_n_steps if t.keeps_resume else 0
         self.stall = StallDetector(mon.stall_window_steps, mon.stall_min_delta)
         self.explosion = GradExplosionDetector(mon.explode_factor)
         self.recent: deque[tuple[int, float, float]] = deque(maxlen=50)
@@ -125,7 +129,8 @@ class Monitor(Callback):
         last = s.last_step_of_epoch or s.max_steps_reached
         # alone, a signal flushes at once; under DDP the ranks agree at the window's end
         signalled = t.strategy.stops_at_any_step and t.interruption.received is not None
-        if not (len(self.window) >= self.check_every or last or signalled):
+        at_resume_point = bool(self.resume_every) and s.global_step % self.resume_every == 0
+        if not (len(self.window) >= self.check_every or last or signalled or at_resume_point):
             return
         bad = self._flush(t, s, s.step_in_epoch)
         if bad is not None and s.metrics.get("nonfinite") is None:

@@ -98,6 +98,10 @@ def test_a_run_cut_short_and_resumed_continues_its_wandb_run_with_each_step_once
     files = sorted((tmp_path / "run" / "wandb").glob("offline-run-*/run-baseline-3.wandb"))
     assert len(files) == 2  # one folder per process, the same W&B run id
     first, second = (wandb_history_steps(f) for f in files)
+    import os
+    if os.environ.get("WB_DEBUG"):
+        with open(os.environ["WB_DEBUG"], "a") as out:
+            out.write(f"{[(f.parent.name, f.stat().st_size) for f in files]} {first[-3:]} {second[:3]} {len(first)} {len(second)}\n")
     assert max(first) == 29 and min(second) == 30  # steps 20–29 were logged once, by the first process
     assert sorted(first + second) == list(range(result.metrics["steps"]))  # every step, once
     run = next(r.run for r in wandb_records(files[1]) if r.WhichOneof("record_type") == "run")

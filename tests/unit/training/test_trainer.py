@@ -344,3 +344,36 @@ def test_onnx_export_is_reloaded_and_compared(tmp_path):
     (entry,) = export_model(model, cfg, data, tmp_path / "export", batch, ["onnx"], 1e-4, ctx)
     assert entry["verified"], entry["detail"]
     assert (tmp_path / "export" / "model.onnx").is_file() and entry["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("windowed", [False, True])
+def test_a_resume_point_at_every_multiple_of_resume_every_n_steps_whatever_the_check_window(tmp_path, windowed):
+    """resume_every_n_steps 7 with check windows of 10 steps: a resume point at step 7, 14, 21 …
+    (the window closes at each), and a run cut after step 23 resumes from 21 to the same weights as
+    an uninterrupted run."""
+    from mlflow_core.training.checkpoint import weights_sha256
+
+    cfg = load_config_text("training: {device: cpu, epochs: 2}\nmodel: {channels: [8]}\n"
+                           "early_stopping: {enabled: false}\nmonitoring: {check_every_n_steps: 10}\n"
+                           "checkpointing: {resume_every_n_steps: 7}\n", "t")
+    seen = []
+
+    def cut_at(p):  # progress comes once a window, before that step's resume point is written
+        if p.stage == "train" and p.global_step >= 23:
+            raise RuntimeError("the process dies here")
+
+    def watch(p):
+        path = tmp_path / "whole" / "checkpoints" / "resume.pt"
+        if p.stage == "train" and path.is_file():
+            seen.append(torch.load(path, weights_only=True)["global_step"])
+
+    whole = Trainer(cfg, tmp_path, tmp_path / "whole", windowed=windowed, on_progress=watch)
+    whole.fit()
+    assert {7, 14, 21} <= set(seen)
+    with pytest.raises(RuntimeError, match="dies here"):
+        Trainer(cfg, tmp_path, tmp_path / "cut", windowed=windowed, on_progress=cut_at).fit()
+    resume = tmp_path / "cut" / "checkpoints" / "resume.pt"
+    assert torch.load(resume, weights_only=True)["global_step"] == 21
+    resumed = Trainer(cfg, tmp_path, tmp_path / "cut", windowed=windowed, resume_from=resume)
+    resumed.fit()
+    assert weights_sha256(resumed.model.state_dict()) == weights_sha256(whole.model.state_dict())
