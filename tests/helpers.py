@@ -118,10 +118,29 @@ class FileEvents:
                 watch.read.append(name)
 
 
-def wandb_records(path: Path) -> list:
-    """The records of a W&B run file (`run-<id>.wandb`), as W&B's protobuf Record messages. The file
-    is LevelDB's log format (32 KiB blocks of checksummed, possibly fragmented records) after a 7-byte
-    W&B header; this wandb ships no Python reader for it."""
+def wandb_records(path: Path, wait_s: float = 60.0) -> list:
+    """The records of a finished W&B run file (`run-<id>.wandb`), as W&B's protobuf Record messages.
+    W&B's service process writes the file after `run.finish()` returns, sometimes seconds later:
+    read again until it holds the run's exit record (at most `wait_s` seconds)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = _wandb_file_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
+def wandb_file_bytes(path: Path, wait_s: float = 60.0) -> bytes:
+    """The bytes of a finished W&B run file (see wandb_records)."""
+    wandb_records(path, wait_s)
+    return path.read_bytes()
+
+
+def _wandb_file_records(path: Path) -> list:
+    """The file is LevelDB's log format (32 KiB blocks of checksummed, possibly fragmented records)
+    after a 7-byte W&B header; this wandb ships no Python reader for it."""
     import struct
 
     from wandb.proto import wandb_internal_pb2
@@ -142,7 +161,10 @@ def wandb_records(path: Path) -> list:
         pending += chunk
         if kind in (1, 4):  # a whole record, or a fragmented one's last part
             record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
+            try:
+                record.ParseFromString(pending)
+            except Exception:  # the tail of a file still being written
+                break
             records.append(record)
             pending = b""
         elif kind == 2:  # a fragmented record's first part

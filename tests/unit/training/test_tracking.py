@@ -20,6 +20,7 @@ def test_an_offline_run_logs_config_steps_epochs_and_results(tmp_path, monkeypat
     import logging
 
     from mlflow_core.training.trainer import Trainer
+    from tests.helpers import wandb_file_bytes
 
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is wf's default, without a key or network
     monkeypatch.setenv("WANDB_API_KEY", "")
@@ -27,7 +28,7 @@ def test_an_offline_run_logs_config_steps_epochs_and_results(tmp_path, monkeypat
         result = Trainer(_cfg(), tmp_path, tmp_path / "run", run_id="baseline-1").fit()
     assert result.status == "completed"
     (record,) = (tmp_path / "run" / "wandb").glob("offline-run-*-baseline-1/run-baseline-1.wandb")
-    data = record.read_bytes()
+    data = wandb_file_bytes(record)  # the run's file once W&B's service has written all of it
     best = result.metrics["best"]
     for key in (b"learning_rate", b"train/loss", b"train/grad_norm", b"train/lr", b"epoch/val_accuracy",
                 f"best_{best['metric']}".encode()):
@@ -98,10 +99,6 @@ def test_a_run_cut_short_and_resumed_continues_its_wandb_run_with_each_step_once
     files = sorted((tmp_path / "run" / "wandb").glob("offline-run-*/run-baseline-3.wandb"))
     assert len(files) == 2  # one folder per process, the same W&B run id
     first, second = (wandb_history_steps(f) for f in files)
-    import os
-    if os.environ.get("WB_DEBUG"):
-        with open(os.environ["WB_DEBUG"], "a") as out:
-            out.write(f"{[(f.parent.name, f.stat().st_size) for f in files]} {first[-3:]} {second[:3]} {len(first)} {len(second)}\n")
     assert max(first) == 29 and min(second) == 30  # steps 20–29 were logged once, by the first process
     assert sorted(first + second) == list(range(result.metrics["steps"]))  # every step, once
     run = next(r.run for r in wandb_records(files[1]) if r.WhichOneof("record_type") == "run")
