@@ -31,7 +31,7 @@ from mlflow_core.orchestration.outcome import (
     sync_auto_marks,
 )
 from mlflow_core.orchestration.preflight import missing_training_stack, preflight
-from mlflow_core.orchestration.stops import failure, stopped_by_signal
+from mlflow_core.orchestration.stops import PhaseSignals, failure, stopped_by_signal
 from mlflow_core.orchestration.tracking import end_phase_tracking, open_phase_tracking
 from mlflow_core.runners import RunContext, StopPoint, run_runner
 from mlflow_core.workflow import fingerprints
@@ -174,9 +174,16 @@ def _run_phase(project: Project, phase: str, override_reason: str | None,
                              "is not installed; nothing was changed.",
                              hint="Install it with `pip install 'wf-phases[train]'` (the README's install includes it).")
     preflight(project, cfg, phase)  # the packages, the project's model and data code: exit 2, nothing written
-    with unchanged_on_failure(project):
-        return _start_or_resume(project, state, definition, cfg, override_reason, on_progress, say, resume,
-                                world, announce, deadline)
+    global _SIGNALS
+    # the stop signals wait from here until the run is recorded, then stop it (PhaseSignals)
+    with unchanged_on_failure(project), PhaseSignals() as _SIGNALS:
+        result = _start_or_resume(project, state, definition, cfg, override_reason, on_progress, say, resume,
+                                  world, announce, deadline)
+        _SIGNALS.raise_deferred(phase, state.runs[-1] if state.runs else None)
+        return result
+
+
+_SIGNALS = PhaseSignals()  # the phase command's (a placeholder until _run_phase installs its own)
 
 
 def _start_or_resume(project: Project, state: ProjectState, definition: PhaseDefinition, cfg: Any,
@@ -219,7 +226,7 @@ def _start_or_resume(project: Project, state: ProjectState, definition: PhaseDef
     # the project moves to this phase when the run records its outcome, not before: a run that
     # fails, or stops, leaves the project where it stood
     run = RunRecord(run_id=run_id, phase=phase, status="running", started_at=now_iso(),
-                    dir=project.relative(run_dir), entered_from=origin)
+                    dir=project.relative(run_dir), entered_from=origin, pid=os.getpid(), host=socket.gethostname())
     state.runs.append(run)
     state.record("phase_started", phase=phase, run_id=run_id)
     save_state(project, state)
@@ -274,7 +281,7 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
              ctx: Any, verified: dict[str, Any]) -> PhaseResult:
     """Run the phase's runner under the lock the caller holds, then record what it produced."""
 
-    phase, run_id, run_dir = definition.name, run.run_id, ctx.run_dir
+    run_dir = ctx.run_dir
     # -- run ------------------------------------------------------------------------------------
     handler = logging.FileHandler(run_dir / "logs" / "training.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -288,10 +295,18 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
         say(text)
 
     ctx.on_message = say_and_log
-    ctx.tracking = open_phase_tracking(project, cfg, run, verified, ctx.resuming, say_and_log)
-    if ctx.tracking is not None:
-        save_state(project, state)  # the MLflow run's id, for --resume
+    return _run_and_record(project, state, definition, run, cfg, ctx, verified, logger, handler, _SIGNALS)
+
+
+def _run_and_record(project: Project, state: ProjectState, definition: PhaseDefinition, run: RunRecord, cfg: Any,
+                    ctx: Any, verified: dict[str, Any], logger: logging.Logger, handler: logging.Handler,
+                    signals: PhaseSignals) -> PhaseResult:
+    phase, run_id, say_and_log = definition.name, run.run_id, ctx.on_message
     try:
+        signals.arm()  # the run is recorded: a signal now stops it (one that came before, at once)
+        ctx.tracking = open_phase_tracking(project, cfg, run, verified, ctx.resuming, say_and_log)
+        if ctx.tracking is not None:
+            save_state(project, state)  # the MLflow run's id, for --resume
         output = run_runner(phase, ctx)
     except BaseException as exc:
         error = failure(project, state, phase, run, ctx, exc, logger, handler)
@@ -302,6 +317,7 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
         logger.removeHandler(handler)
         handler.close()
 
+    signals.deferring()  # from here the run has an outcome to record: a signal waits for it
     # stopped on a signal (or a trial or seed run inside the phase did): nothing to report yet, and
     # the run the gate judges stays the last one that ran to its end
     if output.partial or output.status == "interrupted":

@@ -34,13 +34,80 @@ from mlflow_core.workflow.state import (
 from mlflow_core.world import world_from_env
 
 
+class SignalStop(BaseException):
+    """SIGTERM, SIGHUP or SIGUSR1 while a phase's run is recorded but not training (loading the data,
+    building the model, opening the tracking): the run stops there, recorded as interrupted. During
+    training the trainer's own handler finishes the step and saves a resume point instead."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class PhaseSignals:
+    """The stop signals during a phase command: they wait (are deferred) until its run is recorded,
+    stop it from then (`arm()`: SignalStop, one that came before at once), and wait again while its
+    outcome is written (`deferring()`), so that a signal at any moment ends the command with its exit
+    code and the run with a record. A training run's own handler takes over while it trains."""
+
+    SIGNALS = ("SIGTERM", "SIGHUP", "SIGUSR1")
+
+    def __init__(self) -> None:
+        self.deferred: int | None = None
+        self._defer = True
+        self._previous: dict[int, Any] = {}
+
+    def arm(self) -> None:
+        self._defer = False
+        if self.deferred is not None:
+            signum, self.deferred = self.deferred, None
+            raise SignalStop(signum)
+
+    def __enter__(self) -> PhaseSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {getattr(signal, name): signal.signal(getattr(signal, name), self._on_signal)
+                              for name in self.SIGNALS}
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        import signal
+
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._defer:
+            self.deferred = self.deferred or signum
+            return
+        raise SignalStop(signum)
+
+    def deferring(self) -> None:
+        self._defer = True
+
+    def raise_deferred(self, phase: str, run: RunRecord | None) -> None:
+        """A signal that arrived while the outcome was written: the command exits with its code."""
+        if self.deferred is not None:
+            what = f"as run {run.run_id} ended; its outcome ({run.status}) is recorded" if run else "before a run began"
+            raise _signal_error(self.deferred)(f"{phase}: a signal arrived {what}.",
+                                               hint="`wf status` shows where the project stands.")
+
+
+def _signal_error(signum: int) -> type[RunInterruptedError]:
+    import signal
+
+    return {signal.SIGHUP: RunHangupError, signal.SIGUSR1: RunPreemptedError}.get(signum, RunTerminatedError)
+
+
 def failure(project: Project, state: ProjectState, phase: str, run: RunRecord, ctx: Any, exc: BaseException,
             logger: logging.Logger, handler: logging.Handler) -> BaseException:
     """The run's record after `exc`, and the error the command exits with. A refused write (disk
     full, read-only), a lost rank or Ctrl-C stops a run the way a signal does: the last resume
     checkpoint is intact, and the run continues once the cause is gone; so does a resume refused as
     bad input (another config, another process count). Anything else failed, or crashed."""
-    stopped = isinstance(exc, (KeyboardInterrupt, StorageError, RankLostError))
+    stopped = isinstance(exc, (KeyboardInterrupt, StorageError, RankLostError, SignalStop))
     refused_resume = ctx.resuming and isinstance(exc, UserInputError)
     run.status = ("interrupted" if stopped or refused_resume else
                   "failed_input" if isinstance(exc, WfError) else "crashed")
@@ -87,7 +154,19 @@ def _interrupt_stop(project: Project, phase: str, run: RunRecord, exc: Any) -> B
                                hint=f"Continue with {again}.")
 
 
-_STOPS = ((StorageError, _storage_stop), (RankLostError, _rank_stop), (KeyboardInterrupt, _interrupt_stop))
+def _signal_stop(project: Project, phase: str, run: RunRecord, exc: Any) -> BaseException:
+    import signal
+
+    name = signal.Signals(exc.signum).name
+    saved = (project.inside(run.dir) / "checkpoints" / "resume.pt").is_file()
+    again = (resume_command(phase) if phase in RESUMABLE_PHASES and (phase != "baseline" or saved)
+             else f"`wf phase {phase}`")
+    return _signal_error(exc.signum)(f"{phase} stopped by {name} before its training began or after it ended; run "
+                                     f"{run.run_id} is recorded as interrupted.", hint=f"Continue with {again}.")
+
+
+_STOPS = ((StorageError, _storage_stop), (RankLostError, _rank_stop), (KeyboardInterrupt, _interrupt_stop),
+          (SignalStop, _signal_stop))
 
 
 def resume_command(phase: str) -> str:

@@ -11,6 +11,7 @@ left: temp files of atomic writes, the kept copies of committed files.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import inspect
@@ -71,6 +72,7 @@ def _project_lock(project: Project, command: str | None = None) -> Iterator[None
             remove_stale_temp_files(directory)
         for kept in (project.wf_dir / "cache").glob("kept-*"):  # a killed command's copies (committed.py)
             shutil.rmtree(kept, ignore_errors=True)
+        _settle(project)  # a run still "running" now lost its process: it is interrupted
         try:
             yield
         finally:
@@ -97,3 +99,13 @@ def held(project: Project) -> bool:
         os.close(fd)
 
 
+
+
+def _settle(project: Project) -> None:
+    from mlflow_core.errors import StateError
+    from mlflow_core.workflow.state import settle_gone_runs
+
+    if not project.state_path.is_file():
+        return
+    with contextlib.suppress(StateError):  # a damaged state.json: the command itself reads it and says so
+        settle_gone_runs(project)

@@ -11,10 +11,11 @@ from typing import Any
 from mlflow_core.errors import UserInputError
 from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.fingerprints import changed_keys, flatten
+from mlflow_core.workflow.lock import held
 from mlflow_core.workflow.phases import PHASE_ORDER
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.records import RunMetrics, load_run_metrics
-from mlflow_core.workflow.state import ProjectState, RunRecord, load_state
+from mlflow_core.workflow.state import ProjectState, RunRecord, gone_runs, load_state
 
 KINDS = {"trials": "trial", "comparison": "comparison"}  # the folder a training run is in → its kind
 
@@ -29,7 +30,9 @@ def run_rows(project: Project, phase: str | None = None, last: int | None = None
     """One row per run, newest first: id, phase, status, passed, start, duration, best metric."""
     if phase is not None and phase not in PHASE_ORDER:
         raise UserInputError(f"--phase {phase!r}: not a phase; phases: {', '.join(PHASE_ORDER)}.")
-    runs = [r for r in load_state(project).runs if phase is None or r.phase == phase]
+    state = load_state(project)
+    gone_runs(project, state, lock_held=held(project))  # shown as interrupted (the next command records it)
+    runs = [r for r in state.runs if phase is None or r.phase == phase]
     judged = {}
     for name in PHASE_ORDER:  # the run each gate judges: the one its evidence was recorded from
         evidence = read_evidence(project, name)

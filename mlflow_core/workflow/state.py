@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -197,6 +198,74 @@ def load_state(project: Project) -> ProjectState:
                              for e in exc.errors()[:10])
         raise StateError(f"{path}: not a valid wf state file:\n{problems}",
                          hint="Restore it from version control (`git checkout -- .wf/state.json`).") from None
+
+
+GONE = ("its process is gone (killed, out of memory or disk, or the machine stopped) with no wf command "
+        "holding the project")
+
+
+def gone_runs(project: Project, state: ProjectState, lock_held: bool) -> list[RunRecord]:
+    """Runs still `running` whose process is gone: no wf command holds the project (the command
+    that runs a phase holds it until the run ends; sweep workers record no run), and the recorded
+    process, on this machine, is not alive. Each is turned into what it is, `interrupted`, with
+    its last resume point (checkpoints/resume.json) and the time of its last write; the caller
+    decides whether to save (a locked command) or only show it (`wf status`, `wf runs`)."""
+    if lock_held:
+        return []
+    gone = []
+    for run in state.runs:
+        if run.status != "running" or _alive(run):
+            continue
+        run_dir = project.inside(run.dir)
+        point = _resume_point(run_dir / "checkpoints" / "resume.json")
+        run.status, run.passed = "interrupted", False
+        run.finished_at = run.finished_at or _last_write(run_dir) or now_iso()
+        run.summary = {**run.summary, "stopped": GONE, **({"resume": point} if point else {})}
+        gone.append(run)
+    return gone
+
+
+def _alive(run: RunRecord) -> bool:
+    pid, host = getattr(run, "pid", None), getattr(run, "host", None)
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return False  # the lock is free: the command that ran it is gone, wherever it ran
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _resume_point(path: Any) -> dict[str, Any] | None:
+    try:
+        point = jsontext.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return point if isinstance(point, dict) and isinstance(point.get("step"), int) else None
+
+
+def _last_write(run_dir: Any) -> str | None:
+    """When the run last wrote a file (its logs, its checkpoints): about when its process died."""
+    times = [f.stat().st_mtime for folder in (run_dir / "logs", run_dir / "checkpoints") if folder.is_dir()
+             for f in folder.iterdir() if f.is_file()]
+    return datetime.fromtimestamp(max(times), timezone.utc).isoformat(timespec="seconds") if times else None
+
+
+def settle_gone_runs(project: Project) -> list[RunRecord]:
+    """Under the project lock (no other command runs): the runs whose process is gone, recorded as
+    interrupted in state.json (what the next command finds), their leftover temp files swept."""
+    from mlflow_core.atomic import remove_stale_temp_files
+
+    state = load_state(project)
+    gone = gone_runs(project, state, lock_held=False)
+    for run in gone:
+        state.record("phase_finished", phase=run.phase, run_id=run.run_id, status=run.status, reason=GONE)
+        remove_stale_temp_files(project.inside(run.dir), recursive=True)
+    if gone:
+        save_state(project, state)
+    return gone
 
 
 def save_state(project: Project, state: ProjectState) -> None:

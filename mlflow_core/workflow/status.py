@@ -10,11 +10,13 @@ from mlflow_core.workflow.fingerprints import Current
 from mlflow_core.workflow.gates import entry_verdict, evaluate_gate
 from mlflow_core.workflow.phases import PHASE_ORDER, RESUMABLE_PHASES, load_phase
 from mlflow_core.workflow.project import Project
-from mlflow_core.workflow.state import ProjectState, load_state
+from mlflow_core.workflow.state import ProjectState, gone_runs, load_state
 
 
 def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
     state = load_state(project)
+    busy = lock.held(project)
+    gone_runs(project, state, lock_held=busy)  # shown as what they are (the next command records it)
     phases = []
     gates, errors = {}, {}
     now = Current(project.root)  # the config parsed and the data walked once for every gate
@@ -47,7 +49,7 @@ def project_status(project: Project, runs: int = 5) -> dict[str, Any]:
         "runs": [r.model_dump(mode="json") for r in state.runs[-runs:]][::-1],
         "overrides": [e.model_dump(mode="json") for e in state.overrides()],
         "release": next((e.model_dump(mode="json") for e in reversed(state.history) if e.event == "release"), None),
-        "next": suggest_next(_focus(state), phases, lock.held(project)),
+        "next": suggest_next(_focus(state), phases, busy),
     }
 
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mlflow_core.atomic import atomic_write_json
 from mlflow_core.errors import UserInputError
 from mlflow_core.training.callbacks.base import Callback
 from mlflow_core.training.callbacks.checkpoints import checkpoint_payload
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
 from mlflow_core.training.seeding import rng_state
 from mlflow_core.workflow.evidence import file_sha256
+
+RESUME_POINT = "resume.json"  # checkpoints/resume.json: the latest resume point, as JSON (workflow/state.py reads it)
 
 
 class ResumePoints(Callback):
@@ -54,8 +57,11 @@ class ResumePoints(Callback):
             "world_size": t.strategy.world_size, "by_rank": by_rank,
             "metrics": json.loads(json.dumps(s.metrics)),
         })
-        return {"path": str(path.relative_to(t.run_dir)), "epoch": epoch, "step": s.global_step,
-                "sha256": file_sha256(path), "world_size": t.strategy.world_size}
+        point = {"path": str(path.relative_to(t.run_dir)), "epoch": epoch, "step": s.global_step,
+                 "sha256": file_sha256(path), "world_size": t.strategy.world_size}
+        # beside it, for commands that read no torch: where a run whose process died can resume from
+        atomic_write_json(path.with_name(RESUME_POINT), point)
+        return point
 
 
 def restore(t: Any, s: Any, path: Any) -> None:

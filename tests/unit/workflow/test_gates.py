@@ -211,7 +211,15 @@ def test_status_suggests_resume_for_a_stopped_run_and_waits_for_a_live_one(tmp_p
     state.runs.append(RunRecord(run_id="baseline-1", phase="baseline", status="running", started_at=now_iso(),
                                 dir="runs/baseline-1"))
     save_state(project, state)
-    assert project_status(project)["next"].startswith("wf phase baseline --resume")  # its process is gone
+    shown = project_status(project)
+    assert shown["next"].startswith("wf phase baseline --resume")  # its process is gone
+    assert shown["runs"][0]["status"] == "interrupted" and "process is gone" in shown["runs"][0]["summary"]["stopped"]
+    assert load_state(project).runs[-1].status == "running"  # shown, not written: status writes nothing
+    import os
+    import socket
+
+    state.runs[-1].pid, state.runs[-1].host = os.getpid(), socket.gethostname()  # a live run's command
+    save_state(project, state)
     status_while_held = locked("wf phase baseline")(project_status)(Project(project.root))
     assert status_while_held["next"].startswith("wait: run baseline-1 is in progress")
     state.runs[-1].status = "interrupted"
