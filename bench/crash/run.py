@@ -1,12 +1,15 @@
 """kill -9 at random moments of a digits baseline, each followed by `wf phase baseline --resume`.
 
 One uninterrupted baseline is the reference. Then a fresh project's baseline is killed with SIGKILL
-after a random delay, every file wf wrote is checked (state.json validates, every checkpoint loads
-with weights_only, metrics.json parses), and the run is resumed; that repeats until the run
-completes. Prints the kills, the resumes that completed, the corrupt files found (goal 0) and
-whether the final weights equal the uninterrupted run's (goal: yes).
+after a random delay (from its start-up, before torch is imported, to its end), every file wf wrote
+is checked (state.json validates, every checkpoint loads with weights_only, metrics.json parses),
+`wf status` must show the killed run interrupted (never `running`), a run that logged a resume step
+must have a resume point, and the run is resumed; that repeats until the run completes. The resume
+interval (7) is not a multiple of the check window (10) by default. Prints the kills, the resumes
+that completed, the corrupt files and the runs shown running (goal 0 each) and whether the final
+weights equal the uninterrupted run's (goal: yes).
 
-    python bench/crash/run.py [--kills 5] [--seed 0] [--resume-every 20]
+    python bench/crash/run.py [--kills 20] [--seed 0] [--resume-every 7] [--check-every 10]
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ def wf(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProce
                           timeout=timeout)
 
 
-def prepared_project(root: Path, name: str, resume_every: int) -> Path:
+def prepared_project(root: Path, name: str, resume_every: int, check_every: int) -> Path:
     from mlflow_core.workflow.scaffold import set_yaml_value
 
     assert wf("init", name, cwd=root).returncode == 0
     project = root / name
     config = project / "training_config.yaml"
-    config.write_text(set_yaml_value(config.read_text(), "checkpointing.resume_every_n_steps", str(resume_every)))
+    text = set_yaml_value(config.read_text(), "checkpointing.resume_every_n_steps", str(resume_every))
+    config.write_text(set_yaml_value(text, "monitoring.check_every_n_steps", str(check_every)))
     assert wf("phase", "setup", cwd=project).returncode == 0
     wf("checklist", "tick", "reproducibility", "data_documented", "config_committed", cwd=project)
     return project
@@ -71,15 +75,16 @@ def last_weights(project: Path, run_dir: str):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume-every", type=int, default=20, help="checkpointing.resume_every_n_steps")
+    parser.add_argument("--resume-every", type=int, default=7, help="checkpointing.resume_every_n_steps")
+    parser.add_argument("--check-every", type=int, default=10, help="monitoring.check_every_n_steps")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="wf-crash-"))
     import torch
 
-    reference_project = prepared_project(root, "reference", args.resume_every)
+    reference_project = prepared_project(root, "reference", args.resume_every, args.check_every)
     t0 = time.perf_counter()
     assert wf("phase", "baseline", cwd=reference_project).returncode == 0
     duration = time.perf_counter() - t0
@@ -87,15 +92,15 @@ def main() -> int:
     reference = last_weights(reference_project, state["runs"][-1]["dir"])
     print(f"reference baseline: {duration:.1f} s (torch import included)")
 
-    project = prepared_project(root, "crashed", args.resume_every)
-    kills = mid_run = resumed_runs = identical_runs = completed_runs = 0
+    project = prepared_project(root, "crashed", args.resume_every, args.check_every)
+    kills = mid_run = resumed_runs = identical_runs = completed_runs = shown_running = unresumable = 0
     corrupt: list[str] = []
     while kills < args.kills:  # one run after another, each killed at random until it completes
         command = ["phase", "baseline"]
         while True:
             proc = subprocess.Popen([sys.executable, "-m", "mlflow_core", *command], cwd=project,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            delay = rng.uniform(2.5, max(0.9 * duration, 3.0))  # torch import first, then training
+            delay = rng.uniform(0.2, max(0.9 * duration, 3.0))  # start-up (before torch) included
             try:
                 proc.wait(timeout=delay if kills < args.kills else None)
             except subprocess.TimeoutExpired:
@@ -106,7 +111,14 @@ def main() -> int:
                 corrupt += found
                 run = json.loads((project / ".wf" / "state.json").read_text())["runs"][-1]
                 mid_run += run["status"] == "running"
-                print(f"kill {kills} after {delay:.1f} s: run {run['run_id']} {run['status']}, "
+                shown = json.loads(wf("status", "--json", cwd=project).stdout or "{}").get("runs") or [{}]
+                shown_running += shown[0].get("status") == "running"
+                steps_csv = project / run["dir"] / "logs" / "steps.csv"
+                logged = len(steps_csv.read_text().splitlines()) - 1 if steps_csv.is_file() else 0
+                has_point = (project / run["dir"] / "checkpoints" / "resume.json").is_file()
+                unresumable += run["status"] == "running" and logged >= args.resume_every and not has_point
+                print(f"kill {kills} after {delay:.1f} s: run {run['run_id']} {run['status']} after {logged} logged "
+                      f"steps, shown {shown[0].get('status')}, resume point {'yes' if has_point else 'no'}, "
                       f"{'corrupt: ' + '; '.join(found) if found else 'no corrupt file'}")
                 if run["status"] == "running" and (project / run["dir"] / "checkpoints" / "resume.pt").is_file():
                     command = ["phase", "baseline", "--resume"]
@@ -129,10 +141,12 @@ def main() -> int:
               f"weights {'equal' if same else 'DIFFER from'} the uninterrupted run's")
     print(f"\nkills: {kills}, {mid_run} of them mid-run; runs completed after a resume: {resumed_runs}")
     print(f"corrupt files found: {len(corrupt)} (goal 0)")
+    print(f"killed runs `wf status` showed running: {shown_running} (goal 0)")
+    print(f"kills after {args.resume_every} logged steps with no resume point: {unresumable} (goal 0)")
     print(f"completed runs whose final weights equal the uninterrupted run's: {identical_runs} of {completed_runs} "
           "(goal: all)")
     shutil.rmtree(root, ignore_errors=True)
-    return 0 if not corrupt and identical_runs == completed_runs else 1
+    return 0 if not corrupt and not shown_running and not unresumable and identical_runs == completed_runs else 1
 
 
 if __name__ == "__main__":
