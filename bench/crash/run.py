@@ -122,10 +122,9 @@ def main() -> int:
                       f"{'corrupt: ' + '; '.join(found) if found else 'no corrupt file'}")
                 if run["status"] == "running" and (project / run["dir"] / "checkpoints" / "resume.pt").is_file():
                     command = ["phase", "baseline", "--resume"]
-                    continue
-                if run["status"] == "running" or run["phase"] != "baseline":
-                    command = ["phase", "baseline"]  # killed before the first resume point: start again
-                    continue
+                else:  # killed before the first resume point, or before its run was recorded: start again
+                    command = ["phase", "baseline"]
+                continue
             if proc.returncode not in (0, 1, None):
                 print(f"`wf {' '.join(command)}` exited {proc.returncode}")
                 return 1
