@@ -53,9 +53,12 @@ def _release(project: Project, alias: str) -> Release:
         raise GateClosedError(f"cannot release {what}: the pre_release gate ({gate.path}) does not pass: "
                               f"{', '.join(left)} open.",
                               hint="`wf gate check finalization` shows each item and how to close it.")
+    registered_later = evidence.facts.registered is None
     if registered is None:  # the finalization ran with MLflow off: its verified export is registered now
         registered = _register_export(project, state, evidence)
     uri = _store_of(project, registered.tracking_uri)
+    if registered_later:  # state.json is committed, the store is not: the version must be this export
+        _check_version_is_export(registered, uri, evidence)
     _set_alias(registered, alias, uri)
     state.record("release", model=registered.name, version=registered.version, alias=alias,
                  run_id=evidence.run_id, by=who())
@@ -111,6 +114,31 @@ def _store_of(project: Project, recorded: str) -> str:
                              hint="Run `wf phase finalization` again here, to register the model in this project's "
                                   "store.")
     return uri
+
+
+def _check_version_is_export(registered: RegisteredModel, uri: str, evidence: Any) -> None:
+    """The version a `registered` event of state.json names holds the export this finalization
+    verified: its `wf.export_sha256` tag, set when `wf release` registered it, is the SHA-256 the
+    evidence records (an edited event naming another version is refused)."""
+    from mlflow_core.monitoring.mlflow_store import require_mlflow
+
+    require_mlflow()
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    export = next((e for e in evidence.facts.exports if e.kind == "torch_export" and e.sha256), None)
+    try:
+        tags = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(registered.name,
+                                                                                  registered.version).tags
+    except MlflowException as exc:
+        raise UserInputError(f"MLflow at {uri}: {registered.name} version {registered.version}, which state.json says "
+                             f"`wf release` registered, cannot be read: {str(exc).splitlines()[0]}") from None
+    if export is None or tags.get("wf.export_sha256") != export.sha256:
+        raise UserInputError(f"{registered.name} version {registered.version}, which state.json says `wf release` "
+                             "registered for this finalization, does not hold its export (its wf.export_sha256 tag "
+                             "is not the SHA-256 the evidence records).",
+                             hint="Restore .wf/state.json from version control, or remove that `registered` event "
+                                  "and run `wf release` again to register the export.")
 
 
 def _set_alias(registered, alias: str, uri: str) -> None:
