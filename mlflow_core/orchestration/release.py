@@ -53,12 +53,10 @@ def _release(project: Project, alias: str) -> Release:
         raise GateClosedError(f"cannot release {what}: the pre_release gate ({gate.path}) does not pass: "
                               f"{', '.join(left)} open.",
                               hint="`wf gate check finalization` shows each item and how to close it.")
-    registered_later = evidence.facts.registered is None
     if registered is None:  # the finalization ran with MLflow off: its verified export is registered now
         registered = _register_export(project, state, evidence)
     uri = _store_of(project, registered.tracking_uri)
-    if registered_later:  # state.json is committed, the store is not: the version must be this export
-        _check_version_is_export(registered, uri, evidence)
+    _check_version_is_export(registered, uri, evidence)  # the evidence is committed, the store is not
     _set_alias(registered, alias, uri)
     state.record("release", model=registered.name, version=registered.version, alias=alias,
                  run_id=evidence.run_id, by=who())
@@ -117,9 +115,10 @@ def _store_of(project: Project, recorded: str) -> str:
 
 
 def _check_version_is_export(registered: RegisteredModel, uri: str, evidence: Any) -> None:
-    """The version a `registered` event of state.json names holds the export this finalization
-    verified: its `wf.export_sha256` tag, set when `wf release` registered it, is the SHA-256 the
-    evidence records (an edited event naming another version is refused)."""
+    """The version the evidence (or a `registered` event of state.json) names is this finalization's:
+    its tags, set in the store when wf registered it, name the finalization's run and hold the
+    SHA-256 of the torch.export program the evidence records (when it exported one). Both files are
+    committed; an edit naming another version is refused."""
     from mlflow_core.monitoring.mlflow_store import require_mlflow
 
     require_mlflow()
@@ -133,12 +132,11 @@ def _check_version_is_export(registered: RegisteredModel, uri: str, evidence: An
     except MlflowException as exc:
         raise UserInputError(f"MLflow at {uri}: {registered.name} version {registered.version}, which state.json says "
                              f"`wf release` registered, cannot be read: {str(exc).splitlines()[0]}") from None
-    if export is None or tags.get("wf.export_sha256") != export.sha256:
-        raise UserInputError(f"{registered.name} version {registered.version}, which state.json says `wf release` "
-                             "registered for this finalization, does not hold its export (its wf.export_sha256 tag "
-                             "is not the SHA-256 the evidence records).",
-                             hint="Restore .wf/state.json from version control, or remove that `registered` event "
-                                  "and run `wf release` again to register the export.")
+    if tags.get("wf.run_id") != evidence.run_id or (export is not None and tags.get("wf.export_sha256") != export.sha256):
+        raise UserInputError(f"{registered.name} version {registered.version}, which the committed record names, does "
+                             f"not hold this finalization's export (its wf.run_id and wf.export_sha256 tags are not "
+                             f"run {evidence.run_id} and the SHA-256 its evidence records).",
+                             hint="Restore .wf/ from version control, or run `wf phase finalization` again.")
 
 
 def _set_alias(registered, alias: str, uri: str) -> None:

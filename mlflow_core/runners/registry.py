@@ -153,4 +153,7 @@ def _tags(ctx: RunContext, facts: dict[str, Any]) -> dict[str, str]:
                  "wf.run_id": ctx.run_id, "wf.config_sha256": ctx.config_sha256,
                  "wf.gate.pre_release": "not checked: `wf release` checks it",
                  "wf.exported_seed": str(facts.get("exported_seed"))})
+    program = next((e for e in facts.get("exports") or [] if e.get("kind") == "torch_export" and e.get("sha256")), None)
+    if program is not None:  # what `wf release` holds the version to (the evidence is committed, the store is not)
+        tags["wf.export_sha256"] = program["sha256"]
     return tags

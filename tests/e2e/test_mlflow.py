@@ -448,14 +448,14 @@ def test_release_registers_the_verified_export_of_a_finalization_that_ran_withou
     assert str(client.get_model_version_by_alias("q", "candidate").version) == "1"
     assert [str(m.version) for m in client.search_model_versions("name = 'q'")] == ["1"]
     # state.json is committed: an edited `registered` event naming another version is refused
-    other = client.create_model_version("q", source=version.source)  # a version that is not this export
+    other = client.create_model_version("q", source=logged.artifact_location)  # a version that is not this export
     state_path = project / ".wf" / "state.json"
     kept_state = state_path.read_text()
     forged = json.loads(kept_state)
     next(e for e in forged["history"] if e["event"] == "registered")["version"] = str(other.version)
     state_path.write_text(json.dumps(forged))
     refused = _wf(project, "release", "--alias", "forged")
-    assert refused.returncode == 2 and "does not hold its export" in refused.stderr, refused.stderr
+    assert refused.returncode == 2 and "does not hold this finalization's export" in refused.stderr, refused.stderr
     assert "forged" not in client.get_registered_model("q").aliases
     state_path.write_text(kept_state)
 
