@@ -174,28 +174,24 @@ def _run_phase(project: Project, phase: str, override_reason: str | None,
                              "is not installed; nothing was changed.",
                              hint="Install it with `pip install 'wf-phases[train]'` (the README's install includes it).")
     preflight(project, cfg, phase)  # the packages, the project's model and data code: exit 2, nothing written
-    global _SIGNALS
     # the stop signals wait from here until the run is recorded, then stop it (PhaseSignals)
-    with unchanged_on_failure(project), PhaseSignals() as _SIGNALS:
+    with unchanged_on_failure(project), PhaseSignals() as signals:
         result = _start_or_resume(project, state, definition, cfg, override_reason, on_progress, say, resume,
-                                  world, announce, deadline)
-        _SIGNALS.raise_deferred(phase, state.runs[-1] if state.runs else None)
+                                  world, announce, deadline, signals)
+        signals.raise_deferred(phase, state.runs[-1] if state.runs else None)
         return result
-
-
-_SIGNALS = PhaseSignals()  # the phase command's (a placeholder until _run_phase installs its own)
 
 
 def _start_or_resume(project: Project, state: ProjectState, definition: PhaseDefinition, cfg: Any,
                      override_reason: str | None, on_progress: Callable[[Any], None] | None,
                      say: Callable[[str], None], resume: bool, world: Any, announce: Any,
-                     deadline: float | None) -> PhaseResult:
+                     deadline: float | None, signals: PhaseSignals) -> PhaseResult:
     phase = definition.name
     if resume:
         if phase not in RESUMABLE_PHASES:
             raise UserInputError(f"`wf phase {phase} --resume` is not supported; resumable: "
                                  f"{', '.join(RESUMABLE_PHASES)}.")
-        return _resume_phase(project, state, phase, cfg, on_progress, say, world, announce, deadline)
+        return _resume_phase(project, state, phase, cfg, on_progress, say, signals, world, announce, deadline)
 
     # -- entry gate -----------------------------------------------------------------------------
     verdict = entry_verdict(project, state, phase)
@@ -234,7 +230,7 @@ def _start_or_resume(project: Project, state: ProjectState, definition: PhaseDef
     say(f"run {run_id} started")
     return _execute(project, state, definition, run, cfg, RunContext(
         project, cfg, config_sha256(project.config_path), run_id, run_dir, on_progress or (lambda _p: None), say,
-        world=world, announce=announce or (lambda _plan: None), deadline=deadline), verified)
+        world=world, announce=announce or (lambda _plan: None), deadline=deadline), verified, signals)
 
 
 def _fingerprints(project: Project, state: ProjectState, phase: str, cfg: Any,
@@ -257,8 +253,8 @@ def _fingerprints(project: Project, state: ProjectState, phase: str, cfg: Any,
 
 
 def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
-                  on_progress: Callable[[Any], None] | None, say: Callable[[str], None], world: Any = None,
-                  announce: Any = None, deadline: float | None = None) -> PhaseResult:
+                  on_progress: Callable[[Any], None] | None, say: Callable[[str], None], signals: PhaseSignals,
+                  world: Any = None, announce: Any = None, deadline: float | None = None) -> PhaseResult:
     """Continue the interrupted run where it stopped: same run id, directory and record."""
 
     run, path = _resumable_run(project, state, phase)
@@ -274,14 +270,14 @@ def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
     ctx = RunContext(project, cfg, config_sha256(project.config_path), run.run_id, run_dir,
                      on_progress or (lambda _p: None), say, resume_from=path, resuming=True, world=world,
                      announce=announce or (lambda _plan: None), deadline=deadline)
-    return _execute(project, state, load_phase(phase, project.root), run, cfg, ctx, verified)
+    return _execute(project, state, load_phase(phase, project.root), run, cfg, ctx, verified, signals)
 
 
 def _execute(project: Project, state: ProjectState, definition: PhaseDefinition, run: RunRecord, cfg: Any,
-             ctx: Any, verified: dict[str, Any]) -> PhaseResult:
+             ctx: Any, verified: dict[str, Any], signals: PhaseSignals) -> PhaseResult:
     """Run the phase's runner under the lock the caller holds, then record what it produced."""
 
-    run_dir = ctx.run_dir
+    phase, run_id, run_dir = definition.name, run.run_id, ctx.run_dir
     # -- run ------------------------------------------------------------------------------------
     handler = logging.FileHandler(run_dir / "logs" / "training.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -295,16 +291,9 @@ def _execute(project: Project, state: ProjectState, definition: PhaseDefinition,
         say(text)
 
     ctx.on_message = say_and_log
-    return _run_and_record(project, state, definition, run, cfg, ctx, verified, logger, handler, _SIGNALS)
-
-
-def _run_and_record(project: Project, state: ProjectState, definition: PhaseDefinition, run: RunRecord, cfg: Any,
-                    ctx: Any, verified: dict[str, Any], logger: logging.Logger, handler: logging.Handler,
-                    signals: PhaseSignals) -> PhaseResult:
-    phase, run_id, say_and_log = definition.name, run.run_id, ctx.on_message
     try:
         signals.arm()  # the run is recorded: a signal now stops it (one that came before, at once)
-        ctx.tracking = open_phase_tracking(project, cfg, run, verified, ctx.resuming, say_and_log)
+        ctx.tracking = open_phase_tracking(project, cfg, state, run, verified, ctx.resuming, say_and_log)
         if ctx.tracking is not None:
             save_state(project, state)  # the MLflow run's id, for --resume
         output = run_runner(phase, ctx)

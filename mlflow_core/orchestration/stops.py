@@ -145,24 +145,27 @@ def _rank_stop(project: Project, phase: str, run: RunRecord, exc: Any) -> BaseEx
                          f"the other rank's message, then continue with {again}.")
 
 
+def _continue_with(project: Project, phase: str, run: RunRecord) -> str:
+    """How to go on after a stop outside training: `--resume` where there is something to resume
+    (a baseline needs its resume point), else the phase again."""
+    saved = (project.inside(run.dir) / "checkpoints" / "resume.pt").is_file()
+    return (resume_command(phase) if phase in RESUMABLE_PHASES and (phase != "baseline" or saved)
+            else f"`wf phase {phase}`")
+
+
 def _interrupt_stop(project: Project, phase: str, run: RunRecord, exc: Any) -> BaseException:
     """Ctrl-C outside a training run's own handler (an LR range test, a scan)."""
-    saved = (project.inside(run.dir) / "checkpoints" / "resume.pt").is_file()
-    again = (resume_command(phase) if phase in RESUMABLE_PHASES and (phase != "baseline" or saved)
-             else f"`wf phase {phase}`")
     return RunInterruptedError(f"{phase} interrupted; run {run.run_id} is recorded as interrupted.",
-                               hint=f"Continue with {again}.")
+                               hint=f"Continue with {_continue_with(project, phase, run)}.")
 
 
 def _signal_stop(project: Project, phase: str, run: RunRecord, exc: Any) -> BaseException:
     import signal
 
     name = signal.Signals(exc.signum).name
-    saved = (project.inside(run.dir) / "checkpoints" / "resume.pt").is_file()
-    again = (resume_command(phase) if phase in RESUMABLE_PHASES and (phase != "baseline" or saved)
-             else f"`wf phase {phase}`")
     return _signal_error(exc.signum)(f"{phase} stopped by {name} before its training began or after it ended; run "
-                                     f"{run.run_id} is recorded as interrupted.", hint=f"Continue with {again}.")
+                                     f"{run.run_id} is recorded as interrupted.",
+                                     hint=f"Continue with {_continue_with(project, phase, run)}.")
 
 
 _STOPS = ((StorageError, _storage_stop), (RankLostError, _rank_stop), (KeyboardInterrupt, _interrupt_stop),

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_core.workflow.project import Project
-from mlflow_core.workflow.state import RunRecord, load_state
+from mlflow_core.workflow.state import ProjectState, RunRecord
 
 FIGURE = re.compile(r"\]\((figures/[^)\s]+\.png)\)")  # an image a report shows, relative to reports/
 
 
-def open_phase_tracking(project: Project, cfg: Any, run: RunRecord, verified: dict[str, Any],
+def open_phase_tracking(project: Project, cfg: Any, state: ProjectState, run: RunRecord, verified: dict[str, Any],
                         resuming: bool, say: Any = None) -> Any:
     """The phase's MLflow run, its id kept in the run record (so that `--resume` continues it)."""
     if not cfg.monitoring.mlflow:
@@ -27,18 +27,18 @@ def open_phase_tracking(project: Project, cfg: Any, run: RunRecord, verified: di
             **({"mlflow.source.git.commit": commit} if commit else {})}
     tracking = PhaseRun.start(project.root, cfg, run.phase, run.run_id, project.inside(run.dir),
                               {k: v for k, v in tags.items() if v}, existing=run.mlflow_run_id if resuming else None,
-                              notify=say, data=verified.get("data"), ended=ended_mlflow_runs(project))
+                              notify=say, data=verified.get("data"), ended=ended_mlflow_runs(state))
     if tracking is not None:
         run.mlflow_run_id, run.mlflow_uri = tracking.run_id, tracking.store.uri
     return tracking
 
 
-def ended_mlflow_runs(project: Project) -> dict[str, str]:
+def ended_mlflow_runs(state: ProjectState) -> dict[str, str]:
     """The MLflow runs of the project's wf runs that have ended, with the MLflow status each ended
     with (what a run left RUNNING by a tracking outage is ended as)."""
     from mlflow_core.monitoring.mlflow_runs import MLFLOW_STATUS
 
-    return {r.mlflow_run_id: MLFLOW_STATUS.get(r.status, "FINISHED") for r in load_state(project).runs
+    return {r.mlflow_run_id: MLFLOW_STATUS.get(r.status, "FINISHED") for r in state.runs
             if r.mlflow_run_id and r.finished_at and r.status != "running"}
 
 

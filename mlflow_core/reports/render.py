@@ -131,15 +131,18 @@ class BudgetedSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
 
 
 def _bounded(name: str, fn: Any) -> Any:
-    """A filter that refuses an argument (after the value it filters) larger than a report."""
-    def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
-        for arg in (*args, *kwargs.values()):
+    """A filter that refuses an argument (after the value it filters) larger than a report. Jinja's
+    pass_context / pass_environment mark travels with it: Jinja then passes its context first."""
+    passed = 1 + hasattr(fn, "jinja_pass_arg")  # the value filtered, and the context Jinja passes before it
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        for arg in (*args[passed:], *kwargs.values()):
             if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > MAX_ARGUMENT:
                 raise TemplateBudgetExceeded(f"the filter {name} was given {arg}, more than a report holds")
-        return fn(value, *args, **kwargs)
-    for flag in ("jinja_pass_arg",):  # Jinja's pass_context / pass_environment marks travel with the filter
-        if hasattr(fn, flag):
-            setattr(bounded, flag, getattr(fn, flag))
+        return fn(*args, **kwargs)
+
+    if hasattr(fn, "jinja_pass_arg"):
+        bounded.jinja_pass_arg = fn.jinja_pass_arg  # type: ignore[attr-defined]
     return bounded
 
 

@@ -1,7 +1,8 @@
 """The verified export in MLflow's registry (`monitoring.mlflow`): `wf phase finalization` logs the
 model it exported as an MLflow logged model of the phase's run, saved with `mlflow.pytorch` (a
-torch.export program, its signature and an input example from the test split), loads it back as MLflow serves it and compares
-it with the trained model, and registers it as a version of the project's model, tagged with its
+torch.export program, its signature and an input example from the test split), loads it back as
+MLflow serves it and compares it with the trained model, and registers it as a version of the
+project's model, tagged with its
 test figures, the path through the phases and the fingerprints. It is not released: `wf release`
 sets its alias once the pre_release gate passes. Never fatal: a failure is said, and the phase goes
 on without a registered version."""
@@ -119,13 +120,9 @@ def register_recorded_export(project: Any, state: Any, evidence: Any, store: Any
     batch = torch.zeros(2, *facts.data.input_shape)
     with torch.no_grad():
         expected = program(batch).float()
-    summary = facts.summary or {}
-    version_tags = {f"wf.test.{key}": f"{spread.mean:.6g}" for key, spread in summary.items()}
-    version_tags.update({"wf.path": " → ".join(state.path()), "wf.run_id": evidence.run_id,
-                         "wf.config_sha256": facts.config_sha256, "wf.export_sha256": export.sha256,
-                         "wf.registered_by": "wf release (the finalization ran with MLflow off)",
-                         "wf.gate.pre_release": "not checked: `wf release` checks it",
-                         "wf.exported_seed": str(facts.exported_seed)})
+    version_tags = _version_tags({key: spread.mean for key, spread in (facts.summary or {}).items()}, state.path(),
+                                 evidence.run_id, facts.config_sha256, facts.exported_seed, export.sha256)
+    version_tags["wf.registered_by"] = "wf release (the finalization ran with MLflow off)"
     with root_logging_kept():
         logged, version, diff = _log_and_register(
             store, program, batch, expected, name, None,
@@ -146,14 +143,21 @@ def _exists(client: Any, name: str) -> bool:
 
 
 def _tags(ctx: RunContext, facts: dict[str, Any]) -> dict[str, str]:
-    summary = facts.get("summary") or {}
-    tags = {f"wf.test.{key}": f"{spread['mean']:.6g}" for key, spread in summary.items()}
     path = load_state(ctx.project).path()
-    tags.update({"wf.path": " → ".join([*path, "finalization"] if path[-1:] != ["finalization"] else path),
-                 "wf.run_id": ctx.run_id, "wf.config_sha256": ctx.config_sha256,
-                 "wf.gate.pre_release": "not checked: `wf release` checks it",
-                 "wf.exported_seed": str(facts.get("exported_seed"))})
     program = next((e for e in facts.get("exports") or [] if e.get("kind") == "torch_export" and e.get("sha256")), None)
-    if program is not None:  # what `wf release` holds the version to (the evidence is committed, the store is not)
-        tags["wf.export_sha256"] = program["sha256"]
+    return _version_tags({key: spread["mean"] for key, spread in (facts.get("summary") or {}).items()},
+                         [*path, "finalization"] if path[-1:] != ["finalization"] else path, ctx.run_id,
+                         ctx.config_sha256, facts.get("exported_seed"), program["sha256"] if program else None)
+
+
+def _version_tags(test_means: dict[str, float], path: list[str], run_id: str, config_sha256: str,
+                  exported_seed: Any, export_sha256: str | None) -> dict[str, str]:
+    """A registered version's tags: its test figures, the path through the phases, the run and
+    config it comes from, and the SHA-256 of the torch.export program, what `wf release` holds the
+    version to (the evidence is committed, the store is not)."""
+    tags = {f"wf.test.{key}": f"{mean:.6g}" for key, mean in test_means.items()}
+    tags.update({"wf.path": " → ".join(path), "wf.run_id": run_id, "wf.config_sha256": config_sha256,
+                 "wf.gate.pre_release": "not checked: `wf release` checks it", "wf.exported_seed": str(exported_seed)})
+    if export_sha256:
+        tags["wf.export_sha256"] = export_sha256
     return tags

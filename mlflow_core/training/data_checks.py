@@ -61,7 +61,8 @@ def _scan(dataset: Dataset, num_classes: int) -> dict[str, Any]:
             first_of_label.setdefault(y, i)
         hashes.setdefault(hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest(), i)
     return {"scanned": len(indices), "size": n, "nonfinite": nonfinite, "bad_labels": bad_labels, "masks": masks,
-            "shapes": shapes, "first_of_shape": first_of_shape, "first_of_label": first_of_label, "counts": counts, "hashes": hashes, "min": lo, "max": hi}
+            "shapes": shapes, "first_of_shape": first_of_shape, "first_of_label": first_of_label, "counts": counts,
+            "hashes": hashes, "min": lo, "max": hi}
 
 
 DIGEST_SAMPLES = 64

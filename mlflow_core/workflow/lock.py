@@ -99,8 +99,6 @@ def held(project: Project) -> bool:
         os.close(fd)
 
 
-
-
 def _settle(project: Project) -> None:
     from mlflow_core.errors import StateError
     from mlflow_core.workflow.state import settle_gone_runs

@@ -234,7 +234,7 @@ def _alive(run: RunRecord) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's
-        return True
+        pass
     return True
 
 

@@ -40,6 +40,9 @@ class TensorBoard(_Tracking):
             self.tracker.close(run_hparams(t.cfg), tracked_results(s.metrics))
 
 
+RESULT = "result/"  # the prefix of a run's results, the same in every tracker
+
+
 def tracked_results(metrics: dict[str, Any]) -> dict[str, float]:
     """The run's results next to its hyperparameters: the best value of the validation metric and
     the last epoch's validation figures, named alike in every tracker (`result/best_val_loss` in
@@ -50,9 +53,6 @@ def tracked_results(metrics: dict[str, Any]) -> dict[str, float]:
     last = metrics["epochs"][-1] if metrics["epochs"] else {}
     results.update({f"{RESULT}{k}": v for k, v in last.items() if k.startswith("val_") and isinstance(v, float)})
     return results
-
-
-RESULT = "result/"
 
 
 class WeightsAndBiases(_Tracking):
@@ -76,4 +76,3 @@ class WeightsAndBiases(_Tracking):
                                   ("completed", "early_stopped", "pruned"))
         if sync:
             t.log.info("Weights & Biases logged offline; upload with: %s", sync)
-
