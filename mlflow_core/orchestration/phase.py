@@ -91,11 +91,16 @@ def _resumable_run(project: Project, state: ProjectState, phase: str) -> tuple[R
                              hint=f"Run `wf phase {phase}` to start a new run.")
     if phase != "baseline":
         return run, None
-    path = project.inside(run.dir) / ((run.summary.get("resume") or {}).get("path") or "checkpoints/resume.pt")
-    if not path.is_file():
+    saved = (run.summary.get("resume") or {}).get("path")
+    path = project.inside(run.dir) / (saved or "checkpoints/resume.pt")
+    if path.is_file():
+        return run, path
+    if saved:  # it stopped at a resume point that is gone now
         raise UserInputError(f"{project.relative(path)}: the resume checkpoint of {run.run_id} is missing.",
                              hint=f"Run `wf phase {phase}` to start a new run.")
-    return run, path
+    # it stopped before its first resume point (a signal or kill during start-up or its first steps):
+    # the same run starts again from step 0, which a seeded run reproduces exactly
+    return run, None
 
 
 def run_phase(project: Project, phase: str, *, override_reason: str | None = None,
@@ -265,7 +270,8 @@ def _resume_phase(project: Project, state: ProjectState, phase: str, cfg: Any,
     where = project.relative(path if path is not None else run_dir)
     state.record("phase_resumed", phase=phase, run_id=run.run_id, checkpoint=where)
     save_state(project, state)
-    say(f"run {run.run_id} resumed from {where}")
+    say(f"run {run.run_id} resumed from {where}" if path is not None or phase != "baseline" else
+        f"run {run.run_id} starts again from step 0: it stopped before its first resume point")
     verified = _fingerprints(project, state, phase, cfg, say)
     ctx = RunContext(project, cfg, config_sha256(project.config_path), run.run_id, run_dir,
                      on_progress or (lambda _p: None), say, resume_from=path, resuming=True, world=world,

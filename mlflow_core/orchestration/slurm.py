@@ -15,7 +15,7 @@ from typing import Any
 from mlflow_core.atomic import atomic_write_text
 from mlflow_core.config.loader import load_config
 from mlflow_core.errors import UserInputError
-from mlflow_core.workflow.phases import DISTRIBUTED_PHASES
+from mlflow_core.workflow.phases import DISTRIBUTED_PHASES, RESUMABLE_PHASES
 
 
 def slurm_job_id() -> str | None:
@@ -118,6 +118,8 @@ def sbatch_script(job: SlurmJob, project_name: str) -> str:
         if value is not None:
             directives.append(f"--{option}={value}")
     wf = f'"$py" -m mlflow_core phase {q(job.phase)}'
+    # workers claim trials again when restarted; a phase without training state runs again
+    resumes = not job.workers and job.phase in RESUMABLE_PHASES
     if job.processes > 1:
         launch = (f'"$py" -m torch.distributed.run --nnodes="$SLURM_NNODES" '
                   f"--nproc-per-node={max(job.gpus_per_node, 1)} --rdzv-backend=c10d "
@@ -149,12 +151,13 @@ def sbatch_script(job: SlurmJob, project_name: str) -> str:
              '  echo "wf: $py cannot import wf: activate the environment it is installed in (pip install -e .) '
              'before sbatch, or set WF_PYTHON to its python" >&2; exit 2',
              "fi",
-             "# a requeued job (preempted, or `scontrol requeue` after SLURM's warning) continues its run",
-             'resume=""',
-             'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then resume="--resume"; fi',
+             *(["# a requeued job (preempted, or `scontrol requeue` after SLURM's warning) continues its run",
+                'resume=""',
+                'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then resume="--resume"; fi'] if resumes else
+               [f"# a requeued job runs the phase again: {job.phase} holds no training state to continue"]),
              'echo "wf: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST, restart ${SLURM_RESTART_COUNT:-0}"',
              *([head.rstrip("\n")] if head else []),
-             f"srun --kill-on-bad-exit=1 {launch}" + ("" if job.workers else " $resume"),
+             f"srun --kill-on-bad-exit=1 {launch}" + (" $resume" if resumes else ""),
              ""]
     if job.workers:
         lines[1:5] = [f"# Written by `wf slurm optimization --workers {job.workers}` for project {project_name!r}: "

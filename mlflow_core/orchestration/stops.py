@@ -121,7 +121,7 @@ def failure(project: Project, state: ProjectState, phase: str, run: RunRecord, c
         logger.error("%s: not updated (the disk refuses writes)", project.relative(project.state_path))
     for kind, stop in _STOPS:  # the stops, as a table: each says how to continue
         if isinstance(exc, kind):
-            return stop(project, phase, run, exc)
+            return stop(project, state, phase, run, exc)
     if isinstance(exc, UserInputError) and not ctx.resuming:
         logger.removeHandler(handler)
         handler.close()
@@ -133,39 +133,39 @@ def failure(project: Project, state: ProjectState, phase: str, run: RunRecord, c
                             hint=f"The traceback is in {project.relative(ctx.run_dir)}/logs/training.log.")
 
 
-def _storage_stop(project: Project, phase: str, run: RunRecord, exc: Any) -> BaseException:
+def _storage_stop(project: Project, state: ProjectState, phase: str, run: RunRecord, exc: Any) -> BaseException:
     again = (f"continue run {run.run_id} with {resume_command(phase)}" if phase in RESUMABLE_PHASES
              else f"run `wf phase {phase}` again")
     return StorageError(f"{phase} stopped: {exc.message}", hint=f"Free space (or fix the permissions), then {again}.")
 
 
-def _rank_stop(project: Project, phase: str, run: RunRecord, exc: Any) -> BaseException:
+def _rank_stop(project: Project, state: ProjectState, phase: str, run: RunRecord, exc: Any) -> BaseException:
     again = resume_command(phase) if phase in RESUMABLE_PHASES else f"`wf phase {phase}`"
     return RankLostError(f"{phase} stopped: {exc.message}", hint=f"Run {run.run_id} is recorded as interrupted; see "
                          f"the other rank's message, then continue with {again}.")
 
 
-def _continue_with(project: Project, phase: str, run: RunRecord) -> str:
-    """How to go on after a stop outside training: `--resume` where there is something to resume
-    (a baseline needs its resume point), else the phase again."""
-    saved = (project.inside(run.dir) / "checkpoints" / "resume.pt").is_file()
-    return (resume_command(phase) if phase in RESUMABLE_PHASES and (phase != "baseline" or saved)
-            else f"`wf phase {phase}`")
+def _continue_with(phase: str) -> str:
+    """How to go on after a stop outside training: `--resume` where the phase holds training state
+    (a baseline stopped before its first resume point starts again from step 0), else the phase again."""
+    return resume_command(phase) if phase in RESUMABLE_PHASES else f"`wf phase {phase}`"
 
 
-def _interrupt_stop(project: Project, phase: str, run: RunRecord, exc: Any) -> BaseException:
+def _interrupt_stop(project: Project, state: ProjectState, phase: str, run: RunRecord, exc: Any) -> BaseException:
     """Ctrl-C outside a training run's own handler (an LR range test, a scan)."""
     return RunInterruptedError(f"{phase} interrupted; run {run.run_id} is recorded as interrupted.",
-                               hint=f"Continue with {_continue_with(project, phase, run)}.")
+                               hint=f"Continue with {_continue_with(phase)}.")
 
 
-def _signal_stop(project: Project, phase: str, run: RunRecord, exc: Any) -> BaseException:
+def _signal_stop(project: Project, state: ProjectState, phase: str, run: RunRecord, exc: Any) -> BaseException:
     import signal
 
     name = signal.Signals(exc.signum).name
-    return _signal_error(exc.signum)(f"{phase} stopped by {name} before its training began or after it ended; run "
-                                     f"{run.run_id} is recorded as interrupted.",
-                                     hint=f"Continue with {_continue_with(project, phase, run)}.")
+    saved = (f"{phase} stopped by {name} before its training began or after it ended; run {run.run_id} is "
+             "recorded as interrupted.")
+    if exc.signum == signal.SIGUSR1:
+        return _preempted(project, state, phase, run.run_id, saved, f"Continue with {_continue_with(phase)}.")
+    return _signal_error(exc.signum)(saved, hint=f"Continue with {_continue_with(phase)}.")
 
 
 _STOPS = ((StorageError, _storage_stop), (RankLostError, _rank_stop), (KeyboardInterrupt, _interrupt_stop),
@@ -202,6 +202,15 @@ def stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id:
     if signum != signal.SIGUSR1:
         error = {signal.SIGTERM: RunTerminatedError, signal.SIGHUP: RunHangupError}.get(signum, RunInterruptedError)
         return error(saved, hint=resume)
+    return _preempted(project, state, phase, run_id, saved, resume)
+
+
+def _preempted(project: Project, state: ProjectState, phase: str, run_id: str, saved: str,
+               resume: str) -> RunPreemptedError:
+    """SLURM's warning before preemption, with everything saved: the job is requeued, and its script
+    runs again (with `--resume` where the phase holds training state)."""
+    import signal
+
     job = slurm_job_id()
     if job is None:
         return RunPreemptedError(saved + " SIGUSR1 outside a SLURM job: nothing to requeue.", hint=resume)
@@ -210,8 +219,9 @@ def stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id:
     outcome = requeue_job(job)
     state.record("job_requeued", phase=phase, run_id=run_id, **outcome)
     save_state(project, state)
+    again = "with --resume" if phase in RESUMABLE_PHASES else "by running the phase again"
     if outcome["requeued"]:
-        return RunPreemptedError(saved + f" SLURM job {job} is requeued; it continues with --resume.",
-                                 hint="Nothing to do: the requeued job resumes the run.")
+        return RunPreemptedError(saved + f" SLURM job {job} is requeued; it continues {again}.",
+                                 hint="Nothing to do: the requeued job goes on.")
     return RunPreemptedError(saved + f" Requeueing SLURM job {job} failed: {outcome['detail']}.",
-                             hint=f"Resubmit the job (`sbatch slurm/{phase}.sbatch`); it continues with --resume.")
+                             hint=f"Resubmit the job (`sbatch slurm/{phase}.sbatch`); it continues {again}.")

@@ -76,7 +76,7 @@ def test_a_run_killed_9_shows_interrupted_and_the_next_command_records_it(wf, pr
     assert "resumed at epoch" in (project_copy / recorded["dir"] / "logs" / "training.log").read_text()
 
 
-@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGHUP", 129)])
+@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGHUP", 129), ("SIGUSR1", 138)])
 def test_a_signal_as_soon_as_the_run_is_recorded_ends_with_its_code_and_a_recorded_run(project_copy, name, code):
     run = _start(project_copy)
     _wait_for(lambda: _latest(project_copy) is not None, timeout=120)
@@ -84,5 +84,15 @@ def test_a_signal_as_soon_as_the_run_is_recorded_ends_with_its_code_and_a_record
     out, err = run.communicate(timeout=300)
     assert run.returncode == code, out[-2000:] + err
     assert "Traceback" not in out + err
+    assert "wf phase baseline --resume" in out + err  # the hint: the run continues, whenever it stopped
     last = _state(project_copy)["runs"][-1]
     assert last["status"] == "interrupted" and last["finished_at"]
+    if name != "SIGTERM":
+        return
+    # stopped before its first resume point: --resume starts the same run again from step 0
+    resumed = subprocess.run([*WF, "phase", "baseline", "--resume"], cwd=project_copy, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode in (0, 1), resumed.stdout[-2000:] + resumed.stderr
+    assert "starts again from step 0" in resumed.stdout + resumed.stderr
+    final = _state(project_copy)["runs"][-1]
+    assert final["run_id"] == last["run_id"] and final["status"] in ("completed", "early_stopped")

@@ -42,6 +42,8 @@ def test_sbatch_script_for_two_nodes(wf, tmp_path):
     one = sbatch_script(SlurmJob("baseline"), "p")
     assert '"$py" -m mlflow_core phase baseline $resume' in one
     assert "torch.distributed.run" not in one  # one process: srun runs wf itself
+    setup = sbatch_script(SlurmJob("setup"), "p")  # no training state: a requeued setup runs again
+    assert "--resume" not in setup and setup.rstrip().endswith('"$py" -m mlflow_core phase setup')
 
     # written again without options, the script keeps the ones given before, and says so
     again = wf("slurm", "baseline", "--time", "2:00:00", cwd=tmp_path / "p")
@@ -141,8 +143,25 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _started(project: Path, reference: str) -> bool:
+    try:
+        runs = json.loads((project / ".wf" / "state.json").read_text())["runs"]
+    except (OSError, ValueError):
+        return False
+    return runs[-1]["run_id"] != reference and runs[-1]["status"] == "running"
+
+
+def _trained_60_steps(project: Path, reference: str) -> bool:
+    fresh = [p for p in (project / "runs").glob("baseline-*/logs/steps.csv") if reference not in str(p)]
+    return bool(fresh) and len(fresh[0].read_text().splitlines()) > 60
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the job step's process through /proc")
-def test_slurm_lifecycle_usr1_requeue_then_resume(trained_project, tmp_path):
+@pytest.mark.parametrize("when", ["training", "start-up"])
+def test_slurm_lifecycle_usr1_requeue_then_resume(trained_project, tmp_path, when):
+    """SLURM's warning while the run trains (saved at a resume point) or as soon as it is recorded
+    (before its first resume point): requeued either way, and the requeued job ends with the weights
+    of the run that was never stopped."""
     torch = pytest.importorskip("torch")
     project = tmp_path / "q"
     shutil.copytree(trained_project, project)
@@ -162,17 +181,17 @@ def test_slurm_lifecycle_usr1_requeue_then_resume(trained_project, tmp_path):
            "WF_PYTHON": sys.executable}  # the environment's python, as an activated environment gives
     job = subprocess.Popen(["bash", "slurm/baseline.sbatch"], cwd=project, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
+    ready = _trained_60_steps if when == "training" else _started
     deadline = time.time() + 120
-    while time.time() < deadline:
-        fresh = [p for p in (project / "runs").glob("baseline-*/logs/steps.csv") if reference["run_id"] not in str(p)]
-        if fresh and len(fresh[0].read_text().splitlines()) > 60:
-            break
-        time.sleep(0.05)
+    while time.time() < deadline and not ready(project, reference["run_id"]):
+        time.sleep(0.02)
     step = _children(job.pid)
     assert len(step) == 1
     os.kill(step[0], signal.SIGUSR1)  # SLURM's warning goes to the job step, not to the batch shell
     out, err = job.communicate(timeout=120)
     assert job.returncode == 138, out[-2000:] + err
+    if when == "start-up":
+        assert "before its training began" in out + err
     assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "77"]
     run = json.loads((project / ".wf" / "state.json").read_text())["runs"][-1]
     assert run["status"] == "interrupted"
