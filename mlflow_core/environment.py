@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,35 @@ def cpu_precision_support(cpuinfo: str | None = None) -> dict[str, Any]:
         if any(v is not None for v in found.values()):
             return {"source": "sysctl", **found}
     return {"source": "unknown", "bf16": None, "fp16": None}
+
+
+@functools.cache
+def measure_autocast_slowdown(kind: str, repeats: int = 3) -> float:
+    """Step time of a convolution block (forward and backward, 2×16×64×64) under CPU autocast in
+    `kind`, over the same step in fp32: the best of `repeats` each, about 0.4 s on a CPU that
+    emulates. Larger images slow down more (bench/cpu_precision.py: 22-27x at 64-256 px against 15x
+    here), tiny ones less. It draws from its own generator: a seeded run's random stream is untouched."""
+    import torch
+
+    dtype_of = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 64, 64, generator=gen)
+    w1 = torch.randn(16, 16, 3, 3, generator=gen).mul_(0.1).requires_grad_()
+    w2 = torch.randn(16, 16, 3, 3, generator=gen).mul_(0.1).requires_grad_()
+
+    def step(dtype: Any) -> float:
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            hidden = torch.relu(torch.nn.functional.conv2d(x, w1, padding=1))
+            y = torch.nn.functional.conv2d(hidden, w2, padding=1)
+        y.float().square().mean().backward()
+        return time.perf_counter() - started
+
+    def best(dtype: Any) -> float:
+        step(dtype)  # the first call pays for kernel selection
+        return min(step(dtype) for _ in range(repeats))
+
+    return max(1.0, best(dtype_of[kind]) / best(None))
 
 
 def _sysctl(name: str) -> bool | None:
@@ -118,6 +149,8 @@ def capture_environment(project_root: Path, gpu_sampler: GpuSampler | None = Non
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_native_precision": cpu_precision_support(),
+        # what the flags cannot say: whether torch's kernels compute it natively (autocast vs fp32)
+        "cpu_autocast_slowdown": None if cuda else {k: round(measure_autocast_slowdown(k), 1) for k in NATIVE_CPU_FLAGS},
         "ram_gib": _ram_gib(),
         "git": _git(project_root),
         "packages": packages,

@@ -1,9 +1,9 @@
 """Which precision a run trains in, decided before training.
 
 On a GPU the configured `training.precision` is what runs. On a CPU, fp16 and bf16 autocast are only
-fast where the processor computes them natively (AVX-512 BF16, AMX, Arm's FEAT_BF16 …); elsewhere
-torch converts every operand to and from fp32 and a convolution step runs 10-25x slower than plain
-fp32. A full run then trains as configured, after saying so with the slow-down measured on this CPU;
+fast where torch's kernels compute them natively (AVX-512 BF16, AMX, Arm's FEAT_BF16 …); elsewhere
+torch converts every operand to and from fp32 and a convolution step runs 10-140x slower than plain
+fp32. Whether it does is measured (a fraction of a second, once per process), not read from CPU flags. A full run then trains as configured, after saying so with the slow-down measured on this CPU;
 a short check (`--smoke`, setup's reproducibility steps) trains in fp32 instead, because it exists to
 show that the pipeline runs, not to wait for emulated arithmetic. `plan_precision` only decides; the
 trainer acts on the plan and records it, the way a failed torch.compile falls back to eager.
@@ -11,13 +11,11 @@ trainer acts on the plan and records it, the way a failed torch.compile falls ba
 
 from __future__ import annotations
 
-import functools
-import time
 from dataclasses import dataclass
 
 import torch
 
-from mlflow_core.environment import NATIVE_CPU_FLAGS, cpu_precision_support
+from mlflow_core.environment import NATIVE_CPU_FLAGS, cpu_precision_support, measure_autocast_slowdown
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -43,50 +41,31 @@ class PrecisionPlan:
                 "cpu_slowdown": self.slowdown, "note": self.note}
 
 
+EMULATED_SLOWDOWN = 3.0  # autocast this many times slower than fp32: the CPU does not compute it natively
+
+
 def plan_precision(requested: str, device_type: str, *, short_check: bool,
-                   native: dict[str, bool | None] | None = None) -> PrecisionPlan:
-    """The precision to train in. `native` is cpu_precision_support()'s answer (read when not given)."""
+                   native: dict[str, bool | None] | None = None, slowdown: float | None = None) -> PrecisionPlan:
+    """The precision to train in. `native` is cpu_precision_support()'s answer and `slowdown`
+    measure_autocast_slowdown()'s (each read when not given). The measurement decides: a CPU flag
+    says what the processor can do, not whether torch's CPU kernels use it (a CPU with AVX512-FP16
+    ran fp16 autocast 137x slower than fp32 under torch 2.14, bf16 at par beside it)."""
     if requested == "fp32" or device_type != "cpu":
         return PrecisionPlan(requested, requested, None, None, None)
-    support = native if native is not None else cpu_precision_support()
-    is_native = support.get(requested)
-    if is_native or is_native is None:  # native, or nothing to go by: train as configured, silently
-        return PrecisionPlan(requested, requested, is_native, None, None)
-    slowdown = measure_autocast_slowdown(requested)
-    why = (f"training.precision {requested} on a CPU without native {requested} arithmetic "
-           f"(none of the CPU flags {', '.join(NATIVE_CPU_FLAGS[requested])}): autocast emulates it, and "
-           f"a convolution step ran {slowdown:.0f}x slower than in fp32 on this CPU just now (more on "
-           "larger images)")
+    flagged = (native if native is not None else cpu_precision_support()).get(requested)
+    measured = slowdown if slowdown is not None else measure_autocast_slowdown(requested)
+    if measured < EMULATED_SLOWDOWN:  # computed natively: train as configured, silently
+        return PrecisionPlan(requested, requested, True, None, None)
+    flags = ", ".join(NATIVE_CPU_FLAGS[requested])
+    cause = (f"a CPU that reports native {requested} (one of the flags {flags}), but torch's CPU kernels do not "
+             "compute it natively here" if flagged else
+             f"a CPU without native {requested} arithmetic (none of the CPU flags {flags})")
+    why = (f"training.precision {requested} on {cause}: a convolution step under autocast ran {measured:.0f}x "
+           "slower than in fp32 on this CPU just now (more on larger images)")
     if short_check:
-        return PrecisionPlan(requested, "fp32", False, slowdown,
+        return PrecisionPlan(requested, "fp32", False, measured,
                              f"{why}. This short check trains in fp32 instead; the config is unchanged, "
                              f"and a full run on this CPU trains in {requested} as configured.")
-    return PrecisionPlan(requested, requested, False, slowdown,
+    return PrecisionPlan(requested, requested, False, measured,
                          f"{why}. Training goes on in {requested} as configured; on a CPU, "
                          "`training.precision: fp32` is the fast choice.")
-
-
-@functools.cache
-def measure_autocast_slowdown(kind: str, repeats: int = 3) -> float:
-    """Step time of a convolution block (forward and backward, 2×16×64×64) under CPU autocast in
-    `kind`, over the same step in fp32: the best of `repeats` each, about 0.4 s on a CPU that
-    emulates. Larger images slow down more (bench/cpu_precision.py: 22-27x at 64-256 px against 15x
-    here), tiny ones less. It draws from its own generator: a seeded run's random stream is untouched."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 16, 64, 64, generator=gen)
-    w1 = torch.randn(16, 16, 3, 3, generator=gen).mul_(0.1).requires_grad_()
-    w2 = torch.randn(16, 16, 3, 3, generator=gen).mul_(0.1).requires_grad_()
-
-    def step(dtype: torch.dtype | None) -> float:
-        started = time.perf_counter()
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            hidden = torch.relu(torch.nn.functional.conv2d(x, w1, padding=1))
-            y = torch.nn.functional.conv2d(hidden, w2, padding=1)
-        y.float().square().mean().backward()
-        return time.perf_counter() - started
-
-    def best(dtype: torch.dtype | None) -> float:
-        step(dtype)  # the first call pays for kernel selection
-        return min(step(dtype) for _ in range(repeats))
-
-    return max(1.0, best(AMP_DTYPES[kind]) / best(None))

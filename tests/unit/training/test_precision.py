@@ -51,21 +51,25 @@ EMULATED = {"bf16": False, "fp16": False}
 NATIVE = {"bf16": True, "fp16": True}
 
 
-@pytest.mark.parametrize("requested, device, short, native, mode, says", [
-    ("fp32", "cpu", True, EMULATED, "fp32", False),
-    ("bf16", "cuda", True, EMULATED, "bf16", False),  # a GPU runs what is configured
-    ("bf16", "cpu", True, NATIVE, "bf16", False),
-    ("bf16", "cpu", False, {"bf16": None}, "bf16", False),  # nothing to go by: as configured
-    ("bf16", "cpu", True, EMULATED, "fp32", True),  # a short check falls back
-    ("fp16", "cpu", True, EMULATED, "fp32", True),
-    ("bf16", "cpu", False, EMULATED, "bf16", True),  # a full run trains as configured, and is told
+@pytest.mark.parametrize("requested, device, short, native, slowdown, mode, says", [
+    ("fp32", "cpu", True, EMULATED, 20.0, "fp32", False),
+    ("bf16", "cuda", True, EMULATED, 20.0, "bf16", False),  # a GPU runs what is configured
+    ("bf16", "cpu", True, NATIVE, 1.0, "bf16", False),
+    ("bf16", "cpu", False, {"bf16": None}, 1.1, "bf16", False),  # no flags to read, measured fast
+    ("bf16", "cpu", True, EMULATED, 20.0, "fp32", True),  # a short check falls back
+    ("fp16", "cpu", True, EMULATED, 20.0, "fp32", True),
+    ("fp16", "cpu", True, NATIVE, 137.0, "fp32", True),  # AVX512-FP16 reported, yet torch emulates it
+    ("bf16", "cpu", False, EMULATED, 20.0, "bf16", True),  # a full run trains as configured, and is told
 ])
-def test_plan_precision(requested, device, short, native, mode, says):
-    plan = plan_precision(requested, device, short_check=short, native=native)
+def test_plan_precision(requested, device, short, native, slowdown, mode, says):
+    plan = plan_precision(requested, device, short_check=short, native=native, slowdown=slowdown)
     assert plan.mode == mode and plan.requested == requested
     assert (plan.note is not None) == says
     if says:
-        assert f"without native {requested}" in plan.note and "slower than in fp32" in plan.note
+        flagged = native[requested]
+        assert (f"without native {requested}" in plan.note) != flagged
+        assert ("but torch's CPU kernels do not compute it natively" in plan.note) == flagged
+        assert f"ran {slowdown:.0f}x slower than in fp32" in plan.note
         assert ("trains in fp32 instead" in plan.note) == short
 
 
@@ -83,6 +87,8 @@ def test_the_trainer_falls_back_to_fp32_only_for_a_short_check(tmp_path, monkeyp
     from mlflow_core.training.trainer import Trainer
 
     monkeypatch.setattr("mlflow_core.training.precision.cpu_precision_support", lambda: EMULATED)
+    # the hardware boundary: a CPU that emulates bf16 (this one may compute it natively)
+    monkeypatch.setattr("mlflow_core.training.precision.measure_autocast_slowdown", lambda _kind: 20.0)
     cfg = load_config_text("training: {device: cpu, epochs: 1, batch_size: 256, precision: bf16}\n"
                            "model: {channels: [4]}\ncheckpointing: {save_best: false, checkpoint_every_n_epochs: 0}\n",
                            "t")
