@@ -9,7 +9,7 @@ from typing import Any
 from mlflow_core.diagnostics.base import Diagnostic
 from mlflow_core.diagnostics.context import DiagnoseContext
 from mlflow_core.diagnostics.findings import Diagnosis, Finding
-from mlflow_core.workflow.noise import Z, accuracy_gap, weighed_confidence
+from mlflow_core.workflow.noise import Z, accuracy_gap, validation_at_chance, weighed_confidence
 
 OVERFIT_VAL_RISE, OVERFIT_ACC_GAP = 0.10, 0.05  # val loss 10 % above its best; train-val accuracy gap
 FITTED = 0.95  # a training accuracy this high: the training data is fitted
@@ -42,7 +42,19 @@ def overfitting(ctx: DiagnoseContext) -> Diagnosis:
                     "val_accuracy": last.get("val_accuracy"), "val_size": data.val_size,
                     "train_size": data.train_size}
         per_class = data.train_size / max(data.num_classes, 1)
-        if rise > OVERFIT_VAL_RISE and train_fell and gap.stands_out and last["epoch"] > best["epoch"]:
+        chance = ctx.metrics.chance.model_dump(mode="json") if ctx.metrics.chance else None
+        at_chance = validation_at_chance([e.model_dump(mode="json") for e in ctx.metrics.epochs], chance)
+        if at_chance is not None:
+            # nothing learned transfers: not a variance to regularise away, a mismatch to find
+            findings.append(Finding(
+                "overfitting", "validation_at_chance", 0.8, {**evidence, "val_mcc": last.get("val_mcc"), "chance": chance},
+                "Check that the validation data is prepared as the training data is (the same normalisation, "
+                "band or channel order, resizing), that its labels belong to its inputs (the same class mapping), "
+                "and that the inputs are standardised (data.normalize: per_channel): raw inputs far from 0 leave "
+                "batch norm's running statistics behind the batches' in a short run. If the splits come from "
+                "different places or times, the model may have learned what only the training split shows.",
+                at_chance["message"], None))
+        elif rise > OVERFIT_VAL_RISE and train_fell and gap.stands_out and last["epoch"] > best["epoch"]:
             findings.append(Finding(
                 "overfitting", "overfitting", weighed_confidence(0.85 if rise > 3 * OVERFIT_VAL_RISE else 0.7, gap.strength),
                 evidence,

@@ -129,3 +129,4 @@ class EarlyStopping:
         self.best = state.get("best")
         self.best_epoch = state.get("best_epoch")
         self.wait = state.get("wait", 0)
+

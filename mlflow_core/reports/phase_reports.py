@@ -16,12 +16,13 @@ from mlflow_core.reports.render import write_report
 from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.facts import FinalizationFacts, PhaseFacts
 from mlflow_core.workflow.gates import selected_by
+from mlflow_core.workflow.noise import validation_at_chance
 from mlflow_core.workflow.phases import PHASES, PhaseDefinition
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.recommend import Recommendation, recommend
 from mlflow_core.workflow.records import load_run_metrics
 from mlflow_core.workflow.state import ProjectState, now_iso
-from mlflow_core.workflow.units import metric_value
+from mlflow_core.workflow.units import metric_value, percent, wilson_interval
 
 
 @dataclass
@@ -128,6 +129,11 @@ def render_training(r: ReportInput) -> tuple[dict[str, str], Recommendation]:
     recorded = load_run_metrics(r.project.root / r.facts.metrics.path)
     rec = recommend(recorded, r.criteria, r.definition.playbooks)
     metrics = recorded.to_json()  # what the template and the plots read
+    # judged on the whole run, from its recorded figures (so a report rendered again shows it too)
+    at_chance = validation_at_chance(metrics["epochs"], metrics.get("chance"))
+    if at_chance:
+        at_chance["message"] += " (`wf diagnose overfitting` names the likely causes)"
+        metrics["anomalies"] = [*(metrics.get("anomalies") or []), at_chance]
     figures, note = learning_curves(metrics, r.project.reports_dir / "figures", r.definition.name)
     saved = recorded.checkpoints
     named = [(n, c) for n, c in (("best", saved.best), ("last", saved.last)) if c]
@@ -180,11 +186,31 @@ def _final_context(project: Project, state: ProjectState, run_id: str, facts: Fi
     env_path = project.reports_dir / "environment.json"
     env = json.loads(env_path.read_text(encoding="utf-8")) if env_path.is_file() else {}
     decisions = [e.model_dump(mode="json") for e in state.history if e.event == "decision"]
+    against_target = test_against_target(facts, cfg)
     return {"project_name": project_name, "run_id": run_id, "f": facts.to_json(), "criteria": criteria, "cfg": cfg,
             "first": first, "figures": [f for f in figures if f], "env": env,
             "runs": [r for r in state.runs if r.finished_at], "decisions": decisions, "overrides": overrides,
-            "limitations": limitations(facts, first, _finalized_below_target(project, state, cfg)),
-            "class_name": class_namer(names)}
+            "limitations": limitations(facts, first, _finalized_below_target(project, state, cfg),
+                                       against_target, class_namer(names)),
+            "class_name": class_namer(names), "against_target": against_target}
+
+
+# the test metric that measures what each validation metric does (the loss has none: the test NLL
+# leaves out label smoothing and the loss's weights)
+TEST_METRIC_OF = {"val_accuracy": ("accuracy", "accuracy"), "val_f1": ("macro_f1", "macro F1"),
+                  "val_mcc": ("mcc", "MCC"), "val_iou": ("mean_iou", "mean IoU")}
+
+
+def test_against_target(facts: FinalizationFacts, cfg: WorkflowConfig) -> dict[str, Any] | None:
+    """The project's target (validation.target) against the test split's mean of the same metric."""
+    target, metric = cfg.validation.target, cfg.validation.metric
+    summary = facts.summary or {}
+    if target is None or metric not in TEST_METRIC_OF or TEST_METRIC_OF[metric][0] not in summary:
+        return None
+    key, label = TEST_METRIC_OF[metric]
+    value = summary[key].mean
+    return {"metric": metric, "label": label, "target": metric_value(target, metric),
+            "value": metric_value(value, metric), "met": value >= target}
 
 
 def _finalized_below_target(project: Project, state: ProjectState, cfg: WorkflowConfig) -> str | None:
@@ -206,25 +232,30 @@ def _finalized_below_target(project: Project, state: ProjectState, cfg: Workflow
             f"the decision after it was to finalize anyway" + (f": “{reason}”." if reason else "."))
 
 
-def limitations(facts: FinalizationFacts, first: dict[str, Any] | None, baseline_note: str | None = None) -> list[str]:
+def limitations(facts: FinalizationFacts, first: dict[str, Any] | None, baseline_note: str | None = None,
+                against_target: dict[str, Any] | None = None, class_name: Any = str) -> list[str]:
     """What a reader of the model card must know, derived from the evidence."""
     out = []
+    if against_target and not against_target["met"]:
+        out.append(f"The test {against_target['label']} ({against_target['value']}) is below the project's target "
+                   f"(validation.target: {against_target['metric']} {against_target['target']}).")
     if len(facts.evaluated()) < 2:
         out.append("One seed only: the spread of the test metrics over seeds is unknown "
                    "(finalization.seeds ≥ 3 measures it).")
     samples = facts.test_split.samples
-    if samples and samples < 1000:
-        accuracy = (facts.summary or {}).get("accuracy")
-        if accuracy is not None:
-            acc = accuracy.mean
-            half = 1.96 * (acc * (1 - acc) / samples) ** 0.5
-            out.append(f"The test split has {samples} samples: the accuracy's 95 % binomial interval is about "
-                       f"±{half:.3f}.")
+    accuracy = (facts.summary or {}).get("accuracy")
+    if samples and accuracy is not None:
+        low, high = wilson_interval(accuracy.mean, samples)
+        if high - low > 0.02:  # more than ±1 point: the test split is too small to read the last digit
+            measured = (f"{round(accuracy.mean * samples)} of {samples} correct" if len(facts.evaluated()) == 1
+                        else f"{percent(accuracy.mean)} correct on average over the models")
+            out.append(f"The test split has {samples} samples ({measured}): the accuracy's 95 % Wilson score "
+                       f"interval is {percent(low)} to {percent(high)}.")
     if first:
         weak = [p for p in first["test"]["per_class"] if p["support"] and p["recall"] < 0.8]
         if weak:
-            out.append("Classes with recall below 0.8: " + ", ".join(f"{p['class']} ({p['recall']:.2f})" for p in weak)
-                       + ".")
+            out.append("Classes with recall below 0.8: "
+                       + ", ".join(f"{class_name(p['class'])}: {p['recall']:.2f}" for p in weak) + ".")
         if first["test"].get("ece", 0) > 0.05:
             out.append(f"Calibration: expected calibration error {first['test']['ece']:.3f}; confidences are not "
                        "probabilities to rely on without recalibration (e.g. temperature scaling).")

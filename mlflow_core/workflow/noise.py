@@ -14,6 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
+
+from mlflow_core.workflow.units import metric_value
 
 Z = 2.0  # an effect counts when it exceeds two standard errors of its noise (about 2.3 % by chance, one-sided)
 
@@ -115,3 +118,35 @@ def class_count_strength(counts: list[int]) -> float:
     expected = n / k
     chi2 = sum((c - expected) ** 2 / expected for c in counts)
     return round((chi2 - (k - 1)) / math.sqrt(2 * (k - 1)), 1)
+
+
+FITS_TRAINING = 0.9  # a training accuracy this high: the model has learned its training data
+AT_CHANCE_EPOCHS = 3  # the validated epochs (the last ones) that must all sit at chance
+
+
+def validation_at_chance(epochs: list[dict[str, Any]], chance: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A run whose training accuracy reached FITS_TRAINING while its validation MCC stayed within the
+    noise of 0 (what a predictor that learned nothing scores, whatever the class balance) over its
+    last AT_CHANCE_EPOCHS validated epochs: what it learned does not transfer. An anomaly for the
+    report and the decision after the baseline, never a stop: the run's figures are what they are."""
+    validated = [e for e in epochs if isinstance(e.get("val_mcc"), (int, float))]
+    if not chance or not chance.get("count") or len(validated) < min(AT_CHANCE_EPOCHS, len(epochs)) \
+            or len(validated) < 2:
+        return None
+    last = validated[-AT_CHANCE_EPOCHS:]
+    train = epochs[-1].get("train_accuracy")
+    if not isinstance(train, (int, float)) or train < FITS_TRAINING:
+        return None
+    weighed = [mcc_beyond_chance(float(e["val_mcc"]), int(chance["count"])) for e in last]
+    if any(w.stands_out for w in weighed):
+        return None
+    accuracies = [e.get("val_accuracy") for e in last]
+    shown = ", ".join(metric_value(a, "val_accuracy") for a in accuracies if isinstance(a, (int, float)))
+    mccs = ", ".join(f"{e['val_mcc']:.3f}" for e in last)
+    return {"kind": "validation_at_chance", "step": None, "epoch": last[-1]["epoch"],
+            "message": f"validation at chance while training fits: train accuracy {metric_value(train, 'accuracy')}, "
+                       f"but validation MCC {mccs} in epochs "
+                       f"{last[0]['epoch']}–{last[-1]['epoch']} (within {weighed[-1].smallest:.3f} of 0, the noise of "
+                       f"{chance['count']} {chance.get('units', 'samples')}; accuracy {shown}, the majority class's "
+                       f"share {metric_value(chance.get('majority_share'), 'accuracy')}): nothing learned transfers "
+                       "to validation"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mlflow_core.workflow.noise import accuracy_gap
+from mlflow_core.workflow.noise import accuracy_gap, validation_at_chance
 from mlflow_core.workflow.records import RunMetrics
 from mlflow_core.workflow.units import metric_value
 
@@ -20,12 +20,16 @@ class Recommendation:
     playbook: str | None = None
 
 
+# where a phases/baseline.yaml written before a key existed does not say
+FALLBACK_PLAYBOOKS = {"validation_at_chance": "overfitting"}
+
+
 def recommend(metrics: RunMetrics, criteria: list[dict[str, Any]], playbooks: dict[str, str]) -> Recommendation:
     status = metrics.status
     failed = {c["id"] for c in criteria if not c["passed"]}
 
     def failure(key: str, reason: str) -> Recommendation:
-        book = playbooks.get(key, "convergence_stall")
+        book = playbooks.get(key, FALLBACK_PLAYBOOKS.get(key, "convergence_stall"))
         return Recommendation("failure", "diagnostics", "wf decide diagnose", reason, f"diagnostics/{book}.md")
 
     if status == "failed_nan":
@@ -35,6 +39,12 @@ def recommend(metrics: RunMetrics, criteria: list[dict[str, Any]], playbooks: di
     if "loss_decreased" in failed:
         return failure("no_learning", "the training loss did not decrease: the model is not learning")
     if "beats_chance" in failed:
+        epochs = [e.model_dump(mode="json") for e in metrics.epochs]
+        if validation_at_chance(epochs, metrics.chance.model_dump(mode="json") if metrics.chance else None):
+            return failure("validation_at_chance", f"the model fits its training data (train accuracy "
+                           f"{metric_value(epochs[-1]['train_accuracy'], 'accuracy')}) but scores no better on "
+                           "validation than a predictor that learned nothing: what it learned does not transfer "
+                           "(compare how the two splits are prepared)")
         return failure("no_learning", "the model scores no better than a predictor that learned nothing (see "
                        "the criterion above): it is not learning")
     if "gpu_utilization" in failed:

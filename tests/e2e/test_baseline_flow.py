@@ -3,6 +3,7 @@ overrides, NaN runs, NPZ patches, report re-rendering and tamper detection."""
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -39,6 +40,30 @@ def test_quickstart_produces_a_verified_baseline(trained_project):
     ticks = [e for e in state["history"] if e["event"] == "checklist_tick"]
     assert {t["item"] for t in ticks} == {"data_documented", "config_committed"}
     assert all("quickstart" in t["note"] for t in ticks)
+
+
+def test_a_quickstart_that_stopped_half_way_continues_and_a_finished_one_is_left_alone(wf, tmp_path,
+                                                                                      trained_project):
+    shutil.copytree(trained_project, tmp_path / "done")
+    again = wf("quickstart", "done", cwd=tmp_path)
+    assert again.code == 2 and "already a wf project with a baseline that passed; nothing was changed" in again.out
+    assert "cd done && wf status" in again.out
+    assert wf("init", "lab", "--example", "patches", cwd=tmp_path).code == 0
+    other = wf("quickstart", "lab", cwd=tmp_path)
+    assert other.code == 2 and "not the quickstart's digits demo" in other.out
+    assert wf("init", "half", cwd=tmp_path).code == 0  # as a quickstart stopped before its setup leaves it
+    configure(tmp_path / "half", [("training.epochs", "3"), ("validation.target", "0.5")])
+    resumed = wf("quickstart", "half", cwd=tmp_path)
+    assert resumed.code == 0, resumed.out[-2000:]
+    assert "Continuing the quickstart" in resumed.out and "Next:   cd half && wf gate check baseline" in resumed.out
+    runs = json.loads((tmp_path / "half" / ".wf" / "state.json").read_text())["runs"]
+    assert [r["phase"] for r in runs] == ["setup", "baseline"] and all(r["passed"] for r in runs)
+
+
+def test_init_in_the_current_directory_names_no_cd(wf, tmp_path):
+    (tmp_path / "here").mkdir()
+    made = wf("init", ".", cwd=tmp_path / "here")
+    assert made.code == 0 and "Next: wf phase setup" in made.out and "cd ." not in made.out
 
 
 def test_best_checkpoint_reproduces_recorded_accuracy(trained_project):
@@ -169,6 +194,25 @@ def test_npz_patches_example(wf, tmp_path, monkeypatch):
     assert list((lab / run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert f"TensorBoard events: `{run_dir}/tensorboard/`" in (lab / "reports" / "baseline_results.md").read_text()
     assert "runs/**/tensorboard/" in (lab / ".gitignore").read_text()  # heavy, machine-written: not committed
+
+
+def test_validation_at_chance_while_training_fits_is_an_anomaly_and_a_finding(wf, tmp_path):
+    """The patches example with its inputs left raw (reflectances 0.05-0.45, no standardisation):
+    training reaches 100 % while validation sits at chance. The report says so, the decision after
+    the baseline points to the overfitting playbook, and `wf diagnose overfitting` names the cause."""
+    assert wf("init", "lab", "--example", "patches", cwd=tmp_path).code == 0
+    lab = tmp_path / "lab"
+    configure(lab, [("data.normalize", "none"), ("training.epochs", "5")])
+    assert wf("phase", "setup", cwd=lab).code == 0
+    r = wf("phase", "baseline", "--override-gate", "tests: a raw-input run", cwd=lab)
+    assert r.code == 1, r.out[-2000:]  # it learned nothing that transfers: the chance criterion fails
+    report = (lab / "reports" / "baseline_results.md").read_text()
+    anomalies = report.split("## Anomalies")[1].split("##")[0]
+    assert "(validation_at_chance): validation at chance while training fits: train accuracy 100.0 %" in anomalies
+    assert "None:" not in anomalies
+    assert "diagnostics/overfitting.md" in report and "what it learned does not" in " ".join(r.out.split())
+    found = wf("diagnose", "overfitting", cwd=lab)
+    assert found.code == 0 and "validation_at_chance (0.80)" in found.out, found.out
 
 
 def test_setup_finds_data_problems(wf, tmp_path):

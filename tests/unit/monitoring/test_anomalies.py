@@ -81,3 +81,4 @@ def test_state_dicts_round_trip():
     fresh = StallDetector(5, 0.01)
     fresh.load_state_dict({})
     assert fresh.best == math.inf
+

@@ -108,3 +108,50 @@ def test_a_missed_target_points_to_the_playbook_the_evidence_names(train, val, p
     assert f"train accuracy {train:.1%}" in rec.reason
     if train - val > 0.05 and playbook == "underfitting":
         assert "within the noise of 20 validation samples" in rec.reason
+
+
+def _final_facts(correct: int, samples: int, recall: float = 1.0):
+    from mlflow_core.workflow.facts import FinalizationFacts
+
+    accuracy = correct / samples
+    return FinalizationFacts.model_validate({
+        "run_dir": "runs/f1", "epochs": 3, "config_sha256": "ab" * 32, "config": {},
+        "seeds": [{"seed": 42, "status": "completed", "test": {"accuracy": accuracy, "per_class": [
+            {"class": 0, "precision": 1.0, "recall": recall, "f1": 0.9, "support": samples // 2},
+            {"class": 1, "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": samples // 2}]}}],
+        "test_split": {"samples": samples, "source": "test/", "evaluated_before_by": []},
+        "data": {"train": 100, "val": 20, "test": samples, "num_classes": 2, "input_shape": [1, 8, 8],
+                 "normalization": None, "class_names": ["cat", "dog"]},
+        "optimized_config_matches": None,
+        "summary": {"accuracy": {"mean": accuracy, "std": 0.0, "values": [accuracy]}}})
+
+
+@pytest.mark.parametrize("correct, interval", [(48, "92.6 % to 100.0 %"), (0, "0.0 % to 7.4 %"),
+                                               (24, "36.4 % to 63.6 %")])
+def test_the_model_card_gives_the_wilson_interval_that_holds_at_the_edges(correct, interval):
+    """48 of 48 correct is not '±0.000': the error rate can still be about 7 % (rule of three)."""
+    from mlflow_core.reports.phase_reports import limitations
+
+    said = limitations(_final_facts(correct, 48), None)
+    assert (f"The test split has 48 samples ({correct} of 48 correct): the accuracy's 95 % Wilson score interval "
+            f"is {interval}.") in said
+
+
+def test_the_model_card_compares_the_test_metric_with_the_target_and_names_weak_classes():
+    from mlflow_core.config.schema import WorkflowConfig
+    from mlflow_core.reports.phase_reports import class_namer, limitations, test_against_target
+
+    facts = _final_facts(41, 48, recall=0.7)
+    missed = test_against_target(facts, WorkflowConfig.model_validate(
+        {"validation": {"metric": "val_accuracy", "target": 0.9}}))
+    assert missed == {"metric": "val_accuracy", "label": "accuracy", "target": "90.0 %", "value": "85.4 %",
+                      "met": False}
+    said = limitations(facts, facts.evaluated()[0].model_dump(mode="json"), None, missed, class_namer(["cat", "dog"]))
+    assert said[0] == "The test accuracy (85.4 %) is below the project's target (validation.target: val_accuracy 90.0 %)."
+    assert "Classes with recall below 0.8: cat (0): 0.70." in said
+    met = test_against_target(facts, WorkflowConfig.model_validate({"validation": {"metric": "val_accuracy",
+                                                                                    "target": 0.8}}))
+    assert met["met"] and not any("below the project's target" in line
+                                  for line in limitations(facts, None, None, met))
+    assert test_against_target(facts, WorkflowConfig.model_validate({"validation": {"metric": "val_loss",
+                                                                                     "target": 0.3}})) is None
