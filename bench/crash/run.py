@@ -10,6 +10,10 @@ that completed, the corrupt files and the runs shown running (goal 0 each) and w
 weights equal the uninterrupted run's (goal: yes).
 
     python bench/crash/run.py [--kills 20] [--seed 0] [--resume-every 7] [--check-every 10]
+
+With `--at-writes N` it aims instead: each file a baseline writes atomically (state, evidence,
+checkpoints, resume points, reports, manifests) is killed at its first write and N-1 random later
+ones, inside the write (bench/crash/at_write.py).
 """
 
 from __future__ import annotations
@@ -79,6 +83,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume-every", type=int, default=7, help="checkpointing.resume_every_n_steps")
     parser.add_argument("--check-every", type=int, default=10, help="monitoring.check_every_n_steps")
+    parser.add_argument("--at-writes", type=int, default=0, metavar="N",
+                        help="instead of random moments: kill inside atomic writes, at the first and N-1 random "
+                             "later writes of each file a baseline writes")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="wf-crash-"))
@@ -92,6 +99,8 @@ def main() -> int:
     reference = last_weights(reference_project, state["runs"][-1]["dir"])
     print(f"reference baseline: {duration:.1f} s (torch import included)")
 
+    if args.at_writes:
+        return at_writes(args, root, rng, reference)
     project = prepared_project(root, "crashed", args.resume_every, args.check_every)
     kills = mid_run = resumed_runs = identical_runs = completed_runs = shown_running = unresumable = 0
     corrupt: list[str] = []
@@ -120,10 +129,9 @@ def main() -> int:
                 print(f"kill {kills} after {delay:.1f} s: run {run['run_id']} {run['status']} after {logged} logged "
                       f"steps, shown {shown[0].get('status')}, resume point {'yes' if has_point else 'no'}, "
                       f"{'corrupt: ' + '; '.join(found) if found else 'no corrupt file'}")
-                if run["status"] == "running" and (project / run["dir"] / "checkpoints" / "resume.pt").is_file():
-                    command = ["phase", "baseline", "--resume"]
-                else:  # killed before the first resume point, or before its run was recorded: start again
-                    command = ["phase", "baseline"]
+                # a run recorded before the kill continues (from step 0 if it had no resume point yet);
+                # killed before its run was recorded, the baseline starts again
+                command = ["phase", "baseline", "--resume"] if run["status"] == "running" else ["phase", "baseline"]
                 continue
             if proc.returncode not in (0, 1, None):
                 print(f"`wf {' '.join(command)}` exited {proc.returncode}")
@@ -146,6 +154,65 @@ def main() -> int:
           "(goal: all)")
     shutil.rmtree(root, ignore_errors=True)
     return 0 if not corrupt and not shown_running and not unresumable and identical_runs == completed_runs else 1
+
+
+AT_WRITE = Path(__file__).with_name("at_write.py")
+
+
+def at_writes(args: argparse.Namespace, root: Path, rng: random.Random, reference) -> int:
+    """Kill a baseline inside its atomic writes, file by file: at the first write of each file and
+    at random later ones, after the temp file is complete and before it replaces the old version.
+    After each kill: no corrupt file, `wf status` shows no run running, `--resume` completes with the
+    uninterrupted run's weights, and no temp file is left behind once it has."""
+    import os
+
+    import torch
+
+    log = root / "writes.log"
+    probe = prepared_project(root, "probe", args.resume_every, args.check_every)
+    subprocess.run([sys.executable, str(AT_WRITE), "phase", "baseline"], cwd=probe, capture_output=True,
+                   env={**os.environ, "WF_CRASH_LOG": str(log)}, check=True)
+    counts: dict[str, int] = {}
+    for name in log.read_text().splitlines():
+        counts[name] = counts.get(name, 0) + 1
+    print(f"a baseline's atomic writes: {sum(counts.values())}, to {len(counts)} files: "
+          + ", ".join(f"{n} ×{c}" for n, c in sorted(counts.items())))
+    failures = 0
+    for name, count in sorted(counts.items()):
+        picks = sorted({1, *rng.sample(range(2, count + 1), min(args.at_writes - 1, count - 1))})
+        for at in picks:
+            project = prepared_project(root, f"at-{len(list(root.iterdir()))}", args.resume_every, args.check_every)
+            killed = subprocess.run([sys.executable, str(AT_WRITE), "phase", "baseline"], cwd=project,
+                                    capture_output=True, text=True,
+                                    env={**os.environ, "WF_CRASH_NAME": name, "WF_CRASH_AT": str(at)})
+            if killed.returncode != -9:
+                print(f"{name} write {at}: not reached (exit {killed.returncode}: "
+                      f"{(killed.stdout + killed.stderr).strip().splitlines()[-1:]})")
+                continue
+            problems = corrupt_files(project)
+            shown = json.loads(wf("status", "--json", cwd=project).stdout or "{}").get("runs") or [{}]
+            if shown[0].get("status") == "running":
+                problems.append("`wf status` shows the run running")
+            runs = json.loads((project / ".wf" / "state.json").read_text())["runs"]
+            recorded = runs and runs[-1]["phase"] == "baseline" and runs[-1]["status"] == "running"
+            again = wf("phase", "baseline", *(["--resume"] if recorded else []), cwd=project)
+            if again.returncode not in (0, 1):
+                problems.append(f"the next baseline exited {again.returncode}: {again.stderr.strip()[-300:]}")
+            else:
+                final = json.loads((project / ".wf" / "state.json").read_text())["runs"][-1]
+                if not all(torch.equal(reference[k], v) for k, v in last_weights(project, final["dir"]).items()):
+                    problems.append("final weights differ from the uninterrupted run's")
+            left = [str(p.relative_to(project)) for p in project.rglob("*.tmp")]
+            if left:
+                problems.append(f"temp files left: {', '.join(left[:3])}")
+            failures += bool(problems)
+            print(f"{name} write {at} of {count}: killed; "
+                  f"{'continued with --resume' if recorded else 'run not recorded yet, started again'}; "
+                  + ("; ".join(problems) if problems else "whole, resumed, weights equal, no temp file"))
+            shutil.rmtree(project, ignore_errors=True)
+    print(f"\nkills inside atomic writes with a problem: {failures} (goal 0)")
+    shutil.rmtree(root, ignore_errors=True)
+    return 0 if not failures else 1
 
 
 if __name__ == "__main__":

@@ -28,7 +28,20 @@ def init(directory: Path = typer.Argument(..., help="Project directory (created 
 
     project = init_project(directory, example)
     console.print(f"[green]✔[/] created {project.root} ({example} example)")
-    console.print(f"Next: cd {directory} && wf phase setup")
+    console.print(f"Next: {_cd(project.root)}wf phase setup")
+
+
+def _cd(root: Path) -> str:
+    """`cd DIR && ` to prefix a next command with, unless DIR is where the user is."""
+    import shlex
+
+    if root == Path.cwd().resolve():
+        return ""
+    try:
+        shown = str(root.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        shown = str(root)
+    return f"cd {shlex.quote(shown)} && "
 
 
 def quickstart(directory: Path = typer.Argument(Path("wf-quickstart"), help="Project directory to create."),
@@ -45,11 +58,15 @@ def quickstart(directory: Path = typer.Argument(Path("wf-quickstart"), help="Pro
         from mlflow_core.monitoring.mlflow_store import require_mlflow
 
         require_mlflow()
-    project = init_project(directory, "digits", settings={"monitoring.mlflow": "true"} if mlflow else None)
-    console.print(f"[green]✔[/] created {project.root} (digits example" + (", tracked in MLflow)" if mlflow else ")"))
-    setup = run_with_display(project, "setup")
-    if not setup.passed:
-        raise typer.Exit(1)
+    project = _earlier_quickstart(directory)
+    if project is None:
+        project = init_project(directory, "digits", settings={"monitoring.mlflow": "true"} if mlflow else None)
+        console.print(f"[green]✔[/] created {project.root} (digits example"
+                      + (", tracked in MLflow)" if mlflow else ")"))
+    if not _passed(project, "setup"):
+        setup = run_with_display(project, "setup")
+        if not setup.passed:
+            raise typer.Exit(1)
     # The demo's data and config are wf's own, so quickstart ticks the manual setup items for the
     # newcomer, as itself: every gate check and report says "ticked by wf quickstart", not by a person.
     by = {"kind": "command", "name": "wf quickstart", "via": "wf quickstart (the bundled digits demo)"}
@@ -59,10 +76,37 @@ def quickstart(directory: Path = typer.Argument(Path("wf-quickstart"), help="Pro
                  by=by)
     baseline = run_with_display(project, "baseline")
     console.print(f"\nReport: {project.root / baseline.report}")
-    console.print(f"Next:   cd {directory} && wf gate check baseline  ·  review the report, then "
+    console.print(f"Next:   {_cd(project.root)}wf gate check baseline  ·  review the report, then "
                   f"`wf checklist tick post_baseline results_reviewed` and "
                   f"`{baseline.recommendation.command if baseline.recommendation else 'wf decide finalize'}`")
     raise typer.Exit(0 if baseline.passed else 1)
+
+
+def _earlier_quickstart(directory: Path) -> object | None:
+    """The project an earlier `wf quickstart DIR` created (one that failed or was stopped half-way
+    continues where it stands); None when DIR is not a wf project yet."""
+    from mlflow_core.config.loader import load_config
+    from mlflow_core.errors import UserInputError
+    from mlflow_core.workflow.project import Project
+
+    root = directory.resolve()
+    if not (root / ".wf" / "state.json").is_file():
+        return None
+    project = Project(root)
+    if load_config(project.config_path).data.source != "digits" or _passed(project, "baseline"):
+        raise UserInputError(f"{root} is already a wf project"
+                             + (" with a baseline that passed" if _passed(project, "baseline") else
+                                ", not the quickstart's digits demo") + "; nothing was changed.",
+                             hint=f"See where it stands with `{_cd(root)}wf status`, or run the quickstart in a new "
+                                  "directory: `wf quickstart DIR`.")
+    console.print(f"Continuing the quickstart in {root}, created before: what passed is not run again.")
+    return project
+
+
+def _passed(project: object, phase: str) -> bool:
+    from mlflow_core.workflow.state import load_state
+
+    return any(r.phase == phase and r.passed for r in load_state(project).runs)
 
 
 runs_app = typer.Typer(help="The project's runs, newest first; `wf runs diff A B` compares two configs.",
@@ -200,12 +244,20 @@ def decide(choice: str = typer.Argument(..., help="finalize, diagnose, optimize 
            reason: str = typer.Option(None, "--reason", "-r", help="Why; recorded in the history and reports.")) -> None:
     """Record the decision after the baseline: deploy the baseline, or improve it."""
     from mlflow_core.orchestration.decide import decide as record_decision
+    from mlflow_core.workflow.gates import entry_verdict
     from mlflow_core.workflow.project import Project
+    from mlflow_core.workflow.state import load_state
 
-    decision, repeated = record_decision(Project.find(), choice, reason)
+    project = Project.find()
+    decision, repeated = record_decision(project, choice, reason)
     if repeated:
         console.print(f"[green]✔[/] already decided at {decision.time} on run {decision.after_run}: "
                       f"{decision.choice} → {decision.next_phase} (nothing new recorded)")
     else:
         console.print(f"[green]✔[/] decision recorded: {decision.choice} → {decision.next_phase}")
-    console.print(f"Next: wf phase {decision.next_phase}")
+    verdict = entry_verdict(project, load_state(project), decision.next_phase)
+    if verdict.allowed:
+        console.print(f"Next: wf phase {decision.next_phase}")
+    else:  # the decision is one item of the gate: say what else it waits for
+        console.print(escape(f"Next: `{verdict.unblock}`: the way into {decision.next_phase} is still closed "
+                             f"({verdict.reason}); then `wf phase {decision.next_phase}`"), highlight=False)

@@ -123,6 +123,11 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
                           deadline)
 
 
+def _unblocking(command: str) -> str:
+    """What a closed gate's hint says to do first: see what is left, or record what is missing."""
+    return f"Run `{command}` to see what is left" if command.startswith("wf gate check") else f"Run `{command}`"
+
+
 def run_sweep_worker(project: Project, override_reason: str | None = None,
                      on_progress: Callable[[Any], None] | None = None,
                      on_message: Callable[[str], None] | None = None, deadline: float | None = None) -> int:
@@ -143,7 +148,7 @@ def run_sweep_worker(project: Project, override_reason: str | None = None,
     if not verdict.allowed:
         if override_reason is None or not override_reason.strip():
             raise GateClosedError(f"cannot start an optimization worker: {verdict.reason}.",
-                                  hint=f"Run `{verdict.unblock}` to see what is left, or give the worker "
+                                  hint=f"{_unblocking(verdict.unblock)}, or give the worker "
                                   "`--override-gate \"reason\"` too (the final `wf phase optimization` records it).")
         say(f"Gate closed, overridden for this worker: {verdict.reason}")
     run_id = f"optimization-worker-{socket.gethostname()}-{os.getpid()}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -204,7 +209,7 @@ def _start_or_resume(project: Project, state: ProjectState, definition: PhaseDef
     if not verdict.allowed:
         if override_reason is None:
             raise GateClosedError(f"cannot start {phase}: {verdict.reason}.",
-                                  hint=f"Run `{verdict.unblock}` to see what is left, or override explicitly "
+                                  hint=f"{_unblocking(verdict.unblock)}, or override explicitly "
                                   f"with `wf phase {phase} --override-gate \"reason\"` (recorded in the history "
                                   "and shown in every later report).")
         if not override_reason.strip():
@@ -223,7 +228,6 @@ def _start_or_resume(project: Project, state: ProjectState, definition: PhaseDef
     run_id = new_run_id(phase)
     run_dir = project.runs_dir / run_id
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / STARTED_CONFIG, cfg.model_dump(mode="json"))  # what --resume must continue
     # the project moves to this phase when the run records its outcome, not before: a run that
     # fails, or stops, leaves the project where it stood
     run = RunRecord(run_id=run_id, phase=phase, status="running", started_at=now_iso(),
@@ -231,6 +235,8 @@ def _start_or_resume(project: Project, state: ProjectState, definition: PhaseDef
     state.runs.append(run)
     state.record("phase_started", phase=phase, run_id=run_id)
     save_state(project, state)
+    # after the record: a kill in this write leaves a recorded run, whose directory the next command sweeps
+    atomic_write_json(run_dir / STARTED_CONFIG, cfg.model_dump(mode="json"))  # what --resume must continue
 
     say(f"run {run_id} started")
     return _execute(project, state, definition, run, cfg, RunContext(

@@ -254,7 +254,11 @@ def _decision(ctx: CheckContext) -> CheckResult:
     current decision, or the one that led on from an earlier pass through this phase)."""
     decision = ctx.state.decision_in(ctx.phase)
     if decision is None:
-        return CheckResult(False, "no decision recorded; run `wf decide finalize|diagnose|optimize`")
+        from mlflow_core.workflow.phases import DECISIONS, load_phase
+
+        leads_to = load_phase(ctx.phase, ctx.project.root).next
+        verbs = "|".join(v for v, p in DECISIONS.items() if p in leads_to)
+        return CheckResult(False, f"no decision recorded; run `wf decide {verbs} --reason \"…\"`")
     judged = ctx.evidence.run_id if ctx.evidence else None
     if judged is not None and getattr(decision, "after_run", None) != judged:
         return CheckResult(False, f"the decision was made on run {getattr(decision, 'after_run', '?')}, not on "

@@ -66,9 +66,10 @@ def _project_lock(project: Project, command: str | None = None) -> Iterator[None
         label = command or " ".join(["wf", *sys.argv[1:]])
         os.pwrite(fd, f"`{label}` (pid {os.getpid()})".encode(), 0)
         # we are the only writer now: a temp file of an atomic write is a killed writer's leftover
-        remove_stale_temp_files(project.wf_dir, recursive=True)
-        for directory in (project.reports_dir, project.checklists_dir, project.root / "configs",
-                          project.root / "export"):
+        for directory in (project.wf_dir, project.reports_dir):  # reports/figures/ too
+            remove_stale_temp_files(directory, recursive=True)
+        for directory in (project.root, project.checklists_dir, project.root / "configs", project.root / "export",
+                          project.root / "slurm"):
             remove_stale_temp_files(directory)
         for kept in (project.wf_dir / "cache").glob("kept-*"):  # a killed command's copies (committed.py)
             shutil.rmtree(kept, ignore_errors=True)
