@@ -46,11 +46,12 @@ def test_a_quickstart_that_stopped_half_way_continues_and_a_finished_one_is_left
                                                                                       trained_project):
     shutil.copytree(trained_project, tmp_path / "done")
     again = wf("quickstart", "done", cwd=tmp_path)
-    assert again.code == 2 and "already a wf project with a baseline that passed; nothing was changed" in again.out
-    assert "cd done && wf status" in again.out
+    said = " ".join(again.err.split())
+    assert again.code == 2 and "already a wf project with a baseline that passed; nothing was changed" in said
+    assert "cd done && wf status" in said
     assert wf("init", "lab", "--example", "patches", cwd=tmp_path).code == 0
     other = wf("quickstart", "lab", cwd=tmp_path)
-    assert other.code == 2 and "not the quickstart's digits demo" in other.out
+    assert other.code == 2 and "not the quickstart's digits demo" in " ".join(other.err.split())
     assert wf("init", "half", cwd=tmp_path).code == 0  # as a quickstart stopped before its setup leaves it
     configure(tmp_path / "half", [("training.epochs", "3"), ("validation.target", "0.5")])
     resumed = wf("quickstart", "half", cwd=tmp_path)
