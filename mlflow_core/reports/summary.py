@@ -19,12 +19,19 @@ from mlflow_core.errors import UserInputError
 from mlflow_core.reports.render import plus_minus
 from mlflow_core.workflow.ci import repository_root
 from mlflow_core.workflow.evidence import read_evidence
-from mlflow_core.workflow.facts import FinalizationFacts, OptimizationFacts, SetupFacts, TrainingFacts
+from mlflow_core.workflow.facts import (
+    DiagnosticsFacts,
+    FinalizationFacts,
+    OptimizationFacts,
+    SetupFacts,
+    TrainingFacts,
+)
 from mlflow_core.workflow.gates import chain_verdicts
-from mlflow_core.workflow.phases import PHASE_ORDER, load_phase
+from mlflow_core.workflow.lock import held
+from mlflow_core.workflow.phases import PHASE_ORDER, RESUMABLE_PHASES, load_phase
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.provenance import on_record
-from mlflow_core.workflow.state import load_state
+from mlflow_core.workflow.state import gone_runs, load_state
 from mlflow_core.workflow.units import metric_value, shows_percent
 
 SUMMARY_LIMIT = 64_000  # bytes: GitHub refuses comments over 65,536 characters
@@ -46,6 +53,7 @@ def _linker(project: Project, blob_base: str | None) -> Any:
 
 def project_summary(project: Project, blob_base: str | None = None) -> str:
     state = load_state(project)
+    gone_runs(project, state, lock_held=held(project))  # shown as what they are: interrupted
     cfg = load_config(project.config_path)
     link = _linker(project, blob_base)
     verdicts = {v.phase: v for v in chain_verdicts(project, state)}
@@ -60,10 +68,13 @@ def project_summary(project: Project, blob_base: str | None = None) -> str:
         path.append(f"{mark} {title} ({done}/{len(verdict.items)})")
     lines.append("**Path:** " + (" → ".join(path) if path else "no phase has run yet (`wf phase setup`)")
                  + (f" · now in **{state.current_phase}**" if state.current_phase else ""))
-    if state.decision:
-        d = state.decision
-        lines.append(f"**Decision after the baseline:** {d.choice}" + (f" — {d.reason}" if d.reason else "")
-                     + (f" · ⚠️ **below target:** {d.shortfall}" if d.shortfall else ""))
+    for phase in PHASE_ORDER:  # each phase's latest decision, named after the phase it was made in
+        d = state.decision_in(phase)
+        if d is not None:
+            reason, shortfall = getattr(d, "reason", None), getattr(d, "shortfall", None)
+            lines.append(f"**Decision after {phase}:** {d.choice} → {d.next_phase}"
+                         + (f" — {reason}" if reason else "")
+                         + (f" · ⚠️ **below target:** {shortfall}" if shortfall else ""))
     released = latest_release(state)
     if released is not None:
         lines.append(f"**Released:** `{released['model']}` version {released['version']} as `@{released['alias']}` "
@@ -77,11 +88,22 @@ def project_summary(project: Project, blob_base: str | None = None) -> str:
     lines += ["", "| Phase | Key figures | Report |", "|---|---|---|"]
     for name in PHASE_ORDER:
         evidence = read_evidence(project, name)
-        if evidence is None:
+        latest = next((r for r in reversed(state.runs) if r.phase == name), None)
+        stopped = latest is not None and latest.status in ("interrupted", "running") and (
+            evidence is None or evidence.run_id != latest.run_id)
+        if evidence is None and not stopped:
             continue
-        figures = _figures(evidence.facts) if evidence.intact else f"evidence not intact: {evidence.why_not_intact()}"
-        report = evidence.facts.report.path if evidence.intact and evidence.facts.report else None
-        lines.append(f"| {name} | {figures} | {link(report) if report else '—'} |")
+        cells = []
+        if stopped:  # a later run that has no outcome yet: said before the figures of the one before it
+            again = f"`wf phase {name} --resume`" if name in RESUMABLE_PHASES else f"`wf phase {name}`"
+            cells.append(f"⏸ run `{latest.run_id}` {latest.status}; continue with {again}")
+        if evidence is not None:
+            figures = (_figures(evidence.facts) if evidence.intact
+                       else f"evidence not intact: {evidence.why_not_intact()}")
+            cells.append(f"the run before it: {figures}" if stopped else figures)
+        report = evidence.facts.report.path if evidence is not None and evidence.intact and evidence.facts.report \
+            else None
+        lines.append(f"| {name} | {'<br>'.join(cells)} | {link(report) if report else '—'} |")
     open_items = [(v.phase, i) for v in verdicts.values() for i in v.open_items]
     drift = [(v.phase, d) for v in verdicts.values() for d in v.drift]
     if open_items or drift:
@@ -133,6 +155,15 @@ def _figures(facts: Any) -> str:
             if spread is not None:
                 shown.append(f"{label} **{plus_minus(spread.mean, spread.std, key == 'accuracy')}**")
         return ", ".join(shown) + f" over {len(facts.evaluated())} model(s)"
+    if isinstance(facts, DiagnosticsFacts):
+        outcome, top = facts.concluded(), facts.top_finding()
+        if outcome == "cause_found" and top is not None:
+            fixed = f"; fix verified: {facts.verified_fix}" if facts.verified_fix else ""
+            return f"cause found: **{top.cause}** ({top.diagnostic}, confidence {top.confidence:.2f}){fixed}"
+        if outcome == "nothing_to_fix":
+            return f"nothing to fix: run `{facts.diagnosed_run}` met its criteria and no diagnostic fired"
+        likeliest = f"; likeliest: {top.cause} ({top.confidence:.2f})" if top is not None else ""
+        return f"no cause stands out{likeliest}"
     status = getattr(facts, "status", None)
     return f"recorded{f' ({status})' if status else ''}"
 

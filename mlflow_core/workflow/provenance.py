@@ -10,7 +10,7 @@ author beside the name the file claims and flags a mismatch, and `wf verify` fai
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,13 +31,14 @@ class OnRecord:
     author: str | None = None  # that commit's author, "Name <email>"
     mismatch: bool = False  # the author is not the person the entry names
     shallow: bool = False  # the adding commit is beyond a shallow clone's history: its author is unknown
+    times: int = 1  # the same override given again (a phase retried with the same reason), shown once
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def shown(self) -> str:
         """'by Alice (committed by Alice <a@x> in 1a2b3c4d)', with a mismatch said plainly."""
-        claimed = f"by {self.by or 'nobody named'}"
+        claimed = f"by {self.by or 'nobody named'}" + (f", {self.times} times from {self.time}" if self.times > 1 else "")
         if self.shallow:
             return f"{claimed} (who committed it is beyond this shallow clone's history: fetch it whole)"
         if self.commit is None:
@@ -53,9 +54,24 @@ def on_record(project: Project, state: ProjectState) -> list[OnRecord]:
     for checklist, items in _waivers_in_force(state).items():
         for item, event in items.items():
             entries.append(_entry(project, "waiver", f"{checklist} · {item}", event))
-    entries += [_entry(project, "override", f"{getattr(e, 'phase', '?')} entered with the {getattr(e, 'gate', '?')} "
-                       "gate closed", e) for e in state.overrides()]
-    return entries
+    overrides = [_entry(project, "override", f"{getattr(e, 'phase', '?')} entered with the {getattr(e, 'gate', '?')} "
+                        "gate closed", e) for e in state.overrides()]
+    return entries + _repeats_once(overrides)
+
+
+def _repeats_once(entries: list[OnRecord]) -> list[OnRecord]:
+    """An override given again and again (a phase retried with the same reason) is one entry, counted,
+    when every repeat names the same person and was committed by the same author: a repeat that
+    differs in either stays an entry of its own, so a mismatch is never folded away."""
+    out: list[OnRecord] = []
+    for entry in entries:
+        same = out and all(getattr(out[-1], f) == getattr(entry, f)
+                           for f in ("kind", "where", "by", "reason", "author", "mismatch", "shallow"))
+        if same and (entry.commit is None) == (out[-1].commit is None):
+            out[-1] = replace(out[-1], times=out[-1].times + 1)
+        else:
+            out.append(entry)
+    return out
 
 
 def _waivers_in_force(state: ProjectState) -> dict[str, dict[str, Event]]:

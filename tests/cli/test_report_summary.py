@@ -39,6 +39,24 @@ def test_the_summary_digests_the_project_with_its_figures_and_links(wf, project_
     assert out.code == 0 and (tmp_path / "summary.md").read_text() == text
 
 
+def test_the_summary_names_each_decision_after_its_phase_and_a_run_that_stopped(wf, project_copy):
+    assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project_copy).code == 0
+    assert wf("decide", "optimize", "--reason", "tune it", cwd=project_copy).code == 0
+    path = project_copy / ".wf" / "state.json"
+    state = json.loads(path.read_text())
+    baseline = next(r for r in state["runs"] if r["phase"] == "baseline")
+    # a later baseline run stopped before it recorded an outcome (its process gone, on another machine)
+    state["runs"].append({**baseline, "run_id": "baseline-20990101-000000-abcd", "status": "running",
+                          "finished_at": None, "passed": None, "pid": 1, "host": "elsewhere"})
+    path.write_text(json.dumps(state))
+    text = wf("report", "summary", cwd=project_copy).out
+    assert "**Decision after baseline:** optimize → optimization — tune it" in text
+    assert "**Decision after the baseline" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| baseline |"))
+    assert "⏸ run `baseline-20990101-000000-abcd` interrupted; continue with `wf phase baseline --resume`" in row
+    assert "the run before it: best val_accuracy" in row
+
+
 def _standin(tmp_path, monkeypatch, **env):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -80,3 +98,21 @@ def test_without_gh_or_a_pull_request_the_comment_says_what_to_do(wf, project_co
     r = wf("report", "comment", cwd=project_copy)
     assert r.code == 2 and '`gh pr view` failed: no pull requests found for branch "topic"' in r.err
     assert "gh pr create" in r.err and "Traceback" not in r.err
+
+
+def test_the_diagnostics_row_says_what_the_diagnosis_concluded():
+    from mlflow_core.reports.summary import _figures
+    from mlflow_core.workflow.facts import DiagnosticsFacts
+
+    def facts(confidence, passed=False):
+        finding = {"diagnostic": "overfitting", "cause": "validation_at_chance", "confidence": confidence,
+                   "evidence": {}, "fix": "compare the splits"}
+        return DiagnosticsFacts.model_validate({
+            "diagnosed_run": "baseline-1", "verified_fix": None, "suggested_config": None,
+            "diagnosed_run_passed": passed,
+            "diagnosis": {"diagnostic": "auto", "run": "baseline-1", "findings": [finding] if confidence else [],
+                          "probes": {}, "trials": [], "suggested_config": None, "report": None}})
+
+    assert _figures(facts(0.8)) == "cause found: **validation_at_chance** (overfitting, confidence 0.80)"
+    assert _figures(facts(0.4)) == "no cause stands out; likeliest: validation_at_chance (0.40)"
+    assert _figures(facts(None, passed=True)).startswith("nothing to fix: run `baseline-1` met its criteria")
