@@ -236,7 +236,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
         console.print(f"[yellow]Override on record[/]: {o['time']} {o['phase']} — {o['reason']}")
     if info["release"]:
         r = info["release"]
-        console.print(f"Released: {r['model']} version {r['version']} as @{r['alias']} by {r['by']} at {r['time']}")
+        console.print(f"Released: {r['model']} version {r['version']} as @{r['alias']} by {r['by']} at {r['time']}"
+                      + (f" [yellow]past closed gates ({', '.join(r.get('gates_closed') or [])}): {r['override']}[/]"
+                         if r.get("override") else ""), highlight=False)
     console.print(f"Next: {escape(info['next'])}")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from mlflow_core.errors import GateClosedError, UserInputError
 from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.facts import RegisteredModel
-from mlflow_core.workflow.gates import evaluate_gate
+from mlflow_core.workflow.gates import chain_verdicts, evaluate_gate
 from mlflow_core.workflow.lock import locked
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import load_state, save_state, who
@@ -30,15 +30,17 @@ class Release:
     tracking_uri: str
 
 
-def release(project: Project, alias: str = "champion") -> Release:
+def release(project: Project, alias: str = "champion", override_reason: str | None = None) -> Release:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", alias) or re.fullmatch(r"[vV]\d+", alias):
         raise UserInputError(f"--alias {alias!r}: an alias is letters, digits, - and _, and not v<number> "
                              "(MLflow keeps those for versions)")
-    return _release(project, alias)
+    if override_reason is not None and not override_reason.strip():
+        raise UserInputError("--override-gate needs a reason")
+    return _release(project, alias, override_reason.strip() if override_reason else None)
 
 
 @locked("wf release --alias {alias}")
-def _release(project: Project, alias: str) -> Release:
+def _release(project: Project, alias: str, override_reason: str | None = None) -> Release:
     state = load_state(project)
     evidence = read_evidence(project, "finalization")
     if evidence is None or not evidence.intact:
@@ -53,13 +55,24 @@ def _release(project: Project, alias: str) -> Release:
         raise GateClosedError(f"cannot release {what}: the pre_release gate ({gate.path}) does not pass: "
                               f"{', '.join(left)} open.",
                               hint="`wf gate check finalization` shows each item and how to close it.")
+    # the pre_release gate is the release's own; the gates before it are the path the model came by
+    closed = [v for v in chain_verdicts(project, state) if not v.passed and v.phase != "finalization"]
+    if closed and override_reason is None:
+        what = "; ".join(f"{v.phase}: " + ", ".join([i.id for i in v.open_items] + [f"changed {d.kind}" for d in v.drift])
+                         for v in closed)
+        raise GateClosedError(f"cannot release: the finalization passes its gate, but gates on the path to it do not "
+                              f"hold ({what}); the model reached finalization past them.",
+                              hint="`wf gate check --all` shows each item and how to close it; or release anyway with "
+                                   "`wf release --override-gate \"reason\"` (recorded in the history, on the "
+                                   "version's tags and in the summary).")
     if registered is None:  # the finalization ran with MLflow off: its verified export is registered now
         registered = _register_export(project, state, evidence)
     uri = _store_of(project, registered.tracking_uri)
     _check_version_is_export(registered, uri, evidence)  # the evidence is committed, the store is not
-    _set_alias(registered, alias, uri)
+    overridden = {"override": override_reason, "gates_closed": [v.phase for v in closed]} if closed else {}
+    _set_alias(registered, alias, uri, overridden.get("override"))
     state.record("release", model=registered.name, version=registered.version, alias=alias,
-                 run_id=evidence.run_id, by=who())
+                 run_id=evidence.run_id, by=who(), **overridden)
     save_state(project, state)
     return Release(registered.name, registered.version, alias, f"models:/{registered.name}@{alias}", uri)
 
@@ -139,7 +152,7 @@ def _check_version_is_export(registered: RegisteredModel, uri: str, evidence: An
                              hint="Restore .wf/ from version control, or run `wf phase finalization` again.")
 
 
-def _set_alias(registered, alias: str, uri: str) -> None:
+def _set_alias(registered, alias: str, uri: str, override: str | None = None) -> None:
     from mlflow_core.monitoring.mlflow_store import require_mlflow
 
     require_mlflow()
@@ -151,6 +164,8 @@ def _set_alias(registered, alias: str, uri: str) -> None:
         client.set_registered_model_alias(registered.name, alias, registered.version)
         client.set_model_version_tag(registered.name, registered.version, "wf.gate.pre_release", "passed")
         client.set_model_version_tag(registered.name, registered.version, "wf.released_as", alias)
+        if override:  # released past a gate on the path: said where the version is looked up
+            client.set_model_version_tag(registered.name, registered.version, "wf.release.override", override)
     except MlflowException as exc:
         raise UserInputError(f"MLflow at {uri} refused the alias: {str(exc).splitlines()[0]}",
                              hint="Check that the store is reachable and holds the version "

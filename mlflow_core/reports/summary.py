@@ -78,7 +78,9 @@ def project_summary(project: Project, blob_base: str | None = None) -> str:
     released = latest_release(state)
     if released is not None:
         lines.append(f"**Released:** `{released['model']}` version {released['version']} as `@{released['alias']}` "
-                     f"by {released['by']} at {released['time']}")
+                     f"by {released['by']} at {released['time']}"
+                     + (f" · ⚠️ **past closed gates** ({', '.join(released.get('gates_closed') or [])}): "
+                        f"“{released['override']}”" if released.get("override") else ""))
     tracked = [(r.phase, r.mlflow_run_id, r.mlflow_uri) for r in state.runs if r.mlflow_run_id and r.finished_at]
     if tracked:
         from mlflow_core.monitoring.mlflow_store import ui_command

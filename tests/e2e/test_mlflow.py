@@ -466,3 +466,17 @@ def test_release_registers_the_verified_export_of_a_finalization_that_ran_withou
     served = mlflow.pytorch.load_model("models:/q@champion")
     batch = torch.randn(5, 1, 8, 8)
     assert torch.equal(served(batch), torch.export.load(program).module()(batch))
+
+    # a gate on the path that no longer holds (the baseline's review unticked): the pre_release gate
+    # alone does not release; --override-gate does, on the record
+    checklist = project / "checklists" / "post_baseline.md"
+    checklist.write_text(checklist.read_text().replace("- [x] Learning curves and results reviewed",
+                                                       "- [ ] Learning curves and results reviewed"))
+    refused = _wf(project, "release", "--alias", "late")
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "gates on the path to it do not hold (baseline: results_reviewed" in " ".join(refused.stderr.split())
+    assert "late" not in client.get_registered_model("q").aliases
+    released = _wf(project, "release", "--alias", "late", "--override-gate", "demo for the lab meeting")
+    assert released.returncode == 0, released.stdout + released.stderr
+    assert client.get_model_version("q", "1").tags["wf.release.override"] == "demo for the lab meeting"
+    assert "past closed gates** (baseline)" in wf("report", "summary", cwd=project).out
