@@ -41,13 +41,28 @@ log = logging.getLogger("wf.mlflow")
 @contextmanager
 def root_logging_kept() -> Iterator[None]:
     """Importing parts of MLflow adds a handler to the root logger (basicConfig), which would print
-    every wf log line on stderr a second time: it is taken off again."""
+    every wf log line on stderr a second time: it is taken off again. And MLflow's own loggers (and
+    alembic's, which builds its tables) print INFO lines on the terminal ("Creating initial MLflow
+    database tables…"): they are routed into wf's log instead (the run's training.log)."""
     before = list(logging.root.handlers)
     try:
         yield
     finally:
         for handler in [h for h in logging.root.handlers if h not in before]:
             logging.root.removeHandler(handler)
+        for name in ("mlflow", "alembic"):
+            library = logging.getLogger(name)
+            if not any(isinstance(h, _IntoWfLog) for h in library.handlers):
+                library.handlers = [_IntoWfLog()]
+                library.propagate = False
+
+
+class _IntoWfLog(logging.Handler):
+    """A library's log records, handled as wf's own: into the run's log, and on the terminal only
+    from WARNING (Python's last-resort handler) when no run logs."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.handle(record)
 
 
 def require_mlflow() -> None:
