@@ -27,6 +27,8 @@ class CsvImages(Dataset):
         self.samples = [(str(root / r.path), ids[r.label] if r.label is not None else str(root / r.mask))
                         for r in rows]
         self.files = [Path(path) for path, _ in self.samples]  # how data checks name a sample
+        # and its mask, where a mask is a file of its own (what a wrong class id is found in)
+        self.mask_files = [Path(target) if isinstance(target, str) else None for _, target in self.samples]
 
     def for_training(self) -> CsvImages:
         """The same split with its pixels made the model's input (uint8 scaled, the rest as stored)."""

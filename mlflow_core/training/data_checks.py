@@ -188,6 +188,9 @@ def _refuse_what_cannot_train(bundle: DataBundle, train: dict[str, Any], val: di
             index, label = scan["bad_labels"][0]
             files = getattr(getattr(bundle, name), "files", None)
             where = str(files[index]) if files is not None else f"{name} index {index}"
+            masks = getattr(getattr(bundle, name), "mask_files", None)
+            if scan["masks"] and masks is not None and masks[index] is not None:
+                where = f"{masks[index]} (the mask of {files[index] if files is not None else f'{name} index {index}'})"
             if scan["masks"]:
                 raise DataError(f"{where}: the mask holds class id {label}, outside 0..{bundle.num_classes - 1} "
                                 f"(data.num_classes {bundle.num_classes}; {len(scan['bad_labels'])} {name} masks "

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_core.atomic import atomic_write_text
+from mlflow_core.config import CONFIG_FILENAME
 from mlflow_core.errors import StorageError, UserInputError
 from mlflow_core.workflow import jsontext
 
@@ -269,14 +270,17 @@ def build_manifest(cfg: Any, project_root: Path, cache: StatCache, *, describe: 
     if root is None:
         return None
     if not root.is_dir():
-        raise UserInputError(f"{root}: data folder not found (data.path = {cfg.data.path!r})")
+        raise UserInputError(f"{CONFIG_FILENAME}: data.path = {cfg.data.path!r}: the folder {root} does not exist",
+                             hint=f"Point data.path in {CONFIG_FILENAME} at the data folder (relative to the "
+                                  "project's root), or put the data there.")
     if cfg.data.source == "csv":
         return _csv_manifest(cfg, root, cache, describe)
     missing = [name for name in ("train", "val") if not (root / name).is_dir()]
     if missing:  # refused before a file of it is read: data.path may name any folder of the machine
-        raise UserInputError(f"data.path = {cfg.data.path!r}: {root} has no {' or '.join(f'{m}/' for m in missing)} "
-                             f"folder; {cfg.data.source} data is a folder holding train/ and val/ (and test/)",
-                             hint="Point data.path in training_config.yaml at the data folder.")
+        raise UserInputError(f"{CONFIG_FILENAME}: data.path = {cfg.data.path!r}: {root} has no "
+                             f"{' or '.join(f'{m}/' for m in missing)} folder; {cfg.data.source} data is a folder "
+                             "holding train/ and val/ (and test/)",
+                             hint=f"Point data.path in {CONFIG_FILENAME} at the data folder.")
     splits = {}
     for name in SPLITS:
         folder = root / name

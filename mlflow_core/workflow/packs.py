@@ -73,6 +73,11 @@ class Pack:
         raw = jsontext.loads((self.folder / MANIFEST).read_text(encoding="utf-8"))
         return [Path(raw["source"]) / name for name in raw.get("names", [])]
 
+    def source_mask_files(self) -> list[Path] | None:
+        """Each sample's mask file, where masks are files of their own (None: in the sample's file)."""
+        raw = jsontext.loads((self.folder / MANIFEST).read_text(encoding="utf-8"))
+        return [Path(raw["source"]) / name for name in raw["mask_names"]] if raw.get("mask_names") else None
+
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in (self.images, self.targets))
 

@@ -141,7 +141,7 @@ def test_missing_dataset_folder(wf, project):
     text = config.read_text().replace("source: digits", "source: npz").replace("path: null", "path: data/none")
     config.write_text(text)
     r = wf("phase", "setup", cwd=project)
-    assert r.code == 2 and "data/none" in r.err and "data.path" in r.err
+    assert r.code == 2 and "training_config.yaml: data.path = 'data/none'" in " ".join(r.err.split())
     _no_traceback(r)
 
 

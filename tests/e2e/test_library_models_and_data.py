@@ -82,6 +82,21 @@ def test_smp_unet_on_six_band_geotiff_tiles_named_by_csv_runs_setup_baseline_and
     assert '"dtype": "float32"' in packed.out and '"samples": 8' in packed.out
 
 
+def test_a_class_id_out_of_range_names_the_mask_file(wf, tmp_path):
+    import tifffile
+
+    project = init_project(tmp_path / "p").root
+    _tif_tiles(project / "data" / "tiles")
+    tifffile.imwrite(project / "data" / "tiles" / "mask" / "train_3.tif", np.full((64, 64), 7, dtype=np.uint8))
+    _set_task_segmentation(project)
+    configure(project, [("data.source", "csv"), ("data.path", "data/tiles"), ("data.path_column", "tile"),
+                        ("data.mask_column", "label_mask"), ("data.num_classes", "3")])
+    r = wf("phase", "setup", cwd=project)
+    said = " ".join(r.err.split())
+    assert r.code == 2 and "mask/train_3.tif (the mask of " in said and "img/train_3.tif)" in said, said
+    assert "the mask holds class id 7, outside 0..2" in said
+
+
 def test_a_csv_manifest_of_pngs_runs_setup_baseline_and_pack_with_class_names(wf, tmp_path):
     from PIL import Image
 

@@ -141,8 +141,11 @@ def csv_packs(cfg: WorkflowConfig, project_root: Path, *, build: bool, on_messag
     stored = stored or csv_datasets(cfg, root, pixels(cfg))[0]
     for split, dataset in stored.items():
         names = [Path(p).relative_to(root).as_posix() for p, _ in dataset.samples]
+        # a mask file of its own per sample (segmentation): named by the messages about a mask
+        masks = [Path(m).relative_to(root).as_posix() for m in dataset.mask_files if m is not None]
         out[split] = stored_pack(project_root, split, csv_pack_key(cfg, root, split, dataset, cache), root, names,
                                  dataset, build, {"source_kind": "csv", "image_size": cfg.data.image_size,
-                                                  "mode": dataset.loader.mode}, on_message)
+                                                  "mode": dataset.loader.mode,
+                                                  **({"mask_names": masks} if masks else {})}, on_message)
     cache.save()
     return out

@@ -48,6 +48,10 @@ class PackedDataset(Dataset):
         """The sample's source files (setup's data checks name the file a problem is in)."""
         return self.pack.source_files()
 
+    @functools.cached_property
+    def mask_files(self) -> list[Path] | None:
+        return self.pack.source_mask_files()
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arrays": None}  # a worker maps the files itself
 

@@ -51,9 +51,14 @@ def stored_pack(project_root: Path, split: str, key: str, source: Path, names: l
         image, target = dataset[i]
         return np.asarray(image), np.asarray(target, dtype=np.int64)
     scaled = np.asarray(dataset[0][0]).dtype == np.uint8
-    pack = write_pack(project_root, split, key, source, names, read, meta,
-                      (lambda done, total: on_message(f"{split}: {done}/{total} images")) if on_message else None,
-                      scaled=scaled)
+    said = [time.perf_counter()]
+
+    def progress(done: int, total: int) -> None:  # a line every 10 s, not one per chunk of images
+        if on_message and done < total and time.perf_counter() - said[0] >= 10.0:
+            said[0] = time.perf_counter()
+            on_message(f"{split}: {done:,}/{total:,} images")
+
+    pack = write_pack(project_root, split, key, source, names, read, meta, progress, scaled=scaled)
     if on_message:
-        on_message(f"{split}: packed in {time.perf_counter() - t0:.1f} s")
+        on_message(f"{split}: {len(names):,} images packed in {time.perf_counter() - t0:.1f} s")
     return pack, True
