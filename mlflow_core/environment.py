@@ -164,6 +164,19 @@ def paired_torchvision(torch_version: str) -> str | None:
     return f"0.{int(match.group(1)) + 15}" if match else None
 
 
+def pair_fix(torch_version: str, series: str | None) -> str:
+    """The command that makes the pair fit: both reinstalled from one index. `--force-reinstall`,
+    because pip takes the installed versions as satisfying the same pins whichever build they are;
+    `--no-deps`, so that it does not download the CUDA libraries again; the PyTorch index of the
+    installed build (+cpu, +cu126 …), whose wheels are built together."""
+    base, _, local = torch_version.partition("+")
+    index = (f" --index-url https://download.pytorch.org/whl/{local}"
+             if re.fullmatch(r"cpu|cu\d+|rocm[\d.]+|xpu", local) else "")
+    vision = f"'torchvision=={series}.*'" if series else "torchvision"
+    return (f"install both from the same index: `pip install --force-reinstall --no-deps 'torch=={base}' "
+            f"{vision}{index}`")
+
+
 def torch_pair_problem(*, load_ops: bool) -> str | None:
     """Why the installed torch and torchvision do not work together, or None. From their versions
     (no import), and with `load_ops` by loading torchvision's compiled operators, which fail when
@@ -174,8 +187,7 @@ def torch_pair_problem(*, load_ops: bool) -> str | None:
         return None  # a missing package is said by missing_training_stack
     torch_base = torch_version.split("+")[0]
     series = paired_torchvision(torch_base)
-    fix = (f"install both from the same index, e.g. `pip install 'torch=={torch_base}' "
-           f"'torchvision=={series}.*'`" if series else "install both from the same index")
+    fix = pair_fix(torch_version, series)
     if series and not (vision_version == series or vision_version.startswith(f"{series}.")):
         return (f"torchvision {vision_version} does not match torch {torch_version} (torch {torch_base} pairs "
                 f"with torchvision {series}); {fix}")

@@ -69,6 +69,7 @@ def run_optimization(ctx: RunContext) -> RunOutput:
 
     requeue_abandoned_trials(optuna, study, ctx)
     held = sum(holds_a_slot(t) for t in study.get_trials(deepcopy=False))
+    say(plan_line(ctx, max(0, opt.n_trials - held), trial_epochs))
     if held:
         say(f"Study {study.study_name}: {min(held, opt.n_trials)} of {opt.n_trials} trials run or running")
     try:
@@ -253,19 +254,102 @@ def _compare_over_seeds(ctx: RunContext, params: dict[str, Any], data: Any) -> d
     seeds = [cfg.reproducibility.seed + i for i in range(opt.seeds)]
     runs: dict[str, list[float]] = {"baseline": [], "optimized": []}
     proofs = []
+    recorded = recorded_baseline(ctx)
     for label, changes in (("baseline", {}), ("optimized", params)):
         for seed in seeds:
-            ctx.on_message(f"Comparison: {label} config, seed {seed}")
             run_cfg = with_changes(cfg, {**changes, "reproducibility.seed": seed})
-            run_dir = ctx.run_dir / "comparison" / f"{label}_seed{seed}"
-            result = fit_or_continue(ctx, run_cfg, run_dir, f"{ctx.run_id}/{label}_seed{seed}",
-                                     phase="optimization", data=None if rebuild and changes else data)
-            value = result.record.best.value if result.record.best else None
+            reused = recorded if label == "baseline" and recorded and same_computation(recorded[1], run_cfg) else None
+            if reused is not None:  # the run the baseline gate judged: training it again changes nothing
+                run_dir, record = reused
+                ctx.on_message(f"Comparison: {label} config, seed {seed}: the recorded baseline run "
+                               f"{record.run_id} (same config, seed, data and code), not trained again")
+            else:
+                ctx.on_message(f"Comparison: {label} config, seed {seed}")
+                run_dir = ctx.run_dir / "comparison" / f"{label}_seed{seed}"
+                record = fit_or_continue(ctx, run_cfg, run_dir, f"{ctx.run_id}/{label}_seed{seed}",
+                                         phase="optimization", data=None if rebuild and changes else data).record
+            value = record.best.value if record.best else None
             runs[label].append(float(value) if value is not None else math.nan)
             proofs.append({"label": label, "seed": seed, "run_dir": ctx.project.relative(run_dir), "value": value,
-                           "proof": run_proof(ctx, run_dir, result.record).model_dump(mode="json")})
+                           "proof": run_proof(ctx, run_dir, record).model_dump(mode="json"),
+                           **({"reused": record.run_id} if reused is not None else {})})
     return {**compare(runs["baseline"], runs["optimized"], seeds, cfg.validation.mode == "max", opt.significance,
                       cfg.validation.metric), "runs": proofs}
+
+
+def plan_line(ctx: RunContext, trials: int, trial_epochs: int) -> str:
+    """What the phase will train, said before it trains: the trials, then the comparison's runs
+    (the recorded baseline standing for its seed where it can), and about how long, from the
+    baseline's measured epoch time (else setup's measured training throughput)."""
+    cfg, opt = ctx.cfg, ctx.cfg.optimization
+    seeds = [cfg.reproducibility.seed + i for i in range(opt.seeds)]
+    recorded = recorded_baseline(ctx)
+    reused = [s for s in seeds if recorded and same_computation(recorded[1], with_changes(
+        cfg, {"reproducibility.seed": s}))]
+    comparison_runs = 2 * len(seeds) - len(reused)
+    epochs = trials * trial_epochs + comparison_runs * cfg.training.epochs
+    text = (f"Plan: {trials} trial{'s' * (trials != 1)} × {trial_epochs} epoch{'s' * (trial_epochs != 1)} "
+            f"(fewer where pruned), then the comparison over seeds {', '.join(map(str, seeds))}: the baseline and "
+            f"the optimized config × {cfg.training.epochs} epochs, {comparison_runs} runs to train"
+            + (f" (the recorded baseline run stands for seed {reused[0]})" if reused else "")
+            + f"; at most {epochs:,} epochs")
+    per_epoch = _epoch_seconds(ctx, recorded[1] if recorded else None)
+    if per_epoch:
+        text += f", about {_duration(epochs * per_epoch[0])} at {per_epoch[1]}"
+    return text + "."
+
+
+def _epoch_seconds(ctx: RunContext, baseline: Any) -> tuple[float, str] | None:
+    """Seconds per epoch of this config: the baseline's own epochs, else setup's measured throughput."""
+    from mlflow_core.workflow.evidence import read_evidence
+
+    if baseline is not None and baseline.epochs:
+        times = [e.duration_s for e in baseline.epochs if e.duration_s]
+        if times:
+            return statistics.median(times), f"the baseline's {statistics.median(times):.1f} s per epoch"
+    setup = read_evidence(ctx.project, "setup")
+    throughput = setup.facts.throughput if setup is not None and setup.intact else None
+    if throughput is None or not throughput.model:
+        return None
+    rate = min(throughput.model, throughput.loader.get(throughput.path, throughput.model))
+    return setup.facts.data.train_size / rate, f"the {rate:,.0f} samples/s setup measured"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else (f"{seconds / 60:.0f} min" if seconds < 5400
+                                                     else f"{seconds / 3600:.1f} h")
+
+
+def recorded_baseline(ctx: RunContext) -> tuple[Path, Any] | None:
+    """The baseline run the baseline gate judged, when it can stand for the comparison's baseline
+    run of its seed: it ran to its end here, and neither the data, the code nor the packages changed
+    since it was verified (its gate has not re-opened)."""
+    from mlflow_core.workflow.evidence import read_evidence
+    from mlflow_core.workflow.gates import evaluate_gate
+    from mlflow_core.workflow.state import load_state
+
+    evidence = read_evidence(ctx.project, "baseline")
+    if evidence is None or not evidence.intact or evidence.facts.status not in ("completed", "early_stopped"):
+        return None
+    run_dir = ctx.project.inside(evidence.facts.run_dir)
+    metrics = ctx.project.root / evidence.facts.metrics.path
+    if not metrics.is_file() or evaluate_gate(ctx.project, load_state(ctx.project), "baseline").drift:
+        return None
+    try:
+        record = load_run_metrics(metrics)
+    except UserInputError:
+        return None
+    if file_sha256(metrics) != evidence.facts.metrics.sha256 or record.best is None:
+        return None  # not the figures the gate judged
+    return run_dir, record
+
+
+def same_computation(record: Any, cfg: WorkflowConfig) -> bool:
+    """Whether a recorded run trained what `cfg` trains: every setting that changes a weight equal
+    (the phases' own sections and the trackers aside)."""
+    from mlflow_core.workflow.fingerprints import flatten, vouched
+
+    return vouched(flatten(record.config), "baseline") == vouched(flatten(cfg.model_dump(mode="json")), "baseline")
 
 
 def best_trial_facts(ctx: RunContext, best: Any) -> dict[str, Any]:

@@ -29,6 +29,34 @@ def ready(wf, project_copy):
     return project_copy
 
 
+def test_the_comparison_reuses_the_recorded_baseline_run_it_would_train_again(wf, tmp_path):
+    """The comparison's baseline run of the baseline's own seed is the recorded baseline run when
+    config, seed, data and code match: it is not trained again, and the plan says so first."""
+    assert wf("init", "p", cwd=tmp_path).code == 0
+    project = tmp_path / "p"
+    configure(project, [("training.epochs", "3"), ("optimization.n_trials", "1"), ("optimization.trial_epochs", "1"),
+                        ("optimization.seeds", "2"), ("optimization.lr_find", "false")])
+    assert wf("phase", "setup", cwd=project).code == 0
+    assert wf("checklist", "tick", "reproducibility", "data_documented", "config_committed", cwd=project).code == 0
+    assert wf("phase", "baseline", cwd=project).code in (0, 1)
+    assert wf("checklist", "tick", "post_baseline", "results_reviewed", cwd=project).code == 0
+    assert wf("decide", "optimize", "--reason", "tests", cwd=project).code == 0
+    r = wf("phase", "optimization", cwd=project)
+    assert r.code == 0, r.err + r.out[-2000:]
+    said = " ".join(r.out.split())
+    assert ("the baseline and the optimized config × 3 epochs, 3 runs to train (the recorded baseline run stands "
+            "for seed 42); at most 10 epochs, about ") in said and "at the baseline's " in said
+    baseline = json.loads((project / ".wf" / "evidence" / "baseline.json").read_text())
+    facts = json.loads((project / ".wf" / "evidence" / "optimization.json").read_text())["facts"]
+    runs = {(run["label"], run["seed"]): run for run in facts["comparison"]["runs"]}
+    assert runs[("baseline", 42)]["reused"] == baseline["run_id"]
+    assert runs[("baseline", 42)]["run_dir"] == baseline["facts"]["run_dir"]
+    assert facts["comparison"]["baseline"][0] == baseline["facts"]["best"]["value"]
+    assert "reused" not in runs[("baseline", 43)] and "reused" not in runs[("optimized", 42)]
+    assert not list(project.glob("runs/optimization-*/comparison/baseline_seed42"))
+    assert f"the recorded baseline run {baseline['run_id']}" in said
+
+
 def test_optimization_runs_a_study_compares_over_seeds_and_continues(wf, ready):
     r = wf("phase", "optimization", *OVERRIDE, cwd=ready)
     assert r.code == 0, r.err + r.out[-2000:]  # an outcome either way: improved, or no significant improvement
@@ -52,6 +80,11 @@ def test_optimization_runs_a_study_compares_over_seeds_and_continues(wf, ready):
     assert ("Pruning: a trial is pruned from epoch 1 on, once 2 trials have completed, when its best val_accuracy "
             "so far is worse than their median at the same epoch by more than the sampling noise of") in report
     assert "Pruning: a trial is pruned from epoch 1 on" in r.out  # said before the first trial
+    # the plan, said before anything trains; the comparison's 3 epochs are not the baseline's 15: no reuse
+    plan = " ".join(r.out.split())
+    assert ("Plan: 3 trials × 2 epochs (fewer where pruned), then the comparison over seeds 42, 43: the baseline "
+            "and the optimized config × 3 epochs, 4 runs to train; at most 18 epochs, about ") in plan
+    assert not any(run.get("reused") for run in comparison["runs"])
     assert re.search(r"\| complete \| \d{1,3}\.\d % \|", report)  # accuracies in %, as in every report
     gate = json.loads(wf("gate", "check", "optimization", "--json", cwd=ready).out)
     checked = {i["id"]: i["checked"] for i in gate["items"]}

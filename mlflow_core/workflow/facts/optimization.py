@@ -65,6 +65,7 @@ class ComparedRun(Facts):
     run_dir: str
     value: float | None
     proof: RunProof | None = None
+    reused: str | None = None  # the recorded baseline run that stands for this one (same computation)
 
 
 class Comparison(Facts):

@@ -39,6 +39,16 @@ def test_native_precision_is_read_from_the_cpu_flags(cpuinfo, bf16, fp16):
     assert (support["bf16"], support["fp16"], support["source"]) == (bf16, fp16, "/proc/cpuinfo flags")
 
 
+def test_the_torch_pair_fix_reinstalls_both_from_the_installed_builds_index():
+    from mlflow_core.environment import pair_fix
+
+    assert pair_fix("2.13.0+cpu", "0.28") == (
+        "install both from the same index: `pip install --force-reinstall --no-deps 'torch==2.13.0' "
+        "'torchvision==0.28.*' --index-url https://download.pytorch.org/whl/cpu`")
+    assert pair_fix("2.14.1+cu128", "0.29").endswith("--index-url https://download.pytorch.org/whl/cu128`")
+    assert "--index-url" not in pair_fix("2.14.1", "0.29")  # PyPI's own build: the default index
+
+
 def test_a_cpu_that_cannot_be_read_is_unknown_not_emulated(monkeypatch):
     monkeypatch.setattr("platform.system", lambda: "Windows")
     assert cpu_precision_support("") == {"source": "unknown", "bf16": None, "fp16": None}
