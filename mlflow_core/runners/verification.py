@@ -29,7 +29,7 @@ from mlflow_core.workflow.facts import (
     SetupFacts,
     TrainingFacts,
 )
-from mlflow_core.workflow.fingerprints import flatten
+from mlflow_core.workflow.fingerprints import flatten, vouched
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.verification import PhaseVerification, config_difference, expected_config
 
@@ -151,10 +151,16 @@ def verify_optimization(project: Project, facts: OptimizationFacts, run_id: str 
     else:
         for run in comparison.runs:
             changes = {**(best.params if run.label == "optimized" else {}), "reproducibility.seed": run.seed}
-            claims = RunClaims(f"{run.label} seed {run.seed}: ", run.run_dir, expected_config(recorded, changes),
+            expected, trained_as = expected_config(recorded, changes), f"{run_id}/{run.label}_seed{run.seed}"
+            if run.reused:  # the recorded baseline run stood for it: its own config, if it trained the same
+                expected = _reused_config(project, run, expected, out)
+                if expected is None:
+                    continue
+                trained_as = run.reused
+            claims = RunClaims(f"{run.label} seed {run.seed}: ", run.run_dir, expected,
                                run.proof.best if run.proof else None, (run.proof.weights if run.proof else None) or {},
                                run.proof.replay if run.proof else None, {metric: run.value}, "validation",
-                               run_id=f"{run_id}/{run.label}_seed{run.seed}")
+                               run_id=trained_as)
             bundle = verify_run(project, claims, out, segments=segments, rng=rng, on_message=on_message,
                                 bundle=bundle, files=files).bundle
         listed = {(r.label, r.seed): r.value for r in comparison.runs}
@@ -180,6 +186,28 @@ def verify_optimization(project: Project, facts: OptimizationFacts, run_id: str 
     verify_run(project, claims, out, segments=segments, rng=rng, on_message=on_message, bundle=bundle,
                files=files)
     _verify_optimized_config(project, facts, out)
+
+
+def _reused_config(project: Project, run: Any, expected: dict[str, Any], out: PhaseVerification) -> dict[str, Any] | None:
+    """The config of the baseline run a comparison reused: the baseline evidence's, when that
+    evidence judged that run and its config changes no weight of the comparison's (the phases'
+    sections and the trackers aside); else the claim fails and None is returned."""
+    label = f"{run.label} seed {run.seed}: reused run"
+    evidence = read_evidence(project, "baseline")
+    if evidence is not None and evidence.run_id != run.reused:  # a later baseline: that run's archived copy
+        evidence = read_evidence(project, "baseline", archived_evidence_path(project, run.reused))
+    if evidence is None or not evidence.intact or evidence.run_id != run.reused or evidence.facts.fingerprints is None:
+        out.add(label, "failed", f"the evidence names the baseline run {run.reused}, which the baseline's evidence "
+                "does not record")
+        return None
+    own = evidence.facts.fingerprints.config.get("values") or {}
+    if vouched(own, "baseline") != vouched(expected, "baseline"):
+        out.add(label, "failed", f"{run.reused} trained another config than the comparison's "
+                f"({config_difference(vouched(expected, 'baseline'), vouched(own, 'baseline'))})")
+        return None
+    out.add(label, "verified", f"{run.reused}, the run the baseline's evidence records, trained the comparison's "
+            "config with this seed")
+    return own
 
 
 def _verify_optimized_config(project: Project, facts: OptimizationFacts, out: PhaseVerification) -> None:

@@ -93,7 +93,8 @@ def write_config_variant(project: Project, changes: dict[str, Any], header: str,
         for dotted, value in changes.items():
             if dotted.count(".") != 1:
                 raise KeyError(dotted)
-            text = set_yaml_value(text, dotted, f"{value:.6g}" if isinstance(value, float) else json.dumps(value))
+            # a float as Python writes it back exactly (repr): the config must train what was measured
+            text = set_yaml_value(text, dotted, json.dumps(value))
     except KeyError:
         raw = yaml.safe_load(original) or {}
         for dotted, value in changes.items():

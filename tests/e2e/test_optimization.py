@@ -55,6 +55,11 @@ def test_the_comparison_reuses_the_recorded_baseline_run_it_would_train_again(wf
     assert "reused" not in runs[("baseline", 43)] and "reused" not in runs[("optimized", 42)]
     assert not list(project.glob("runs/optimization-*/comparison/baseline_seed42"))
     assert f"the recorded baseline run {baseline['run_id']}" in said
+    # wf verify recomputes the reused run as the baseline run it is, and the optimized config holds the
+    # best trial's values exactly (not rounded to 6 digits)
+    verified = wf("verify", "optimization", cwd=project)
+    assert verified.code == 0, verified.out[-3000:] + verified.err
+    assert "reused run: " + baseline["run_id"] in " ".join(verified.out.split())
 
 
 def test_optimization_runs_a_study_compares_over_seeds_and_continues(wf, ready):
