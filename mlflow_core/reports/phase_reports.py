@@ -110,7 +110,10 @@ def diagnosis_next_step(facts: Any) -> str:
 def render_optimization(r: ReportInput) -> tuple[dict[str, str], None]:
 
     configured_lr = load_config(r.project.config_path).training.learning_rate
-    figures, note = optimization_figures(r.facts, r.project.reports_dir / "figures", configured_lr)
+    recorded = read_evidence(r.project, "baseline")
+    best = recorded.facts.best if recorded is not None and recorded.intact else None
+    baseline = (best.value, recorded.facts.epochs_completed) if best is not None else None
+    figures, note = optimization_figures(r.facts, r.project.reports_dir / "figures", configured_lr, baseline)
     context = {"project_name": r.project_name, "run_id": r.run_id, "f": r.facts.to_json(), "criteria": r.criteria,
                "figures": figures, "figures_note": note, "overrides": r.overrides, "record": r.record,
                "configured_lr": configured_lr}

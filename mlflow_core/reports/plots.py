@@ -10,6 +10,7 @@ from typing import Any
 
 from mlflow_core.atomic import atomic_write_bytes
 from mlflow_core.workflow.facts import OptimizationFacts
+from mlflow_core.workflow.units import metric_value
 
 NO_MATPLOTLIB = "matplotlib is not installed (pip install 'wf-phases[train]'); no pictures"
 
@@ -32,6 +33,9 @@ def _num(v: Any) -> float:
         return float("nan")
 
 
+GATED_TITLES = {"val_iou": "Mean IoU", "val_f1": "Macro F1", "val_mcc": "Matthews correlation (MCC)"}
+
+
 def learning_curves(metrics: dict[str, Any], figures_dir: Path, prefix: str) -> tuple[list[dict[str, str]], str | None]:
     """Write loss, accuracy and LR curves; return ([{title, file}], note-if-none)."""
     plt = _pyplot()
@@ -40,6 +44,8 @@ def learning_curves(metrics: dict[str, Any], figures_dir: Path, prefix: str) -> 
     epochs = metrics.get("epochs") or []
     if not epochs:
         return [], "no finished epoch to plot"
+    from matplotlib.ticker import MaxNLocator
+
     xs = [e["epoch"] for e in epochs]
     # (file, title, y-axis label, scale of the values, series); accuracy in %, as the report's tables
     panels = [
@@ -47,6 +53,11 @@ def learning_curves(metrics: dict[str, Any], figures_dir: Path, prefix: str) -> 
         ("accuracy", "Accuracy", "accuracy (%)", 100.0, [("train", "train_accuracy"), ("validation", "val_accuracy")]),
         ("lr", "Learning rate", "learning rate (log scale)", 1.0, [("lr", "lr")]),
     ]
+    gated = metrics.get("metric")  # what the gate judges gets a figure of its own (mean IoU, F1, MCC)
+    if gated in GATED_TITLES:
+        panels.insert(0, (gated, GATED_TITLES[gated], f"{GATED_TITLES[gated]} (validation)", 1.0,
+                          [("validation", gated)]))
+    judged_on = {"val_loss": "loss", "val_accuracy": "accuracy"}.get(gated, gated)
     if len({e.get("lr") for e in epochs}) <= 1:  # a constant LR is a flat line: said in words instead
         panels.pop()
         (figures_dir / f"{prefix}_lr.png").unlink(missing_ok=True)  # an earlier render's, now wrong
@@ -58,9 +69,14 @@ def learning_curves(metrics: dict[str, Any], figures_dir: Path, prefix: str) -> 
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
+        target = metrics.get("target")
+        if target is not None and slug == judged_on:  # the line the gate holds the metric to
+            ax.axhline(target * scale, color="red", linestyle="--", linewidth=1,
+                       label=f"target {metric_value(target, gated)} (validation.target)")
         best = metrics.get("best")
         if best and slug != "lr":
             ax.axvline(best["epoch"], color="grey", linestyle=":", linewidth=1,
@@ -188,10 +204,10 @@ def _dynamics_figures(diagnosis: dict[str, Any], figures_dir: Path, plt: Any) ->
     return out
 
 
-def optimization_figures(facts: OptimizationFacts, figures_dir: Path,
-                         configured_lr: float | None = None) -> tuple[list[dict[str, str]], str | None]:
-    """The sweep's history (each trial's value and the best so far) and the LR range test, with the
-    configured learning rate marked on it."""
+def optimization_figures(facts: OptimizationFacts, figures_dir: Path, configured_lr: float | None = None,
+                         baseline: tuple[float, int] | None = None) -> tuple[list[dict[str, str]], str | None]:
+    """The sweep's history (each trial's value, the best so far, and the baseline run's best value
+    and epochs as a reference line) and the LR range test, with the configured learning rate marked."""
     plt = _pyplot()
     if plt is None:
         return [], NO_MATPLOTLIB
@@ -201,7 +217,7 @@ def optimization_figures(facts: OptimizationFacts, figures_dir: Path,
         from matplotlib.ticker import MaxNLocator
 
         maximize = facts.direction == "maximize"
-        fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=100)
+        fig, ax = plt.subplots(figsize=(8.5, 3.4), dpi=100)
         scale = 100.0 if facts.metric.endswith("accuracy") else 1.0  # accuracies in %, as the tables
         completed = [t for t in trials if t.state == "COMPLETE"]
         pruned = [t for t in trials if t.state == "PRUNED"]
@@ -215,12 +231,20 @@ def optimization_figures(facts: OptimizationFacts, figures_dir: Path,
             running.append(best * scale)
         if completed:
             ax.step([t.number for t in completed], running, where="post", label="best so far")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if baseline is not None:
+            ax.axhline(baseline[0] * scale, color="black", linestyle="--", linewidth=1,
+                       label=f"baseline run's best ({baseline[1]} epochs; trials train {facts.study.trial_epochs})")
+        numbers = [t.number for t in trials]  # whole trials only, whatever their count (one included)
+        ax.set_xlim(min(numbers) - 0.5, max(numbers) + 0.5)
+        if max(numbers) - min(numbers) < 20:
+            ax.set_xticks(range(min(numbers), max(numbers) + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("trial")
         ax.set_ylabel(f"{facts.metric}{' (%)' if scale == 100.0 else ''}, best epoch")
         ax.set_title("Optimization history")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")  # beside the points, not on them
         fig.tight_layout()
         out.append(_save(fig, plt, figures_dir, "optimization_history.png", "Optimization history"))
     sweep = facts.lr_range_test
@@ -262,13 +286,17 @@ def confusion_figure(confusion: list[list[int]], figures_dir: Path,
     if plt is None:
         return None
     n = len(confusion)
-    fig, ax = plt.subplots(figsize=(min(1.0 + 0.55 * n, 9), min(0.8 + 0.5 * n, 8.5)), dpi=100)
+    # legible at any class count: never smaller than a report's other figures, the counts' type larger
+    # where the cells are few (a segmentation's pixel counts shortened to 1.2M)
+    side = min(max(4.8, 1.2 + 0.55 * n), 9.0)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side), dpi=100)
     rates = [[c / max(sum(row), 1) for c in row] for row in confusion]
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     if n <= 20:
+        size = 12 if n <= 5 else 10 if n <= 10 else 7
         for i, row in enumerate(confusion):
             for j, count in enumerate(row):
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                ax.text(j, i, _compact(count), ha="center", va="center", fontsize=size,
                         color="white" if rates[i][j] > 0.5 else "black")
     if class_names and len(class_names) == n and n <= 30:
         ax.set_xticks(range(n), class_names, rotation=45 if max(map(len, class_names)) > 3 else 0, ha="right")
@@ -278,6 +306,11 @@ def confusion_figure(confusion: list[list[int]], figures_dir: Path,
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
     return _save(fig, plt, figures_dir, "final_confusion_matrix.png", "Confusion matrix on the test split")
+
+
+def _compact(count: int) -> str:
+    """1234 → '1,234'; 1234567 → '1.2M': a pixel count that fits its cell."""
+    return f"{count:,}" if count < 100_000 else f"{count / 1e6:.1f}M" if count < 1e9 else f"{count / 1e9:.1f}G"
 
 
 def _save(fig: Any, plt: Any, figures_dir: Path, name: str, title: str) -> dict[str, str]:

@@ -181,7 +181,8 @@ class TrialObjective:
             if not math.isfinite(value):
                 return False
             trial.report(value, epoch)
-            return trial.should_prune()
+            # the budget's last epoch: nothing is left to save, the trial completed (never "pruned")
+            return epoch < self.trial_epochs and trial.should_prune()
 
         t0 = time.perf_counter()
         try:

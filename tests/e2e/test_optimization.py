@@ -62,6 +62,19 @@ def test_the_comparison_reuses_the_recorded_baseline_run_it_would_train_again(wf
     assert "reused run: " + baseline["run_id"] in " ".join(verified.out.split())
 
 
+def test_a_trial_that_trained_its_whole_budget_is_never_pruned(wf, ready):
+    """One-epoch trials under the median pruner: the only epoch is the budget's last, so a trial that
+    reached it completed; pruning it then would save nothing and misname it."""
+    configure(ready, [("optimization.n_trials", "4"), ("optimization.trial_epochs", "1"),
+                      ("optimization.pruner_startup_trials", "1"), ("optimization.lr_find", "false"),
+                      ("training.epochs", "1")])
+    r = wf("phase", "optimization", *OVERRIDE, cwd=ready)
+    assert r.code == 0, r.err + r.out[-2000:]
+    counts = json.loads((ready / ".wf" / "evidence" / "optimization.json").read_text())["facts"]["study"]["counts"]
+    assert counts["COMPLETE"] == 4 and counts["PRUNED"] == 0
+    assert "pruned after epoch 1" not in r.out
+
+
 def test_optimization_runs_a_study_compares_over_seeds_and_continues(wf, ready):
     r = wf("phase", "optimization", *OVERRIDE, cwd=ready)
     assert r.code == 0, r.err + r.out[-2000:]  # an outcome either way: improved, or no significant improvement
