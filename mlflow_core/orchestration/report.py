@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mlflow_core.config.loader import load_config
 from mlflow_core.errors import (
     UserInputError,
@@ -32,6 +34,14 @@ def rerender_report(project: Project, phase: str) -> PhaseResult:
         state = load_state(project)
         definition = load_phase(phase, project.root)
         evidence = read_evidence(project, phase)
+        latest = next((r for r in reversed(state.runs) if r.phase == phase), None)
+        if latest is not None and latest.status in ("interrupted", "running") and (
+                evidence is None or evidence.run_id != latest.run_id):
+            raise UserInputError(stopped_run_progress(project, phase, latest)
+                                 + (f" The report of run {evidence.run_id} before it is unchanged."
+                                    if evidence is not None else ""),
+                                 hint=f"Its report is written when it ends: continue it with "
+                                      f"{_continue(phase)}.")
         if evidence is None:
             raise UserInputError(f"{phase} has recorded no run yet; run `wf phase {phase}` first.")
         if not evidence.intact:
@@ -47,3 +57,36 @@ def rerender_report(project: Project, phase: str) -> PhaseResult:
         save_state(project, state)
         sync_auto_marks(project, state, phase, result.evidence)
         return result
+
+
+def _continue(phase: str) -> str:
+    from mlflow_core.workflow.phases import RESUMABLE_PHASES
+
+    return f"`wf phase {phase} --resume`" if phase in RESUMABLE_PHASES else f"`wf phase {phase}`"
+
+
+def stopped_run_progress(project: Project, phase: str, run: Any) -> str:
+    """What a run that stopped before its outcome holds so far, from the metrics each of its
+    trainings wrote (its own, each trial's, each comparison or seed run's): the partial results."""
+    from mlflow_core.workflow import jsontext
+    from mlflow_core.workflow.units import metric_value
+
+    run_dir = project.inside(run.dir)
+    found = sorted(run_dir.glob("logs/metrics.json")) + sorted(run_dir.glob("*/*/logs/metrics.json"))
+    lines = []
+    for path in found[:40]:
+        try:
+            metrics = jsontext.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(metrics, dict):
+            continue
+        name = path.parent.parent.relative_to(run_dir).as_posix()
+        best = metrics.get("best") or {}
+        shown = (f"best {best.get('metric')} {metric_value(best.get('value'), str(best.get('metric')))} at epoch "
+                 f"{best.get('epoch')}" if best else "no validated epoch")
+        lines.append(f"{'the run' if name == '.' else name}: {len(metrics.get('epochs') or [])} epochs, "
+                     f"{metrics.get('status', '?')}, {shown}")
+    what = "; ".join(lines) if lines else "nothing trained to the end of an epoch yet"
+    more = f" (and {len(found) - 40} more)" if len(found) > 40 else ""
+    return f"{phase} run {run.run_id} stopped before its outcome ({run.status}); so far: {what}{more}."

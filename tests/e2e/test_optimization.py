@@ -255,6 +255,11 @@ def test_an_interrupted_sweep_resumes_to_the_sweep_that_would_have_happened(wf, 
     first = wf("phase", "optimization", *OVERRIDE, cwd=ready)
     assert first.code == 143, first.err
     assert "wf phase optimization --resume" in first.err and "trial_001" in first.err
+    # the partial results can be reported: what each trial that ran holds so far, and how to go on
+    partial = wf("report", "optimization", cwd=ready)
+    said = " ".join(partial.err.split())
+    assert partial.code == 2 and "stopped before its outcome (interrupted); so far: trials/trial_000: 2 epochs" in said
+    assert "continue it with `wf phase optimization --resume`" in said and "Traceback" not in partial.err
     # a resumed sweep continues the config it started with: a changed budget is refused, named
     config = ready / "training_config.yaml"
     started = config.read_text()
