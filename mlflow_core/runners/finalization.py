@@ -24,6 +24,7 @@ from mlflow_core.environment import capture_environment
 from mlflow_core.errors import DataError, UserInputError
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
 from mlflow_core.runners.baseline import run_proof
+from mlflow_core.runners.plans import about
 from mlflow_core.runners.registry import register_export
 from mlflow_core.training.augment import with_augmentation
 from mlflow_core.training.checkpoint import load_checkpoint, save_checkpoint
@@ -56,7 +57,13 @@ def run_finalization(ctx: RunContext) -> RunOutput:
         crossval = {"folds": folds, "stratified": stratified, "samples": len(samples),
                     "fold_sizes": [len(f) for f in fold_val]}
     results, models, member_logits, targets = [], [], [], None
-    for fold, seed in [(fold, seed) for fold in (range(folds) if folds else [None]) for seed in seeds]:
+    members = [(fold, seed) for fold in (range(folds) if folds else [None]) for seed in seeds]
+    ctx.on_message(f"Plan: {len(members)} model{'s' * (len(members) != 1)} (seed{'s' * (len(seeds) != 1)} "
+                   f"{', '.join(map(str, seeds))}" + (f" × {folds} folds" if folds else "")
+                   + f") × {epochs} epochs, each evaluated once on the test split ({len(data.test):,} samples), "
+                   f"then the export checked; {len(members) * epochs:,} epochs" + about(ctx, len(members) * epochs)
+                   + ".")
+    for fold, seed in members:
         try:
             entry, model, logits, member_targets = _member(ctx, data, fold, seed, epochs)
         except SubRunInterrupted as stop:  # nothing evaluated yet: the test split stays unseen

@@ -24,6 +24,7 @@ from mlflow_core.config.schema import WorkflowConfig, with_changes
 from mlflow_core.errors import UserInputError
 from mlflow_core.runners import RunContext, RunOutput, SubRunInterrupted, fit_or_continue
 from mlflow_core.runners.baseline import run_proof
+from mlflow_core.runners.plans import about
 from mlflow_core.runners.pruning import PruningRule, Verdict, build_pruner, pruned_at, pruning_rule
 from mlflow_core.runners.study import (
     importance,
@@ -294,31 +295,7 @@ def plan_line(ctx: RunContext, trials: int, trial_epochs: int) -> str:
             f"the optimized config × {cfg.training.epochs} epochs, {comparison_runs} runs to train"
             + (f" (the recorded baseline run stands for seed {reused[0]})" if reused else "")
             + f"; at most {epochs:,} epochs")
-    per_epoch = _epoch_seconds(ctx, recorded[1] if recorded else None)
-    if per_epoch:
-        text += f", about {_duration(epochs * per_epoch[0])} at {per_epoch[1]}"
-    return text + "."
-
-
-def _epoch_seconds(ctx: RunContext, baseline: Any) -> tuple[float, str] | None:
-    """Seconds per epoch of this config: the baseline's own epochs, else setup's measured throughput."""
-    from mlflow_core.workflow.evidence import read_evidence
-
-    if baseline is not None and baseline.epochs:
-        times = [e.duration_s for e in baseline.epochs if e.duration_s]
-        if times:
-            return statistics.median(times), f"the baseline's {statistics.median(times):.1f} s per epoch"
-    setup = read_evidence(ctx.project, "setup")
-    throughput = setup.facts.throughput if setup is not None and setup.intact else None
-    if throughput is None or not throughput.model:
-        return None
-    rate = min(throughput.model, throughput.loader.get(throughput.path, throughput.model))
-    return setup.facts.data.train_size / rate, f"the {rate:,.0f} samples/s setup measured"
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else (f"{seconds / 60:.0f} min" if seconds < 5400
-                                                     else f"{seconds / 3600:.1f} h")
+    return text + about(ctx, epochs) + "."
 
 
 def recorded_baseline(ctx: RunContext) -> tuple[Path, Any] | None:

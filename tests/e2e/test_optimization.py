@@ -328,7 +328,11 @@ def test_an_interrupted_finalization_resumes_without_touching_the_test_split_twi
     assert wf("decide", "finalize", cwd=project_copy).code == 0
     other = tmp_path / "uninterrupted"
     shutil.copytree(project_copy, other)
-    assert wf("phase", "finalization", cwd=other).code == 0
+    done = wf("phase", "finalization", cwd=other)
+    assert done.code == 0
+    assert re.search(r"Plan: 2 models \(seeds 42, 43\) × 3 epochs, each evaluated once on the test split \(\d+ "
+                     r"samples\), then the export checked; 6 epochs, about \d+ s at the baseline's [\d.]+ s per epoch",
+                     " ".join(done.out.split()))
 
     _signal_when("runs/finalization-*/seed_43/logs/steps.csv", project_copy, 60)
     stopped = wf("phase", "finalization", cwd=project_copy)

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from mlflow_core.reports.plots import _compact, confusion_figure, learning_curves  # noqa: E402
+from mlflow_core.reports.plots import _compact, confusion_figure, learning_curves
 
 
 def _metrics(metric: str, target: float | None) -> dict:
