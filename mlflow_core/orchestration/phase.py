@@ -89,6 +89,17 @@ def _resumable_run(project: Project, state: ProjectState, phase: str) -> tuple[R
         raise UserInputError(f"no interrupted {phase} run to resume"
                              + (f": the latest, {run.run_id}, is {run.status}" if run is not None else "") + ".",
                              hint=f"Run `wf phase {phase}` to start a new run.")
+    later = [r for r in state.runs if r.phase != phase and r.finished_at and r.started_at > run.started_at
+             and r.status != "failed_input"]  # bad input: nothing ran, the project did not move
+    if later:  # the project went on without it: continuing it now would take the project back
+        released = next((e for e in reversed(state.history) if e.event == "release"), None)
+        raise UserInputError(f"run {run.run_id} of {phase} stopped before the project went on to "
+                             f"{', '.join(dict.fromkeys(r.phase for r in later))} (run {later[-1].run_id})"
+                             + (f", and {released.model} version {released.version} was released"
+                                if released is not None else "")
+                             + f"; resuming it now would take the project back to {phase} with a stale run.",
+                             hint=f"Start a new run with `wf phase {phase}` if the project should go back "
+                                  "there; `wf status` shows where it stands.")
     if phase != "baseline":
         return run, None
     saved = (run.summary.get("resume") or {}).get("path")

@@ -125,6 +125,24 @@ def test_resume_without_an_interrupted_run_says_what_to_run(wf, project_copy):
     assert r.code == 2 and "no interrupted baseline run to resume" in r.err and "wf phase baseline" in r.err
 
 
+def test_a_run_the_project_went_on_without_is_not_resumed(wf, project_copy):
+    """An interrupted run older than a later phase's finished run: resuming it would take the project
+    back with a stale run; the refusal says so and how to start anew."""
+    import json
+
+    path = project_copy / ".wf" / "state.json"
+    state = json.loads(path.read_text())
+    baseline = next(r for r in state["runs"] if r["phase"] == "baseline")
+    state["runs"].append({**baseline, "run_id": "baseline-19990101-000000-abcd", "status": "interrupted",
+                          "started_at": "1999-01-01T00:00:00+00:00", "passed": False})
+    path.write_text(json.dumps(state))
+    r = wf("phase", "baseline", "--resume", cwd=project_copy)
+    said = " ".join(r.err.split())
+    assert r.code == 2 and "stopped before the project went on to setup, baseline" not in said
+    assert "run baseline-19990101-000000-abcd of baseline stopped before the project went on to setup" in said
+    assert "Start a new run with `wf phase baseline`" in said and "Traceback" not in r.err
+
+
 def test_kill_9_then_resume_from_the_latest_periodic_checkpoint(trained_project, tmp_path):
     """kill -9 gives no chance to save: the periodic resume.pt (atomic) is what is left, and the run
     record still says running. `--resume` takes the lock, sees the run's process is gone, and finishes
