@@ -17,6 +17,11 @@ from mlflow_core.errors import ConfigError
 
 def load_config(path: str | Path) -> WorkflowConfig:
     path = Path(path)
+    # the config is the project's own, committed file: a link to one outside the project (which a pull
+    # request can commit) is refused unread, so that no line of that file reaches a message
+    if path.is_symlink() and path.parent.resolve() not in path.resolve().parents:
+        raise ConfigError(str(path), [f"a link to {path.resolve()}, outside the project: a config is never read "
+                                      "from outside it"], hint="Replace the link with the config's own text.")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -94,6 +94,12 @@ def parse_checklist(path: Path, name: str | None = None, known_checks: set[str] 
 
 
 def _read(path: Path) -> str:
+    # a checklist is the project's own file: a link to a file outside it (a pull request can commit
+    # one) is refused unread, so no line of that file reaches a message or a CI log
+    root = path.parent.parent.resolve()  # checklists/ sits in the project's root
+    if path.is_symlink() and root not in path.resolve().parents:
+        raise ChecklistError(f"{path}: a link to {path.resolve()}, outside the project; a checklist is never read "
+                             "from outside it.", hint="Replace the link with the checklist's own text.")
     try:
         return path.read_bytes().decode("utf-8")  # not read_text: CRLF stays CRLF for set_marks
     except FileNotFoundError:

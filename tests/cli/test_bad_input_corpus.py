@@ -100,6 +100,31 @@ def test_malformed_checklist(wf, project, case, text, fragment):
     _clean(r)
 
 
+def test_a_checklist_linked_to_a_file_outside_the_project_is_refused_unread(wf, project, tmp_path):
+    secret = tmp_path / "secret.md"
+    secret.write_text("- [x] the maintainer's token is hunter2 <!-- id: token -->\n")
+    path = project / "checklists" / "reproducibility.md"
+    path.unlink()
+    path.symlink_to(secret)
+    for command in (("gate", "check", "setup"), ("checklist", "show", "reproducibility"), ("status",)):
+        r = wf(*command, cwd=project)
+        assert r.code == 2 and "outside the project; a checklist is never read from outside it" in r.err, r.err
+        assert "hunter2" not in r.out + r.err
+        _clean(r)
+
+
+def test_a_config_linked_to_a_file_outside_the_project_is_refused_unread(wf, project, tmp_path):
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("hunter2_token: 1\n")
+    config = project / "training_config.yaml"
+    config.unlink()
+    config.symlink_to(secret)
+    r = wf("config", "validate", cwd=project)
+    assert r.code == 2 and "outside the project: a config is never read from outside it" in " ".join(r.err.split())
+    assert "hunter2" not in r.out + r.err
+    _clean(r)
+
+
 STATES = [  # (case, content, fragment)
     ("truncated_json", '{"schema_version": 1, "runs": [', "not valid JSON"),
     ("empty", "", "not valid JSON"),
