@@ -147,6 +147,10 @@ def _try_fixes(project: Project, ctx: DiagnoseContext, diagnosis: Diagnosis, wri
     plan, cfg, say = diagnostic.trial, ctx.run_config(), ctx.say
     steps = plan.steps(ctx)
     judge = plan.judge(ctx) if plan.judge else None
+    trials = len(candidates) + bool(plan.reference)
+    say(f"Plan: up to {trials} short trial{'s' * (trials != 1)} of {steps} steps each"
+        + (" (the configuration unchanged, then each fix)" if plan.reference else " (one per fix)")
+        + ", stopping at the first fix that removes the symptom")
     reference = None
     if plan.reference:
         say(f"Trial: the configuration unchanged ({steps} steps), for comparison")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mlflow_core.monitoring.nvml import GpuSampler
 from mlflow_core.runners import RunContext, RunOutput, StopPoint
+from mlflow_core.runners.plans import about
 from mlflow_core.training.callbacks.replay import REPLAY_DIR
 from mlflow_core.workflow.evidence import file_sha256
 from mlflow_core.workflow.facts import FileRef, GpuSummary, ReplayRecord, RunProof, TrainingFacts
@@ -13,7 +14,11 @@ from mlflow_core.workflow.records import CheckpointRef, Checkpoints, EpochWeight
 
 
 def run_baseline(ctx: RunContext) -> RunOutput:
-    mon = ctx.cfg.monitoring
+    mon, epochs = ctx.cfg.monitoring, ctx.cfg.training.epochs
+    if not ctx.smoke and not ctx.resuming:  # what it will spend, said before it spends it
+        ctx.on_message(f"Plan: 1 run × {epochs} epoch{'s' * (epochs != 1)}"
+                       + (", early stopping may end it sooner" if ctx.cfg.early_stopping.enabled else "")
+                       + about(ctx, epochs) + ".")
     sampler = GpuSampler(mon.gpu_sample_interval_s, mon.gpu_utilization_target)
     trainer = ctx.make_trainer("baseline", ctx.cfg, ctx.run_dir, ctx.run_id, resume_from=ctx.resume_from,
                                on_progress=ctx.on_progress, gpu_sampler=sampler)

@@ -207,6 +207,8 @@ def test_validation_at_chance_while_training_fits_is_an_anomaly_and_a_finding(wf
     assert wf("phase", "setup", cwd=lab).code == 0
     r = wf("phase", "baseline", "--override-gate", "tests: a raw-input run", cwd=lab)
     assert r.code == 1, r.out[-2000:]  # it learned nothing that transfers: the chance criterion fails
+    assert re.search(r"Plan: 1 run × 5 epochs, early stopping may end it sooner, about \d+ s at the [\d,]+ "
+                     r"samples/s setup measured\.", " ".join(r.out.split()))  # said before it trains
     report = (lab / "reports" / "baseline_results.md").read_text()
     anomalies = report.split("## Anomalies")[1].split("##")[0]
     assert "(validation_at_chance): validation at chance while training fits: train accuracy 100.0 %" in anomalies

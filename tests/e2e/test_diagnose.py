@@ -50,6 +50,7 @@ def test_lr_too_high_is_found_and_a_fix_verified(wf, tmp_path):
     before = (d / "training_config.yaml").read_text()
     r = wf("diagnose", "nan_loss", "--fix", cwd=d)
     assert r.code == 0, r.err
+    assert "Plan: up to " in r.out and "stopping at the first fix that removes the symptom" in " ".join(r.out.split())
     assert (d / "training_config.yaml").read_text() == before  # never edited silently
     suggested = d / "configs" / "suggested_nan_loss.yaml"
     cfg = load_config(suggested)
