@@ -7,19 +7,21 @@ import statistics
 from typing import Any
 
 
-def about(ctx: Any, epochs: int) -> str:
-    """', about 6 min at the baseline's 4.2 s per epoch' for `epochs` epochs ('' when nothing was measured)."""
-    per_epoch = epoch_seconds(ctx)
+def about(ctx: Any, epochs: int, *, from_baseline: bool = True) -> str:
+    """', about 6 min at the baseline's 4.2 s per epoch' for `epochs` epochs ('' when nothing was
+    measured). `from_baseline=False`: setup's throughput only (the baseline's own plan, which must not
+    read the evidence it is about to replace)."""
+    per_epoch = epoch_seconds(ctx, from_baseline)
     return f", about {duration(epochs * per_epoch[0])} at {per_epoch[1]}" if per_epoch else ""
 
 
-def epoch_seconds(ctx: Any) -> tuple[float, str] | None:
+def epoch_seconds(ctx: Any, from_baseline: bool = True) -> tuple[float, str] | None:
     """Seconds per epoch of this config, and where the figure comes from."""
     from mlflow_core.errors import UserInputError
     from mlflow_core.workflow.evidence import read_evidence
     from mlflow_core.workflow.records import load_run_metrics
 
-    baseline = read_evidence(ctx.project, "baseline")
+    baseline = read_evidence(ctx.project, "baseline") if from_baseline else None
     if baseline is not None and baseline.intact:
         try:
             record = load_run_metrics(ctx.project.root / baseline.facts.metrics.path)
@@ -33,6 +35,8 @@ def epoch_seconds(ctx: Any) -> tuple[float, str] | None:
     if throughput is None or not throughput.model:
         return None
     rate = min(throughput.model, throughput.loader.get(throughput.path, throughput.model))
+    if not rate > 0:  # too few samples to time (a tiny dataset): no estimate rather than a wrong one
+        return None
     return setup.facts.data.train_size / rate, f"the {rate:,.0f} samples/s setup measured"
 
 
