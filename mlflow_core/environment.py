@@ -68,8 +68,8 @@ def cpu_precision_support(cpuinfo: str | None = None) -> dict[str, Any]:
 @functools.cache
 def measure_autocast_slowdown(kind: str, repeats: int = 3) -> float:
     """Step time of a convolution block (forward and backward, 2×16×64×64) under CPU autocast in
-    `kind`, over the same step in fp32: the best of `repeats` each, about 0.4 s on a CPU that
-    emulates. Larger images slow down more (bench/cpu_precision.py: 22-27x at 64-256 px against 15x
+    `kind`, over the same step in fp32: the best of `repeats` each, 0.04 s where it is native and
+    0.4-1.1 s where it is emulated. Larger images slow down more (bench/cpu_precision.py: 22-27x at 64-256 px against 15x
     here), tiny ones less. It draws from its own generator: a seeded run's random stream is untouched."""
     import torch
 

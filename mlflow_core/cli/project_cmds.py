@@ -93,10 +93,11 @@ def _earlier_quickstart(directory: Path) -> object | None:
     if not (root / ".wf" / "state.json").is_file():
         return None
     project = Project(root)
-    if load_config(project.config_path).data.source != "digits" or _passed(project, "baseline"):
+    finished = _passed(project, "baseline")
+    if finished or load_config(project.config_path).data.source != "digits":
         raise UserInputError(f"{root} is already a wf project"
-                             + (" with a baseline that passed" if _passed(project, "baseline") else
-                                ", not the quickstart's digits demo") + "; nothing was changed.",
+                             + (" with a baseline that passed" if finished else ", not the quickstart's digits demo")
+                             + "; nothing was changed.",
                              hint=f"See where it stands with `{_cd(root)}wf status`, or run the quickstart in a new "
                                   "directory: `wf quickstart DIR`.")
     console.print(f"Continuing the quickstart in {root}, created before: what passed is not run again.")

@@ -11,7 +11,7 @@ from mlflow_core.diagnostics.base import Diagnostic, TrialPlan, default_trial_st
 from mlflow_core.diagnostics.context import DiagnoseContext, fmt_value, number_or_none
 from mlflow_core.diagnostics.findings import Diagnosis, Finding
 from mlflow_core.diagnostics.fixes import learning_rate_fixes
-from mlflow_core.workflow.noise import Z, beyond_chance, proportion_noise, validation_at_chance
+from mlflow_core.workflow.noise import Z, beyond_chance, proportion_noise, run_at_chance
 
 STALL_MIN_DROP = 0.05  # the last tenth of the step losses must be 5 % below the first tenth
 CHANCE_MARGIN = 0.1  # val accuracy within 10 % of the way from chance to perfect is "at chance"
@@ -65,9 +65,7 @@ def convergence_stall(ctx: DiagnoseContext) -> Diagnosis:
     if not (symptoms["flat"] or symptoms["at_chance"]):
         probes["note"] = "the training loss fell and validation accuracy is above chance: no stall"
         return Diagnosis("convergence_stall", ctx.run.run_id, [], probes=probes, sensitivity=sensitivity)
-    epochs = [e.model_dump(mode="json") for e in ctx.metrics.epochs]
-    chance = ctx.metrics.chance.model_dump(mode="json") if ctx.metrics.chance else None
-    if not symptoms["flat"] and validation_at_chance(epochs, chance):
+    if not symptoms["flat"] and run_at_chance(ctx.metrics):
         probes["note"] = ("the training loss fell and the training data is fitted, only validation sits at chance: "
                           "not a stall (`wf diagnose overfitting`: validation_at_chance)")
         return Diagnosis("convergence_stall", ctx.run.run_id, [], probes=probes, sensitivity=sensitivity)

@@ -9,7 +9,7 @@ from typing import Any
 from mlflow_core.diagnostics.base import Diagnostic
 from mlflow_core.diagnostics.context import DiagnoseContext
 from mlflow_core.diagnostics.findings import Diagnosis, Finding
-from mlflow_core.workflow.noise import Z, accuracy_gap, validation_at_chance, weighed_confidence
+from mlflow_core.workflow.noise import Z, accuracy_gap, run_at_chance, weighed_confidence
 
 OVERFIT_VAL_RISE, OVERFIT_ACC_GAP = 0.10, 0.05  # val loss 10 % above its best; train-val accuracy gap
 FITTED = 0.95  # a training accuracy this high: the training data is fitted
@@ -42,12 +42,12 @@ def overfitting(ctx: DiagnoseContext) -> Diagnosis:
                     "val_accuracy": last.get("val_accuracy"), "val_size": data.val_size,
                     "train_size": data.train_size}
         per_class = data.train_size / max(data.num_classes, 1)
-        chance = ctx.metrics.chance.model_dump(mode="json") if ctx.metrics.chance else None
-        at_chance = validation_at_chance([e.model_dump(mode="json") for e in ctx.metrics.epochs], chance)
+        at_chance = run_at_chance(ctx.metrics)
         if at_chance is not None:
             # nothing learned transfers: not a variance to regularise away, a mismatch to find
             findings.append(Finding(
-                "overfitting", "validation_at_chance", 0.8, {**evidence, "val_mcc": last.get("val_mcc"), "chance": chance},
+                "overfitting", "validation_at_chance", 0.8, {**evidence, "val_mcc": last.get("val_mcc"),
+                                                             "chance": ctx.metrics.chance.model_dump(mode="json")},
                 "Check that the validation data is prepared as the training data is (the same normalisation, "
                 "band or channel order, resizing), that its labels belong to its inputs (the same class mapping), "
                 "and that the inputs are standardised (data.normalize: per_channel): raw inputs far from 0 leave "

@@ -134,11 +134,6 @@ def run_phase(project: Project, phase: str, *, override_reason: str | None = Non
                           deadline)
 
 
-def _unblocking(command: str) -> str:
-    """What a closed gate's hint says to do first: see what is left, or record what is missing."""
-    return f"Run `{command}` to see what is left" if command.startswith("wf gate check") else f"Run `{command}`"
-
-
 def run_sweep_worker(project: Project, override_reason: str | None = None,
                      on_progress: Callable[[Any], None] | None = None,
                      on_message: Callable[[str], None] | None = None, deadline: float | None = None) -> int:
@@ -159,7 +154,7 @@ def run_sweep_worker(project: Project, override_reason: str | None = None,
     if not verdict.allowed:
         if override_reason is None or not override_reason.strip():
             raise GateClosedError(f"cannot start an optimization worker: {verdict.reason}.",
-                                  hint=f"{_unblocking(verdict.unblock)}, or give the worker "
+                                  hint=f"{verdict.unblock_hint()}, or give the worker "
                                   "`--override-gate \"reason\"` too (the final `wf phase optimization` records it).")
         say(f"Gate closed, overridden for this worker: {verdict.reason}")
     run_id = f"optimization-worker-{socket.gethostname()}-{os.getpid()}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -220,7 +215,7 @@ def _start_or_resume(project: Project, state: ProjectState, definition: PhaseDef
     if not verdict.allowed:
         if override_reason is None:
             raise GateClosedError(f"cannot start {phase}: {verdict.reason}.",
-                                  hint=f"{_unblocking(verdict.unblock)}, or override explicitly "
+                                  hint=f"{verdict.unblock_hint()}, or override explicitly "
                                   f"with `wf phase {phase} --override-gate \"reason\"` (recorded in the history "
                                   "and shown in every later report).")
         if not override_reason.strip():

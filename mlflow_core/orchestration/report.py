@@ -17,9 +17,7 @@ from mlflow_core.orchestration.outcome import (
 )
 from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.lock import locked
-from mlflow_core.workflow.phases import (
-    load_phase,
-)
+from mlflow_core.workflow.phases import continue_command, load_phase
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import (
     load_state,
@@ -41,7 +39,7 @@ def rerender_report(project: Project, phase: str) -> PhaseResult:
                                  + (f" The report of run {evidence.run_id} before it is unchanged."
                                     if evidence is not None else ""),
                                  hint=f"Its report is written when it ends: continue it with "
-                                      f"{_continue(phase)}.")
+                                      f"{continue_command(phase)}.")
         if evidence is None:
             raise UserInputError(f"{phase} has recorded no run yet; run `wf phase {phase}` first.")
         if not evidence.intact:
@@ -57,12 +55,6 @@ def rerender_report(project: Project, phase: str) -> PhaseResult:
         save_state(project, state)
         sync_auto_marks(project, state, phase, result.evidence)
         return result
-
-
-def _continue(phase: str) -> str:
-    from mlflow_core.workflow.phases import RESUMABLE_PHASES
-
-    return f"`wf phase {phase} --resume`" if phase in RESUMABLE_PHASES else f"`wf phase {phase}`"
 
 
 def stopped_run_progress(project: Project, phase: str, run: Any) -> str:

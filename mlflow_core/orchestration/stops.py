@@ -23,7 +23,7 @@ from mlflow_core.errors import (
 from mlflow_core.orchestration.slurm import requeue_job, slurm_job_id
 from mlflow_core.orchestration.tracking import end_phase_tracking
 from mlflow_core.runners import StopPoint
-from mlflow_core.workflow.phases import RESUMABLE_PHASES
+from mlflow_core.workflow.phases import RESUMABLE_PHASES, continue_command, resume_command
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import (
     ProjectState,
@@ -31,7 +31,6 @@ from mlflow_core.workflow.state import (
     now_iso,
     save_state,
 )
-from mlflow_core.world import world_from_env
 
 
 class SignalStop(BaseException):
@@ -140,21 +139,15 @@ def _storage_stop(project: Project, state: ProjectState, phase: str, run: RunRec
 
 
 def _rank_stop(project: Project, state: ProjectState, phase: str, run: RunRecord, exc: Any) -> BaseException:
-    again = resume_command(phase) if phase in RESUMABLE_PHASES else f"`wf phase {phase}`"
+    again = continue_command(phase)
     return RankLostError(f"{phase} stopped: {exc.message}", hint=f"Run {run.run_id} is recorded as interrupted; see "
                          f"the other rank's message, then continue with {again}.")
-
-
-def _continue_with(phase: str) -> str:
-    """How to go on after a stop outside training: `--resume` where the phase holds training state
-    (a baseline stopped before its first resume point starts again from step 0), else the phase again."""
-    return resume_command(phase) if phase in RESUMABLE_PHASES else f"`wf phase {phase}`"
 
 
 def _interrupt_stop(project: Project, state: ProjectState, phase: str, run: RunRecord, exc: Any) -> BaseException:
     """Ctrl-C outside a training run's own handler (an LR range test, a scan)."""
     return RunInterruptedError(f"{phase} interrupted; run {run.run_id} is recorded as interrupted.",
-                               hint=f"Continue with {_continue_with(phase)}.")
+                               hint=f"Continue with {continue_command(phase)}.")
 
 
 def _signal_stop(project: Project, state: ProjectState, phase: str, run: RunRecord, exc: Any) -> BaseException:
@@ -164,21 +157,12 @@ def _signal_stop(project: Project, state: ProjectState, phase: str, run: RunReco
     saved = (f"{phase} stopped by {name} before its training began or after it ended; run {run.run_id} is "
              "recorded as interrupted.")
     if exc.signum == signal.SIGUSR1:
-        return _preempted(project, state, phase, run.run_id, saved, f"Continue with {_continue_with(phase)}.")
-    return _signal_error(exc.signum)(saved, hint=f"Continue with {_continue_with(phase)}.")
+        return _preempted(project, state, phase, run.run_id, saved, f"Continue with {continue_command(phase)}.")
+    return _signal_error(exc.signum)(saved, hint=f"Continue with {continue_command(phase)}.")
 
 
 _STOPS = ((StorageError, _storage_stop), (RankLostError, _rank_stop), (KeyboardInterrupt, _interrupt_stop),
           (SignalStop, _signal_stop))
-
-
-def resume_command(phase: str) -> str:
-    """How to continue an interrupted run of `phase`: under DDP, with as many processes (a resume
-    restores each rank's RNG and data position, so it refuses another count)."""
-
-    world = world_from_env()
-    command = f"`wf phase {phase} --resume`"
-    return command if world is None else f"{command} with the same {world.world_size} processes"
 
 
 def stopped_by_signal(project: Project, state: ProjectState, phase: str, run_id: str,

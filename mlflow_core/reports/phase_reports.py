@@ -16,7 +16,7 @@ from mlflow_core.reports.render import write_report
 from mlflow_core.workflow.evidence import read_evidence
 from mlflow_core.workflow.facts import FinalizationFacts, PhaseFacts
 from mlflow_core.workflow.gates import selected_by
-from mlflow_core.workflow.noise import validation_at_chance
+from mlflow_core.workflow.noise import run_at_chance
 from mlflow_core.workflow.phases import PHASES, PhaseDefinition
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.recommend import Recommendation, recommend
@@ -133,7 +133,7 @@ def render_training(r: ReportInput) -> tuple[dict[str, str], Recommendation]:
     rec = recommend(recorded, r.criteria, r.definition.playbooks)
     metrics = recorded.to_json()  # what the template and the plots read
     # judged on the whole run, from its recorded figures (so a report rendered again shows it too)
-    at_chance = validation_at_chance(metrics["epochs"], metrics.get("chance"))
+    at_chance = run_at_chance(recorded)
     if at_chance:
         at_chance["message"] += " (`wf diagnose overfitting` names the likely causes)"
         metrics["anomalies"] = [*(metrics.get("anomalies") or []), at_chance]

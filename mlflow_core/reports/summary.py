@@ -28,7 +28,7 @@ from mlflow_core.workflow.facts import (
 )
 from mlflow_core.workflow.gates import chain_verdicts
 from mlflow_core.workflow.lock import held
-from mlflow_core.workflow.phases import PHASE_ORDER, RESUMABLE_PHASES, load_phase
+from mlflow_core.workflow.phases import PHASE_ORDER, continue_command, load_phase
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.provenance import on_record
 from mlflow_core.workflow.state import gone_runs, load_state
@@ -97,8 +97,7 @@ def project_summary(project: Project, blob_base: str | None = None) -> str:
             continue
         cells = []
         if stopped:  # a later run that has no outcome yet: said before the figures of the one before it
-            again = f"`wf phase {name} --resume`" if name in RESUMABLE_PHASES else f"`wf phase {name}`"
-            cells.append(f"⏸ run `{latest.run_id}` {latest.status}; continue with {again}")
+            cells.append(f"⏸ run `{latest.run_id}` {latest.status}; continue with {continue_command(name)}")
         if evidence is not None:
             figures = (_figures(evidence.facts) if evidence.intact
                        else f"evidence not intact: {evidence.why_not_intact()}")

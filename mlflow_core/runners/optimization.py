@@ -70,7 +70,9 @@ def run_optimization(ctx: RunContext) -> RunOutput:
 
     requeue_abandoned_trials(optuna, study, ctx)
     held = sum(holds_a_slot(t) for t in study.get_trials(deepcopy=False))
-    say(plan_line(ctx, max(0, opt.n_trials - held), trial_epochs))
+    # read once, with the data: the baseline run that may stand for the comparison's run of its seed
+    recorded = recorded_baseline(ctx)
+    say(plan_line(ctx, max(0, opt.n_trials - held), trial_epochs, recorded))
     if held:
         say(f"Study {study.study_name}: {min(held, opt.n_trials)} of {opt.n_trials} trials run or running")
     try:
@@ -101,7 +103,7 @@ def run_optimization(ctx: RunContext) -> RunOutput:
     facts["best"] = best_trial_facts(ctx, best)
     facts["importance"] = importance(optuna, study)
     try:
-        facts["comparison"] = _compare_over_seeds(ctx, best.params, data)
+        facts["comparison"] = _compare_over_seeds(ctx, best.params, data, recorded)
     except SubRunInterrupted as stop:
         return stop.output(ctx)
     path = write_optimized_config(ctx, best.params, best.number, best.value, facts["comparison"],
@@ -248,7 +250,8 @@ class TrialObjective:
         return trial_dir
 
 
-def _compare_over_seeds(ctx: RunContext, params: dict[str, Any], data: Any) -> dict[str, Any]:
+def _compare_over_seeds(ctx: RunContext, params: dict[str, Any], data: Any,
+                        recorded: tuple[Path, Any] | None) -> dict[str, Any]:
     """The baseline config and the best trial's, each trained with `optimization.seeds` seeds, compared
     by a one-sided Welch t-test on the best validation metric."""
     cfg, opt = ctx.cfg, ctx.cfg.optimization
@@ -256,7 +259,6 @@ def _compare_over_seeds(ctx: RunContext, params: dict[str, Any], data: Any) -> d
     seeds = [cfg.reproducibility.seed + i for i in range(opt.seeds)]
     runs: dict[str, list[float]] = {"baseline": [], "optimized": []}
     proofs = []
-    recorded = recorded_baseline(ctx)
     for label, changes in (("baseline", {}), ("optimized", params)):
         for seed in seeds:
             run_cfg = with_changes(cfg, {**changes, "reproducibility.seed": seed})
@@ -279,13 +281,12 @@ def _compare_over_seeds(ctx: RunContext, params: dict[str, Any], data: Any) -> d
                       cfg.validation.metric), "runs": proofs}
 
 
-def plan_line(ctx: RunContext, trials: int, trial_epochs: int) -> str:
+def plan_line(ctx: RunContext, trials: int, trial_epochs: int, recorded: tuple[Path, Any] | None) -> str:
     """What the phase will train, said before it trains: the trials, then the comparison's runs
     (the recorded baseline standing for its seed where it can), and about how long, from the
     baseline's measured epoch time (else setup's measured training throughput)."""
     cfg, opt = ctx.cfg, ctx.cfg.optimization
     seeds = [cfg.reproducibility.seed + i for i in range(opt.seeds)]
-    recorded = recorded_baseline(ctx)
     reused = [s for s in seeds if recorded and same_computation(recorded[1], with_changes(
         cfg, {"reproducibility.seed": s}))]
     comparison_runs = 2 * len(seeds) - len(reused)

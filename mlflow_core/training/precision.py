@@ -3,7 +3,8 @@
 On a GPU the configured `training.precision` is what runs. On a CPU, fp16 and bf16 autocast are only
 fast where torch's kernels compute them natively (AVX-512 BF16, AMX, Arm's FEAT_BF16 …); elsewhere
 torch converts every operand to and from fp32 and a convolution step runs 10-140x slower than plain
-fp32. Whether it does is measured (a fraction of a second, once per process), not read from CPU flags. A full run then trains as configured, after saying so with the slow-down measured on this CPU;
+fp32. Whether it does is measured (a fraction of a second, once per process), not read from CPU
+flags. A full run then trains as configured, after saying so with the slow-down measured on this CPU;
 a short check (`--smoke`, setup's reproducibility steps) trains in fp32 instead, because it exists to
 show that the pipeline runs, not to wait for emulated arithmetic. `plan_precision` only decides; the
 trainer acts on the plan and records it, the way a failed torch.compile falls back to eager.

@@ -312,6 +312,11 @@ class EntryVerdict:
     unblock: str | None = None  # the command that unblocks this step
     origin: str | None = None  # the phase whose gate admits this one (None for setup)
 
+    def unblock_hint(self) -> str:
+        """What to do first: see what is left in a gate, or run the step that is missing."""
+        return (f"Run `{self.unblock}` to see what is left" if (self.unblock or "").startswith("wf gate check")
+                else f"Run `{self.unblock}`")
+
 
 def entry_verdict(project: Project, state: ProjectState, phase: str,
                   gates: dict[str, GateVerdict] | None = None) -> EntryVerdict:

@@ -130,8 +130,7 @@ def validation_at_chance(epochs: list[dict[str, Any]], chance: dict[str, Any] | 
     last AT_CHANCE_EPOCHS validated epochs: what it learned does not transfer. An anomaly for the
     report and the decision after the baseline, never a stop: the run's figures are what they are."""
     validated = [e for e in epochs if isinstance(e.get("val_mcc"), (int, float))]
-    if not chance or not chance.get("count") or len(validated) < min(AT_CHANCE_EPOCHS, len(epochs)) \
-            or len(validated) < 2:
+    if not chance or not chance.get("count") or len(validated) < 2:  # one validated epoch is no trend
         return None
     last = validated[-AT_CHANCE_EPOCHS:]
     train = epochs[-1].get("train_accuracy")
@@ -150,3 +149,9 @@ def validation_at_chance(epochs: list[dict[str, Any]], chance: dict[str, Any] | 
                        f"{chance['count']} {chance.get('units', 'samples')}; accuracy {shown}, the majority class's "
                        f"share {metric_value(chance.get('majority_share'), 'accuracy')}): nothing learned transfers "
                        "to validation"}
+
+
+def run_at_chance(metrics: Any) -> dict[str, Any] | None:
+    """validation_at_chance of a run's recorded metrics (workflow.records.RunMetrics)."""
+    return validation_at_chance([e.model_dump(mode="json") for e in metrics.epochs],
+                                metrics.chance.model_dump(mode="json") if metrics.chance else None)

@@ -22,6 +22,7 @@ from mlflow_core.workflow.facts import (
     SetupFacts,
     TrainingFacts,
 )
+from mlflow_core.world import world_from_env
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,20 @@ PHASE_ORDER = tuple(PHASES)
 RESUMABLE_PHASES = tuple(k.name for k in PHASES.values() if k.resumable)
 DISTRIBUTED_PHASES = tuple(k.name for k in PHASES.values() if k.distributed)
 SMOKABLE_PHASES = tuple(k.name for k in PHASES.values() if k.smokable)
+
+def resume_command(phase: str) -> str:
+    """How to continue an interrupted run of `phase`: under DDP, with as many processes (a resume
+    restores each rank's RNG and data position, so it refuses another count)."""
+    world = world_from_env()
+    command = f"`wf phase {phase} --resume`"
+    return command if world is None else f"{command} with the same {world.world_size} processes"
+
+
+def continue_command(phase: str) -> str:
+    """How to go on after a run of `phase` stopped: `--resume` where the phase holds training state
+    (a baseline stopped before its first resume point starts again from step 0), else the phase again."""
+    return resume_command(phase) if phase in RESUMABLE_PHASES else f"`wf phase {phase}`"
+
 
 # `wf decide VERB` names the phase to go to next.
 DECISIONS = {"finalize": "finalization", "diagnose": "diagnostics", "optimize": "optimization",

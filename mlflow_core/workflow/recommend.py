@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mlflow_core.workflow.noise import accuracy_gap, validation_at_chance
+from mlflow_core.workflow.noise import accuracy_gap, run_at_chance
 from mlflow_core.workflow.records import RunMetrics
 from mlflow_core.workflow.units import metric_value
 
@@ -39,10 +39,9 @@ def recommend(metrics: RunMetrics, criteria: list[dict[str, Any]], playbooks: di
     if "loss_decreased" in failed:
         return failure("no_learning", "the training loss did not decrease: the model is not learning")
     if "beats_chance" in failed:
-        epochs = [e.model_dump(mode="json") for e in metrics.epochs]
-        if validation_at_chance(epochs, metrics.chance.model_dump(mode="json") if metrics.chance else None):
+        if run_at_chance(metrics):
             return failure("validation_at_chance", f"the model fits its training data (train accuracy "
-                           f"{metric_value(epochs[-1]['train_accuracy'], 'accuracy')}) but scores no better on "
+                           f"{metric_value(metrics.epochs[-1].train_accuracy, 'accuracy')}) but scores no better on "
                            "validation than a predictor that learned nothing: what it learned does not transfer "
                            "(compare how the two splits are prepared)")
         return failure("no_learning", "the model scores no better than a predictor that learned nothing (see "
