@@ -100,9 +100,54 @@ def _verify(project: Project, phase: str | None, every: bool, segments: int, see
         names = [load_phase(phase or state.current_phase or "setup").name]
     seed = secrets.randbits(48) if seed is None else seed
     rng = random.Random(seed)
+    on_message(plan_line(project, names, segments))
     checked = [_verify_phase(project, state, name, segments, rng, files, on_message) for name in names]
     extra = [_authors_on_record(project, state)] + ([_history(project, state)] if every else [])
     return Verification(checked + [group for group in extra if group.claims], seed)
+
+
+def plan_line(project: Project, names: list[str], segments: int) -> str:
+    """What the verification will compute, said before it computes it: per phase, the runs whose best
+    checkpoint is evaluated again and whose training is re-trained for `segments` epochs each, and about
+    how long the re-training takes (the evaluations and the data's hashing come on top)."""
+    from mlflow_core.runners.plans import about
+
+    parts, runs = [], 0
+    for name in names:
+        evidence = read_evidence(project, name)
+        if evidence is None or not evidence.intact:
+            parts.append(f"{name}: its evidence only (nothing to recompute from)")
+            continue
+        what, count = _recomputed(project, name, evidence)
+        parts.append(f"{name}: {what}")
+        runs += count
+    epochs = runs * segments
+    trained = (f"; for each run its best checkpoint evaluated again and {segments} epoch{'s' * (segments != 1)} "
+               f"re-trained from its kept states: {epochs:,} epoch{'s' * (epochs != 1)}"
+               + about(project, epochs) if runs else "")
+    return "Plan: the data hashed again; " + "; ".join(parts) + trained + "."
+
+
+def _recomputed(project: Project, phase: str, evidence) -> tuple[str, int]:
+    """What `phase`'s verification recomputes, in words, and how many training runs that is."""
+    facts = evidence.facts
+    if phase == "setup":
+        return f"its checks, and its reproducibility run again ({facts.reproducibility.steps} steps)", 0
+    if phase == "diagnostics":
+        current = read_evidence(project, "baseline")
+        own = 0 if current is not None and current.run_id == facts.diagnosed_run else 1
+        trials = len(facts.diagnosis.trials)
+        return (f"{'the diagnosed run, then ' * own}the diagnosis made again"
+                + (f" with its {trials} fix trial{'s' * (trials != 1)}" if trials else "")), own
+    if phase == "optimization":
+        comparison = len(facts.comparison.runs) if facts.comparison is not None else 0
+        best = int(facts.best is not None and facts.best.proof is not None)
+        return (f"{comparison} comparison run{'s' * (comparison != 1)}" + (" and the best trial" if best else "")
+                ), comparison + best
+    if phase == "finalization":
+        members = sum(1 for m in facts.seeds if m.test is not None and m.fold is None and m.proof is not None)
+        return f"{members} final run{'s' * (members != 1)} on the test split, and the export", members
+    return "1 run", 1
 
 
 def _history(project: Project, state: ProjectState) -> PhaseVerification:

@@ -18,7 +18,7 @@ def run_baseline(ctx: RunContext) -> RunOutput:
     if not ctx.smoke and not ctx.resuming:  # what it will spend, said before it spends it
         ctx.on_message(f"Plan: 1 run × {epochs} epoch{'s' * (epochs != 1)}"
                        + (", early stopping may end it sooner" if ctx.cfg.early_stopping.enabled else "")
-                       + about(ctx, epochs, from_baseline=False) + ".")
+                       + about(ctx.project, epochs, from_baseline=False) + ".")
     sampler = GpuSampler(mon.gpu_sample_interval_s, mon.gpu_utilization_target)
     trainer = ctx.make_trainer("baseline", ctx.cfg, ctx.run_dir, ctx.run_id, resume_from=ctx.resume_from,
                                on_progress=ctx.on_progress, gpu_sampler=sampler)

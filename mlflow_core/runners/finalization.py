@@ -61,7 +61,7 @@ def run_finalization(ctx: RunContext) -> RunOutput:
     ctx.on_message(f"Plan: {len(members)} model{'s' * (len(members) != 1)} (seed{'s' * (len(seeds) != 1)} "
                    f"{', '.join(map(str, seeds))}" + (f" × {folds} folds" if folds else "")
                    + f") × {epochs} epochs, each evaluated once on the test split ({len(data.test):,} samples), "
-                   f"then the export checked; {len(members) * epochs:,} epochs" + about(ctx, len(members) * epochs)
+                   f"then the export checked; {len(members) * epochs:,} epochs" + about(ctx.project, len(members) * epochs)
                    + ".")
     for fold, seed in members:
         try:

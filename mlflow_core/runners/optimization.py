@@ -296,7 +296,7 @@ def plan_line(ctx: RunContext, trials: int, trial_epochs: int, recorded: tuple[P
             f"the optimized config × {cfg.training.epochs} epochs, {comparison_runs} runs to train"
             + (f" (the recorded baseline run stands for seed {reused[0]})" if reused else "")
             + f"; at most {epochs:,} epochs")
-    return text + about(ctx, epochs) + "."
+    return text + about(ctx.project, epochs) + "."
 
 
 def recorded_baseline(ctx: RunContext) -> tuple[Path, Any] | None:

@@ -7,30 +7,30 @@ import statistics
 from typing import Any
 
 
-def about(ctx: Any, epochs: int, *, from_baseline: bool = True) -> str:
+def about(project: Any, epochs: int, *, from_baseline: bool = True) -> str:
     """', about 6 min at the baseline's 4.2 s per epoch' for `epochs` epochs ('' when nothing was
     measured). `from_baseline=False`: setup's throughput only (the baseline's own plan, which must not
     read the evidence it is about to replace)."""
-    per_epoch = epoch_seconds(ctx, from_baseline)
+    per_epoch = epoch_seconds(project, from_baseline)
     return f", about {duration(epochs * per_epoch[0])} at {per_epoch[1]}" if per_epoch else ""
 
 
-def epoch_seconds(ctx: Any, from_baseline: bool = True) -> tuple[float, str] | None:
+def epoch_seconds(project: Any, from_baseline: bool = True) -> tuple[float, str] | None:
     """Seconds per epoch of this config, and where the figure comes from."""
     from mlflow_core.errors import UserInputError
     from mlflow_core.workflow.evidence import read_evidence
     from mlflow_core.workflow.records import load_run_metrics
 
-    baseline = read_evidence(ctx.project, "baseline") if from_baseline else None
+    baseline = read_evidence(project, "baseline") if from_baseline else None
     if baseline is not None and baseline.intact:
         try:
-            record = load_run_metrics(ctx.project.root / baseline.facts.metrics.path)
+            record = load_run_metrics(project.root / baseline.facts.metrics.path)
         except (UserInputError, OSError):
             record = None
         times = [e.duration_s for e in (record.epochs if record else []) if e.duration_s]
         if times:
             return statistics.median(times), f"the baseline's {statistics.median(times):.1f} s per epoch"
-    setup = read_evidence(ctx.project, "setup")
+    setup = read_evidence(project, "setup")
     throughput = setup.facts.throughput if setup is not None and setup.intact else None
     if throughput is None or not throughput.model:
         return None

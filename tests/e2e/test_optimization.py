@@ -60,6 +60,7 @@ def test_the_comparison_reuses_the_recorded_baseline_run_it_would_train_again(wf
     verified = wf("verify", "optimization", cwd=project)
     assert verified.code == 0, verified.out[-3000:] + verified.err
     assert "reused run: " + baseline["run_id"] in " ".join(verified.out.split())
+    assert "optimization: 4 comparison runs and the best trial; for each run" in " ".join(verified.out.split())
 
 
 def test_a_trial_that_trained_its_whole_budget_is_never_pruned(wf, ready):

@@ -83,6 +83,11 @@ def test_verify_all_recomputes_every_claim_of_an_honest_project(wf, project_copy
         n for n in baseline if n.endswith("(replay)"))
     text = wf("verify", "baseline", "--seed", "7", cwd=project_copy)
     assert text.code == 0 and "Every claim recomputes (segments chosen with --seed 7)" in text.out
+    # it says what it will compute before computing it: the runs, the epochs re-trained, about how long
+    plan = " ".join(text.out.split())
+    assert "Plan: the data hashed again; baseline: 1 run; for each run its best checkpoint evaluated again and " \
+           "1 epoch re-trained from its kept states: 1 epoch, about " in plan, plan
+    assert plan.index("Plan:") < plan.index("Every claim recomputes")
 
 
 # --- attacks that `wf gate check` cannot see, and `wf verify` recomputes ---------------------------
