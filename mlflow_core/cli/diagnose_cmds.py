@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from mlflow_core.cli.output import console, print_json
-from mlflow_core.diagnostics.registry import REGISTRY  # torch-free: names and summaries for --help
+from mlflow_core.diagnostics.catalog import SUMMARIES  # names and summaries for --help; imports nothing
 
 
 def register(app: typer.Typer) -> None:
@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
 
 
 def diagnose(name: str = typer.Argument(..., help="auto (all of them), " + ", ".join(
-                 f"{d.name} ({d.summary})" for d in REGISTRY.values()) + "."),
+                 f"{name} ({summary})" for name, summary in SUMMARIES.items()) + "."),
              run: str = typer.Option(None, "--run", help="Run id (default: the latest run with metrics)."),
              as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
              fix: bool = typer.Option(False, "--fix", help="Try the playbook's fixes as short trial runs and write "

@@ -28,5 +28,5 @@ def bad_initialization(ctx: DiagnoseContext) -> Diagnosis:
     return Diagnosis("bad_initialization", ctx.run.run_id, findings, probes=probes)
 
 
-DIAGNOSTIC = Diagnostic("bad_initialization", "a first loss far above ln(classes)", bad_initialization,
+DIAGNOSTIC = Diagnostic("bad_initialization", bad_initialization,
                         sees=f"a first loss above {INIT_LOSS_FACTOR:g}× ln(classes), the loss of an untrained model's uniform guess")

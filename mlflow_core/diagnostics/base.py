@@ -39,7 +39,6 @@ def _always(_ctx: DiagnoseContext) -> bool:
 @dataclass(frozen=True)
 class Diagnostic:
     name: str
-    summary: str  # what it finds, in a few words (`wf diagnose --help`)
     detect: Callable[[DiagnoseContext], Diagnosis]
     # the config changes a short trial can verify for the diagnosis, least invasive first
     fixes: Callable[[Diagnosis, DiagnoseContext], list[dict[str, Any]]] | None = None
@@ -49,3 +48,10 @@ class Diagnostic:
     # the smallest effect it can see, where that does not depend on the run's data (a detector whose
     # sensitivity does, e.g. on the number of validation samples, sets Diagnosis.sensitivity itself)
     sees: str = ""
+
+    @property
+    def summary(self) -> str:
+        """What it finds, in a few words (`wf diagnose --help`), from the catalog."""
+        from mlflow_core.diagnostics.catalog import SUMMARIES
+
+        return SUMMARIES[self.name]

@@ -59,5 +59,5 @@ def class_imbalance(ctx: DiagnoseContext, data: DataCheck) -> Diagnosis:
                      sensitivity={"class_imbalance": sees})
 
 
-DIAGNOSTIC = Diagnostic("class_imbalance", "missing or skewed training classes", class_imbalance,
+DIAGNOSTIC = Diagnostic("class_imbalance", class_imbalance,
                         sees="a class ratio beyond what chance gives a balanced source of the same size")

@@ -187,5 +187,5 @@ def _label_finding(ctx: DiagnoseContext, cfg: Any, data: Any, probes: dict[str, 
         "so the run is slow rather than broken")
 
 
-DIAGNOSTIC = Diagnostic("convergence_stall", "a loss that does not fall, or accuracy at chance", convergence_stall,
+DIAGNOSTIC = Diagnostic("convergence_stall", convergence_stall,
                         fixes=learning_rate_fixes, trial=TrialPlan(min_drop=STALL_MIN_DROP))

@@ -25,5 +25,5 @@ def data_leakage(ctx: DiagnoseContext, data: DataCheck) -> Diagnosis:
                      probes={"overlap_train_val": overlap, "scanned": data.scanned})
 
 
-DIAGNOSTIC = Diagnostic("data_leakage", "validation samples identical to training samples", data_leakage,
+DIAGNOSTIC = Diagnostic("data_leakage", data_leakage,
                         sees="one validation sample byte-identical to a training sample (setup hashes every file it scans)")

@@ -69,7 +69,7 @@ def dead_unit_judge(ctx: DiagnoseContext) -> Any:
     return judge
 
 
-DIAGNOSTIC = Diagnostic("dead_relu", "ReLU units that never fire", dead_relu, fixes=learning_rate_fixes,
+DIAGNOSTIC = Diagnostic("dead_relu", dead_relu, fixes=learning_rate_fixes,
                         sees=f"a ReLU layer with {DEAD_FRACTION:.0%} of its units silent on {PROBE_SAMPLES} training "
                         "samples (a unit active on fewer than 1 input in "
                         f"{round(1 / (1 - 0.05 ** (1 / PROBE_SAMPLES)))} looks silent there 5 % of the time)",

@@ -45,6 +45,6 @@ def exploding_gradients(ctx: DiagnoseContext) -> Diagnosis:
                      sensitivity={"exploding_gradients": sees})
 
 
-DIAGNOSTIC = Diagnostic("exploding_gradients", "gradient-norm spikes during training", exploding_gradients,
+DIAGNOSTIC = Diagnostic("exploding_gradients", exploding_gradients,
                         sees="one gradient norm above monitoring.explode_factor × its running median and × the first "
                              "epoch's median gradient norm (every step is checked)")

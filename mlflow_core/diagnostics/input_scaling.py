@@ -39,6 +39,6 @@ def _normalize(diagnosis: Diagnosis, ctx: DiagnoseContext) -> list[dict[str, Any
 
 
 # the fix removes out-of-range inputs by construction; the trial shows it trains as well
-DIAGNOSTIC = Diagnostic("input_scaling", "inputs far outside a normalised range", input_scaling, fixes=_normalize,
+DIAGNOSTIC = Diagnostic("input_scaling", input_scaling, fixes=_normalize,
                         sees=f"inputs beyond ±{INPUT_ABS_LIMIT:g}, or spanning more than {INPUT_SPAN_LIMIT:g}, in setup's scan of the data",
                         trial=TrialPlan(reference=True))

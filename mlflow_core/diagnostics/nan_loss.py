@@ -170,8 +170,7 @@ def _trial_steps(ctx: DiagnoseContext) -> int:
     return min(max(4 * (ctx.metrics.nonfinite.step + 1), 60), 400)
 
 
-DIAGNOSTIC = Diagnostic(
-    "nan_loss", "a non-finite loss, replayed from its last good state", nan_loss, fixes=_fixes,
+DIAGNOSTIC = Diagnostic("nan_loss", nan_loss, fixes=_fixes,
     sees="one non-finite loss or gradient norm (every step is checked)",
     trial=TrialPlan(steps=_trial_steps),
     # run by `auto` only on a run that failed on NaN; then its replay of the actual failure, not static

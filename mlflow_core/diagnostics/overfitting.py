@@ -84,5 +84,5 @@ def overfitting(ctx: DiagnoseContext) -> Diagnosis:
     return Diagnosis("overfitting", ctx.run.run_id, findings, probes=probes, sensitivity=sensitivity)
 
 
-DIAGNOSTIC = Diagnostic("overfitting", "validation loss rising while training loss falls", overfitting,
+DIAGNOSTIC = Diagnostic("overfitting", overfitting,
                         sees="a train − val accuracy gap beyond the noise of the validation set, with a rising validation loss")

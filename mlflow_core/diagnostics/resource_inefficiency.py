@@ -72,5 +72,5 @@ def _throughput_probe(ctx: DiagnoseContext) -> dict[str, Any] | None:
         return None
 
 
-DIAGNOSTIC = Diagnostic("resource_inefficiency", "an under-used GPU or a data-bound run", resource_inefficiency,
+DIAGNOSTIC = Diagnostic("resource_inefficiency", resource_inefficiency,
                         sees=f"a data wait above {DATA_WAIT_HIGH:.0%} of training time ({CPU_DATA_WAIT_HIGH:.0%} on the CPU), or a GPU below monitoring.gpu_utilization_target")

@@ -130,5 +130,5 @@ def _confidence(base: float, strength: float | None) -> float:
     return base if strength is None else weighed_confidence(base, strength)
 
 
-DIAGNOSTIC = Diagnostic("underfitting", "the training data not fitted either", underfitting,
+DIAGNOSTIC = Diagnostic("underfitting", underfitting,
                         sees="a training accuracy short of the target by more than the noise of the training samples")

@@ -76,5 +76,5 @@ def vanishing_gradients(ctx: DiagnoseContext) -> Diagnosis:
     return Diagnosis("vanishing_gradients", ctx.run.run_id, findings, probes=probes)
 
 
-DIAGNOSTIC = Diagnostic("vanishing_gradients", "first layers receiving (almost) no gradient", vanishing_gradients,
+DIAGNOSTIC = Diagnostic("vanishing_gradients", vanishing_gradients,
                         sees=f"first-layer gradients below {VANISH_RATIO:g} of the last layer's, or an RMS gradient below {VANISH_RMS:g}, on a training batch")

@@ -6,27 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow_core.config.loader import load_config
 from mlflow_core.errors import ConfigError
 from mlflow_core.workflow import noise
 from mlflow_core.workflow.datafiles import stat_cache
 from mlflow_core.workflow.evidence import Evidence, file_sha256
-from mlflow_core.workflow.facts import (
-    ROOT_CAUSE_CONFIDENCE,
-    DiagnosticsFacts,
-    FileRef,
-    FinalizationFacts,
-    OptimizationFacts,
-    PhaseFacts,
-    SetupFacts,
-    TrainingFacts,
-)
 from mlflow_core.workflow.noise import mcc_beyond_chance
 from mlflow_core.workflow.project import Project
 from mlflow_core.workflow.state import ProjectState
 from mlflow_core.workflow.units import percent
+
+if TYPE_CHECKING:
+    from mlflow_core.workflow.facts import FileRef
 
 
 @dataclass(frozen=True)
@@ -51,10 +43,12 @@ class CheckContext:
 
 CheckFn = Callable[[CheckContext], CheckResult]
 CHECKS: dict[str, CheckFn] = {}
-READS: dict[str, type[PhaseFacts]] = {}  # check → the facts it reads; absent: any phase's (a report, a decision)
+# check → the name of the facts model it reads (the phases' models are built only when evidence is read);
+# absent: any phase's (a report, a decision)
+READS: dict[str, str] = {}
 
 
-def check(name: str, reads: type[PhaseFacts] | None = None) -> Callable[[CheckFn], CheckFn]:
+def check(name: str, reads: str | None = None) -> Callable[[CheckFn], CheckFn]:
     def register(fn: CheckFn) -> CheckFn:
         CHECKS[name] = fn
         if reads is not None:
@@ -63,11 +57,11 @@ def check(name: str, reads: type[PhaseFacts] | None = None) -> Callable[[CheckFn
     return register
 
 
-def applies(name: str, facts_kind: type[PhaseFacts]) -> bool:
-    """Whether check `name` can judge a phase that records `facts_kind` (a setup check cannot judge a
-    training run's evidence)."""
+def applies(name: str, facts_name: str) -> bool:
+    """Whether check `name` can judge a phase that records the facts model named `facts_name` (a setup
+    check cannot judge a training run's evidence)."""
     reads = READS.get(name)
-    return reads is None or issubclass(facts_kind, reads)
+    return reads is None or reads == facts_name
 
 
 def run_check(name: str, ctx: CheckContext) -> CheckResult:
@@ -85,7 +79,7 @@ def run_check(name: str, ctx: CheckContext) -> CheckResult:
 
 # --- setup -----------------------------------------------------------------------------------------
 
-@check("config_valid", reads=SetupFacts)
+@check("config_valid", reads="SetupFacts")
 def _config_valid(ctx: CheckContext) -> CheckResult:
     """The config validates now. Whether it is still the config the gate verified is the gate's
     fingerprint comparison (gates.py), which knows when a later gate approved another one."""
@@ -97,6 +91,7 @@ def _config_valid(ctx: CheckContext) -> CheckResult:
         return CheckResult(False, f"{path.name} cannot be read ({exc.strerror})")
     if recorded == current:  # the very bytes setup validated: no need to build the schema again
         return CheckResult(True, f"valid; sha256 {recorded[:12]} verified by setup")
+    from mlflow_core.config.loader import load_config  # the schema's models: only when the bytes changed
 
     try:
         load_config(path)
@@ -106,26 +101,26 @@ def _config_valid(ctx: CheckContext) -> CheckResult:
     return CheckResult(True, f"valid (sha256 {current[:12]}; setup verified {str(recorded)[:12]})")
 
 
-@check("environment_documented", reads=SetupFacts)
+@check("environment_documented", reads="SetupFacts")
 def _environment(ctx: CheckContext) -> CheckResult:
     return _artifact_present(ctx, ctx.facts.environment.report, "environment report")
 
 
-@check("seeds_fixed", reads=SetupFacts)
+@check("seeds_fixed", reads="SetupFacts")
 def _seeds(ctx: CheckContext) -> CheckResult:
     seeds = ctx.facts.seeds
     return CheckResult(True, f"seed {seeds.seed} applied to {', '.join(seeds.seeded)}; "
                        f"deterministic={seeds.deterministic}")
 
 
-@check("reproducibility_verified", reads=SetupFacts)
+@check("reproducibility_verified", reads="SetupFacts")
 def _reproducible(ctx: CheckContext) -> CheckResult:
     rep = ctx.facts.reproducibility
     difference = "bit-identical" if rep.identical else f"max |Δw| = {rep.max_abs_diff:.3g}"
     return CheckResult(rep.passed, f"{rep.steps} steps twice on {rep.device}: {difference}")
 
 
-@check("data_pipeline_ok", reads=SetupFacts)
+@check("data_pipeline_ok", reads="SetupFacts")
 def _data(ctx: CheckContext) -> CheckResult:
     data = ctx.facts.data
     if data.problems:
@@ -134,7 +129,7 @@ def _data(ctx: CheckContext) -> CheckResult:
                        f"{data.input_shape}, {data.num_classes} classes, no NaN/Inf, no sample in two splits")
 
 
-@check("model_forward_ok", reads=SetupFacts)
+@check("model_forward_ok", reads="SetupFacts")
 def _model(ctx: CheckContext) -> CheckResult:
     model = ctx.facts.model
     if not model.ok:
@@ -144,14 +139,14 @@ def _model(ctx: CheckContext) -> CheckResult:
 
 # --- baseline and later training phases -----------------------------------------------------------
 
-@check("run_completed", reads=TrainingFacts)
+@check("run_completed", reads="TrainingFacts")
 def _completed(ctx: CheckContext) -> CheckResult:
     status = ctx.facts.status
     ok = status in ("completed", "early_stopped")
     return CheckResult(ok, f"run {ctx.evidence.run_id if ctx.evidence else '?'} status: {status}")
 
 
-@check("loss_decreased", reads=TrainingFacts)
+@check("loss_decreased", reads="TrainingFacts")
 def _loss_decreased(ctx: CheckContext) -> CheckResult:
     f = ctx.facts
     first, best = f.first_epoch_train_loss, f.best_train_loss
@@ -170,7 +165,7 @@ def _loss_decreased(ctx: CheckContext) -> CheckResult:
 MIN_LOSS_FALL = 0.05  # the training loss must fall by this share of its first epoch's mean
 
 
-@check("beats_chance", reads=TrainingFacts)
+@check("beats_chance", reads="TrainingFacts")
 def _beats_chance(ctx: CheckContext) -> CheckResult:
     """The model learned: at its best epoch, the validation MCC stands out of the noise of a predictor
     that learned nothing (MCC 0 for any constant or label-independent predictor, whatever the class
@@ -194,7 +189,7 @@ def _beats_chance(ctx: CheckContext) -> CheckResult:
     return CheckResult(True, shown)
 
 
-@check("no_nan_loss", reads=TrainingFacts)
+@check("no_nan_loss", reads="TrainingFacts")
 def _no_nan(ctx: CheckContext) -> CheckResult:
     nan = ctx.facts.nonfinite
     if nan:
@@ -203,7 +198,7 @@ def _no_nan(ctx: CheckContext) -> CheckResult:
     return CheckResult(True, f"all {ctx.facts.steps} steps finite")
 
 
-@check("best_checkpoint_saved", reads=TrainingFacts)
+@check("best_checkpoint_saved", reads="TrainingFacts")
 def _best_ckpt(ctx: CheckContext) -> CheckResult:
     best = ctx.facts.checkpoints.best
     if not best:
@@ -230,7 +225,7 @@ def _report(ctx: CheckContext) -> CheckResult:
     return _artifact_present(ctx, ctx.facts.report, "report")
 
 
-@check("gpu_utilization", reads=TrainingFacts)
+@check("gpu_utilization", reads="TrainingFacts")
 def _gpu(ctx: CheckContext) -> CheckResult:
     gpu = ctx.facts.gpu
     target = float(ctx.params.get("min_percent", 60))
@@ -276,8 +271,10 @@ NOTHING_TO_FIX_NEXT = ("tick `fix_applied` to confirm that none is needed, then 
                       "\"nothing to fix\"` (or `wf decide rebaseline` to train the baseline again)")
 
 
-@check("root_cause_identified", reads=DiagnosticsFacts)
+@check("root_cause_identified", reads="DiagnosticsFacts")
 def _root_cause(ctx: CheckContext) -> CheckResult:
+    from mlflow_core.workflow.facts.diagnostics import ROOT_CAUSE_CONFIDENCE  # loaded with the evidence read
+
     facts, top = ctx.facts, ctx.facts.top_finding()
     outcome = facts.concluded()
     if outcome == "nothing_to_fix":
@@ -293,7 +290,7 @@ def _root_cause(ctx: CheckContext) -> CheckResult:
                        + ("" if ok else f", below {ROOT_CAUSE_CONFIDENCE}") + ")")
 
 
-@check("fix_verified", reads=DiagnosticsFacts)
+@check("fix_verified", reads="DiagnosticsFacts")
 def _fix_verified(ctx: CheckContext) -> CheckResult:
     if ctx.facts.concluded() == "nothing_to_fix":
         return CheckResult(True, f"nothing to fix in run {ctx.facts.diagnosed_run}, so no fix to verify")
@@ -323,7 +320,7 @@ def _artifact_present(ctx: CheckContext, record: FileRef | None, what: str) -> C
 
 # --- optimization -----------------------------------------------------------------------------------
 
-@check("trials_completed", reads=OptimizationFacts)
+@check("trials_completed", reads="OptimizationFacts")
 def _trials_completed(ctx: CheckContext) -> CheckResult:
     study = ctx.facts.study
     done = study.counts.get("COMPLETE", 0)
@@ -331,7 +328,7 @@ def _trials_completed(ctx: CheckContext) -> CheckResult:
                        f"{study.counts.get('FAIL', 0)} failed in study {study.name}")
 
 
-@check("improvement_significant", reads=OptimizationFacts)
+@check("improvement_significant", reads="OptimizationFacts")
 def _improvement(ctx: CheckContext) -> CheckResult:
     comparison = ctx.facts.comparison
     if not comparison:
@@ -339,7 +336,7 @@ def _improvement(ctx: CheckContext) -> CheckResult:
     return CheckResult(comparison.significant, comparison.verdict)
 
 
-@check("improvement_judged", reads=OptimizationFacts)
+@check("improvement_judged", reads="OptimizationFacts")
 def _improvement_judged(ctx: CheckContext) -> CheckResult:
     """The sweep's outcome, either way: a gain beyond the seed noise (finalize the optimized config) or
     none (finalize the baseline's); only a sweep with no comparison has no outcome."""
@@ -354,14 +351,14 @@ def _improvement_judged(ctx: CheckContext) -> CheckResult:
                        "`wf phase finalization`")
 
 
-@check("optimized_config_written", reads=OptimizationFacts)
+@check("optimized_config_written", reads="OptimizationFacts")
 def _optimized_config(ctx: CheckContext) -> CheckResult:
     return _artifact_present(ctx, ctx.facts.optimized_config, "optimized config")
 
 
 # --- finalization -----------------------------------------------------------------------------------
 
-@check("test_evaluated_once", reads=FinalizationFacts)
+@check("test_evaluated_once", reads="FinalizationFacts")
 def _test_once(ctx: CheckContext) -> CheckResult:
     facts = ctx.facts
     accuracy = (facts.summary or {}).get("accuracy")
@@ -376,7 +373,7 @@ def _test_once(ctx: CheckContext) -> CheckResult:
     return CheckResult(True, f"{shown}; first evaluation of the test split")
 
 
-@check("export_verified", reads=FinalizationFacts)
+@check("export_verified", reads="FinalizationFacts")
 def _export_verified(ctx: CheckContext) -> CheckResult:
     exports = ctx.facts.exports
     if not exports:

@@ -11,17 +11,18 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from mlflow_core.atomic import atomic_link, atomic_write_json
 from mlflow_core.workflow import jsontext
-from mlflow_core.workflow.facts import PhaseFacts
 from mlflow_core.workflow.phases import PHASES
 from mlflow_core.workflow.project import Project, safe_name
-from mlflow_core.workflow.records import first_problem
 from mlflow_core.workflow.state import now_iso
+
+if TYPE_CHECKING:
+    from mlflow_core.workflow.facts import PhaseFacts
 
 EVIDENCE_SCHEMA_VERSION = 1
 
@@ -124,7 +125,7 @@ def read_evidence(project: Project, phase: str, path: Path | None = None) -> Evi
         facts = PHASES[phase].facts.model_validate(raw["facts"])
     except ValidationError as exc:  # intact, but not what this wf records: another version wrote it
         return Evidence(phase, run_id, recorded_at, None, stored, intact=False,
-                        problem=f"does not hold what this wf records ({first_problem(exc, 'facts')})")
+                        problem=f"does not hold what this wf records ({_first_problem(exc)})")
     if not (project_id is None or isinstance(project_id, str)) or not (
             entered_from is None or isinstance(entered_from, dict)):
         return Evidence(phase, run_id, recorded_at, None, stored, intact=False,
@@ -145,3 +146,9 @@ def find_evidence(project: Project, phase: str, sha256: str) -> Evidence | None:
         if archived is not None and archived.intact and archived.sha256 == sha256:
             return archived
     return None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    from mlflow_core.workflow.records import first_problem  # the run records' models: only for a message
+
+    return first_problem(exc, "facts")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_core import __version__
-from mlflow_core.config.loader import CONFIG_FILENAME, load_config
+from mlflow_core.config import CONFIG_FILENAME
 from mlflow_core.errors import ConfigError, UserInputError
 from mlflow_core.workflow import datafiles
 from mlflow_core.workflow.git import git
@@ -241,6 +241,9 @@ class Current:
     @property
     def cfg(self) -> Any:
         if self._cfg is None and self._cfg_error is None:
+            from mlflow_core.config.loader import (
+                load_config,  # the schema's models: only when a config is read
+            )
 
             try:
                 self._cfg = load_config(self.root / CONFIG_FILENAME)

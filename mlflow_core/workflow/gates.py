@@ -136,7 +136,7 @@ def refuse_checks_that_cannot_apply(project: Project, phase: str, definition: An
     """A check judges the evidence of the phases it was written for: a setup check on a training run's
     evidence has nothing to read. A project's phase definition or checklist that asks for one is bad
     input naming the file and the key or line, never a verdict (nor a traceback)."""
-    facts = PHASES[phase].facts
+    facts = PHASES[phase].facts_name
     phase_file = content_path("phases", f"{phase}.yaml", project.root)
     where = project.relative(phase_file)
     packaged = load_phase(phase).exit_checklist

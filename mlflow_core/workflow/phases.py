@@ -14,14 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlflow_core.content import content_path
 from mlflow_core.errors import UserInputError, did_you_mean
-from mlflow_core.workflow.facts import (
-    DiagnosticsFacts,
-    FinalizationFacts,
-    OptimizationFacts,
-    PhaseFacts,
-    SetupFacts,
-    TrainingFacts,
-)
 from mlflow_core.world import world_from_env
 
 
@@ -30,16 +22,26 @@ class PhaseKind:
     """What the engine knows about a phase besides its definition (phases/<name>.yaml, which people
     read and may edit): the functions that run it and render its report, named as "module:function"
     and imported only when needed (runners import torch; `wf status` must not), the model of the
-    facts it records as evidence (facts.py), and whether it can be resumed, trained data-parallel,
+    facts it records as evidence (workflow/facts/, named like the functions, so that a command reading
+    no evidence builds no model), and whether it can be resumed, trained data-parallel,
     or smoke-tested. A new phase is a runner, a facts model, a definition and one line in PHASES."""
     name: str
     runner: str
     report: str
-    facts: type[PhaseFacts]
+    facts_model: str  # "module:Class" of its PhaseFacts model
     resumable: bool = False  # it holds training state worth continuing; otherwise running it again is its resume
     distributed: bool = False  # its training runs are data-parallel under a DDP launcher
     smokable: bool = False  # it trains, so `--smoke` can check that its config runs
     publish: str | None = None  # puts what the run found in place before its criteria are judged
+
+    @property
+    def facts(self) -> Any:
+        """The phase's PhaseFacts model (its module imported on first use)."""
+        return _resolve(self.facts_model)
+
+    @property
+    def facts_name(self) -> str:
+        return self.facts_model.rpartition(":")[2]
 
     def run(self) -> Callable[..., Any]:
         return _resolve(self.runner)
@@ -57,18 +59,19 @@ def _resolve(dotted: str) -> Callable[..., Any]:
 
 
 _REPORTS = "mlflow_core.reports.phase_reports"
+_FACTS = "mlflow_core.workflow.facts"
 # the phases in their order
 PHASES: dict[str, PhaseKind] = {kind.name: kind for kind in (
-    PhaseKind("setup", "mlflow_core.runners.setup:run_setup", f"{_REPORTS}:render_setup", SetupFacts,
+    PhaseKind("setup", "mlflow_core.runners.setup:run_setup", f"{_REPORTS}:render_setup", f"{_FACTS}.setup:SetupFacts",
               smokable=True, publish=f"{_REPORTS}:publish_setup"),
     PhaseKind("baseline", "mlflow_core.runners.baseline:run_baseline", f"{_REPORTS}:render_training",
-              TrainingFacts, resumable=True, distributed=True, smokable=True),
+              f"{_FACTS}.training:TrainingFacts", resumable=True, distributed=True, smokable=True),
     PhaseKind("diagnostics", "mlflow_core.runners.diagnostics:run_diagnostics", f"{_REPORTS}:render_diagnostics",
-              DiagnosticsFacts),
+              f"{_FACTS}.diagnostics:DiagnosticsFacts"),
     PhaseKind("optimization", "mlflow_core.runners.optimization:run_optimization", f"{_REPORTS}:render_optimization",
-              OptimizationFacts, resumable=True, distributed=True, smokable=True),
+              f"{_FACTS}.optimization:OptimizationFacts", resumable=True, distributed=True, smokable=True),
     PhaseKind("finalization", "mlflow_core.runners.finalization:run_finalization", f"{_REPORTS}:render_finalization",
-              FinalizationFacts, resumable=True, distributed=True, smokable=True),
+              f"{_FACTS}.finalization:FinalizationFacts", resumable=True, distributed=True, smokable=True),
 )}
 PHASE_ORDER = tuple(PHASES)
 RESUMABLE_PHASES = tuple(k.name for k in PHASES.values() if k.resumable)

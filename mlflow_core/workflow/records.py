@@ -22,7 +22,7 @@ FloatOrStr = float | str  # a finite value, or the string of a non-finite one
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class DataFacts(_Record):

@@ -124,3 +124,18 @@ def test_accuracy_spreads_are_in_percent_like_every_accuracy_in_the_reports():
     from mlflow_core.reports.render import plus_minus
     assert plus_minus(0.99583, 0.001969, True) == "99.58 ± 0.20 %"
     assert plus_minus(0.9832, 0.0, True) == "98.32 ± 0 %"
+
+
+def test_the_diagnostics_catalog_names_every_diagnostic_module_and_only_those():
+    """`wf diagnose --help` and argument checks read the catalog without importing a module: a module
+    declaring a diagnostic the catalog lacks would never run, a name without its module would fail."""
+    import pkgutil
+
+    import mlflow_core.diagnostics as package
+    from mlflow_core.diagnostics.catalog import NAMES, SUMMARIES
+    from mlflow_core.diagnostics.registry import REGISTRY
+
+    declaring = {m.name for m in pkgutil.iter_modules(package.__path__)
+                 if "DIAGNOSTIC = Diagnostic(" in (Path(package.__path__[0]) / f"{m.name}.py").read_text()}
+    assert declaring == set(NAMES)
+    assert all(REGISTRY[name].name == name and REGISTRY[name].summary == SUMMARIES[name] for name in NAMES)

@@ -8,48 +8,29 @@ project's own copies of the templates read the same keys the committed evidence 
 
 Reused from the run records (records.py): the best value, checkpoints, the non-finite event,
 anomalies and the precision record, as the trainer wrote them to metrics.json.
+
+Importing the package imports none of its modules: a name is loaded from its module on first use
+(`wf status` on a project without evidence never builds the phases' models, and reading one phase's
+evidence builds that phase's only).
 """
 
 from __future__ import annotations
 
-from mlflow_core.workflow.facts.base import Facts, FileRef, Fingerprints, PhaseFacts
-from mlflow_core.workflow.facts.diagnostics import (
-    ROOT_CAUSE_CONFIDENCE,
-    DiagnosisOutcome,
-    DiagnosisRecord,
-    DiagnosticsFacts,
-    FindingRecord,
-    judge_diagnosis,
-)
-from mlflow_core.workflow.facts.finalization import (
-    BundleRef,
-    ExportRecord,
-    FinalData,
-    FinalizationFacts,
-    MemberRun,
-    RegisteredModel,
-    Spread,
-    TestSplit,
-)
-from mlflow_core.workflow.facts.optimization import (
-    BestTrial,
-    ComparedRun,
-    Comparison,
-    LrRangeTest,
-    OptimizationFacts,
-    PruningFacts,
-    StudyFacts,
-    TrialRow,
-)
-from mlflow_core.workflow.facts.setup import (
-    DataCheck,
-    EnvironmentFacts,
-    ModelCheck,
-    ReproducibilityCheck,
-    SeedFacts,
-    SetupFacts,
-    ThroughputCheck,
-)
-from mlflow_core.workflow.facts.training import GpuSummary, ReplayRecord, RunProof, TrainingFacts
+import importlib
+from typing import Any
 
-__all__ = ["ROOT_CAUSE_CONFIDENCE", "BestTrial", "BundleRef", "ComparedRun", "Comparison", "DataCheck", "DiagnosisOutcome", "DiagnosisRecord", "DiagnosticsFacts", "EnvironmentFacts", "ExportRecord", "Facts", "FileRef", "FinalData", "FinalizationFacts", "FindingRecord", "Fingerprints", "GpuSummary", "LrRangeTest", "MemberRun", "ModelCheck", "OptimizationFacts", "PhaseFacts", "PruningFacts", "RegisteredModel", "ReplayRecord", "ReproducibilityCheck", "RunProof", "SeedFacts", "SetupFacts", "Spread", "StudyFacts", "TestSplit", "ThroughputCheck", "TrainingFacts", "TrialRow", "judge_diagnosis"]
+_MODULE_OF: dict[str, str] = {
+    **dict.fromkeys(["Facts", "FileRef", "Fingerprints", "PhaseFacts"], "base"),
+    **dict.fromkeys(["ROOT_CAUSE_CONFIDENCE", "DiagnosisOutcome", "DiagnosisRecord", "DiagnosticsFacts", "FindingRecord", "judge_diagnosis"], "diagnostics"),
+    **dict.fromkeys(["BundleRef", "ExportRecord", "FinalData", "FinalizationFacts", "MemberRun", "RegisteredModel", "Spread", "TestSplit"], "finalization"),
+    **dict.fromkeys(["BestTrial", "ComparedRun", "Comparison", "LrRangeTest", "OptimizationFacts", "PruningFacts", "StudyFacts", "TrialRow"], "optimization"),
+    **dict.fromkeys(["DataCheck", "EnvironmentFacts", "ModelCheck", "ReproducibilityCheck", "SeedFacts", "SetupFacts", "ThroughputCheck"], "setup"),
+    **dict.fromkeys(["GpuSummary", "ReplayRecord", "RunProof", "TrainingFacts"], "training"),
+}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
