@@ -82,8 +82,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def hand_loop(cfg, root: Path, data):
-    """What a person writes by hand: nanoGPT-style, nothing extra."""
+def hand_loop(cfg, root: Path, data, after_epoch=None):
+    """What a person writes by hand: nanoGPT-style, nothing extra. `after_epoch()`: called after each
+    epoch's validation, outside the timing (bench/peer.py interleaves the contenders there)."""
     seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)
     device = torch.device(cfg.training.device)
     seed_everything(cfg.reproducibility.seed, cfg.reproducibility.deterministic)
@@ -105,19 +106,27 @@ def hand_loop(cfg, root: Path, data):
             optimizer.step()
         sync(device)
         epoch_times.append(time.perf_counter() - t0)
-        model.eval()
-        correct = torch.zeros((), device=device)
-        with torch.no_grad():
-            for x, y in val:
-                x, y = x.to(device), y.to(device)
-                correct += (model(x).argmax(1) == y).sum()
-        correct.item()
+        validate(model, val, device)
+        if after_epoch is not None:
+            after_epoch()
     return epoch_times, model.state_dict()
 
 
-def wf_loop(cfg, root: Path, data):
-    """The trainer times each epoch's training loop itself (`duration_s`, validation excluded)."""
-    result = Trainer(cfg, root, None, data=data).fit()
+def validate(model: nn.Module, val, device: torch.device) -> float:
+    model.eval()
+    correct = torch.zeros((), device=device)
+    with torch.no_grad():
+        for x, y in val:
+            x, y = x.to(device), y.to(device)
+            correct += (model(x).argmax(1) == y).sum()
+    return correct.item()
+
+
+def wf_loop(cfg, root: Path, data, after_epoch=None):
+    """The trainer times each epoch's training loop itself (`duration_s`, validation excluded).
+    `after_epoch()`: called at each epoch's end, after validation (its progress event)."""
+    on_progress = None if after_epoch is None else (lambda event: after_epoch() if event.stage == "val" else None)
+    result = Trainer(cfg, root, None, data=data, on_progress=on_progress).fit()
     return [e["duration_s"] for e in result.metrics["epochs"]], result.model.state_dict()
 
 

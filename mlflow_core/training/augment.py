@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from mlflow_core.config.recipe import AugmentationSection
 from mlflow_core.errors import UserInputError
 from mlflow_core.training.data.datasets import DataBundle
+from mlflow_core.training.host_reads import host_scalar
 
 
 class TransformedDataset(Dataset):
@@ -102,7 +103,7 @@ class BatchMixer:
             choices.append(v2.CutMix(alpha=aug.cutmix_alpha, num_classes=num_classes))
         self.transform = choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
         self.cutmix = next((c for c in choices if isinstance(c, v2.CutMix)), None)
-        self.probability = aug.mix_probability
+        self.probability, self.num_classes = aug.mix_probability, num_classes
         # epochs 1..last_epoch are mixed; e.g. 100 epochs with 0.1 off: 1..90
         self.last_epoch = epochs - math.floor(epochs * aug.mix_off_last_fraction + 1e-9)
 
@@ -110,10 +111,15 @@ class BatchMixer:
         return epoch <= self.last_epoch
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.probability < 1.0 and float(torch.rand(())) >= self.probability:
+        if self.probability < 1.0 and host_scalar(torch.rand(())) >= self.probability:
             return inputs, targets
         if targets.ndim >= 2 and not targets.dtype.is_floating_point:
             return self._cut_with_masks(inputs, targets)
+        if targets.ndim == 1:
+            # class probabilities made here: torchvision's one_hot checks the labels' range, a read of
+            # the device per step; the values are the same (the labels were checked at setup)
+            targets = torch.zeros(targets.shape[0], self.num_classes, device=targets.device).scatter_(
+                1, targets[:, None], 1.0)
         return self.transform(inputs, targets)
 
     def _cut_with_masks(self, inputs: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

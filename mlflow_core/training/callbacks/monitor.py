@@ -66,6 +66,8 @@ class Monitor(Callback):
         # weight matrices and kernels in execution-ish (definition) order: first layer … classifier
         self.weight_params = [(n, p) for n, p in t.model.named_parameters() if p.requires_grad and p.ndim >= 2]
         self.layer_records: list[dict[str, Any]] = []
+        # (epoch, step, per-layer gradient and weight norms on the device): read back with the next window
+        self._pending_layers: list[tuple[int, int, torch.Tensor]] = []
         self.steps_file: Any = None
         self._snapshot: DeviceSnapshot | None = None
         self._pending_dump: tuple[Any, int, list] | None = None
@@ -86,6 +88,7 @@ class Monitor(Callback):
             t.gpu_sampler.start()
 
     def on_fit_end(self, t, s) -> None:
+        self._settle_layers(None)  # a run stopped with no window open still records its last layers
         if t.gpu_sampler:
             t.gpu_sampler.stop()
         if self.steps_file:
@@ -156,9 +159,11 @@ class Monitor(Callback):
         detectors and a progress event. Returns the non-finite record of the window's bad step."""
         window = self.window
         steps = [w[0] for w in window]
-        # three kernels and one sync per window, whatever its length
-        losses, norms = torch.stack([torch.stack([w[1] for w in window]).float(),
-                                     torch.stack([w[2] for w in window]).float()]).tolist()
+        # a few kernels and one read-back per window, whatever its length (the layers' norms with it)
+        window_values = torch.stack([torch.stack([w[1] for w in window]).float(),
+                                     torch.stack([w[2] for w in window]).float()]).flatten()
+        values = self._settle_layers(window_values)
+        losses, norms = values[:len(window)], values[len(window):]
         s.tally.loss_sum += sum(step_loss * w[3] for step_loss, w in zip(losses, window))
         self.step_losses.extend(losses)
         lr = t.optimizer.param_groups[0]["lr"]
@@ -210,17 +215,32 @@ class Monitor(Callback):
     # --- evidence -----------------------------------------------------------------------------------
 
     def _record_layers(self, epoch: int, step: int) -> None:
-        """Per-layer gradient and weight norms of this step, for the vanishing-gradient diagnostic.
-        One grouped norm per list and one read-back: a few times per run, not per step."""
+        """Per-layer gradient and weight norms of this step, for the vanishing-gradient diagnostic: one
+        grouped norm per list, twice an epoch at most, left on the device until the window's read-back."""
         named = self.weight_params
         if not named or any(p.grad is None for _, p in named):
             return
         grads = torch.stack(torch._foreach_norm([p.grad for _, p in named])).float()
         weights = torch.stack(torch._foreach_norm([p.detach() for _, p in named])).float()
-        grad_list, weight_list = torch.stack([grads, weights]).tolist()
-        self.layer_records.append({"epoch": epoch, "step": step,
-                                   "grad_norm": [finite_or_str(v) for v in grad_list],
-                                   "weight_norm": [finite_or_str(v) for v in weight_list]})
+        self._pending_layers.append((epoch, step, torch.cat([grads, weights])))
+
+    def _settle_layers(self, with_values: torch.Tensor | None) -> list[float]:
+        """The pending layer norms read back in one go with `with_values` (the window's), recorded;
+        returns `with_values` on the host."""
+        pending, self._pending_layers = self._pending_layers, []
+        parts = ([with_values] if with_values is not None else []) + [norms for _, _, norms in pending]
+        if not parts:
+            return []
+        values = torch.cat(parts).tolist()
+        start = 0 if with_values is None else with_values.numel()
+        for epoch, step, norms in pending:
+            half = norms.numel() // 2
+            grad_list, weight_list = values[start:start + half], values[start + half:start + 2 * half]
+            start += 2 * half
+            self.layer_records.append({"epoch": epoch, "step": step,
+                                       "grad_norm": [finite_or_str(v) for v in grad_list],
+                                       "weight_norm": [finite_or_str(v) for v in weight_list]})
+        return values[:with_values.numel()] if with_values is not None else []
 
     def _nonfinite(self, t: Any, epoch: int, batch_in_epoch: int, step: int, loss: float, norm: float, *,
                    state: DeviceSnapshot | None, state_step: int, steps: list) -> dict[str, Any]:
