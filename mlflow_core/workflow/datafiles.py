@@ -1,9 +1,15 @@
 """Data manifests: what a gate verified about the data, file by file, and a quick check that it holds.
 
 `wf phase setup` hashes every file of every split (train/, val/, test/ under `data.path`) and writes a
-content-addressed manifest, `.wf/manifests/<sha256>.json`, one line per file (relative path, size,
-sha256), with each split's file count, bytes and content hash, and what the files hold: NPZ array
-keys, shapes and dtypes, or ImageFolder class names. Evidence records the manifest's digest.
+content-addressed manifest, `.wf/manifests/<sha256>.json`: a tree of digests, one line per folder (its
+files and bytes, the digest of everything below it and the digest of its own files, built as git
+builds its trees), with each split's file count, bytes and digest and what the files hold: NPZ array
+keys, shapes and dtypes, or ImageFolder class names. Evidence records the manifest's digest. What a
+project commits stays small whatever the data: ImageNet's 1.28 M files in 1,000 class folders are
+about 3,000 lines. The per-file listing (path, size, sha256) goes to this machine's cache
+(`.wf/cache/listings/<sha256>.json`), from which a change is named down to the file; without it (a
+fresh clone) a change is named down to the folder, and the listing is built again from the files.
+Manifests of an earlier wf (version 1, one line per file) are read as they are.
 
 Later phases and `wf gate check` verify the data against it quickly: a directory walk and a stat per
 file, with a file re-hashed only when its size or mtime differs from the machine-local stat cache
@@ -17,6 +23,7 @@ import hashlib
 import json
 import os
 import zipfile
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +33,7 @@ from mlflow_core.config import CONFIG_FILENAME
 from mlflow_core.errors import StorageError, UserInputError
 from mlflow_core.workflow import jsontext
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 1: one line per file (read, never written)
 SPLITS = ("train", "val", "test")
 FILE_SOURCES = ("npz", "imagefolder", "csv")
 _SKIPPED = (".DS_Store", "Thumbs.db", "desktop.ini")  # written by file browsers, never data
@@ -109,21 +116,60 @@ class ListingCache(_JsonCache):
             self.dirty = True
 
 
+Folder = tuple[int, int, str, str]  # files and bytes (all below it), digest of its tree, of its own files
+
+
 @dataclass
 class SplitFiles:
-    files: dict[str, tuple[int, str]]  # relative path → (size, sha256)
+    files: dict[str, tuple[int, str]]  # relative path → (size, sha256); empty when only the tree is known
     holds: dict[str, Any] = field(default_factory=dict)  # NPZ arrays or ImageFolder classes
+    tree: dict[str, Folder] | None = None  # the committed tree when the files are not listed here
+    flat_sha256: str | None = None  # a version-1 manifest's split digest (over its file list)
+
+    @property
+    def listed(self) -> bool:
+        return self.tree is None
+
+    def folders(self) -> dict[str, Folder]:
+        return self.tree if self.tree is not None else folder_tree(self.files)
 
     def summary(self) -> dict[str, Any]:
-        return {"files": len(self.files), "bytes": sum(s for s, _ in self.files.values()),
-                "sha256": split_sha256(self.files), **self.holds}
+        files, size, digest, _ = self.folders().get("", (0, 0, folder_tree({})[""][2], ""))
+        return {"files": files, "bytes": size, "sha256": self.flat_sha256 or digest, **self.holds}
 
 
-def split_sha256(files: dict[str, tuple[int, str]]) -> str:
-    digest = hashlib.sha256()
-    for rel in sorted(files):
-        digest.update(f"{rel}\0{files[rel][1]}\n".encode())
-    return digest.hexdigest()
+def folder_tree(files: dict[str, tuple[int, str]]) -> dict[str, Folder]:
+    """Every folder of a split ("" the split itself, "a/b" below it): its files and bytes, all levels
+    below included; the digest of its tree (its files' names, sizes and sha256, its subfolders' names
+    and tree digests, as a git tree); and the digest of its own files alone, which names the folders
+    whose files changed. A change anywhere changes the tree digest of every folder above it."""
+    own: dict[str, dict[str, tuple[int, str]]] = defaultdict(dict)
+    subfolders: dict[str, set[str]] = defaultdict(set)
+    own[""] = {}
+    for rel, entry in files.items():
+        folder, _, name = rel.rpartition("/")
+        own[folder][name] = entry
+        while folder:  # every folder above it exists, and knows its subfolder
+            parent, _, child = folder.rpartition("/")
+            if child in subfolders[parent]:
+                break
+            subfolders[parent].add(child)
+            own.setdefault(parent, {})
+            folder = parent
+    tree: dict[str, Folder] = {}
+    for folder in sorted(own, key=lambda f: -(f.count("/") + 1 if f else 0)):  # deepest first
+        entries = own[folder]
+        own_digest = hashlib.sha256()
+        for name in sorted(entries):
+            own_digest.update(f"{name}\0{entries[name][0]}\0{entries[name][1]}\n".encode())
+        digest = hashlib.sha256(f"files\0{own_digest.hexdigest()}\n".encode())
+        count, size = len(entries), sum(e[0] for e in entries.values())
+        for child in sorted(subfolders.get(folder, ())):
+            below = tree[f"{folder}/{child}" if folder else child]
+            digest.update(f"folder\0{child}\0{below[2]}\n".encode())
+            count, size = count + below[0], size + below[1]
+        tree[folder] = (count, size, digest.hexdigest(), own_digest.hexdigest())
+    return dict(sorted(tree.items()))
 
 
 def _files(folder: Path | str) -> list[os.DirEntry]:
@@ -249,15 +295,23 @@ class DataManifest:
                 "splits": self.split_summaries()}
 
     def to_text(self) -> str:
-        """JSON with one line per file, so that a change to the data reads as a small diff in git."""
+        """What a project commits: JSON with one line per folder, so that a change to the data reads
+        as a small diff in git whatever the number of files."""
+        return self._text("folders", {name: {folder: list(entry) for folder, entry in split.folders().items()}
+                                      for name, split in self.splits.items()})
+
+    def listing_text(self) -> str:
+        """The per-file listing, one line per file (this machine's cache)."""
+        return self._text("files", {name: {rel: list(entry) for rel, entry in split.files.items()}
+                                    for name, split in self.splits.items()})
+
+    def _text(self, key: str, rows_by_split: dict[str, dict[str, list[Any]]]) -> str:
         head = json.dumps(self.body(), sort_keys=True)
-        lines = [head[:-1] + ', "files": {']
         split_lines = []
-        for name, split in sorted(self.splits.items()):
-            rows = [f"  {json.dumps(rel)}: [{size}, {json.dumps(sha)}]"
-                    for rel, (size, sha) in sorted(split.files.items())]
-            split_lines.append(f' {json.dumps(name)}: {{\n' + ",\n".join(rows) + "\n }")
-        return "\n".join(lines) + "\n" + ",\n".join(split_lines) + "\n}}\n"
+        for name, rows in sorted(rows_by_split.items()):
+            lines = [f"  {json.dumps(row)}: {json.dumps(value)}" for row, value in sorted(rows.items())]
+            split_lines.append(f' {json.dumps(name)}: {{\n' + ",\n".join(lines) + "\n }")
+        return head[:-1] + f', "{key}": {{' + "\n" + ",\n".join(split_lines) + "\n}}\n"
 
     @property
     def sha256(self) -> str:
@@ -328,8 +382,13 @@ def listing_cache(project_root: Path) -> ListingCache:
 CREATED: list[tuple[Path, str]] = []  # the manifests this process stored: (project root, relative path)
 
 
+def listing_path(project_root: Path, digest: str) -> Path:
+    return project_root / ".wf" / "cache" / "listings" / f"{digest}.json"
+
+
 def write_manifest(project_root: Path, manifest: DataManifest) -> str:
-    """Store the manifest under its digest; returns the path relative to the project."""
+    """Store the manifest under its digest, and its per-file listing in this machine's cache; returns
+    the manifest's path relative to the project."""
     text = manifest.to_text()
     digest = hashlib.sha256(text.encode()).hexdigest()
     path = manifests_dir(project_root) / f"{digest}.json"
@@ -337,6 +396,13 @@ def write_manifest(project_root: Path, manifest: DataManifest) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
         CREATED.append((project_root, path.relative_to(project_root).as_posix()))
+    listing = listing_path(project_root, digest)
+    if all(split.listed for split in manifest.splits.values()) and not listing.is_file():
+        try:  # a cache: one that cannot be written only costs naming a change by its folder
+            listing.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(listing, manifest.listing_text())
+        except (OSError, StorageError):
+            pass
     return path.relative_to(project_root).as_posix()
 
 
@@ -364,10 +430,16 @@ def read_manifest(project_root: Path, relative: str) -> DataManifest:
         raw = jsontext.loads(text)
         if hashlib.sha256(text.encode()).hexdigest() != path.stem:
             raise ValueError("its content does not match its name (it was edited)")
-        splits = {name: SplitFiles({rel: (int(v[0]), str(v[1])) for rel, v in files.items()},
-                                   {k: v for k, v in raw["splits"][name].items()
-                                    if k not in ("files", "bytes", "sha256")})
-                  for name, files in raw["files"].items()}
+        holds = {name: {k: v for k, v in summary.items() if k not in ("files", "bytes", "sha256")}
+                 for name, summary in raw["splits"].items()}
+        if "files" in raw:  # version 1: the files themselves
+            splits = {name: SplitFiles(_entries(files), holds[name], flat_sha256=raw["splits"][name]["sha256"])
+                      for name, files in raw["files"].items()}
+        else:
+            splits = {name: SplitFiles({}, holds[name], {f: (int(v[0]), int(v[1]), str(v[2]), str(v[3]))
+                                                         for f, v in folders.items()})
+                      for name, folders in raw["folders"].items()}
+            _attach_listing(project_root, path.stem, splits)
         return DataManifest(raw["source"], raw["root"], splits)
     except FileNotFoundError:
         raise UserInputError(f"{relative}: the data manifest that a gate recorded is missing.",
@@ -377,12 +449,36 @@ def read_manifest(project_root: Path, relative: str) -> DataManifest:
                              hint="Restore it from version control, or run `wf phase setup` again.") from None
 
 
+def _entries(files: dict[str, Any]) -> dict[str, tuple[int, str]]:
+    return {rel: (int(v[0]), str(v[1])) for rel, v in files.items()}
+
+
+def _attach_listing(project_root: Path, digest: str, splits: dict[str, SplitFiles]) -> None:
+    """The per-file listing from this machine's cache, where it is the committed tree's: its folders'
+    digests are computed again and must be the committed ones (a stale or edited cache names nothing)."""
+    try:
+        raw = jsontext.loads(listing_path(project_root, digest).read_text(encoding="utf-8"))
+        listed = {name: _entries(files) for name, files in raw["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return
+    if set(listed) != set(splits) or any(folder_tree(listed[n]) != splits[n].tree for n in splits):
+        return
+    for name, split in splits.items():
+        split.files, split.tree = listed[name], None
+
+
 def manifest_changes(recorded: DataManifest, current: DataManifest) -> dict[str, dict[str, list[str]]]:
-    """Per split: files added, removed and changed (by content) since `recorded`."""
+    """Per split: files added, removed and changed (by content) since `recorded`; folders (named with
+    a trailing /) where only the committed tree of `recorded` is at hand."""
     out: dict[str, dict[str, list[str]]] = {}
     for name in sorted(set(recorded.splits) | set(current.splits)):
-        before = recorded.splits.get(name, SplitFiles({})).files
-        after = current.splits.get(name, SplitFiles({})).files
+        was, now = recorded.splits.get(name, SplitFiles({})), current.splits.get(name, SplitFiles({}))
+        if not was.listed:
+            folders = _folder_changes(was.folders(), now.folders())
+            if folders:
+                out[name] = folders
+            continue
+        before, after = was.files, now.files
         if before == after:
             continue
         added = sorted(set(after) - set(before))
@@ -391,6 +487,18 @@ def manifest_changes(recorded: DataManifest, current: DataManifest) -> dict[str,
         if added or removed or changed:
             out[name] = {"added": added, "removed": removed, "changed": changed}
     return out
+
+
+def _folder_changes(before: dict[str, Folder], after: dict[str, Folder]) -> dict[str, list[str]]:
+    """Folders added and removed, and those whose own files changed, from two trees."""
+    def shown(folder: str) -> str:
+        return f"{folder}/" if folder else "./"
+
+    if before.get("", (0, 0, ""))[2] == after.get("", (0, 0, ""))[2]:
+        return {}
+    return {"added": [shown(f) for f in sorted(set(after) - set(before))],
+            "removed": [shown(f) for f in sorted(set(before) - set(after))],
+            "changed": [shown(f) for f in sorted(set(before) & set(after)) if before[f][3] != after[f][3]]}
 
 
 def describe_changes(changes: dict[str, dict[str, list[str]]], limit: int = 3) -> str:
@@ -402,7 +510,9 @@ def describe_changes(changes: dict[str, dict[str, list[str]]], limit: int = 3) -
             names = kinds[kind]
             if names:
                 shown = ", ".join(names[:limit]) + (f", … {len(names) - limit} more" if len(names) > limit else "")
-                bits.append(f"{len(names)} {kind} ({shown})")
+                # folders (the committed tree, without this machine's per-file listing): "./" is the split's top
+                what = f"folder{'s' * (len(names) > 1)} " if all(n.endswith("/") for n in names) else ""
+                bits.append(f"{len(names)} {what}{kind} ({shown})")
         parts.append(f"{split}: " + ", ".join(bits))
     return "; ".join(parts)
 

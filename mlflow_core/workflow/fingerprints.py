@@ -189,7 +189,7 @@ def data_fingerprint(cfg: Any, project_root: Path, *, full: bool, reference: str
     if not full and reference:
         recorded = datafiles.read_manifest(project_root, reference)
         for name, split in manifest.splits.items():  # what the files hold is read at setup only
-            if name in recorded.splits and recorded.splits[name].files == split.files:
+            if name in recorded.splits and recorded.splits[name].folders() == split.folders():
                 split.holds = recorded.splits[name].holds
     stored = datafiles.write_manifest(project_root, manifest)
     # the data as hashed just now is this manifest: the next gate check needs only a directory walk
@@ -298,8 +298,8 @@ def _manifest_root(path: Path) -> str:
     """The data folder a manifest describes, read from its first line (the header) only."""
     with open(path, encoding="utf-8") as f:
         head = f.readline()
-    try:
-        return json.loads(head.split(', "files": {', 1)[0] + "}")["root"]
+    try:  # the header ends where the folders (a version-1 manifest: the files) begin
+        return json.loads(head.split(', "folders": {', 1)[0].split(', "files": {', 1)[0] + "}")["root"]
     except (ValueError, KeyError) as exc:
         raise UserInputError(f"{path}: cannot be read as a wf data manifest ({exc}).",
                              hint="Restore it from version control, or run `wf phase setup` again.") from None

@@ -189,6 +189,11 @@ def test_data_changes_reopen_setup_per_split_and_a_touch_does_not(wf, patches):
     assert "train: 1 added (patch_99999.npz)" in detail and "val: 1 removed (patch_00002.npz)" in detail
     assert "test: 1 changed (patch_00003.npz)" in detail
     assert wf("phase", "baseline", cwd=patches).code == 3
+    # a fresh clone (no machine cache: no per-file listing) still catches it, named down to the folder
+    shutil.rmtree(patches / ".wf" / "cache")
+    code, gate = _gate(wf, patches, "setup")
+    detail = gate["drift"][0]["detail"]
+    assert code == 1 and "train: 1 folder changed (./)" in detail and "test: 1 folder changed (./)" in detail
 
 
 def test_a_training_file_copied_into_test_is_an_overlap_named_by_file(wf, patches):

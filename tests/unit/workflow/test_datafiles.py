@@ -53,6 +53,63 @@ def test_an_edited_manifest_is_refused(tmp_path):
     _npz(tmp_path / "data" / "val" / "p0.npz", 1)
     stored = datafiles.write_manifest(tmp_path, datafiles.build_manifest(Cfg, tmp_path, datafiles.stat_cache(tmp_path)))
     path = tmp_path / stored
-    path.write_text(path.read_text().replace('"p0.npz"', '"p9.npz"'))
+    edited = path.read_text().replace('"": [1, ', '"": [2, ')  # a folder's file count
+    assert edited != path.read_text()
+    path.write_text(edited)
     with pytest.raises(UserInputError, match="does not match its name"):
         datafiles.read_manifest(tmp_path, stored)
+
+
+def test_what_a_project_commits_is_a_tree_of_folders_and_a_clone_names_changes_by_folder(tmp_path):
+    """One line per folder, however many files: the per-file listing lives in this machine's cache.
+    Without it (a fresh clone), a change is named down to its folder; with it, down to the file."""
+    for split, classes in (("train", ("cat", "dog")), ("val", ("cat", "dog"))):
+        for c in classes:
+            for i in range(20):
+                _npz(tmp_path / "data" / split / c / f"p{i}.npz", i)
+    cache = datafiles.stat_cache(tmp_path)
+    recorded = datafiles.build_manifest(Cfg, tmp_path, cache)
+    stored = datafiles.write_manifest(tmp_path, recorded)
+    text = (tmp_path / stored).read_text()
+    assert "p0.npz" not in text and len(text.splitlines()) == 12  # 80 files: a header, 6 folder lines, braces
+    assert recorded.split_summaries()["train"]["files"] == 40
+
+    _npz(tmp_path / "data" / "train" / "dog" / "p3.npz", 99)  # a changed file
+    _npz(tmp_path / "data" / "val" / "bird" / "p0.npz", 1)  # a new folder
+    now = datafiles.build_manifest(Cfg, tmp_path, cache, describe=False)
+    with_listing = datafiles.manifest_changes(datafiles.read_manifest(tmp_path, stored), now)
+    assert with_listing["train"] == {"added": [], "removed": [], "changed": ["dog/p3.npz"]}
+    assert with_listing["val"]["added"] == ["bird/p0.npz"]
+
+    datafiles.listing_path(tmp_path, os.path.basename(stored)[:-5]).unlink()  # a fresh clone
+    clone = datafiles.manifest_changes(datafiles.read_manifest(tmp_path, stored), now)
+    assert clone["train"] == {"added": [], "removed": [], "changed": ["dog/"]}
+    assert clone["val"] == {"added": ["bird/"], "removed": [], "changed": []}
+    assert "train: 1 folder changed (dog/)" in datafiles.describe_changes(clone)
+
+
+def test_a_listing_in_the_cache_that_is_not_the_committed_trees_names_nothing(tmp_path):
+    """The cache is this machine's: an edited listing must not make the manifest claim other files."""
+    for i in range(3):
+        _npz(tmp_path / "data" / "train" / f"p{i}.npz", i)
+        _npz(tmp_path / "data" / "val" / f"p{i}.npz", i)
+    stored = datafiles.write_manifest(tmp_path, datafiles.build_manifest(Cfg, tmp_path, datafiles.stat_cache(tmp_path)))
+    listing = datafiles.listing_path(tmp_path, os.path.basename(stored)[:-5])
+    listing.write_text(listing.read_text().replace("p1.npz", "p7.npz"))
+    again = datafiles.read_manifest(tmp_path, stored)
+    assert not again.splits["train"].listed and again.splits["train"].files == {}
+
+
+def test_a_version_1_manifest_is_still_read_file_by_file(tmp_path):
+    import hashlib
+    import json
+
+    body = {"version": 1, "source": "npz", "root": "data",
+            "splits": {"train": {"files": 1, "bytes": 3, "sha256": "f" * 64}}}
+    text = json.dumps(body, sort_keys=True)[:-1] + ', "files": {\n "train": {\n  "a.npz": [3, "' + "0" * 64 + '"]\n }\n}}\n'
+    path = datafiles.manifests_dir(tmp_path) / f"{hashlib.sha256(text.encode()).hexdigest()}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    old = datafiles.read_manifest(tmp_path, path.relative_to(tmp_path).as_posix())
+    assert old.splits["train"].files == {"a.npz": (3, "0" * 64)}
+    assert old.split_summaries()["train"]["sha256"] == "f" * 64
