@@ -102,7 +102,7 @@ def main() -> int:
                 folder = project / "data" / "train"
                 if not folder.is_dir():
                     write_patches(folder, samples, size, dtype)
-                cache = StatCache(project / ".wf" / "cache" / "data-stat.json")
+                cache = StatCache(project / ".wf" / "cache" / "data-stat.sqlite")
                 pack, _ = build_pack(project, folder, "train", cache, image_key="image", target_key="label")
                 per_file, packed = NpzPatchDataset(folder), PackedDataset(pack)
                 raw = epoch_rate(raw_gather(pack.images, samples), args.repeats)

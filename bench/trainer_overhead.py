@@ -70,7 +70,7 @@ def packed_data(size: int, root: Path, train: int = 320, val: int = 64) -> DataB
 
     folder = root / "data" / "patches"
     write_patches(folder, size=size, train=train, val=val, test=0)
-    cache = StatCache(root / "stat.json")
+    cache = StatCache(root / "stat.sqlite")
     packs = {s: build_pack(root, folder / s, s, cache, image_key="image", target_key="label")[0]
              for s in ("train", "val")}
     return DataBundle(PackedDataset(packs["train"]), PackedDataset(packs["val"]), None, 4, (6, size, size),

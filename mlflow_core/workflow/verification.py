@@ -96,7 +96,7 @@ def verify_data(project: Project, recorded: dict[str, Any] | None, config: dict[
         return Claim("data", "unverifiable", f"{recorded_manifest.root}/ is not on this machine: run `wf verify` "
                      "where the data is")
     with tempfile.TemporaryDirectory() as scratch:  # an empty cache: every file is read and hashed
-        current = fingerprints.manifest_of(recorded_manifest, root, datafiles.StatCache(Path(scratch) / "stat.json"))
+        current = fingerprints.manifest_of(recorded_manifest, root, datafiles.StatCache(Path(scratch) / "stat.sqlite"))
     changes = datafiles.manifest_changes(recorded_manifest, current)
     files = sum(len(s.files) for s in current.splits.values())
     if changes:

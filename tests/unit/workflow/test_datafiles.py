@@ -113,3 +113,31 @@ def test_a_version_1_manifest_is_still_read_file_by_file(tmp_path):
     old = datafiles.read_manifest(tmp_path, path.relative_to(tmp_path).as_posix())
     assert old.splits["train"].files == {"a.npz": (3, "0" * 64)}
     assert old.split_summaries()["train"]["sha256"] == "f" * 64
+
+
+def test_the_stat_cache_remembers_across_processes_and_hashes_again_what_changed(tmp_path, monkeypatch):
+    """SQLite rows, not one JSON file read and written whole: a second cache object (another process)
+    finds what the first saved, and a file whose size or mtime changed is hashed again."""
+    data = tmp_path / "a.bin"
+    data.write_bytes(b"one")
+    first = datafiles.StatCache(tmp_path / "cache" / "data-stat.sqlite")
+    digest = first.sha256(data)
+    first.save()
+
+    hashed = []
+    real = datafiles.sha256_file
+    monkeypatch.setattr(datafiles, "sha256_file", lambda p: hashed.append(p) or real(p))
+    second = datafiles.StatCache(tmp_path / "cache" / "data-stat.sqlite")
+    assert second.sha256(data) == digest and hashed == []  # remembered: not read again
+    data.write_bytes(b"two!")
+    assert second.sha256(data) != digest and hashed == [data]
+
+
+def test_a_stat_cache_that_cannot_be_written_only_costs_the_hashing(tmp_path):
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    cache = datafiles.StatCache(blocked / "data-stat.sqlite")  # its folder cannot be made
+    data = tmp_path / "a.bin"
+    data.write_bytes(b"x")
+    assert cache.sha256(data) == datafiles.sha256_file(data)
+    cache.save()

@@ -30,7 +30,7 @@ def _write(folder, n=10, shape=(6, 8, 8), dtype=np.uint16, channels_last=False, 
 
 
 def _pack(tmp_path, folder, **kw):
-    return build_pack(tmp_path, folder, "train", StatCache(tmp_path / "stat.json"), image_key="image",
+    return build_pack(tmp_path, folder, "train", StatCache(tmp_path / "stat.sqlite"), image_key="image",
                       target_key=kw.pop("target_key", "label"), **kw)
 
 
@@ -87,7 +87,7 @@ def test_a_changed_file_makes_the_pack_stale_and_a_new_pack_replaces_it(tmp_path
     folder = tmp_path / "data" / "train"
     _write(folder)
     old, _ = _pack(tmp_path, folder)
-    cache = StatCache(tmp_path / "stat.json")
+    cache = StatCache(tmp_path / "stat.sqlite")
     np.savez_compressed(folder / "p_004.npz", image=np.ones((6, 8, 8), np.uint16), label=np.int64(2))
     key = pack_key(npz_files(folder), cache, "image", "label")
     assert key != old.key and find_pack(tmp_path, "train", key) is None  # never used for the changed files
