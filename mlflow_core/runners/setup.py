@@ -23,6 +23,7 @@ from mlflow_core.training.models import build_model, count_parameters, load_init
 from mlflow_core.training.optim import resolve_device
 from mlflow_core.training.seeding import SEEDED, seed_everything
 from mlflow_core.training.trainer import Trainer
+from mlflow_core.workflow import datafiles
 from mlflow_core.workflow.facts import SetupFacts
 
 
@@ -57,6 +58,7 @@ def run_setup(ctx: RunContext) -> RunOutput:
     facts["data"] = check_data(bundle, cfg.training.batch_size)
     if cfg.data.source == "custom":  # no files to hash: a fixed sample of items stands for the content
         facts["data"]["digests"] = dataset_digests(bundle)
+    _files_in_two_splits(cfg, project.root, facts["data"])
 
     ctx.on_message("Running the model's forward pass")
     facts["model"] = _check_model(ctx, bundle)
@@ -71,6 +73,22 @@ def run_setup(ctx: RunContext) -> RunOutput:
     checked = SetupFacts.model_validate(facts)
     ok = not checked.data.problems and checked.model.ok and checked.reproducibility.passed
     return RunOutput("completed" if ok else "failed_checks", checked)
+
+
+def _files_in_two_splits(cfg: Any, project_root: Any, data: dict[str, Any]) -> None:
+    """Every file of every split compared by sha256, from the manifest setup just hashed (the stat
+    cache makes this a directory walk): the decoded-sample check above reads at most MAX_SCAN
+    samples per split, this one misses no exact copy of a file."""
+    manifest = datafiles.build_manifest(cfg, project_root, datafiles.stat_cache(project_root), describe=False)
+    if manifest is None or cfg.data.source == "csv":  # a CSV's rows may share files on purpose (masks)
+        return
+    pairs = datafiles.files_in_two_splits(manifest)
+    data["file_overlaps"] = {pair: len(files) for pair, files in pairs.items()}
+    for pair, files in pairs.items():
+        if len(files) > data["overlaps"].get(pair, 0):  # more than the decoded samples' check already named
+            first, second = pair.split("_")
+            data["problems"].append(f"{len(files)} {second} files are copies of {first} files (identical sha256; "
+                                    f"e.g. {second}/{files[0][0]} = {first}/{files[0][1]})")
 
 
 def _check_model(ctx: RunContext, bundle) -> dict[str, Any]:

@@ -126,7 +126,8 @@ def _data(ctx: CheckContext) -> CheckResult:
     if data.problems:
         return CheckResult(False, "; ".join(data.problems))
     return CheckResult(True, f"train {data.train_size}, val {data.val_size}, input "
-                       f"{data.input_shape}, {data.num_classes} classes, no NaN/Inf, no sample in two splits")
+                       f"{data.input_shape}, {data.num_classes} classes, no NaN/Inf, no sample in two splits "
+                       f"({data.overlap_coverage()})")
 
 
 @check("model_forward_ok", reads="SetupFacts")

@@ -510,6 +510,19 @@ def _attach_listing(project_root: Path, digest: str, splits: dict[str, SplitFile
         split.files, split.tree = listed[name], None
 
 
+def files_in_two_splits(manifest: DataManifest) -> dict[str, list[tuple[str, str]]]:
+    """Every pair of splits, every file compared by sha256: per pair ("train_val"), the files of the
+    second split identical to one of the first, each with the first's file it repeats."""
+    out = {}
+    names = [n for n in SPLITS if n in manifest.splits]
+    for i, a in enumerate(names):
+        first = {sha: rel for rel, (_, sha) in sorted(manifest.splits[a].files.items())}
+        for b in names[i + 1:]:
+            out[f"{a}_{b}"] = [(rel, first[sha]) for rel, (_, sha) in sorted(manifest.splits[b].files.items())
+                               if sha in first]
+    return out
+
+
 def manifest_changes(recorded: DataManifest, current: DataManifest) -> dict[str, dict[str, list[str]]]:
     """Per split: files added, removed and changed (by content) since `recorded`; folders (named with
     a trailing /) where only the committed tree of `recorded` is at hand."""

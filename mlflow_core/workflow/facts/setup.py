@@ -44,6 +44,19 @@ class DataCheck(Facts):
     problems: list[str]
     warnings: list[str]
     digests: dict[str, Any] | None = None  # custom data: a fixed sample of items stands for the content
+    # file sources: every file of every split compared by sha256 (pair → files of the second split that
+    # repeat one of the first); None where the data is not files (digits, custom)
+    file_overlaps: dict[str, int] | None = None
+
+    def overlap_coverage(self) -> str:
+        """What the check for a sample in two splits compared: every file by content, and the decoded
+        samples (all, or the share scanned)."""
+        sizes = {"train": self.train_size, "val": self.val_size}
+        sampled = [f"{self.scanned.get(k, 0):,} of {n:,} {k}" for k, n in sizes.items() if self.scanned.get(k, 0) < n]
+        samples = (f"decoded samples compared in a sample ({', '.join(sampled)})" if sampled
+                   else "every decoded sample compared")
+        files = "every file compared by sha256; " if self.file_overlaps is not None else ""
+        return files + samples
 
 
 class ModelCheck(Facts):

@@ -141,3 +141,29 @@ def test_a_stat_cache_that_cannot_be_written_only_costs_the_hashing(tmp_path):
     data.write_bytes(b"x")
     assert cache.sha256(data) == datafiles.sha256_file(data)
     cache.save()
+
+
+def test_every_file_of_every_split_is_compared_by_content(tmp_path):
+    """The decoded-sample check reads at most 50,000 samples per split; the files' sha256 miss no copy."""
+    for split, n in (("train", 4), ("val", 3), ("test", 3)):
+        for i in range(n):
+            _npz(tmp_path / "data" / split / f"{split}{i}.npz", 10 * ("train", "val", "test").index(split) + i)
+    _npz(tmp_path / "data" / "test" / "copy.npz", 2)  # train2's content, under another name
+    manifest = datafiles.build_manifest(Cfg, tmp_path, datafiles.stat_cache(tmp_path), describe=False)
+    pairs = datafiles.files_in_two_splits(manifest)
+    assert pairs == {"train_val": [], "train_test": [("copy.npz", "train2.npz")], "val_test": []}
+
+
+def test_the_data_check_says_what_its_overlap_check_covered():
+    from mlflow_core.workflow.facts import DataCheck
+
+    common = dict(source="imagefolder", val_size=100, test_size=0, input_shape=[3, 8, 8], batch_shape=[4, 3, 8, 8],
+                  input_dtype="float32", label_dtype="int64", num_classes=2, input_min=0.0, input_max=1.0,
+                  class_counts_train={}, class_counts_val={}, imbalance_ratio=None, overlap_train_val=0,
+                  overlaps={}, class_names=None, problems=[], warnings=[])
+    sampled = DataCheck(train_size=80_000, scanned={"train": 50_000, "val": 100}, file_overlaps={"train_val": 0},
+                        **common)
+    assert sampled.overlap_coverage() == ("every file compared by sha256; decoded samples compared in a sample "
+                                          "(50,000 of 80,000 train)")
+    whole = DataCheck(train_size=500, scanned={"train": 500, "val": 100}, **common)
+    assert whole.overlap_coverage() == "every decoded sample compared"

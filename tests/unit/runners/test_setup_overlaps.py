@@ -1,0 +1,36 @@
+"""Setup compares every file of every split by sha256, beyond the decoded samples it scans."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from mlflow_core.runners import setup  # noqa: E402
+
+
+class Cfg:
+    class data:
+        source, path = "npz", "data"
+
+
+def _npz(path, value):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, image=np.full((2, 4, 4), value, dtype=np.uint16), label=np.int64(1))
+
+
+def test_a_copy_the_sampled_check_missed_is_a_problem_naming_both_files(tmp_path):
+    for split, values in (("train", (0, 1, 2)), ("val", (3, 4))):
+        for v in values:
+            _npz(tmp_path / "data" / split / f"{split}{v}.npz", v)
+    _npz(tmp_path / "data" / "val" / "again.npz", 1)
+    data = {"overlaps": {"train_val": 0}, "problems": []}  # as if the scan's sample missed it
+    setup._files_in_two_splits(Cfg, tmp_path, data)
+    assert data["file_overlaps"] == {"train_val": 1}
+    assert data["problems"] == ["1 val files are copies of train files (identical sha256; e.g. val/again.npz = "
+                                "train/train1.npz)"]
+
+    named = {"overlaps": {"train_val": 1}, "problems": []}  # the decoded check named it already: said once
+    setup._files_in_two_splits(Cfg, tmp_path, named)
+    assert named["problems"] == [] and named["file_overlaps"] == {"train_val": 1}
