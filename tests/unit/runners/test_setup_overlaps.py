@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from mlflow_core.runners import setup  # noqa: E402
+from mlflow_core.runners import setup
 
 
 class Cfg:
