@@ -101,16 +101,27 @@ class StatCache:
     def _connection(self) -> sqlite3.Connection | None:
         if not self._opened:
             self._opened = True
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=60)
-                db.execute("CREATE TABLE IF NOT EXISTS stat (path TEXT PRIMARY KEY, size INTEGER, "
-                           "mtime_ns INTEGER, sha256 TEXT) WITHOUT ROWID")
-                db.commit()
-                self._db = db
-                self.path.with_suffix(".json").unlink(missing_ok=True)  # the earlier whole-file cache
-            except (sqlite3.Error, OSError):
-                self._db = None
+            for attempt in range(2):
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    db = sqlite3.connect(self.path, timeout=60)
+                    db.execute("CREATE TABLE IF NOT EXISTS stat (path TEXT PRIMARY KEY, size INTEGER, "
+                               "mtime_ns INTEGER, sha256 TEXT) WITHOUT ROWID")
+                    db.commit()
+                    self._db = db
+                    self.path.with_suffix(".json").unlink(missing_ok=True)  # the earlier whole-file cache
+                    break
+                except sqlite3.OperationalError:  # locked past the timeout, read-only: no cache this time
+                    break
+                except sqlite3.DatabaseError:  # not a database (damaged, or another file): started anew once
+                    if attempt:
+                        break
+                    try:
+                        self.path.unlink(missing_ok=True)
+                    except OSError:
+                        break
+                except (sqlite3.Error, OSError):
+                    break
         return self._db
 
     def sha256(self, path: str | Path, st: os.stat_result | None = None) -> str:

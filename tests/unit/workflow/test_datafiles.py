@@ -167,3 +167,15 @@ def test_the_data_check_says_what_its_overlap_check_covered():
                                           "(50,000 of 80,000 train)")
     whole = DataCheck(train_size=500, scanned={"train": 500, "val": 100}, **common)
     assert whole.overlap_coverage() == "every decoded sample compared"
+
+
+def test_a_damaged_stat_cache_is_started_anew(tmp_path):
+    path = tmp_path / "cache" / "data-stat.sqlite"
+    path.parent.mkdir()
+    path.write_bytes(b"not a database, half a write perhaps" * 100)
+    data = tmp_path / "a.bin"
+    data.write_bytes(b"x")
+    cache = datafiles.StatCache(path)
+    digest = cache.sha256(data)
+    cache.save()
+    assert datafiles.StatCache(path).sha256(data) == digest and path.read_bytes().startswith(b"SQLite format 3")
