@@ -116,17 +116,16 @@ class Baton:
     def hand_on(self, name: str) -> None:
         self.states[name] = rng_state()
         with self.cond:
-            self.turn += 1
+            self.turn = (self.turn + 1) % len(self.order)
             self.cond.notify_all()
         self.wait(name)
 
     def leave(self, name: str) -> None:
+        """Called by the contender holding the baton: the one after it in the order takes it."""
         with self.cond:
             index = self.order.index(name)
             self.order.remove(name)
-            if self.order and index < self.turn % (len(self.order) + 1):
-                self.turn -= 1
-            self.turn %= max(len(self.order), 1)
+            self.turn = index % len(self.order) if self.order else 0
             self.cond.notify_all()
 
 

@@ -17,6 +17,21 @@ def configure(project: Path, settings) -> None:
     config.write_text(text)
 
 
+class NpzData:
+    """The config a data manifest reads (`data.source` and `data.path`): NPZ files under data/."""
+
+    class data:
+        source, path = "npz", "data"
+
+
+def write_npz(path: Path, value: int) -> None:
+    """A small 6-band NPZ sample whose content is `value` everywhere."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, image=np.full((6, 4, 4), value, dtype=np.uint16), label=np.int64(1))
+
+
 def run_metrics(**given):
     """A run's metrics.json record (RunMetrics) of a short CPU run, with `given` over it: the data,
     best value and architecture merged into what the trainer records, and each epoch filled out."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,12 +76,15 @@ def run_setup(ctx: RunContext) -> RunOutput:
     return RunOutput("completed" if ok else "failed_checks", checked)
 
 
-def _files_in_two_splits(cfg: Any, project_root: Any, data: dict[str, Any]) -> None:
-    """Every file of every split compared by sha256, from the manifest setup just hashed (the stat
-    cache makes this a directory walk): the decoded-sample check above reads at most MAX_SCAN
-    samples per split, this one misses no exact copy of a file."""
+def _files_in_two_splits(cfg: Any, project_root: Path, data: dict[str, Any]) -> None:
+    """Every file of every split compared by sha256, from the files setup's fingerprint just hashed
+    (their stat cache makes this a directory walk, cheaper than reading back the per-file listing):
+    the decoded-sample check above reads at most MAX_SCAN samples per split, this one misses no exact
+    copy of a file."""
+    if cfg.data.source == "csv":  # a CSV's rows may share files on purpose (masks)
+        return
     manifest = datafiles.build_manifest(cfg, project_root, datafiles.stat_cache(project_root), describe=False)
-    if manifest is None or cfg.data.source == "csv":  # a CSV's rows may share files on purpose (masks)
+    if manifest is None:  # not files (digits, custom)
         return
     pairs = datafiles.files_in_two_splits(manifest)
     data["file_overlaps"] = {pair: len(files) for pair, files in pairs.items()}

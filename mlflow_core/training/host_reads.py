@@ -100,10 +100,11 @@ def _origin(frame: Any, outside_steps: tuple[str, ...] = ()) -> str:
             return "optimizer"
         if "/torch/utils/data/" in filename:
             return "loader"
-        if "/torchvision/transforms/v2/" in filename and frame.f_code.co_name in ("make_params", "forward") \
-                and (frame.f_code.co_name == "make_params" or filename.endswith("_container.py")):
+        name = frame.f_code.co_name
+        if "/torchvision/transforms/v2/" in filename and (
+                name == "make_params" or (name == "forward" and filename.endswith("_container.py"))):
             return "transform draws"  # a random parameter (MixUp's λ, RandomChoice's pick), drawn on the CPU
-        if filename.endswith("host_reads.py") and frame.f_code.co_name == "host_scalar":
+        if filename.endswith("host_reads.py") and name == "host_scalar":
             return "host"
         if first_wf is None and "/mlflow_core/" in filename and not filename.endswith("host_reads.py"):
             first_wf = f"{filename.rpartition('/mlflow_core/')[2]}:{frame.f_lineno}"

@@ -101,28 +101,28 @@ class StatCache:
     def _connection(self) -> sqlite3.Connection | None:
         if not self._opened:
             self._opened = True
-            for attempt in range(2):
+            try:
+                self._db = self._open()
+            except sqlite3.OperationalError:  # locked past the timeout, read-only: no cache this time
+                pass
+            except sqlite3.DatabaseError:  # not a database (damaged, or another file): started anew once
                 try:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    db = sqlite3.connect(self.path, timeout=60)
-                    db.execute("CREATE TABLE IF NOT EXISTS stat (path TEXT PRIMARY KEY, size INTEGER, "
-                               "mtime_ns INTEGER, sha256 TEXT) WITHOUT ROWID")
-                    db.commit()
-                    self._db = db
-                    self.path.with_suffix(".json").unlink(missing_ok=True)  # the earlier whole-file cache
-                    break
-                except sqlite3.OperationalError:  # locked past the timeout, read-only: no cache this time
-                    break
-                except sqlite3.DatabaseError:  # not a database (damaged, or another file): started anew once
-                    if attempt:
-                        break
-                    try:
-                        self.path.unlink(missing_ok=True)
-                    except OSError:
-                        break
+                    self.path.unlink(missing_ok=True)
+                    self._db = self._open()
                 except (sqlite3.Error, OSError):
-                    break
+                    pass
+            except OSError:
+                pass
         return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=60)
+        db.execute("CREATE TABLE IF NOT EXISTS stat (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+                   "sha256 TEXT) WITHOUT ROWID")
+        db.commit()
+        self.path.with_suffix(".json").unlink(missing_ok=True)  # the earlier whole-file cache
+        return db
 
     def sha256(self, path: str | Path, st: os.stat_result | None = None) -> str:
         key = os.fspath(path)
@@ -188,7 +188,7 @@ class SplitFiles:
         return self.tree if self.tree is not None else folder_tree(self.files)
 
     def summary(self) -> dict[str, Any]:
-        files, size, digest, _ = self.folders().get("", (0, 0, folder_tree({})[""][2], ""))
+        files, size, digest, _ = self.folders()[""]  # the split itself: every tree has it
         return {"files": files, "bytes": size, "sha256": self.flat_sha256 or digest, **self.holds}
 
 
@@ -493,6 +493,8 @@ def read_manifest(project_root: Path, relative: str) -> DataManifest:
             splits = {name: SplitFiles({}, holds[name], {f: (int(v[0]), int(v[1]), str(v[2]), str(v[3]))
                                                          for f, v in folders.items()})
                       for name, folders in raw["folders"].items()}
+            if any("" not in split.tree for split in splits.values()):
+                raise ValueError("a split without its own folder line")
             _attach_listing(project_root, path.stem, splits)
         return DataManifest(raw["source"], raw["root"], splits)
     except FileNotFoundError:
@@ -561,7 +563,7 @@ def _folder_changes(before: dict[str, Folder], after: dict[str, Folder]) -> dict
     def shown(folder: str) -> str:
         return f"{folder}/" if folder else "./"
 
-    if before.get("", (0, 0, ""))[2] == after.get("", (0, 0, ""))[2]:
+    if before[""][2] == after[""][2]:
         return {}
     return {"added": [shown(f) for f in sorted(set(after) - set(before))],
             "removed": [shown(f) for f in sorted(set(before) - set(after))],

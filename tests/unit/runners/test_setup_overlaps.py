@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+
+from tests.helpers import NpzData as Cfg
+from tests.helpers import write_npz as _npz
 
 pytest.importorskip("torch")
 
 from mlflow_core.runners import setup
-
-
-class Cfg:
-    class data:
-        source, path = "npz", "data"
-
-
-def _npz(path, value):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, image=np.full((2, 4, 4), value, dtype=np.uint16), label=np.int64(1))
 
 
 def test_a_copy_the_sampled_check_missed_is_a_problem_naming_both_files(tmp_path):

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 
 from mlflow_core.errors import UserInputError
 from mlflow_core.workflow import datafiles
-
-
-class Cfg:
-    class data:
-        source, path = "npz", "data"
-
-
-def _npz(path, value):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, image=np.full((6, 4, 4), value, dtype=np.uint16), label=np.int64(1))
+from tests.helpers import NpzData as Cfg
+from tests.helpers import write_npz as _npz
 
 
 def test_a_manifest_round_trips_and_names_what_changed(tmp_path):
@@ -179,3 +170,17 @@ def test_a_damaged_stat_cache_is_started_anew(tmp_path):
     digest = cache.sha256(data)
     cache.save()
     assert datafiles.StatCache(path).sha256(data) == digest and path.read_bytes().startswith(b"SQLite format 3")
+
+
+def test_a_manifest_renamed_to_its_edited_digest_without_a_splits_own_line_is_refused(tmp_path):
+    import hashlib
+
+    _npz(tmp_path / "data" / "train" / "cat" / "p0.npz", 0)
+    _npz(tmp_path / "data" / "val" / "p0.npz", 1)
+    stored = datafiles.write_manifest(tmp_path, datafiles.build_manifest(Cfg, tmp_path, datafiles.stat_cache(tmp_path)))
+    lines = (tmp_path / stored).read_text().splitlines(keepends=True)
+    text = "".join(line for line in lines if not line.startswith('  "": ')).replace('],\n  "cat"', ']\n  "cat"')
+    forged = datafiles.manifests_dir(tmp_path) / f"{hashlib.sha256(text.encode()).hexdigest()}.json"
+    forged.write_text(text)
+    with pytest.raises(UserInputError, match=r"cannot be read as a wf data manifest \(a split without its own"):
+        datafiles.read_manifest(tmp_path, forged.relative_to(tmp_path).as_posix())
