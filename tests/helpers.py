@@ -190,3 +190,27 @@ def _wandb_file_records(path: Path) -> list:
 def wandb_history_steps(path: Path) -> list[int]:
     """The step of every history row a W&B run file holds, in order."""
     return [r.history.step.num for r in wandb_records(path) if r.WhichOneof("record_type") == "history"]
+
+
+def forge_evidence(project, phase, edit=lambda facts: None, edit_record=lambda record: None):
+    """What an author who can edit every committed file does: change the facts (or the record around
+    them), then recompute the evidence's hash and the run record's copy of it."""
+    import json
+
+    from mlflow_core.workflow.evidence import canonical_sha256
+
+    path = project / ".wf" / "evidence" / f"{phase}.json"
+    record = json.loads(path.read_text())
+    edit(record["facts"])
+    edit_record(record)
+    body = {k: record[k] for k in ("phase", "run_id", "facts", "project_id", "entered_from") if k in record}
+    record["sha256"] = canonical_sha256(body)
+    path.unlink()  # the current evidence is a hard link to the run's copy: write a file of its own
+    path.write_text(json.dumps(record, indent=2))
+    state_path = project / ".wf" / "state.json"
+    state = json.loads(state_path.read_text())
+    for run in state["runs"]:
+        if run["run_id"] == record["run_id"]:
+            run["summary"]["evidence_sha256"] = record["sha256"]
+    state_path.write_text(json.dumps(state, indent=2))
+    return record

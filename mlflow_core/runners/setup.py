@@ -56,10 +56,9 @@ def run_setup(ctx: RunContext) -> RunOutput:
             ctx.on_message(f"Not packed ({exc.message}); the files are read one by one")
     ctx.on_message("Checking the data pipeline")
     bundle = build_data(cfg, project.root)  # a missing or unreadable dataset is bad input: exit 2
-    facts["data"] = check_data(bundle, cfg.training.batch_size)
+    facts["data"] = check_setup_data(cfg, project.root, bundle)
     if cfg.data.source == "custom":  # no files to hash: a fixed sample of items stands for the content
         facts["data"]["digests"] = dataset_digests(bundle)
-    _files_in_two_splits(cfg, project.root, facts["data"])
 
     ctx.on_message("Running the model's forward pass")
     facts["model"] = _check_model(ctx, bundle)
@@ -74,6 +73,13 @@ def run_setup(ctx: RunContext) -> RunOutput:
     checked = SetupFacts.model_validate(facts)
     ok = not checked.data.problems and checked.model.ok and checked.reproducibility.passed
     return RunOutput("completed" if ok else "failed_checks", checked)
+
+
+def check_setup_data(cfg: Any, project_root: Path, bundle: Any) -> dict[str, Any]:
+    """Setup's data checks (`wf verify` does them again): the decoded samples, and every file."""
+    data = check_data(bundle, cfg.training.batch_size)
+    _files_in_two_splits(cfg, project_root, data)
+    return data
 
 
 def _files_in_two_splits(cfg: Any, project_root: Path, data: dict[str, Any]) -> None:

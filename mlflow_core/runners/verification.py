@@ -15,9 +15,9 @@ import torch
 from mlflow_core.config.loader import load_config
 from mlflow_core.config.schema import WorkflowConfig
 from mlflow_core.runners.run_claims import RunClaims, verify_run, weights_digest
+from mlflow_core.runners.setup import check_setup_data
 from mlflow_core.training.checkpoint import load_checkpoint, weights_sha256
 from mlflow_core.training.data.sources import build_data
-from mlflow_core.training.data_checks import check_data
 from mlflow_core.training.models import build_model, count_parameters
 from mlflow_core.training.optim import resolve_device
 from mlflow_core.training.trainer import Trainer
@@ -261,9 +261,9 @@ def verify_setup(project: Project, facts: SetupFacts, cfg: WorkflowConfig, out: 
     overlaps, the model's forward pass, and the short reproducibility run's end weights."""
     on_message("Checking the data pipeline again")
     bundle = build_data(cfg, project.root)
-    data = check_data(bundle, cfg.training.batch_size)
+    data = check_setup_data(cfg, project.root, bundle)
     keys = ("train_size", "val_size", "test_size", "num_classes", "class_counts_train", "class_counts_val",
-            "overlap_train_val", "overlaps", "problems")
+            "overlap_train_val", "overlaps", "file_overlaps", "problems")
     recorded = facts.data.model_dump(mode="json")
     wrong = [f"{k} {data.get(k)!r} (recorded {recorded.get(k)!r})" for k in keys if data.get(k) != recorded.get(k)]
     out.add("data checks", "failed" if wrong else "verified", "; ".join(wrong) if wrong else

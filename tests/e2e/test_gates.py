@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import configure
+from tests.helpers import configure, forge_evidence
 
 pytest.importorskip("torch")
 
@@ -375,3 +375,17 @@ def test_turning_a_tracker_on_after_the_gates_passed_reopens_nothing(wf, project
     configure(project_copy, [("training.learning_rate", "0.002")])
     code, gates = _gate(wf, project_copy, None, "--all")
     assert code == 1 and "training.learning_rate" in gates["gates"][0]["drift"][0]["detail"]
+
+
+def test_verify_compares_every_file_again_and_a_forged_file_overlap_does_not_recompute(wf, patches):
+    """Setup's file-by-file comparison of the splits is one of its data checks: `wf verify` does it
+    again, and evidence edited to hide a copy (its hashes recomputed) fails there."""
+    r = wf("verify", "setup", "--json", cwd=patches)
+    checks = {c["name"]: c for p in json.loads(r.out)["phases"] for c in p["claims"]}
+    assert r.code == 0 and checks["data checks"]["status"] == "verified", r.out[-2000:]
+
+    forge_evidence(patches, "setup", lambda facts: facts["data"]["file_overlaps"].update(train_val=3))
+    r = wf("verify", "setup", "--json", cwd=patches)
+    checks = {c["name"]: c for p in json.loads(r.out)["phases"] for c in p["claims"]}
+    assert r.code == 1 and checks["data checks"]["status"] == "failed"
+    assert "file_overlaps" in checks["data checks"]["detail"]

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from mlflow_core.workflow.evidence import canonical_sha256, file_sha256
-from tests.helpers import configure
+from mlflow_core.workflow.evidence import file_sha256
+from tests.helpers import configure, forge_evidence
 
 torch = pytest.importorskip("torch")
 
@@ -26,24 +26,7 @@ def _claims(result, phase):
     return {c["name"]: c for p in result["phases"] if p["phase"] == phase for c in p["claims"]}
 
 
-def _forge(project, phase, edit=lambda facts: None, edit_record=lambda record: None):
-    """What an author who can edit every committed file does: change the facts (or the record around
-    them), then recompute the evidence's hash and the run record's copy of it."""
-    path = project / ".wf" / "evidence" / f"{phase}.json"
-    record = json.loads(path.read_text())
-    edit(record["facts"])
-    edit_record(record)
-    body = {k: record[k] for k in ("phase", "run_id", "facts", "project_id", "entered_from") if k in record}
-    record["sha256"] = canonical_sha256(body)
-    path.unlink()  # the current evidence is a hard link to the run's copy: write a file of its own
-    path.write_text(json.dumps(record, indent=2))
-    state_path = project / ".wf" / "state.json"
-    state = json.loads(state_path.read_text())
-    for run in state["runs"]:
-        if run["run_id"] == record["run_id"]:
-            run["summary"]["evidence_sha256"] = record["sha256"]
-    state_path.write_text(json.dumps(state, indent=2))
-    return record
+
 
 
 def _best_checkpoint(project):
@@ -99,7 +82,7 @@ def test_a_checkpoint_tensor_changed_by_1e_6_fails_naming_the_checkpoint_and_the
     failed = [c for c in _claims(result, "baseline").values() if c["status"] == "failed"]
     assert code == 1 and failed and best.name in failed[0]["name"] and "hashes to" in failed[0]["detail"]
     # the same edit with its hash forged into the evidence: the gate is satisfied, the weights are not
-    _forge(project_copy, "baseline", lambda f: f["checkpoints"]["best"].update(sha256=file_sha256(best)))
+    forge_evidence(project_copy, "baseline", lambda f: f["checkpoints"]["best"].update(sha256=file_sha256(best)))
     assert json.loads(wf("gate", "check", "baseline", "--json", cwd=project_copy).out)["drift"] == []
     code, result = _verify(wf, project_copy, "baseline", "--seed", "1")
     failed = [c for c in _claims(result, "baseline").values() if c["status"] == "failed"]
@@ -107,7 +90,7 @@ def test_a_checkpoint_tensor_changed_by_1e_6_fails_naming_the_checkpoint_and_the
 
 
 def test_a_forged_validation_figure_does_not_recompute(wf, project_copy):
-    _forge(project_copy, "baseline", lambda f: f["best_validation"].update(val_accuracy=1.0))
+    forge_evidence(project_copy, "baseline", lambda f: f["best_validation"].update(val_accuracy=1.0))
     code, result = _verify(wf, project_copy, "baseline", "--seed", "1")
     figures = next(c for n, c in _claims(result, "baseline").items() if n.endswith("validation figures"))
     assert code == 1 and figures["status"] == "failed" and "(recorded 1)" in figures["detail"]
@@ -119,7 +102,7 @@ def test_a_forged_validation_figure_does_not_recompute(wf, project_copy):
 
 def test_a_forged_chance_level_does_not_recompute(wf, project_copy):
     # more validation samples than there are lower the bar that beats_chance sets
-    _forge(project_copy, "baseline", lambda f: f["chance"].update(count=100000))
+    forge_evidence(project_copy, "baseline", lambda f: f["chance"].update(count=100000))
     code, result = _verify(wf, project_copy, "baseline", "--seed", "1")
     chance = _claims(result, "baseline")["chance level"]
     assert code == 1 and chance["status"] == "failed" and "count 359 (recorded 100000)" in chance["detail"]
@@ -127,7 +110,7 @@ def test_a_forged_chance_level_does_not_recompute(wf, project_copy):
 
 def test_a_forged_training_history_fails_its_replay(wf, project_copy):
     forged = "0" * 64
-    _forge(project_copy, "baseline", lambda f: f["weights"]["4"].update(sha256=forged))
+    forge_evidence(project_copy, "baseline", lambda f: f["weights"]["4"].update(sha256=forged))
     code, result = _verify(wf, project_copy, "baseline", "--segments", "20", "--seed", "1")
     claims = _claims(result, "baseline")
     assert code == 1 and claims["training epoch 4 (replay)"]["status"] == "failed"
@@ -140,7 +123,7 @@ def test_a_config_changed_after_the_fact_and_forged_into_the_evidence_fails(wf, 
 
     def forge(facts):
         facts["fingerprints"]["config"]["values"]["training.learning_rate"] = 0.002
-    _forge(project_copy, "baseline", forge)
+    forge_evidence(project_copy, "baseline", forge)
     code, result = _verify(wf, project_copy, "baseline", "--seed", "1")
     config = _claims(result, "baseline")["config"]
     assert code == 1 and config["status"] == "failed" and "training.learning_rate 0.002 → 0.001" in config["detail"]
@@ -204,7 +187,7 @@ def test_evidence_from_another_project_is_refused_naming_both(wf, project_copy):
 
 
 def test_evidence_entered_from_evidence_this_project_does_not_hold_is_refused(wf, project_copy):
-    _forge(project_copy, "baseline", edit_record=lambda r: r["entered_from"].update(evidence_sha256="e" * 64))
+    forge_evidence(project_copy, "baseline", edit_record=lambda r: r["entered_from"].update(evidence_sha256="e" * 64))
     gate = json.loads(wf("gate", "check", "baseline", "--json", cwd=project_copy).out)
     assert not gate["passed"] and "which this project does not hold" in gate["drift"][0]["detail"]
 
